@@ -1,0 +1,20 @@
+//! Compiles `proto/` into Rust with a vendored `protoc`, so building needs
+//! no system protoc, and writes the file descriptor set that server
+//! reflection serves.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let well_known = protoc_bin_vendored::include_path()?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("jobvisor_descriptor.bin"))
+        .compile_with_config(
+            config,
+            &[PathBuf::from("proto/jobvisor/v1/jobvisor.proto")],
+            &[PathBuf::from("proto"), well_known],
+        )?;
+    Ok(())
+}

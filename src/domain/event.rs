@@ -1,0 +1,91 @@
+//! The events of a job's log: every committed change, with a per-job
+//! sequence. Stored as JSON, so adding a field is backward compatible.
+
+use super::state::{JobState, PauseMode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    /// The job changed state. `from` is `None` for the job's creation.
+    StateChanged {
+        from: Option<JobState>,
+        to: JobState,
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pause_mode: Option<PauseMode>,
+    },
+    /// An attempt of an item failed.
+    ItemFailed {
+        index: u32,
+        attempt: u32,
+        error: String,
+        will_retry: bool,
+    },
+    /// A worker died and was restarted.
+    WorkerRestarted {
+        index: u32,
+        reason: String,
+        restarts_in_window: u32,
+    },
+}
+
+impl EventBody {
+    /// The short name stored in the `kind` column, for querying the log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::StateChanged { .. } => "state_changed",
+            EventBody::ItemFailed { .. } => "item_failed",
+            EventBody::WorkerRestarted { .. } => "worker_restarted",
+        }
+    }
+
+    /// Whether this event ends the job's stream: a move to a terminal state.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, EventBody::StateChanged { to, .. } if to.is_terminal())
+    }
+}
+
+/// A committed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEvent {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub body: EventBody,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let e = EventBody::StateChanged {
+            from: Some(JobState::Running),
+            to: JobState::Pausing,
+            reason: Some("maintenance".into()),
+            requested_by: None,
+            request_id: Some("r1".into()),
+            pause_mode: Some(PauseMode::Immediate),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains(r#""type":"state_changed""#), "{json}");
+        assert_eq!(serde_json::from_str::<EventBody>(&json).unwrap(), e);
+        assert!(!e.is_terminal());
+        let done = EventBody::StateChanged {
+            from: Some(JobState::Running),
+            to: JobState::Succeeded,
+            reason: None,
+            requested_by: None,
+            request_id: None,
+            pause_mode: None,
+        };
+        assert!(done.is_terminal());
+    }
+}

@@ -1,0 +1,16 @@
+//! Pure types and the state machine: no I/O, no async, no database. Every
+//! other layer speaks these types.
+
+pub mod event;
+pub mod ids;
+pub mod job;
+pub mod machine;
+pub mod spec;
+pub mod state;
+
+pub use event::{EventBody, JobEvent};
+pub use ids::JobId;
+pub use job::{Item, ItemCounts, Job, PauseRecord, Provenance};
+pub use machine::{Command, Decision, Effect, Refusal, decide};
+pub use spec::{FieldViolation, JobSpec, Limits, NewJob};
+pub use state::{ItemState, JobState, PauseMode};

@@ -1,0 +1,356 @@
+//! Parsing what a caller sent into what the system stores: a `JobSpec`
+//! exists only if every field was valid, and a refusal names every bad
+//! field (by its API name) with what was wrong.
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// One bad field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's name in the API, e.g. `items[3]` or `params[steps]`.
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// How much work one call may create. The defaults are the API contract's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_items: usize,
+    pub max_item_bytes: usize,
+    pub max_concurrency: u32,
+    pub max_attempts: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_items: 1_000_000,
+            max_item_bytes: 64 * 1024,
+            max_concurrency: 1024,
+            max_attempts: 100,
+        }
+    }
+}
+
+/// Longest job name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Longest reason of a control call, in characters.
+pub const MAX_REASON_CHARS: usize = 1000;
+/// Longest request id, in characters.
+pub const MAX_REQUEST_ID_CHARS: usize = 200;
+const MAX_MAP_ENTRIES: usize = 64;
+const MAX_KEY_CHARS: usize = 128;
+const MAX_LABEL_VALUE_CHARS: usize = 256;
+const MAX_PARAM_VALUE_BYTES: usize = 64 * 1024;
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// A StartJob request as received, before parsing.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    pub name: String,
+    pub executor: String,
+    pub items: Vec<String>,
+    pub concurrency: u32,
+    pub params: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub max_attempts: u32,
+    pub request_id: String,
+}
+
+/// A job that can be stored: every field checked, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    pub name: String,
+    pub executor: String,
+    pub items: Vec<String>,
+    pub concurrency: u32,
+    pub params: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub max_attempts: u32,
+    pub request_id: Option<String>,
+}
+
+impl JobSpec {
+    /// Checks every field of `input` against `limits`.
+    pub fn parse(input: NewJob, limits: &Limits) -> Result<JobSpec, Vec<FieldViolation>> {
+        let mut bad = Vec::new();
+        let name = input.name.trim().to_string();
+        let name_chars = name.chars().count();
+        if name_chars == 0 {
+            bad.push(FieldViolation::new("name", "is required"));
+        } else if name_chars > MAX_NAME_CHARS {
+            bad.push(FieldViolation::new(
+                "name",
+                format!("is {name_chars} characters long; the limit is {MAX_NAME_CHARS}"),
+            ));
+        }
+        if input.executor.is_empty() {
+            bad.push(FieldViolation::new("executor", "is required"));
+        }
+        check_items(&input.items, limits, &mut bad);
+        let concurrency = match input.concurrency {
+            0 => 1,
+            n if n > limits.max_concurrency => {
+                bad.push(FieldViolation::new(
+                    "concurrency",
+                    format!("is {n}; it must be between 1 and {}", limits.max_concurrency),
+                ));
+                n
+            }
+            n => n,
+        };
+        let max_attempts = match input.max_attempts {
+            0 => DEFAULT_MAX_ATTEMPTS,
+            n if n > limits.max_attempts => {
+                bad.push(FieldViolation::new(
+                    "max_attempts",
+                    format!("is {n}; it must be between 1 and {}", limits.max_attempts),
+                ));
+                n
+            }
+            n => n,
+        };
+        check_map("params", &input.params, MAX_PARAM_VALUE_BYTES, &mut bad);
+        check_map("labels", &input.labels, MAX_LABEL_VALUE_CHARS, &mut bad);
+        let request_id = optional_text(
+            "request_id",
+            &input.request_id,
+            MAX_REQUEST_ID_CHARS,
+            &mut bad,
+        );
+        if !bad.is_empty() {
+            return Err(bad);
+        }
+        Ok(JobSpec {
+            name,
+            executor: input.executor,
+            items: input.items,
+            concurrency,
+            params: input.params,
+            labels: input.labels,
+            max_attempts,
+            request_id,
+        })
+    }
+
+    /// A digest of everything the request asked for except its request id:
+    /// two requests with the same key and the same fingerprint are the same
+    /// request (AIP-155).
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let mut h = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        field(self.name.as_bytes());
+        field(self.executor.as_bytes());
+        field(&self.concurrency.to_le_bytes());
+        field(&self.max_attempts.to_le_bytes());
+        for map in [&self.params, &self.labels] {
+            field(&(map.len() as u64).to_le_bytes());
+            for (k, v) in map {
+                field(k.as_bytes());
+                field(v.as_bytes());
+            }
+        }
+        field(&(self.items.len() as u64).to_le_bytes());
+        for item in &self.items {
+            field(item.as_bytes());
+        }
+        h.finalize().to_vec()
+    }
+}
+
+fn check_items(items: &[String], limits: &Limits, bad: &mut Vec<FieldViolation>) {
+    if items.is_empty() {
+        bad.push(FieldViolation::new("items", "must hold at least one item"));
+        return;
+    }
+    if items.len() > limits.max_items {
+        bad.push(FieldViolation::new(
+            "items",
+            format!(
+                "holds {} items; the limit is {}",
+                items.len(),
+                limits.max_items
+            ),
+        ));
+        return;
+    }
+    // Report at most a few oversized items: a million violations would be
+    // a bigger problem than the one they describe.
+    let oversized = items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| item.len() > limits.max_item_bytes);
+    for (i, item) in oversized.take(5) {
+        bad.push(FieldViolation::new(
+            format!("items[{i}]"),
+            format!(
+                "is {} bytes; the limit is {} bytes",
+                item.len(),
+                limits.max_item_bytes
+            ),
+        ));
+    }
+}
+
+fn check_map(
+    field: &str,
+    map: &BTreeMap<String, String>,
+    max_value: usize,
+    bad: &mut Vec<FieldViolation>,
+) {
+    if map.len() > MAX_MAP_ENTRIES {
+        bad.push(FieldViolation::new(
+            field,
+            format!(
+                "has {} entries; the limit is {MAX_MAP_ENTRIES}",
+                map.len()
+            ),
+        ));
+        return;
+    }
+    for (k, v) in map {
+        let valid_key = !k.is_empty()
+            && k.chars().count() <= MAX_KEY_CHARS
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
+        if !valid_key {
+            bad.push(FieldViolation::new(
+                format!("{field}[{k}]"),
+                format!(
+                    "key must be 1 to {MAX_KEY_CHARS} characters of letters, digits, '_', '-', '.' or '/'"
+                ),
+            ));
+        }
+        if v.len() > max_value {
+            bad.push(FieldViolation::new(
+                format!("{field}[{k}]"),
+                format!("value is {} bytes; the limit is {max_value}", v.len()),
+            ));
+        }
+    }
+}
+
+/// An optional free-text field: empty means absent.
+pub fn optional_text(
+    field: &str,
+    value: &str,
+    max_chars: usize,
+    bad: &mut Vec<FieldViolation>,
+) -> Option<String> {
+    let n = value.chars().count();
+    if n > max_chars {
+        bad.push(FieldViolation::new(
+            field,
+            format!("is {n} characters long; the limit is {max_chars}"),
+        ));
+    }
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> NewJob {
+        NewJob {
+            name: "encode".into(),
+            executor: "sleep".into(),
+            items: vec!["a".into(), "b".into()],
+            ..Default::default()
+        }
+    }
+
+    fn fields(r: Result<JobSpec, Vec<FieldViolation>>) -> Vec<String> {
+        r.unwrap_err().into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn applies_defaults() {
+        let spec = JobSpec::parse(valid(), &Limits::default()).unwrap();
+        assert_eq!(spec.concurrency, 1);
+        assert_eq!(spec.max_attempts, 3);
+        assert_eq!(spec.request_id, None);
+    }
+
+    #[test]
+    fn names_every_bad_field() {
+        let mut input = valid();
+        input.name = "  ".into();
+        input.executor = String::new();
+        input.items = vec![];
+        input.concurrency = 5000;
+        input.max_attempts = 101;
+        input.labels.insert("bad key".into(), "v".into());
+        input.request_id = "x".repeat(201);
+        assert_eq!(
+            fields(JobSpec::parse(input, &Limits::default())),
+            [
+                "name",
+                "executor",
+                "items",
+                "concurrency",
+                "max_attempts",
+                "labels[bad key]",
+                "request_id"
+            ]
+        );
+    }
+
+    #[test]
+    fn enforces_item_limits() {
+        let limits = Limits {
+            max_items: 3,
+            max_item_bytes: 4,
+            ..Limits::default()
+        };
+        let mut input = valid();
+        input.items = vec!["12345".into(), "ok".into(), "123456".into()];
+        assert_eq!(
+            fields(JobSpec::parse(input.clone(), &limits)),
+            ["items[0]", "items[2]"]
+        );
+        input.items = vec!["a".into(); 4];
+        let err = JobSpec::parse(input, &limits).unwrap_err();
+        assert_eq!(err[0].field, "items");
+        assert!(err[0].description.contains("limit is 3"));
+    }
+
+    #[test]
+    fn long_names_are_refused() {
+        let mut input = valid();
+        input.name = "n".repeat(201);
+        assert_eq!(fields(JobSpec::parse(input.clone(), &Limits::default())), ["name"]);
+        input.name = "n".repeat(200);
+        assert!(JobSpec::parse(input, &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn fingerprint_ignores_the_request_id_only() {
+        let a = JobSpec::parse(valid(), &Limits::default()).unwrap();
+        let mut b = a.clone();
+        b.request_id = Some("k".into());
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let mut c = a.clone();
+        c.items.push("c".into());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        // Field boundaries matter: ("ab","") differs from ("a","b").
+        let mut d = a.clone();
+        d.items = vec!["ab".into(), "".into()];
+        let mut e = a.clone();
+        e.items = vec!["a".into(), "b".into()];
+        assert_ne!(d.fingerprint(), e.fingerprint());
+    }
+}
