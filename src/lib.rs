@@ -2,7 +2,26 @@
 //! start, pause, resume, cancel and watch them without losing work.
 //!
 //! Layers, one direction: [`api`] (tonic glue) → [`engine`] (actors) →
-//! [`store`] (sqlx) → [`domain`] (pure). See DESIGN.md.
+//! [`store`] (sqlx) → [`domain`] (pure). [`executor`] holds the per-item
+//! work the engine runs. See DESIGN.md.
 #![forbid(unsafe_code)]
 
 pub mod domain;
+pub mod engine;
+pub mod executor;
+pub mod store;
+pub mod api;
+pub mod cli;
+pub mod telemetry;
+pub mod server;
+
+/// The API as generated from `proto/jobvisor/v1/jobvisor.proto`: messages,
+/// the `JobService` client and server.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("jobvisor.v1");
+
+    /// The encoded descriptors that server reflection serves.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("jobvisor_descriptor");
+}

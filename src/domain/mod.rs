@@ -5,6 +5,7 @@ pub mod event;
 pub mod ids;
 pub mod job;
 pub mod machine;
+pub mod page;
 pub mod spec;
 pub mod state;
 

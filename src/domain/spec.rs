@@ -88,7 +88,9 @@ impl JobSpec {
         let name_chars = name.chars().count();
         if name_chars == 0 {
             bad.push(FieldViolation::new("name", "is required"));
-        } else if name_chars > MAX_NAME_CHARS {
+        } else if name.contains('\0') {
+        bad.push(FieldViolation::new("name", "contains a NUL character"));
+    } else if name_chars > MAX_NAME_CHARS {
             bad.push(FieldViolation::new(
                 "name",
                 format!("is {name_chars} characters long; the limit is {MAX_NAME_CHARS}"),
@@ -193,6 +195,12 @@ fn check_items(items: &[String], limits: &Limits, bad: &mut Vec<FieldViolation>)
         .iter()
         .enumerate()
         .filter(|(_, item)| item.len() > limits.max_item_bytes);
+    for (i, _) in items.iter().enumerate().filter(|(_, i)| i.contains('\0')).take(5) {
+        bad.push(FieldViolation::new(
+            format!("items[{i}]"),
+            "contains a NUL character",
+        ));
+    }
     for (i, item) in oversized.take(5) {
         bad.push(FieldViolation::new(
             format!("items[{i}]"),
@@ -234,7 +242,12 @@ fn check_map(
                 ),
             ));
         }
-        if v.len() > max_value {
+        if v.contains('\0') {
+            bad.push(FieldViolation::new(
+                format!("{field}[{k}]"),
+                "value contains a NUL character",
+            ));
+        } else if v.len() > max_value {
             bad.push(FieldViolation::new(
                 format!("{field}[{k}]"),
                 format!("value is {} bytes; the limit is {max_value}", v.len()),
@@ -251,7 +264,9 @@ pub fn optional_text(
     bad: &mut Vec<FieldViolation>,
 ) -> Option<String> {
     let n = value.chars().count();
-    if n > max_chars {
+    if value.contains('\0') {
+        bad.push(FieldViolation::new(field, "contains a NUL character"));
+    } else if n > max_chars {
         bad.push(FieldViolation::new(
             field,
             format!("is {n} characters long; the limit is {max_chars}"),

@@ -1,0 +1,340 @@
+//! Proto ↔ domain: what the wire says, parsed into domain input (every bad
+//! field named), and domain values turned into API messages.
+
+use crate::{
+    domain::{
+        EventBody, FieldViolation, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobState,
+        NewJob, PauseMode, PauseRecord,
+        page::{ItemCursor, JobCursor},
+        spec::{MAX_REASON_CHARS, MAX_REQUEST_ID_CHARS, optional_text},
+    },
+    engine::{Progress, WatchItem},
+    pb,
+    store::{ItemQuery, JobQuery},
+};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+/// Default and largest page sizes (AIP-158: larger requests are lowered).
+const JOBS_PAGE: (u32, u32) = (50, 1000);
+const ITEMS_PAGE: (u32, u32) = (100, 1000);
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn job_state(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Running => pb::JobState::Running,
+        JobState::Pausing => pb::JobState::Pausing,
+        JobState::Paused => pb::JobState::Paused,
+        JobState::Cancelling => pb::JobState::Cancelling,
+        JobState::Cancelled => pb::JobState::Cancelled,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+    }
+}
+
+fn job_state_from(value: i32) -> Option<JobState> {
+    Some(match pb::JobState::try_from(value).ok()? {
+        pb::JobState::Unspecified => return None,
+        pb::JobState::Running => JobState::Running,
+        pb::JobState::Pausing => JobState::Pausing,
+        pb::JobState::Paused => JobState::Paused,
+        pb::JobState::Cancelling => JobState::Cancelling,
+        pb::JobState::Cancelled => JobState::Cancelled,
+        pb::JobState::Succeeded => JobState::Succeeded,
+        pb::JobState::Failed => JobState::Failed,
+    })
+}
+
+pub fn item_state(s: ItemState) -> pb::ItemState {
+    match s {
+        ItemState::Pending => pb::ItemState::Pending,
+        ItemState::Running => pb::ItemState::Running,
+        ItemState::Succeeded => pb::ItemState::Succeeded,
+        ItemState::Failed => pb::ItemState::Failed,
+        ItemState::Cancelled => pb::ItemState::Cancelled,
+    }
+}
+
+fn item_state_from(value: i32) -> Option<ItemState> {
+    Some(match pb::ItemState::try_from(value).ok()? {
+        pb::ItemState::Unspecified => return None,
+        pb::ItemState::Pending => ItemState::Pending,
+        pb::ItemState::Running => ItemState::Running,
+        pb::ItemState::Succeeded => ItemState::Succeeded,
+        pb::ItemState::Failed => ItemState::Failed,
+        pb::ItemState::Cancelled => ItemState::Cancelled,
+    })
+}
+
+pub fn pause_mode(m: PauseMode) -> pb::PauseMode {
+    match m {
+        PauseMode::Graceful => pb::PauseMode::Graceful,
+        PauseMode::Immediate => pb::PauseMode::Immediate,
+    }
+}
+
+pub fn counts(c: &ItemCounts) -> pb::ItemCounts {
+    pb::ItemCounts {
+        total: c.total,
+        pending: c.pending(),
+        running: c.running,
+        succeeded: c.succeeded,
+        failed: c.failed,
+        cancelled: c.cancelled,
+    }
+}
+
+fn pause_record(p: &PauseRecord) -> pb::PauseRecord {
+    pb::PauseRecord {
+        mode: pause_mode(p.mode) as i32,
+        reason: p.reason.clone().unwrap_or_default(),
+        requested_by: p.requested_by.clone().unwrap_or_default(),
+        request_id: p.request_id.clone().unwrap_or_default(),
+        request_time: Some(timestamp(p.requested_at)),
+        paused_time: p.paused_at.map(timestamp),
+        resume_time: p.resumed_at.map(timestamp),
+    }
+}
+
+pub fn job(j: &Job) -> pb::Job {
+    pb::Job {
+        id: j.id.to_string(),
+        name: j.name.clone(),
+        executor: j.executor.clone(),
+        state: job_state(j.state) as i32,
+        counts: Some(counts(&j.counts)),
+        concurrency: j.concurrency,
+        max_attempts: j.max_attempts,
+        params: j.params.clone().into_iter().collect(),
+        labels: j.labels.clone().into_iter().collect(),
+        create_time: Some(timestamp(j.created_at)),
+        start_time: j.started_at.map(timestamp),
+        update_time: Some(timestamp(j.updated_at)),
+        end_time: j.ended_at.map(timestamp),
+        pauses: j.pauses.iter().map(pause_record).collect(),
+        can_pause: j.can_pause(),
+        can_resume: j.can_resume(),
+        can_cancel: j.can_cancel(),
+        last_error: j.last_error.clone().unwrap_or_default(),
+        last_sequence: j.last_seq,
+        request_id: j.request_id.clone().unwrap_or_default(),
+    }
+}
+
+pub fn item(i: &Item) -> pb::Item {
+    pb::Item {
+        index: i.index,
+        payload: i.payload.clone(),
+        state: item_state(i.state) as i32,
+        attempts: i.attempts,
+        last_error: i.last_error.clone().unwrap_or_default(),
+        checkpoint: i.checkpoint.clone().unwrap_or_default(),
+        update_time: i.updated_at.map(timestamp),
+    }
+}
+
+fn event(e: &JobEvent) -> pb::JobEvent {
+    use pb::job_event::Kind;
+    let kind = match &e.body {
+        EventBody::StateChanged {
+            from,
+            to,
+            reason,
+            requested_by,
+            request_id,
+            pause_mode: mode,
+        } => Kind::StateChanged(pb::StateChanged {
+            from: from.map_or(pb::JobState::Unspecified, job_state) as i32,
+            to: job_state(*to) as i32,
+            reason: reason.clone().unwrap_or_default(),
+            requested_by: requested_by.clone().unwrap_or_default(),
+            request_id: request_id.clone().unwrap_or_default(),
+            pause_mode: mode.map_or(pb::PauseMode::Unspecified, pause_mode) as i32,
+        }),
+        EventBody::ItemFailed {
+            index,
+            attempt,
+            error,
+            will_retry,
+        } => Kind::ItemFailed(pb::ItemFailed {
+            index: *index,
+            attempt: *attempt,
+            error: error.clone(),
+            will_retry: *will_retry,
+        }),
+        EventBody::WorkerRestarted {
+            index,
+            reason,
+            restarts_in_window,
+        } => Kind::WorkerRestarted(pb::WorkerRestarted {
+            index: *index,
+            reason: reason.clone(),
+            restarts_in_window: *restarts_in_window,
+        }),
+    };
+    pb::JobEvent {
+        sequence: e.seq,
+        time: Some(timestamp(e.at)),
+        kind: Some(kind),
+    }
+}
+
+fn progress(p: &Progress) -> pb::JobEvent {
+    pb::JobEvent {
+        sequence: p.seq,
+        time: Some(timestamp(p.at)),
+        kind: Some(pb::job_event::Kind::Progress(pb::Progress {
+            counts: Some(counts(&p.counts)),
+            items_per_second: p.items_per_second,
+            eta: p.eta.and_then(|d| prost_types::Duration::try_from(d).ok()),
+        })),
+    }
+}
+
+pub fn watch_item(w: &WatchItem) -> pb::JobEvent {
+    match w {
+        WatchItem::Snapshot(j) => pb::JobEvent {
+            sequence: j.last_seq,
+            time: Some(timestamp(Utc::now())),
+            kind: Some(pb::job_event::Kind::Snapshot(job(j))),
+        },
+        WatchItem::Event(e) => event(e),
+        WatchItem::Progress(p) => progress(p),
+    }
+}
+
+/// Parses a job id field.
+pub fn job_id(field: &str, raw: &str, bad: &mut Vec<FieldViolation>) -> Option<JobId> {
+    match raw.parse() {
+        Ok(id) => Some(id),
+        Err(why) => {
+            bad.push(FieldViolation::new(field, why));
+            None
+        }
+    }
+}
+
+/// Turns a list of violations into a result.
+pub fn checked<T>(value: Option<T>, bad: Vec<FieldViolation>) -> Result<T, Vec<FieldViolation>> {
+    match value {
+        Some(v) if bad.is_empty() => Ok(v),
+        _ => Err(bad),
+    }
+}
+
+pub fn new_job(r: pb::StartJobRequest) -> NewJob {
+    NewJob {
+        name: r.name,
+        executor: r.executor,
+        items: r.items,
+        concurrency: r.concurrency,
+        params: r.params.into_iter().collect::<BTreeMap<_, _>>(),
+        labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        max_attempts: r.max_attempts,
+        request_id: r.request_id,
+    }
+}
+
+pub fn pause_mode_from(value: i32, bad: &mut Vec<FieldViolation>) -> PauseMode {
+    match pb::PauseMode::try_from(value) {
+        Ok(pb::PauseMode::Unspecified | pb::PauseMode::Graceful) => PauseMode::Graceful,
+        Ok(pb::PauseMode::Immediate) => PauseMode::Immediate,
+        Err(_) => {
+            bad.push(FieldViolation::new(
+                "mode",
+                format!("{value} is not a PauseMode"),
+            ));
+            PauseMode::Graceful
+        }
+    }
+}
+
+/// A control call's reason and request id.
+pub fn reason_and_request_id(
+    reason: &str,
+    request_id: &str,
+    bad: &mut Vec<FieldViolation>,
+) -> (Option<String>, Option<String>) {
+    (
+        optional_text("reason", reason, MAX_REASON_CHARS, bad),
+        optional_text("request_id", request_id, MAX_REQUEST_ID_CHARS, bad),
+    )
+}
+
+fn page_size(requested: u32, (default, max): (u32, u32)) -> u32 {
+    match requested {
+        0 => default,
+        n => n.min(max),
+    }
+}
+
+pub fn job_query(r: pb::ListJobsRequest) -> Result<JobQuery, Vec<FieldViolation>> {
+    let mut bad = Vec::new();
+    let mut states = Vec::new();
+    for (i, s) in r.states.iter().enumerate() {
+        match job_state_from(*s) {
+            Some(state) => states.push(state),
+            None => bad.push(FieldViolation::new(
+                format!("states[{i}]"),
+                format!("{s} is not a job state"),
+            )),
+        }
+    }
+    let after = match r.page_token.as_str() {
+        "" => None,
+        token => match JobCursor::decode(token) {
+            Ok(c) => Some(c),
+            Err(why) => {
+                bad.push(FieldViolation::new("page_token", why));
+                None
+            }
+        },
+    };
+    checked(
+        Some(JobQuery {
+            states,
+            labels: r.labels.into_iter().collect(),
+            limit: page_size(r.page_size, JOBS_PAGE),
+            after,
+        }),
+        bad,
+    )
+}
+
+pub fn item_query(r: pb::ListJobItemsRequest) -> Result<ItemQuery, Vec<FieldViolation>> {
+    let mut bad = Vec::new();
+    let job = job_id("job_id", &r.job_id, &mut bad);
+    let mut states = Vec::new();
+    for (i, s) in r.states.iter().enumerate() {
+        match item_state_from(*s) {
+            Some(state) => states.push(state),
+            None => bad.push(FieldViolation::new(
+                format!("states[{i}]"),
+                format!("{s} is not an item state"),
+            )),
+        }
+    }
+    let after = match r.page_token.as_str() {
+        "" => None,
+        token => match ItemCursor::decode(token) {
+            Ok(c) => Some(c),
+            Err(why) => {
+                bad.push(FieldViolation::new("page_token", why));
+                None
+            }
+        },
+    };
+    let query = job.map(|job| ItemQuery {
+        job,
+        states,
+        limit: page_size(r.page_size, ITEMS_PAGE),
+        after,
+    });
+    checked(query, bad)
+}

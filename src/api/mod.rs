@@ -1,0 +1,180 @@
+//! tonic glue: the `jobvisor.v1.JobService` implementation. Each RPC parses
+//! its request (naming bad fields), calls the engine, and converts the
+//! answer; errors become statuses in [`status`] only. No SQL here.
+
+pub mod convert;
+pub mod status;
+
+use crate::{
+    domain::{FieldViolation, Provenance},
+    engine::{Control, Engine},
+    pb::{self, job_service_server::JobService},
+};
+use futures::{Stream, StreamExt};
+use std::pin::Pin;
+use tonic::{Request, Response, Status};
+
+/// Metadata header naming who makes a control call, recorded with it.
+pub const REQUESTED_BY_HEADER: &str = "x-requested-by";
+const MAX_REQUESTED_BY_CHARS: usize = 200;
+
+/// The JobService.
+#[derive(Clone)]
+pub struct JobApi {
+    engine: Engine,
+}
+
+impl JobApi {
+    pub fn new(engine: Engine) -> Self {
+        JobApi { engine }
+    }
+}
+
+fn requested_by<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get(REQUESTED_BY_HEADER)?.to_str().ok()?;
+    let value: String = value.chars().take(MAX_REQUESTED_BY_CHARS).collect();
+    (!value.is_empty()).then_some(value)
+}
+
+fn bad(violations: Vec<FieldViolation>) -> Status {
+    status::invalid_argument(&violations)
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    #[tracing::instrument(skip_all, fields(rpc = "StartJob", job_id))]
+    async fn start_job(
+        &self,
+        request: Request<pb::StartJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let input = convert::new_job(request.into_inner());
+        let job = self.engine.start_job(input).await?;
+        tracing::Span::current().record("job_id", tracing::field::display(job.id));
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetJob", job_id = %request.get_ref().job_id))]
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", &request.get_ref().job_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        let job = self.engine.get_job(id).await?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListJobs"))]
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let query = convert::job_query(request.into_inner()).map_err(bad)?;
+        let page = self.engine.list_jobs(&query).await?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: page.rows.iter().map(convert::job).collect(),
+            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListJobItems", job_id = %request.get_ref().job_id))]
+    async fn list_job_items(
+        &self,
+        request: Request<pb::ListJobItemsRequest>,
+    ) -> Result<Response<pb::ListJobItemsResponse>, Status> {
+        let query = convert::item_query(request.into_inner()).map_err(bad)?;
+        let page = self.engine.list_items(&query).await?;
+        Ok(Response::new(pb::ListJobItemsResponse {
+            items: page.rows.iter().map(convert::item).collect(),
+            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "PauseJob", job_id = %request.get_ref().job_id))]
+    async fn pause_job(
+        &self,
+        request: Request<pb::PauseJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let by = requested_by(&request);
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", &r.job_id, &mut violations);
+        let mode = convert::pause_mode_from(r.mode, &mut violations);
+        let (reason, request_id) =
+            convert::reason_and_request_id(&r.reason, &r.request_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        let provenance = Provenance {
+            reason,
+            requested_by: by,
+            request_id,
+        };
+        let job = self
+            .engine
+            .control(id, Control::Pause(mode), provenance)
+            .await?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ResumeJob", job_id = %request.get_ref().job_id))]
+    async fn resume_job(
+        &self,
+        request: Request<pb::ResumeJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let by = requested_by(&request);
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", &r.job_id, &mut violations);
+        let (_, request_id) = convert::reason_and_request_id("", &r.request_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        let provenance = Provenance {
+            reason: None,
+            requested_by: by,
+            request_id,
+        };
+        let job = self.engine.control(id, Control::Resume, provenance).await?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "CancelJob", job_id = %request.get_ref().job_id))]
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let by = requested_by(&request);
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", &r.job_id, &mut violations);
+        let (reason, request_id) =
+            convert::reason_and_request_id(&r.reason, &r.request_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        let provenance = Provenance {
+            reason,
+            requested_by: by,
+            request_id,
+        };
+        let job = self.engine.control(id, Control::Cancel, provenance).await?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    type WatchJobStream = EventStream;
+
+    #[tracing::instrument(skip_all, fields(rpc = "WatchJob", job_id = %request.get_ref().job_id))]
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", &r.job_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        let stream = self.engine.watch(id, r.from_sequence).await?;
+        let stream = stream.map(|item| match item {
+            Ok(item) => Ok(convert::watch_item(&item)),
+            Err(e) => Err(Status::from(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,396 @@
+//! The client subcommands: each builds a request, calls the server named
+//! by `--server` / `JOBVISOR_SERVER`, and prints the answer.
+
+use super::output;
+use crate::{
+    api::REQUESTED_BY_HEADER,
+    pb::{self, job_service_client::JobServiceClient},
+};
+use anyhow::{Context, bail};
+use clap::Args;
+use std::{collections::HashMap, io::IsTerminal, process::ExitCode, time::Duration};
+use tonic::transport::Channel;
+
+/// How long a unary call may take before the client gives up.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Args, Clone)]
+pub struct Conn {
+    /// The server's address.
+    #[arg(long, env = "JOBVISOR_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    server: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl Conn {
+    async fn client(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+        let url = if self.server.contains("://") {
+            self.server.clone()
+        } else {
+            format!("http://{}", self.server)
+        };
+        let channel = Channel::from_shared(url.clone())
+            .with_context(|| format!("--server {url:?} is not a valid address"))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the jobvisor server at {url}"))?;
+        Ok(JobServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    }
+}
+
+/// A request with a deadline and the caller's name attached.
+fn request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    let who = std::env::var("USER").unwrap_or_else(|_| "jobvisor-cli".into());
+    if let Ok(value) = format!("cli:{who}").parse() {
+        request.metadata_mut().insert(REQUESTED_BY_HEADER, value);
+    }
+    request
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", output::code_name(status.code()), status.message())
+}
+
+fn key_value(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{raw:?} is not key=value"))
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job's name.
+    #[arg(long)]
+    name: String,
+    /// The executor that processes each item.
+    #[arg(long, default_value = "sleep")]
+    executor: String,
+    /// An item (repeat for more).
+    #[arg(long = "item")]
+    items: Vec<String>,
+    /// A file with one item per line ("-" for standard input).
+    #[arg(long)]
+    items_file: Option<String>,
+    /// Generate this many items named item-0, item-1, … (for trying things).
+    #[arg(long)]
+    count: Option<u32>,
+    /// An executor parameter, key=value (repeat for more).
+    #[arg(long = "param", value_parser = key_value)]
+    params: Vec<(String, String)>,
+    /// A label, key=value (repeat for more).
+    #[arg(long = "label", value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    /// Items processed at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Attempts per item (0: the server's default, 3).
+    #[arg(long, default_value_t = 0)]
+    max_attempts: u32,
+    /// Idempotency key: retrying with the same key starts nothing new.
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Follow the job after starting it, like `jobvisor watch`.
+    #[arg(long)]
+    watch: bool,
+}
+
+pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
+    let mut items = args.items.clone();
+    if let Some(path) = &args.items_file {
+        let text = if path == "-" {
+            std::io::read_to_string(std::io::stdin()).context("cannot read items from stdin")?
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?
+        };
+        items.extend(text.lines().filter(|l| !l.is_empty()).map(String::from));
+    }
+    if let Some(n) = args.count {
+        items.extend((0..n).map(|i| format!("item-{i}")));
+    }
+    if items.is_empty() {
+        bail!("no items: give --item, --items-file or --count");
+    }
+    let mut client = args.conn.client().await?;
+    let job = client
+        .start_job(request(pb::StartJobRequest {
+            name: args.name,
+            executor: args.executor,
+            items,
+            concurrency: args.concurrency,
+            params: args.params.into_iter().collect::<HashMap<_, _>>(),
+            labels: args.labels.into_iter().collect::<HashMap<_, _>>(),
+            max_attempts: args.max_attempts,
+            request_id: args.request_id.unwrap_or_default(),
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.watch {
+        return follow(&mut client, &job.id, 0, args.conn.json).await;
+    }
+    output::print_job(&job, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job's id.
+    job_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job's id.
+    job_id: String,
+    /// Stop items in flight at their next checkpoint instead of letting
+    /// them finish.
+    #[arg(long)]
+    immediate: bool,
+    /// Why (kept in the job's pause history).
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+pub async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
+    let mode = if args.immediate {
+        pb::PauseMode::Immediate
+    } else {
+        pb::PauseMode::Graceful
+    };
+    let job = args
+        .conn
+        .client()
+        .await?
+        .pause_job(request(pb::PauseJobRequest {
+            job_id: args.job_id,
+            mode: mode as i32,
+            reason: args.reason,
+            request_id: String::new(),
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_job(&job, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn resume(args: JobArgs) -> anyhow::Result<ExitCode> {
+    let job = args
+        .conn
+        .client()
+        .await?
+        .resume_job(request(pb::ResumeJobRequest {
+            job_id: args.job_id,
+            request_id: String::new(),
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_job(&job, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job's id.
+    job_id: String,
+    /// Why (recorded in the job's event log).
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let job = args
+        .conn
+        .client()
+        .await?
+        .cancel_job(request(pb::CancelJobRequest {
+            job_id: args.job_id,
+            reason: args.reason,
+            request_id: String::new(),
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_job(&job, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn get(args: JobArgs) -> anyhow::Result<ExitCode> {
+    let job = args
+        .conn
+        .client()
+        .await?
+        .get_job(request(pb::GetJobRequest {
+            job_id: args.job_id,
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_job(&job, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Only jobs in this state (running, paused, succeeded…); repeatable.
+    #[arg(long = "state", value_parser = output::parse_job_state)]
+    states: Vec<pb::JobState>,
+    /// Only jobs with this label, key=value; repeatable.
+    #[arg(long = "label", value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    /// Jobs per page.
+    #[arg(long, default_value_t = 50)]
+    page_size: u32,
+    /// Continue from a previous page.
+    #[arg(long, default_value = "")]
+    page_token: String,
+}
+
+pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let page = args
+        .conn
+        .client()
+        .await?
+        .list_jobs(request(pb::ListJobsRequest {
+            page_size: args.page_size,
+            page_token: args.page_token,
+            states: args.states.iter().map(|s| *s as i32).collect(),
+            labels: args.labels.into_iter().collect(),
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_jobs(&page, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct ItemsArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job's id.
+    job_id: String,
+    /// Only items in this state (pending, running, failed…); repeatable.
+    #[arg(long = "state", value_parser = output::parse_item_state)]
+    states: Vec<pb::ItemState>,
+    /// Items per page.
+    #[arg(long, default_value_t = 100)]
+    page_size: u32,
+    /// Continue from a previous page.
+    #[arg(long, default_value = "")]
+    page_token: String,
+}
+
+pub async fn items(args: ItemsArgs) -> anyhow::Result<ExitCode> {
+    let page = args
+        .conn
+        .client()
+        .await?
+        .list_job_items(request(pb::ListJobItemsRequest {
+            job_id: args.job_id,
+            page_size: args.page_size,
+            page_token: args.page_token,
+            states: args.states.iter().map(|s| *s as i32).collect(),
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_items(&page, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job's id.
+    job_id: String,
+    /// Replay events after this sequence (0: the whole history).
+    #[arg(long, default_value_t = 0)]
+    from_sequence: u64,
+}
+
+pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let mut client = args.conn.client().await?;
+    follow(&mut client, &args.job_id, args.from_sequence, args.conn.json).await
+}
+
+/// Streams a job to its end, reconnecting with the last sequence seen when
+/// the stream breaks (server restart, network).
+async fn follow(
+    client: &mut JobServiceClient<Channel>,
+    job_id: &str,
+    from_sequence: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let json = json || !std::io::stdout().is_terminal();
+    let mut view = output::WatchView::new(json);
+    let mut last = from_sequence;
+    let mut failures = 0;
+    loop {
+        let stream = client
+            .watch_job(pb::WatchJobRequest {
+                job_id: job_id.to_string(),
+                from_sequence: last,
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && failures < 30 => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(s) => return Err(status_error(s)),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(event)) => {
+                    failures = 0;
+                    if !matches!(
+                        event.kind,
+                        Some(pb::job_event::Kind::Snapshot(_) | pb::job_event::Kind::Progress(_))
+                    ) {
+                        last = event.sequence;
+                    }
+                    if let Some(end) = view.show(&event) {
+                        view.finish();
+                        return Ok(end);
+                    }
+                }
+                Ok(None) => {
+                    // Ended without a terminal event after our sequence:
+                    // the job had already ended.
+                    view.finish();
+                    return Ok(output::exit_code(view.last_state()));
+                }
+                Err(s) if s.code() == tonic::Code::Unavailable && failures < 30 => {
+                    failures += 1;
+                    view.note(&format!("stream interrupted ({}); reconnecting", s.message()));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+                Err(s) => {
+                    view.finish();
+                    return Err(status_error(s));
+                }
+            }
+        }
+    }
+}

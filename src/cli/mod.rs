@@ -1,0 +1,64 @@
+//! The `jobvisor` command line: `serve` runs the service; the other
+//! subcommands are a client of any running server.
+
+mod client;
+mod output;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// jobvisor: run long batch jobs you can pause, resume, cancel and watch
+/// without losing work.
+#[derive(Debug, Parser)]
+#[command(name = "jobvisor", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(serve::ServeArgs),
+    /// Start a job.
+    Start(client::StartArgs),
+    /// Pause a job (graceful unless --immediate).
+    Pause(client::PauseArgs),
+    /// Resume a paused job.
+    Resume(client::JobArgs),
+    /// Cancel a job.
+    Cancel(client::CancelArgs),
+    /// Show a job.
+    Get(client::JobArgs),
+    /// List jobs, newest first.
+    List(client::ListArgs),
+    /// List a job's items with their state, attempts and errors.
+    Items(client::ItemsArgs),
+    /// Follow a job until it ends: a progress bar on a terminal, JSON lines
+    /// otherwise. Exit code: 0 succeeded, 3 failed, 4 cancelled.
+    Watch(client::WatchArgs),
+}
+
+/// Parses the command line and runs it.
+pub async fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Start(args) => client::start(args).await,
+        Command::Pause(args) => client::pause(args).await,
+        Command::Resume(args) => client::resume(args).await,
+        Command::Cancel(args) => client::cancel(args).await,
+        Command::Get(args) => client::get(args).await,
+        Command::List(args) => client::list(args).await,
+        Command::Items(args) => client::items(args).await,
+        Command::Watch(args) => client::watch(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! How the CLI shows things: text for people, JSON for scripts, and the
+//! live view of `watch` (a progress bar on a terminal, JSON lines
+//! otherwise).
+
+use crate::pb;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use std::process::ExitCode;
+
+pub fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+        .chars()
+        .fold(String::new(), |mut s, c| {
+            if c.is_uppercase() && !s.is_empty() {
+                s.push('_');
+            }
+            s.push(c.to_ascii_uppercase());
+            s
+        })
+}
+
+fn job_state_name(value: i32) -> String {
+    pb::JobState::try_from(value)
+        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_string())
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn item_state_name(value: i32) -> String {
+    pb::ItemState::try_from(value)
+        .map(|s| s.as_str_name().trim_start_matches("ITEM_STATE_").to_string())
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn pause_mode_name(value: i32) -> String {
+    pb::PauseMode::try_from(value)
+        .map(|s| s.as_str_name().trim_start_matches("PAUSE_MODE_").to_string())
+        .unwrap_or_else(|_| value.to_string())
+}
+
+pub fn parse_job_state(raw: &str) -> Result<pb::JobState, String> {
+    let name = format!("JOB_STATE_{}", raw.to_ascii_uppercase());
+    pb::JobState::from_str_name(&name)
+        .filter(|s| *s != pb::JobState::Unspecified)
+        .ok_or_else(|| {
+            format!("{raw:?} is not a job state (running, pausing, paused, cancelling, cancelled, succeeded, failed)")
+        })
+}
+
+pub fn parse_item_state(raw: &str) -> Result<pb::ItemState, String> {
+    let name = format!("ITEM_STATE_{}", raw.to_ascii_uppercase());
+    pb::ItemState::from_str_name(&name)
+        .filter(|s| *s != pb::ItemState::Unspecified)
+        .ok_or_else(|| {
+            format!("{raw:?} is not an item state (pending, running, succeeded, failed, cancelled)")
+        })
+}
+
+fn time(t: &Option<prost_types::Timestamp>) -> Value {
+    match t {
+        Some(t) => chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
+            .map(|d| Value::String(d.to_rfc3339()))
+            .unwrap_or(Value::Null),
+        None => Value::Null,
+    }
+}
+
+fn counts_json(c: &Option<pb::ItemCounts>) -> Value {
+    let c = c.clone().unwrap_or_default();
+    json!({"total": c.total, "pending": c.pending, "running": c.running,
+           "succeeded": c.succeeded, "failed": c.failed, "cancelled": c.cancelled})
+}
+
+pub fn job_json(j: &pb::Job) -> Value {
+    json!({
+        "id": j.id, "name": j.name, "executor": j.executor,
+        "state": job_state_name(j.state), "counts": counts_json(&j.counts),
+        "concurrency": j.concurrency, "max_attempts": j.max_attempts,
+        "params": j.params, "labels": j.labels,
+        "create_time": time(&j.create_time), "start_time": time(&j.start_time),
+        "update_time": time(&j.update_time), "end_time": time(&j.end_time),
+        "pauses": j.pauses.iter().map(|p| json!({
+            "mode": pause_mode_name(p.mode), "reason": p.reason,
+            "requested_by": p.requested_by, "request_id": p.request_id,
+            "request_time": time(&p.request_time), "paused_time": time(&p.paused_time),
+            "resume_time": time(&p.resume_time),
+        })).collect::<Vec<_>>(),
+        "can_pause": j.can_pause, "can_resume": j.can_resume, "can_cancel": j.can_cancel,
+        "last_error": j.last_error, "last_sequence": j.last_sequence,
+        "request_id": j.request_id,
+    })
+}
+
+fn counts_text(c: &Option<pb::ItemCounts>) -> String {
+    let c = c.clone().unwrap_or_default();
+    format!(
+        "{} total: {} pending, {} running, {} succeeded, {} failed, {} cancelled",
+        c.total, c.pending, c.running, c.succeeded, c.failed, c.cancelled
+    )
+}
+
+pub fn print_job(j: &pb::Job, json: bool) {
+    if json {
+        println!("{}", job_json(j));
+        return;
+    }
+    println!("id:        {}", j.id);
+    println!("name:      {}", j.name);
+    println!("state:     {}", job_state_name(j.state));
+    println!("executor:  {} (concurrency {}, max attempts {})", j.executor, j.concurrency, j.max_attempts);
+    println!("items:     {}", counts_text(&j.counts));
+    if !j.last_error.is_empty() {
+        println!("error:     {}", j.last_error);
+    }
+    for p in &j.pauses {
+        let reason = if p.reason.is_empty() { String::new() } else { format!(" ({})", p.reason) };
+        println!(
+            "paused:    {} at {}{}, resumed {}",
+            pause_mode_name(p.mode).to_lowercase(),
+            time(&p.request_time).as_str().unwrap_or("?"),
+            reason,
+            time(&p.resume_time).as_str().unwrap_or("-"),
+        );
+    }
+}
+
+pub fn print_jobs(page: &pb::ListJobsResponse, json: bool) {
+    if json {
+        let jobs: Vec<Value> = page.jobs.iter().map(job_json).collect();
+        println!("{}", json!({"jobs": jobs, "next_page_token": page.next_page_token}));
+        return;
+    }
+    println!("{:<36}  {:<10}  {:>9}  {:>9}  NAME", "ID", "STATE", "DONE", "TOTAL");
+    for j in &page.jobs {
+        let c = j.counts.clone().unwrap_or_default();
+        println!(
+            "{:<36}  {:<10}  {:>9}  {:>9}  {}",
+            j.id,
+            job_state_name(j.state),
+            c.succeeded + c.failed + c.cancelled,
+            c.total,
+            j.name
+        );
+    }
+    if !page.next_page_token.is_empty() {
+        println!("(more: --page-token {})", page.next_page_token);
+    }
+}
+
+pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
+    if json {
+        let items: Vec<Value> = page
+            .items
+            .iter()
+            .map(|i| {
+                json!({"index": i.index, "payload": i.payload, "state": item_state_name(i.state),
+                       "attempts": i.attempts, "last_error": i.last_error,
+                       "checkpoint": String::from_utf8_lossy(&i.checkpoint),
+                       "update_time": time(&i.update_time)})
+            })
+            .collect();
+        println!("{}", json!({"items": items, "next_page_token": page.next_page_token}));
+        return;
+    }
+    println!("{:>7}  {:<9}  {:>8}  {:<12}  PAYLOAD / ERROR", "INDEX", "STATE", "ATTEMPTS", "CHECKPOINT");
+    for i in &page.items {
+        let checkpoint: String = String::from_utf8_lossy(&i.checkpoint).chars().take(12).collect();
+        let payload: String = i.payload.chars().take(40).collect();
+        let error = if i.last_error.is_empty() { String::new() } else { format!("  ! {}", i.last_error) };
+        println!(
+            "{:>7}  {:<9}  {:>8}  {:<12}  {}{}",
+            i.index,
+            item_state_name(i.state),
+            i.attempts,
+            checkpoint,
+            payload,
+            error
+        );
+    }
+    if !page.next_page_token.is_empty() {
+        println!("(more: --page-token {})", page.next_page_token);
+    }
+}
+
+/// The exit code for a job that ended in `state`.
+pub fn exit_code(state: i32) -> ExitCode {
+    match pb::JobState::try_from(state) {
+        Ok(pb::JobState::Succeeded) => ExitCode::SUCCESS,
+        Ok(pb::JobState::Failed) => ExitCode::from(3),
+        Ok(pb::JobState::Cancelled) => ExitCode::from(4),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// The live view of a job.
+pub struct WatchView {
+    json: bool,
+    bar: Option<ProgressBar>,
+    state: i32,
+}
+
+impl WatchView {
+    pub fn new(json: bool) -> Self {
+        WatchView {
+            json,
+            bar: None,
+            state: 0,
+        }
+    }
+
+    /// The state the job was last seen in.
+    pub fn last_state(&self) -> i32 {
+        self.state
+    }
+
+    fn bar(&mut self, total: u64) -> &ProgressBar {
+        self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{bar:40}] {pos}/{len} {msg}",
+                )
+                .expect("progress template")
+                .progress_chars("=> "),
+            );
+            bar
+        })
+    }
+
+    fn update(&mut self, counts: &Option<pb::ItemCounts>, extra: &str) {
+        let c = counts.clone().unwrap_or_default();
+        let state = job_state_name(self.state).to_lowercase();
+        let bar = self.bar(c.total);
+        bar.set_length(c.total);
+        bar.set_position(c.succeeded + c.failed + c.cancelled);
+        bar.set_message(format!(
+            "{state} · {} ok, {} failed, {} cancelled, {} running{extra}",
+            c.succeeded, c.failed, c.cancelled, c.running
+        ));
+    }
+
+    /// Prints a line without breaking the bar.
+    pub fn note(&mut self, line: &str) {
+        if self.json {
+            println!("{}", json!({"note": line}));
+        } else {
+            match &self.bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+    }
+
+    /// Shows one event; returns the exit code once the job has ended.
+    pub fn show(&mut self, event: &pb::JobEvent) -> Option<ExitCode> {
+        use pb::job_event::Kind;
+        let Some(kind) = &event.kind else { return None };
+        if self.json {
+            println!("{}", event_json(event));
+        }
+        match kind {
+            Kind::Snapshot(job) => {
+                self.state = job.state;
+                if !self.json {
+                    self.note(&format!("{} · {} ({})", job.id, job.name, job_state_name(job.state)));
+                    self.update(&job.counts, "");
+                }
+            }
+            Kind::StateChanged(c) => {
+                self.state = c.to;
+                if !self.json {
+                    let reason = if c.reason.is_empty() { String::new() } else { format!(": {}", c.reason) };
+                    self.note(&format!(
+                        "#{} {} → {}{}",
+                        event.sequence,
+                        job_state_name(c.from),
+                        job_state_name(c.to),
+                        reason
+                    ));
+                }
+                if matches!(
+                    pb::JobState::try_from(c.to),
+                    Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+                ) {
+                    return Some(exit_code(c.to));
+                }
+            }
+            Kind::ItemFailed(f) => {
+                if !self.json {
+                    let retry = if f.will_retry { "will retry" } else { "gave up" };
+                    self.note(&format!(
+                        "#{} item {} attempt {} failed ({retry}): {}",
+                        event.sequence, f.index, f.attempt, f.error
+                    ));
+                }
+            }
+            Kind::WorkerRestarted(w) => {
+                if !self.json {
+                    self.note(&format!(
+                        "#{} worker restarted on item {}: {}",
+                        event.sequence, w.index, w.reason
+                    ));
+                }
+            }
+            Kind::Progress(p) => {
+                if !self.json {
+                    let eta = p
+                        .eta
+                        .as_ref()
+                        .map(|d| format!(", ETA {}s", d.seconds))
+                        .unwrap_or_default();
+                    self.update(&p.counts, &format!(" · {:.1} items/s{eta}", p.items_per_second));
+                }
+            }
+        }
+        None
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
+}
+
+fn event_json(e: &pb::JobEvent) -> Value {
+    use pb::job_event::Kind;
+    let body = match &e.kind {
+        Some(Kind::Snapshot(j)) => json!({"snapshot": job_json(j)}),
+        Some(Kind::StateChanged(c)) => json!({"state_changed": {
+            "from": job_state_name(c.from), "to": job_state_name(c.to), "reason": c.reason,
+            "requested_by": c.requested_by, "request_id": c.request_id,
+            "pause_mode": pause_mode_name(c.pause_mode)}}),
+        Some(Kind::ItemFailed(f)) => json!({"item_failed": {
+            "index": f.index, "attempt": f.attempt, "error": f.error, "will_retry": f.will_retry}}),
+        Some(Kind::WorkerRestarted(w)) => json!({"worker_restarted": {
+            "index": w.index, "reason": w.reason, "restarts_in_window": w.restarts_in_window}}),
+        Some(Kind::Progress(p)) => json!({"progress": {
+            "counts": counts_json(&p.counts), "items_per_second": p.items_per_second,
+            "eta_seconds": p.eta.as_ref().map(|d| d.seconds)}}),
+        None => Value::Null,
+    };
+    json!({"sequence": e.sequence, "time": time(&e.time), "event": body})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_grpc_spelling() {
+        assert_eq!(code_name(tonic::Code::FailedPrecondition), "FAILED_PRECONDITION");
+        assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
+    }
+
+    #[test]
+    fn states_parse_case_insensitively() {
+        assert_eq!(parse_job_state("paused"), Ok(pb::JobState::Paused));
+        assert!(parse_job_state("unspecified").is_err());
+        assert_eq!(parse_item_state("FAILED"), Ok(pb::ItemState::Failed));
+    }
+}

@@ -1,0 +1,522 @@
+//! The engine: runs jobs with ractor actors (manager → one supervisor per
+//! live job → workers) on top of the [`Store`]. The API layer talks to the
+//! [`Engine`] handle only; the engine knows the store trait, never SQL,
+//! and never tonic.
+//!
+//! A control call is decided by the pure state machine, committed by the
+//! store guarded by the state it was decided from (re-read and decided
+//! again if someone else moved first), and then told to the job's
+//! supervisor, which acknowledges once it has taken effect.
+
+mod hub;
+mod manager;
+mod supervisor;
+mod watch;
+mod worker;
+mod writer;
+
+pub use hub::Hub;
+pub use watch::{Progress, WatchItem};
+pub use worker::outcome_write;
+pub use writer::{WriteError, Writer};
+
+use crate::{
+    domain::{
+        Command, Decision, FieldViolation, Item, Job, JobId, JobSpec, JobState, Limits, NewJob,
+        PauseMode, Provenance, Refusal, decide,
+        page::{ItemCursor, JobCursor},
+    },
+    executor::{ItemHandler, Registry},
+    store::{ItemQuery, JobQuery, Page, Pulse, Store, StoreError, TransitionWrite},
+};
+use manager::{JobManager, ManagerArgs, ManagerMsg};
+use ractor::{Actor, ActorRef};
+use std::{sync::Arc, time::Duration};
+use supervisor::SupervisorMsg;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How much work one StartJob may create.
+    pub limits: Limits,
+    /// Worker restarts a job tolerates within `restart_window`; one more
+    /// fails the job.
+    pub restart_budget: u32,
+    pub restart_window: Duration,
+    /// How often WatchJob streams send progress, at most.
+    pub progress_interval: Duration,
+    /// How long a control call waits for the supervisor to acknowledge.
+    pub control_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            limits: Limits::default(),
+            restart_budget: 5,
+            restart_window: Duration::from_secs(60),
+            progress_interval: Duration::from_millis(500),
+            control_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why an engine call failed. The API maps each to a gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid request")]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("request id {0:?} was already used for a different request")]
+    RequestIdReused(String),
+    /// The store cannot be reached, or the server is shutting down.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Too many concurrent changes to one job; the caller may retry.
+    #[error("job {0} is changing too fast; retry")]
+    Contended(JobId),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => EngineError::NotFound(id),
+            StoreError::RequestIdReused(key) => EngineError::RequestIdReused(key),
+            StoreError::Unavailable(why) => EngineError::Unavailable(why),
+            other => EngineError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A control call a client may make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pause(PauseMode),
+    Resume,
+    Cancel,
+    RetryFailed,
+}
+
+impl Control {
+    fn command(self) -> Command {
+        match self {
+            Control::Pause(mode) => Command::Pause(mode),
+            Control::Resume => Command::Resume,
+            Control::Cancel => Command::Cancel,
+            Control::RetryFailed => Command::RetryFailed,
+        }
+    }
+}
+
+/// What every actor of the engine shares.
+pub struct Runtime {
+    pub store: Arc<dyn Store>,
+    pub writer: Writer,
+    pub hub: Arc<Hub>,
+    pub config: EngineConfig,
+}
+
+/// The handle the API uses; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    rt: Arc<Runtime>,
+    registry: Arc<Registry>,
+    manager: ActorRef<ManagerMsg>,
+    /// Fires when the server starts shutting down: watch streams end.
+    closing: CancellationToken,
+    /// Fires when the grace period is over: held writes are dropped.
+    abort: CancellationToken,
+}
+
+/// What [`Engine::start`] found in the store.
+#[derive(Debug, Clone, Default)]
+pub struct Adopted {
+    pub running: usize,
+    pub paused: usize,
+    pub settled: usize,
+    pub released_items: u64,
+}
+
+impl Engine {
+    /// Starts the engine on `store`: recovers what a previous process left
+    /// (DESIGN.md, Durability) and resumes every RUNNING job.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        config: EngineConfig,
+    ) -> Result<(Engine, Adopted), EngineError> {
+        let hub = Arc::new(Hub::new());
+        let abort = CancellationToken::new();
+        let writer = Writer::start(store.clone(), hub.clone(), abort.clone());
+        let rt = Arc::new(Runtime {
+            store,
+            writer,
+            hub,
+            config,
+        });
+        let registry = Arc::new(registry);
+        // A crashed supervisor's job is read again and re-adopted; the
+        // manager calls back through this without knowing the engine.
+        let slot: Arc<std::sync::OnceLock<Engine>> = Arc::new(std::sync::OnceLock::new());
+        let readopt = {
+            let slot = slot.clone();
+            Arc::new(move |job: JobId| {
+                if let Some(engine) = slot.get().cloned() {
+                    tokio::spawn(async move { engine.readopt(job).await });
+                }
+            })
+        };
+        let (manager, _) = Actor::spawn(
+            None,
+            JobManager,
+            ManagerArgs {
+                rt: rt.clone(),
+                readopt,
+            },
+        )
+        .await
+        .map_err(|e| EngineError::Internal(format!("could not start the job manager: {e}")))?;
+        let engine = Engine {
+            rt,
+            registry,
+            manager,
+            closing: CancellationToken::new(),
+            abort,
+        };
+        let _ = slot.set(engine.clone());
+        let adopted = engine.adopt().await?;
+        Ok((engine, adopted))
+    }
+
+    async fn adopt(&self) -> Result<Adopted, EngineError> {
+        let recovery = self.rt.store.recover().await?;
+        for id in &recovery.running {
+            let job = self.rt.store.get_job(*id).await?;
+            self.supervise(job).await?;
+        }
+        let adopted = Adopted {
+            running: recovery.running.len(),
+            paused: recovery.paused.len(),
+            settled: recovery.settled.len(),
+            released_items: recovery.released_items,
+        };
+        tracing::info!(?adopted, "recovered unfinished jobs");
+        Ok(adopted)
+    }
+
+    /// The executors this engine runs.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Validates and stores a job, then starts running it.
+    pub async fn start_job(&self, input: NewJob) -> Result<Job, EngineError> {
+        self.check_open()?;
+        let spec = JobSpec::parse(input.clone(), &self.rt.config.limits);
+        let prepared = self.registry.prepare(&input.executor, &input.params);
+        let (spec, handler) = match (spec, prepared) {
+            (Ok(spec), Ok(handler)) => (spec, handler),
+            (spec, prepared) => {
+                let mut bad = spec.err().unwrap_or_default();
+                // An empty executor is already reported by the spec.
+                if !input.executor.is_empty() {
+                    bad.extend(prepared.err().unwrap_or_default());
+                }
+                return Err(EngineError::InvalidArgument(bad));
+            }
+        };
+        let created = self.rt.store.create_job(JobId::new(), &spec).await?;
+        let job = created.job;
+        if created.created {
+            tracing::info!(job_id = %job.id, name = %job.name, items = job.counts.total,
+                executor = %job.executor, "job started");
+        }
+        if matches!(job.state, JobState::Running | JobState::Pausing | JobState::Cancelling) {
+            self.supervise_with(job.clone(), handler).await?;
+        }
+        Ok(job)
+    }
+
+    /// Applies a client's control call; see the table in DESIGN.md.
+    pub async fn control(
+        &self,
+        id: JobId,
+        control: Control,
+        provenance: Provenance,
+    ) -> Result<Job, EngineError> {
+        self.check_open()?;
+        let command = control.command();
+        let pause_mode = match control {
+            Control::Pause(mode) => Some(mode),
+            _ => None,
+        };
+        // Each retry means another call changed the job between our read
+        // and our write; a handful is plenty unless the job is hammered.
+        for _ in 0..16 {
+            let job = self.rt.store.get_job(id).await?;
+            match decide(job.state, command)? {
+                Decision::NoOp { interrupt } => {
+                    if interrupt {
+                        self.interrupt(id).await;
+                    }
+                    return Ok(job);
+                }
+                Decision::Transition { from, to, effects } => {
+                    let interrupt = effects.contains(&crate::domain::Effect::Interrupt);
+                    let write = TransitionWrite {
+                        from,
+                        to,
+                        effects,
+                        provenance: provenance.clone(),
+                        pause_mode,
+                    };
+                    match self.rt.store.transition(id, &write).await {
+                        Ok(job) => {
+                            tracing::info!(job_id = %id, %from, %to, ?control, "job changed");
+                            self.publish(&job);
+                            self.notify(&job, interrupt).await?;
+                            return Ok(job);
+                        }
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Err(EngineError::Contended(id))
+    }
+
+    pub async fn get_job(&self, id: JobId) -> Result<Job, EngineError> {
+        Ok(self.rt.store.get_job(id).await?)
+    }
+
+    pub async fn list_jobs(&self, query: &JobQuery) -> Result<Page<Job, JobCursor>, EngineError> {
+        Ok(self.rt.store.list_jobs(query).await?)
+    }
+
+    pub async fn list_items(
+        &self,
+        query: &ItemQuery,
+    ) -> Result<Page<Item, ItemCursor>, EngineError> {
+        Ok(self.rt.store.list_items(query).await?)
+    }
+
+    /// Whether the store answers (readiness).
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        Ok(self.rt.store.ping().await?)
+    }
+
+    /// Number of live job supervisors.
+    pub async fn live_jobs(&self) -> usize {
+        ractor::call!(self.manager, ManagerMsg::Count).unwrap_or(0)
+    }
+
+    /// Stops the engine: watch streams end, items in flight stop at their
+    /// next checkpoint and their state is committed, within `grace`. Jobs
+    /// stay as they are in the store and continue at the next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.closing.cancel();
+        let started = tokio::time::Instant::now();
+        let _ = self
+            .manager
+            .call(|reply| ManagerMsg::Shutdown { grace, reply }, Some(grace))
+            .await;
+        // Let the committer finish what the workers handed it, then drop
+        // whatever is still held (it is re-run after the restart).
+        let rest = grace.saturating_sub(started.elapsed());
+        tokio::time::sleep(rest.min(Duration::from_millis(50))).await;
+        self.abort.cancel();
+        self.manager.stop(Some("shutdown".into()));
+    }
+
+    /// Fires when the engine starts shutting down.
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
+    }
+
+    fn check_open(&self) -> Result<(), EngineError> {
+        if self.closing.is_cancelled() {
+            Err(EngineError::Unavailable("the server is shutting down".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn publish(&self, job: &Job) {
+        self.rt.hub.publish(Pulse {
+            job: job.id,
+            state: job.state,
+            counts: job.counts,
+            last_seq: job.last_seq,
+        });
+    }
+
+    fn handler(&self, job: &Job) -> Result<Arc<dyn ItemHandler>, String> {
+        self.registry
+            .prepare(&job.executor, &job.params)
+            .map_err(|bad| {
+                let why: Vec<String> = bad
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect();
+                format!(
+                    "executor {:?} cannot run this job: {}",
+                    job.executor,
+                    why.join("; ")
+                )
+            })
+    }
+
+    /// Makes sure a live supervisor runs `job` (as read from the store);
+    /// a job whose executor cannot be prepared any more is failed.
+    async fn supervise(&self, job: Job) -> Result<Option<ActorRef<SupervisorMsg>>, EngineError> {
+        match self.handler(&job) {
+            Ok(handler) => self.supervise_with(job, handler).await.map(Some),
+            Err(reason) => {
+                tracing::error!(job_id = %job.id, %reason, "failing the job");
+                let write = TransitionWrite {
+                    from: job.state,
+                    to: JobState::Failed,
+                    effects: vec![
+                        crate::domain::Effect::ReleaseRunning,
+                        crate::domain::Effect::End,
+                    ],
+                    provenance: Provenance::system(reason),
+                    pause_mode: None,
+                };
+                match self.rt.store.transition(job.id, &write).await {
+                    Ok(job) => self.publish(&job),
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    async fn supervise_with(
+        &self,
+        job: Job,
+        handler: Arc<dyn ItemHandler>,
+    ) -> Result<ActorRef<SupervisorMsg>, EngineError> {
+        let result = self
+            .manager
+            .call(
+                |reply| ManagerMsg::Supervise {
+                    job,
+                    handler,
+                    reply,
+                },
+                Some(self.rt.config.control_timeout),
+            )
+            .await;
+        match result {
+            Ok(ractor::rpc::CallResult::Success(Ok(supervisor))) => Ok(supervisor),
+            Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(EngineError::Unavailable(e)),
+            Ok(_) | Err(_) => Err(EngineError::Unavailable(
+                "the job manager is not answering".into(),
+            )),
+        }
+    }
+
+    async fn lookup(&self, id: JobId) -> Option<ActorRef<SupervisorMsg>> {
+        self.manager
+            .call(
+                |reply| ManagerMsg::Lookup { job: id, reply },
+                Some(self.rt.config.control_timeout),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .flatten()
+    }
+
+    /// Tells the job's supervisor about a committed change and waits for it
+    /// to take effect. A job that needs a supervisor and has none (after a
+    /// restart, or once its supervisor ended) gets one.
+    async fn notify(&self, job: &Job, interrupt: bool) -> Result<(), EngineError> {
+        let needs_supervisor = matches!(
+            job.state,
+            JobState::Running | JobState::Pausing | JobState::Cancelling
+        );
+        for _ in 0..3 {
+            let supervisor = if needs_supervisor {
+                match self.supervise(job.clone()).await? {
+                    Some(s) => s,
+                    None => return Ok(()),
+                }
+            } else {
+                match self.lookup(job.id).await {
+                    Some(s) => s,
+                    None => return Ok(()),
+                }
+            };
+            let acked = supervisor
+                .call(
+                    |reply| SupervisorMsg::Changed {
+                        state: job.state,
+                        seq: job.last_seq,
+                        interrupt,
+                        reply,
+                    },
+                    Some(self.rt.config.control_timeout),
+                )
+                .await;
+            match acked {
+                Ok(ractor::rpc::CallResult::Success(())) => return Ok(()),
+                // The supervisor ended between lookup and call: try again.
+                Ok(ractor::rpc::CallResult::SenderError) | Err(_) if needs_supervisor => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(ractor::rpc::CallResult::SenderError) | Err(_) => return Ok(()),
+                Ok(ractor::rpc::CallResult::Timeout) => {
+                    return Err(EngineError::Unavailable(format!(
+                        "job {} did not acknowledge the change in time; it is {} in the store",
+                        job.id, job.state
+                    )));
+                }
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "no supervisor could take job {}",
+            job.id
+        )))
+    }
+
+    async fn interrupt(&self, id: JobId) {
+        if let Some(supervisor) = self.lookup(id).await {
+            let _ = supervisor
+                .call(
+                    SupervisorMsg::Interrupt,
+                    Some(self.rt.config.control_timeout),
+                )
+                .await;
+        }
+    }
+
+    /// Supervises a job again after its supervisor crashed: the items it
+    /// had claimed go back to pending first.
+    async fn readopt(&self, id: JobId) {
+        let result = async {
+            self.rt.store.release_items(id).await?;
+            let job = self.rt.store.get_job(id).await?;
+            if matches!(
+                job.state,
+                JobState::Running | JobState::Pausing | JobState::Cancelling
+            ) {
+                self.supervise(job).await?;
+            }
+            Ok::<_, EngineError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(job_id = %id, error = %e, "could not re-adopt the job");
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! The `JobSupervisor` actor: one per live job. It holds the job's state as
+//! last committed, spawns `concurrency` workers linked to itself, claims
+//! items (through the group committer) and hands them out, applies pause /
+//! resume / cancel, notices when the job is drained or finished and commits
+//! that, and restarts workers that die.
+//!
+//! The store is the truth. Control calls are committed by the engine and
+//! then told to the supervisor with the event's sequence; the supervisor's
+//! own transitions are guarded by the state it believes, and a conflict
+//! makes it re-read the job. All its I/O runs in spawned tasks that report
+//! back as messages, so the supervisor always answers control calls at
+//! once.
+
+use super::{
+    Runtime,
+    worker::{Finished, Worker, WorkerArgs, WorkerMsg},
+    writer::WriteError,
+};
+use crate::{
+    domain::{Command, Decision, EventBody, Job, JobId, JobState, Provenance, decide},
+    executor::{ItemHandler, StopReason},
+    store::{ClaimRequest, ClaimedItem, ItemWrite, StoreError, TransitionWrite, WriteKind},
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::sync::watch;
+
+pub struct SupervisorArgs {
+    pub job: Job,
+    pub handler: Arc<dyn ItemHandler>,
+    pub rt: Arc<Runtime>,
+}
+
+pub enum SupervisorMsg {
+    /// A caller's transition was committed as event `seq`; reply once it
+    /// is applied (claims stopped, interrupts sent).
+    Changed {
+        state: JobState,
+        seq: u64,
+        interrupt: bool,
+        reply: RpcReplyPort<()>,
+    },
+    /// Escalate a graceful pause in progress to an immediate one.
+    Interrupt(RpcReplyPort<()>),
+    /// A claim came back.
+    Claimed(Result<Vec<ClaimedItem>, WriteError>),
+    /// A worker finished an item (its outcome is committed).
+    Done {
+        slot: usize,
+        index: u32,
+        finished: Finished,
+    },
+    /// The supervisor's own transition came back.
+    Settled(Result<Job, StoreError>),
+    /// A fresh read of the job (after a conflict).
+    Refreshed(Result<Job, StoreError>),
+    /// Try again what failed on an unreachable store.
+    Retry,
+    /// The server is shutting down: stop items at their next checkpoint,
+    /// leave the job as it is in the store, reply, exit.
+    Shutdown(RpcReplyPort<()>),
+}
+
+/// One worker of the pool.
+struct Slot {
+    worker: ActorRef<WorkerMsg>,
+    /// The item it runs, if any.
+    item: Option<ClaimedItem>,
+    /// Its previous worker died and the item's failure is being written.
+    recovering: bool,
+}
+
+impl Slot {
+    fn busy(&self) -> bool {
+        self.item.is_some() || self.recovering
+    }
+}
+
+pub struct SupervisorState {
+    job: JobId,
+    state: JobState,
+    /// Sequence of the last state change applied: older notices are stale.
+    state_seq: u64,
+    concurrency: u32,
+    handler: Arc<dyn ItemHandler>,
+    rt: Arc<Runtime>,
+    slots: Vec<Slot>,
+    /// Claimed items not yet handed to a worker.
+    buffer: VecDeque<ClaimedItem>,
+    claiming: bool,
+    /// The last claim found fewer items than asked: nothing is pending
+    /// until an item goes back to pending.
+    exhausted: bool,
+    /// A transition of the supervisor's own is in flight.
+    settling: bool,
+    /// Workers' stop signal; shared by all of them.
+    stop: watch::Sender<Option<StopReason>>,
+    /// When workers died recently (restart budget).
+    restarts: VecDeque<Instant>,
+    /// A fatal error to commit as soon as possible.
+    failing: Option<String>,
+    /// Set while shutting down: whom to tell when done.
+    shutdown: Option<RpcReplyPort<()>>,
+    /// Shutting down: claim and settle nothing more.
+    shutting_down: bool,
+    retry_scheduled: bool,
+}
+
+impl SupervisorState {
+    fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.busy()).count()
+    }
+}
+
+pub struct JobSupervisor;
+
+impl Actor for JobSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let SupervisorArgs { job, handler, rt } = args;
+        let (stop, _) = watch::channel(initial_stop(job.state));
+        let mut st = SupervisorState {
+            job: job.id,
+            state: job.state,
+            state_seq: job.last_seq,
+            concurrency: job.concurrency,
+            handler,
+            rt,
+            slots: Vec::new(),
+            buffer: VecDeque::new(),
+            claiming: false,
+            exhausted: false,
+            settling: false,
+            stop,
+            restarts: VecDeque::new(),
+            failing: None,
+            shutdown: None,
+            shutting_down: false,
+            retry_scheduled: false,
+        };
+        for slot in 0..st.concurrency as usize {
+            let worker = spawn_worker(&myself, &st, slot).await?;
+            st.slots.push(Slot {
+                worker,
+                item: None,
+                recovering: false,
+            });
+        }
+        tracing::debug!(job_id = %st.job, state = %st.state, "supervisor started");
+        Ok(st)
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        pump(&myself, st);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Changed {
+                state,
+                seq,
+                interrupt,
+                reply,
+            } => {
+                if seq > st.state_seq {
+                    st.state_seq = seq;
+                    apply_state(st, state, interrupt);
+                }
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Interrupt(reply) => {
+                if st.state == JobState::Pausing {
+                    st.stop.send_replace(Some(StopReason::Pause));
+                }
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Claimed(result) => {
+                st.claiming = false;
+                match result {
+                    Ok(items) => {
+                        if items.is_empty() {
+                            st.exhausted = true;
+                        }
+                        st.buffer.extend(items);
+                    }
+                    Err(e) => {
+                        tracing::warn!(job_id = %st.job, error = %e, "claim failed");
+                        schedule_retry(&myself, st);
+                    }
+                }
+            }
+            SupervisorMsg::Done {
+                slot,
+                index,
+                finished,
+            } => on_done(st, slot, index, finished),
+            SupervisorMsg::Settled(result) => {
+                st.settling = false;
+                match result {
+                    Ok(job) => {
+                        // Our own transition released whatever was still
+                        // claimed (PAUSED) or ended the job.
+                        st.buffer.clear();
+                        apply_job(st, &job);
+                    }
+                    Err(e) => on_store_error(&myself, st, e),
+                }
+            }
+            SupervisorMsg::Refreshed(result) => match result {
+                Ok(job) => apply_job(st, &job),
+                Err(e) => on_store_error(&myself, st, e),
+            },
+            SupervisorMsg::Retry => {
+                st.retry_scheduled = false;
+                st.exhausted = false;
+            }
+            SupervisorMsg::Shutdown(reply) => {
+                st.shutdown = Some(reply);
+                st.shutting_down = true;
+                st.stop.send_replace(Some(StopReason::Shutdown));
+            }
+        }
+        pump(&myself, st);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A worker that ends normally was stopped by us; one that fails
+        // (panics) is replaced and its item retried from its checkpoint.
+        if let SupervisionEvent::ActorFailed(cell, err) = event {
+            let Some(slot) = st
+                .slots
+                .iter()
+                .position(|s| s.worker.get_id() == cell.get_id())
+            else {
+                return Ok(());
+            };
+            on_worker_died(&myself, st, slot, err.to_string()).await?;
+            pump(&myself, st);
+        }
+        Ok(())
+    }
+}
+
+fn initial_stop(state: JobState) -> Option<StopReason> {
+    match state {
+        JobState::Cancelling => Some(StopReason::Cancel),
+        _ => None,
+    }
+}
+
+async fn spawn_worker(
+    myself: &ActorRef<SupervisorMsg>,
+    st: &SupervisorState,
+    slot: usize,
+) -> Result<ActorRef<WorkerMsg>, ActorProcessingErr> {
+    let args = WorkerArgs {
+        job: st.job,
+        slot,
+        handler: st.handler.clone(),
+        writer: st.rt.writer.clone(),
+        stop: st.stop.subscribe(),
+        supervisor: myself.clone(),
+    };
+    let (worker, _) = Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?;
+    Ok(worker)
+}
+
+/// Adopts a state committed by someone else.
+fn apply_state(st: &mut SupervisorState, state: JobState, interrupt: bool) {
+    let was = st.state;
+    st.state = state;
+    match state {
+        JobState::Running => {
+            st.stop.send_replace(None);
+            st.exhausted = false;
+        }
+        JobState::Pausing if interrupt => {
+            st.stop.send_replace(Some(StopReason::Pause));
+        }
+        JobState::Pausing => {}
+        // Items still claimed were released by the transition to PAUSED.
+        JobState::Paused => st.buffer.clear(),
+        JobState::Cancelling => {
+            st.stop.send_replace(Some(StopReason::Cancel));
+        }
+        JobState::Cancelled | JobState::Succeeded | JobState::Failed => {
+            st.stop.send_replace(Some(StopReason::Cancel));
+            st.buffer.clear();
+        }
+    }
+    if was != state {
+        tracing::info!(job_id = %st.job, from = %was, to = %state, "job state applied");
+    }
+}
+
+/// Adopts a job as read from the store, unless what we know is newer.
+fn apply_job(st: &mut SupervisorState, job: &Job) {
+    if job.last_seq < st.state_seq {
+        return;
+    }
+    st.state_seq = job.last_seq;
+    let interrupt = job.state == JobState::Pausing
+        && job
+            .pauses
+            .last()
+            .is_some_and(|p| p.mode == crate::domain::PauseMode::Immediate);
+    apply_state(st, job.state, interrupt);
+    st.rt.hub.publish(crate::store::Pulse {
+        job: job.id,
+        state: job.state,
+        counts: job.counts,
+        last_seq: job.last_seq,
+    });
+}
+
+fn on_done(st: &mut SupervisorState, slot: usize, index: u32, finished: Finished) {
+    if let Some(s) = st.slots.get_mut(slot) {
+        if s.item.as_ref().is_some_and(|i| i.index == index) {
+            s.item = None;
+        }
+        s.recovering = false;
+    }
+    match finished {
+        Finished::Succeeded | Finished::Cancelled => {}
+        // The item may be pending again.
+        Finished::Failed | Finished::Released | Finished::LeaseLost => st.exhausted = false,
+        Finished::NotCommitted(e) => {
+            if !st.shutting_down {
+                st.failing = Some(format!("the outcome of item {index} could not be stored: {e}"));
+            }
+        }
+    }
+}
+
+async fn on_worker_died(
+    myself: &ActorRef<SupervisorMsg>,
+    st: &mut SupervisorState,
+    slot: usize,
+    error: String,
+) -> Result<(), ActorProcessingErr> {
+    let now = Instant::now();
+    let window = st.rt.config.restart_window;
+    st.restarts.push_back(now);
+    while st
+        .restarts
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > window)
+    {
+        st.restarts.pop_front();
+    }
+    let restarts = st.restarts.len() as u32;
+    let item = st.slots[slot].item.take();
+    let index = item.as_ref().map(|i| i.index);
+    tracing::warn!(job_id = %st.job, ?index, %error, restarts, "worker died; restarting it");
+    if restarts > st.rt.config.restart_budget {
+        st.failing = Some(format!(
+            "restart budget exhausted: {restarts} worker restarts within {}; last: {}",
+            humantime::format_duration(window),
+            match index {
+                Some(i) => format!("item {i}: {error}"),
+                None => error.clone(),
+            }
+        ));
+    }
+    if !st.state.is_terminal() && !st.shutting_down {
+        st.slots[slot].worker = spawn_worker(myself, st, slot).await?;
+    }
+    if let Some(item) = item {
+        st.slots[slot].recovering = true;
+        let (rt, job, me) = (st.rt.clone(), st.job, myself.clone());
+        tokio::spawn(async move {
+            let reason = format!("worker panicked: {error}");
+            let write = ItemWrite {
+                job,
+                index: item.index,
+                lease: item.lease,
+                kind: WriteKind::Failed {
+                    error: reason.clone(),
+                    permanent: false,
+                },
+            };
+            let finished = match rt.writer.write(write).await {
+                Ok(true) => Finished::Failed,
+                Ok(false) => Finished::LeaseLost,
+                Err(e) => Finished::NotCommitted(e.to_string()),
+            };
+            let event = EventBody::WorkerRestarted {
+                index: item.index,
+                reason,
+                restarts_in_window: restarts,
+            };
+            if let Err(e) = rt.store.append_event(job, &event).await {
+                tracing::warn!(job_id = %job, error = %e, "could not record a worker restart");
+            }
+            let _ = me.cast(SupervisorMsg::Done {
+                slot,
+                index: item.index,
+                finished,
+            });
+        });
+    }
+    Ok(())
+}
+
+fn on_store_error(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, e: StoreError) {
+    match e {
+        // Someone else changed the job: find out what it is now.
+        StoreError::Conflict { .. } => refresh(myself, st),
+        // Items went back to pending meanwhile: claim them.
+        StoreError::NotFinished { .. } => st.exhausted = false,
+        StoreError::NotFound(_) => {
+            tracing::error!(job_id = %st.job, "job vanished from the store; stopping");
+            myself.stop(Some("job not found".into()));
+        }
+        e => {
+            tracing::warn!(job_id = %st.job, error = %e, "store call failed; will retry");
+            schedule_retry(myself, st);
+        }
+    }
+}
+
+fn refresh(myself: &ActorRef<SupervisorMsg>, st: &SupervisorState) {
+    let (store, job, me) = (st.rt.store.clone(), st.job, myself.clone());
+    tokio::spawn(async move {
+        let result = store.get_job(job).await;
+        let _ = me.cast(SupervisorMsg::Refreshed(result));
+    });
+}
+
+fn schedule_retry(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
+    if !st.retry_scheduled {
+        st.retry_scheduled = true;
+        myself.send_after(Duration::from_millis(500), || SupervisorMsg::Retry);
+    }
+}
+
+/// Moves the job on: hands out items, claims more, and commits drained,
+/// finished or failed when the time comes. Called after every message.
+fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
+    if st.shutting_down {
+        if st.in_flight() == 0 && !st.claiming {
+            finish_shutdown(myself, st);
+        }
+        return;
+    }
+    if st.state.is_terminal() {
+        myself.stop(Some(format!("job {}", st.state)));
+        return;
+    }
+    if st.settling || st.retry_scheduled {
+        return;
+    }
+    if let Some(reason) = st.failing.take() {
+        st.stop.send_replace(Some(StopReason::Shutdown));
+        settle(myself, st, Command::Fail, Provenance::system(reason));
+        return;
+    }
+    match st.state {
+        JobState::Running => {
+            dispatch(st);
+            let idle = st.slots.iter().filter(|s| !s.busy()).count();
+            let want = idle.saturating_sub(st.buffer.len());
+            if want > 0 && !st.claiming && !st.exhausted {
+                claim(myself, st, want as u32);
+            } else if st.exhausted && !st.claiming && st.buffer.is_empty() && st.in_flight() == 0
+            {
+                // `any_failed` is decided from the counters in `settle`.
+                settle(
+                    myself,
+                    st,
+                    Command::Finish { any_failed: false },
+                    Provenance::system("every item ended"),
+                );
+            }
+        }
+        JobState::Pausing | JobState::Cancelling => {
+            if st.in_flight() == 0 && !st.claiming {
+                let why = if st.state == JobState::Pausing {
+                    "no item in flight"
+                } else {
+                    "every worker stopped"
+                };
+                settle(myself, st, Command::Drained, Provenance::system(why));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn dispatch(st: &mut SupervisorState) {
+    for slot in st.slots.iter_mut() {
+        if slot.busy() {
+            continue;
+        }
+        let Some(item) = st.buffer.pop_front() else {
+            break;
+        };
+        slot.item = Some(item.clone());
+        if let Err(e) = slot.worker.cast(WorkerMsg::Run(item)) {
+            // The worker is gone; its failure event will follow and retry
+            // the item.
+            tracing::warn!(job_id = %st.job, error = %e, "could not hand an item to a worker");
+        }
+    }
+}
+
+fn claim(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, max: u32) {
+    st.claiming = true;
+    let (writer, job, me) = (st.rt.writer.clone(), st.job, myself.clone());
+    tokio::spawn(async move {
+        let result = writer.claim(ClaimRequest { job, max }).await;
+        let _ = me.cast(SupervisorMsg::Claimed(result));
+    });
+}
+
+/// Commits a transition of the supervisor's own, guarded by the state it
+/// believes the job is in.
+fn settle(
+    myself: &ActorRef<SupervisorMsg>,
+    st: &mut SupervisorState,
+    command: Command,
+    provenance: Provenance,
+) {
+    st.settling = true;
+    let (store, job, from, me) = (st.rt.store.clone(), st.job, st.state, myself.clone());
+    tokio::spawn(async move {
+        let result = async {
+            let mut provenance = provenance;
+            let command = match command {
+                Command::Finish { .. } => {
+                    let counts = store.get_job(job).await?.counts;
+                    if counts.failed > 0 {
+                        provenance.reason = Some(format!(
+                            "{} of {} items failed",
+                            counts.failed, counts.total
+                        ));
+                    }
+                    Command::Finish {
+                        any_failed: counts.failed > 0,
+                    }
+                }
+                other => other,
+            };
+            let Ok(Decision::Transition { from, to, effects }) = decide(from, command) else {
+                return Err(StoreError::Conflict {
+                    expected: from,
+                    current: from,
+                });
+            };
+            let write = TransitionWrite {
+                from,
+                to,
+                effects,
+                provenance,
+                pause_mode: None,
+            };
+            store.transition(job, &write).await
+        }
+        .await;
+        let _ = me.cast(SupervisorMsg::Settled(result));
+    });
+}
+
+/// Shutting down: release the items claimed but never started, then tell
+/// whoever asked and stop. The job stays as it is in the store.
+fn finish_shutdown(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
+    let Some(reply) = st.shutdown.take() else {
+        return;
+    };
+    let buffered: Vec<ClaimedItem> = st.buffer.drain(..).collect();
+    let (writer, job, me) = (st.rt.writer.clone(), st.job, myself.clone());
+    tokio::spawn(async move {
+        let writes = buffered.into_iter().map(|item| {
+            writer.write(ItemWrite {
+                job,
+                index: item.index,
+                lease: item.lease,
+                kind: WriteKind::Released { refund: true },
+            })
+        });
+        futures::future::join_all(writes).await;
+        let _ = reply.send(());
+        me.stop(Some("shutdown".into()));
+    });
+}

@@ -1,0 +1,226 @@
+//! The `Worker` actor: runs one item at a time through the job's handler,
+//! commits the outcome through the group committer, then reports to its
+//! supervisor. It owns nothing durable: a restarted worker gets its next
+//! item (with that item's stored checkpoint) from the supervisor.
+//!
+//! A panic in the handler fails the actor; the supervisor sees it in
+//! `handle_supervisor_evt`, retries the item and restarts the worker.
+
+use super::writer::{WriteError, Writer};
+use crate::{
+    domain::JobId,
+    executor::{CheckpointError, CheckpointSink, ItemContext, ItemError, ItemHandler, StopReason},
+    store::{ClaimedItem, ItemWrite, WriteKind},
+};
+use async_trait::async_trait;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// What a worker needs for every item of its job.
+#[derive(Clone)]
+pub struct WorkerArgs {
+    pub job: JobId,
+    /// The worker's place in its supervisor's pool.
+    pub slot: usize,
+    pub handler: Arc<dyn ItemHandler>,
+    pub writer: Writer,
+    /// The job-wide stop signal (immediate pause, cancel, shutdown).
+    pub stop: watch::Receiver<Option<StopReason>>,
+    /// Where to report finished items.
+    pub supervisor: ActorRef<super::supervisor::SupervisorMsg>,
+}
+
+pub enum WorkerMsg {
+    Run(ClaimedItem),
+}
+
+/// How an item's attempt ended, as committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    Succeeded,
+    /// Failed; it may go back to pending for a retry.
+    Failed,
+    /// Stopped and back to pending.
+    Released,
+    Cancelled,
+    /// The lease was lost: someone else owns the item; nothing was written.
+    LeaseLost,
+    /// The outcome could not be committed (store refused it for good).
+    NotCommitted(String),
+}
+
+pub struct Worker;
+
+impl Actor for Worker {
+    type Msg = WorkerMsg;
+    type State = WorkerArgs;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: WorkerMsg,
+        state: &mut WorkerArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let WorkerMsg::Run(item) = msg;
+        let index = item.index;
+        let finished = run_item(state, item).await;
+        let _ = state
+            .supervisor
+            .cast(super::supervisor::SupervisorMsg::Done {
+                slot: state.slot,
+                index,
+                finished,
+            });
+        Ok(())
+    }
+}
+
+/// Saves checkpoints through the writer under the item's lease.
+struct LeasedSink {
+    writer: Writer,
+    job: JobId,
+    index: u32,
+    lease: i64,
+}
+
+#[async_trait]
+impl CheckpointSink for LeasedSink {
+    async fn save(&self, data: Vec<u8>) -> Result<(), CheckpointError> {
+        let write = ItemWrite {
+            job: self.job,
+            index: self.index,
+            lease: self.lease,
+            kind: WriteKind::Checkpoint(data),
+        };
+        match self.writer.write(write).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(CheckpointError::LeaseLost),
+            Err(e) => Err(CheckpointError::Store(e.to_string())),
+        }
+    }
+}
+
+async fn run_item(args: &WorkerArgs, item: ClaimedItem) -> Finished {
+    let span = tracing::info_span!("item", job_id = %args.job, index = item.index,
+        attempt = item.attempt);
+    let sink = Arc::new(LeasedSink {
+        writer: args.writer.clone(),
+        job: args.job,
+        index: item.index,
+        lease: item.lease,
+    });
+    let mut ctx = ItemContext::new(
+        args.job,
+        item.index,
+        item.payload,
+        item.attempt,
+        item.checkpoint,
+        args.stop.clone(),
+        sink,
+    );
+    let result = args.handler.run(&mut ctx).instrument(span.clone()).await;
+    // The reason the handler saw, if it saw one: a resume may have cleared
+    // the signal since.
+    let stop = ctx.observed_stop().or(*args.stop.borrow());
+    let kind = outcome_write(result, stop);
+    let expected = match &kind {
+        WriteKind::Succeeded => Finished::Succeeded,
+        WriteKind::Failed { .. } => Finished::Failed,
+        WriteKind::Released { .. } => Finished::Released,
+        WriteKind::Cancelled => Finished::Cancelled,
+        WriteKind::Checkpoint(_) => unreachable!("an outcome is never a checkpoint"),
+    };
+    if let WriteKind::Failed { error, .. } = &kind {
+        tracing::debug!(parent: &span, %error, "item attempt failed");
+    }
+    let write = ItemWrite {
+        job: args.job,
+        index: item.index,
+        lease: item.lease,
+        kind,
+    };
+    match args.writer.write(write).await {
+        Ok(true) => expected,
+        Ok(false) => Finished::LeaseLost,
+        Err(WriteError::Store(e)) => Finished::NotCommitted(e),
+        Err(WriteError::Closed) => Finished::NotCommitted("the writer has stopped".into()),
+    }
+}
+
+/// What to store for an attempt that ended with `result` while the job's
+/// stop signal was `stop`.
+pub fn outcome_write(result: Result<(), ItemError>, stop: Option<StopReason>) -> WriteKind {
+    match (result, stop) {
+        (Ok(()), _) => WriteKind::Succeeded,
+        (Err(ItemError::Permanent(error)), _) => WriteKind::Failed {
+            error,
+            permanent: true,
+        },
+        // A stop was asked for: an interruption, or an error the stop
+        // probably caused, keeps the attempt.
+        (Err(ItemError::Interrupted | ItemError::Retryable(_)), Some(StopReason::Cancel)) => {
+            WriteKind::Cancelled
+        }
+        (
+            Err(ItemError::Interrupted | ItemError::Retryable(_)),
+            Some(StopReason::Pause | StopReason::Shutdown),
+        ) => WriteKind::Released { refund: true },
+        (Err(ItemError::Retryable(error)), None) => WriteKind::Failed {
+            error,
+            permanent: false,
+        },
+        (Err(ItemError::Interrupted), None) => WriteKind::Failed {
+            error: "the executor stopped the item without being asked to".into(),
+            permanent: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_follow_the_stop_signal() {
+        use ItemError as E;
+        use StopReason as S;
+        assert_eq!(outcome_write(Ok(()), Some(S::Cancel)), WriteKind::Succeeded);
+        assert_eq!(
+            outcome_write(Err(E::Interrupted), Some(S::Pause)),
+            WriteKind::Released { refund: true }
+        );
+        assert_eq!(
+            outcome_write(Err(E::Interrupted), Some(S::Shutdown)),
+            WriteKind::Released { refund: true }
+        );
+        assert_eq!(
+            outcome_write(Err(E::Retryable("x".into())), Some(S::Cancel)),
+            WriteKind::Cancelled
+        );
+        assert_eq!(
+            outcome_write(Err(E::Permanent("x".into())), Some(S::Pause)),
+            WriteKind::Failed {
+                error: "x".into(),
+                permanent: true
+            }
+        );
+        assert!(matches!(
+            outcome_write(Err(E::Interrupted), None),
+            WriteKind::Failed {
+                permanent: false,
+                ..
+            }
+        ));
+    }
+}

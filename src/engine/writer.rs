@@ -1,0 +1,196 @@
+//! The group committer: one task that gathers item writes and claims from
+//! every worker and supervisor and commits them in shared transactions
+//! (DESIGN.md, Durability). A caller's future resolves only after its write
+//! is committed, so a result counts once it is durable.
+//!
+//! While one transaction commits, the next batch fills up, so batching adds
+//! no delay when the store is fast and grows the batches when it is slow.
+//! When the store is unreachable the batch is held and retried with
+//! backoff: workers wait, nothing is dropped.
+
+use super::hub::Hub;
+use crate::store::{
+    Batch, BatchOutcome, ClaimRequest, ClaimedItem, ItemWrite, Store, StoreError,
+};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use std::{collections::HashSet, sync::Arc, time::Duration};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Most operations in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// Why a write was not committed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Store(String),
+    #[error("the writer has stopped")]
+    Closed,
+}
+
+enum Op {
+    Write(ItemWrite),
+    Claim(ClaimRequest),
+}
+
+enum Reply {
+    Applied(bool),
+    Claimed(Vec<ClaimedItem>),
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Reply, WriteError>>,
+}
+
+/// A handle to the group committer; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+impl Writer {
+    /// Starts the committer. It runs until every handle is dropped, or
+    /// `abort` fires while it waits for an unreachable store.
+    pub fn start(store: Arc<dyn Store>, hub: Arc<Hub>, abort: CancellationToken) -> Writer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(store, hub, rx, abort));
+        Writer { tx }
+    }
+
+    async fn submit(&self, op: Op) -> Result<Reply, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { op, reply })
+            .map_err(|_| WriteError::Closed)?;
+        rx.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// Commits a lease-fenced item write; `Ok(false)` when the lease was
+    /// lost (someone else owns the item now).
+    pub async fn write(&self, write: ItemWrite) -> Result<bool, WriteError> {
+        match self.submit(Op::Write(write)).await? {
+            Reply::Applied(applied) => Ok(applied),
+            Reply::Claimed(_) => unreachable!("a write is answered with Applied"),
+        }
+    }
+
+    /// Claims up to `claim.max` pending items of a RUNNING job.
+    pub async fn claim(&self, claim: ClaimRequest) -> Result<Vec<ClaimedItem>, WriteError> {
+        match self.submit(Op::Claim(claim)).await? {
+            Reply::Claimed(items) => Ok(items),
+            Reply::Applied(_) => unreachable!("a claim is answered with Claimed"),
+        }
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    abort: CancellationToken,
+) {
+    // A request that could not join the previous batch (same item twice).
+    let mut carried: Option<Request> = None;
+    loop {
+        let first = match carried.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let mut requests = vec![first];
+        let mut items: HashSet<(crate::domain::JobId, u32)> = HashSet::new();
+        if let Op::Write(w) = &requests[0].op {
+            items.insert((w.job, w.index));
+        }
+        while requests.len() < MAX_BATCH {
+            let Ok(next) = rx.try_recv() else { break };
+            // One write per item per transaction keeps the UPDATE … FROM
+            // UNNEST statements unambiguous.
+            if let Op::Write(w) = &next.op
+                && !items.insert((w.job, w.index))
+            {
+                carried = Some(next);
+                break;
+            }
+            requests.push(next);
+        }
+        commit(&*store, &hub, requests, &abort).await;
+    }
+}
+
+async fn commit(store: &dyn Store, hub: &Hub, requests: Vec<Request>, abort: &CancellationToken) {
+    let mut batch = Batch::default();
+    for r in &requests {
+        match &r.op {
+            Op::Write(w) => batch.writes.push(w.clone()),
+            Op::Claim(c) => batch.claims.push(*c),
+        }
+    }
+    let result = commit_with_retry(store, &batch, abort).await;
+    match result {
+        Ok(outcome) => {
+            for pulse in &outcome.pulses {
+                hub.publish(*pulse);
+            }
+            let BatchOutcome {
+                applied, claimed, ..
+            } = outcome;
+            let (mut applied, mut claimed) = (applied.into_iter(), claimed.into_iter());
+            for r in requests {
+                let reply = match r.op {
+                    Op::Write(_) => Reply::Applied(applied.next().unwrap_or(false)),
+                    Op::Claim(_) => Reply::Claimed(claimed.next().unwrap_or_default()),
+                };
+                let _ = r.reply.send(Ok(reply));
+            }
+        }
+        Err(e) => {
+            for r in requests {
+                let _ = r.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Commits, retrying while the store is unreachable (with backoff capped at
+/// a few seconds) until it answers or `abort` fires.
+async fn commit_with_retry(
+    store: &dyn Store,
+    batch: &Batch,
+    abort: &CancellationToken,
+) -> Result<BatchOutcome, WriteError> {
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(3))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match store.write_batch(batch).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(e @ StoreError::Unavailable(_)) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(3));
+                tracing::warn!(error = %e, ?delay, writes = batch.writes.len(),
+                    claims = batch.claims.len(), "store unavailable; holding the batch");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = abort.cancelled() => return Err(WriteError::Store(e.to_string())),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "batch refused by the store");
+                return Err(WriteError::Store(e.to_string()));
+            }
+        }
+    }
+}

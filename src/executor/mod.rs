@@ -1,0 +1,309 @@
+//! Executors: the per-item work a job does. An [`Executor`] is registered
+//! under a name; for each job it checks the job's `params` once and returns
+//! an [`ItemHandler`], which the job's workers call for every item with an
+//! [`ItemContext`].
+//!
+//! A handler owns nothing durable: it gets the item's last checkpoint on
+//! entry, saves new ones with [`ItemContext::save_checkpoint`] (which
+//! returns once the checkpoint is committed), and stops at its next
+//! checkpoint when [`ItemContext::stop_requested`] turns true (immediate
+//! pause, cancel, shutdown), returning [`ItemError::Interrupted`].
+
+pub mod sleep;
+
+use crate::domain::{FieldViolation, JobId};
+use async_trait::async_trait;
+use std::{collections::BTreeMap, fmt, sync::Arc};
+use tokio::sync::watch;
+
+/// A named kind of work.
+pub trait Executor: Send + Sync + 'static {
+    /// Checks a job's params and returns the handler for its items. Each
+    /// problem names its field as `params[key]`.
+    fn prepare(
+        &self,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>>;
+}
+
+/// Runs the items of one job.
+#[async_trait]
+pub trait ItemHandler: Send + Sync + 'static {
+    /// Processes one item. `Ok` means the item succeeded.
+    async fn run(&self, ctx: &mut ItemContext) -> Result<(), ItemError>;
+}
+
+/// How an item attempt ended, when it did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemError {
+    /// Try again (up to the job's `max_attempts`).
+    #[error("{0}")]
+    Retryable(String),
+    /// Do not try again: the item is FAILED now.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+    /// Stopped because a stop was requested; the work up to the last saved
+    /// checkpoint is kept.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Why the items in flight are asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Immediate pause: the item goes back to pending, keeping its attempt.
+    Pause,
+    /// The job is cancelled: the item ends CANCELLED.
+    Cancel,
+    /// The server is shutting down: the item goes back to pending.
+    Shutdown,
+}
+
+/// Why a checkpoint could not be saved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    /// The item is no longer this worker's (its claim was taken over); the
+    /// handler should stop.
+    #[error("the item's lease was lost")]
+    LeaseLost,
+    /// The store refused the write for good.
+    #[error("checkpoint not saved: {0}")]
+    Store(String),
+}
+
+/// Where checkpoints go: the engine's group committer, fenced by the
+/// item's lease.
+#[async_trait]
+pub trait CheckpointSink: Send + Sync + 'static {
+    async fn save(&self, data: Vec<u8>) -> Result<(), CheckpointError>;
+}
+
+/// Everything a handler gets for one attempt of one item.
+pub struct ItemContext {
+    job_id: JobId,
+    index: u32,
+    payload: String,
+    attempt: u32,
+    checkpoint: Option<Vec<u8>>,
+    stop: watch::Receiver<Option<StopReason>>,
+    /// The last stop reason the handler was shown, so the outcome follows
+    /// what the handler saw even if the signal changed since.
+    observed: std::sync::Mutex<Option<StopReason>>,
+    sink: Arc<dyn CheckpointSink>,
+}
+
+impl fmt::Debug for ItemContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ItemContext")
+            .field("job_id", &self.job_id)
+            .field("index", &self.index)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ItemContext {
+    /// Builds a context (the engine does this for every attempt; tests and
+    /// embedders may too).
+    pub fn new(
+        job_id: JobId,
+        index: u32,
+        payload: String,
+        attempt: u32,
+        checkpoint: Option<Vec<u8>>,
+        stop: watch::Receiver<Option<StopReason>>,
+        sink: Arc<dyn CheckpointSink>,
+    ) -> Self {
+        ItemContext {
+            job_id,
+            index,
+            payload,
+            attempt,
+            checkpoint,
+            stop,
+            observed: std::sync::Mutex::new(None),
+            sink,
+        }
+    }
+
+    pub fn job_id(&self) -> JobId {
+        self.job_id
+    }
+
+    /// The item's position in its job, from 0.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The item itself, as given to StartJob.
+    pub fn payload(&self) -> &str {
+        &self.payload
+    }
+
+    /// This attempt's number, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The last checkpoint saved for this item (by this attempt or an
+    /// earlier one), if any.
+    pub fn checkpoint(&self) -> Option<&[u8]> {
+        self.checkpoint.as_deref()
+    }
+
+    /// Saves a checkpoint; returns once it is durable. A later attempt of
+    /// this item (after a crash, a pause or a retry) starts from it.
+    pub async fn save_checkpoint(&mut self, data: Vec<u8>) -> Result<(), CheckpointError> {
+        self.sink.save(data.clone()).await?;
+        self.checkpoint = Some(data);
+        Ok(())
+    }
+
+    /// Why the item should stop, if it should.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        let reason = *self.stop.borrow();
+        self.observe(reason);
+        reason
+    }
+
+    fn observe(&self, reason: Option<StopReason>) {
+        if reason.is_some() {
+            *self.observed.lock().expect("observed lock") = reason;
+        }
+    }
+
+    /// The last stop reason the handler was shown, if any.
+    pub fn observed_stop(&self) -> Option<StopReason> {
+        *self.observed.lock().expect("observed lock")
+    }
+
+    /// Whether the item should stop at its next checkpoint.
+    pub fn stop_requested(&self) -> bool {
+        self.stop_reason().is_some()
+    }
+
+    /// Resolves when the item is asked to stop (for `select!`).
+    pub async fn stopped(&self) {
+        let mut stop = self.stop.clone();
+        // An error means the engine dropped the sender: stop as well.
+        if let Ok(reason) = stop.wait_for(|s| s.is_some()).await {
+            self.observe(*reason);
+        }
+    }
+}
+
+/// The executors a server knows, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    executors: BTreeMap<String, Arc<dyn Executor>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.executors.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn empty() -> Self {
+        Registry::default()
+    }
+
+    /// The built-in executors: `sleep`.
+    pub fn with_builtins() -> Self {
+        Registry::empty().with("sleep", sleep::SleepExecutor)
+    }
+
+    /// Adds (or replaces) an executor under `name`.
+    pub fn with(mut self, name: impl Into<String>, executor: impl Executor) -> Self {
+        self.executors.insert(name.into(), Arc::new(executor));
+        self
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.executors.keys().map(String::as_str).collect()
+    }
+
+    /// Finds the executor and prepares a job's handler; every problem is
+    /// a field violation (`executor` or `params[…]`).
+    pub fn prepare(
+        &self,
+        name: &str,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>> {
+        let Some(executor) = self.executors.get(name) else {
+            return Err(vec![FieldViolation::new(
+                "executor",
+                format!(
+                    "unknown executor {name:?}; known executors: {}",
+                    self.names().join(", ")
+                ),
+            )]);
+        };
+        executor.prepare(params)
+    }
+}
+
+/// Reads the params an executor accepts, refusing unknown keys: the shared
+/// helper every executor uses so errors read the same.
+pub struct Params<'a> {
+    params: &'a BTreeMap<String, String>,
+    known: &'static [&'static str],
+    bad: Vec<FieldViolation>,
+}
+
+impl<'a> Params<'a> {
+    pub fn new(params: &'a BTreeMap<String, String>, known: &'static [&'static str]) -> Self {
+        let mut bad = Vec::new();
+        for key in params.keys() {
+            if !known.contains(&key.as_str()) {
+                bad.push(FieldViolation::new(
+                    format!("params[{key}]"),
+                    format!("unknown parameter; known: {}", known.join(", ")),
+                ));
+            }
+        }
+        Params {
+            params,
+            known,
+            bad,
+        }
+    }
+
+    /// A raw value, if present.
+    pub fn get(&self, key: &str) -> Option<&'a str> {
+        debug_assert!(self.known.contains(&key));
+        self.params.get(key).map(String::as_str)
+    }
+
+    /// A parsed value, or `default` when absent; a parse error is recorded.
+    pub fn parse_or<T: std::str::FromStr>(&mut self, key: &str, default: T, what: &str) -> T {
+        match self.get(key) {
+            None => default,
+            Some(raw) => match raw.trim().parse() {
+                Ok(v) => v,
+                Err(_) => {
+                    self.invalid(key, format!("{raw:?} is not {what}"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// Records a problem with `key`.
+    pub fn invalid(&mut self, key: &str, description: impl Into<String>) {
+        self.bad
+            .push(FieldViolation::new(format!("params[{key}]"), description));
+    }
+
+    /// The recorded problems, if any.
+    pub fn finish(self) -> Result<(), Vec<FieldViolation>> {
+        if self.bad.is_empty() {
+            Ok(())
+        } else {
+            Err(self.bad)
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Runs the service: the store, the engine, and one gRPC port serving
+//! `jobvisor.v1.JobService`, `grpc.health.v1.Health` and server reflection
+//! (v1 and v1alpha), until the shutdown future given as an argument fires.
+//! Tests start it on port 0 with a future of their own; the binary wires
+//! SIGTERM/SIGINT to it.
+
+use crate::{
+    api::JobApi,
+    engine::{Engine, EngineConfig},
+    executor::Registry,
+    pb::{self, job_service_server::JobServiceServer},
+    store::{
+        Store,
+        postgres::{PgConfig, PgStore},
+    },
+};
+use std::{future::Future, sync::Arc, time::Duration};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+/// Everything `serve` needs to know.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub database: PgConfig,
+    pub engine: EngineConfig,
+    /// How long a shutdown waits for items in flight to reach their next
+    /// checkpoint before exiting anyway.
+    pub shutdown_grace: Duration,
+    /// Largest request accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// How often readiness checks the store.
+    pub health_interval: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(database_url: impl Into<String>) -> Self {
+        ServerConfig {
+            database: PgConfig::new(database_url),
+            engine: EngineConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+            max_request_bytes: 64 * 1024 * 1024,
+            health_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Serves until `shutdown` fires, then drains: health goes NOT_SERVING,
+/// watch streams end with UNAVAILABLE, items in flight stop at their next
+/// checkpoint and are committed (within the grace period), and the
+/// function returns. Jobs stay RUNNING in the store.
+pub async fn serve(
+    config: ServerConfig,
+    registry: Registry,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&config.database).await?);
+    serve_with_store(config, store, registry, listener, shutdown).await
+}
+
+/// [`serve`] on a store of the caller's choosing.
+pub async fn serve_with_store(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    registry: Registry,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (engine, adopted) = Engine::start(store, registry, config.engine.clone()).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, executors = ?engine.registry().names(),
+        running = adopted.running, paused = adopted.paused, "jobvisor serving");
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<JobServiceServer<JobApi>>()
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    let readiness = tokio::spawn(watch_readiness(
+        engine.clone(),
+        health.clone(),
+        config.health_interval,
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let jobs = JobServiceServer::new(JobApi::new(engine.clone()))
+        .max_decoding_message_size(config.max_request_bytes);
+
+    let draining = {
+        let (engine, health, grace) = (engine.clone(), health.clone(), config.shutdown_grace);
+        async move {
+            shutdown.await;
+            tracing::info!(?grace, "shutting down: draining jobs");
+            readiness.abort();
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health
+                .set_not_serving::<JobServiceServer<JobApi>>()
+                .await;
+            engine.shutdown(grace).await;
+            tracing::info!("jobs drained");
+        }
+    };
+
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(jobs)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .await?;
+    Ok(())
+}
+
+/// Readiness follows the store: NOT_SERVING while it cannot be reached.
+async fn watch_readiness(
+    engine: Engine,
+    health: tonic_health::server::HealthReporter,
+    every: Duration,
+) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(every).await;
+        let ok = tokio::time::timeout(every, engine.ping()).await.is_ok_and(|r| r.is_ok());
+        if ok != serving {
+            serving = ok;
+            let status = if ok {
+                tracing::info!("store reachable again: serving");
+                ServingStatus::Serving
+            } else {
+                tracing::warn!("store unreachable: not serving");
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status("jobvisor.v1.JobService", status)
+                .await;
+        }
+    }
+}

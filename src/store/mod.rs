@@ -1,0 +1,231 @@
+//! The system of record. The [`Store`] trait is everything the engine may
+//! ask of durable state; each method is one transaction. Implementations:
+//! [`postgres::PgStore`].
+//!
+//! Rules every implementation keeps (DESIGN.md, Durability):
+//! - a job changes state only from the state the caller saw, and the event
+//!   describing the change is appended in the same transaction;
+//! - every write for a running item is conditional on its lease, so a
+//!   worker that lost its claim can change nothing;
+//! - item counters on the job row move in the same transaction as the items.
+
+pub mod postgres;
+
+use crate::domain::{
+    Effect, EventBody, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobSpec, JobState,
+    PauseMode, Provenance,
+    page::{ItemCursor, JobCursor},
+};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The job was not in the state the caller expected (someone else
+    /// changed it first); re-read and decide again.
+    #[error("job is {current}, not {expected}")]
+    Conflict {
+        expected: JobState,
+        current: JobState,
+    },
+    /// A Finish was asked for while items are still pending or running.
+    #[error("job still has {pending} pending and {running} running items")]
+    NotFinished { pending: u64, running: u64 },
+    /// AIP-155: the request id was first used for a different request.
+    #[error("request id {0:?} was already used for a different request")]
+    RequestIdReused(String),
+    /// The database cannot be reached now (connection refused or lost, pool
+    /// exhausted, server shutting down); the operation may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or corrupt data. Not retried.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// The result of [`Store::create_job`].
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub job: Job,
+    /// False when an earlier call with the same request id created it.
+    pub created: bool,
+}
+
+/// A state change to apply if the job is still in `from`.
+#[derive(Debug, Clone)]
+pub struct TransitionWrite {
+    pub from: JobState,
+    pub to: JobState,
+    pub effects: Vec<Effect>,
+    pub provenance: Provenance,
+    /// Recorded on the event of a change to PAUSING.
+    pub pause_mode: Option<PauseMode>,
+}
+
+/// A filter and page for [`Store::list_jobs`].
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    pub states: Vec<JobState>,
+    /// Every label must match exactly.
+    pub labels: BTreeMap<String, String>,
+    pub limit: u32,
+    pub after: Option<JobCursor>,
+}
+
+/// A filter and page for [`Store::list_items`].
+#[derive(Debug, Clone)]
+pub struct ItemQuery {
+    pub job: JobId,
+    pub states: Vec<ItemState>,
+    pub limit: u32,
+    pub after: Option<ItemCursor>,
+}
+
+/// One page of results, and where the next one starts.
+#[derive(Debug, Clone)]
+pub struct Page<T, C> {
+    pub rows: Vec<T>,
+    pub next: Option<C>,
+}
+
+/// An item handed to a worker by a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedItem {
+    pub index: u32,
+    pub payload: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    pub checkpoint: Option<Vec<u8>>,
+    /// The claim's fencing token: every write for this item carries it.
+    pub lease: i64,
+}
+
+/// What a worker reports about a running item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Save the executor's checkpoint; the item keeps running.
+    Checkpoint(Vec<u8>),
+    /// The item finished.
+    Succeeded,
+    /// The attempt failed. The item is retried unless `permanent` or out
+    /// of attempts, in which case it is FAILED.
+    Failed { error: String, permanent: bool },
+    /// The item stopped before finishing (immediate pause, shutdown) and
+    /// goes back to PENDING with its checkpoint; `refund` gives the attempt
+    /// back.
+    Released { refund: bool },
+    /// The item stopped because its job is cancelled.
+    Cancelled,
+}
+
+/// A lease-fenced write for one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemWrite {
+    pub job: JobId,
+    pub index: u32,
+    pub lease: i64,
+    pub kind: WriteKind,
+}
+
+/// A request to claim up to `max` of a job's lowest pending items, only if
+/// the job is RUNNING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub job: JobId,
+    pub max: u32,
+}
+
+/// Writes and claims committed together (group commit).
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub writes: Vec<ItemWrite>,
+    pub claims: Vec<ClaimRequest>,
+}
+
+/// A job's counters and latest sequence after a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pulse {
+    pub job: JobId,
+    pub state: JobState,
+    pub counts: ItemCounts,
+    pub last_seq: u64,
+}
+
+/// What a [`Batch`] did.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOutcome {
+    /// For each write, in order: whether it applied (false: the lease was
+    /// lost or the item is no longer running).
+    pub applied: Vec<bool>,
+    /// For each claim, in order: the items claimed.
+    pub claimed: Vec<Vec<ClaimedItem>>,
+    /// Every job the batch touched, as committed.
+    pub pulses: Vec<Pulse>,
+}
+
+/// What [`Store::recover`] found and did at boot.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Jobs to run again (RUNNING), with their running items released.
+    pub running: Vec<JobId>,
+    /// Jobs left PAUSED.
+    pub paused: Vec<JobId>,
+    /// PAUSING jobs moved to PAUSED, CANCELLING jobs to CANCELLED.
+    pub settled: Vec<(JobId, JobState)>,
+    /// Items put back to PENDING because they were running at the crash.
+    pub released_items: u64,
+}
+
+/// The durable state of every job.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new RUNNING job with all its items, or, when `spec` carries
+    /// a request id already used by the same request, returns that job.
+    async fn create_job(&self, id: JobId, spec: &JobSpec) -> Result<Created, StoreError>;
+
+    async fn get_job(&self, id: JobId) -> Result<Job, StoreError>;
+
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Page<Job, JobCursor>, StoreError>;
+
+    async fn list_items(&self, query: &ItemQuery) -> Result<Page<Item, ItemCursor>, StoreError>;
+
+    /// Applies `write` if the job is still in `write.from`, appending a
+    /// StateChanged event; `Conflict` with the current state otherwise.
+    async fn transition(&self, id: JobId, write: &TransitionWrite) -> Result<Job, StoreError>;
+
+    /// Appends an event that changes no state (e.g. a worker restart).
+    async fn append_event(&self, id: JobId, body: &EventBody) -> Result<u64, StoreError>;
+
+    /// Events with a sequence greater than `after`, oldest first.
+    async fn events_after(
+        &self,
+        id: JobId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<JobEvent>, StoreError>;
+
+    /// Commits item writes and claims in one transaction.
+    async fn write_batch(&self, batch: &Batch) -> Result<BatchOutcome, StoreError>;
+
+    /// At boot: releases the items of every unfinished job that were
+    /// running when the process died, settles PAUSING and CANCELLING jobs,
+    /// and says which jobs to run.
+    async fn recover(&self) -> Result<Recovery, StoreError>;
+
+    /// Puts a job's RUNNING items back to PENDING (attempt refunded): its
+    /// supervisor died, and a new one takes over with new leases.
+    async fn release_items(&self, id: JobId) -> Result<u64, StoreError>;
+
+    /// Checks the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,374 @@
+//! Job-level transactions: creating a job with its items, guarded state
+//! transitions with their effects and event, and recovery at boot.
+
+use super::{
+    db_error,
+    rows::{self, job_state},
+};
+use crate::{
+    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, Provenance},
+    store::{Created, Recovery, StoreError, TransitionWrite},
+};
+use sqlx::{PgConnection, PgPool, types::Json};
+
+/// Items inserted per statement when creating a job: keeps each bind
+/// message well under PostgreSQL's limits for the largest jobs.
+const INSERT_CHUNK: usize = 50_000;
+
+pub(super) async fn create_job(
+    pool: &PgPool,
+    id: JobId,
+    spec: &JobSpec,
+) -> Result<Created, StoreError> {
+    let fingerprint = spec.fingerprint();
+    if let Some(key) = &spec.request_id
+        && let Some(found) = find_by_request_id(pool, key, &fingerprint).await?
+    {
+        return Ok(found);
+    }
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
+         request_id, request_fingerprint, total_items, last_seq, created_at, started_at, \
+         updated_at) \
+         VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10, 1, now(), now(), now()) \
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(id.0)
+    .bind(&spec.name)
+    .bind(&spec.executor)
+    .bind(spec.concurrency as i32)
+    .bind(spec.max_attempts as i32)
+    .bind(Json(&spec.params))
+    .bind(Json(&spec.labels))
+    .bind(&spec.request_id)
+    .bind(&fingerprint)
+    .bind(spec.items.len() as i64)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    if inserted.rows_affected() == 0 {
+        // A concurrent call with the same request id won the race.
+        drop(tx);
+        let key = spec.request_id.as_deref().unwrap_or_default();
+        return find_by_request_id(pool, key, &fingerprint)
+            .await?
+            .ok_or_else(|| StoreError::Internal("request id vanished".into()));
+    }
+    for (n, chunk) in spec.items.chunks(INSERT_CHUNK).enumerate() {
+        sqlx::query(
+            "INSERT INTO items (job_id, idx, payload) \
+             SELECT $1, $2 + t.ord - 1, t.payload \
+             FROM UNNEST($3::text[]) WITH ORDINALITY AS t(payload, ord)",
+        )
+        .bind(id.0)
+        .bind((n * INSERT_CHUNK) as i64)
+        .bind(chunk)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    }
+    let started = EventBody::StateChanged {
+        from: None,
+        to: JobState::Running,
+        reason: Some("started".into()),
+        requested_by: None,
+        request_id: spec.request_id.clone(),
+        pause_mode: None,
+    };
+    insert_event(&mut tx, id, 1, &started).await?;
+    let job = rows::fetch_job(&mut tx, id)
+        .await?
+        .ok_or_else(|| StoreError::Internal("created job vanished".into()))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(Created { job, created: true })
+}
+
+/// The job an earlier call with this request id created, if the request
+/// was the same; `RequestIdReused` if it was not.
+async fn find_by_request_id(
+    pool: &PgPool,
+    key: &str,
+    fingerprint: &[u8],
+) -> Result<Option<Created>, StoreError> {
+    let found: Option<(uuid::Uuid, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT id, request_fingerprint FROM jobs WHERE request_id = $1")
+            .bind(key)
+            .fetch_optional(pool)
+            .await
+            .map_err(db_error)?;
+    let Some((id, stored)) = found else {
+        return Ok(None);
+    };
+    if stored.as_deref() != Some(fingerprint) {
+        return Err(StoreError::RequestIdReused(key.to_string()));
+    }
+    let mut conn = pool.acquire().await.map_err(db_error)?;
+    let job = rows::fetch_job(&mut conn, JobId(id))
+        .await?
+        .ok_or(StoreError::NotFound(JobId(id)))?;
+    Ok(Some(Created {
+        job,
+        created: false,
+    }))
+}
+
+async fn insert_event(
+    conn: &mut PgConnection,
+    id: JobId,
+    seq: i64,
+    body: &EventBody,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO job_events (job_id, seq, at, kind, body) VALUES ($1, $2, now(), $3, $4)")
+        .bind(id.0)
+        .bind(seq)
+        .bind(body.kind())
+        .bind(Json(body))
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Locks the job row and returns its state, or `NotFound`.
+async fn lock_job(conn: &mut PgConnection, id: JobId) -> Result<JobState, StoreError> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    job_state(&state.ok_or(StoreError::NotFound(id))?)
+}
+
+pub(super) async fn transition(
+    pool: &PgPool,
+    id: JobId,
+    w: &TransitionWrite,
+) -> Result<Job, StoreError> {
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    let current = lock_job(&mut tx, id).await?;
+    if current != w.from {
+        return Err(StoreError::Conflict {
+            expected: w.from,
+            current,
+        });
+    }
+    if matches!(w.to, JobState::Succeeded | JobState::Failed) {
+        check_finished(&mut tx, id, w).await?;
+    }
+    for effect in &w.effects {
+        apply_effect(&mut tx, id, *effect, &w.provenance).await?;
+    }
+    let last_error = (w.to == JobState::Failed)
+        .then(|| w.provenance.reason.clone())
+        .flatten();
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET state = $2, last_seq = last_seq + 1, updated_at = now(), \
+         last_error = COALESCE($3, last_error) WHERE id = $1 RETURNING last_seq",
+    )
+    .bind(id.0)
+    .bind(w.to.as_str())
+    .bind(&last_error)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let event = EventBody::StateChanged {
+        from: Some(w.from),
+        to: w.to,
+        reason: w.provenance.reason.clone(),
+        requested_by: w.provenance.requested_by.clone(),
+        request_id: w.provenance.request_id.clone(),
+        pause_mode: w.pause_mode,
+    };
+    insert_event(&mut tx, id, seq, &event).await?;
+    let job = rows::fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(job)
+}
+
+/// A job may only finish (Succeeded, or Failed because items failed) once
+/// no item is pending or running. A fatal failure (from a state other than
+/// a finish) is not checked: it is decided with `Effect::ReleaseRunning`.
+async fn check_finished(
+    conn: &mut PgConnection,
+    id: JobId,
+    w: &TransitionWrite,
+) -> Result<(), StoreError> {
+    if w.effects.contains(&Effect::ReleaseRunning) {
+        return Ok(());
+    }
+    let (pending, running): (i64, i64) = sqlx::query_as(
+        "SELECT total_items - running_items - succeeded_items - failed_items - cancelled_items, \
+         running_items FROM jobs WHERE id = $1",
+    )
+    .bind(id.0)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    if pending != 0 || running != 0 {
+        return Err(StoreError::NotFinished {
+            pending: pending.max(0) as u64,
+            running: running.max(0) as u64,
+        });
+    }
+    Ok(())
+}
+
+async fn apply_effect(
+    conn: &mut PgConnection,
+    id: JobId,
+    effect: Effect,
+    p: &Provenance,
+) -> Result<(), StoreError> {
+    let q = match effect {
+        Effect::OpenPause(mode) => sqlx::query(
+            "INSERT INTO job_pauses (job_id, n, mode, reason, requested_by, request_id, \
+             requested_at) \
+             SELECT $1, COALESCE(MAX(n), 0) + 1, $2, $3, $4, $5, now() \
+             FROM job_pauses WHERE job_id = $1",
+        )
+        .bind(id.0)
+        .bind(mode.as_str())
+        .bind(&p.reason)
+        .bind(&p.requested_by)
+        .bind(&p.request_id),
+        Effect::MarkPaused => sqlx::query(
+            "UPDATE job_pauses SET paused_at = now() \
+             WHERE job_id = $1 AND paused_at IS NULL AND resumed_at IS NULL",
+        )
+        .bind(id.0),
+        Effect::ClosePause => sqlx::query(
+            "UPDATE job_pauses SET resumed_at = now() WHERE job_id = $1 AND resumed_at IS NULL",
+        )
+        .bind(id.0),
+        Effect::ReleaseRunning => sqlx::query(
+            "WITH released AS ( \
+                UPDATE items SET state = 0, lease = NULL, attempts = GREATEST(attempts - 1, 0), \
+                updated_at = now() WHERE job_id = $1 AND state = 1 RETURNING 1) \
+             UPDATE jobs SET running_items = running_items - (SELECT count(*) FROM released) \
+             WHERE id = $1",
+        )
+        .bind(id.0),
+        Effect::CancelRemaining => sqlx::query(
+            "WITH cancelled AS ( \
+                UPDATE items SET state = 4, lease = NULL, updated_at = now() \
+                WHERE job_id = $1 AND state IN (0, 1) RETURNING 1) \
+             UPDATE jobs SET running_items = 0, \
+                cancelled_items = cancelled_items + (SELECT count(*) FROM cancelled) \
+             WHERE id = $1",
+        )
+        .bind(id.0),
+        Effect::ResetFailed => sqlx::query(
+            "WITH reset AS ( \
+                UPDATE items SET state = 0, attempts = 0, updated_at = now() \
+                WHERE job_id = $1 AND state = 3 RETURNING 1) \
+             UPDATE jobs SET failed_items = failed_items - (SELECT count(*) FROM reset) \
+             WHERE id = $1",
+        )
+        .bind(id.0),
+        Effect::End => sqlx::query("UPDATE jobs SET ended_at = now() WHERE id = $1").bind(id.0),
+        Effect::Reopen => {
+            sqlx::query("UPDATE jobs SET ended_at = NULL WHERE id = $1").bind(id.0)
+        }
+        // Runtime-only: nothing to store.
+        Effect::Interrupt => return Ok(()),
+    };
+    q.execute(&mut *conn).await.map_err(db_error)?;
+    Ok(())
+}
+
+pub(super) async fn append_event(
+    pool: &PgPool,
+    id: JobId,
+    body: &EventBody,
+) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    let seq: Option<i64> = sqlx::query_scalar(
+        "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+    )
+    .bind(id.0)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let seq = seq.ok_or(StoreError::NotFound(id))?;
+    insert_event(&mut tx, id, seq, body).await?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(seq as u64)
+}
+
+pub(super) async fn release_items(pool: &PgPool, id: JobId) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    lock_job(&mut tx, id).await?;
+    let released = release_running(&mut tx, id).await?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(released)
+}
+
+/// Puts the job's RUNNING items back to PENDING, refunding the attempt, and
+/// zeroes its running counter. The caller holds the job row lock.
+async fn release_running(conn: &mut PgConnection, id: JobId) -> Result<u64, StoreError> {
+    let released: i64 = sqlx::query_scalar(
+        "WITH released AS ( \
+            UPDATE items SET state = 0, lease = NULL, attempts = GREATEST(attempts - 1, 0), \
+            updated_at = now() WHERE job_id = $1 AND state = 1 RETURNING 1), \
+         counted AS (SELECT count(*) AS n FROM released), \
+         zeroed AS (UPDATE jobs SET running_items = 0 WHERE id = $1) \
+         SELECT n FROM counted",
+    )
+    .bind(id.0)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(released as u64)
+}
+
+pub(super) async fn recover(pool: &PgPool) -> Result<Recovery, StoreError> {
+    let unfinished: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT id, state FROM jobs WHERE state IN ('running', 'pausing', 'paused', 'cancelling') \
+         ORDER BY created_at",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db_error)?;
+    let mut recovery = Recovery::default();
+    for (id, state) in unfinished {
+        let id = JobId(id);
+        let state = job_state(&state)?;
+        let mut tx = pool.begin().await.map_err(db_error)?;
+        if lock_job(&mut tx, id).await? != state {
+            // Changed since the listing (another process recovering too):
+            // leave it to whoever changed it.
+            continue;
+        }
+        let released = release_running(&mut tx, id).await?;
+        tx.commit().await.map_err(db_error)?;
+        recovery.released_items += released;
+        match state {
+            JobState::Running => recovery.running.push(id),
+            JobState::Paused => recovery.paused.push(id),
+            JobState::Pausing | JobState::Cancelling => {
+                let (to, effects) = if state == JobState::Pausing {
+                    (JobState::Paused, vec![Effect::MarkPaused])
+                } else {
+                    (JobState::Cancelled, vec![Effect::CancelRemaining, Effect::End])
+                };
+                let write = TransitionWrite {
+                    from: state,
+                    to,
+                    effects,
+                    provenance: Provenance::system("recovered after a restart"),
+                    pause_mode: None,
+                };
+                match transition(pool, id, &write).await {
+                    Ok(_) => recovery.settled.push((id, to)),
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(recovery)
+}

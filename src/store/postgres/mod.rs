@@ -1,0 +1,199 @@
+//! [`Store`] on PostgreSQL through sqlx: connection, migrations (embedded
+//! in the binary), error classification and the read paths. Writes live in
+//! [`jobs`] (one transaction per job-level change) and [`batch`] (group
+//! commit of item writes and claims).
+
+mod batch;
+mod jobs;
+mod rows;
+
+use super::{ItemQuery, JobQuery, Page, Store, StoreError};
+use crate::domain::{
+    Item, Job, JobEvent, JobId,
+    page::{ItemCursor, JobCursor},
+};
+use async_trait::async_trait;
+use sqlx::{
+    ConnectOptions, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use std::{str::FromStr, time::Duration};
+
+/// How the server connects to PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    pub url: String,
+    /// Most connections the pool opens.
+    pub max_connections: u32,
+    /// How long a call waits for a free connection before failing with
+    /// UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+impl PgConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        PgConfig {
+            url: url.into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects (without waiting for the database to be up) and applies the
+    /// embedded migrations. Migrations take a PostgreSQL advisory lock, so
+    /// several servers starting at once apply them once.
+    pub async fn connect(config: &PgConfig) -> Result<PgStore, StoreError> {
+        let options = PgConnectOptions::from_str(&config.url)
+            .map_err(|e| StoreError::Internal(format!("invalid database URL: {}", redact(&e))))?
+            .application_name("jobvisor")
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_lazy_with(options);
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Wraps an existing pool (tests, embedding). Does not migrate.
+    pub fn from_pool(pool: PgPool) -> PgStore {
+        PgStore { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) => db_error(e),
+                other => StoreError::Internal(format!("migration failed: {other}")),
+            })
+    }
+}
+
+/// Whether a failed sqlx call may succeed later. Connection loss, pool
+/// exhaustion, an administrator terminating the session and the server
+/// starting up or shutting down are transient; everything else is a bug.
+pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match &e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+            StoreError::Unavailable(e.to_string())
+        }
+        E::Protocol(_) => StoreError::Unavailable(e.to_string()),
+        E::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // 08: connection exception; 57P0x: admin shutdown, crash
+            // shutdown, cannot connect now; 53300: too many connections;
+            // 40001/40P01: serialization failure, deadlock (retry).
+            if code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "53300"
+                || code == "40001"
+                || code == "40P01"
+            {
+                StoreError::Unavailable(format!("{} ({code})", db.message()))
+            } else {
+                StoreError::Internal(format!("{} ({code})", db.message()))
+            }
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+/// An error about a connection string, without the password it may hold.
+fn redact(e: &sqlx::Error) -> String {
+    let text = e.to_string();
+    match text.find("://") {
+        Some(_) => "could not parse the connection string".to_string(),
+        None => text,
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_job(
+        &self,
+        id: JobId,
+        spec: &crate::domain::JobSpec,
+    ) -> Result<super::Created, StoreError> {
+        jobs::create_job(&self.pool, id, spec).await
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Job, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        rows::fetch_job(&mut conn, id)
+            .await?
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    async fn list_jobs(&self, q: &JobQuery) -> Result<Page<Job, JobCursor>, StoreError> {
+        rows::list_jobs(&self.pool, q).await
+    }
+
+    async fn list_items(&self, q: &ItemQuery) -> Result<Page<Item, ItemCursor>, StoreError> {
+        rows::list_items(&self.pool, q).await
+    }
+
+    async fn transition(
+        &self,
+        id: JobId,
+        write: &super::TransitionWrite,
+    ) -> Result<Job, StoreError> {
+        jobs::transition(&self.pool, id, write).await
+    }
+
+    async fn append_event(
+        &self,
+        id: JobId,
+        body: &crate::domain::EventBody,
+    ) -> Result<u64, StoreError> {
+        jobs::append_event(&self.pool, id, body).await
+    }
+
+    async fn events_after(
+        &self,
+        id: JobId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        rows::events_after(&self.pool, id, after, limit).await
+    }
+
+    async fn write_batch(
+        &self,
+        batch: &super::Batch,
+    ) -> Result<super::BatchOutcome, StoreError> {
+        batch::write_batch(&self.pool, batch).await
+    }
+
+    async fn recover(&self) -> Result<super::Recovery, StoreError> {
+        jobs::recover(&self.pool).await
+    }
+
+    async fn release_items(&self, id: JobId) -> Result<u64, StoreError> {
+        jobs::release_items(&self.pool, id).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(db_error)
+    }
+}
