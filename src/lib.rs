@@ -6,14 +6,14 @@
 //! work the engine runs. See DESIGN.md.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod cli;
 pub mod domain;
 pub mod engine;
 pub mod executor;
-pub mod store;
-pub mod api;
-pub mod cli;
-pub mod telemetry;
 pub mod server;
+pub mod store;
+pub mod telemetry;
 
 /// The API as generated from `proto/jobvisor/v1/jobvisor.proto`: messages,
 /// the `JobService` client and server.

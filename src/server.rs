@@ -73,9 +73,7 @@ pub async fn serve_with_store(
         running = adopted.running, paused = adopted.paused, "jobvisor serving");
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<JobServiceServer<JobApi>>()
-        .await;
+    health.set_serving::<JobServiceServer<JobApi>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
     let readiness = tokio::spawn(watch_readiness(
         engine.clone(),
@@ -83,14 +81,16 @@ pub async fn serve_with_store(
         config.health_interval,
     ));
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // The error detail types are served too, so grpcurl can show the
+    // BadRequest and ErrorInfo details of an error.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let jobs = JobServiceServer::new(JobApi::new(engine.clone()))
         .max_decoding_message_size(config.max_request_bytes);
 
@@ -100,10 +100,10 @@ pub async fn serve_with_store(
             shutdown.await;
             tracing::info!(?grace, "shutting down: draining jobs");
             readiness.abort();
-            health.set_service_status("", ServingStatus::NotServing).await;
             health
-                .set_not_serving::<JobServiceServer<JobApi>>()
+                .set_service_status("", ServingStatus::NotServing)
                 .await;
+            health.set_not_serving::<JobServiceServer<JobApi>>().await;
             engine.shutdown(grace).await;
             tracing::info!("jobs drained");
         }
@@ -130,7 +130,9 @@ async fn watch_readiness(
     let mut serving = true;
     loop {
         tokio::time::sleep(every).await;
-        let ok = tokio::time::timeout(every, engine.ping()).await.is_ok_and(|r| r.is_ok());
+        let ok = tokio::time::timeout(every, engine.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
         if ok != serving {
             serving = ok;
             let status = if ok {

@@ -28,7 +28,12 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
     )
 }
 
-fn with_reason(code: Code, message: String, reason: &str, metadata: HashMap<String, String>) -> Status {
+fn with_reason(
+    code: Code,
+    message: String,
+    reason: &str,
+    metadata: HashMap<String, String>,
+) -> Status {
     Status::with_error_details(
         code,
         message,

@@ -17,7 +17,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Args, Clone)]
 pub struct Conn {
     /// The server's address.
-    #[arg(long, env = "JOBVISOR_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "JOBVISOR_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     server: String,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -328,7 +333,13 @@ pub struct WatchArgs {
 
 pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.conn.client().await?;
-    follow(&mut client, &args.job_id, args.from_sequence, args.conn.json).await
+    follow(
+        &mut client,
+        &args.job_id,
+        args.from_sequence,
+        args.conn.json,
+    )
+    .await
 }
 
 /// Streams a job to its end, reconnecting with the last sequence seen when
@@ -382,7 +393,10 @@ async fn follow(
                 }
                 Err(s) if s.code() == tonic::Code::Unavailable && failures < 30 => {
                     failures += 1;
-                    view.note(&format!("stream interrupted ({}); reconnecting", s.message()));
+                    view.note(&format!(
+                        "stream interrupted ({}); reconnecting",
+                        s.message()
+                    ));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     break;
                 }

@@ -8,15 +8,13 @@ use serde_json::{Value, json};
 use std::process::ExitCode;
 
 pub fn code_name(code: tonic::Code) -> String {
-    format!("{code:?}")
-        .chars()
-        .fold(String::new(), |mut s, c| {
-            if c.is_uppercase() && !s.is_empty() {
-                s.push('_');
-            }
-            s.push(c.to_ascii_uppercase());
-            s
-        })
+    format!("{code:?}").chars().fold(String::new(), |mut s, c| {
+        if c.is_uppercase() && !s.is_empty() {
+            s.push('_');
+        }
+        s.push(c.to_ascii_uppercase());
+        s
+    })
 }
 
 fn job_state_name(value: i32) -> String {
@@ -27,13 +25,21 @@ fn job_state_name(value: i32) -> String {
 
 fn item_state_name(value: i32) -> String {
     pb::ItemState::try_from(value)
-        .map(|s| s.as_str_name().trim_start_matches("ITEM_STATE_").to_string())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("ITEM_STATE_")
+                .to_string()
+        })
         .unwrap_or_else(|_| value.to_string())
 }
 
 fn pause_mode_name(value: i32) -> String {
     pb::PauseMode::try_from(value)
-        .map(|s| s.as_str_name().trim_start_matches("PAUSE_MODE_").to_string())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("PAUSE_MODE_")
+                .to_string()
+        })
         .unwrap_or_else(|_| value.to_string())
 }
 
@@ -65,7 +71,7 @@ fn time(t: &Option<prost_types::Timestamp>) -> Value {
 }
 
 fn counts_json(c: &Option<pb::ItemCounts>) -> Value {
-    let c = c.clone().unwrap_or_default();
+    let c = c.unwrap_or_default();
     json!({"total": c.total, "pending": c.pending, "running": c.running,
            "succeeded": c.succeeded, "failed": c.failed, "cancelled": c.cancelled})
 }
@@ -91,7 +97,7 @@ pub fn job_json(j: &pb::Job) -> Value {
 }
 
 fn counts_text(c: &Option<pb::ItemCounts>) -> String {
-    let c = c.clone().unwrap_or_default();
+    let c = c.unwrap_or_default();
     format!(
         "{} total: {} pending, {} running, {} succeeded, {} failed, {} cancelled",
         c.total, c.pending, c.running, c.succeeded, c.failed, c.cancelled
@@ -106,13 +112,20 @@ pub fn print_job(j: &pb::Job, json: bool) {
     println!("id:        {}", j.id);
     println!("name:      {}", j.name);
     println!("state:     {}", job_state_name(j.state));
-    println!("executor:  {} (concurrency {}, max attempts {})", j.executor, j.concurrency, j.max_attempts);
+    println!(
+        "executor:  {} (concurrency {}, max attempts {})",
+        j.executor, j.concurrency, j.max_attempts
+    );
     println!("items:     {}", counts_text(&j.counts));
     if !j.last_error.is_empty() {
         println!("error:     {}", j.last_error);
     }
     for p in &j.pauses {
-        let reason = if p.reason.is_empty() { String::new() } else { format!(" ({})", p.reason) };
+        let reason = if p.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", p.reason)
+        };
         println!(
             "paused:    {} at {}{}, resumed {}",
             pause_mode_name(p.mode).to_lowercase(),
@@ -126,12 +139,18 @@ pub fn print_job(j: &pb::Job, json: bool) {
 pub fn print_jobs(page: &pb::ListJobsResponse, json: bool) {
     if json {
         let jobs: Vec<Value> = page.jobs.iter().map(job_json).collect();
-        println!("{}", json!({"jobs": jobs, "next_page_token": page.next_page_token}));
+        println!(
+            "{}",
+            json!({"jobs": jobs, "next_page_token": page.next_page_token})
+        );
         return;
     }
-    println!("{:<36}  {:<10}  {:>9}  {:>9}  NAME", "ID", "STATE", "DONE", "TOTAL");
+    println!(
+        "{:<36}  {:<10}  {:>9}  {:>9}  NAME",
+        "ID", "STATE", "DONE", "TOTAL"
+    );
     for j in &page.jobs {
-        let c = j.counts.clone().unwrap_or_default();
+        let c = j.counts.unwrap_or_default();
         println!(
             "{:<36}  {:<10}  {:>9}  {:>9}  {}",
             j.id,
@@ -158,14 +177,27 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
                        "update_time": time(&i.update_time)})
             })
             .collect();
-        println!("{}", json!({"items": items, "next_page_token": page.next_page_token}));
+        println!(
+            "{}",
+            json!({"items": items, "next_page_token": page.next_page_token})
+        );
         return;
     }
-    println!("{:>7}  {:<9}  {:>8}  {:<12}  PAYLOAD / ERROR", "INDEX", "STATE", "ATTEMPTS", "CHECKPOINT");
+    println!(
+        "{:>7}  {:<9}  {:>8}  {:<12}  PAYLOAD / ERROR",
+        "INDEX", "STATE", "ATTEMPTS", "CHECKPOINT"
+    );
     for i in &page.items {
-        let checkpoint: String = String::from_utf8_lossy(&i.checkpoint).chars().take(12).collect();
+        let checkpoint: String = String::from_utf8_lossy(&i.checkpoint)
+            .chars()
+            .take(12)
+            .collect();
         let payload: String = i.payload.chars().take(40).collect();
-        let error = if i.last_error.is_empty() { String::new() } else { format!("  ! {}", i.last_error) };
+        let error = if i.last_error.is_empty() {
+            String::new()
+        } else {
+            format!("  ! {}", i.last_error)
+        };
         println!(
             "{:>7}  {:<9}  {:>8}  {:<12}  {}{}",
             i.index,
@@ -216,18 +248,16 @@ impl WatchView {
         self.bar.get_or_insert_with(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{bar:40}] {pos}/{len} {msg}",
-                )
-                .expect("progress template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} {msg}")
+                    .expect("progress template")
+                    .progress_chars("=> "),
             );
             bar
         })
     }
 
     fn update(&mut self, counts: &Option<pb::ItemCounts>, extra: &str) {
-        let c = counts.clone().unwrap_or_default();
+        let c = counts.unwrap_or_default();
         let state = job_state_name(self.state).to_lowercase();
         let bar = self.bar(c.total);
         bar.set_length(c.total);
@@ -261,14 +291,23 @@ impl WatchView {
             Kind::Snapshot(job) => {
                 self.state = job.state;
                 if !self.json {
-                    self.note(&format!("{} · {} ({})", job.id, job.name, job_state_name(job.state)));
+                    self.note(&format!(
+                        "{} · {} ({})",
+                        job.id,
+                        job.name,
+                        job_state_name(job.state)
+                    ));
                     self.update(&job.counts, "");
                 }
             }
             Kind::StateChanged(c) => {
                 self.state = c.to;
                 if !self.json {
-                    let reason = if c.reason.is_empty() { String::new() } else { format!(": {}", c.reason) };
+                    let reason = if c.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", c.reason)
+                    };
                     self.note(&format!(
                         "#{} {} → {}{}",
                         event.sequence,
@@ -286,7 +325,11 @@ impl WatchView {
             }
             Kind::ItemFailed(f) => {
                 if !self.json {
-                    let retry = if f.will_retry { "will retry" } else { "gave up" };
+                    let retry = if f.will_retry {
+                        "will retry"
+                    } else {
+                        "gave up"
+                    };
                     self.note(&format!(
                         "#{} item {} attempt {} failed ({retry}): {}",
                         event.sequence, f.index, f.attempt, f.error
@@ -308,7 +351,10 @@ impl WatchView {
                         .as_ref()
                         .map(|d| format!(", ETA {}s", d.seconds))
                         .unwrap_or_default();
-                    self.update(&p.counts, &format!(" · {:.1} items/s{eta}", p.items_per_second));
+                    self.update(
+                        &p.counts,
+                        &format!(" · {:.1} items/s{eta}", p.items_per_second),
+                    );
                 }
             }
         }
@@ -348,7 +394,10 @@ mod tests {
 
     #[test]
     fn code_names_are_grpc_spelling() {
-        assert_eq!(code_name(tonic::Code::FailedPrecondition), "FAILED_PRECONDITION");
+        assert_eq!(
+            code_name(tonic::Code::FailedPrecondition),
+            "FAILED_PRECONDITION"
+        );
         assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
     }
 

@@ -79,8 +79,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (--listen, JOBVISOR_LISTEN)", args.listen))?;
-    server::serve(config, Registry::with_builtins(), listener, shutdown_signal()).await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--listen, JOBVISOR_LISTEN)",
+                args.listen
+            )
+        })?;
+    server::serve(
+        config,
+        Registry::with_builtins(),
+        listener,
+        shutdown_signal(),
+    )
+    .await
 }
 
 /// Resolves on SIGTERM or SIGINT.

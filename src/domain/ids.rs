@@ -49,6 +49,11 @@ mod tests {
         let id = JobId::new();
         assert_eq!(id.to_string().parse::<JobId>(), Ok(id));
         assert_eq!("".parse::<JobId>(), Err("is required".to_string()));
-        assert!("not-a-uuid".parse::<JobId>().unwrap_err().contains("not a UUID"));
+        assert!(
+            "not-a-uuid"
+                .parse::<JobId>()
+                .unwrap_err()
+                .contains("not a UUID")
+        );
     }
 }

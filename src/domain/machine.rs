@@ -265,8 +265,8 @@ mod tests {
                         // Entering CANCELLING, or PAUSING immediately,
                         // interrupts items in flight.
                         let interrupts = effects.contains(&Effect::Interrupt);
-                        let should = to == S::Cancelling
-                            || command == Command::Pause(PauseMode::Immediate);
+                        let should =
+                            to == S::Cancelling || command == Command::Pause(PauseMode::Immediate);
                         assert_eq!(interrupts, should, "{command:?} on {state}");
                     }
                     Ok(Decision::NoOp { interrupt }) => {
@@ -298,7 +298,10 @@ mod tests {
     #[test]
     fn internal_commands_move_the_job_on() {
         assert_eq!(cell(S::Pausing, Command::Drained), Cell::To(S::Paused));
-        assert_eq!(cell(S::Cancelling, Command::Drained), Cell::To(S::Cancelled));
+        assert_eq!(
+            cell(S::Cancelling, Command::Drained),
+            Cell::To(S::Cancelled)
+        );
         for s in [S::Running, S::Paused, S::Cancelled, S::Succeeded, S::Failed] {
             assert!(matches!(cell(s, Command::Drained), Cell::Refused(_)), "{s}");
         }
@@ -307,7 +310,13 @@ mod tests {
         assert_eq!(cell(S::Running, done), Cell::To(S::Succeeded));
         assert_eq!(cell(S::Running, failed), Cell::To(S::Failed));
         assert_eq!(cell(S::Pausing, done), Cell::To(S::Succeeded));
-        for s in [S::Paused, S::Cancelling, S::Cancelled, S::Succeeded, S::Failed] {
+        for s in [
+            S::Paused,
+            S::Cancelling,
+            S::Cancelled,
+            S::Succeeded,
+            S::Failed,
+        ] {
             assert!(matches!(cell(s, done), Cell::Refused(_)), "{s}");
         }
         for s in JobState::ALL {
@@ -324,7 +333,13 @@ mod tests {
     fn retry_failed_reopens_only_a_failed_job() {
         assert_eq!(cell(S::Failed, Command::RetryFailed), Cell::To(S::Running));
         assert_eq!(cell(S::Succeeded, Command::RetryFailed), Cell::NoOp);
-        for s in [S::Running, S::Pausing, S::Paused, S::Cancelling, S::Cancelled] {
+        for s in [
+            S::Running,
+            S::Pausing,
+            S::Paused,
+            S::Cancelling,
+            S::Cancelled,
+        ] {
             assert_eq!(
                 cell(s, Command::RetryFailed),
                 Cell::Refused("JOB_NOT_RETRYABLE"),

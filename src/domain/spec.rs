@@ -89,8 +89,8 @@ impl JobSpec {
         if name_chars == 0 {
             bad.push(FieldViolation::new("name", "is required"));
         } else if name.contains('\0') {
-        bad.push(FieldViolation::new("name", "contains a NUL character"));
-    } else if name_chars > MAX_NAME_CHARS {
+            bad.push(FieldViolation::new("name", "contains a NUL character"));
+        } else if name_chars > MAX_NAME_CHARS {
             bad.push(FieldViolation::new(
                 "name",
                 format!("is {name_chars} characters long; the limit is {MAX_NAME_CHARS}"),
@@ -105,7 +105,10 @@ impl JobSpec {
             n if n > limits.max_concurrency => {
                 bad.push(FieldViolation::new(
                     "concurrency",
-                    format!("is {n}; it must be between 1 and {}", limits.max_concurrency),
+                    format!(
+                        "is {n}; it must be between 1 and {}",
+                        limits.max_concurrency
+                    ),
                 ));
                 n
             }
@@ -195,7 +198,12 @@ fn check_items(items: &[String], limits: &Limits, bad: &mut Vec<FieldViolation>)
         .iter()
         .enumerate()
         .filter(|(_, item)| item.len() > limits.max_item_bytes);
-    for (i, _) in items.iter().enumerate().filter(|(_, i)| i.contains('\0')).take(5) {
+    for (i, _) in items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.contains('\0'))
+        .take(5)
+    {
         bad.push(FieldViolation::new(
             format!("items[{i}]"),
             "contains a NUL character",
@@ -222,10 +230,7 @@ fn check_map(
     if map.len() > MAX_MAP_ENTRIES {
         bad.push(FieldViolation::new(
             field,
-            format!(
-                "has {} entries; the limit is {MAX_MAP_ENTRIES}",
-                map.len()
-            ),
+            format!("has {} entries; the limit is {MAX_MAP_ENTRIES}", map.len()),
         ));
         return;
     }
@@ -347,7 +352,10 @@ mod tests {
     fn long_names_are_refused() {
         let mut input = valid();
         input.name = "n".repeat(201);
-        assert_eq!(fields(JobSpec::parse(input.clone(), &Limits::default())), ["name"]);
+        assert_eq!(
+            fields(JobSpec::parse(input.clone(), &Limits::default())),
+            ["name"]
+        );
         input.name = "n".repeat(200);
         assert!(JobSpec::parse(input, &Limits::default()).is_ok());
     }

@@ -10,7 +10,9 @@ use crate::{
     domain::{Job, JobId},
     executor::ItemHandler,
 };
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
+};
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -21,7 +23,7 @@ pub enum ManagerMsg {
     /// Supervise `job` (as just read from the store) unless a live
     /// supervisor already does; reply with the supervisor.
     Supervise {
-        job: Job,
+        job: Box<Job>,
         handler: Arc<dyn ItemHandler>,
         reply: RpcReplyPort<Result<ActorRef<SupervisorMsg>, String>>,
     },
@@ -93,7 +95,7 @@ impl Actor for JobManager {
                 handler,
                 reply,
             } => {
-                let result = supervise(&myself, st, job, handler).await;
+                let result = supervise(&myself, st, *job, handler).await;
                 let _ = reply.send(result);
             }
             ManagerMsg::Lookup { job, reply } => {
@@ -160,7 +162,9 @@ impl Actor for JobManager {
 fn live(st: &ManagerState, job: JobId) -> Option<ActorRef<SupervisorMsg>> {
     st.supervisors
         .get(&job)
-        .filter(|s| s.get_status() == ActorStatus::Running || s.get_status() == ActorStatus::Starting)
+        .filter(|s| {
+            s.get_status() == ActorStatus::Running || s.get_status() == ActorStatus::Starting
+        })
         .cloned()
 }
 

@@ -237,7 +237,10 @@ impl Engine {
             tracing::info!(job_id = %job.id, name = %job.name, items = job.counts.total,
                 executor = %job.executor, "job started");
         }
-        if matches!(job.state, JobState::Running | JobState::Pausing | JobState::Cancelling) {
+        if matches!(
+            job.state,
+            JobState::Running | JobState::Pausing | JobState::Cancelling
+        ) {
             self.supervise_with(job.clone(), handler).await?;
         }
         Ok(job)
@@ -342,7 +345,9 @@ impl Engine {
 
     fn check_open(&self) -> Result<(), EngineError> {
         if self.closing.is_cancelled() {
-            Err(EngineError::Unavailable("the server is shutting down".into()))
+            Err(EngineError::Unavailable(
+                "the server is shutting down".into(),
+            ))
         } else {
             Ok(())
         }
@@ -409,7 +414,7 @@ impl Engine {
             .manager
             .call(
                 |reply| ManagerMsg::Supervise {
-                    job,
+                    job: Box::new(job),
                     handler,
                     reply,
                 },

@@ -353,7 +353,9 @@ fn on_done(st: &mut SupervisorState, slot: usize, index: u32, finished: Finished
         Finished::Failed | Finished::Released | Finished::LeaseLost => st.exhausted = false,
         Finished::NotCommitted(e) => {
             if !st.shutting_down {
-                st.failing = Some(format!("the outcome of item {index} could not be stored: {e}"));
+                st.failing = Some(format!(
+                    "the outcome of item {index} could not be stored: {e}"
+                ));
             }
         }
     }
@@ -489,8 +491,7 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
             let want = idle.saturating_sub(st.buffer.len());
             if want > 0 && !st.claiming && !st.exhausted {
                 claim(myself, st, want as u32);
-            } else if st.exhausted && !st.claiming && st.buffer.is_empty() && st.in_flight() == 0
-            {
+            } else if st.exhausted && !st.claiming && st.buffer.is_empty() && st.in_flight() == 0 {
                 // `any_failed` is decided from the counters in `settle`.
                 settle(
                     myself,
@@ -500,15 +501,13 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
                 );
             }
         }
-        JobState::Pausing | JobState::Cancelling => {
-            if st.in_flight() == 0 && !st.claiming {
-                let why = if st.state == JobState::Pausing {
-                    "no item in flight"
-                } else {
-                    "every worker stopped"
-                };
-                settle(myself, st, Command::Drained, Provenance::system(why));
-            }
+        JobState::Pausing | JobState::Cancelling if st.in_flight() == 0 && !st.claiming => {
+            let why = if st.state == JobState::Pausing {
+                "no item in flight"
+            } else {
+                "every worker stopped"
+            };
+            settle(myself, st, Command::Drained, Provenance::system(why));
         }
         _ => {}
     }

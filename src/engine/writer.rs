@@ -9,9 +9,7 @@
 //! backoff: workers wait, nothing is dropped.
 
 use super::hub::Hub;
-use crate::store::{
-    Batch, BatchOutcome, ClaimRequest, ClaimedItem, ItemWrite, Store, StoreError,
-};
+use crate::store::{Batch, BatchOutcome, ClaimRequest, ClaimedItem, ItemWrite, Store, StoreError};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use std::{collections::HashSet, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, oneshot};

@@ -265,11 +265,7 @@ impl<'a> Params<'a> {
                 ));
             }
         }
-        Params {
-            params,
-            known,
-            bad,
-        }
+        Params { params, known, bad }
     }
 
     /// A raw value, if present.

@@ -92,14 +92,21 @@ impl Executor for SleepExecutor {
 #[async_trait]
 impl ItemHandler for Sleep {
     async fn run(&self, ctx: &mut ItemContext) -> Result<(), ItemError> {
-        if self.fail.as_ref().is_some_and(|r| r.is_match(ctx.payload())) {
+        if self
+            .fail
+            .as_ref()
+            .is_some_and(|r| r.is_match(ctx.payload()))
+        {
             return Err(ItemError::Retryable(format!(
                 "item {:?} matches fail_pattern",
                 ctx.payload()
             )));
         }
-        let will_panic =
-            ctx.attempt() == 1 && self.panic.as_ref().is_some_and(|r| r.is_match(ctx.payload()));
+        let will_panic = ctx.attempt() == 1
+            && self
+                .panic
+                .as_ref()
+                .is_some_and(|r| r.is_match(ctx.payload()));
         let step_time = self.duration / self.steps;
         let mut step = Self::start_step(ctx)?;
         while step < self.steps {

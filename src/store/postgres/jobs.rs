@@ -119,24 +119,27 @@ async fn insert_event(
     seq: i64,
     body: &EventBody,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO job_events (job_id, seq, at, kind, body) VALUES ($1, $2, now(), $3, $4)")
-        .bind(id.0)
-        .bind(seq)
-        .bind(body.kind())
-        .bind(Json(body))
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
+    sqlx::query(
+        "INSERT INTO job_events (job_id, seq, at, kind, body) VALUES ($1, $2, now(), $3, $4)",
+    )
+    .bind(id.0)
+    .bind(seq)
+    .bind(body.kind())
+    .bind(Json(body))
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
     Ok(())
 }
 
 /// Locks the job row and returns its state, or `NotFound`.
 async fn lock_job(conn: &mut PgConnection, id: JobId) -> Result<JobState, StoreError> {
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
-        .bind(id.0)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?;
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id.0)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_error)?;
     job_state(&state.ok_or(StoreError::NotFound(id))?)
 }
 
@@ -269,9 +272,7 @@ async fn apply_effect(
         )
         .bind(id.0),
         Effect::End => sqlx::query("UPDATE jobs SET ended_at = now() WHERE id = $1").bind(id.0),
-        Effect::Reopen => {
-            sqlx::query("UPDATE jobs SET ended_at = NULL WHERE id = $1").bind(id.0)
-        }
+        Effect::Reopen => sqlx::query("UPDATE jobs SET ended_at = NULL WHERE id = $1").bind(id.0),
         // Runtime-only: nothing to store.
         Effect::Interrupt => return Ok(()),
     };
@@ -352,7 +353,10 @@ pub(super) async fn recover(pool: &PgPool) -> Result<Recovery, StoreError> {
                 let (to, effects) = if state == JobState::Pausing {
                     (JobState::Paused, vec![Effect::MarkPaused])
                 } else {
-                    (JobState::Cancelled, vec![Effect::CancelRemaining, Effect::End])
+                    (
+                        JobState::Cancelled,
+                        vec![Effect::CancelRemaining, Effect::End],
+                    )
                 };
                 let write = TransitionWrite {
                     from: state,

@@ -174,10 +174,7 @@ impl Store for PgStore {
         rows::events_after(&self.pool, id, after, limit).await
     }
 
-    async fn write_batch(
-        &self,
-        batch: &super::Batch,
-    ) -> Result<super::BatchOutcome, StoreError> {
+    async fn write_batch(&self, batch: &super::Batch) -> Result<super::BatchOutcome, StoreError> {
         batch::write_batch(&self.pool, batch).await
     }
 

@@ -132,7 +132,8 @@ pub(super) async fn list_jobs(
     q: &JobQuery,
 ) -> Result<Page<Job, JobCursor>, StoreError> {
     let states: Vec<&str> = q.states.iter().map(|s| s.as_str()).collect();
-    let labels = serde_json::to_value(&q.labels).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let labels =
+        serde_json::to_value(&q.labels).map_err(|e| StoreError::Internal(e.to_string()))?;
     let limit = q.limit.max(1) as i64;
     let mut conn = pool.acquire().await.map_err(db_error)?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -1,0 +1,371 @@
+//! What a caller gets for a wrong call: the right code, a stable reason,
+//! every bad field named, and nothing stored.
+
+use super::harness::{SECS, spawn_app};
+use jobvisor::pb::{self, JobState, PauseMode};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+async fn jobs_stored(app: &super::harness::TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn illegal_transitions_are_refused_with_a_reason() {
+    let app = spawn_app().await;
+    let job = app
+        .start(app.job("sleep", 2, 2, &[("duration_ms", "0")]))
+        .await;
+    app.wait_for(&job.id, JobState::Succeeded, SECS(10)).await;
+    for (status, expected) in [
+        (
+            app.pause(&job.id, PauseMode::Graceful).await.unwrap_err(),
+            "JOB_NOT_PAUSABLE",
+        ),
+        (
+            app.pause(&job.id, PauseMode::Immediate).await.unwrap_err(),
+            "JOB_NOT_PAUSABLE",
+        ),
+        (app.resume(&job.id).await.unwrap_err(), "JOB_NOT_RESUMABLE"),
+        (
+            app.cancel(&job.id).await.unwrap_err(),
+            "JOB_NOT_CANCELLABLE",
+        ),
+    ] {
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert_eq!(reason(&status), expected);
+        assert!(
+            status.message().contains("succeeded"),
+            "{}",
+            status.message()
+        );
+    }
+
+    // Cancelled: pause and resume refused, cancel is a no-op.
+    let job = app.start(app.job("gate", 3, 1, &[])).await;
+    app.cancel(&job.id).await.unwrap();
+    app.wait_for(&job.id, JobState::Cancelled, SECS(5)).await;
+    let status = app.pause(&job.id, PauseMode::Graceful).await.unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::FailedPrecondition, "JOB_NOT_PAUSABLE")
+    );
+    let status = app.resume(&job.id).await.unwrap_err();
+    assert_eq!(reason(&status), "JOB_NOT_RESUMABLE");
+    let again = app.cancel(&job.id).await.unwrap();
+    assert_eq!(again.state, JobState::Cancelled as i32);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn idempotent_calls_return_the_job_unchanged() {
+    let app = spawn_app().await;
+    let job = app.start(app.job("gate", 3, 1, &[])).await;
+    // Resume of a running job, pause of a pausing or paused job: no-ops.
+    let same = app.resume(&job.id).await.unwrap();
+    assert_eq!(same.state, JobState::Running as i32);
+    let first = app.pause(&job.id, PauseMode::Graceful).await.unwrap();
+    let second = app.pause(&job.id, PauseMode::Graceful).await.unwrap();
+    assert_eq!(first.last_sequence, second.last_sequence);
+    assert_eq!(second.pauses.len(), 1);
+    app.gate.open();
+    app.wait_for(&job.id, JobState::Paused, SECS(5)).await;
+    let third = app.pause(&job.id, PauseMode::Immediate).await.unwrap();
+    assert_eq!(third.state, JobState::Paused as i32);
+    assert_eq!(third.pauses.len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_jobs_are_not_found() {
+    let app = spawn_app().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut client = app.client.clone();
+    let calls = [
+        client
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .map(|_| ()),
+        app.pause(&id, PauseMode::Graceful).await.map(|_| ()),
+        app.resume(&id).await.map(|_| ()),
+        app.cancel(&id).await.map(|_| ()),
+        client
+            .list_job_items(pb::ListJobItemsRequest {
+                job_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+    ];
+    for result in calls {
+        let status = result.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        assert_eq!(reason(&status), "JOB_NOT_FOUND");
+    }
+    let status = client
+        .watch_job(pb::WatchJobRequest {
+            job_id: id,
+            from_sequence: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn each_bad_field_is_named_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let valid = app.job("sleep", 2, 1, &[]);
+    let cases: Vec<(pb::StartJobRequest, &[&str])> = vec![
+        (
+            pb::StartJobRequest {
+                name: String::new(),
+                ..valid.clone()
+            },
+            &["name"],
+        ),
+        (
+            pb::StartJobRequest {
+                name: "x".repeat(201),
+                ..valid.clone()
+            },
+            &["name"],
+        ),
+        (
+            pb::StartJobRequest {
+                executor: "nope".into(),
+                ..valid.clone()
+            },
+            &["executor"],
+        ),
+        (
+            pb::StartJobRequest {
+                items: vec![],
+                ..valid.clone()
+            },
+            &["items"],
+        ),
+        (
+            pb::StartJobRequest {
+                items: vec!["x".repeat(64 * 1024 + 1)],
+                ..valid.clone()
+            },
+            &["items[0]"],
+        ),
+        (
+            pb::StartJobRequest {
+                concurrency: 1025,
+                ..valid.clone()
+            },
+            &["concurrency"],
+        ),
+        (
+            pb::StartJobRequest {
+                max_attempts: 101,
+                ..valid.clone()
+            },
+            &["max_attempts"],
+        ),
+        (
+            pb::StartJobRequest {
+                params: [
+                    ("steps".to_string(), "0".to_string()),
+                    ("colour".into(), "red".into()),
+                ]
+                .into(),
+                ..valid.clone()
+            },
+            &["params[colour]", "params[steps]"],
+        ),
+        (
+            pb::StartJobRequest {
+                params: [("fail_pattern".to_string(), "(".to_string())].into(),
+                ..valid.clone()
+            },
+            &["params[fail_pattern]"],
+        ),
+        (
+            pb::StartJobRequest {
+                labels: [("bad key".to_string(), "v".to_string())].into(),
+                ..valid.clone()
+            },
+            &["labels[bad key]"],
+        ),
+        (
+            pb::StartJobRequest {
+                name: String::new(),
+                concurrency: 5000,
+                ..valid.clone()
+            },
+            &["name", "concurrency"],
+        ),
+    ];
+    for (request, fields) in cases {
+        let status = client.start_job(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(bad_fields(&status), fields, "{}", status.message());
+        for field in fields {
+            assert!(status.message().contains(field), "{}", status.message());
+        }
+    }
+    // A million and one items.
+    let huge = pb::StartJobRequest {
+        items: vec![String::new(); 1_000_001],
+        ..valid.clone()
+    };
+    let status = client.start_job(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("limit is 1000000"),
+        "{}",
+        status.message()
+    );
+
+    let bad_id = app
+        .pause("not-a-uuid", PauseMode::Graceful)
+        .await
+        .unwrap_err();
+    assert_eq!(bad_id.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&bad_id), ["job_id"]);
+    let bad_mode = client
+        .pause_job(pb::PauseJobRequest {
+            job_id: uuid::Uuid::new_v4().to_string(),
+            mode: 42,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&bad_mode), ["mode"]);
+    let bad_token = client
+        .list_jobs(pb::ListJobsRequest {
+            page_token: "garbage".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&bad_token), ["page_token"]);
+    let bad_state = client
+        .list_jobs(pb::ListJobsRequest {
+            states: vec![0, 99],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&bad_state), ["states[0]", "states[1]"]);
+
+    assert_eq!(
+        jobs_stored(&app).await,
+        0,
+        "a refused request stores nothing"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_id_starts_one_job() {
+    let app = spawn_app().await;
+    let mut request = app.job("sleep", 3, 1, &[("duration_ms", "0")]);
+    request.request_id = "nightly-2026-11-22".into();
+    let first = app.start(request.clone()).await;
+    let second = app.start(request.clone()).await;
+    assert_eq!(first.id, second.id);
+    assert_eq!(second.request_id, "nightly-2026-11-22");
+    assert_eq!(jobs_stored(&app).await, 1);
+
+    request.items.push("one more".into());
+    let status = app.client.clone().start_job(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(reason(&status), "REQUEST_ID_REUSED");
+    assert_eq!(jobs_stored(&app).await, 1);
+
+    // Concurrent retries of one request still create one job.
+    let mut concurrent = app.job("sleep", 3, 1, &[("duration_ms", "0")]);
+    concurrent.request_id = "burst".into();
+    let calls = (0..10).map(|_| app.start(concurrent.clone()));
+    let jobs = futures::future::join_all(calls).await;
+    assert!(jobs.iter().all(|j| j.id == jobs[0].id));
+    assert_eq!(jobs_stored(&app).await, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn list_jobs_filters_and_pages() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut request = app.job("gate", 1, 1, &[]);
+        request.labels = [(
+            "team".to_string(),
+            if i % 2 == 0 { "video" } else { "data" }.to_string(),
+        )]
+        .into();
+        ids.push(app.start(request).await.id);
+    }
+    app.cancel(&ids[0]).await.unwrap();
+    app.wait_for(&ids[0], JobState::Cancelled, SECS(5)).await;
+    let mut client = app.client.clone();
+    let video = client
+        .list_jobs(pb::ListJobsRequest {
+            labels: [("team".to_string(), "video".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let found: Vec<&str> = video.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(
+        found,
+        [ids[4].as_str(), ids[2].as_str(), ids[0].as_str()],
+        "newest first"
+    );
+    let cancelled = client
+        .list_jobs(pb::ListJobsRequest {
+            states: vec![JobState::Cancelled as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.jobs.len(), 1);
+    // Pages of two walk every job once.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_jobs(pb::ListJobsRequest {
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.jobs.into_iter().map(|j| j.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    ids.reverse();
+    assert_eq!(seen, ids);
+    app.stop().await;
+}

@@ -1,0 +1,197 @@
+//! Executors the tests register next to the built-ins, through the public
+//! `Executor` trait:
+//! - `recording`: the real `sleep` executor, with every execution recorded
+//!   (item, attempt, the checkpoint it started from, how it ended);
+//! - `gate`: items wait until the test opens the gate (or a stop is
+//!   requested), so a test controls exactly what is in flight;
+//! - `panicky`: every attempt panics.
+
+use jobvisor::{
+    domain::FieldViolation,
+    executor::{Executor, ItemContext, ItemError, ItemHandler, sleep::Sleep},
+};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+use tokio::sync::watch;
+
+/// One execution of one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Execution {
+    pub index: u32,
+    pub attempt: u32,
+    /// The step the item started from (its checkpoint), or 0.
+    pub from_step: u32,
+    /// How it ended: "ok", "interrupted", "failed"; None while running.
+    pub outcome: Option<&'static str>,
+}
+
+/// The log of executions, shared between the executors and the test.
+#[derive(Debug, Clone, Default)]
+pub struct Executions(Arc<Mutex<Vec<Execution>>>);
+
+impl Executions {
+    fn begin(&self, ctx: &ItemContext) -> usize {
+        let from_step = ctx
+            .checkpoint()
+            .and_then(|c| std::str::from_utf8(c).ok()?.parse().ok())
+            .unwrap_or(0);
+        let mut log = self.0.lock().unwrap();
+        log.push(Execution {
+            index: ctx.index(),
+            attempt: ctx.attempt(),
+            from_step,
+            outcome: None,
+        });
+        log.len() - 1
+    }
+
+    fn end(&self, at: usize, result: &Result<(), ItemError>) {
+        self.0.lock().unwrap()[at].outcome = Some(match result {
+            Ok(()) => "ok",
+            Err(ItemError::Interrupted) => "interrupted",
+            Err(_) => "failed",
+        });
+    }
+
+    pub fn all(&self) -> Vec<Execution> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn of(&self, index: u32) -> Vec<Execution> {
+        self.all()
+            .into_iter()
+            .filter(|e| e.index == index)
+            .collect()
+    }
+
+    pub fn started(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    pub fn running(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.outcome.is_none())
+            .count()
+    }
+}
+
+/// `sleep`, recorded.
+pub struct Recording {
+    log: Executions,
+}
+
+impl Recording {
+    pub fn new(log: Executions) -> Self {
+        Recording { log }
+    }
+}
+
+struct RecordingHandler {
+    inner: Sleep,
+    log: Executions,
+}
+
+impl Executor for Recording {
+    fn prepare(
+        &self,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>> {
+        Ok(Arc::new(RecordingHandler {
+            inner: Sleep::parse(params)?,
+            log: self.log.clone(),
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl ItemHandler for RecordingHandler {
+    async fn run(&self, ctx: &mut ItemContext) -> Result<(), ItemError> {
+        let at = self.log.begin(ctx);
+        let result = self.inner.run(ctx).await;
+        self.log.end(at, &result);
+        result
+    }
+}
+
+/// Items block until the gate opens.
+#[derive(Clone)]
+pub struct Gate {
+    open: Arc<watch::Sender<bool>>,
+    log: Executions,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            open: Arc::new(watch::channel(false).0),
+            log: Executions::default(),
+        }
+    }
+}
+
+impl Gate {
+    pub fn with_log(mut self, log: Executions) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Lets every waiting and future item finish.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Executor for Gate {
+    fn prepare(
+        &self,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>> {
+        if let Some(key) = params.keys().next() {
+            return Err(vec![FieldViolation::new(
+                format!("params[{key}]"),
+                "gate takes no params",
+            )]);
+        }
+        Ok(Arc::new(self.clone()))
+    }
+}
+
+#[async_trait::async_trait]
+impl ItemHandler for Gate {
+    async fn run(&self, ctx: &mut ItemContext) -> Result<(), ItemError> {
+        let at = self.log.begin(ctx);
+        let mut open = self.open.subscribe();
+        let result = tokio::select! {
+            _ = open.wait_for(|o| *o) => Ok(()),
+            _ = ctx.stopped() => Err(ItemError::Interrupted),
+        };
+        self.log.end(at, &result);
+        result
+    }
+}
+
+/// Panics on every attempt.
+pub struct Panicky;
+
+struct PanickyHandler;
+
+impl Executor for Panicky {
+    fn prepare(
+        &self,
+        _params: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>> {
+        Ok(Arc::new(PanickyHandler))
+    }
+}
+
+#[async_trait::async_trait]
+impl ItemHandler for PanickyHandler {
+    async fn run(&self, ctx: &mut ItemContext) -> Result<(), ItemError> {
+        panic!("item {} always panics", ctx.index());
+    }
+}

@@ -1,0 +1,471 @@
+//! `spawn_app()`: a fresh PostgreSQL database per test, the real server on
+//! an ephemeral port (in this process), and a typed client — the same path
+//! a user takes. Logs appear only with `TEST_LOG=1`.
+
+use super::executors::{Executions, Gate, Panicky, Recording};
+use jobvisor::{
+    executor::Registry,
+    pb::{self, job_service_client::JobServiceClient},
+    server::{ServerConfig, serve},
+};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use std::{
+    sync::Once,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// Where the tests find PostgreSQL: `DATABASE_URL`, or the local default.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let root = base.rsplit_once('/').map(|(r, _)| r).unwrap_or(base);
+    format!("{root}/{db}{query}")
+}
+
+const PREFIX: &str = "jv_test_";
+
+/// Connects to the admin database or fails the test with how to fix it.
+pub async fn admin() -> PgConnection {
+    let url = admin_url();
+    match PgConnection::connect(&url).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "PostgreSQL is not reachable at {url} ({e}).\n\
+             Start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n\
+             or point DATABASE_URL at a running server."
+        ),
+    }
+}
+
+/// A database created for one test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        sweep_stale().await;
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let name = format!(
+            "{PREFIX}{secs}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut admin = admin().await;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create the test database");
+        TestDb {
+            url: with_database(&admin_url(), &name),
+            name,
+        }
+    }
+
+    pub async fn drop_db(&self) {
+        let mut admin = admin().await;
+        let _ = admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .await;
+    }
+}
+
+/// Drops test databases left by runs that died more than an hour ago.
+async fn sweep_stale() {
+    static ONCE: Once = Once::new();
+    let mut first = false;
+    ONCE.call_once(|| first = true);
+    if !first {
+        return;
+    }
+    let mut admin = admin().await;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'jv_test_%'")
+            .fetch_all(&mut admin)
+            .await
+            .unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for name in names {
+        let born: Option<u64> = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|s| s.parse().ok());
+        if born.is_some_and(|b| now.saturating_sub(b) > 3600) {
+            let _ = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .await;
+        }
+    }
+}
+
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            jobvisor::telemetry::init(jobvisor::telemetry::LogFormat::Text);
+        }
+    });
+}
+
+/// Tweaks for one test's server.
+#[derive(Clone)]
+pub struct Options {
+    pub restart_budget: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { restart_budget: 5 }
+    }
+}
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    pub client: JobServiceClient<Channel>,
+    pub addr: std::net::SocketAddr,
+    /// Direct access to the test's database, for assertions.
+    pub pool: PgPool,
+    pub db: TestDb,
+    /// Every execution the test executors saw.
+    pub executions: Executions,
+    /// Opens the `gate` executor's items.
+    pub gate: Gate,
+    options: Options,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    init_logs();
+    let db = TestDb::create().await;
+    let executions = Executions::default();
+    let gate = Gate::default();
+    let (channel, addr, shutdown, server) =
+        start_server(&db.url, &options, &executions, &gate).await;
+    let pool = PgPool::connect(&db.url)
+        .await
+        .expect("connect to the test db");
+    TestApp {
+        client: JobServiceClient::new(channel),
+        addr,
+        pool,
+        db,
+        executions,
+        gate,
+        options,
+        shutdown: Some(shutdown),
+        server: Some(server),
+    }
+}
+
+type Running = (
+    Channel,
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<anyhow::Result<()>>,
+);
+
+async fn start_server(
+    db_url: &str,
+    options: &Options,
+    executions: &Executions,
+    gate: &Gate,
+) -> Running {
+    let registry = Registry::with_builtins()
+        .with("recording", Recording::new(executions.clone()))
+        .with("gate", gate.clone().with_log(executions.clone()))
+        .with("panicky", Panicky);
+    let mut config = ServerConfig::new(db_url);
+    config.shutdown_grace = Duration::from_secs(5);
+    config.health_interval = Duration::from_millis(200);
+    config.engine.restart_budget = options.restart_budget;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(config, registry, listener, async {
+        let _ = rx.await;
+    }));
+    (connect(addr).await, addr, tx, server)
+}
+
+/// Shuts the server down gracefully and starts a new one on the same
+/// database, as a restart of the service would.
+pub async fn restart(mut app: TestApp) -> TestApp {
+    app.shutdown_server().await;
+    let (channel, addr, shutdown, server) =
+        start_server(&app.db.url, &app.options, &app.executions, &app.gate).await;
+    app.client = JobServiceClient::new(channel);
+    app.addr = addr;
+    app.shutdown = Some(shutdown);
+    app.server = Some(server);
+    app
+}
+
+/// Connects, waiting for the server to listen and migrate.
+pub async fn connect(addr: std::net::SocketAddr) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+        match endpoint.connect().await {
+            Ok(ch) => {
+                // The port is bound before the store is ready: wait until
+                // health answers SERVING.
+                let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+                let req = tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                };
+                if let Ok(r) = health.check(req).await
+                    && r.into_inner().status == 1
+                {
+                    return ch;
+                }
+            }
+            Err(_) if Instant::now() < deadline => {}
+            Err(e) => panic!("server at {addr} never came up: {e}"),
+        }
+        if Instant::now() > deadline {
+            panic!("server at {addr} never became healthy");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+impl TestApp {
+    /// Shuts the server down gracefully (SIGTERM's path), keeping the
+    /// database.
+    pub async fn shutdown_server(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let result = tokio::time::timeout(Duration::from_secs(10), server)
+                .await
+                .expect("the server did not stop within 10 s");
+            result.expect("server task").expect("server result");
+        }
+    }
+
+    /// Stops the server and drops the database.
+    pub async fn stop(mut self) {
+        self.shutdown_server().await;
+        self.pool.close().await;
+        self.db.drop_db().await;
+    }
+
+    /// A StartJob request with the given basics.
+    pub fn job(
+        &self,
+        executor: &str,
+        items: usize,
+        concurrency: u32,
+        params: &[(&str, &str)],
+    ) -> pb::StartJobRequest {
+        pb::StartJobRequest {
+            name: format!("test-{executor}"),
+            executor: executor.into(),
+            items: (0..items).map(|i| format!("item-{i}")).collect(),
+            concurrency,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    pub async fn start(&self, request: pb::StartJobRequest) -> pb::Job {
+        self.client
+            .clone()
+            .start_job(request)
+            .await
+            .expect("StartJob")
+            .into_inner()
+    }
+
+    pub async fn get(&self, id: &str) -> pb::Job {
+        self.client
+            .clone()
+            .get_job(pb::GetJobRequest { job_id: id.into() })
+            .await
+            .expect("GetJob")
+            .into_inner()
+    }
+
+    pub async fn pause(&self, id: &str, mode: pb::PauseMode) -> Result<pb::Job, tonic::Status> {
+        self.client
+            .clone()
+            .pause_job(pb::PauseJobRequest {
+                job_id: id.into(),
+                mode: mode as i32,
+                reason: "test".into(),
+                request_id: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<pb::Job, tonic::Status> {
+        self.client
+            .clone()
+            .resume_job(pb::ResumeJobRequest {
+                job_id: id.into(),
+                request_id: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<pb::Job, tonic::Status> {
+        self.client
+            .clone()
+            .cancel_job(pb::CancelJobRequest {
+                job_id: id.into(),
+                reason: "test".into(),
+                request_id: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Polls until the job is in `state`.
+    pub async fn wait_for(&self, id: &str, state: pb::JobState, within: Duration) -> pb::Job {
+        let deadline = Instant::now() + within;
+        loop {
+            let job = self.get(id).await;
+            if job.state == state as i32 {
+                return job;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "job {id} is {:?} after {within:?}, not {state:?}: {job:?}",
+                    pb::JobState::try_from(job.state)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until `check` holds.
+    pub async fn eventually<F, Fut>(&self, what: &str, within: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        while !check().await {
+            if Instant::now() > deadline {
+                panic!("timed out after {within:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Every item of a job, in index order.
+    pub async fn items(&self, id: &str) -> Vec<pb::Item> {
+        let mut items = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .client
+                .clone()
+                .list_job_items(pb::ListJobItemsRequest {
+                    job_id: id.into(),
+                    page_size: 1000,
+                    page_token: token,
+                    states: vec![],
+                })
+                .await
+                .expect("ListJobItems")
+                .into_inner();
+            items.extend(page.items);
+            if page.next_page_token.is_empty() {
+                return items;
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// The stream of a job from `from`, until it ends (or `within`).
+    pub async fn watch_all(&self, id: &str, from: u64, within: Duration) -> Vec<pb::JobEvent> {
+        let mut stream = self
+            .client
+            .clone()
+            .watch_job(pb::WatchJobRequest {
+                job_id: id.into(),
+                from_sequence: from,
+            })
+            .await
+            .expect("WatchJob")
+            .into_inner();
+        let mut events = Vec::new();
+        let collect = async {
+            while let Some(e) = stream.message().await.expect("stream message") {
+                events.push(e);
+            }
+        };
+        tokio::time::timeout(within, collect)
+            .await
+            .expect("the watch stream did not end in time");
+        events
+    }
+
+    /// Items of a job ever claimed: not pending, or pending after an attempt.
+    pub async fn claimed(&self, id: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM items WHERE job_id = $1::uuid AND (state <> 0 OR attempts > 0)",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+}
+
+/// Only the stored events (no snapshot, no progress).
+pub fn stored(events: &[pb::JobEvent]) -> Vec<&pb::JobEvent> {
+    use pb::job_event::Kind;
+    events
+        .iter()
+        .filter(|e| !matches!(e.kind, Some(Kind::Snapshot(_)) | Some(Kind::Progress(_))))
+        .collect()
+}
+
+/// The (from, to) of every state change in a stream.
+pub fn transitions(events: &[pb::JobEvent]) -> Vec<(pb::JobState, pb::JobState)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::StateChanged(c)) => Some((
+                pb::JobState::try_from(c.from).unwrap(),
+                pb::JobState::try_from(c.to).unwrap(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+pub const SECS: fn(u64) -> Duration = Duration::from_secs;

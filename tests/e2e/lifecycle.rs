@@ -1,0 +1,114 @@
+//! A job from start to its end.
+
+use super::harness::{SECS, spawn_app, stored, transitions};
+use jobvisor::pb::{self, JobState};
+
+#[tokio::test]
+async fn a_job_runs_every_item_and_succeeds() {
+    let app = spawn_app().await;
+    let job = app
+        .start(app.job("sleep", 30, 4, &[("duration_ms", "20"), ("steps", "2")]))
+        .await;
+    assert_eq!(job.state, JobState::Running as i32);
+    assert_eq!(job.counts.as_ref().unwrap().total, 30);
+    assert!(job.can_pause && job.can_cancel);
+
+    let events = app.watch_all(&job.id, 0, SECS(30)).await;
+    // The stream starts with a snapshot and ends with the terminal event.
+    assert!(matches!(
+        events[0].kind,
+        Some(pb::job_event::Kind::Snapshot(_))
+    ));
+    assert_eq!(
+        transitions(&events),
+        [
+            (JobState::Unspecified, JobState::Running),
+            (JobState::Running, JobState::Succeeded)
+        ]
+    );
+    let last = events.last().unwrap();
+    assert!(
+        matches!(&last.kind, Some(pb::job_event::Kind::StateChanged(c)) if c.to == JobState::Succeeded as i32)
+    );
+
+    let done = app.get(&job.id).await;
+    let counts = done.counts.unwrap();
+    assert_eq!(
+        (counts.succeeded, counts.pending, counts.running),
+        (30, 0, 0)
+    );
+    assert!(done.end_time.is_some());
+    assert!(!done.can_pause && !done.can_resume && !done.can_cancel);
+    assert_eq!(done.last_sequence, stored(&events).last().unwrap().sequence);
+    for item in app.items(&job.id).await {
+        assert_eq!(item.state, pb::ItemState::Succeeded as i32, "{item:?}");
+        assert_eq!(item.attempts, 1);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failing_items_are_retried_then_fail_the_job() {
+    let app = spawn_app().await;
+    let mut request = app.job(
+        "sleep",
+        10,
+        2,
+        &[("duration_ms", "0"), ("fail_pattern", "^item-[37]$")],
+    );
+    request.max_attempts = 2;
+    let job = app.start(request).await;
+    let events = app.watch_all(&job.id, 0, SECS(30)).await;
+    let done = app.get(&job.id).await;
+    assert_eq!(done.state, JobState::Failed as i32);
+    let counts = done.counts.unwrap();
+    assert_eq!((counts.succeeded, counts.failed), (8, 2));
+    assert!(
+        done.last_error.contains("2 of 10 items failed"),
+        "{}",
+        done.last_error
+    );
+    // Each failing item failed twice: once retried, once for good.
+    let failures: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::ItemFailed(f)) => Some((f.index, f.attempt, f.will_retry)),
+            _ => None,
+        })
+        .collect();
+    for index in [3, 7] {
+        let mine: Vec<_> = failures.iter().filter(|f| f.0 == index).collect();
+        assert_eq!(
+            mine,
+            [&(index, 1, true), &(index, 2, false)],
+            "{failures:?}"
+        );
+    }
+    let items = app.items(&job.id).await;
+    assert_eq!(items[3].state, pb::ItemState::Failed as i32);
+    assert_eq!(items[3].attempts, 2);
+    assert!(items[3].last_error.contains("fail_pattern"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_server_adopts_running_jobs() {
+    let app = spawn_app().await;
+    let job = app
+        .start(app.job("sleep", 40, 2, &[("duration_ms", "50"), ("steps", "5")]))
+        .await;
+    // Stop the server mid-job (graceful), then start a new one on the same
+    // database: the job continues by itself.
+    app.eventually("a few items done", SECS(10), || async {
+        app.get(&job.id).await.counts.unwrap().succeeded >= 4
+    })
+    .await;
+    let db_url = app.db.url.clone();
+    let second = super::harness::restart(app).await;
+    let done = second
+        .wait_for(&job.id, JobState::Succeeded, SECS(30))
+        .await;
+    assert_eq!(done.counts.unwrap().succeeded, 40);
+    assert_eq!(second.db.url, db_url);
+    second.stop().await;
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: the real server on an ephemeral port, a fresh
+//! PostgreSQL database per test, the generated gRPC client.
+
+mod control;
+mod discovery;
+mod errors;
+mod executors;
+mod hammer;
+mod harness;
+mod lifecycle;
+mod panics;
+mod watch;
