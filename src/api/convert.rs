@@ -192,6 +192,7 @@ fn progress(p: &Progress) -> pb::JobEvent {
         kind: Some(pb::job_event::Kind::Progress(pb::Progress {
             counts: Some(counts(&p.counts)),
             items_per_second: p.items_per_second,
+            in_flight_fraction: p.in_flight_fraction,
             eta: p.eta.and_then(|d| prost_types::Duration::try_from(d).ok()),
         })),
     }

@@ -2,7 +2,10 @@
 //! logging, the listening socket, and SIGTERM/SIGINT wired to a graceful
 //! shutdown.
 
-use crate::{executor::Registry, server, telemetry};
+use crate::{
+    executor::{Registry, exec::CommandPolicy},
+    server, telemetry,
+};
 use anyhow::Context;
 use clap::Args;
 use std::{net::SocketAddr, time::Duration};
@@ -47,6 +50,16 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBVISOR_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_request_bytes: usize,
 
+    /// Enable the `exec` executor, which runs programs on this host for
+    /// each item.
+    #[arg(long, env = "JOBVISOR_ALLOW_EXEC")]
+    allow_exec: bool,
+
+    /// With --allow-exec: only these commands may be run (comma-separated,
+    /// as written in the job's `command` param). Empty: any command.
+    #[arg(long, env = "JOBVISOR_EXEC_COMMANDS", value_delimiter = ',')]
+    exec_commands: Vec<String>,
+
     /// Log format: text (for a terminal) or json.
     #[arg(long, env = "JOBVISOR_LOG_FORMAT", default_value = "text")]
     log_format: telemetry::LogFormat,
@@ -85,13 +98,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 args.listen
             )
         })?;
-    server::serve(
-        config,
-        Registry::with_builtins(),
-        listener,
-        shutdown_signal(),
-    )
-    .await
+    let mut registry = Registry::with_builtins();
+    if args.allow_exec {
+        let policy = if args.exec_commands.is_empty() {
+            CommandPolicy::Any
+        } else {
+            CommandPolicy::Only(args.exec_commands.clone())
+        };
+        registry = registry.with_exec(policy);
+    } else if !args.exec_commands.is_empty() {
+        anyhow::bail!("--exec-commands (JOBVISOR_EXEC_COMMANDS) needs --allow-exec");
+    }
+    server::serve(config, registry, listener, shutdown_signal()).await
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -99,6 +99,8 @@ pub struct SupervisorState {
     settling: bool,
     /// Workers' stop signal; shared by all of them.
     stop: watch::Sender<Option<StopReason>>,
+    /// Live progress of the items in flight, shown by WatchJob.
+    in_flight: Arc<super::hub::InFlight>,
     /// When workers died recently (restart budget).
     restarts: VecDeque<Instant>,
     /// A fatal error to commit as soon as possible.
@@ -130,6 +132,8 @@ impl Actor for JobSupervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let SupervisorArgs { job, handler, rt } = args;
         let (stop, _) = watch::channel(initial_stop(job.state));
+        let in_flight = Arc::new(super::hub::InFlight::default());
+        rt.hub.register_in_flight(job.id, in_flight.clone());
         let mut st = SupervisorState {
             job: job.id,
             state: job.state,
@@ -143,6 +147,7 @@ impl Actor for JobSupervisor {
             exhausted: false,
             settling: false,
             stop,
+            in_flight,
             restarts: VecDeque::new(),
             failing: None,
             shutdown: None,
@@ -167,6 +172,15 @@ impl Actor for JobSupervisor {
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         pump(&myself, st);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.rt.hub.unregister_in_flight(st.job);
         Ok(())
     }
 
@@ -287,6 +301,7 @@ async fn spawn_worker(
         writer: st.rt.writer.clone(),
         stop: st.stop.subscribe(),
         supervisor: myself.clone(),
+        in_flight: st.in_flight.clone(),
     };
     let (worker, _) = Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?;
     Ok(worker)

@@ -35,6 +35,9 @@ pub struct Progress {
     pub seq: u64,
     pub at: DateTime<Utc>,
     pub counts: ItemCounts,
+    /// How much of its items in flight the job has done, summed (items
+    /// whose executor reports progress).
+    pub in_flight_fraction: f64,
     pub items_per_second: f64,
     pub eta: Option<Duration>,
 }
@@ -50,11 +53,11 @@ pub enum WatchItem {
 /// Measures the rate at which items end.
 #[derive(Default)]
 struct Rate {
-    samples: VecDeque<(Instant, u64)>,
+    samples: VecDeque<(Instant, f64)>,
 }
 
 impl Rate {
-    fn observe(&mut self, ended: u64) -> f64 {
+    fn observe(&mut self, ended: f64) -> f64 {
         let now = Instant::now();
         self.samples.push_back((now, ended));
         while self
@@ -69,7 +72,7 @@ impl Rate {
         if dt < 0.2 {
             0.0
         } else {
-            ended.saturating_sub(n0) as f64 / dt
+            (ended - n0).max(0.0) / dt
         }
     }
 }
@@ -110,8 +113,9 @@ impl Engine {
         });
         let mut known = *pulses.borrow();
         let mut sent_counts = job.counts;
+        let mut sent_partial = 0.0;
         let mut rate = Rate::default();
-        rate.observe(job.counts.ended());
+        rate.observe(job.counts.ended() as f64);
         if tx.send(Ok(WatchItem::Snapshot(job))).await.is_err() {
             return Ok(());
         }
@@ -154,9 +158,11 @@ impl Engine {
                     last_pulse = Instant::now();
                 }
                 _ = progress.tick() => {
-                    if known.counts != sent_counts {
+                    let partial = self.rt.hub.in_flight_fraction(id);
+                    if known.counts != sent_counts || partial != sent_partial {
                         sent_counts = known.counts;
-                        let item = progress_of(&known, &mut rate);
+                        sent_partial = partial;
+                        let item = progress_of(&known, partial, &mut rate);
                         if tx.send(Ok(WatchItem::Progress(item))).await.is_err() {
                             return Ok(());
                         }
@@ -186,15 +192,18 @@ impl Engine {
     }
 }
 
-fn progress_of(pulse: &Pulse, rate: &mut Rate) -> Progress {
-    let per_second = rate.observe(pulse.counts.ended());
-    let remaining = pulse.counts.pending() + pulse.counts.running;
+fn progress_of(pulse: &Pulse, in_flight_fraction: f64, rate: &mut Rate) -> Progress {
+    let done = pulse.counts.ended() as f64 + in_flight_fraction;
+    let per_second = rate.observe(done);
+    let remaining =
+        ((pulse.counts.pending() + pulse.counts.running) as f64 - in_flight_fraction).max(0.0);
     let eta = (pulse.state == JobState::Running && per_second > 0.0)
-        .then(|| Duration::from_secs_f64(remaining as f64 / per_second));
+        .then(|| Duration::from_secs_f64(remaining / per_second));
     Progress {
         seq: pulse.last_seq,
         at: Utc::now(),
         counts: pulse.counts,
+        in_flight_fraction,
         items_per_second: per_second,
         eta,
     }

@@ -30,6 +30,8 @@ pub struct WorkerArgs {
     pub stop: watch::Receiver<Option<StopReason>>,
     /// Where to report finished items.
     pub supervisor: ActorRef<super::supervisor::SupervisorMsg>,
+    /// Live progress of the job's items in flight.
+    pub in_flight: Arc<super::hub::InFlight>,
 }
 
 pub enum WorkerMsg {
@@ -128,8 +130,10 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem) -> Finished {
         item.checkpoint,
         args.stop.clone(),
         sink,
-    );
+    )
+    .with_progress(args.in_flight.clone());
     let result = args.handler.run(&mut ctx).instrument(span.clone()).await;
+    args.in_flight.clear(item.index);
     // The reason the handler saw, if it saw one: a resume may have cleared
     // the signal since.
     let stop = ctx.observed_stop().or(*args.stop.borrow());

@@ -9,6 +9,8 @@
 //! checkpoint when [`ItemContext::stop_requested`] turns true (immediate
 //! pause, cancel, shutdown), returning [`ItemError::Interrupted`].
 
+pub mod exec;
+pub mod protocol;
 pub mod sleep;
 
 use crate::domain::{FieldViolation, JobId};
@@ -78,6 +80,13 @@ pub trait CheckpointSink: Send + Sync + 'static {
     async fn save(&self, data: Vec<u8>) -> Result<(), CheckpointError>;
 }
 
+/// Where the progress of items in flight goes (the engine shows it in
+/// WatchJob's progress and uses it for the ETA). Kept in memory only.
+pub trait ProgressSink: Send + Sync + 'static {
+    /// Item `index` is `fraction` (0.0 to 1.0) done.
+    fn report(&self, index: u32, fraction: f32);
+}
+
 /// Everything a handler gets for one attempt of one item.
 pub struct ItemContext {
     job_id: JobId,
@@ -90,6 +99,8 @@ pub struct ItemContext {
     /// what the handler saw even if the signal changed since.
     observed: std::sync::Mutex<Option<StopReason>>,
     sink: Arc<dyn CheckpointSink>,
+    progress: Option<Arc<dyn ProgressSink>>,
+    result: Option<String>,
 }
 
 impl fmt::Debug for ItemContext {
@@ -123,7 +134,33 @@ impl ItemContext {
             stop,
             observed: std::sync::Mutex::new(None),
             sink,
+            progress: None,
+            result: None,
         }
+    }
+
+    /// Sends this item's progress reports to `sink`.
+    pub fn with_progress(mut self, sink: Arc<dyn ProgressSink>) -> Self {
+        self.progress = Some(sink);
+        self
+    }
+
+    /// Reports how much of the item is done (0.0 to 1.0). Shown live; not
+    /// stored.
+    pub fn set_progress(&self, fraction: f32) {
+        if let Some(sink) = &self.progress {
+            sink.report(self.index, fraction.clamp(0.0, 1.0));
+        }
+    }
+
+    /// Sets the item's result, stored with it if it succeeds.
+    pub fn set_result(&mut self, result: String) {
+        self.result = Some(result);
+    }
+
+    /// The result set by the handler, if any.
+    pub fn take_result(&mut self) -> Option<String> {
+        self.result.take()
     }
 
     pub fn job_id(&self) -> JobId {
@@ -210,9 +247,15 @@ impl Registry {
         Registry::default()
     }
 
-    /// The built-in executors: `sleep`.
+    /// The built-in executors that run no outside program: `sleep`.
     pub fn with_builtins() -> Self {
         Registry::empty().with("sleep", sleep::SleepExecutor)
+    }
+
+    /// Adds `exec`, which runs programs on the server's host, limited by
+    /// `policy`. Servers enable it explicitly (`--allow-exec`).
+    pub fn with_exec(self, policy: exec::CommandPolicy) -> Self {
+        self.with("exec", exec::ExecExecutor { policy })
     }
 
     /// Adds (or replaces) an executor under `name`.

@@ -120,6 +120,7 @@ impl ItemHandler for Sleep {
                 }
             }
             step += 1;
+            ctx.set_progress(step as f32 / self.steps as f32);
             if step < self.steps {
                 ctx.save_checkpoint(step.to_string().into_bytes())
                     .await

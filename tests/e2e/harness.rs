@@ -198,7 +198,8 @@ async fn start_server(
     let registry = Registry::with_builtins()
         .with("recording", Recording::new(executions.clone()))
         .with("gate", gate.clone().with_log(executions.clone()))
-        .with("panicky", Panicky);
+        .with("panicky", Panicky)
+        .with_exec(jobvisor::executor::exec::CommandPolicy::Any);
     let mut config = ServerConfig::new(db_url);
     config.shutdown_grace = Duration::from_secs(5);
     config.health_interval = Duration::from_millis(200);

@@ -4,6 +4,7 @@
 mod control;
 mod discovery;
 mod errors;
+mod exec;
 mod executors;
 mod hammer;
 mod harness;
