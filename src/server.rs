@@ -5,7 +5,7 @@
 //! SIGTERM/SIGINT to it.
 
 use crate::{
-    api::JobApi,
+    api::{JobApi, limits::LimitsLayer},
     engine::{Engine, EngineConfig},
     executor::Registry,
     pb::{self, job_service_server::JobServiceServer},
@@ -112,6 +112,9 @@ pub async fn serve_with_store(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)
+        .layer(LimitsLayer {
+            max_request_bytes: config.max_request_bytes,
+        })
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -3,6 +3,7 @@
 //! answer; errors become statuses in [`status`] only. No SQL here.
 
 pub mod convert;
+pub mod limits;
 pub mod status;
 
 use crate::{

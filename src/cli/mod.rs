@@ -1,6 +1,7 @@
 //! The `jobvisor` command line: `serve` runs the service; the other
 //! subcommands are a client of any running server.
 
+mod chaos;
 mod client;
 mod output;
 mod serve;
@@ -35,6 +36,9 @@ enum Command {
     List(client::ListArgs),
     /// List a job's items with their state, attempts and errors.
     Items(client::ItemsArgs),
+    /// Run a job through a real server while killing it, draining it,
+    /// restarting its database and cutting its sessions; print a verdict.
+    Chaos(chaos::ChaosArgs),
     /// Follow a job until it ends: a progress bar on a terminal, JSON lines
     /// otherwise. Exit code: 0 succeeded, 3 failed, 4 cancelled.
     Watch(client::WatchArgs),
@@ -53,6 +57,7 @@ pub async fn run() -> ExitCode {
         Command::List(args) => client::list(args).await,
         Command::Items(args) => client::items(args).await,
         Command::Watch(args) => client::watch(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
     };
     match result {
         Ok(code) => code,

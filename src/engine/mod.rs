@@ -215,8 +215,17 @@ impl Engine {
         &self.registry
     }
 
-    /// Validates and stores a job, then starts running it.
+    /// Validates and stores a job, then starts running it. The work runs in
+    /// its own task: a caller that gives up (deadline, disconnect) cannot
+    /// leave a stored job without its supervisor.
     pub async fn start_job(&self, input: NewJob) -> Result<Job, EngineError> {
+        let engine = self.clone();
+        tokio::spawn(async move { engine.start_job_inner(input).await })
+            .await
+            .map_err(|e| EngineError::Internal(format!("start task failed: {e}")))?
+    }
+
+    async fn start_job_inner(&self, input: NewJob) -> Result<Job, EngineError> {
         self.check_open()?;
         let spec = JobSpec::parse(input.clone(), &self.rt.config.limits);
         let prepared = self.registry.prepare(&input.executor, &input.params);
@@ -246,8 +255,22 @@ impl Engine {
         Ok(job)
     }
 
-    /// Applies a client's control call; see the table in DESIGN.md.
+    /// Applies a client's control call; see the table in DESIGN.md. Like
+    /// `start_job`, it runs to the end (commit, then the supervisor told)
+    /// even if the caller gives up.
     pub async fn control(
+        &self,
+        id: JobId,
+        control: Control,
+        provenance: Provenance,
+    ) -> Result<Job, EngineError> {
+        let engine = self.clone();
+        tokio::spawn(async move { engine.control_inner(id, control, provenance).await })
+            .await
+            .map_err(|e| EngineError::Internal(format!("control task failed: {e}")))?
+    }
+
+    async fn control_inner(
         &self,
         id: JobId,
         control: Control,
@@ -265,6 +288,10 @@ impl Engine {
             let job = self.rt.store.get_job(id).await?;
             match decide(job.state, command)? {
                 Decision::NoOp { interrupt } => {
+                    // Nothing changes, but make sure the supervisor knows
+                    // the state: an earlier call may have committed and
+                    // then lost its caller before telling it.
+                    self.notify(&job, false).await?;
                     if interrupt {
                         self.interrupt(id).await;
                     }

@@ -450,8 +450,16 @@ fn on_store_error(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, e:
     match e {
         // Someone else changed the job: find out what it is now.
         StoreError::Conflict { .. } => refresh(myself, st),
-        // Items went back to pending meanwhile: claim them.
-        StoreError::NotFinished { .. } => st.exhausted = false,
+        // Items went back to pending meanwhile: claim them. Items still
+        // running with nothing in flight here were claimed by a batch whose
+        // commit we never heard of (connection lost during COMMIT): they
+        // are ours and nobody runs them, so put them back.
+        StoreError::NotFinished { running, .. } => {
+            st.exhausted = false;
+            if running > 0 && st.in_flight() == 0 && st.buffer.is_empty() && !st.claiming {
+                release_orphans(myself, st);
+            }
+        }
         StoreError::NotFound(_) => {
             tracing::error!(job_id = %st.job, "job vanished from the store; stopping");
             myself.stop(Some("job not found".into()));
@@ -461,6 +469,19 @@ fn on_store_error(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, e:
             schedule_retry(myself, st);
         }
     }
+}
+
+fn release_orphans(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
+    tracing::warn!(job_id = %st.job, "releasing items claimed by a lost commit");
+    st.settling = true;
+    let (store, job, me) = (st.rt.store.clone(), st.job, myself.clone());
+    tokio::spawn(async move {
+        let result = match store.release_items(job).await {
+            Ok(_) => store.get_job(job).await,
+            Err(e) => Err(e),
+        };
+        let _ = me.cast(SupervisorMsg::Settled(result));
+    });
 }
 
 fn refresh(myself: &ActorRef<SupervisorMsg>, st: &SupervisorState) {

@@ -131,11 +131,20 @@ pub fn init_logs() {
 #[derive(Clone)]
 pub struct Options {
     pub restart_budget: u32,
+    /// The API's database connections (the committer has its own two).
+    pub db_connections: u32,
+    pub acquire_timeout: Duration,
+    pub max_request_bytes: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { restart_budget: 5 }
+        Options {
+            restart_budget: 5,
+            db_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+            max_request_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -204,6 +213,9 @@ async fn start_server(
     config.shutdown_grace = Duration::from_secs(5);
     config.health_interval = Duration::from_millis(200);
     config.engine.restart_budget = options.restart_budget;
+    config.database.max_connections = options.db_connections;
+    config.database.acquire_timeout = options.acquire_timeout;
+    config.max_request_bytes = options.max_request_bytes;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();

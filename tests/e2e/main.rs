@@ -8,6 +8,7 @@ mod exec;
 mod executors;
 mod hammer;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod panics;
 mod watch;

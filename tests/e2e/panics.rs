@@ -52,7 +52,11 @@ async fn a_panicking_worker_is_restarted_and_its_item_resumes() {
 
 #[tokio::test]
 async fn a_panic_on_every_attempt_spends_the_restart_budget() {
-    let app = spawn_app_with(Options { restart_budget: 3 }).await;
+    let app = spawn_app_with(Options {
+        restart_budget: 3,
+        ..Options::default()
+    })
+    .await;
     let mut request = app.job("panicky", 5, 1, &[]);
     request.max_attempts = 10;
     let job = app.start(request).await;

@@ -28,6 +28,9 @@ pub struct PgConfig {
     /// How long a call waits for a free connection before failing with
     /// UNAVAILABLE.
     pub acquire_timeout: Duration,
+    /// Connections reserved for the group committer (item results and
+    /// claims), so a flood of API calls cannot starve the jobs.
+    pub writer_connections: u32,
 }
 
 impl PgConfig {
@@ -35,7 +38,8 @@ impl PgConfig {
         PgConfig {
             url: url.into(),
             max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(3),
+            writer_connections: 2,
         }
     }
 }
@@ -44,6 +48,8 @@ impl PgConfig {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// The group committer's own connections.
+    writer: PgPool,
 }
 
 impl PgStore {
@@ -59,15 +65,23 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
+            .connect_lazy_with(options.clone());
+        let writer = PgPoolOptions::new()
+            .max_connections(config.writer_connections.max(1))
+            .acquire_timeout(config.acquire_timeout)
             .connect_lazy_with(options);
-        let store = PgStore { pool };
+        let store = PgStore { pool, writer };
         store.migrate().await?;
         Ok(store)
     }
 
-    /// Wraps an existing pool (tests, embedding). Does not migrate.
+    /// Wraps an existing pool (tests, embedding), shared by the API and
+    /// the group committer. Does not migrate.
     pub fn from_pool(pool: PgPool) -> PgStore {
-        PgStore { pool }
+        PgStore {
+            writer: pool.clone(),
+            pool,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -175,7 +189,7 @@ impl Store for PgStore {
     }
 
     async fn write_batch(&self, batch: &super::Batch) -> Result<super::BatchOutcome, StoreError> {
-        batch::write_batch(&self.pool, batch).await
+        batch::write_batch(&self.writer, batch).await
     }
 
     async fn recover(&self) -> Result<super::Recovery, StoreError> {

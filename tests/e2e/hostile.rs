@@ -1,0 +1,297 @@
+//! Under load and abuse: pool exhaustion with deadlines, a stale worker's
+//! writes, raw garbage on the port, oversized and malformed messages. The
+//! server answers with errors or closes the connection, keeps serving,
+//! and nothing stored is touched.
+
+use super::harness::{Options, SECS, spawn_app, spawn_app_with};
+use jobvisor::{
+    domain::JobId,
+    pb::{self, JobState, PauseMode},
+    store::{Batch, ClaimRequest, ItemWrite, Store, WriteKind, postgres::PgStore},
+};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+#[tokio::test]
+async fn hundreds_of_calls_on_two_connections_succeed_or_fail_cleanly() {
+    let app = spawn_app_with(Options {
+        db_connections: 2,
+        acquire_timeout: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    let job = app
+        .start(app.job("sleep", 200, 4, &[("duration_ms", "20"), ("steps", "2")]))
+        .await;
+    let started = Instant::now();
+    let calls = (0..400).map(|i| {
+        let (mut client, id) = (app.client.clone(), job.id.clone());
+        async move {
+            let deadline = Duration::from_millis(300 + (i % 7) * 200);
+            let t0 = Instant::now();
+            let result = match i % 4 {
+                0 => {
+                    let mut r = tonic::Request::new(pb::GetJobRequest { job_id: id });
+                    r.set_timeout(deadline);
+                    client.get_job(r).await.map(|_| ())
+                }
+                1 => {
+                    let mut r = tonic::Request::new(pb::ListJobsRequest::default());
+                    r.set_timeout(deadline);
+                    client.list_jobs(r).await.map(|_| ())
+                }
+                2 => {
+                    let mut r = tonic::Request::new(pb::ResumeJobRequest {
+                        job_id: id,
+                        ..Default::default()
+                    });
+                    r.set_timeout(deadline);
+                    client.resume_job(r).await.map(|_| ())
+                }
+                _ => {
+                    let mut r = tonic::Request::new(pb::ListJobItemsRequest {
+                        job_id: id,
+                        ..Default::default()
+                    });
+                    r.set_timeout(deadline);
+                    client.list_job_items(r).await.map(|_| ())
+                }
+            };
+            // tonic's client enforces the deadline itself too and calls
+            // its own expiry CANCELLED "Timeout expired" (other gRPC
+            // clients say DEADLINE_EXCEEDED): count it as the deadline.
+            let code = match result {
+                Ok(()) => Code::Ok,
+                Err(s) if s.code() == Code::Cancelled && s.message() == "Timeout expired" => {
+                    Code::DeadlineExceeded
+                }
+                Err(s) => s.code(),
+            };
+            (code, t0.elapsed(), deadline)
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut codes = std::collections::BTreeMap::new();
+    for (code, took, deadline) in &results {
+        let code = *code;
+        *codes.entry(format!("{code:?}")).or_insert(0) += 1;
+        assert!(
+            matches!(code, Code::Ok | Code::DeadlineExceeded | Code::Unavailable),
+            "{code:?}"
+        );
+        // Nobody waits past their deadline (plus scheduling slack).
+        assert!(
+            *took < *deadline + Duration::from_millis(500),
+            "{took:?} > {deadline:?}"
+        );
+    }
+    println!("400 calls in {:?}: {codes:?}", started.elapsed());
+    // The server then serves normally and the job finishes.
+    let done = app.wait_for(&job.id, JobState::Succeeded, SECS(30)).await;
+    assert_eq!(done.counts.unwrap().succeeded, 200);
+    app.get(&job.id).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stale_worker_cannot_complete_or_checkpoint_its_old_item() {
+    let app = spawn_app().await;
+    // A job that is PAUSED, so its supervisor claims nothing meanwhile.
+    let job = app.start(app.job("gate", 3, 1, &[])).await;
+    app.pause(&job.id, PauseMode::Graceful).await.unwrap();
+    app.gate.open();
+    app.wait_for(&job.id, JobState::Paused, SECS(5)).await;
+    let id = JobId(job.id.parse().unwrap());
+    let finished_before = app.get(&job.id).await.counts.unwrap().succeeded;
+
+    // Drive the store directly: claim as an "old" worker, lose the claim
+    // (taken over after a restart), and a new claim under a new lease.
+    let store = PgStore::from_pool(app.pool.clone());
+    sqlx::query("UPDATE jobs SET state = 'running' WHERE id = $1")
+        .bind(id.0)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let claim = |max| Batch {
+        writes: vec![],
+        claims: vec![ClaimRequest { job: id, max }],
+    };
+    let old = store.write_batch(&claim(1)).await.unwrap().claimed[0][0].clone();
+    store.release_items(id).await.unwrap();
+    let new = store.write_batch(&claim(1)).await.unwrap().claimed[0][0].clone();
+    assert_eq!(old.index, new.index);
+    assert_ne!(old.lease, new.lease);
+
+    let stale = |kind| ItemWrite {
+        job: id,
+        index: old.index,
+        lease: old.lease,
+        kind,
+    };
+    let outcome = store
+        .write_batch(&Batch {
+            writes: vec![
+                stale(WriteKind::Checkpoint(b"stale".to_vec())),
+                stale(WriteKind::Succeeded),
+            ],
+            claims: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome.applied, [false, false], "the old lease is refused");
+    let item = &app.items(&job.id).await[old.index as usize];
+    assert_eq!(item.state, pb::ItemState::Running as i32);
+    assert_ne!(item.checkpoint, b"stale");
+    let after = app.get(&job.id).await.counts.unwrap();
+    assert_eq!(
+        after.succeeded, finished_before,
+        "the stale success did not count"
+    );
+
+    // The new owner's writes go through.
+    let fresh = store
+        .write_batch(&Batch {
+            writes: vec![ItemWrite {
+                job: id,
+                index: new.index,
+                lease: new.lease,
+                kind: WriteKind::Succeeded,
+            }],
+            claims: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(fresh.applied, [true]);
+    app.stop().await;
+}
+
+/// Sends raw bytes and reads until the server closes or goes quiet.
+async fn poke(addr: std::net::SocketAddr, bytes: &[u8]) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(bytes).await;
+    let mut sink = vec![0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_and_malformed_messages_leave_the_server_serving() {
+    let app = spawn_app_with(Options {
+        max_request_bytes: 1024 * 1024,
+        ..Options::default()
+    })
+    .await;
+    let job = app
+        .start(app.job("sleep", 5, 1, &[("duration_ms", "0")]))
+        .await;
+    let before = app.wait_for(&job.id, JobState::Succeeded, SECS(10)).await;
+
+    // Raw garbage, an HTTP/1 request, a truncated HTTP/2 preface, and a
+    // preface followed by a truncated frame.
+    poke(
+        app.addr,
+        b"\x00\xff garbage \x13\x37 not http at all\r\n\r\n",
+    )
+    .await;
+    poke(app.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    poke(app.addr, b"PRI * HTTP/2.0\r\n\r\nSM").await;
+    poke(
+        app.addr,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00\x00\x03",
+    )
+    .await;
+    let noise = (0..64 * 1024)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect::<Vec<u8>>();
+    poke(app.addr, &noise).await;
+
+    // An oversized request: RESOURCE_EXHAUSTED naming the limit.
+    let mut big = app.job("sleep", 0, 1, &[]);
+    big.items = vec!["x".repeat(60 * 1024); 40];
+    let status = app.client.clone().start_job(big).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("--max-request-bytes"),
+        "{}",
+        status.message()
+    );
+
+    // A well-framed gRPC call whose protobuf is garbage.
+    let channel = super::harness::connect(app.addr).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/jobvisor.v1.JobService/GetJob");
+    let garbage: Result<tonic::Response<Vec<u8>>, tonic::Status> = grpc
+        .unary(
+            tonic::Request::new(vec![0xff, 0xff, 0xff, 0x0f, 0x08]),
+            path,
+            RawCodec,
+        )
+        .await;
+    let status = garbage.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::Internal | Code::InvalidArgument),
+        "{status:?}"
+    );
+
+    // Still serving, and the stored job is as it was.
+    let after = app.get(&job.id).await;
+    assert_eq!(after, before);
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 1);
+    app.stop().await;
+}
+
+/// Sends and receives raw bytes as gRPC messages.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let bytes = src.copy_to_bytes(src.remaining());
+        Ok(Some(bytes.to_vec()))
+    }
+}
