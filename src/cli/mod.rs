@@ -1,6 +1,7 @@
 //! The `jobvisor` command line: `serve` runs the service; the other
 //! subcommands are a client of any running server.
 
+mod bench;
 mod chaos;
 mod client;
 mod output;
@@ -36,6 +37,8 @@ enum Command {
     List(client::ListArgs),
     /// List a job's items with their state, attempts and errors.
     Items(client::ItemsArgs),
+    /// Run the benchmark scenarios (fresh database, real server process).
+    Bench(bench::BenchArgs),
     /// Run a job through a real server while killing it, draining it,
     /// restarting its database and cutting its sessions; print a verdict.
     Chaos(chaos::ChaosArgs),
@@ -58,6 +61,7 @@ pub async fn run() -> ExitCode {
         Command::Items(args) => client::items(args).await,
         Command::Watch(args) => client::watch(args).await,
         Command::Chaos(args) => chaos::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     };
     match result {
         Ok(code) => code,

@@ -10,6 +10,7 @@
 
 mod hub;
 mod manager;
+mod queue;
 mod supervisor;
 mod watch;
 mod worker;

@@ -13,6 +13,7 @@
 
 use super::{
     Runtime,
+    queue::{Current, WorkQueue},
     worker::{Finished, Worker, WorkerArgs, WorkerMsg},
     writer::WriteError,
 };
@@ -48,11 +49,15 @@ pub enum SupervisorMsg {
     Interrupt(RpcReplyPort<()>),
     /// A claim came back.
     Claimed(Result<Vec<ClaimedItem>, WriteError>),
+    /// A worker found the queue closed or empty and waits to be woken.
+    Idle { slot: usize },
     /// A worker finished an item (its outcome is committed).
     Done {
         slot: usize,
         index: u32,
         finished: Finished,
+        /// From the item's start to its committed outcome.
+        took: Duration,
     },
     /// The supervisor's own transition came back.
     Settled(Result<Job, StoreError>),
@@ -68,15 +73,21 @@ pub enum SupervisorMsg {
 /// One worker of the pool.
 struct Slot {
     worker: ActorRef<WorkerMsg>,
-    /// The item it runs, if any.
-    item: Option<ClaimedItem>,
+    /// The item it runs, if any (set by the worker as it takes an item).
+    current: Current,
+    /// Woken and not yet reported idle: it takes items by itself.
+    awake: bool,
     /// Its previous worker died and the item's failure is being written.
     recovering: bool,
 }
 
 impl Slot {
+    fn running(&self) -> bool {
+        self.current.lock().expect("current item lock").is_some()
+    }
+
     fn busy(&self) -> bool {
-        self.item.is_some() || self.recovering
+        self.running() || self.recovering
     }
 }
 
@@ -89,8 +100,8 @@ pub struct SupervisorState {
     handler: Arc<dyn ItemHandler>,
     rt: Arc<Runtime>,
     slots: Vec<Slot>,
-    /// Claimed items not yet handed to a worker.
-    buffer: VecDeque<ClaimedItem>,
+    /// Claimed items not yet taken by a worker.
+    queue: Arc<WorkQueue>,
     claiming: bool,
     /// The last claim found fewer items than asked: nothing is pending
     /// until an item goes back to pending.
@@ -110,6 +121,39 @@ pub struct SupervisorState {
     /// Shutting down: claim and settle nothing more.
     shutting_down: bool,
     retry_scheduled: bool,
+    /// How long items take, to decide whether to claim ahead.
+    item_time: ItemTime,
+    /// No item below this index is pending: where claims start looking.
+    /// Raised past every claim, lowered when an item may be pending again,
+    /// reset on any state change.
+    claim_from: u32,
+}
+
+/// A moving average of item durations. Jobs of fast items claim a round
+/// of items ahead (so a worker never waits for a claim's commit); jobs of
+/// slow items claim only for idle workers (so RUNNING means running).
+#[derive(Debug, Default)]
+struct ItemTime {
+    average: Option<Duration>,
+}
+
+/// Items faster than this are claimed ahead.
+const PREFETCH_BELOW: Duration = Duration::from_millis(20);
+
+impl ItemTime {
+    fn observe(&mut self, took: Duration) {
+        if took.is_zero() {
+            return;
+        }
+        self.average = Some(match self.average {
+            None => took,
+            Some(avg) => (avg * 7 + took) / 8,
+        });
+    }
+
+    fn fast(&self) -> bool {
+        self.average.is_some_and(|a| a < PREFETCH_BELOW)
+    }
 }
 
 impl SupervisorState {
@@ -142,7 +186,7 @@ impl Actor for JobSupervisor {
             handler,
             rt,
             slots: Vec::new(),
-            buffer: VecDeque::new(),
+            queue: Arc::new(WorkQueue::default()),
             claiming: false,
             exhausted: false,
             settling: false,
@@ -153,12 +197,17 @@ impl Actor for JobSupervisor {
             shutdown: None,
             shutting_down: false,
             retry_scheduled: false,
+            item_time: ItemTime::default(),
+            claim_from: 0,
         };
+        st.queue.set_open(st.state == JobState::Running);
         for slot in 0..st.concurrency as usize {
-            let worker = spawn_worker(&myself, &st, slot).await?;
+            let current = Current::default();
+            let worker = spawn_worker(&myself, &st, slot, current.clone()).await?;
             st.slots.push(Slot {
                 worker,
-                item: None,
+                current,
+                awake: false,
                 recovering: false,
             });
         }
@@ -216,7 +265,10 @@ impl Actor for JobSupervisor {
                         if items.is_empty() {
                             st.exhausted = true;
                         }
-                        st.buffer.extend(items);
+                        if let Some(last) = items.last() {
+                            st.claim_from = st.claim_from.max(last.index + 1);
+                        }
+                        st.queue.push(items);
                     }
                     Err(e) => {
                         tracing::warn!(job_id = %st.job, error = %e, "claim failed");
@@ -224,18 +276,27 @@ impl Actor for JobSupervisor {
                     }
                 }
             }
+            SupervisorMsg::Idle { slot } => {
+                if let Some(s) = st.slots.get_mut(slot) {
+                    s.awake = false;
+                }
+            }
             SupervisorMsg::Done {
                 slot,
                 index,
                 finished,
-            } => on_done(st, slot, index, finished),
+                took,
+            } => {
+                st.item_time.observe(took);
+                on_done(st, slot, index, finished)
+            }
             SupervisorMsg::Settled(result) => {
                 st.settling = false;
                 match result {
                     Ok(job) => {
                         // Our own transition released whatever was still
                         // claimed (PAUSED) or ended the job.
-                        st.buffer.clear();
+                        st.queue.drain();
                         apply_job(st, &job);
                     }
                     Err(e) => on_store_error(&myself, st, e),
@@ -293,6 +354,7 @@ async fn spawn_worker(
     myself: &ActorRef<SupervisorMsg>,
     st: &SupervisorState,
     slot: usize,
+    current: Current,
 ) -> Result<ActorRef<WorkerMsg>, ActorProcessingErr> {
     let args = WorkerArgs {
         job: st.job,
@@ -302,6 +364,8 @@ async fn spawn_worker(
         stop: st.stop.subscribe(),
         supervisor: myself.clone(),
         in_flight: st.in_flight.clone(),
+        queue: st.queue.clone(),
+        current,
     };
     let (worker, _) = Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?;
     Ok(worker)
@@ -311,6 +375,11 @@ async fn spawn_worker(
 fn apply_state(st: &mut SupervisorState, state: JobState, interrupt: bool) {
     let was = st.state;
     st.state = state;
+    // Whoever changed the job may have put items back to pending.
+    st.claim_from = 0;
+    // Closed before the change is acknowledged: nothing starts after a
+    // pause or a cancel has returned.
+    st.queue.set_open(state == JobState::Running);
     match state {
         JobState::Running => {
             st.stop.send_replace(None);
@@ -321,13 +390,15 @@ fn apply_state(st: &mut SupervisorState, state: JobState, interrupt: bool) {
         }
         JobState::Pausing => {}
         // Items still claimed were released by the transition to PAUSED.
-        JobState::Paused => st.buffer.clear(),
+        JobState::Paused => {
+            st.queue.drain();
+        }
         JobState::Cancelling => {
             st.stop.send_replace(Some(StopReason::Cancel));
         }
         JobState::Cancelled | JobState::Succeeded | JobState::Failed => {
             st.stop.send_replace(Some(StopReason::Cancel));
-            st.buffer.clear();
+            st.queue.drain();
         }
     }
     if was != state {
@@ -357,15 +428,15 @@ fn apply_job(st: &mut SupervisorState, job: &Job) {
 
 fn on_done(st: &mut SupervisorState, slot: usize, index: u32, finished: Finished) {
     if let Some(s) = st.slots.get_mut(slot) {
-        if s.item.as_ref().is_some_and(|i| i.index == index) {
-            s.item = None;
-        }
         s.recovering = false;
     }
     match finished {
         Finished::Succeeded | Finished::Cancelled => {}
         // The item may be pending again.
-        Finished::Failed | Finished::Released | Finished::LeaseLost => st.exhausted = false,
+        Finished::Failed | Finished::Released | Finished::LeaseLost => {
+            st.exhausted = false;
+            st.claim_from = st.claim_from.min(index);
+        }
         Finished::NotCommitted(e) => {
             if !st.shutting_down {
                 st.failing = Some(format!(
@@ -393,7 +464,12 @@ async fn on_worker_died(
         st.restarts.pop_front();
     }
     let restarts = st.restarts.len() as u32;
-    let item = st.slots[slot].item.take();
+    let item = st.slots[slot]
+        .current
+        .lock()
+        .expect("current item lock")
+        .take();
+    st.slots[slot].awake = false;
     let index = item.as_ref().map(|i| i.index);
     tracing::warn!(job_id = %st.job, ?index, %error, restarts, "worker died; restarting it");
     if restarts > st.rt.config.restart_budget {
@@ -407,7 +483,8 @@ async fn on_worker_died(
         ));
     }
     if !st.state.is_terminal() && !st.shutting_down {
-        st.slots[slot].worker = spawn_worker(myself, st, slot).await?;
+        let current = st.slots[slot].current.clone();
+        st.slots[slot].worker = spawn_worker(myself, st, slot, current).await?;
     }
     if let Some(item) = item {
         st.slots[slot].recovering = true;
@@ -440,6 +517,7 @@ async fn on_worker_died(
                 slot,
                 index: item.index,
                 finished,
+                took: Duration::ZERO,
             });
         });
     }
@@ -456,7 +534,8 @@ fn on_store_error(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, e:
         // are ours and nobody runs them, so put them back.
         StoreError::NotFinished { running, .. } => {
             st.exhausted = false;
-            if running > 0 && st.in_flight() == 0 && st.buffer.is_empty() && !st.claiming {
+            st.claim_from = 0;
+            if running > 0 && st.in_flight() == 0 && st.queue.is_empty() && !st.claiming {
                 release_orphans(myself, st);
             }
         }
@@ -524,10 +603,19 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
         JobState::Running => {
             dispatch(st);
             let idle = st.slots.iter().filter(|s| !s.busy()).count();
-            let want = idle.saturating_sub(st.buffer.len());
-            if want > 0 && !st.claiming && !st.exhausted {
+            let ahead = if st.item_time.fast() {
+                st.concurrency as usize
+            } else {
+                0
+            };
+            let waiting = st.queue.len();
+            let want = (idle + ahead).saturating_sub(waiting);
+            // Claim for idle workers at once; top up the read-ahead in
+            // rounds, not an item at a time.
+            let worth_it = waiting < idle || want >= (ahead / 4).max(1);
+            if want > 0 && worth_it && !st.claiming && !st.exhausted {
                 claim(myself, st, want as u32);
-            } else if st.exhausted && !st.claiming && st.buffer.is_empty() && st.in_flight() == 0 {
+            } else if st.exhausted && !st.claiming && st.queue.is_empty() && st.in_flight() == 0 {
                 // `any_failed` is decided from the counters in `settle`.
                 settle(
                     myself,
@@ -549,19 +637,22 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
     }
 }
 
+/// Wakes idle workers while items wait; an awake worker keeps taking
+/// items by itself until the queue is closed or empty.
 fn dispatch(st: &mut SupervisorState) {
+    let mut waiting = st.queue.len();
     for slot in st.slots.iter_mut() {
-        if slot.busy() {
+        if waiting == 0 {
+            break;
+        }
+        if slot.awake || slot.busy() {
             continue;
         }
-        let Some(item) = st.buffer.pop_front() else {
-            break;
-        };
-        slot.item = Some(item.clone());
-        if let Err(e) = slot.worker.cast(WorkerMsg::Run(item)) {
-            // The worker is gone; its failure event will follow and retry
-            // the item.
-            tracing::warn!(job_id = %st.job, error = %e, "could not hand an item to a worker");
+        slot.awake = true;
+        waiting -= 1;
+        if let Err(e) = slot.worker.cast(WorkerMsg::Wake) {
+            // The worker is gone; its failure event will follow.
+            tracing::warn!(job_id = %st.job, error = %e, "could not wake a worker");
         }
     }
 }
@@ -569,8 +660,15 @@ fn dispatch(st: &mut SupervisorState) {
 fn claim(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, max: u32) {
     st.claiming = true;
     let (writer, job, me) = (st.rt.writer.clone(), st.job, myself.clone());
+    let from_index = st.claim_from;
     tokio::spawn(async move {
-        let result = writer.claim(ClaimRequest { job, max }).await;
+        let result = writer
+            .claim(ClaimRequest {
+                job,
+                max,
+                from_index,
+            })
+            .await;
         let _ = me.cast(SupervisorMsg::Claimed(result));
     });
 }
@@ -629,7 +727,8 @@ fn finish_shutdown(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
     let Some(reply) = st.shutdown.take() else {
         return;
     };
-    let buffered: Vec<ClaimedItem> = st.buffer.drain(..).collect();
+    st.queue.set_open(false);
+    let buffered: Vec<ClaimedItem> = st.queue.drain();
     let (writer, job, me) = (st.rt.writer.clone(), st.job, myself.clone());
     tokio::spawn(async move {
         let writes = buffered.into_iter().map(|item| {

@@ -6,7 +6,10 @@
 //! A panic in the handler fails the actor; the supervisor sees it in
 //! `handle_supervisor_evt`, retries the item and restarts the worker.
 
-use super::writer::{WriteError, Writer};
+use super::{
+    queue::{Current, WorkQueue},
+    writer::{WriteError, Writer},
+};
 use crate::{
     domain::JobId,
     executor::{CheckpointError, CheckpointSink, ItemContext, ItemError, ItemHandler, StopReason},
@@ -32,10 +35,15 @@ pub struct WorkerArgs {
     pub supervisor: ActorRef<super::supervisor::SupervisorMsg>,
     /// Live progress of the job's items in flight.
     pub in_flight: Arc<super::hub::InFlight>,
+    /// The job's claimed items; the worker takes its next item here.
+    pub queue: Arc<WorkQueue>,
+    /// The item this worker runs, readable by the supervisor.
+    pub current: Current,
 }
 
 pub enum WorkerMsg {
-    Run(ClaimedItem),
+    /// Take items from the queue until it is closed or empty.
+    Wake,
 }
 
 /// How an item's attempt ended, as committed.
@@ -74,16 +82,25 @@ impl Actor for Worker {
         msg: WorkerMsg,
         state: &mut WorkerArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let WorkerMsg::Run(item) = msg;
-        let index = item.index;
-        let finished = run_item(state, item).await;
+        let WorkerMsg::Wake = msg;
+        while let Some(item) = state.queue.take_into(&state.current) {
+            let index = item.index;
+            let started = std::time::Instant::now();
+            let finished = run_item(state, item).await;
+            // The outcome is committed: the item is no longer ours.
+            *state.current.lock().expect("current item lock") = None;
+            let _ = state
+                .supervisor
+                .cast(super::supervisor::SupervisorMsg::Done {
+                    slot: state.slot,
+                    index,
+                    finished,
+                    took: started.elapsed(),
+                });
+        }
         let _ = state
             .supervisor
-            .cast(super::supervisor::SupervisorMsg::Done {
-                slot: state.slot,
-                index,
-                finished,
-            });
+            .cast(super::supervisor::SupervisorMsg::Idle { slot: state.slot });
         Ok(())
     }
 }

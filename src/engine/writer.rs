@@ -134,7 +134,10 @@ async fn commit(store: &dyn Store, hub: &Hub, requests: Vec<Request>, abort: &Ca
             Op::Claim(c) => batch.claims.push(*c),
         }
     }
+    let t0 = std::time::Instant::now();
     let result = commit_with_retry(store, &batch, abort).await;
+    tracing::debug!(target: "jobvisor::batch", writes = batch.writes.len(), claims = batch.claims.len(),
+        micros = t0.elapsed().as_micros() as u64, "batch");
     match result {
         Ok(outcome) => {
             for pulse in &outcome.pulses {

@@ -143,6 +143,10 @@ pub struct ItemWrite {
 pub struct ClaimRequest {
     pub job: JobId,
     pub max: u32,
+    /// No item below this index is pending (the claimer knows): where the
+    /// search starts. 0 is always correct; a higher bound saves walking
+    /// over the items already done.
+    pub from_index: u32,
 }
 
 /// Writes and claims committed together (group commit).

@@ -115,7 +115,11 @@ async fn a_stale_worker_cannot_complete_or_checkpoint_its_old_item() {
         .unwrap();
     let claim = |max| Batch {
         writes: vec![],
-        claims: vec![ClaimRequest { job: id, max }],
+        claims: vec![ClaimRequest {
+            job: id,
+            max,
+            from_index: 0,
+        }],
     };
     let old = store.write_batch(&claim(1)).await.unwrap().claimed[0][0].clone();
     store.release_items(id).await.unwrap();

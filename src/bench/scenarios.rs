@@ -1,0 +1,55 @@
+//! The benchmark scenarios. Each returns its figures; the CLI prints them.
+
+use super::{Env, start_sleep_job, wait_done};
+use serde::Serialize;
+use std::{path::Path, time::Duration};
+
+/// One run of a job of no-op items, end to end.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub items: u32,
+    pub concurrency: u32,
+    /// How long StartJob took (all items stored).
+    pub start_seconds: f64,
+    /// From StartJob's answer to the job's terminal event.
+    pub run_seconds: f64,
+    /// Items per second from the StartJob call to SUCCEEDED.
+    pub items_per_second: f64,
+    /// Items per second of the run alone (after StartJob returned).
+    pub run_items_per_second: f64,
+    /// The server's peak resident memory.
+    pub rss_mib: f64,
+}
+
+/// A job of `items` sleep items of 0 ms (one step: no checkpoint), every
+/// completion durable before it counts.
+pub async fn throughput(
+    binary: &Path,
+    admin_url: &str,
+    items: u32,
+    concurrency: u32,
+) -> anyhow::Result<Throughput> {
+    let env = Env::start(binary, admin_url, &[]).await?;
+    let mut client = env.client().await?;
+    let (job, start) = start_sleep_job(&mut client, "throughput", items, concurrency, 0, 1).await?;
+    let run_started = std::time::Instant::now();
+    let done = wait_done(&mut client, &job.id, Duration::from_secs(600)).await?;
+    let run = run_started.elapsed();
+    let succeeded = done.counts.map(|c| c.succeeded).unwrap_or(0);
+    anyhow::ensure!(
+        succeeded == u64::from(items),
+        "only {succeeded} of {items} items succeeded"
+    );
+    let (rss, _) = env.rss_mib();
+    env.finish().await;
+    let total = (start + run).as_secs_f64();
+    Ok(Throughput {
+        items,
+        concurrency,
+        start_seconds: start.as_secs_f64(),
+        run_seconds: run.as_secs_f64(),
+        items_per_second: f64::from(items) / total,
+        run_items_per_second: f64::from(items) / run.as_secs_f64(),
+        rss_mib: rss,
+    })
+}
