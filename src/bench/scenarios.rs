@@ -28,8 +28,9 @@ pub async fn throughput(
     admin_url: &str,
     items: u32,
     concurrency: u32,
+    server_args: &[&str],
 ) -> anyhow::Result<Throughput> {
-    let env = Env::start(binary, admin_url, &[]).await?;
+    let env = Env::start(binary, admin_url, server_args).await?;
     let mut client = env.client().await?;
     let (job, start) = start_sleep_job(&mut client, "throughput", items, concurrency, 0, 1).await?;
     let run_started = std::time::Instant::now();

@@ -101,6 +101,8 @@ pub struct ChaosConfig {
     pub grace: Duration,
     /// Give up waiting for the job after this long.
     pub timeout: Duration,
+    /// More `serve` arguments (e.g. `--pipelined-acks`).
+    pub server_args: Vec<String>,
 }
 
 /// What a run found.
@@ -280,7 +282,10 @@ async fn run_on(
             humantime::format_duration(config.grace).to_string(),
             "--db-acquire-timeout".into(),
             "1s".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(config.server_args.iter().cloned())
+        .collect(),
         log: work.path().join("server.log"),
     };
     let mut server = ServerProcess::start(&spec).await?;

@@ -23,6 +23,9 @@ pub struct BenchArgs {
     /// Print only the JSON lines.
     #[arg(long, global = true)]
     json: bool,
+    /// Run the server with --pipelined-acks.
+    #[arg(long, global = true)]
+    pipelined_acks: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,6 +51,11 @@ enum Scenario {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let binary = bench::this_binary()?;
+    let server_args: Vec<&str> = if args.pipelined_acks {
+        vec!["--pipelined-acks"]
+    } else {
+        vec![]
+    };
     let context = bench::Context::read(&args.database_url)
         .await
         .context("reading the PostgreSQL settings")?;
@@ -72,8 +80,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         } => {
             let mut results = Vec::new();
             for _ in 0..runs.max(1) {
-                let r =
-                    scenarios::throughput(&binary, &args.database_url, items, concurrency).await?;
+                let r = scenarios::throughput(
+                    &binary,
+                    &args.database_url,
+                    items,
+                    concurrency,
+                    &server_args,
+                )
+                .await?;
                 if !args.json {
                     println!(
                         "throughput: {} items, concurrency {}: start {:.3}s, run {:.3}s, {:.0} items/s end to end ({:.0}/s after start), peak RSS {:.1} MiB",
@@ -104,10 +118,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             );
         }
         Scenario::Peer { items, concurrency } => {
-            let r = scenarios::throughput(&binary, &args.database_url, items, concurrency).await?;
+            let r = scenarios::throughput(
+                &binary,
+                &args.database_url,
+                items,
+                concurrency,
+                &server_args,
+            )
+            .await?;
             println!(
                 "{}",
-                json!({"system": "jobvisor", "items": items, "concurrency": concurrency,
+                json!({"system": if args.pipelined_acks { "jobvisor-pipelined" } else { "jobvisor" },
+                       "items": items, "concurrency": concurrency,
                        "enqueue_seconds": r.start_seconds, "run_seconds": r.run_seconds,
                        "items_per_second": r.run_items_per_second, "rss_mib": r.rss_mib,
                        "note": "enqueue = StartJob storing every item; run = from StartJob's answer to SUCCEEDED"})

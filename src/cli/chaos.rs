@@ -42,6 +42,9 @@ pub struct ChaosArgs {
     /// Give up waiting for the job after this long.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Run the server with --pipelined-acks.
+    #[arg(long)]
+    pipelined_acks: bool,
 }
 
 /// A fault schedule as one command-line value.
@@ -71,6 +74,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         seed,
         grace: args.grace,
         timeout: args.timeout,
+        server_args: if args.pipelined_acks {
+            vec!["--pipelined-acks".into()]
+        } else {
+            vec![]
+        },
     };
     let verdict = chaos::run(&config).await?;
     println!("{}", verdict.line());

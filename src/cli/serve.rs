@@ -50,6 +50,12 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBVISOR_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_request_bytes: usize,
 
+    /// Let each worker start its next item while its previous item's outcome
+    /// commits (at most one outstanding). Faster for short items; after a
+    /// crash, up to two items per worker run again instead of one.
+    #[arg(long, env = "JOBVISOR_PIPELINED_ACKS")]
+    pipelined_acks: bool,
+
     /// Enable the `exec` executor, which runs programs on this host for
     /// each item.
     #[arg(long, env = "JOBVISOR_ALLOW_EXEC")]
@@ -83,6 +89,7 @@ impl ServeArgs {
         config.max_request_bytes = self.max_request_bytes;
         config.engine.restart_budget = self.restart_budget;
         config.engine.restart_window = self.restart_window;
+        config.engine.pipelined_acks = self.pipelined_acks;
         Ok(config)
     }
 }

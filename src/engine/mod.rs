@@ -49,6 +49,10 @@ pub struct EngineConfig {
     pub progress_interval: Duration,
     /// How long a control call waits for the supervisor to acknowledge.
     pub control_timeout: Duration,
+    /// A worker starts its next item while its previous outcome commits
+    /// (DESIGN.md, Durability): more throughput; a crash re-runs up to two
+    /// items per worker instead of one.
+    pub pipelined_acks: bool,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +63,7 @@ impl Default for EngineConfig {
             restart_window: Duration::from_secs(60),
             progress_interval: Duration::from_millis(500),
             control_timeout: Duration::from_secs(5),
+            pipelined_acks: false,
         }
     }
 }

@@ -12,9 +12,23 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-/// The item a worker is running, shared with its supervisor so a worker
-/// that dies does not take the knowledge of its item with it.
-pub type Current = Arc<Mutex<Option<ClaimedItem>>>;
+/// What a worker holds, shared with its supervisor so a worker that dies
+/// does not take the knowledge of its item with it.
+pub type Current = Arc<Mutex<SlotItems>>;
+
+#[derive(Debug, Default)]
+pub struct SlotItems {
+    /// The item being run.
+    pub running: Option<ClaimedItem>,
+    /// An item whose outcome is still being committed (pipelined mode).
+    pub committing: Option<u32>,
+}
+
+impl SlotItems {
+    pub fn busy(&self) -> bool {
+        self.running.is_some() || self.committing.is_some()
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct WorkQueue {
@@ -44,7 +58,7 @@ impl WorkQueue {
             return None;
         }
         let item = inner.items.pop_front()?;
-        *current.lock().expect("current item lock") = Some(item.clone());
+        current.lock().expect("current item lock").running = Some(item.clone());
         Some(item)
     }
 
@@ -88,7 +102,10 @@ mod tests {
         assert_eq!(queue.take_into(&current), None, "closed at first");
         queue.set_open(true);
         assert_eq!(queue.take_into(&current).map(|i| i.index), Some(1));
-        assert_eq!(current.lock().unwrap().as_ref().map(|i| i.index), Some(1));
+        assert_eq!(
+            current.lock().unwrap().running.as_ref().map(|i| i.index),
+            Some(1)
+        );
         queue.set_open(false);
         assert_eq!(queue.take_into(&current), None);
         assert_eq!(queue.drain().len(), 1);

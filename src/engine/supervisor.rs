@@ -82,12 +82,8 @@ struct Slot {
 }
 
 impl Slot {
-    fn running(&self) -> bool {
-        self.current.lock().expect("current item lock").is_some()
-    }
-
     fn busy(&self) -> bool {
-        self.running() || self.recovering
+        self.current.lock().expect("current item lock").busy() || self.recovering
     }
 }
 
@@ -366,6 +362,7 @@ async fn spawn_worker(
         in_flight: st.in_flight.clone(),
         queue: st.queue.clone(),
         current,
+        pipelined: st.rt.config.pipelined_acks,
     };
     let (worker, _) = Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?;
     Ok(worker)
@@ -464,11 +461,12 @@ async fn on_worker_died(
         st.restarts.pop_front();
     }
     let restarts = st.restarts.len() as u32;
-    let item = st.slots[slot]
-        .current
-        .lock()
-        .expect("current item lock")
-        .take();
+    let item = {
+        let mut items = st.slots[slot].current.lock().expect("current item lock");
+        // An outcome being committed is in the writer's hands already.
+        items.committing = None;
+        items.running.take()
+    };
     st.slots[slot].awake = false;
     let index = item.as_ref().map(|i| i.index);
     tracing::warn!(job_id = %st.job, ?index, %error, restarts, "worker died; restarting it");

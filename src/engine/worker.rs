@@ -8,7 +8,7 @@
 
 use super::{
     queue::{Current, WorkQueue},
-    writer::{WriteError, Writer},
+    writer::{WriteError, WriteTicket, Writer},
 };
 use crate::{
     domain::JobId,
@@ -39,6 +39,8 @@ pub struct WorkerArgs {
     pub queue: Arc<WorkQueue>,
     /// The item this worker runs, readable by the supervisor.
     pub current: Current,
+    /// Run the next item while the previous outcome commits.
+    pub pipelined: bool,
 }
 
 pub enum WorkerMsg {
@@ -83,26 +85,75 @@ impl Actor for Worker {
         state: &mut WorkerArgs,
     ) -> Result<(), ActorProcessingErr> {
         let WorkerMsg::Wake = msg;
+        // In pipelined mode, the previous item's outcome commits while the
+        // next item runs (at most one outstanding).
+        let mut outstanding: Option<Outcome> = None;
         while let Some(item) = state.queue.take_into(&state.current) {
-            let index = item.index;
             let started = std::time::Instant::now();
-            let finished = run_item(state, item).await;
-            // The outcome is committed: the item is no longer ours.
-            *state.current.lock().expect("current item lock") = None;
-            let _ = state
-                .supervisor
-                .cast(super::supervisor::SupervisorMsg::Done {
-                    slot: state.slot,
-                    index,
-                    finished,
-                    took: started.elapsed(),
-                });
+            let outcome = run_item(state, item, started).await;
+            if let Some(previous) = outstanding.take() {
+                settle(state, previous).await;
+            }
+            if state.pipelined {
+                {
+                    let mut slot = state.current.lock().expect("slot lock");
+                    slot.running = None;
+                    slot.committing = Some(outcome.index);
+                }
+                outstanding = Some(outcome);
+            } else {
+                settle(state, outcome).await;
+            }
+        }
+        if let Some(previous) = outstanding.take() {
+            settle(state, previous).await;
         }
         let _ = state
             .supervisor
             .cast(super::supervisor::SupervisorMsg::Idle { slot: state.slot });
         Ok(())
     }
+}
+
+/// An item's outcome on its way to the store.
+struct Outcome {
+    index: u32,
+    expected: Finished,
+    ticket: WriteTicket,
+    started: std::time::Instant,
+}
+
+/// Waits for an outcome's commit, frees the slot and reports to the
+/// supervisor.
+async fn settle(args: &WorkerArgs, outcome: Outcome) {
+    let finished = match outcome.ticket.wait().await {
+        Ok(true) => outcome.expected,
+        Ok(false) => Finished::LeaseLost,
+        Err(WriteError::Store(e)) => Finished::NotCommitted(e),
+        Err(WriteError::Closed) => Finished::NotCommitted("the writer has stopped".into()),
+    };
+    {
+        // The outcome is committed: the item is no longer ours.
+        let mut slot = args.current.lock().expect("slot lock");
+        if slot.committing == Some(outcome.index) {
+            slot.committing = None;
+        }
+        if slot
+            .running
+            .as_ref()
+            .is_some_and(|i| i.index == outcome.index)
+        {
+            slot.running = None;
+        }
+    }
+    let _ = args
+        .supervisor
+        .cast(super::supervisor::SupervisorMsg::Done {
+            slot: args.slot,
+            index: outcome.index,
+            finished,
+            took: outcome.started.elapsed(),
+        });
 }
 
 /// Saves checkpoints through the writer under the item's lease.
@@ -130,7 +181,8 @@ impl CheckpointSink for LeasedSink {
     }
 }
 
-async fn run_item(args: &WorkerArgs, item: ClaimedItem) -> Finished {
+/// Runs one attempt of an item and queues its outcome for the store.
+async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Instant) -> Outcome {
     let span = tracing::info_span!("item", job_id = %args.job, index = item.index,
         attempt = item.attempt);
     let sink = Arc::new(LeasedSink {
@@ -165,17 +217,17 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem) -> Finished {
     if let WriteKind::Failed { error, .. } = &kind {
         tracing::debug!(parent: &span, %error, "item attempt failed");
     }
-    let write = ItemWrite {
+    let ticket = args.writer.submit_write(ItemWrite {
         job: args.job,
         index: item.index,
         lease: item.lease,
         kind,
-    };
-    match args.writer.write(write).await {
-        Ok(true) => expected,
-        Ok(false) => Finished::LeaseLost,
-        Err(WriteError::Store(e)) => Finished::NotCommitted(e),
-        Err(WriteError::Closed) => Finished::NotCommitted("the writer has stopped".into()),
+    });
+    Outcome {
+        index: item.index,
+        expected,
+        ticket,
+        started,
     }
 }
 

@@ -71,6 +71,20 @@ impl Writer {
         rx.await.map_err(|_| WriteError::Closed)?
     }
 
+    /// Queues a lease-fenced item write now and returns a ticket to wait
+    /// for its commit later (a worker runs its next item meanwhile).
+    pub fn submit_write(&self, write: ItemWrite) -> WriteTicket {
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .tx
+            .send(Request {
+                op: Op::Write(write),
+                reply,
+            })
+            .is_ok();
+        WriteTicket { rx, sent }
+    }
+
     /// Commits a lease-fenced item write; `Ok(false)` when the lease was
     /// lost (someone else owns the item now).
     pub async fn write(&self, write: ItemWrite) -> Result<bool, WriteError> {
@@ -85,6 +99,25 @@ impl Writer {
         match self.submit(Op::Claim(claim)).await? {
             Reply::Claimed(items) => Ok(items),
             Reply::Applied(_) => unreachable!("a claim is answered with Claimed"),
+        }
+    }
+}
+
+/// A write on its way to the store; see [`Writer::submit_write`].
+pub struct WriteTicket {
+    rx: oneshot::Receiver<Result<Reply, WriteError>>,
+    sent: bool,
+}
+
+impl WriteTicket {
+    /// Waits for the commit: `Ok(false)` when the lease was lost.
+    pub async fn wait(self) -> Result<bool, WriteError> {
+        if !self.sent {
+            return Err(WriteError::Closed);
+        }
+        match self.rx.await.map_err(|_| WriteError::Closed)?? {
+            Reply::Applied(applied) => Ok(applied),
+            Reply::Claimed(_) => unreachable!("a write is answered with Applied"),
         }
     }
 }

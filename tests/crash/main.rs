@@ -34,6 +34,7 @@ fn config(items: u32, schedule: &[(Fault, u32)], seed: u64) -> ChaosConfig {
         seed,
         grace: Duration::from_secs(5),
         timeout: Duration::from_secs(180),
+        server_args: vec![],
     }
 }
 
@@ -96,6 +97,17 @@ async fn five_kills_at_random_moments_lose_nothing() {
         v.line()
     );
     assert_clean(&v);
+}
+
+#[tokio::test]
+async fn pipelined_acknowledgements_lose_nothing_across_kills() {
+    let mut c = config(1500, &[(Fault::Kill, 3), (Fault::Term, 1)], seed());
+    c.server_args = vec!["--pipelined-acks".into()];
+    let v = run(c).await;
+    assert_eq!(v.faults.values().sum::<u32>(), 4, "{}", v.line());
+    assert_clean(&v);
+    // At most two items per worker (one running, one committing) per kill.
+    assert!(v.audit.re_executions <= 4 * 2 * 8, "{}", v.line());
 }
 
 #[tokio::test]

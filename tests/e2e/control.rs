@@ -1,6 +1,6 @@
 //! Pause, resume and cancel, as a user sees them.
 
-use super::harness::{SECS, spawn_app, transitions};
+use super::harness::{Options, SECS, spawn_app, spawn_app_with, transitions};
 use jobvisor::pb::{ItemState, JobState, PauseMode};
 use std::time::Duration;
 
@@ -197,5 +197,43 @@ async fn cancel_from_pausing_and_from_paused() {
     let cancelled = app.cancel(&job.id).await.unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled as i32);
     all_ended_cancelled(&app, &job.id, ran).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pipelined_acknowledgements_keep_pause_and_resume_exact() {
+    let app = spawn_app_with(Options {
+        pipelined_acks: true,
+        ..Options::default()
+    })
+    .await;
+    let job = app
+        .start(app.job("recording", 300, 8, &[("duration_ms", "2"), ("steps", "1")]))
+        .await;
+    app.eventually("some items done", SECS(10), || async {
+        app.get(&job.id).await.counts.unwrap().succeeded >= 50
+    })
+    .await;
+    app.pause(&job.id, PauseMode::Graceful).await.unwrap();
+    let paused = app.wait_for(&job.id, JobState::Paused, SECS(10)).await;
+    // PAUSED only once every outcome in flight is committed.
+    let counts = paused.counts.unwrap();
+    assert_eq!(counts.running, 0);
+    let started = app.executions.started() as u64;
+    assert_eq!(
+        counts.succeeded, started,
+        "every run that started finished and counted"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        app.executions.started() as u64,
+        started,
+        "nothing starts while paused"
+    );
+    app.resume(&job.id).await.unwrap();
+    app.wait_for(&job.id, JobState::Succeeded, SECS(30)).await;
+    let mut order: Vec<u32> = app.executions.all().iter().map(|r| r.index).collect();
+    order.sort_unstable();
+    assert_eq!(order, (0..300).collect::<Vec<_>>(), "each item ran once");
     app.stop().await;
 }

@@ -135,6 +135,7 @@ pub struct Options {
     pub db_connections: u32,
     pub acquire_timeout: Duration,
     pub max_request_bytes: usize,
+    pub pipelined_acks: bool,
 }
 
 impl Default for Options {
@@ -144,6 +145,7 @@ impl Default for Options {
             db_connections: 16,
             acquire_timeout: Duration::from_secs(3),
             max_request_bytes: 64 * 1024 * 1024,
+            pipelined_acks: false,
         }
     }
 }
@@ -216,6 +218,7 @@ async fn start_server(
     config.database.max_connections = options.db_connections;
     config.database.acquire_timeout = options.acquire_timeout;
     config.max_request_bytes = options.max_request_bytes;
+    config.engine.pipelined_acks = options.pipelined_acks;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
