@@ -13,6 +13,7 @@ pub mod cli;
 pub mod domain;
 pub mod engine;
 pub mod executor;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -5,7 +5,7 @@
 //! SIGTERM/SIGINT to it.
 
 use crate::{
-    api::{JobApi, limits::LimitsLayer},
+    api::{JobApi, limits::LimitsLayer, trace::TraceLayer},
     engine::{Engine, EngineConfig},
     executor::Registry,
     pb::{self, job_service_server::JobServiceServer},
@@ -75,11 +75,15 @@ pub async fn serve_with_store(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<JobApi>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
     let readiness = tokio::spawn(watch_readiness(
         engine.clone(),
         health.clone(),
         config.health_interval,
     ));
+    let _liveness = watch_liveness(health.clone());
 
     // The error detail types are served too, so grpcurl can show the
     // BadRequest and ErrorInfo details of an error.
@@ -112,6 +116,7 @@ pub async fn serve_with_store(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)
+        .layer(TraceLayer)
         .layer(LimitsLayer {
             max_request_bytes: config.max_request_bytes,
         })
@@ -122,6 +127,61 @@ pub async fn serve_with_store(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
         .await?;
     Ok(())
+}
+
+/// The health service name of liveness: fails only if the runtime is
+/// wedged (Kubernetes restarts the pod then), never for a database outage.
+pub const LIVENESS: &str = "liveness";
+
+/// How long the runtime may go without running its heartbeat task before
+/// liveness turns NOT_SERVING.
+const WEDGED_AFTER: Duration = Duration::from_secs(10);
+
+/// A task on the runtime beats every second; a plain thread (which a
+/// wedged runtime cannot stop) checks the beat and sets liveness.
+fn watch_liveness(health: tonic_health::server::HealthReporter) -> LivenessGuard {
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let guard = LivenessGuard(stopped.clone());
+    let beat = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+    let runtime_beat = beat.clone();
+    tokio::spawn(async move {
+        loop {
+            *runtime_beat.lock().expect("heartbeat lock") = std::time::Instant::now();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let spawned = std::thread::Builder::new()
+        .name("liveness".into())
+        .spawn(move || {
+            let mut serving = true;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                let alive = beat.lock().expect("heartbeat lock").elapsed() < WEDGED_AFTER;
+                if alive != serving {
+                    serving = alive;
+                    let status = if alive {
+                        ServingStatus::Serving
+                    } else {
+                        eprintln!("the async runtime is wedged: liveness NOT_SERVING");
+                        ServingStatus::NotServing
+                    };
+                    futures::executor::block_on(health.set_service_status(LIVENESS, status));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the liveness watchdog");
+    }
+    guard
+}
+
+/// Stops the liveness watchdog when the server stops.
+struct LivenessGuard(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for LivenessGuard {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Readiness follows the store: NOT_SERVING while it cannot be reached.

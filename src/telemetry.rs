@@ -1,8 +1,21 @@
-//! Logging: `RUST_LOG`-style filtering (default `info`), human-readable on
-//! a terminal or JSON lines for log collectors.
+//! Logs, traces and metrics for the binary.
+//!
+//! - Logs: `RUST_LOG`-style filtering (default `info`), human-readable on a
+//!   terminal or JSON lines (`--log-format json`); the span fields (job id,
+//!   RPC) come with every line.
+//! - Traces: OpenTelemetry over OTLP/gRPC, configured by the standard
+//!   variables (`OTEL_EXPORTER_OTLP_ENDPOINT` or
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME`,
+//!   `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER[_ARG]`…). With no
+//!   endpoint set (or `OTEL_SDK_DISABLED=true`) no tracing layer is
+//!   installed at all: no cost.
+//! - Metrics: Prometheus exposition at `http://<--metrics-listen>/metrics`.
 
-use std::io::IsTerminal;
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use std::{io::IsTerminal, net::SocketAddr};
+use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -11,21 +24,115 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; a second call does nothing.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,ractor=warn"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match format {
-        LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Json => registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
-            .try_init(),
+/// What `init` set up; `shutdown` flushes the traces still buffered.
+#[derive(Default)]
+pub struct Telemetry {
+    tracer: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn tracing_enabled(&self) -> bool {
+        self.tracer.is_some()
+    }
+
+    pub fn shutdown(self) {
+        if let Some(provider) = self.tracer
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("could not flush traces: {e}");
+        }
+    }
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+/// Builds the OTLP exporter and tracer provider, if an endpoint is set.
+fn tracer_provider() -> anyhow::Result<Option<SdkTracerProvider>> {
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let endpoint =
+        env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    if disabled || !endpoint {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| anyhow::anyhow!("OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT): {e}"))?;
+    let mut resource = Resource::builder();
+    let named = env_set("OTEL_SERVICE_NAME")
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    if !named {
+        resource = resource.with_service_name("jobvisor");
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    Ok(Some(provider))
+}
+
+/// Installs logging (and tracing export when configured). A second call
+/// does nothing.
+pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,ractor=warn"))
     };
+    let logs = match format {
+        LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
+    };
+    let provider = tracer_provider()?;
+    let traces = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("jobvisor"))
+            .with_filter(EnvFilter::new("info"))
+    });
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .is_ok();
+    Ok(Telemetry {
+        tracer: if installed { provider } else { None },
+    })
+}
+
+/// Buckets for the duration histograms (seconds): 100 µs to 10 min.
+const SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+];
+/// Buckets for batch sizes.
+const SIZES: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Serves Prometheus metrics at `http://addr/metrics` and installs the
+/// process-wide recorder.
+pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
+        .set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZES)?
+        .install()
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr} (--metrics-listen): {e}"))?;
+    crate::metrics::describe();
+    Ok(())
 }

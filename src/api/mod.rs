@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod limits;
 pub mod status;
+pub mod trace;
 
 use crate::{
     domain::{FieldViolation, Provenance},
@@ -37,6 +38,11 @@ fn requested_by<T>(request: &Request<T>) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
+/// Tags the RPC's span (see [`trace`]) with the job it is about.
+fn record_job(id: crate::domain::JobId) {
+    tracing::Span::current().record("job_id", tracing::field::display(id));
+}
+
 fn bad(violations: Vec<FieldViolation>) -> Status {
     status::invalid_argument(&violations)
 }
@@ -45,18 +51,16 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Sen
 
 #[tonic::async_trait]
 impl JobService for JobApi {
-    #[tracing::instrument(skip_all, fields(rpc = "StartJob", job_id))]
     async fn start_job(
         &self,
         request: Request<pb::StartJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let input = convert::new_job(request.into_inner());
         let job = self.engine.start_job(input).await?;
-        tracing::Span::current().record("job_id", tracing::field::display(job.id));
+        record_job(job.id);
         Ok(Response::new(convert::job(&job)))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetJob", job_id = %request.get_ref().job_id))]
     async fn get_job(
         &self,
         request: Request<pb::GetJobRequest>,
@@ -64,11 +68,11 @@ impl JobService for JobApi {
         let mut violations = Vec::new();
         let id = convert::job_id("job_id", &request.get_ref().job_id, &mut violations);
         let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
         let job = self.engine.get_job(id).await?;
         Ok(Response::new(convert::job(&job)))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "ListJobs"))]
     async fn list_jobs(
         &self,
         request: Request<pb::ListJobsRequest>,
@@ -81,12 +85,12 @@ impl JobService for JobApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "ListJobItems", job_id = %request.get_ref().job_id))]
     async fn list_job_items(
         &self,
         request: Request<pb::ListJobItemsRequest>,
     ) -> Result<Response<pb::ListJobItemsResponse>, Status> {
         let query = convert::item_query(request.into_inner()).map_err(bad)?;
+        record_job(query.job);
         let page = self.engine.list_items(&query).await?;
         Ok(Response::new(pb::ListJobItemsResponse {
             items: page.rows.iter().map(convert::item).collect(),
@@ -94,7 +98,6 @@ impl JobService for JobApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "PauseJob", job_id = %request.get_ref().job_id))]
     async fn pause_job(
         &self,
         request: Request<pb::PauseJobRequest>,
@@ -107,6 +110,7 @@ impl JobService for JobApi {
         let (reason, request_id) =
             convert::reason_and_request_id(&r.reason, &r.request_id, &mut violations);
         let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
         let provenance = Provenance {
             reason,
             requested_by: by,
@@ -119,7 +123,6 @@ impl JobService for JobApi {
         Ok(Response::new(convert::job(&job)))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "ResumeJob", job_id = %request.get_ref().job_id))]
     async fn resume_job(
         &self,
         request: Request<pb::ResumeJobRequest>,
@@ -130,6 +133,7 @@ impl JobService for JobApi {
         let id = convert::job_id("job_id", &r.job_id, &mut violations);
         let (_, request_id) = convert::reason_and_request_id("", &r.request_id, &mut violations);
         let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
         let provenance = Provenance {
             reason: None,
             requested_by: by,
@@ -139,7 +143,6 @@ impl JobService for JobApi {
         Ok(Response::new(convert::job(&job)))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "CancelJob", job_id = %request.get_ref().job_id))]
     async fn cancel_job(
         &self,
         request: Request<pb::CancelJobRequest>,
@@ -151,6 +154,7 @@ impl JobService for JobApi {
         let (reason, request_id) =
             convert::reason_and_request_id(&r.reason, &r.request_id, &mut violations);
         let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
         let provenance = Provenance {
             reason,
             requested_by: by,
@@ -162,7 +166,6 @@ impl JobService for JobApi {
 
     type WatchJobStream = EventStream;
 
-    #[tracing::instrument(skip_all, fields(rpc = "WatchJob", job_id = %request.get_ref().job_id))]
     async fn watch_job(
         &self,
         request: Request<pb::WatchJobRequest>,
@@ -171,6 +174,7 @@ impl JobService for JobApi {
         let mut violations = Vec::new();
         let id = convert::job_id("job_id", &r.job_id, &mut violations);
         let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
         let stream = self.engine.watch(id, r.from_sequence).await?;
         let stream = stream.map(|item| match item {
             Ok(item) => Ok(convert::watch_item(&item)),

@@ -57,6 +57,7 @@ impl Env {
             database_url: chaos::with_database(admin_url, &database),
             args: args.iter().map(|a| a.to_string()).collect(),
             log: dir.path().join("server.log"),
+            env: vec![],
         };
         let server = ServerProcess::start(&spec).await?;
         Ok(Env {

@@ -287,6 +287,7 @@ async fn run_on(
         .chain(config.server_args.iter().cloned())
         .collect(),
         log: work.path().join("server.log"),
+        env: vec![],
     };
     let mut server = ServerProcess::start(&spec).await?;
     let mut db = PgConnection::connect(&database.url()).await?;

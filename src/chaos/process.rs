@@ -26,6 +26,8 @@ pub struct ServerSpec {
     pub args: Vec<String>,
     /// Server output goes here (appended across restarts).
     pub log: PathBuf,
+    /// More environment variables for the server.
+    pub env: Vec<(String, String)>,
 }
 
 /// A free port on 127.0.0.1 (free now; the server binds it soon after).
@@ -49,6 +51,8 @@ impl ServerProcess {
             .args(&spec.args)
             .env("DATABASE_URL", &spec.database_url)
             .env("JOBVISOR_LOG_FORMAT", "text")
+            .env("JOBVISOR_METRICS_LISTEN", "off")
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",
                 std::env::var("CHAOS_SERVER_LOG").unwrap_or_else(|_| "info".into()),

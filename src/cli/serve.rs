@@ -66,6 +66,14 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBVISOR_EXEC_COMMANDS", value_delimiter = ',')]
     exec_commands: Vec<String>,
 
+    /// Where to serve Prometheus metrics (`http://ADDR/metrics`), or `off`.
+    #[arg(
+        long,
+        env = "JOBVISOR_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    metrics_listen: String,
+
     /// Log format: text (for a terminal) or json.
     #[arg(long, env = "JOBVISOR_LOG_FORMAT", default_value = "text")]
     log_format: telemetry::LogFormat,
@@ -95,8 +103,21 @@ impl ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format);
+    let telemetry = telemetry::init(args.log_format)?;
     let config = args.config()?;
+    if args.metrics_listen != "off" {
+        let addr: SocketAddr = args.metrics_listen.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--metrics-listen (JOBVISOR_METRICS_LISTEN) {:?} is not an address like 0.0.0.0:9464, or off",
+                args.metrics_listen
+            )
+        })?;
+        telemetry::serve_metrics(addr)?;
+        tracing::info!(%addr, "metrics at /metrics");
+    }
+    if telemetry.tracing_enabled() {
+        tracing::info!("exporting traces over OTLP");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -116,7 +137,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else if !args.exec_commands.is_empty() {
         anyhow::bail!("--exec-commands (JOBVISOR_EXEC_COMMANDS) needs --allow-exec");
     }
-    server::serve(config, registry, listener, shutdown_signal()).await
+    let result = server::serve(config, registry, listener, shutdown_signal()).await;
+    telemetry.shutdown();
+    result
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -25,6 +25,8 @@ pub enum ManagerMsg {
     Supervise {
         job: Box<Job>,
         handler: Arc<dyn ItemHandler>,
+        /// The StartJob call's span, which item spans link to.
+        start: Option<opentelemetry::trace::SpanContext>,
         reply: RpcReplyPort<Result<ActorRef<SupervisorMsg>, String>>,
     },
     /// The live supervisor of a job, if any.
@@ -93,9 +95,10 @@ impl Actor for JobManager {
             ManagerMsg::Supervise {
                 job,
                 handler,
+                start,
                 reply,
             } => {
-                let result = supervise(&myself, st, *job, handler).await;
+                let result = supervise(&myself, st, *job, handler, start).await;
                 let _ = reply.send(result);
             }
             ManagerMsg::Lookup { job, reply } => {
@@ -173,6 +176,7 @@ async fn supervise(
     st: &mut ManagerState,
     job: Job,
     handler: Arc<dyn ItemHandler>,
+    start: Option<opentelemetry::trace::SpanContext>,
 ) -> Result<ActorRef<SupervisorMsg>, String> {
     if let Some(existing) = live(st, job.id) {
         return Ok(existing);
@@ -185,6 +189,7 @@ async fn supervise(
         job,
         handler,
         rt: st.rt.clone(),
+        start,
     };
     let (supervisor, _) = Actor::spawn_linked(None, JobSupervisor, args, myself.get_cell())
         .await

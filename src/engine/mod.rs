@@ -31,10 +31,13 @@ use crate::{
     store::{ItemQuery, JobQuery, Page, Pulse, Store, StoreError, TransitionWrite},
 };
 use manager::{JobManager, ManagerArgs, ManagerMsg};
+use opentelemetry::trace::TraceContextExt as _;
 use ractor::{Actor, ActorRef};
 use std::{sync::Arc, time::Duration};
 use supervisor::SupervisorMsg;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -117,6 +120,34 @@ impl Control {
             Control::Cancel => Command::Cancel,
             Control::RetryFailed => Command::RetryFailed,
         }
+    }
+}
+
+/// Counts a committed control call and how long it took to take effect.
+fn control_metrics(from: JobState, job: &Job, asked: std::time::Instant) {
+    use crate::metrics::{control_effect, job_control, job_finished, pause_lasted};
+    match job.state {
+        // The supervisor has acknowledged: claims have stopped.
+        JobState::Pausing => {
+            job_control("jobvisor_jobs_paused_total");
+            control_effect("pause", asked.elapsed());
+        }
+        JobState::Running if matches!(from, JobState::Pausing | JobState::Paused) => {
+            job_control("jobvisor_jobs_resumed_total");
+            if let Some(pause) = job.pauses.last()
+                && let (Some(resumed), requested) = (pause.resumed_at, pause.requested_at)
+            {
+                pause_lasted((resumed - requested).to_std().unwrap_or_default());
+            }
+        }
+        JobState::Cancelling => job_control("jobvisor_jobs_cancelled_total"),
+        // Cancelled at once (it was paused): nothing was running.
+        JobState::Cancelled => {
+            job_control("jobvisor_jobs_cancelled_total");
+            control_effect("cancel", asked.elapsed());
+            job_finished("cancelled");
+        }
+        _ => {}
     }
 }
 
@@ -226,7 +257,7 @@ impl Engine {
     /// leave a stored job without its supervisor.
     pub async fn start_job(&self, input: NewJob) -> Result<Job, EngineError> {
         let engine = self.clone();
-        tokio::spawn(async move { engine.start_job_inner(input).await })
+        tokio::spawn(async move { engine.start_job_inner(input).await }.in_current_span())
             .await
             .map_err(|e| EngineError::Internal(format!("start task failed: {e}")))?
     }
@@ -249,6 +280,7 @@ impl Engine {
         let created = self.rt.store.create_job(JobId::new(), &spec).await?;
         let job = created.job;
         if created.created {
+            crate::metrics::job_started();
             tracing::info!(job_id = %job.id, name = %job.name, items = job.counts.total,
                 executor = %job.executor, "job started");
         }
@@ -256,7 +288,14 @@ impl Engine {
             job.state,
             JobState::Running | JobState::Pausing | JobState::Cancelling
         ) {
-            self.supervise_with(job.clone(), handler).await?;
+            // Item spans link to this call's span.
+            let start = tracing::Span::current()
+                .context()
+                .span()
+                .span_context()
+                .clone();
+            let start = start.is_valid().then_some(start);
+            self.supervise_with(job.clone(), handler, start).await?;
         }
         Ok(job)
     }
@@ -271,9 +310,11 @@ impl Engine {
         provenance: Provenance,
     ) -> Result<Job, EngineError> {
         let engine = self.clone();
-        tokio::spawn(async move { engine.control_inner(id, control, provenance).await })
-            .await
-            .map_err(|e| EngineError::Internal(format!("control task failed: {e}")))?
+        tokio::spawn(
+            async move { engine.control_inner(id, control, provenance).await }.in_current_span(),
+        )
+        .await
+        .map_err(|e| EngineError::Internal(format!("control task failed: {e}")))?
     }
 
     async fn control_inner(
@@ -283,6 +324,7 @@ impl Engine {
         provenance: Provenance,
     ) -> Result<Job, EngineError> {
         self.check_open()?;
+        let asked = std::time::Instant::now();
         let command = control.command();
         let pause_mode = match control {
             Control::Pause(mode) => Some(mode),
@@ -312,11 +354,15 @@ impl Engine {
                         provenance: provenance.clone(),
                         pause_mode,
                     };
-                    match self.rt.store.transition(id, &write).await {
+                    let committing = std::time::Instant::now();
+                    let committed = self.rt.store.transition(id, &write).await;
+                    crate::metrics::store_transaction("transition", committing.elapsed());
+                    match committed {
                         Ok(job) => {
                             tracing::info!(job_id = %id, %from, %to, ?control, "job changed");
                             self.publish(&job);
-                            self.notify(&job, interrupt).await?;
+                            self.notify_asked(&job, interrupt, asked).await?;
+                            control_metrics(from, &job, asked);
                             return Ok(job);
                         }
                         Err(StoreError::Conflict { .. }) => continue,
@@ -346,6 +392,18 @@ impl Engine {
     /// Whether the store answers (readiness).
     pub async fn ping(&self) -> Result<(), EngineError> {
         Ok(self.rt.store.ping().await?)
+    }
+
+    /// Samples the gauges that come from the store (pool use, live jobs).
+    pub async fn sample_metrics(&self) {
+        if let Some((idle, used)) = self.rt.store.pool_stats() {
+            crate::metrics::pool(idle, used);
+        }
+        if let Ok(counts) = self.rt.store.live_job_counts().await {
+            for (state, n) in counts {
+                crate::metrics::live_jobs(state.as_str(), n);
+            }
+        }
     }
 
     /// Number of live job supervisors.
@@ -415,7 +473,7 @@ impl Engine {
     /// a job whose executor cannot be prepared any more is failed.
     async fn supervise(&self, job: Job) -> Result<Option<ActorRef<SupervisorMsg>>, EngineError> {
         match self.handler(&job) {
-            Ok(handler) => self.supervise_with(job, handler).await.map(Some),
+            Ok(handler) => self.supervise_with(job, handler, None).await.map(Some),
             Err(reason) => {
                 tracing::error!(job_id = %job.id, %reason, "failing the job");
                 let write = TransitionWrite {
@@ -442,6 +500,7 @@ impl Engine {
         &self,
         job: Job,
         handler: Arc<dyn ItemHandler>,
+        start: Option<opentelemetry::trace::SpanContext>,
     ) -> Result<ActorRef<SupervisorMsg>, EngineError> {
         let result = self
             .manager
@@ -449,6 +508,7 @@ impl Engine {
                 |reply| ManagerMsg::Supervise {
                     job: Box::new(job),
                     handler,
+                    start,
                     reply,
                 },
                 Some(self.rt.config.control_timeout),
@@ -479,6 +539,16 @@ impl Engine {
     /// to take effect. A job that needs a supervisor and has none (after a
     /// restart, or once its supervisor ended) gets one.
     async fn notify(&self, job: &Job, interrupt: bool) -> Result<(), EngineError> {
+        self.notify_asked(job, interrupt, std::time::Instant::now())
+            .await
+    }
+
+    async fn notify_asked(
+        &self,
+        job: &Job,
+        interrupt: bool,
+        asked: std::time::Instant,
+    ) -> Result<(), EngineError> {
         let needs_supervisor = matches!(
             job.state,
             JobState::Running | JobState::Pausing | JobState::Cancelling
@@ -501,6 +571,7 @@ impl Engine {
                         state: job.state,
                         seq: job.last_seq,
                         interrupt,
+                        asked,
                         reply,
                     },
                     Some(self.rt.config.control_timeout),

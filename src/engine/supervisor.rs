@@ -20,6 +20,7 @@ use super::{
 use crate::{
     domain::{Command, Decision, EventBody, Job, JobId, JobState, Provenance, decide},
     executor::{ItemHandler, StopReason},
+    metrics::ItemOutcome,
     store::{ClaimRequest, ClaimedItem, ItemWrite, StoreError, TransitionWrite, WriteKind},
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -34,6 +35,8 @@ pub struct SupervisorArgs {
     pub job: Job,
     pub handler: Arc<dyn ItemHandler>,
     pub rt: Arc<Runtime>,
+    /// The StartJob call's span, which item spans link to.
+    pub start: Option<opentelemetry::trace::SpanContext>,
 }
 
 pub enum SupervisorMsg {
@@ -43,6 +46,8 @@ pub enum SupervisorMsg {
         state: JobState,
         seq: u64,
         interrupt: bool,
+        /// When the caller asked (for the request-to-effect metrics).
+        asked: Instant,
         reply: RpcReplyPort<()>,
     },
     /// Escalate a graceful pause in progress to an immediate one.
@@ -93,6 +98,9 @@ pub struct SupervisorState {
     /// Sequence of the last state change applied: older notices are stale.
     state_seq: u64,
     concurrency: u32,
+    max_attempts: u32,
+    /// The executor's name, for metrics.
+    executor: String,
     handler: Arc<dyn ItemHandler>,
     rt: Arc<Runtime>,
     slots: Vec<Slot>,
@@ -119,6 +127,10 @@ pub struct SupervisorState {
     retry_scheduled: bool,
     /// How long items take, to decide whether to claim ahead.
     item_time: ItemTime,
+    /// The StartJob call's span, which item spans link to.
+    start: Option<opentelemetry::trace::SpanContext>,
+    /// When a cancel was asked, until the workers have stopped.
+    cancel_asked: Option<Instant>,
     /// No item below this index is pending: where claims start looking.
     /// Raised past every claim, lowered when an item may be pending again,
     /// reset on any state change.
@@ -170,7 +182,12 @@ impl Actor for JobSupervisor {
         myself: ActorRef<SupervisorMsg>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        let SupervisorArgs { job, handler, rt } = args;
+        let SupervisorArgs {
+            job,
+            handler,
+            rt,
+            start,
+        } = args;
         let (stop, _) = watch::channel(initial_stop(job.state));
         let in_flight = Arc::new(super::hub::InFlight::default());
         rt.hub.register_in_flight(job.id, in_flight.clone());
@@ -179,6 +196,8 @@ impl Actor for JobSupervisor {
             state: job.state,
             state_seq: job.last_seq,
             concurrency: job.concurrency,
+            max_attempts: job.max_attempts,
+            executor: job.executor.clone(),
             handler,
             rt,
             slots: Vec::new(),
@@ -194,7 +213,9 @@ impl Actor for JobSupervisor {
             shutting_down: false,
             retry_scheduled: false,
             item_time: ItemTime::default(),
+            start,
             claim_from: 0,
+            cancel_asked: None,
         };
         st.queue.set_open(st.state == JobState::Running);
         for slot in 0..st.concurrency as usize {
@@ -240,11 +261,15 @@ impl Actor for JobSupervisor {
                 state,
                 seq,
                 interrupt,
+                asked,
                 reply,
             } => {
                 if seq > st.state_seq {
                     st.state_seq = seq;
                     apply_state(st, state, interrupt);
+                    if state == JobState::Cancelling {
+                        st.cancel_asked = Some(asked);
+                    }
                 }
                 let _ = reply.send(());
             }
@@ -264,6 +289,7 @@ impl Actor for JobSupervisor {
                         if let Some(last) = items.last() {
                             st.claim_from = st.claim_from.max(last.index + 1);
                         }
+                        crate::metrics::items_claimed(&st.executor, items.len());
                         st.queue.push(items);
                     }
                     Err(e) => {
@@ -284,6 +310,13 @@ impl Actor for JobSupervisor {
                 took,
             } => {
                 st.item_time.observe(took);
+                let outcome = match &finished {
+                    Finished::Succeeded => ItemOutcome::Succeeded,
+                    Finished::Failed { will_retry: true } => ItemOutcome::Retried,
+                    Finished::Failed { will_retry: false } => ItemOutcome::Failed,
+                    _ => ItemOutcome::Other,
+                };
+                crate::metrics::item_finished(&st.executor, outcome, took);
                 on_done(st, slot, index, finished)
             }
             SupervisorMsg::Settled(result) => {
@@ -293,6 +326,14 @@ impl Actor for JobSupervisor {
                         // Our own transition released whatever was still
                         // claimed (PAUSED) or ended the job.
                         st.queue.drain();
+                        if job.state.is_terminal() {
+                            crate::metrics::job_finished(job.state.as_str());
+                        }
+                        if job.state == JobState::Cancelled
+                            && let Some(asked) = st.cancel_asked.take()
+                        {
+                            crate::metrics::control_effect("cancel", asked.elapsed());
+                        }
                         apply_job(st, &job);
                     }
                     Err(e) => on_store_error(&myself, st, e),
@@ -363,6 +404,8 @@ async fn spawn_worker(
         queue: st.queue.clone(),
         current,
         pipelined: st.rt.config.pipelined_acks,
+        max_attempts: st.max_attempts,
+        start: st.start.clone(),
     };
     let (worker, _) = Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?;
     Ok(worker)
@@ -430,7 +473,7 @@ fn on_done(st: &mut SupervisorState, slot: usize, index: u32, finished: Finished
     match finished {
         Finished::Succeeded | Finished::Cancelled => {}
         // The item may be pending again.
-        Finished::Failed | Finished::Released | Finished::LeaseLost => {
+        Finished::Failed { .. } | Finished::Released | Finished::LeaseLost => {
             st.exhausted = false;
             st.claim_from = st.claim_from.min(index);
         }
@@ -470,6 +513,7 @@ async fn on_worker_died(
     st.slots[slot].awake = false;
     let index = item.as_ref().map(|i| i.index);
     tracing::warn!(job_id = %st.job, ?index, %error, restarts, "worker died; restarting it");
+    crate::metrics::worker_restarted();
     if restarts > st.rt.config.restart_budget {
         st.failing = Some(format!(
             "restart budget exhausted: {restarts} worker restarts within {}; last: {}",
@@ -487,6 +531,7 @@ async fn on_worker_died(
     if let Some(item) = item {
         st.slots[slot].recovering = true;
         let (rt, job, me) = (st.rt.clone(), st.job, myself.clone());
+        let max_attempts = st.max_attempts;
         tokio::spawn(async move {
             let reason = format!("worker panicked: {error}");
             let write = ItemWrite {
@@ -499,7 +544,9 @@ async fn on_worker_died(
                 },
             };
             let finished = match rt.writer.write(write).await {
-                Ok(true) => Finished::Failed,
+                Ok(true) => Finished::Failed {
+                    will_retry: item.attempt < max_attempts,
+                },
                 Ok(false) => Finished::LeaseLost,
                 Err(e) => Finished::NotCommitted(e.to_string()),
             };

@@ -90,7 +90,9 @@ impl Engine {
         let (tx, rx) = mpsc::channel(64);
         let engine = self.clone();
         tokio::spawn(async move {
+            crate::metrics::watch_streams(1.0);
             let result = engine.stream(job, from_seq, &tx).await;
+            crate::metrics::watch_streams(-1.0);
             if let Err(e) = result {
                 let _ = tx.send(Err(e)).await;
             }

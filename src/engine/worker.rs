@@ -20,6 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// What a worker needs for every item of its job.
 #[derive(Clone)]
@@ -41,6 +42,10 @@ pub struct WorkerArgs {
     pub current: Current,
     /// Run the next item while the previous outcome commits.
     pub pipelined: bool,
+    /// The job's attempts per item (to tell a retry from a final failure).
+    pub max_attempts: u32,
+    /// The StartJob call's span, which item spans link to.
+    pub start: Option<opentelemetry::trace::SpanContext>,
 }
 
 pub enum WorkerMsg {
@@ -52,8 +57,11 @@ pub enum WorkerMsg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finished {
     Succeeded,
-    /// Failed; it may go back to pending for a retry.
-    Failed,
+    /// Failed; `will_retry` when it goes back to pending for another
+    /// attempt.
+    Failed {
+        will_retry: bool,
+    },
     /// Stopped and back to pending.
     Released,
     Cancelled,
@@ -183,8 +191,13 @@ impl CheckpointSink for LeasedSink {
 
 /// Runs one attempt of an item and queues its outcome for the store.
 async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Instant) -> Outcome {
-    let span = tracing::info_span!("item", job_id = %args.job, index = item.index,
-        attempt = item.attempt);
+    // Each attempt is a trace of its own (a job outlives any call), linked
+    // to the call that started the job.
+    let span = tracing::info_span!(parent: None, "item", job_id = %args.job,
+        index = item.index, attempt = item.attempt);
+    if let Some(start) = &args.start {
+        span.add_link(start.clone());
+    }
     let sink = Arc::new(LeasedSink {
         writer: args.writer.clone(),
         job: args.job,
@@ -209,7 +222,11 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Inst
     let kind = outcome_write(result, stop);
     let expected = match &kind {
         WriteKind::Succeeded => Finished::Succeeded,
-        WriteKind::Failed { .. } => Finished::Failed,
+        // The store applies the same rule: retry unless permanent or out
+        // of attempts.
+        WriteKind::Failed { permanent, .. } => Finished::Failed {
+            will_retry: !permanent && item.attempt < args.max_attempts,
+        },
         WriteKind::Released { .. } => Finished::Released,
         WriteKind::Cancelled => Finished::Cancelled,
         WriteKind::Checkpoint(_) => unreachable!("an outcome is never a checkpoint"),

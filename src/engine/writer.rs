@@ -167,10 +167,10 @@ async fn commit(store: &dyn Store, hub: &Hub, requests: Vec<Request>, abort: &Ca
             Op::Claim(c) => batch.claims.push(*c),
         }
     }
-    let t0 = std::time::Instant::now();
+    let started = std::time::Instant::now();
     let result = commit_with_retry(store, &batch, abort).await;
-    tracing::debug!(target: "jobvisor::batch", writes = batch.writes.len(), claims = batch.claims.len(),
-        micros = t0.elapsed().as_micros() as u64, "batch");
+    crate::metrics::store_transaction("batch", started.elapsed());
+    crate::metrics::batch_size(batch.writes.len(), batch.claims.len());
     match result {
         Ok(outcome) => {
             for pulse in &outcome.pulses {

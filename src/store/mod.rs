@@ -232,4 +232,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Connections (idle, in use), for metrics; `None` when not pooled.
+    fn pool_stats(&self) -> Option<(usize, usize)> {
+        None
+    }
+
+    /// How many jobs are in each live state (RUNNING, PAUSING, PAUSED,
+    /// CANCELLING), for metrics. This default pages through `list_jobs`;
+    /// stores override it with a count.
+    async fn live_job_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        let mut counts = Vec::new();
+        for state in [
+            JobState::Running,
+            JobState::Pausing,
+            JobState::Paused,
+            JobState::Cancelling,
+        ] {
+            let mut n = 0u64;
+            let mut query = JobQuery {
+                states: vec![state],
+                limit: 1000,
+                ..JobQuery::default()
+            };
+            loop {
+                let page = self.list_jobs(&query).await?;
+                n += page.rows.len() as u64;
+                match page.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
+                }
+            }
+            counts.push((state, n));
+        }
+        Ok(counts)
+    }
 }

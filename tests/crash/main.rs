@@ -156,6 +156,7 @@ async fn sigterm_drains_and_the_job_continues_after_restart() {
         database_url: db.url("postgres"),
         args: vec!["--shutdown-grace".into(), "5s".into()],
         log: log.path().to_path_buf(),
+        env: vec![],
     };
     let mut server = ServerProcess::start(&spec).await.unwrap();
     let connect = || async {

@@ -122,7 +122,7 @@ pub fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var("TEST_LOG").is_ok() {
-            jobvisor::telemetry::init(jobvisor::telemetry::LogFormat::Text);
+            let _ = jobvisor::telemetry::init(jobvisor::telemetry::LogFormat::Text);
         }
     });
 }

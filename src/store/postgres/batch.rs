@@ -50,18 +50,29 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<BatchOut
         errors.push(error);
         flags.push(flag);
     }
-    let claim_jobs: Vec<Uuid> = batch.claims.iter().map(|c| c.job.0).collect();
-    let claim_max: Vec<i32> = batch
-        .claims
+    // One statement sees one snapshot: two claims for the same job would
+    // take the same items. Claims of a job are merged into one (lowest
+    // bound, summed maximum) and its items shared out in order below.
+    let mut merged: Vec<(Uuid, u32, u32)> = Vec::new();
+    for c in &batch.claims {
+        match merged.iter_mut().find(|(job, _, _)| *job == c.job.0) {
+            Some((_, max, from)) => {
+                *max = max.saturating_add(c.max);
+                *from = (*from).min(c.from_index);
+            }
+            None => merged.push((c.job.0, c.max, c.from_index)),
+        }
+    }
+    let claim_jobs: Vec<Uuid> = merged.iter().map(|m| m.0).collect();
+    let claim_max: Vec<i32> = merged
         .iter()
-        .map(|c| c.max.min(i32::MAX as u32) as i32)
+        .map(|m| m.1.min(i32::MAX as u32) as i32)
         .collect();
-    let claim_from: Vec<i32> = batch
-        .claims
+    let claim_from: Vec<i32> = merged
         .iter()
-        .map(|c| c.from_index.min(i32::MAX as u32) as i32)
+        .map(|m| m.2.min(i32::MAX as u32) as i32)
         .collect();
-    let claim_leases: Vec<i64> = batch.claims.iter().map(|_| new_lease()).collect();
+    let claim_leases: Vec<i64> = merged.iter().map(|_| new_lease()).collect();
 
     let rows = sqlx::query(
         "SELECT tag, pos, job, idx, payload, attempt, checkpoint, lease, state, total, \
@@ -85,9 +96,10 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<BatchOut
 
     let mut outcome = BatchOutcome {
         applied: vec![false; n],
-        claimed: vec![Vec::new(); batch.claims.len()],
+        claimed: Vec::new(),
         pulses: Vec::new(),
     };
+    let mut claimed_per_job: Vec<Vec<ClaimedItem>> = vec![Vec::new(); merged.len()];
     for row in rows {
         let tag: i16 = row.try_get("tag").map_err(db_error)?;
         let pos: i32 = row.try_get("pos").map_err(db_error)?;
@@ -107,7 +119,7 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<BatchOut
                     checkpoint: row.try_get("checkpoint").map_err(db_error)?,
                     lease: row.try_get("lease").map_err(db_error)?,
                 };
-                if let Some(list) = outcome.claimed.get_mut((pos - 1) as usize) {
+                if let Some(list) = claimed_per_job.get_mut((pos - 1) as usize) {
                     list.push(item);
                 }
             }
@@ -132,8 +144,20 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<BatchOut
             }
         }
     }
-    for items in &mut outcome.claimed {
-        items.sort_unstable_by_key(|i| i.index);
+    // Share each job's items out to its claims, lowest first.
+    for items in &mut claimed_per_job {
+        items.sort_unstable_by_key(|i| std::cmp::Reverse(i.index));
+    }
+    for c in &batch.claims {
+        let job = merged
+            .iter()
+            .position(|m| m.0 == c.job.0)
+            .expect("every claim was merged");
+        let pool = &mut claimed_per_job[job];
+        let take = (c.max as usize).min(pool.len());
+        outcome
+            .claimed
+            .push((0..take).filter_map(|_| pool.pop()).collect());
     }
     Ok(outcome)
 }

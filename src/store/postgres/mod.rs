@@ -200,6 +200,37 @@ impl Store for PgStore {
         jobs::release_items(&self.pool, id).await
     }
 
+    fn pool_stats(&self) -> Option<(usize, usize)> {
+        let size = self.pool.size() as usize + self.writer.size() as usize;
+        let idle = self.pool.num_idle() + self.writer.num_idle();
+        Some((idle, size.saturating_sub(idle)))
+    }
+
+    async fn live_job_counts(&self) -> Result<Vec<(crate::domain::JobState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, count(*) FROM jobs \
+             WHERE state IN ('running', 'pausing', 'paused', 'cancelling') GROUP BY state",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let mut counts: Vec<(crate::domain::JobState, u64)> = [
+            crate::domain::JobState::Running,
+            crate::domain::JobState::Pausing,
+            crate::domain::JobState::Paused,
+            crate::domain::JobState::Cancelling,
+        ]
+        .into_iter()
+        .map(|s| (s, 0))
+        .collect();
+        for (state, n) in rows {
+            if let Some(entry) = counts.iter_mut().find(|(s, _)| s.as_str() == state) {
+                entry.1 = n.max(0) as u64;
+            }
+        }
+        Ok(counts)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

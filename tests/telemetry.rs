@@ -1,0 +1,407 @@
+//! Operability, against the real binary: OTLP traces that join the
+//! caller's trace, Prometheus metrics that match the job, JSON logs that
+//! carry the job id, and the liveness health service.
+
+use jobvisor::{
+    chaos::{
+        self,
+        process::{ServerProcess, ServerSpec, free_port},
+    },
+    pb::{self, job_service_client::JobServiceClient},
+};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::any_value::Value,
+    trace::v1::{Span, span::SpanKind, status::StatusCode},
+};
+use sqlx::{Connection, Executor};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An OTLP trace collector that keeps every span it receives.
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    async fn start(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    fn find(&self, pred: impl Fn(&Span) -> bool) -> Option<Span> {
+        self.0.lock().unwrap().iter().find(|s| pred(s)).cloned()
+    }
+
+    async fn wait_for(&self, what: &str, pred: impl Fn(&Span) -> bool) -> Span {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(span) = self.find(&pred) {
+                return span;
+            }
+            if Instant::now() > deadline {
+                let names: Vec<String> = self
+                    .0
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect();
+                panic!("no exported span {what}; got {names:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| {
+        match a.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            Value::IntValue(i) => Some(i.to_string()),
+            Value::BoolValue(b) => Some(b.to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    })
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh database and a server process on it.
+struct Server {
+    process: ServerProcess,
+    addr: SocketAddr,
+    database: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl Server {
+    async fn start(args: &[&str], env: &[(&str, String)]) -> Server {
+        let database = format!(
+            "jv_test_tel_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        let mut admin = sqlx::PgConnection::connect(&admin_url())
+            .await
+            .expect("PostgreSQL must be running (see the README)");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .await
+            .unwrap();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let spec = ServerSpec {
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
+            database_url: chaos::with_database(&admin_url(), &database),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            log: log.path().to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        };
+        let process = ServerProcess::start(&spec).await.unwrap();
+        Server {
+            addr: spec.addr,
+            process,
+            database,
+            log,
+        }
+    }
+
+    async fn client(&self) -> JobServiceClient<tonic::transport::Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        JobServiceClient::new(channel)
+    }
+
+    async fn stop(mut self) -> String {
+        let _ = self.process.terminate(Duration::from_secs(15)).await;
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
+            let _ = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.database
+                )))
+                .await;
+        }
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+async fn run_job(
+    client: &mut JobServiceClient<tonic::transport::Channel>,
+    request: tonic::Request<pb::StartJobRequest>,
+) -> pb::Job {
+    let job = client.start_job(request).await.unwrap().into_inner();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = client
+            .get_job(pb::GetJobRequest {
+                job_id: job.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if now.end_time.is_some() {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "job did not end: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sleep_job(items: u32, fail: &str) -> pb::StartJobRequest {
+    pb::StartJobRequest {
+        name: "telemetry".into(),
+        executor: "sleep".into(),
+        items: (0..items).map(|i| format!("item-{i}")).collect(),
+        concurrency: 4,
+        max_attempts: 2,
+        params: [
+            ("duration_ms".to_string(), "10".to_string()),
+            ("steps".into(), "2".into()),
+            ("fail_pattern".into(), fail.to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_server_span_joins_the_callers_trace() {
+    let collector = Collector::default();
+    let otlp = collector.start().await;
+    let server = Server::start(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("OTEL_SERVICE_NAME", "jobvisor-test".into()),
+        ],
+    )
+    .await;
+    let mut client = server.client().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let mut request = tonic::Request::new(sleep_job(3, "^$"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
+    );
+    let job = run_job(&mut client, request).await;
+
+    let span = collector
+        .wait_for("for StartJob", |s| {
+            s.name == "jobvisor.v1.JobService/StartJob"
+        })
+        .await;
+    assert_eq!(hex(&span.trace_id), trace_id, "the caller's trace");
+    assert_eq!(
+        hex(&span.parent_span_id),
+        parent_id,
+        "the caller's span is the parent"
+    );
+    assert_eq!(span.kind, SpanKind::Server as i32);
+    assert_eq!(attribute(&span, "rpc.system.name").as_deref(), Some("grpc"));
+    assert_eq!(
+        attribute(&span, "rpc.method").as_deref(),
+        Some("jobvisor.v1.JobService/StartJob")
+    );
+    assert_eq!(
+        attribute(&span, "rpc.response.status_code").as_deref(),
+        Some("OK")
+    );
+    assert_eq!(attribute(&span, "job_id").as_deref(), Some(job.id.as_str()));
+
+    // A refused transition is the client's business: not an error span.
+    let refused = client
+        .pause_job(pb::PauseJobRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    let span = collector
+        .wait_for("for PauseJob", |s| {
+            s.name == "jobvisor.v1.JobService/PauseJob"
+        })
+        .await;
+    assert_eq!(
+        attribute(&span, "rpc.response.status_code").as_deref(),
+        Some("FAILED_PRECONDITION")
+    );
+    assert_ne!(
+        span.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32),
+        "{span:?}"
+    );
+
+    // Each item attempt is a span of its own, tagged with the job.
+    let item = collector
+        .wait_for("for an item", |s| {
+            s.name == "item" && attribute(s, "job_id").as_deref() == Some(job.id.as_str())
+        })
+        .await;
+    assert!(attribute(&item, "index").is_some() && attribute(&item, "attempt").is_some());
+    // It links to the StartJob call's span.
+    assert!(
+        item.links.iter().any(|l| hex(&l.trace_id) == trace_id),
+        "item spans link to the start: {:?}",
+        item.links
+    );
+    server.stop().await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// The value of the metric line that starts with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {prefix} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_match_the_job_and_logs_carry_its_id() {
+    let metrics_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let server = Server::start(
+        &["--metrics-listen", &listen],
+        &[("JOBVISOR_LOG_FORMAT", "json".to_string())],
+    )
+    .await;
+    let mut client = server.client().await;
+    // 20 items, 2 of which fail twice (retried once, then failed).
+    let job = run_job(
+        &mut client,
+        tonic::Request::new(sleep_job(20, "^item-1[27]$")),
+    )
+    .await;
+    assert_eq!(job.state, pb::JobState::Failed as i32);
+
+    let text = scrape(SocketAddr::from(([127, 0, 0, 1], metrics_port))).await;
+    assert_eq!(
+        metric(&text, "jobvisor_items_succeeded_total{executor=\"sleep\"}"),
+        18.0
+    );
+    assert_eq!(
+        metric(&text, "jobvisor_items_failed_total{executor=\"sleep\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "jobvisor_items_retried_total{executor=\"sleep\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "jobvisor_items_claimed_total{executor=\"sleep\"}"),
+        22.0
+    );
+    assert_eq!(metric(&text, "jobvisor_jobs_started_total"), 1.0);
+    assert_eq!(
+        metric(&text, "jobvisor_jobs_finished_total{state=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "jobvisor_item_duration_seconds_count{executor=\"sleep\"}"
+        ),
+        22.0
+    );
+    assert!(
+        metric(
+            &text,
+            "jobvisor_store_transaction_seconds_count{kind=\"batch\"}"
+        ) >= 1.0
+    );
+    assert!(text.contains(
+        "jobvisor_rpc_requests_total{method=\"jobvisor.v1.JobService/StartJob\",code=\"OK\"} 1"
+    ));
+
+    // Liveness answers on its own service name.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let live = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(live.status, 1, "SERVING");
+
+    let log = server.stop().await;
+    // JSON lines; every line about the job carries its id as a field.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(!lines.is_empty(), "JSON log lines expected:\n{log}");
+    let about_the_job: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.to_string().contains(&job.id))
+        .collect();
+    assert!(about_the_job.len() >= 2, "{log}");
+    for line in about_the_job {
+        let in_fields = line["fields"]["job_id"].as_str() == Some(job.id.as_str());
+        let in_span = line["span"]["job_id"].as_str() == Some(job.id.as_str());
+        assert!(in_fields || in_span, "{line}");
+    }
+}
