@@ -5,7 +5,12 @@
 //! SIGTERM/SIGINT to it.
 
 use crate::{
-    api::{JobApi, limits::LimitsLayer, trace::TraceLayer},
+    api::{
+        JobApi,
+        guard::{GuardConfig, GuardLayer},
+        limits::LimitsLayer,
+        trace::TraceLayer,
+    },
     engine::{Engine, EngineConfig},
     executor::Registry,
     pb::{self, job_service_server::JobServiceServer},
@@ -14,9 +19,11 @@ use crate::{
         postgres::{PgConfig, PgStore},
     },
 };
-use std::{future::Future, sync::Arc, time::Duration};
+use anyhow::Context as _;
+use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 /// Everything `serve` needs to know.
@@ -31,6 +38,37 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// How often readiness checks the store.
     pub health_interval: Duration,
+    /// Who may call what, and how often.
+    pub guard: GuardConfig,
+    /// TLS on the gRPC port; `None`: plaintext.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Require client certificates signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn server_config(&self) -> anyhow::Result<ServerTlsConfig> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+        };
+        let identity = Identity::from_pem(
+            read(&self.cert, "the TLS certificate (--tls-cert)")?,
+            read(&self.key, "the TLS key (--tls-key)")?,
+        );
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            let ca = read(ca, "the client CA (--tls-client-ca)")?;
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        Ok(config)
+    }
 }
 
 impl ServerConfig {
@@ -41,6 +79,8 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             max_request_bytes: 64 * 1024 * 1024,
             health_interval: Duration::from_secs(2),
+            guard: GuardConfig::default(),
+            tls: None,
         }
     }
 }
@@ -113,10 +153,17 @@ pub async fn serve_with_store(
         }
     };
 
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.server_config()?)
+            .context("invalid TLS configuration")?;
+    }
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .tcp_nodelay(true)
         .layer(TraceLayer)
+        .layer(GuardLayer::new(config.guard.clone()))
         .layer(LimitsLayer {
             max_request_bytes: config.max_request_bytes,
         })

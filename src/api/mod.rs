@@ -2,16 +2,19 @@
 //! its request (naming bad fields), calls the engine, and converts the
 //! answer; errors become statuses in [`status`] only. No SQL here.
 
+pub mod auth;
 pub mod convert;
+pub mod guard;
 pub mod limits;
 pub mod status;
 pub mod trace;
 
 use crate::{
-    domain::{FieldViolation, Provenance},
-    engine::{Control, Engine},
+    domain::{FieldViolation, JobId, Provenance},
+    engine::{Control, Engine, EngineError},
     pb::{self, job_service_server::JobService},
 };
+use auth::Caller;
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use tonic::{Request, Response, Status};
@@ -32,10 +35,39 @@ impl JobApi {
     }
 }
 
+/// Who is calling (set by the guard layer; anyone when there is none).
+fn caller<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(Caller::anyone)
+}
+
+/// Who asked, as recorded with a control call: the authenticated identity,
+/// or, when authentication is off, the `x-requested-by` header.
 fn requested_by<T>(request: &Request<T>) -> Option<String> {
+    if let Some(identity) = caller(request).identity() {
+        return Some(identity);
+    }
     let value = request.metadata().get(REQUESTED_BY_HEADER)?.to_str().ok()?;
     let value: String = value.chars().take(MAX_REQUESTED_BY_CHARS).collect();
     (!value.is_empty()).then_some(value)
+}
+
+impl JobApi {
+    /// A job outside the caller's label scope does not exist for it.
+    async fn visible(&self, caller: &Caller, id: JobId) -> Result<(), Status> {
+        if caller.scope.is_empty() {
+            return Ok(());
+        }
+        let job = self.engine.get_job(id).await?;
+        if caller.sees(&job.labels) {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound(id).into())
+        }
+    }
 }
 
 /// Tags the RPC's span (see [`trace`]) with the job it is about.
@@ -55,7 +87,22 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::StartJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let input = convert::new_job(request.into_inner());
+        let who = caller(&request);
+        let mut input = convert::new_job(request.into_inner());
+        // A scoped caller's jobs carry its scope labels.
+        for (key, value) in &who.scope {
+            match input.labels.get(key) {
+                Some(v) if v != value => {
+                    return Err(Status::permission_denied(format!(
+                        "{:?} may only start jobs labelled {key}={value}",
+                        who.name
+                    )));
+                }
+                _ => {
+                    input.labels.insert(key.clone(), value.clone());
+                }
+            }
+        }
         let job = self.engine.start_job(input).await?;
         record_job(job.id);
         Ok(Response::new(convert::job(&job)))
@@ -70,6 +117,9 @@ impl JobService for JobApi {
         let id = convert::checked(id, violations).map_err(bad)?;
         record_job(id);
         let job = self.engine.get_job(id).await?;
+        if !caller(&request).sees(&job.labels) {
+            return Err(EngineError::NotFound(id).into());
+        }
         Ok(Response::new(convert::job(&job)))
     }
 
@@ -77,7 +127,15 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let query = convert::job_query(request.into_inner()).map_err(bad)?;
+        let who = caller(&request);
+        let mut query = convert::job_query(request.into_inner()).map_err(bad)?;
+        // A scoped caller lists only its jobs.
+        for (key, value) in &who.scope {
+            if query.labels.get(key).is_some_and(|v| v != value) {
+                return Ok(Response::new(pb::ListJobsResponse::default()));
+            }
+            query.labels.insert(key.clone(), value.clone());
+        }
         let page = self.engine.list_jobs(&query).await?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs: page.rows.iter().map(convert::job).collect(),
@@ -89,8 +147,10 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ListJobItemsRequest>,
     ) -> Result<Response<pb::ListJobItemsResponse>, Status> {
+        let who = caller(&request);
         let query = convert::item_query(request.into_inner()).map_err(bad)?;
         record_job(query.job);
+        self.visible(&who, query.job).await?;
         let page = self.engine.list_items(&query).await?;
         Ok(Response::new(pb::ListJobItemsResponse {
             items: page.rows.iter().map(convert::item).collect(),
@@ -102,6 +162,7 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::PauseJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
         let by = requested_by(&request);
         let r = request.into_inner();
         let mut violations = Vec::new();
@@ -111,6 +172,7 @@ impl JobService for JobApi {
             convert::reason_and_request_id(&r.reason, &r.request_id, &mut violations);
         let id = convert::checked(id, violations).map_err(bad)?;
         record_job(id);
+        self.visible(&who, id).await?;
         let provenance = Provenance {
             reason,
             requested_by: by,
@@ -127,6 +189,7 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
         let by = requested_by(&request);
         let r = request.into_inner();
         let mut violations = Vec::new();
@@ -134,6 +197,7 @@ impl JobService for JobApi {
         let (_, request_id) = convert::reason_and_request_id("", &r.request_id, &mut violations);
         let id = convert::checked(id, violations).map_err(bad)?;
         record_job(id);
+        self.visible(&who, id).await?;
         let provenance = Provenance {
             reason: None,
             requested_by: by,
@@ -147,6 +211,7 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
         let by = requested_by(&request);
         let r = request.into_inner();
         let mut violations = Vec::new();
@@ -155,6 +220,7 @@ impl JobService for JobApi {
             convert::reason_and_request_id(&r.reason, &r.request_id, &mut violations);
         let id = convert::checked(id, violations).map_err(bad)?;
         record_job(id);
+        self.visible(&who, id).await?;
         let provenance = Provenance {
             reason,
             requested_by: by,
@@ -170,11 +236,13 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let who = caller(&request);
         let r = request.into_inner();
         let mut violations = Vec::new();
         let id = convert::job_id("job_id", &r.job_id, &mut violations);
         let id = convert::checked(id, violations).map_err(bad)?;
         record_job(id);
+        self.visible(&who, id).await?;
         let stream = self.engine.watch(id, r.from_sequence).await?;
         let stream = stream.map(|item| match item {
             Ok(item) => Ok(convert::watch_item(&item)),

@@ -45,6 +45,12 @@ impl From<EngineError> for Status {
     fn from(e: EngineError) -> Status {
         match e {
             EngineError::InvalidArgument(violations) => invalid_argument(&violations),
+            EngineError::PermissionDenied(why) => with_reason(
+                Code::PermissionDenied,
+                why,
+                "NOT_ALLOWED_ON_THIS_SERVER",
+                HashMap::new(),
+            ),
             EngineError::NotFound(id) => with_reason(
                 Code::NotFound,
                 format!("job {id} not found"),

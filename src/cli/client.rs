@@ -27,22 +27,95 @@ pub struct Conn {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Bearer token, for servers that require one.
+    #[arg(long, env = "JOBVISOR_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) to verify the server with (https:// servers).
+    #[arg(long, env = "JOBVISOR_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for servers that require mTLS.
+    #[arg(
+        long,
+        env = "JOBVISOR_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// Client key (PEM).
+    #[arg(
+        long,
+        env = "JOBVISOR_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
 }
 
+/// Adds the caller's token to every request.
+#[derive(Clone)]
+pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Client = JobServiceClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+
 impl Conn {
-    async fn client(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+    async fn client(&self) -> anyhow::Result<Client> {
+        let tls = self.ca_cert.is_some() || self.client_cert.is_some();
         let url = if self.server.contains("://") {
             self.server.clone()
+        } else if tls {
+            format!("https://{}", self.server)
         } else {
             format!("http://{}", self.server)
         };
-        let channel = Channel::from_shared(url.clone())
+        let mut endpoint = Channel::from_shared(url.clone())
             .with_context(|| format!("--server {url:?} is not a valid address"))?
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5));
+        if url.starts_with("https://") {
+            let mut config = tonic::transport::ClientTlsConfig::new();
+            if let Some(ca) = &self.ca_cert {
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("cannot read --ca-cert {}", ca.display()))?;
+                config = config.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+                let cert = std::fs::read(cert)
+                    .with_context(|| format!("cannot read --client-cert {}", cert.display()))?;
+                let key = std::fs::read(key)
+                    .with_context(|| format!("cannot read --client-key {}", key.display()))?;
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .context("invalid TLS settings")?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("cannot reach the jobvisor server at {url}"))?;
-        Ok(JobServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+        let auth = match &self.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .context("--token holds characters that cannot be sent")?,
+            ),
+            None => None,
+        };
+        Ok(JobServiceClient::with_interceptor(channel, Auth(auth))
+            .max_decoding_message_size(64 * 1024 * 1024))
     }
 }
 
@@ -345,7 +418,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
 /// Streams a job to its end, reconnecting with the last sequence seen when
 /// the stream breaks (server restart, network).
 async fn follow(
-    client: &mut JobServiceClient<Channel>,
+    client: &mut Client,
     job_id: &str,
     from_sequence: u64,
     json: bool,

@@ -6,6 +6,7 @@ mod chaos;
 mod client;
 mod output;
 mod serve;
+mod token;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     List(client::ListArgs),
     /// List a job's items with their state, attempts and errors.
     Items(client::ItemsArgs),
+    /// Make bearer tokens for a server's --auth-tokens file.
+    Token(token::TokenArgs),
     /// Run the benchmark scenarios (fresh database, real server process).
     Bench(bench::BenchArgs),
     /// Run a job through a real server while killing it, draining it,
@@ -62,6 +65,7 @@ pub async fn run() -> ExitCode {
         Command::Watch(args) => client::watch(args).await,
         Command::Chaos(args) => chaos::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Token(args) => token::run(args),
     };
     match result {
         Ok(code) => code,

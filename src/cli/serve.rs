@@ -2,13 +2,14 @@
 //! logging, the listening socket, and SIGTERM/SIGINT wired to a graceful
 //! shutdown.
 
+use crate::api::{auth::Tokens, guard::GuardConfig};
 use crate::{
     executor::{Registry, exec::CommandPolicy},
     server, telemetry,
 };
 use anyhow::Context;
 use clap::Args;
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -74,6 +75,47 @@ pub struct ServeArgs {
     )]
     metrics_listen: String,
 
+    /// TLS certificate (PEM) for the gRPC port. With --tls-key.
+    #[arg(long, env = "JOBVISOR_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for the gRPC port.
+    #[arg(long, env = "JOBVISOR_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that client certificates must be signed by: mTLS. The
+    /// certificate subject is then the caller's identity.
+    #[arg(long, env = "JOBVISOR_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Serve plaintext on a non-loopback address (e.g. behind a mesh that
+    /// encrypts and authenticates). Without it, that refuses to start.
+    #[arg(long, env = "JOBVISOR_INSECURE")]
+    insecure: bool,
+
+    /// File of hashed bearer tokens with their permissions (see
+    /// `jobvisor token new`); reloaded on SIGHUP. Without it, every caller
+    /// may do everything.
+    #[arg(long, env = "JOBVISOR_AUTH_TOKENS")]
+    auth_tokens: Option<PathBuf>,
+
+    /// With --auth-tokens: health checks and reflection need a token too.
+    #[arg(long, env = "JOBVISOR_AUTH_PROTECT_DISCOVERY")]
+    auth_protect_discovery: bool,
+
+    /// Requests per second per caller (0: no limit); above it,
+    /// RESOURCE_EXHAUSTED with a retry delay.
+    #[arg(long, env = "JOBVISOR_RATE_LIMIT", default_value_t = 0)]
+    rate_limit: u32,
+
+    /// Burst allowed above --rate-limit (0: the rate itself).
+    #[arg(long, env = "JOBVISOR_RATE_BURST", default_value_t = 0)]
+    rate_burst: u32,
+
+    /// Requests handled at once per caller (0: no limit).
+    #[arg(long, env = "JOBVISOR_MAX_CONCURRENT_PER_CALLER", default_value_t = 0)]
+    max_concurrent_per_caller: u32,
+
     /// Log format: text (for a terminal) or json.
     #[arg(long, env = "JOBVISOR_LOG_FORMAT", default_value = "text")]
     log_format: telemetry::LogFormat,
@@ -98,6 +140,32 @@ impl ServeArgs {
         config.engine.restart_budget = self.restart_budget;
         config.engine.restart_window = self.restart_window;
         config.engine.pipelined_acks = self.pipelined_acks;
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(server::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        };
+        if config.tls.is_none() && !self.listen.ip().is_loopback() && !self.insecure {
+            anyhow::bail!(
+                "refusing to serve plaintext on {}: anyone who can reach it could start, \
+                 pause and cancel jobs. Give --tls-cert and --tls-key, or --insecure \
+                 (JOBVISOR_INSECURE) if a mesh encrypts and authenticates the traffic",
+                self.listen
+            );
+        }
+        config.guard = GuardConfig {
+            tokens: match &self.auth_tokens {
+                Some(path) => Some(Arc::new(Tokens::load(path)?)),
+                None => None,
+            },
+            protect_discovery: self.auth_protect_discovery,
+            rate_per_second: self.rate_limit,
+            rate_burst: self.rate_burst,
+            concurrent_per_caller: self.max_concurrent_per_caller,
+        };
         Ok(config)
     }
 }
@@ -117,6 +185,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if telemetry.tracing_enabled() {
         tracing::info!("exporting traces over OTLP");
+    }
+    if let Some(tokens) = config.guard.tokens.clone() {
+        tracing::info!(tokens = tokens.len(), "bearer tokens required");
+        tokio::spawn(reload_on_sighup(tokens));
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -140,6 +212,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let result = server::serve(config, registry, listener, shutdown_signal()).await;
     telemetry.shutdown();
     result
+}
+
+/// Reloads the token file on every SIGHUP; a bad file keeps the old one.
+async fn reload_on_sighup(tokens: Arc<Tokens>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP: the token file will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tokens.reload() {
+            Ok(n) => tracing::info!(tokens = n, "token file reloaded"),
+            Err(e) => tracing::error!(error = %e, "token file not reloaded; the old one stays"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -27,7 +27,7 @@ use crate::{
         PauseMode, Provenance, Refusal, decide,
         page::{ItemCursor, JobCursor},
     },
-    executor::{ItemHandler, Registry},
+    executor::{ItemHandler, PrepareError, Registry},
     store::{ItemQuery, JobQuery, Page, Pulse, Store, StoreError, TransitionWrite},
 };
 use manager::{JobManager, ManagerArgs, ManagerMsg};
@@ -76,6 +76,9 @@ impl Default for EngineConfig {
 pub enum EngineError {
     #[error("invalid request")]
     InvalidArgument(Vec<FieldViolation>),
+    /// Well-formed, but not allowed on this server.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("job {0} not found")]
     NotFound(JobId),
     #[error(transparent)]
@@ -268,11 +271,16 @@ impl Engine {
         let prepared = self.registry.prepare(&input.executor, &input.params);
         let (spec, handler) = match (spec, prepared) {
             (Ok(spec), Ok(handler)) => (spec, handler),
+            (_, Err(PrepareError::Forbidden(why))) => {
+                return Err(EngineError::PermissionDenied(why));
+            }
             (spec, prepared) => {
                 let mut bad = spec.err().unwrap_or_default();
                 // An empty executor is already reported by the spec.
-                if !input.executor.is_empty() {
-                    bad.extend(prepared.err().unwrap_or_default());
+                if !input.executor.is_empty()
+                    && let Err(PrepareError::Invalid(more)) = prepared
+                {
+                    bad.extend(more);
                 }
                 return Err(EngineError::InvalidArgument(bad));
             }
@@ -456,16 +464,16 @@ impl Engine {
     fn handler(&self, job: &Job) -> Result<Arc<dyn ItemHandler>, String> {
         self.registry
             .prepare(&job.executor, &job.params)
-            .map_err(|bad| {
-                let why: Vec<String> = bad
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.description))
-                    .collect();
-                format!(
-                    "executor {:?} cannot run this job: {}",
-                    job.executor,
-                    why.join("; ")
-                )
+            .map_err(|e| {
+                let why = match e {
+                    PrepareError::Forbidden(why) => why,
+                    PrepareError::Invalid(bad) => bad
+                        .iter()
+                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                };
+                format!("executor {:?} cannot run this job: {why}", job.executor)
             })
     }
 

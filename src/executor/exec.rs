@@ -19,7 +19,7 @@
 //! group is killed too if the worker running it dies.
 
 use super::{
-    Executor, ItemContext, ItemError, ItemHandler, Params,
+    Executor, ItemContext, ItemError, ItemHandler, Params, PrepareError,
     protocol::{Line, LogTail, parse_line},
 };
 use crate::domain::FieldViolation;
@@ -82,24 +82,11 @@ pub struct Exec {
 }
 
 impl Exec {
-    pub fn parse(
-        params: &BTreeMap<String, String>,
-        policy: &CommandPolicy,
-    ) -> Result<Exec, Vec<FieldViolation>> {
+    pub fn parse(params: &BTreeMap<String, String>) -> Result<Exec, Vec<FieldViolation>> {
         let mut p = Params::new(params, KNOWN);
         let command = p.get("command").unwrap_or_default().to_string();
         if command.trim().is_empty() {
             p.invalid("command", "is required: the program to run for each item");
-        } else if let CommandPolicy::Only(allowed) = policy
-            && !allowed.contains(&command)
-        {
-            p.invalid(
-                "command",
-                format!(
-                    "{command:?} is not an allowed command on this server; allowed: {}",
-                    allowed.join(", ")
-                ),
-            );
         }
         let args = match p.get("args") {
             None => Vec::new(),
@@ -173,8 +160,18 @@ impl Executor for ExecExecutor {
     fn prepare(
         &self,
         params: &BTreeMap<String, String>,
-    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>> {
-        Ok(Arc::new(Exec::parse(params, &self.policy)?))
+    ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
+        let exec = Exec::parse(params)?;
+        if let CommandPolicy::Only(allowed) = &self.policy
+            && !allowed.contains(&exec.command)
+        {
+            return Err(PrepareError::Forbidden(format!(
+                "command {:?} is not allowed on this server; allowed: {}",
+                exec.command,
+                allowed.join(", ")
+            )));
+        }
+        Ok(Arc::new(exec))
     }
 }
 
@@ -404,26 +401,24 @@ mod tests {
 
     #[test]
     fn parses_and_names_bad_params() {
-        let ok = Exec::parse(
-            &params(&[
-                ("command", "python3"),
-                ("args", r#"["work.py","--fast"]"#),
-                ("env", r#"{"LANG":"C"}"#),
-                ("timeout", "30s"),
-                ("permanent_exit_codes", "100, 101"),
-            ]),
-            &CommandPolicy::Any,
-        )
+        let ok = Exec::parse(&params(&[
+            ("command", "python3"),
+            ("args", r#"["work.py","--fast"]"#),
+            ("env", r#"{"LANG":"C"}"#),
+            ("timeout", "30s"),
+            ("permanent_exit_codes", "100, 101"),
+        ]))
         .unwrap();
         assert_eq!(ok.args, ["work.py", "--fast"]);
         assert_eq!(ok.timeout, Some(Duration::from_secs(30)));
         assert_eq!(ok.permanent_exit_codes, [100, 101]);
         assert_eq!(ok.kill_grace, Duration::from_secs(5));
 
-        let bad = Exec::parse(
-            &params(&[("args", "-v"), ("timeout", "soon"), ("env", "[]")]),
-            &CommandPolicy::Any,
-        )
+        let bad = Exec::parse(&params(&[
+            ("args", "-v"),
+            ("timeout", "soon"),
+            ("env", "[]"),
+        ]))
         .unwrap_err();
         let fields: Vec<_> = bad.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(
@@ -439,9 +434,16 @@ mod tests {
 
     #[test]
     fn the_command_policy_is_enforced() {
-        let policy = CommandPolicy::Only(vec!["/usr/bin/true".into()]);
-        assert!(Exec::parse(&params(&[("command", "/usr/bin/true")]), &policy).is_ok());
-        let bad = Exec::parse(&params(&[("command", "rm")]), &policy).unwrap_err();
-        assert!(bad[0].description.contains("not an allowed command"));
+        let exec = ExecExecutor {
+            policy: CommandPolicy::Only(vec!["/usr/bin/true".into()]),
+        };
+        assert!(
+            exec.prepare(&params(&[("command", "/usr/bin/true")]))
+                .is_ok()
+        );
+        match exec.prepare(&params(&[("command", "rm")])) {
+            Err(PrepareError::Forbidden(why)) => assert!(why.contains("not allowed"), "{why}"),
+            _ => panic!("rm must be forbidden"),
+        }
     }
 }

@@ -25,7 +25,22 @@ pub trait Executor: Send + Sync + 'static {
     fn prepare(
         &self,
         params: &BTreeMap<String, String>,
-    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>>;
+    ) -> Result<Arc<dyn ItemHandler>, PrepareError>;
+}
+
+/// Why a job's executor cannot be prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareError {
+    /// Bad params (INVALID_ARGUMENT, each field named).
+    Invalid(Vec<FieldViolation>),
+    /// Well-formed but not allowed on this server (PERMISSION_DENIED).
+    Forbidden(String),
+}
+
+impl From<Vec<FieldViolation>> for PrepareError {
+    fn from(v: Vec<FieldViolation>) -> Self {
+        PrepareError::Invalid(v)
+    }
 }
 
 /// Runs the items of one job.
@@ -235,6 +250,12 @@ pub struct Registry {
     executors: BTreeMap<String, Arc<dyn Executor>>,
 }
 
+/// Built-in executors a server has not enabled, and how to enable them.
+const DISABLED: &[(&str, &str)] = &[(
+    "exec",
+    "the exec executor runs programs on the server and is off here; the operator enables it with --allow-exec",
+)];
+
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.executors.keys()).finish()
@@ -275,15 +296,18 @@ impl Registry {
         &self,
         name: &str,
         params: &BTreeMap<String, String>,
-    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>> {
+    ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
         let Some(executor) = self.executors.get(name) else {
-            return Err(vec![FieldViolation::new(
+            if let Some((_, why)) = DISABLED.iter().find(|(n, _)| *n == name) {
+                return Err(PrepareError::Forbidden(why.to_string()));
+            }
+            return Err(PrepareError::Invalid(vec![FieldViolation::new(
                 "executor",
                 format!(
                     "unknown executor {name:?}; known executors: {}",
                     self.names().join(", ")
                 ),
-            )]);
+            )]));
         };
         executor.prepare(params)
     }

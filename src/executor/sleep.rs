@@ -12,7 +12,7 @@
 //! - `panic_pattern`: a regex; items that match panic half-way through
 //!   their first attempt (after the checkpoint of step `steps / 2`).
 
-use super::{Executor, ItemContext, ItemError, ItemHandler, Params};
+use super::{Executor, ItemContext, ItemError, ItemHandler, Params, PrepareError};
 use crate::domain::FieldViolation;
 use async_trait::async_trait;
 use regex::Regex;
@@ -84,7 +84,7 @@ impl Executor for SleepExecutor {
     fn prepare(
         &self,
         params: &BTreeMap<String, String>,
-    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>> {
+    ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
         Ok(Arc::new(Sleep::parse(params)?))
     }
 }

@@ -8,7 +8,7 @@
 
 use jobvisor::{
     domain::FieldViolation,
-    executor::{Executor, ItemContext, ItemError, ItemHandler, sleep::Sleep},
+    executor::{Executor, ItemContext, ItemError, ItemHandler, PrepareError, sleep::Sleep},
 };
 use std::{
     collections::BTreeMap,
@@ -100,7 +100,7 @@ impl Executor for Recording {
     fn prepare(
         &self,
         params: &BTreeMap<String, String>,
-    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>> {
+    ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
         Ok(Arc::new(RecordingHandler {
             inner: Sleep::parse(params)?,
             log: self.log.clone(),
@@ -150,12 +150,13 @@ impl Executor for Gate {
     fn prepare(
         &self,
         params: &BTreeMap<String, String>,
-    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>> {
+    ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
         if let Some(key) = params.keys().next() {
             return Err(vec![FieldViolation::new(
                 format!("params[{key}]"),
                 "gate takes no params",
-            )]);
+            )]
+            .into());
         }
         Ok(Arc::new(self.clone()))
     }
@@ -184,7 +185,7 @@ impl Executor for Panicky {
     fn prepare(
         &self,
         _params: &BTreeMap<String, String>,
-    ) -> Result<Arc<dyn ItemHandler>, Vec<FieldViolation>> {
+    ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
         Ok(Arc::new(PanickyHandler))
     }
 }

@@ -20,7 +20,7 @@ use sqlx::{
 use std::{str::FromStr, time::Duration};
 
 /// How the server connects to PostgreSQL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgConfig {
     pub url: String,
     /// Most connections the pool opens.
@@ -31,6 +31,31 @@ pub struct PgConfig {
     /// Connections reserved for the group committer (item results and
     /// claims), so a flood of API calls cannot starve the jobs.
     pub writer_connections: u32,
+}
+
+/// The URL with its password replaced, for anything that prints it.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &redacted(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("writer_connections", &self.writer_connections)
+            .finish()
+    }
 }
 
 impl PgConfig {
@@ -237,5 +262,21 @@ impl Store for PgStore {
             .await
             .map(|_| ())
             .map_err(db_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("postgres://app:hunter2@db:5432/jobs"),
+            "postgres://app:***@db:5432/jobs"
+        );
+        assert_eq!(redacted("postgres://app@db/jobs"), "postgres://app@db/jobs");
+        let config = PgConfig::new("postgres://app:hunter2@db/jobs");
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 }
