@@ -10,6 +10,7 @@
 //! - item counters on the job row move in the same transaction as the items.
 
 pub mod postgres;
+pub mod sqlite;
 
 use crate::domain::{
     Effect, EventBody, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobSpec, JobState,

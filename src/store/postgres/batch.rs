@@ -18,7 +18,116 @@ use uuid::Uuid;
 /// Longest error text stored for an item; the rest is cut.
 const MAX_ERROR_BYTES: usize = 8 * 1024;
 
+/// Commits a batch. Usually one call of the batch function. A batch the
+/// function cannot do in one statement — two writes for one item, or a
+/// claim for a job whose items the same batch puts back to pending (a
+/// statement sees one snapshot, so the claim would miss them) — runs as
+/// several rounds of the function in one transaction, writes before claims.
 pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<BatchOutcome, StoreError> {
+    let rounds = plan_rounds(batch);
+    if rounds.len() == 1 {
+        let mut conn = pool.acquire().await.map_err(db_error)?;
+        return run_round(&mut conn, batch).await;
+    }
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    let mut outcome = BatchOutcome {
+        applied: vec![false; batch.writes.len()],
+        claimed: Vec::new(),
+        pulses: Vec::new(),
+    };
+    for round in rounds {
+        let sub = Batch {
+            writes: round
+                .writes
+                .iter()
+                .map(|&i| batch.writes[i].clone())
+                .collect(),
+            claims: if round.claims {
+                batch.claims.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        let done = run_round(&mut tx, &sub).await?;
+        for (k, &i) in round.writes.iter().enumerate() {
+            outcome.applied[i] = done.applied[k];
+        }
+        if round.claims {
+            outcome.claimed = done.claimed;
+        }
+        // A later round's counters are newer: keep the last pulse per job.
+        for pulse in done.pulses {
+            outcome.pulses.retain(|p| p.job != pulse.job);
+            outcome.pulses.push(pulse);
+        }
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(outcome)
+}
+
+/// The writes (by position) and whether the claims go in one round.
+struct Round {
+    writes: Vec<usize>,
+    claims: bool,
+}
+
+fn plan_rounds(batch: &Batch) -> Vec<Round> {
+    let mut rounds: Vec<(Round, std::collections::HashSet<(Uuid, u32)>)> = Vec::new();
+    for (i, w) in batch.writes.iter().enumerate() {
+        let key = (w.job.0, w.index);
+        // The first round after the last one that already has this item.
+        let after = rounds.iter().rposition(|(_, items)| items.contains(&key));
+        let at = after.map_or(0, |a| a + 1);
+        if at == rounds.len() {
+            rounds.push((
+                Round {
+                    writes: Vec::new(),
+                    claims: false,
+                },
+                Default::default(),
+            ));
+        }
+        rounds[at].0.writes.push(i);
+        rounds[at].1.insert(key);
+    }
+    if !batch.claims.is_empty() {
+        // Claims may share the last round unless that batch puts items of a
+        // claiming job back to pending: then they need a round of their own.
+        let repends = |w: &crate::store::ItemWrite| {
+            matches!(
+                w.kind,
+                WriteKind::Failed { .. } | WriteKind::Released { .. }
+            ) && batch.claims.iter().any(|c| c.job == w.job)
+        };
+        if rounds.is_empty() || batch.writes.iter().any(repends) {
+            rounds.push((
+                Round {
+                    writes: Vec::new(),
+                    claims: true,
+                },
+                Default::default(),
+            ));
+        } else if let Some(last) = rounds.last_mut() {
+            last.0.claims = true;
+        }
+    }
+    if rounds.is_empty() {
+        rounds.push((
+            Round {
+                writes: Vec::new(),
+                claims: false,
+            },
+            Default::default(),
+        ));
+    }
+    rounds.into_iter().map(|(r, _)| r).collect()
+}
+
+/// One call of the batch function: its writes must name distinct items.
+async fn run_round(
+    conn: &mut sqlx::PgConnection,
+    batch: &Batch,
+) -> Result<BatchOutcome, StoreError> {
     let n = batch.writes.len();
     let (mut kinds, mut jobs, mut indexes, mut leases) = (
         Vec::with_capacity(n),
@@ -90,7 +199,7 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<BatchOut
     .bind(&claim_max)
     .bind(&claim_from)
     .bind(&claim_leases)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
     .map_err(db_error)?;
 
@@ -149,15 +258,16 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<BatchOut
         items.sort_unstable_by_key(|i| std::cmp::Reverse(i.index));
     }
     for c in &batch.claims {
-        let job = merged
-            .iter()
-            .position(|m| m.0 == c.job.0)
-            .expect("every claim was merged");
-        let pool = &mut claimed_per_job[job];
-        let take = (c.max as usize).min(pool.len());
-        outcome
-            .claimed
-            .push((0..take).filter_map(|_| pool.pop()).collect());
+        // Every claim's job is in `merged` (built from these claims).
+        let items = match merged.iter().position(|m| m.0 == c.job.0) {
+            Some(job) => {
+                let pool = &mut claimed_per_job[job];
+                let take = (c.max as usize).min(pool.len());
+                (0..take).filter_map(|_| pool.pop()).collect()
+            }
+            None => Vec::new(),
+        };
+        outcome.claimed.push(items);
     }
     Ok(outcome)
 }

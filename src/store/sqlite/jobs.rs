@@ -1,0 +1,340 @@
+//! Job-level transactions: creating a job with its items, guarded state
+//! transitions with their effects and event, and events that change no
+//! state. Every function here is one `BEGIN IMMEDIATE` transaction, so a
+//! read-check-write sequence inside it cannot race another writer.
+
+use super::{
+    begin_write,
+    codec::{body_to_json, job_state, map_to_json, micros, now},
+    db_error,
+    reads::fetch_job,
+};
+use crate::{
+    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, Provenance},
+    store::{Created, StoreError, TransitionWrite},
+};
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+
+/// Items inserted per statement when creating a job: three variables per
+/// row stays well under SQLite's 32,766 variables per statement.
+const INSERT_CHUNK: usize = 5_000;
+
+pub(super) async fn create_job(
+    pool: &SqlitePool,
+    id: JobId,
+    spec: &JobSpec,
+) -> Result<Created, StoreError> {
+    let fingerprint = spec.fingerprint();
+    // The write lock is held from the request-id lookup to the commit, so
+    // concurrent calls with one key see each other: one inserts, the
+    // others find its job.
+    let mut tx = begin_write(pool).await?;
+    if let Some(key) = &spec.request_id {
+        let found: Option<(uuid::Uuid, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT id, request_fingerprint FROM jobs WHERE request_id = ?1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        if let Some((existing, stored)) = found {
+            if stored.as_deref() != Some(fingerprint.as_slice()) {
+                return Err(StoreError::RequestIdReused(key.clone()));
+            }
+            let job = fetch_job(&mut tx, JobId(existing))
+                .await?
+                .ok_or(StoreError::NotFound(JobId(existing)))?;
+            return Ok(Created {
+                job,
+                created: false,
+            });
+        }
+    }
+    let at = micros(now());
+    sqlx::query(
+        "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
+         request_id, request_fingerprint, total_items, last_seq, created_at, started_at, \
+         updated_at) \
+         VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?11)",
+    )
+    .bind(id.0)
+    .bind(&spec.name)
+    .bind(&spec.executor)
+    .bind(i64::from(spec.concurrency))
+    .bind(i64::from(spec.max_attempts))
+    .bind(map_to_json(&spec.params)?)
+    .bind(map_to_json(&spec.labels)?)
+    .bind(&spec.request_id)
+    .bind(&fingerprint)
+    .bind(spec.items.len() as i64)
+    .bind(at)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    for (n, chunk) in spec.items.chunks(INSERT_CHUNK).enumerate() {
+        let first = (n * INSERT_CHUNK) as i64;
+        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO items (job_id, idx, payload) ");
+        insert.push_values(chunk.iter().enumerate(), |mut row, (k, payload)| {
+            row.push_bind(id.0)
+                .push_bind(first + k as i64)
+                .push_bind(payload.as_str());
+        });
+        insert.build().execute(&mut *tx).await.map_err(db_error)?;
+    }
+    let started = EventBody::StateChanged {
+        from: None,
+        to: JobState::Running,
+        reason: Some("started".into()),
+        requested_by: None,
+        request_id: spec.request_id.clone(),
+        pause_mode: None,
+    };
+    insert_event(&mut tx, id, 1, at, &started).await?;
+    let job = fetch_job(&mut tx, id)
+        .await?
+        .ok_or_else(|| StoreError::Internal("created job vanished".into()))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(Created { job, created: true })
+}
+
+pub(super) async fn insert_event(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    seq: i64,
+    at: i64,
+    body: &EventBody,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO job_events (job_id, seq, at, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .bind(id.0)
+        .bind(seq)
+        .bind(at)
+        .bind(body.kind())
+        .bind(body_to_json(body)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// The job's state, or `NotFound`. Inside a write transaction the row
+/// cannot change until the commit.
+pub(super) async fn current_state(
+    conn: &mut SqliteConnection,
+    id: JobId,
+) -> Result<JobState, StoreError> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1")
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    job_state(&state.ok_or(StoreError::NotFound(id))?)
+}
+
+pub(super) async fn transition(
+    pool: &SqlitePool,
+    id: JobId,
+    w: &TransitionWrite,
+) -> Result<Job, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let current = current_state(&mut tx, id).await?;
+    if current != w.from {
+        return Err(StoreError::Conflict {
+            expected: w.from,
+            current,
+        });
+    }
+    if matches!(w.to, JobState::Succeeded | JobState::Failed) {
+        check_finished(&mut tx, id, w).await?;
+    }
+    let at = now();
+    for effect in &w.effects {
+        apply_effect(&mut tx, id, *effect, &w.provenance, at).await?;
+    }
+    let last_error = (w.to == JobState::Failed)
+        .then(|| w.provenance.reason.clone())
+        .flatten();
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET state = ?2, last_seq = last_seq + 1, updated_at = ?3, \
+         last_error = COALESCE(?4, last_error) WHERE id = ?1 RETURNING last_seq",
+    )
+    .bind(id.0)
+    .bind(w.to.as_str())
+    .bind(micros(at))
+    .bind(&last_error)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let event = EventBody::StateChanged {
+        from: Some(w.from),
+        to: w.to,
+        reason: w.provenance.reason.clone(),
+        requested_by: w.provenance.requested_by.clone(),
+        request_id: w.provenance.request_id.clone(),
+        pause_mode: w.pause_mode,
+    };
+    insert_event(&mut tx, id, seq, micros(at), &event).await?;
+    let job = fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(job)
+}
+
+/// A job may only finish (Succeeded, or Failed because items failed) once
+/// no item is pending or running. A fatal failure (from a state other than
+/// a finish) is not checked: it is decided with `Effect::ReleaseRunning`.
+async fn check_finished(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    w: &TransitionWrite,
+) -> Result<(), StoreError> {
+    if w.effects.contains(&Effect::ReleaseRunning) {
+        return Ok(());
+    }
+    let (pending, running): (i64, i64) = sqlx::query_as(
+        "SELECT total_items - running_items - succeeded_items - failed_items - cancelled_items, \
+         running_items FROM jobs WHERE id = ?1",
+    )
+    .bind(id.0)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    if pending != 0 || running != 0 {
+        return Err(StoreError::NotFinished {
+            pending: pending.max(0) as u64,
+            running: running.max(0) as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Applies one durable effect of a transition. Item counters move in the
+/// same transaction as the items they count.
+async fn apply_effect(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    effect: Effect,
+    p: &Provenance,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let at = micros(at);
+    // (statement, whether it binds the time as ?2), run in order.
+    let statements: &[(&'static str, bool)] = match effect {
+        Effect::OpenPause(mode) => {
+            sqlx::query(
+                "INSERT INTO job_pauses (job_id, n, mode, reason, requested_by, request_id, \
+                 requested_at) \
+                 SELECT ?1, COALESCE(MAX(n), 0) + 1, ?2, ?3, ?4, ?5, ?6 \
+                 FROM job_pauses WHERE job_id = ?1",
+            )
+            .bind(id.0)
+            .bind(mode.as_str())
+            .bind(&p.reason)
+            .bind(&p.requested_by)
+            .bind(&p.request_id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?;
+            return Ok(());
+        }
+        Effect::ReleaseRunning => {
+            release_running_items(conn, id, at).await?;
+            return Ok(());
+        }
+        Effect::MarkPaused => &[(
+            "UPDATE job_pauses SET paused_at = ?2 \
+             WHERE job_id = ?1 AND paused_at IS NULL AND resumed_at IS NULL",
+            true,
+        )],
+        Effect::ClosePause => &[(
+            "UPDATE job_pauses SET resumed_at = ?2 WHERE job_id = ?1 AND resumed_at IS NULL",
+            true,
+        )],
+        // Counters first: they count the items the next statement changes.
+        Effect::CancelRemaining => &[
+            (
+                "UPDATE jobs SET running_items = 0, cancelled_items = cancelled_items + \
+                    (SELECT count(*) FROM items WHERE job_id = ?1 AND state IN (0, 1)) \
+                 WHERE id = ?1",
+                false,
+            ),
+            (
+                "UPDATE items SET state = 4, lease = NULL, updated_at = ?2 \
+                 WHERE job_id = ?1 AND state IN (0, 1)",
+                true,
+            ),
+        ],
+        Effect::ResetFailed => &[
+            (
+                "UPDATE jobs SET failed_items = failed_items - \
+                    (SELECT count(*) FROM items WHERE job_id = ?1 AND state = 3) \
+                 WHERE id = ?1",
+                false,
+            ),
+            (
+                "UPDATE items SET state = 0, attempts = 0, updated_at = ?2 \
+                 WHERE job_id = ?1 AND state = 3",
+                true,
+            ),
+        ],
+        Effect::End => &[("UPDATE jobs SET ended_at = ?2 WHERE id = ?1", true)],
+        Effect::Reopen => &[("UPDATE jobs SET ended_at = NULL WHERE id = ?1", false)],
+        // Runtime-only: nothing to store.
+        Effect::Interrupt => &[],
+    };
+    for (sql, binds_time) in statements {
+        let mut q = sqlx::query(*sql).bind(id.0);
+        if *binds_time {
+            q = q.bind(at);
+        }
+        q.execute(&mut *conn).await.map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Puts the job's RUNNING items back to PENDING with their checkpoints,
+/// refunding the attempt, and takes them off the running counter. Returns
+/// how many were released.
+pub(super) async fn release_running_items(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    at: i64,
+) -> Result<u64, StoreError> {
+    let released = sqlx::query(
+        "UPDATE items SET state = 0, lease = NULL, attempts = MAX(attempts - 1, 0), \
+         updated_at = ?2 WHERE job_id = ?1 AND state = 1",
+    )
+    .bind(id.0)
+    .bind(at)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?
+    .rows_affected();
+    sqlx::query("UPDATE jobs SET running_items = running_items - ?2 WHERE id = ?1")
+        .bind(id.0)
+        .bind(released as i64)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(released)
+}
+
+pub(super) async fn append_event(
+    pool: &SqlitePool,
+    id: JobId,
+    body: &EventBody,
+) -> Result<u64, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let seq: Option<i64> = sqlx::query_scalar(
+        "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+    )
+    .bind(id.0)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let seq = seq.ok_or(StoreError::NotFound(id))?;
+    insert_event(&mut tx, id, seq, micros(now()), body).await?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(seq as u64)
+}

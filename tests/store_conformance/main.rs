@@ -1,0 +1,92 @@
+//! The `Store` conformance suite: every scenario runs, unchanged, against
+//! the PostgreSQL store (a fresh database per test) and the SQLite store
+//! (a fresh file per test), so the two implementations cannot drift.
+//!
+//! A scenario is a plain `async fn(Arc<dyn Store>)` in `scenarios/`; the
+//! `conformance!` list below turns each into one `#[tokio::test]` per
+//! store: `postgres::<name>` and `sqlite::<name>`. PostgreSQL comes from
+//! `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
+//! a test that cannot reach it fails and says how to start it.
+
+mod harness;
+mod scenarios;
+mod sqlite_only;
+
+/// One test per store for each `module::scenario`. Multi-threaded
+/// runtimes, so concurrent calls in a scenario really race. Scenarios
+/// under `postgres_gaps` are rules of the trait the PostgreSQL
+/// store breaks today: they run on SQLite and are ignored, with the reason,
+/// on PostgreSQL (`cargo test --test store_conformance -- --ignored` shows
+/// the failures). Fix the store, then move the scenario up.
+macro_rules! conformance {
+    (
+        both: [$($module:ident :: $name:ident,)*],
+        postgres_gaps: [$($gap_module:ident :: $gap:ident => $why:literal,)*] $(,)?
+    ) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    crate::harness::on_postgres(crate::scenarios::$module::$name).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                #[ignore = $why]
+                async fn $gap() {
+                    crate::harness::on_postgres(crate::scenarios::$gap_module::$gap).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    crate::harness::on_sqlite(crate::scenarios::$module::$name).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $gap() {
+                    crate::harness::on_sqlite(crate::scenarios::$gap_module::$gap).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    both: [
+        jobs::create_and_get_round_trip_every_field,
+        jobs::create_is_idempotent_by_request_id,
+        jobs::concurrent_creates_with_one_key_make_one_job,
+        jobs::events_append_and_page,
+        jobs::ping_answers,
+        listing::list_jobs_filters_by_state_and_labels,
+        listing::list_jobs_pages_newest_first,
+        listing::list_items_pages_filters_and_not_found,
+        pausing::pause_and_resume_keep_a_pause_history,
+        pausing::drained_pause_releases_running_items,
+        transitions::cancel_cancels_what_remains,
+        transitions::finish_and_retry_failed,
+        transitions::fatal_failure_releases_running_items,
+        transitions::refused_transitions_change_nothing,
+        claims::claims_take_lowest_pending_items_in_order,
+        claims::claims_honour_from_index_and_several_jobs,
+        claims::no_claims_unless_running,
+        writes::wrong_lease_changes_nothing,
+        writes::failures_retry_then_fail_for_good,
+        writes::error_text_is_cut_and_cleaned,
+        writes::released_with_and_without_refund,
+        writes::succeeded_and_cancelled_end_items,
+        writes::checkpoint_kept_across_release_and_reclaim,
+        runs::one_batch_many_jobs,
+        runs::counters_follow_items_through_a_whole_run,
+        recovery::recover_releases_and_settles,
+        recovery::release_items_puts_running_items_back,
+        in_batch::claims_of_one_batch_take_distinct_items,
+        in_batch::claims_see_the_writes_before_them,
+        in_batch::writes_for_one_item_apply_in_order,
+    ],
+    postgres_gaps: [],
+}
