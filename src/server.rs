@@ -16,7 +16,8 @@ use crate::{
     pb::{self, job_service_server::JobServiceServer},
     store::{
         Store,
-        postgres::{PgConfig, PgStore},
+        postgres::{PgConfig, PgStore, redacted},
+        sqlite::SqliteStore,
     },
 };
 use anyhow::Context as _;
@@ -29,7 +30,10 @@ use tonic_health::ServingStatus;
 /// Everything `serve` needs to know.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// PostgreSQL, the system of record (used unless `embedded` is set).
     pub database: PgConfig,
+    /// The embedded store's file: one process, no PostgreSQL needed.
+    pub embedded: Option<PathBuf>,
     pub engine: EngineConfig,
     /// How long a shutdown waits for items in flight to reach their next
     /// checkpoint before exiting anyway.
@@ -72,9 +76,18 @@ impl TlsFiles {
 }
 
 impl ServerConfig {
+    /// A server on the embedded store in `path` (a file, created if
+    /// missing).
+    pub fn embedded(path: impl Into<PathBuf>) -> Self {
+        let mut config = ServerConfig::new(String::new());
+        config.embedded = Some(path.into());
+        config
+    }
+
     pub fn new(database_url: impl Into<String>) -> Self {
         ServerConfig {
             database: PgConfig::new(database_url),
+            embedded: None,
             engine: EngineConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             max_request_bytes: 64 * 1024 * 1024,
@@ -95,7 +108,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&config.database).await?);
+    let store: Arc<dyn Store> = match &config.embedded {
+        Some(path) => {
+            tracing::info!(path = %path.display(), "store: embedded (SQLite)");
+            Arc::new(SqliteStore::open(path).await?)
+        }
+        None => {
+            tracing::info!(url = %redacted(&config.database.url), "store: PostgreSQL");
+            Arc::new(PgStore::connect(&config.database).await?)
+        }
+    };
     serve_with_store(config, store, registry, listener, shutdown).await
 }
 

@@ -716,6 +716,7 @@ async fn sighup_reloads_tokens_without_dropping_streams() {
         args: vec!["--auth-tokens".into(), path.display().to_string()],
         log: log.clone(),
         env: vec![],
+        cwd: None,
     };
     let server = ServerProcess::start(&spec).await.unwrap();
     let channel = connect(Endpoint::from_shared(format!("http://{}", spec.addr)).unwrap())
@@ -820,6 +821,7 @@ async fn passwords_and_tokens_stay_out_of_logs_and_events() {
         args: vec!["--auth-tokens".into(), path.display().to_string()],
         log: log.clone(),
         env: vec![("RUST_LOG".into(), "debug".into())],
+        cwd: None,
     };
     let mut server = ServerProcess::start(&spec).await.unwrap();
     let channel = connect(Endpoint::from_shared(format!("http://{}", spec.addr)).unwrap())

@@ -132,6 +132,7 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
+            cwd: None,
         };
         let process = ServerProcess::start(&spec).await.unwrap();
         Server {

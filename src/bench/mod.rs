@@ -58,6 +58,7 @@ impl Env {
             args: args.iter().map(|a| a.to_string()).collect(),
             log: dir.path().join("server.log"),
             env: vec![],
+            cwd: None,
         };
         let server = ServerProcess::start(&spec).await?;
         Ok(Env {

@@ -288,6 +288,7 @@ async fn run_on(
         .collect(),
         log: work.path().join("server.log"),
         env: vec![],
+        cwd: None,
     };
     let mut server = ServerProcess::start(&spec).await?;
     let mut db = PgConnection::connect(&database.url()).await?;

@@ -28,6 +28,9 @@ pub struct ServerSpec {
     pub log: PathBuf,
     /// More environment variables for the server.
     pub env: Vec<(String, String)>,
+    /// The directory the server runs in (the embedded store's data dir
+    /// is relative to it).
+    pub cwd: Option<PathBuf>,
 }
 
 /// A free port on 127.0.0.1 (free now; the server binds it soon after).
@@ -44,12 +47,21 @@ impl ServerProcess {
             .append(true)
             .open(&spec.log)
             .with_context(|| format!("cannot open {}", spec.log.display()))?;
-        let child = Command::new(&spec.binary)
+        let mut command = Command::new(&spec.binary);
+        if let Some(dir) = &spec.cwd {
+            command.current_dir(dir);
+        }
+        // An empty URL: no PostgreSQL, the embedded store.
+        if spec.database_url.is_empty() {
+            command.env_remove("DATABASE_URL");
+        } else {
+            command.env("DATABASE_URL", &spec.database_url);
+        }
+        let child = command
             .arg("serve")
             .arg("--listen")
             .arg(spec.addr.to_string())
             .args(&spec.args)
-            .env("DATABASE_URL", &spec.database_url)
             .env("JOBVISOR_LOG_FORMAT", "text")
             .env("JOBVISOR_METRICS_LISTEN", "off")
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -17,9 +17,15 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBVISOR_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
 
-    /// PostgreSQL connection URL, e.g. postgres://user@host:5432/db.
+    /// PostgreSQL connection URL, e.g. postgres://user@host:5432/db. Without
+    /// it, jobs are kept in an embedded store under --data-dir (one process
+    /// only; PostgreSQL is the store for production and several replicas).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
+    database_url: Option<String>,
+
+    /// Where the embedded store keeps its file (without --database-url).
+    #[arg(long, env = "JOBVISOR_DATA_DIR", default_value = "./jobvisor-data")]
+    data_dir: PathBuf,
 
     /// Most connections to PostgreSQL.
     #[arg(long, env = "JOBVISOR_DB_MAX_CONNECTIONS", default_value_t = 16)]
@@ -123,7 +129,10 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     fn config(&self) -> anyhow::Result<server::ServerConfig> {
-        let mut config = server::ServerConfig::new(&self.database_url);
+        let mut config = match &self.database_url {
+            Some(url) if !url.trim().is_empty() => server::ServerConfig::new(url),
+            _ => server::ServerConfig::embedded(self.data_dir.join("jobvisor.db")),
+        };
         if self.db_max_connections == 0 {
             anyhow::bail!("--db-max-connections (JOBVISOR_DB_MAX_CONNECTIONS) must be at least 1");
         }

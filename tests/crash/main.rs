@@ -157,6 +157,7 @@ async fn sigterm_drains_and_the_job_continues_after_restart() {
         args: vec!["--shutdown-grace".into(), "5s".into()],
         log: log.path().to_path_buf(),
         env: vec![],
+        cwd: None,
     };
     let mut server = ServerProcess::start(&spec).await.unwrap();
     let connect = || async {
@@ -303,4 +304,101 @@ async fn sigterm_drains_and_the_job_continues_after_restart() {
             .await
             .unwrap();
     assert!(attempts.iter().all(|a| *a == 1), "{attempts:?}");
+}
+
+/// The embedded store, from nothing: the binary with no DATABASE_URL in an
+/// empty directory runs a job to the end; in a second run it is killed
+/// mid-job (SIGKILL), restarted, and the job finishes with every item once.
+#[tokio::test]
+async fn the_embedded_store_survives_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ServerSpec {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
+        addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
+        database_url: String::new(),
+        args: vec![],
+        log: dir.path().join("server.log"),
+        env: vec![],
+        cwd: Some(dir.path().to_path_buf()),
+    };
+    let connect = || async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", spec.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        JobServiceClient::new(channel)
+    };
+    let job = |items: u32, ms: &str| pb::StartJobRequest {
+        name: "embedded".into(),
+        executor: "sleep".into(),
+        items: (0..items).map(|i| format!("item-{i}")).collect(),
+        concurrency: 4,
+        params: [
+            ("duration_ms".to_string(), ms.to_string()),
+            ("steps".into(), "5".into()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let wait_end = |mut client: JobServiceClient<tonic::transport::Channel>, id: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let j = client
+                .get_job(pb::GetJobRequest { job_id: id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            if j.end_time.is_some() {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "the job did not finish: {j:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    // First run: a job to completion; the store is created on the way.
+    let mut server = ServerProcess::start(&spec).await.unwrap();
+    let mut client = connect().await;
+    let first = client.start_job(job(20, "10")).await.unwrap().into_inner();
+    let done = wait_end(client, first.id.clone()).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32);
+    assert!(dir.path().join("jobvisor-data/jobvisor.db").exists());
+    server.terminate(Duration::from_secs(10)).await.unwrap();
+
+    // Second run: killed mid-job, restarted, finished.
+    let mut server = ServerProcess::start(&spec).await.unwrap();
+    let mut client = connect().await;
+    let second = client.start_job(job(60, "200")).await.unwrap().into_inner();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let j = client
+            .get_job(pb::GetJobRequest {
+                job_id: second.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.counts.unwrap().succeeded >= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9().unwrap();
+    let _server = ServerProcess::start(&spec).await.unwrap();
+    let done = wait_end(connect().await, second.id.clone()).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32);
+    let counts = done.counts.unwrap();
+    assert_eq!((counts.succeeded, counts.failed, counts.total), (60, 0, 60));
+    // The first job is still there, as it was.
+    let kept = connect()
+        .await
+        .get_job(pb::GetJobRequest {
+            job_id: done.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.id, done.id);
 }

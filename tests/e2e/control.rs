@@ -1,12 +1,20 @@
 //! Pause, resume and cancel, as a user sees them.
 
-use super::harness::{Options, SECS, spawn_app, spawn_app_with, transitions};
+use super::harness::{Options, SECS, StoreKind, spawn_app_with, transitions};
 use jobvisor::pb::{ItemState, JobState, PauseMode};
 use std::time::Duration;
 
 #[tokio::test]
 async fn no_item_is_claimed_after_pause_returns() {
-    let app = spawn_app().await;
+    no_item_is_claimed_after_pause_returns_on(StoreKind::Postgres).await;
+}
+
+pub async fn no_item_is_claimed_after_pause_returns_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     // Three workers, all blocked on the gate: the job is busy.
     let job = app.start(app.job("gate", 20, 3, &[])).await;
     app.eventually("3 items in flight", SECS(10), || async {
@@ -39,7 +47,15 @@ async fn no_item_is_claimed_after_pause_returns() {
 
 #[tokio::test]
 async fn resume_continues_in_index_order_and_reruns_nothing() {
-    let app = spawn_app().await;
+    resume_continues_in_index_order_and_reruns_nothing_on(StoreKind::Postgres).await;
+}
+
+pub async fn resume_continues_in_index_order_and_reruns_nothing_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let job = app
         .start(app.job("recording", 12, 1, &[("duration_ms", "40"), ("steps", "2")]))
         .await;
@@ -69,7 +85,15 @@ async fn resume_continues_in_index_order_and_reruns_nothing() {
 
 #[tokio::test]
 async fn immediate_pause_resumes_items_from_their_checkpoint() {
-    let app = spawn_app().await;
+    immediate_pause_resumes_items_from_their_checkpoint_on(StoreKind::Postgres).await;
+}
+
+pub async fn immediate_pause_resumes_items_from_their_checkpoint_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     // One slow item at a time: 10 steps of 100 ms each.
     let job = app
         .start(app.job(
@@ -137,7 +161,15 @@ async fn all_ended_cancelled(app: &super::harness::TestApp, id: &str, ran: u64) 
 
 #[tokio::test]
 async fn cancel_from_running_stops_items_in_flight() {
-    let app = spawn_app().await;
+    cancel_from_running_stops_items_in_flight_on(StoreKind::Postgres).await;
+}
+
+pub async fn cancel_from_running_stops_items_in_flight_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let job = app.start(app.job("gate", 10, 2, &[])).await;
     app.eventually("2 in flight", SECS(10), || async {
         app.executions.running() == 2
@@ -170,7 +202,15 @@ async fn cancel_from_running_stops_items_in_flight() {
 
 #[tokio::test]
 async fn cancel_from_pausing_and_from_paused() {
-    let app = spawn_app().await;
+    cancel_from_pausing_and_from_paused_on(StoreKind::Postgres).await;
+}
+
+pub async fn cancel_from_pausing_and_from_paused_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     // PAUSING: a graceful pause waits for the gate, then cancel.
     let job = app.start(app.job("gate", 10, 2, &[])).await;
     app.eventually("2 in flight", SECS(10), || async {

@@ -22,7 +22,7 @@ fn bad_fields(status: &tonic::Status) -> Vec<String> {
 
 async fn jobs_stored(app: &super::harness::TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&app.pool)
+        .fetch_one(app.pg())
         .await
         .unwrap()
 }

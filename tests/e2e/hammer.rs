@@ -95,7 +95,7 @@ async fn fifty_clients_hammering_controls_leave_a_consistent_job() {
         "SELECT state, count(*) FROM items WHERE job_id = $1::uuid GROUP BY state ORDER BY state",
     )
     .bind(&job.id)
-    .fetch_all(&app.pool)
+    .fetch_all(app.pg())
     .await
     .unwrap();
     let count = |s: i16| {

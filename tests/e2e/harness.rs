@@ -128,8 +128,18 @@ pub fn init_logs() {
 }
 
 /// Tweaks for one test's server.
+/// Which store the server runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StoreKind {
+    #[default]
+    Postgres,
+    /// The embedded SQLite store, in a temporary directory.
+    Embedded,
+}
+
 #[derive(Clone)]
 pub struct Options {
+    pub store: StoreKind,
     pub restart_budget: u32,
     /// The API's database connections (the committer has its own two).
     pub db_connections: u32,
@@ -141,6 +151,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            store: StoreKind::Postgres,
             restart_budget: 5,
             db_connections: 16,
             acquire_timeout: Duration::from_secs(3),
@@ -154,9 +165,13 @@ impl Default for Options {
 pub struct TestApp {
     pub client: JobServiceClient<Channel>,
     pub addr: std::net::SocketAddr,
-    /// Direct access to the test's database, for assertions.
-    pub pool: PgPool,
+    /// Direct access to the test's PostgreSQL database, for assertions
+    /// (`None` on the embedded store; see [`TestApp::pg`]).
+    pool: Option<PgPool>,
+    /// The database (PostgreSQL) or its directory (embedded).
     pub db: TestDb,
+    /// Keeps the embedded store's directory alive.
+    _dir: Option<tempfile::TempDir>,
     /// Every execution the test executors saw.
     pub executions: Executions,
     /// Opens the `gate` executor's items.
@@ -172,19 +187,38 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     init_logs();
-    let db = TestDb::create().await;
+    let (db, dir) = match options.store {
+        StoreKind::Postgres => (TestDb::create().await, None),
+        StoreKind::Embedded => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("jobvisor.db").display().to_string();
+            (
+                TestDb {
+                    name: String::new(),
+                    url: path,
+                },
+                Some(dir),
+            )
+        }
+    };
     let executions = Executions::default();
     let gate = Gate::default();
     let (channel, addr, shutdown, server) =
         start_server(&db.url, &options, &executions, &gate).await;
-    let pool = PgPool::connect(&db.url)
-        .await
-        .expect("connect to the test db");
+    let pool = match options.store {
+        StoreKind::Postgres => Some(
+            PgPool::connect(&db.url)
+                .await
+                .expect("connect to the test db"),
+        ),
+        StoreKind::Embedded => None,
+    };
     TestApp {
         client: JobServiceClient::new(channel),
         addr,
         pool,
         db,
+        _dir: dir,
         executions,
         gate,
         options,
@@ -211,7 +245,10 @@ async fn start_server(
         .with("gate", gate.clone().with_log(executions.clone()))
         .with("panicky", Panicky)
         .with_exec(jobvisor::executor::exec::CommandPolicy::Any);
-    let mut config = ServerConfig::new(db_url);
+    let mut config = match options.store {
+        StoreKind::Postgres => ServerConfig::new(db_url),
+        StoreKind::Embedded => ServerConfig::embedded(db_url),
+    };
     config.shutdown_grace = Duration::from_secs(5);
     config.health_interval = Duration::from_millis(200);
     config.engine.restart_budget = options.restart_budget;
@@ -288,8 +325,10 @@ impl TestApp {
     /// Stops the server and drops the database.
     pub async fn stop(mut self) {
         self.shutdown_server().await;
-        self.pool.close().await;
-        self.db.drop_db().await;
+        if let Some(pool) = &self.pool {
+            pool.close().await;
+            self.db.drop_db().await;
+        }
     }
 
     /// A StartJob request with the given basics.
@@ -449,15 +488,18 @@ impl TestApp {
         events
     }
 
+    /// The PostgreSQL pool, for tests that only run there.
+    pub fn pg(&self) -> &PgPool {
+        self.pool.as_ref().expect("this test runs on PostgreSQL")
+    }
+
     /// Items of a job ever claimed: not pending, or pending after an attempt.
     pub async fn claimed(&self, id: &str) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM items WHERE job_id = $1::uuid AND (state <> 0 OR attempts > 0)",
-        )
-        .bind(id)
-        .fetch_one(&self.pool)
-        .await
-        .unwrap()
+        self.items(id)
+            .await
+            .iter()
+            .filter(|i| i.state != pb::ItemState::Pending as i32 || i.attempts > 0)
+            .count() as i64
     }
 }
 

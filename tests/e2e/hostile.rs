@@ -107,10 +107,10 @@ async fn a_stale_worker_cannot_complete_or_checkpoint_its_old_item() {
 
     // Drive the store directly: claim as an "old" worker, lose the claim
     // (taken over after a restart), and a new claim under a new lease.
-    let store = PgStore::from_pool(app.pool.clone());
+    let store = PgStore::from_pool(app.pg().clone());
     sqlx::query("UPDATE jobs SET state = 'running' WHERE id = $1")
         .bind(id.0)
-        .execute(&app.pool)
+        .execute(app.pg())
         .await
         .unwrap();
     let claim = |max| Batch {
@@ -249,7 +249,7 @@ async fn garbage_and_malformed_messages_leave_the_server_serving() {
     let after = app.get(&job.id).await;
     assert_eq!(after, before);
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&app.pool)
+        .fetch_one(app.pg())
         .await
         .unwrap();
     assert_eq!(jobs, 1);

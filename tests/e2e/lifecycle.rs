@@ -1,11 +1,19 @@
 //! A job from start to its end.
 
-use super::harness::{SECS, spawn_app, stored, transitions};
+use super::harness::{Options, SECS, StoreKind, spawn_app_with, stored, transitions};
 use jobvisor::pb::{self, JobState};
 
 #[tokio::test]
 async fn a_job_runs_every_item_and_succeeds() {
-    let app = spawn_app().await;
+    a_job_runs_every_item_and_succeeds_on(StoreKind::Postgres).await;
+}
+
+pub async fn a_job_runs_every_item_and_succeeds_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let job = app
         .start(app.job("sleep", 30, 4, &[("duration_ms", "20"), ("steps", "2")]))
         .await;
@@ -49,7 +57,15 @@ async fn a_job_runs_every_item_and_succeeds() {
 
 #[tokio::test]
 async fn failing_items_are_retried_then_fail_the_job() {
-    let app = spawn_app().await;
+    failing_items_are_retried_then_fail_the_job_on(StoreKind::Postgres).await;
+}
+
+pub async fn failing_items_are_retried_then_fail_the_job_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let mut request = app.job(
         "sleep",
         10,
@@ -93,7 +109,15 @@ async fn failing_items_are_retried_then_fail_the_job() {
 
 #[tokio::test]
 async fn a_restarted_server_adopts_running_jobs() {
-    let app = spawn_app().await;
+    a_restarted_server_adopts_running_jobs_on(StoreKind::Postgres).await;
+}
+
+pub async fn a_restarted_server_adopts_running_jobs_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let job = app
         .start(app.job("sleep", 40, 2, &[("duration_ms", "50"), ("steps", "5")]))
         .await;

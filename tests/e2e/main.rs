@@ -3,6 +3,7 @@
 
 mod control;
 mod discovery;
+mod embedded;
 mod errors;
 mod exec;
 mod executors;

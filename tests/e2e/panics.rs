@@ -1,12 +1,20 @@
 //! A worker that panics is restarted; its item is retried from its
 //! checkpoint; past the restart budget the job fails and says why.
 
-use super::harness::{Options, SECS, spawn_app, spawn_app_with};
+use super::harness::{Options, SECS, StoreKind, spawn_app_with};
 use jobvisor::pb::{self, JobState};
 
 #[tokio::test]
 async fn a_panicking_worker_is_restarted_and_its_item_resumes() {
-    let app = spawn_app().await;
+    a_panicking_worker_is_restarted_and_its_item_resumes_on(StoreKind::Postgres).await;
+}
+
+pub async fn a_panicking_worker_is_restarted_and_its_item_resumes_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let job = app
         .start(app.job(
             "recording",

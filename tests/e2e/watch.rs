@@ -1,6 +1,6 @@
 //! WatchJob: replay from the store, live changes, gap-free resumption.
 
-use super::harness::{SECS, spawn_app, stored};
+use super::harness::{Options, SECS, StoreKind, spawn_app_with, stored};
 use jobvisor::pb::{self, JobState, PauseMode};
 
 fn sequences(events: &[pb::JobEvent]) -> Vec<u64> {
@@ -9,7 +9,15 @@ fn sequences(events: &[pb::JobEvent]) -> Vec<u64> {
 
 #[tokio::test]
 async fn watching_a_finished_job_replays_its_whole_history() {
-    let app = spawn_app().await;
+    watching_a_finished_job_replays_its_whole_history_on(StoreKind::Postgres).await;
+}
+
+pub async fn watching_a_finished_job_replays_its_whole_history_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let job = app
         .start(app.job(
             "sleep",
@@ -58,7 +66,15 @@ async fn watching_a_finished_job_replays_its_whole_history() {
 
 #[tokio::test]
 async fn two_live_watchers_see_the_same_sequence() {
-    let app = spawn_app().await;
+    two_live_watchers_see_the_same_sequence_on(StoreKind::Postgres).await;
+}
+
+pub async fn two_live_watchers_see_the_same_sequence_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let job = app
         .start(app.job(
             "sleep",
