@@ -44,9 +44,16 @@ proptest! {
         params in map(),
         labels in map(),
         request_id in text(),
+        timeout_ms in prop_oneof![Just(0u64), any::<u64>()],
+        pause_after_failures in any::<u32>(),
+        pause_on_failure_ratio in prop_oneof![Just(0.0f64), any::<f64>()],
+        failure_window in prop_oneof![Just(0u32), any::<u32>()],
     ) {
         let limits = Limits { max_items: 10, max_item_bytes: 64, ..Limits::default() };
-        let input = NewJob { name, executor, items, concurrency, params, labels, max_attempts, request_id };
+        let input = NewJob {
+            name, executor, items, concurrency, params, labels, max_attempts, request_id,
+            timeout_ms, pause_after_failures, pause_on_failure_ratio, failure_window,
+        };
         match JobSpec::parse(input, &limits) {
             Ok(spec) => {
                 prop_assert!(!spec.name.is_empty() && spec.name.chars().count() <= 200);
@@ -55,11 +62,15 @@ proptest! {
                 prop_assert!(!spec.items.is_empty() && spec.items.len() <= limits.max_items);
                 prop_assert!(spec.items.iter().all(|i| i.len() <= limits.max_item_bytes && !i.contains('\0')));
                 prop_assert_eq!(spec.fingerprint().len(), 32);
+                if let Some(r) = spec.policy.pause_on_failure_ratio {
+                    prop_assert!(r > 0.0 && r <= 1.0);
+                }
             }
             Err(violations) => {
                 prop_assert!(!violations.is_empty());
                 for v in violations {
-                    let known = ["name", "executor", "items", "concurrency", "max_attempts", "params", "labels", "request_id"];
+                    let known = ["name", "executor", "items", "concurrency", "max_attempts", "params",
+                                 "labels", "request_id", "timeout", "pause_on_failure_ratio", "failure_window"];
                     prop_assert!(known.iter().any(|k| v.field.starts_with(k)), "field {}", v.field);
                     prop_assert!(!v.description.is_empty());
                 }

@@ -3,8 +3,8 @@
 
 use crate::{
     domain::{
-        EventBody, FieldViolation, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobState,
-        NewJob, PauseMode, PauseRecord,
+        EventBody, FieldViolation, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobPolicy,
+        JobState, NewJob, PauseMode, PauseRecord,
         page::{ItemCursor, JobCursor},
         spec::{MAX_REASON_CHARS, MAX_REQUEST_ID_CHARS, optional_text},
     },
@@ -90,6 +90,55 @@ pub fn counts(c: &ItemCounts) -> pb::ItemCounts {
     }
 }
 
+fn duration(ms: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// A request's duration field as milliseconds (unset: 0); a negative one
+/// is a violation.
+pub fn duration_ms(
+    field: &str,
+    d: &Option<prost_types::Duration>,
+    bad: &mut Vec<FieldViolation>,
+) -> u64 {
+    let Some(d) = d else { return 0 };
+    match std::time::Duration::try_from(*d) {
+        Ok(d) => d.as_millis().min(u64::MAX as u128) as u64,
+        Err(_) => {
+            bad.push(FieldViolation::new(field, "must not be negative"));
+            0
+        }
+    }
+}
+
+/// A request's timestamp field; an invalid one is a violation.
+pub fn timestamp_from(
+    field: &str,
+    t: &Option<prost_types::Timestamp>,
+    bad: &mut Vec<FieldViolation>,
+) -> Option<DateTime<Utc>> {
+    let t = t.as_ref()?;
+    match DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32) {
+        Some(t) => Some(t),
+        None => {
+            bad.push(FieldViolation::new(field, "is not a valid time"));
+            None
+        }
+    }
+}
+
+fn policy(p: &JobPolicy) -> pb::JobPolicy {
+    pb::JobPolicy {
+        timeout: p.timeout_ms.map(duration),
+        pause_after_failures: p.pause_after_failures.unwrap_or(0),
+        pause_on_failure_ratio: p.pause_on_failure_ratio.unwrap_or(0.0),
+        failure_window: p.failure_window.unwrap_or(0),
+    }
+}
+
 fn pause_record(p: &PauseRecord) -> pb::PauseRecord {
     pb::PauseRecord {
         mode: pause_mode(p.mode) as i32,
@@ -99,6 +148,7 @@ fn pause_record(p: &PauseRecord) -> pb::PauseRecord {
         request_time: Some(timestamp(p.requested_at)),
         paused_time: p.paused_at.map(timestamp),
         resume_time: p.resumed_at.map(timestamp),
+        scheduled_resume_time: p.resume_at.map(timestamp),
     }
 }
 
@@ -124,6 +174,7 @@ pub fn job(j: &Job) -> pb::Job {
         last_error: j.last_error.clone().unwrap_or_default(),
         last_sequence: j.last_seq,
         request_id: j.request_id.clone().unwrap_or_default(),
+        policy: Some(policy(&j.policy)),
     }
 }
 
@@ -136,6 +187,7 @@ pub fn item(i: &Item) -> pb::Item {
         last_error: i.last_error.clone().unwrap_or_default(),
         checkpoint: i.checkpoint.clone().unwrap_or_default(),
         update_time: i.updated_at.map(timestamp),
+        result: i.result.clone().unwrap_or_default(),
     }
 }
 
@@ -167,6 +219,17 @@ fn event(e: &JobEvent) -> pb::JobEvent {
             attempt: *attempt,
             error: error.clone(),
             will_retry: *will_retry,
+        }),
+        EventBody::ConcurrencyChanged {
+            from,
+            to,
+            requested_by,
+            request_id,
+        } => Kind::ConcurrencyChanged(pb::ConcurrencyChanged {
+            from: *from,
+            to: *to,
+            requested_by: requested_by.clone().unwrap_or_default(),
+            request_id: request_id.clone().unwrap_or_default(),
         }),
         EventBody::WorkerRestarted {
             index,
@@ -229,8 +292,15 @@ pub fn checked<T>(value: Option<T>, bad: Vec<FieldViolation>) -> Result<T, Vec<F
     }
 }
 
-pub fn new_job(r: pb::StartJobRequest) -> NewJob {
+/// A StartJob request as domain input; bad durations are collected in
+/// `bad` (the rest is checked by `JobSpec::parse`).
+pub fn new_job(r: pb::StartJobRequest, bad: &mut Vec<FieldViolation>) -> NewJob {
+    let timeout_ms = duration_ms("timeout", &r.timeout, bad);
     NewJob {
+        timeout_ms,
+        pause_after_failures: r.pause_after_failures,
+        pause_on_failure_ratio: r.pause_on_failure_ratio,
+        failure_window: r.failure_window,
         name: r.name,
         executor: r.executor,
         items: r.items,

@@ -11,7 +11,7 @@ pub mod trace;
 
 use crate::{
     domain::{FieldViolation, JobId, Provenance},
-    engine::{Control, Engine, EngineError},
+    engine::{Control, Engine, EngineError, Pause},
     pb::{self, job_service_server::JobService},
 };
 use auth::Caller;
@@ -70,6 +70,42 @@ impl JobApi {
     }
 }
 
+/// A pause as asked: graceful unless immediate, with an optional drain
+/// deadline (graceful only) and an optional time to resume by itself.
+fn pause_from(
+    mode: i32,
+    drain_timeout: &Option<prost_types::Duration>,
+    resume_at: &Option<prost_types::Timestamp>,
+    violations: &mut Vec<FieldViolation>,
+) -> Pause {
+    let mode = convert::pause_mode_from(mode, violations);
+    let drain = convert::duration_ms("drain_timeout", drain_timeout, violations);
+    if drain > 0 && mode == crate::domain::PauseMode::Immediate {
+        violations.push(FieldViolation::new(
+            "drain_timeout",
+            "applies to a graceful pause (an immediate one does not wait)",
+        ));
+    }
+    let resume_at = convert::timestamp_from("resume_at", resume_at, violations);
+    if resume_at.is_some_and(|t| t <= chrono::Utc::now()) {
+        violations.push(FieldViolation::new("resume_at", "is in the past"));
+    }
+    Pause {
+        mode,
+        drain_timeout: (drain > 0).then(|| std::time::Duration::from_millis(drain)),
+        resume_at,
+    }
+}
+
+fn outcome_error(id: JobId, status: &Status) -> pb::ControlOutcome {
+    pb::ControlOutcome {
+        job_id: id.to_string(),
+        job: None,
+        error_code: format!("{:?}", status.code()),
+        error_message: status.message().to_string(),
+    }
+}
+
 /// Tags the RPC's span (see [`trace`]) with the job it is about.
 fn record_job(id: crate::domain::JobId) {
     tracing::Span::current().record("job_id", tracing::field::display(id));
@@ -88,7 +124,11 @@ impl JobService for JobApi {
         request: Request<pb::StartJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let who = caller(&request);
-        let mut input = convert::new_job(request.into_inner());
+        let mut violations = Vec::new();
+        let mut input = convert::new_job(request.into_inner(), &mut violations);
+        if !violations.is_empty() {
+            return Err(bad(violations));
+        }
         // A scoped caller's jobs carry its scope labels.
         for (key, value) in &who.scope {
             match input.labels.get(key) {
@@ -167,7 +207,7 @@ impl JobService for JobApi {
         let r = request.into_inner();
         let mut violations = Vec::new();
         let id = convert::job_id("job_id", &r.job_id, &mut violations);
-        let mode = convert::pause_mode_from(r.mode, &mut violations);
+        let pause = pause_from(r.mode, &r.drain_timeout, &r.resume_at, &mut violations);
         let (reason, request_id) =
             convert::reason_and_request_id(&r.reason, &r.request_id, &mut violations);
         let id = convert::checked(id, violations).map_err(bad)?;
@@ -180,7 +220,7 @@ impl JobService for JobApi {
         };
         let job = self
             .engine
-            .control(id, Control::Pause(mode), provenance)
+            .control(id, Control::Pause(pause), provenance)
             .await?;
         Ok(Response::new(convert::job(&job)))
     }
@@ -228,6 +268,140 @@ impl JobService for JobApi {
         };
         let job = self.engine.control(id, Control::Cancel, provenance).await?;
         Ok(Response::new(convert::job(&job)))
+    }
+
+    async fn retry_failed_items(
+        &self,
+        request: Request<pb::RetryFailedItemsRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
+        let by = requested_by(&request);
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", &r.job_id, &mut violations);
+        let (_, request_id) = convert::reason_and_request_id("", &r.request_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
+        self.visible(&who, id).await?;
+        let provenance = Provenance {
+            reason: Some("retry failed items".into()),
+            requested_by: by,
+            request_id,
+        };
+        let job = self
+            .engine
+            .control(id, Control::RetryFailed, provenance)
+            .await?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    async fn set_job_concurrency(
+        &self,
+        request: Request<pb::SetJobConcurrencyRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
+        let by = requested_by(&request);
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", &r.job_id, &mut violations);
+        let (_, request_id) = convert::reason_and_request_id("", &r.request_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
+        self.visible(&who, id).await?;
+        let provenance = Provenance {
+            reason: None,
+            requested_by: by,
+            request_id,
+        };
+        let job = self
+            .engine
+            .set_concurrency(id, r.concurrency, provenance)
+            .await?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    async fn control_jobs(
+        &self,
+        request: Request<pb::ControlJobsRequest>,
+    ) -> Result<Response<pb::ControlJobsResponse>, Status> {
+        let who = caller(&request);
+        let by = requested_by(&request);
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        let control = match pb::ControlAction::try_from(r.action) {
+            Ok(pb::ControlAction::Pause) => Some(Control::Pause(pause_from(
+                r.mode,
+                &r.drain_timeout,
+                &r.resume_at,
+                &mut violations,
+            ))),
+            Ok(pb::ControlAction::Resume) => Some(Control::Resume),
+            Ok(pb::ControlAction::Cancel) => Some(Control::Cancel),
+            _ => {
+                violations.push(FieldViolation::new(
+                    "action",
+                    "is required: CONTROL_ACTION_PAUSE, _RESUME or _CANCEL",
+                ));
+                None
+            }
+        };
+        let mut ids = Vec::new();
+        for (i, raw) in r.job_ids.iter().enumerate() {
+            if let Some(id) = convert::job_id(&format!("job_ids[{i}]"), raw, &mut violations) {
+                ids.push(id);
+            }
+        }
+        if r.job_ids.is_empty() && r.labels.is_empty() {
+            violations.push(FieldViolation::new(
+                "labels",
+                "give job_ids and/or labels: which jobs to change",
+            ));
+        }
+        if ids.len() > crate::engine::BULK_LIMIT {
+            violations.push(FieldViolation::new(
+                "job_ids",
+                format!("names more than {} jobs", crate::engine::BULK_LIMIT),
+            ));
+        }
+        let (reason, request_id) =
+            convert::reason_and_request_id(&r.reason, &r.request_id, &mut violations);
+        let control = convert::checked(control, violations).map_err(bad)?;
+        // A scoped caller selects within its scope, and named jobs outside
+        // it do not exist for it.
+        let mut outcomes = Vec::new();
+        let mut visible = Vec::new();
+        for id in ids {
+            match self.visible(&who, id).await {
+                Ok(()) => visible.push(id),
+                Err(status) => outcomes.push(outcome_error(id, &status)),
+            }
+        }
+        let labels = (!r.labels.is_empty()).then(|| {
+            let mut labels: std::collections::BTreeMap<String, String> =
+                r.labels.into_iter().collect();
+            labels.extend(who.scope.clone());
+            labels
+        });
+        let provenance = Provenance {
+            reason,
+            requested_by: by,
+            request_id,
+        };
+        let results = self
+            .engine
+            .control_jobs(visible, labels, control, provenance)
+            .await?;
+        for (id, result) in results {
+            outcomes.push(match result {
+                Ok(job) => pb::ControlOutcome {
+                    job_id: id.to_string(),
+                    job: Some(convert::job(&job)),
+                    ..Default::default()
+                },
+                Err(e) => outcome_error(id, &Status::from(e)),
+            });
+        }
+        Ok(Response::new(pb::ControlJobsResponse { outcomes }))
     }
 
     type WatchJobStream = EventStream;

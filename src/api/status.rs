@@ -63,6 +63,7 @@ impl From<EngineError> for Status {
                     | crate::domain::Refusal::NotResumable(s)
                     | crate::domain::Refusal::NotCancellable(s)
                     | crate::domain::Refusal::NotRetryable(s)
+                    | crate::domain::Refusal::Ended(s)
                     | crate::domain::Refusal::Stale { state: s, .. } => s,
                 };
                 with_reason(

@@ -177,6 +177,44 @@ pub struct StartArgs {
     /// Follow the job after starting it, like `jobvisor watch`.
     #[arg(long)]
     watch: bool,
+    /// Fail the job once it has run this long (paused time not counted).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Pause the job by itself after this many failed attempts in a row.
+    #[arg(long, default_value_t = 0)]
+    pause_after_failures: u32,
+    /// Pause the job by itself when this share (0-1) of recent attempts failed.
+    #[arg(long, default_value_t = 0.0)]
+    pause_on_failure_ratio: f64,
+    /// The attempts --pause-on-failure-ratio looks at (default 20).
+    #[arg(long, default_value_t = 0)]
+    failure_window: u32,
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// A time given as RFC 3339 (2026-11-22T18:00:00Z) or from now (+2h).
+fn parse_when(raw: &str) -> Result<prost_types::Timestamp, String> {
+    let at = match raw.strip_prefix('+') {
+        Some(after) => {
+            let d = humantime::parse_duration(after)
+                .map_err(|e| format!("{raw:?}: {e} (try +30m or an RFC 3339 time)"))?;
+            chrono::Utc::now()
+                + chrono::Duration::from_std(d).map_err(|_| format!("{raw:?} is too far"))?
+        }
+        None => chrono::DateTime::parse_from_rfc3339(raw)
+            .map_err(|_| format!("{raw:?} is not an RFC 3339 time or +duration"))?
+            .with_timezone(&chrono::Utc),
+    };
+    Ok(prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    })
 }
 
 pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
@@ -206,6 +244,10 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
             labels: args.labels.into_iter().collect::<HashMap<_, _>>(),
             max_attempts: args.max_attempts,
             request_id: args.request_id.unwrap_or_default(),
+            timeout: args.timeout.map(proto_duration),
+            pause_after_failures: args.pause_after_failures,
+            pause_on_failure_ratio: args.pause_on_failure_ratio,
+            failure_window: args.failure_window,
         }))
         .await
         .map_err(status_error)?
@@ -238,6 +280,12 @@ pub struct PauseArgs {
     /// Why (kept in the job's pause history).
     #[arg(long, default_value = "")]
     reason: String,
+    /// Turn the graceful pause immediate after this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// Resume by itself at this time: RFC 3339, or +duration from now.
+    #[arg(long, value_parser = parse_when)]
+    resume_at: Option<prost_types::Timestamp>,
 }
 
 pub async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
@@ -255,6 +303,8 @@ pub async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
             mode: mode as i32,
             reason: args.reason,
             request_id: String::new(),
+            drain_timeout: args.drain_timeout.map(proto_duration),
+            resume_at: args.resume_at,
         }))
         .await
         .map_err(status_error)?
@@ -320,6 +370,105 @@ pub async fn get(args: JobArgs) -> anyhow::Result<ExitCode> {
         .into_inner();
     output::print_job(&job, args.conn.json);
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn retry(args: JobArgs) -> anyhow::Result<ExitCode> {
+    let job = args
+        .conn
+        .client()
+        .await?
+        .retry_failed_items(request(pb::RetryFailedItemsRequest {
+            job_id: args.job_id,
+            request_id: String::new(),
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_job(&job, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job's id.
+    job_id: String,
+    /// Items at once from now on.
+    concurrency: u32,
+}
+
+pub async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
+    let job = args
+        .conn
+        .client()
+        .await?
+        .set_job_concurrency(request(pb::SetJobConcurrencyRequest {
+            job_id: args.job_id,
+            concurrency: args.concurrency,
+            request_id: String::new(),
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_job(&job, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct BulkArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// pause, resume or cancel.
+    #[arg(value_parser = ["pause", "resume", "cancel"])]
+    action: String,
+    /// Every live job with this label, key=value (repeatable; all must match).
+    #[arg(long = "label", value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    /// And these jobs (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<String>,
+    /// For pause: stop items in flight at their next checkpoint.
+    #[arg(long)]
+    immediate: bool,
+    /// Why (recorded with every job's event).
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+pub async fn bulk(args: BulkArgs) -> anyhow::Result<ExitCode> {
+    let action = match args.action.as_str() {
+        "pause" => pb::ControlAction::Pause,
+        "resume" => pb::ControlAction::Resume,
+        _ => pb::ControlAction::Cancel,
+    };
+    let mode = if args.immediate {
+        pb::PauseMode::Immediate
+    } else {
+        pb::PauseMode::Graceful
+    };
+    let answer = args
+        .conn
+        .client()
+        .await?
+        .control_jobs(request(pb::ControlJobsRequest {
+            action: action as i32,
+            job_ids: args.ids,
+            labels: args.labels.into_iter().collect(),
+            mode: mode as i32,
+            reason: args.reason,
+            ..Default::default()
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_outcomes(&answer, args.conn.json);
+    let failed = answer.outcomes.iter().any(|o| !o.error_code.is_empty());
+    Ok(if failed {
+        ExitCode::from(5)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[derive(Debug, Args)]

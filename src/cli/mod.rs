@@ -32,6 +32,13 @@ enum Command {
     Resume(client::JobArgs),
     /// Cancel a job.
     Cancel(client::CancelArgs),
+    /// Run the failed items of a failed job again.
+    Retry(client::JobArgs),
+    /// Change how many items a job runs at once.
+    Scale(client::ScaleArgs),
+    /// Pause, resume or cancel many jobs at once (by label and/or id).
+    /// Exit code 5 if any job refused.
+    Control(client::BulkArgs),
     /// Show a job.
     Get(client::JobArgs),
     /// List jobs, newest first.
@@ -59,6 +66,9 @@ pub async fn run() -> ExitCode {
         Command::Pause(args) => client::pause(args).await,
         Command::Resume(args) => client::resume(args).await,
         Command::Cancel(args) => client::cancel(args).await,
+        Command::Retry(args) => client::retry(args).await,
+        Command::Scale(args) => client::scale(args).await,
+        Command::Control(args) => client::bulk(args).await,
         Command::Get(args) => client::get(args).await,
         Command::List(args) => client::list(args).await,
         Command::Items(args) => client::items(args).await,

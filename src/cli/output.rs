@@ -174,6 +174,7 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
                 json!({"index": i.index, "payload": i.payload, "state": item_state_name(i.state),
                        "attempts": i.attempts, "last_error": i.last_error,
                        "checkpoint": String::from_utf8_lossy(&i.checkpoint),
+                       "result": i.result,
                        "update_time": time(&i.update_time)})
             })
             .collect();
@@ -210,6 +211,30 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
     }
     if !page.next_page_token.is_empty() {
         println!("(more: --page-token {})", page.next_page_token);
+    }
+}
+
+pub fn print_outcomes(answer: &pb::ControlJobsResponse, json: bool) {
+    for o in &answer.outcomes {
+        if json {
+            println!(
+                "{}",
+                json!({"job_id": o.job_id, "state": o.job.as_ref().map(|j| job_state_name(j.state)),
+                       "error_code": o.error_code, "error_message": o.error_message})
+            );
+        } else if o.error_code.is_empty() {
+            let state = o
+                .job
+                .as_ref()
+                .map(|j| job_state_name(j.state))
+                .unwrap_or_default();
+            println!("{}  {state}", o.job_id);
+        } else {
+            println!(
+                "{}  refused: {} {}",
+                o.job_id, o.error_code, o.error_message
+            );
+        }
     }
 }
 
@@ -336,6 +361,14 @@ impl WatchView {
                     ));
                 }
             }
+            Kind::ConcurrencyChanged(c) => {
+                if !self.json {
+                    self.note(&format!(
+                        "#{} concurrency {} → {}",
+                        event.sequence, c.from, c.to
+                    ));
+                }
+            }
             Kind::WorkerRestarted(w) => {
                 if !self.json {
                     self.note(&format!(
@@ -378,6 +411,9 @@ fn event_json(e: &pb::JobEvent) -> Value {
             "pause_mode": pause_mode_name(c.pause_mode)}}),
         Some(Kind::ItemFailed(f)) => json!({"item_failed": {
             "index": f.index, "attempt": f.attempt, "error": f.error, "will_retry": f.will_retry}}),
+        Some(Kind::ConcurrencyChanged(c)) => json!({"concurrency_changed": {
+            "from": c.from, "to": c.to, "requested_by": c.requested_by,
+            "request_id": c.request_id}}),
         Some(Kind::WorkerRestarted(w)) => json!({"worker_restarted": {
             "index": w.index, "reason": w.reason, "restarts_in_window": w.restarts_in_window}}),
         Some(Kind::Progress(p)) => json!({"progress": {

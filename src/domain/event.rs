@@ -28,6 +28,15 @@ pub enum EventBody {
         error: String,
         will_retry: bool,
     },
+    /// The job's concurrency was changed.
+    ConcurrencyChanged {
+        from: u32,
+        to: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
     /// A worker died and was restarted.
     WorkerRestarted {
         index: u32,
@@ -43,6 +52,7 @@ impl EventBody {
             EventBody::StateChanged { .. } => "state_changed",
             EventBody::ItemFailed { .. } => "item_failed",
             EventBody::WorkerRestarted { .. } => "worker_restarted",
+            EventBody::ConcurrencyChanged { .. } => "concurrency_changed",
         }
     }
 

@@ -7,7 +7,34 @@ use super::{
     state::{ItemState, JobState, PauseMode},
 };
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// How a job protects itself: a budget of running time and an error
+/// breaker that pauses it instead of burning through its items.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobPolicy {
+    /// Fail the job once it has run this long; paused time is not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Pause the job after this many failed attempts in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_after_failures: Option<u32>,
+    /// Pause the job when at least this share (0 to 1) of the last
+    /// `failure_window` attempts failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_on_failure_ratio: Option<f64>,
+    /// The attempts `pause_on_failure_ratio` looks at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_window: Option<u32>,
+}
+
+impl JobPolicy {
+    /// The attempts the failure ratio is measured over.
+    pub fn window(&self) -> u32 {
+        self.failure_window.unwrap_or(20)
+    }
+}
 
 /// How many items of a job are in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +70,8 @@ pub struct PauseRecord {
     /// When the job reached PAUSED.
     pub paused_at: Option<DateTime<Utc>>,
     pub resumed_at: Option<DateTime<Utc>>,
+    /// When the job resumes by itself, if the pause asked for it.
+    pub resume_at: Option<DateTime<Utc>>,
 }
 
 /// A job as stored.
@@ -57,6 +86,7 @@ pub struct Job {
     pub max_attempts: u32,
     pub params: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    pub policy: JobPolicy,
     pub request_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -69,6 +99,18 @@ pub struct Job {
 }
 
 impl Job {
+    /// How long the job has been running, paused time not counted.
+    pub fn active_time(&self, now: DateTime<Utc>) -> chrono::Duration {
+        let started = self.started_at.unwrap_or(self.created_at);
+        let end = self.ended_at.unwrap_or(now);
+        let paused: chrono::Duration = self
+            .pauses
+            .iter()
+            .map(|p| p.resumed_at.unwrap_or(end) - p.requested_at)
+            .sum();
+        (end - started - paused).max(chrono::Duration::zero())
+    }
+
     pub fn can_pause(&self) -> bool {
         allows(self.state, Command::Pause(PauseMode::Graceful))
     }
@@ -89,6 +131,8 @@ pub struct Item {
     pub attempts: u32,
     pub last_error: Option<String>,
     pub checkpoint: Option<Vec<u8>>,
+    /// What the executor reported for a succeeded item.
+    pub result: Option<String>,
     pub updated_at: Option<DateTime<Utc>>,
 }
 

@@ -78,6 +78,9 @@ pub enum Refusal {
     NotRetryable(JobState),
     #[error("{command:?} does not apply to a {state} job")]
     Stale { state: JobState, command: Command },
+    /// A change that only makes sense before the job ends.
+    #[error("the job has ended ({0})")]
+    Ended(JobState),
 }
 
 impl Refusal {
@@ -89,6 +92,7 @@ impl Refusal {
             Refusal::NotCancellable(_) => "JOB_NOT_CANCELLABLE",
             Refusal::NotRetryable(_) => "JOB_NOT_RETRYABLE",
             Refusal::Stale { .. } => "JOB_STATE_CHANGED",
+            Refusal::Ended(_) => "JOB_FINISHED",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! exists only if every field was valid, and a refusal names every bad
 //! field (by its API name) with what was wrong.
 
+use super::job::JobPolicy;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -65,10 +66,21 @@ pub struct NewJob {
     pub labels: BTreeMap<String, String>,
     pub max_attempts: u32,
     pub request_id: String,
+    /// Running-time budget in milliseconds (0: none).
+    pub timeout_ms: u64,
+    /// Pause after this many failed attempts in a row (0: never).
+    pub pause_after_failures: u32,
+    /// Pause when this share of recent attempts failed (0: never).
+    pub pause_on_failure_ratio: f64,
+    /// The attempts that ratio is measured over (0: 20).
+    pub failure_window: u32,
 }
 
+/// Longest running-time budget: 30 days.
+const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
+
 /// A job that can be stored: every field checked, defaults applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
     pub name: String,
     pub executor: String,
@@ -78,6 +90,7 @@ pub struct JobSpec {
     pub labels: BTreeMap<String, String>,
     pub max_attempts: u32,
     pub request_id: Option<String>,
+    pub policy: JobPolicy,
 }
 
 impl JobSpec {
@@ -133,6 +146,7 @@ impl JobSpec {
             MAX_REQUEST_ID_CHARS,
             &mut bad,
         );
+        let policy = parse_policy(&input, &mut bad);
         if !bad.is_empty() {
             return Err(bad);
         }
@@ -145,6 +159,7 @@ impl JobSpec {
             labels: input.labels,
             max_attempts,
             request_id,
+            policy,
         })
     }
 
@@ -161,6 +176,11 @@ impl JobSpec {
         field(self.executor.as_bytes());
         field(&self.concurrency.to_le_bytes());
         field(&self.max_attempts.to_le_bytes());
+        field(
+            serde_json::to_string(&self.policy)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
         for map in [&self.params, &self.labels] {
             field(&(map.len() as u64).to_le_bytes());
             for (k, v) in map {
@@ -174,6 +194,48 @@ impl JobSpec {
         }
         h.finalize().to_vec()
     }
+}
+
+fn parse_policy(input: &NewJob, bad: &mut Vec<FieldViolation>) -> JobPolicy {
+    let mut policy = JobPolicy::default();
+    if input.timeout_ms > MAX_TIMEOUT_MS {
+        bad.push(FieldViolation::new(
+            "timeout",
+            format!(
+                "is longer than the limit of {} days",
+                MAX_TIMEOUT_MS / 86_400_000
+            ),
+        ));
+    } else if input.timeout_ms > 0 {
+        policy.timeout_ms = Some(input.timeout_ms);
+    }
+    if input.pause_after_failures > 0 {
+        policy.pause_after_failures = Some(input.pause_after_failures);
+    }
+    let ratio = input.pause_on_failure_ratio;
+    if !ratio.is_finite() || !(0.0..=1.0).contains(&ratio) {
+        bad.push(FieldViolation::new(
+            "pause_on_failure_ratio",
+            "must be between 0 (off) and 1",
+        ));
+    } else if ratio > 0.0 {
+        policy.pause_on_failure_ratio = Some(ratio);
+    }
+    match input.failure_window {
+        0 => {}
+        w if !(5..=10_000).contains(&w) => bad.push(FieldViolation::new(
+            "failure_window",
+            format!("is {w}; it must be between 5 and 10000 attempts"),
+        )),
+        w => policy.failure_window = Some(w),
+    }
+    if policy.failure_window.is_some() && policy.pause_on_failure_ratio.is_none() {
+        bad.push(FieldViolation::new(
+            "failure_window",
+            "only applies with pause_on_failure_ratio",
+        ));
+    }
+    policy
 }
 
 fn check_items(items: &[String], limits: &Limits, bad: &mut Vec<FieldViolation>) {

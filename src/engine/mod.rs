@@ -10,6 +10,7 @@
 
 mod hub;
 mod manager;
+mod policy;
 mod queue;
 mod supervisor;
 mod watch;
@@ -30,9 +31,11 @@ use crate::{
     executor::{ItemHandler, PrepareError, Registry},
     store::{ItemQuery, JobQuery, Page, Pulse, Store, StoreError, TransitionWrite},
 };
+use futures::StreamExt as _;
 use manager::{JobManager, ManagerArgs, ManagerMsg};
 use opentelemetry::trace::TraceContextExt as _;
 use ractor::{Actor, ActorRef};
+use std::collections::BTreeMap;
 use std::{sync::Arc, time::Duration};
 use supervisor::SupervisorMsg;
 use tokio_util::sync::CancellationToken;
@@ -109,22 +112,43 @@ impl From<StoreError> for EngineError {
 /// A control call a client may make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    Pause(PauseMode),
+    Pause(Pause),
     Resume,
     Cancel,
     RetryFailed,
 }
 
+/// How to pause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pause {
+    pub mode: PauseMode,
+    /// A graceful pause turns immediate after this long.
+    pub drain_timeout: Option<Duration>,
+    /// The job resumes by itself at this time (kept across restarts).
+    pub resume_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 impl Control {
+    /// A plain pause in `mode`.
+    pub fn pause(mode: PauseMode) -> Control {
+        Control::Pause(Pause {
+            mode,
+            ..Pause::default()
+        })
+    }
+
     fn command(self) -> Command {
         match self {
-            Control::Pause(mode) => Command::Pause(mode),
+            Control::Pause(pause) => Command::Pause(pause.mode),
             Control::Resume => Command::Resume,
             Control::Cancel => Command::Cancel,
             Control::RetryFailed => Command::RetryFailed,
         }
     }
 }
+
+/// Most jobs one ControlJobs call may touch.
+pub const BULK_LIMIT: usize = 10_000;
 
 /// Counts a committed control call and how long it took to take effect.
 fn control_metrics(from: JobState, job: &Job, asked: std::time::Instant) {
@@ -231,6 +255,7 @@ impl Engine {
         };
         let _ = slot.set(engine.clone());
         let adopted = engine.adopt().await?;
+        engine.schedule_resumes();
         Ok((engine, adopted))
     }
 
@@ -334,9 +359,9 @@ impl Engine {
         self.check_open()?;
         let asked = std::time::Instant::now();
         let command = control.command();
-        let pause_mode = match control {
-            Control::Pause(mode) => Some(mode),
-            _ => None,
+        let (pause_mode, resume_at, drain_timeout) = match control {
+            Control::Pause(p) => (Some(p.mode), p.resume_at, p.drain_timeout),
+            _ => (None, None, None),
         };
         // Each retry means another call changed the job between our read
         // and our write; a handful is plenty unless the job is hammered.
@@ -361,6 +386,7 @@ impl Engine {
                         effects,
                         provenance: provenance.clone(),
                         pause_mode,
+                        resume_at,
                     };
                     let committing = std::time::Instant::now();
                     let committed = self.rt.store.transition(id, &write).await;
@@ -371,6 +397,9 @@ impl Engine {
                             self.publish(&job);
                             self.notify_asked(&job, interrupt, asked).await?;
                             control_metrics(from, &job, asked);
+                            if let (JobState::Pausing, Some(after)) = (job.state, drain_timeout) {
+                                self.escalate_after(id, job.last_seq, after);
+                            }
                             return Ok(job);
                         }
                         Err(StoreError::Conflict { .. }) => continue,
@@ -380,6 +409,99 @@ impl Engine {
             }
         }
         Err(EngineError::Contended(id))
+    }
+
+    /// Changes how many items a job runs at once (1 to the limit), while
+    /// it runs or is paused; the live supervisor adds workers or lets the
+    /// extra ones finish their item and go.
+    pub async fn set_concurrency(
+        &self,
+        id: JobId,
+        concurrency: u32,
+        provenance: Provenance,
+    ) -> Result<Job, EngineError> {
+        self.check_open()?;
+        let max = self.rt.config.limits.max_concurrency;
+        if concurrency == 0 || concurrency > max {
+            return Err(EngineError::InvalidArgument(vec![FieldViolation::new(
+                "concurrency",
+                format!("is {concurrency}; it must be between 1 and {max}"),
+            )]));
+        }
+        let job = match self
+            .rt
+            .store
+            .set_concurrency(id, concurrency, &provenance)
+            .await
+        {
+            Ok(job) => job,
+            Err(StoreError::Conflict { current, .. }) => {
+                return Err(Refusal::Ended(current).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.publish(&job);
+        if let Some(supervisor) = self.lookup(id).await {
+            let _ = supervisor
+                .call(
+                    |reply| SupervisorMsg::Resize { concurrency, reply },
+                    Some(self.rt.config.control_timeout),
+                )
+                .await;
+        }
+        Ok(job)
+    }
+
+    /// Applies `control` to the jobs named in `ids` and to every job not
+    /// yet ended that carries all of `labels` (at most [`BULK_LIMIT`]),
+    /// each on its own; returns each job's outcome.
+    pub async fn control_jobs(
+        &self,
+        ids: Vec<JobId>,
+        labels: Option<BTreeMap<String, String>>,
+        control: Control,
+        provenance: Provenance,
+    ) -> Result<Vec<(JobId, Result<Job, EngineError>)>, EngineError> {
+        self.check_open()?;
+        let mut targets = ids;
+        if let Some(labels) = labels {
+            let mut query = JobQuery {
+                states: vec![
+                    JobState::Running,
+                    JobState::Pausing,
+                    JobState::Paused,
+                    JobState::Cancelling,
+                ],
+                labels,
+                limit: 1000,
+                after: None,
+            };
+            loop {
+                let page = self.rt.store.list_jobs(&query).await?;
+                targets.extend(page.rows.iter().map(|j| j.id));
+                if targets.len() > BULK_LIMIT {
+                    return Err(EngineError::InvalidArgument(vec![FieldViolation::new(
+                        "labels",
+                        format!("selects more than {BULK_LIMIT} jobs; narrow the selector"),
+                    )]));
+                }
+                match page.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        let outcomes = futures::stream::iter(targets)
+            .map(|id| {
+                let provenance = provenance.clone();
+                async move { (id, self.control(id, control, provenance).await) }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        Ok(outcomes)
     }
 
     pub async fn get_job(&self, id: JobId) -> Result<Job, EngineError> {
@@ -493,6 +615,7 @@ impl Engine {
                     ],
                     provenance: Provenance::system(reason),
                     pause_mode: None,
+                    resume_at: None,
                 };
                 match self.rt.store.transition(job.id, &write).await {
                     Ok(job) => self.publish(&job),
@@ -604,6 +727,59 @@ impl Engine {
             "no supervisor could take job {}",
             job.id
         )))
+    }
+
+    /// A graceful pause still PAUSING after `after` turns immediate (unless
+    /// the job changed meanwhile).
+    fn escalate_after(&self, id: JobId, seq: u64, after: Duration) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(after) => {}
+                _ = engine.closing.cancelled() => return,
+            }
+            match engine.get_job(id).await {
+                Ok(job)
+                    if job.state == JobState::Pausing
+                        && job.pauses.last().is_some_and(|p| p.resumed_at.is_none())
+                        && job.last_seq >= seq =>
+                {
+                    tracing::info!(job_id = %id, ?after, "drain deadline passed: pausing immediately");
+                    engine.interrupt(id).await;
+                }
+                _ => {}
+            }
+        });
+    }
+
+    /// Resumes the jobs whose pause asked to resume by now; runs until
+    /// shutdown. The times are in the store, so they survive a restart.
+    fn schedule_resumes(&self) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = engine.closing.cancelled() => return,
+                }
+                let due = match engine.rt.store.due_resumes(chrono::Utc::now()).await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot look for scheduled resumes now");
+                        continue;
+                    }
+                };
+                for id in due {
+                    let provenance = Provenance::system("scheduled resume (resume_at)");
+                    match engine.control(id, Control::Resume, provenance).await {
+                        Ok(_) => tracing::info!(job_id = %id, "resumed as scheduled"),
+                        Err(e) => {
+                            tracing::warn!(job_id = %id, error = %e, "scheduled resume failed")
+                        }
+                    }
+                }
+            }
+        });
     }
 
     async fn interrupt(&self, id: JobId) {

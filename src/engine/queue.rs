@@ -22,6 +22,8 @@ pub struct SlotItems {
     pub running: Option<ClaimedItem>,
     /// An item whose outcome is still being committed (pipelined mode).
     pub committing: Option<u32>,
+    /// The slot is being removed (concurrency lowered): take nothing more.
+    pub retired: bool,
 }
 
 impl SlotItems {
@@ -57,8 +59,12 @@ impl WorkQueue {
         if !inner.open {
             return None;
         }
+        let mut slot = current.lock().expect("current item lock");
+        if slot.retired {
+            return None;
+        }
         let item = inner.items.pop_front()?;
-        current.lock().expect("current item lock").running = Some(item.clone());
+        slot.running = Some(item.clone());
         Some(item)
     }
 

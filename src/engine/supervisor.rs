@@ -13,6 +13,7 @@
 
 use super::{
     Runtime,
+    policy::{ActiveClock, Breaker},
     queue::{Current, WorkQueue},
     worker::{Finished, Worker, WorkerArgs, WorkerMsg},
     writer::WriteError,
@@ -70,6 +71,14 @@ pub enum SupervisorMsg {
     Refreshed(Result<Job, StoreError>),
     /// Try again what failed on an unreachable store.
     Retry,
+    /// Check the job's running-time budget.
+    Tick,
+    /// The job's concurrency was changed (committed); reply once the
+    /// workers are added or told to go.
+    Resize {
+        concurrency: u32,
+        reply: RpcReplyPort<()>,
+    },
     /// The server is shutting down: stop items at their next checkpoint,
     /// leave the job as it is in the store, reply, exit.
     Shutdown(RpcReplyPort<()>),
@@ -87,6 +96,10 @@ struct Slot {
 }
 
 impl Slot {
+    fn retired(&self) -> bool {
+        self.current.lock().expect("current item lock").retired
+    }
+
     fn busy(&self) -> bool {
         self.current.lock().expect("current item lock").busy() || self.recovering
     }
@@ -131,6 +144,13 @@ pub struct SupervisorState {
     start: Option<opentelemetry::trace::SpanContext>,
     /// When a cancel was asked, until the workers have stopped.
     cancel_asked: Option<Instant>,
+    /// Pauses the job when too many attempts fail.
+    breaker: Breaker,
+    /// A pause the breaker asked for, to commit.
+    auto_pause: Option<String>,
+    /// Running time so far (paused time not counted) and its budget.
+    clock: ActiveClock,
+    timeout: Option<Duration>,
     /// No item below this index is pending: where claims start looking.
     /// Raised past every claim, lowered when an item may be pending again,
     /// reset on any state change.
@@ -216,6 +236,15 @@ impl Actor for JobSupervisor {
             start,
             claim_from: 0,
             cancel_asked: None,
+            breaker: Breaker::new(&job.policy),
+            auto_pause: None,
+            clock: ActiveClock::new(
+                job.active_time(chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or_default(),
+                job.state == JobState::Running,
+            ),
+            timeout: job.policy.timeout_ms.map(Duration::from_millis),
         };
         st.queue.set_open(st.state == JobState::Running);
         for slot in 0..st.concurrency as usize {
@@ -237,6 +266,9 @@ impl Actor for JobSupervisor {
         myself: ActorRef<SupervisorMsg>,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        if st.timeout.is_some() {
+            let _ = myself.cast(SupervisorMsg::Tick);
+        }
         pump(&myself, st);
         Ok(())
     }
@@ -301,6 +333,9 @@ impl Actor for JobSupervisor {
             SupervisorMsg::Idle { slot } => {
                 if let Some(s) = st.slots.get_mut(slot) {
                     s.awake = false;
+                    if s.retired() && !s.busy() {
+                        s.worker.stop(Some("concurrency lowered".into()));
+                    }
                 }
             }
             SupervisorMsg::Done {
@@ -312,10 +347,26 @@ impl Actor for JobSupervisor {
                 st.item_time.observe(took);
                 let outcome = match &finished {
                     Finished::Succeeded => ItemOutcome::Succeeded,
-                    Finished::Failed { will_retry: true } => ItemOutcome::Retried,
-                    Finished::Failed { will_retry: false } => ItemOutcome::Failed,
+                    Finished::Failed {
+                        will_retry: true, ..
+                    } => ItemOutcome::Retried,
+                    Finished::Failed {
+                        will_retry: false, ..
+                    } => ItemOutcome::Failed,
                     _ => ItemOutcome::Other,
                 };
+                let tripped = match &finished {
+                    Finished::Succeeded => st.breaker.record(false, None),
+                    Finished::Failed { error, .. } => st.breaker.record(true, Some(error)),
+                    _ => None,
+                };
+                if let Some(reason) = tripped
+                    && st.state == JobState::Running
+                    && st.auto_pause.is_none()
+                {
+                    tracing::warn!(job_id = %st.job, %reason, "pausing the job");
+                    st.auto_pause = Some(reason);
+                }
                 crate::metrics::item_finished(&st.executor, outcome, took);
                 on_done(st, slot, index, finished)
             }
@@ -346,6 +397,11 @@ impl Actor for JobSupervisor {
             SupervisorMsg::Retry => {
                 st.retry_scheduled = false;
                 st.exhausted = false;
+            }
+            SupervisorMsg::Tick => check_timeout(&myself, st),
+            SupervisorMsg::Resize { concurrency, reply } => {
+                resize(&myself, st, concurrency).await?;
+                let _ = reply.send(());
             }
             SupervisorMsg::Shutdown(reply) => {
                 st.shutdown = Some(reply);
@@ -420,6 +476,12 @@ fn apply_state(st: &mut SupervisorState, state: JobState, interrupt: bool) {
     // Closed before the change is acknowledged: nothing starts after a
     // pause or a cancel has returned.
     st.queue.set_open(state == JobState::Running);
+    st.clock.set_running(state == JobState::Running);
+    if state == JobState::Running && was != JobState::Running {
+        // A resume clears the breaker.
+        st.breaker.reset();
+        st.auto_pause = None;
+    }
     match state {
         JobState::Running => {
             st.stop.send_replace(None);
@@ -524,7 +586,7 @@ async fn on_worker_died(
             }
         ));
     }
-    if !st.state.is_terminal() && !st.shutting_down {
+    if !st.state.is_terminal() && !st.shutting_down && !st.slots[slot].retired() {
         let current = st.slots[slot].current.clone();
         st.slots[slot].worker = spawn_worker(myself, st, slot, current).await?;
     }
@@ -546,6 +608,7 @@ async fn on_worker_died(
             let finished = match rt.writer.write(write).await {
                 Ok(true) => Finished::Failed {
                     will_retry: item.attempt < max_attempts,
+                    error: reason.clone(),
                 },
                 Ok(false) => Finished::LeaseLost,
                 Err(e) => Finished::NotCommitted(e.to_string()),
@@ -593,6 +656,73 @@ fn on_store_error(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, e:
             schedule_retry(myself, st);
         }
     }
+}
+
+/// Fails the job once its running time (paused time not counted) is over
+/// its budget; otherwise checks again later.
+fn check_timeout(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
+    let Some(limit) = st.timeout else { return };
+    if st.state.is_terminal() {
+        return;
+    }
+    let ran = st.clock.elapsed();
+    if ran >= limit {
+        if st.failing.is_none() {
+            st.failing = Some(format!(
+                "timeout: the job ran for {} (paused time not counted), its limit is {}",
+                humantime::format_duration(Duration::from_secs(ran.as_secs())),
+                humantime::format_duration(limit)
+            ));
+        }
+        return;
+    }
+    let next = (limit - ran).min(Duration::from_secs(5));
+    myself.send_after(next, || SupervisorMsg::Tick);
+}
+
+/// Adds workers, or marks the last ones to go: a worker told to go finishes
+/// its item, takes no other, and stops.
+async fn resize(
+    myself: &ActorRef<SupervisorMsg>,
+    st: &mut SupervisorState,
+    concurrency: u32,
+) -> Result<(), ActorProcessingErr> {
+    st.concurrency = concurrency;
+    let wanted = concurrency as usize;
+    for slot in 0..st.slots.len().max(wanted) {
+        if slot >= st.slots.len() {
+            let current = Current::default();
+            let worker = spawn_worker(myself, st, slot, current.clone()).await?;
+            st.slots.push(Slot {
+                worker,
+                current,
+                awake: false,
+                recovering: false,
+            });
+            continue;
+        }
+        let keep = slot < wanted;
+        let was_retired = st.slots[slot].retired();
+        st.slots[slot]
+            .current
+            .lock()
+            .expect("current item lock")
+            .retired = !keep;
+        if keep && was_retired {
+            // Brought back: its worker may have stopped meanwhile.
+            if st.slots[slot].worker.get_status() != ractor::ActorStatus::Running {
+                let current = st.slots[slot].current.clone();
+                st.slots[slot].worker = spawn_worker(myself, st, slot, current).await?;
+                st.slots[slot].awake = false;
+            }
+        } else if !keep && !st.slots[slot].busy() && !st.slots[slot].awake {
+            st.slots[slot]
+                .worker
+                .stop(Some("concurrency lowered".into()));
+        }
+    }
+    tracing::info!(job_id = %st.job, concurrency, "concurrency changed");
+    Ok(())
 }
 
 fn release_orphans(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
@@ -644,6 +774,18 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
         settle(myself, st, Command::Fail, Provenance::system(reason));
         return;
     }
+    if st.state == JobState::Running
+        && let Some(reason) = st.auto_pause.take()
+    {
+        crate::metrics::job_control("jobvisor_jobs_paused_total");
+        settle(
+            myself,
+            st,
+            Command::Pause(crate::domain::PauseMode::Graceful),
+            Provenance::system(reason),
+        );
+        return;
+    }
     match st.state {
         JobState::Running => {
             dispatch(st);
@@ -690,7 +832,7 @@ fn dispatch(st: &mut SupervisorState) {
         if waiting == 0 {
             break;
         }
-        if slot.awake || slot.busy() {
+        if slot.awake || slot.busy() || slot.retired() {
             continue;
         }
         slot.awake = true;
@@ -752,12 +894,17 @@ fn settle(
                     current: from,
                 });
             };
+            let pause_mode = match command {
+                Command::Pause(mode) => Some(mode),
+                _ => None,
+            };
             let write = TransitionWrite {
                 from,
                 to,
                 effects,
                 provenance,
-                pause_mode: None,
+                pause_mode,
+                resume_at: None,
             };
             store.transition(job, &write).await
         }

@@ -45,7 +45,7 @@ pub struct Progress {
 /// One message of a watch stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchItem {
-    Snapshot(Job),
+    Snapshot(Box<Job>),
     Event(JobEvent),
     Progress(Progress),
 }
@@ -118,7 +118,7 @@ impl Engine {
         let mut sent_partial = 0.0;
         let mut rate = Rate::default();
         rate.observe(job.counts.ended() as f64);
-        if tx.send(Ok(WatchItem::Snapshot(job))).await.is_err() {
+        if tx.send(Ok(WatchItem::Snapshot(Box::new(job)))).await.is_err() {
             return Ok(());
         }
         let mut cursor = from_seq;

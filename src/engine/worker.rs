@@ -61,6 +61,7 @@ pub enum Finished {
     /// attempt.
     Failed {
         will_retry: bool,
+        error: String,
     },
     /// Stopped and back to pending.
     Released,
@@ -219,13 +220,17 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Inst
     // The reason the handler saw, if it saw one: a resume may have cleared
     // the signal since.
     let stop = ctx.observed_stop().or(*args.stop.borrow());
-    let kind = outcome_write(result, stop);
+    let mut kind = outcome_write(result, stop);
+    if let WriteKind::Succeeded { result } = &mut kind {
+        *result = ctx.take_result();
+    }
     let expected = match &kind {
-        WriteKind::Succeeded => Finished::Succeeded,
+        WriteKind::Succeeded { .. } => Finished::Succeeded,
         // The store applies the same rule: retry unless permanent or out
         // of attempts.
-        WriteKind::Failed { permanent, .. } => Finished::Failed {
+        WriteKind::Failed { permanent, error } => Finished::Failed {
             will_retry: !permanent && item.attempt < args.max_attempts,
+            error: error.clone(),
         },
         WriteKind::Released { .. } => Finished::Released,
         WriteKind::Cancelled => Finished::Cancelled,
@@ -252,7 +257,7 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Inst
 /// stop signal was `stop`.
 pub fn outcome_write(result: Result<(), ItemError>, stop: Option<StopReason>) -> WriteKind {
     match (result, stop) {
-        (Ok(()), _) => WriteKind::Succeeded,
+        (Ok(()), _) => WriteKind::Succeeded { result: None },
         (Err(ItemError::Permanent(error)), _) => WriteKind::Failed {
             error,
             permanent: true,
@@ -285,7 +290,10 @@ mod tests {
     fn outcomes_follow_the_stop_signal() {
         use ItemError as E;
         use StopReason as S;
-        assert_eq!(outcome_write(Ok(()), Some(S::Cancel)), WriteKind::Succeeded);
+        assert_eq!(
+            outcome_write(Ok(()), Some(S::Cancel)),
+            WriteKind::Succeeded { result: None }
+        );
         assert_eq!(
             outcome_write(Err(E::Interrupted), Some(S::Pause)),
             WriteKind::Released { refund: true }

@@ -71,6 +71,8 @@ pub struct TransitionWrite {
     pub provenance: Provenance,
     /// Recorded on the event of a change to PAUSING.
     pub pause_mode: Option<PauseMode>,
+    /// With `Effect::OpenPause`: when the job resumes by itself.
+    pub resume_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A filter and page for [`Store::list_jobs`].
@@ -116,8 +118,8 @@ pub struct ClaimedItem {
 pub enum WriteKind {
     /// Save the executor's checkpoint; the item keeps running.
     Checkpoint(Vec<u8>),
-    /// The item finished.
-    Succeeded,
+    /// The item finished, with the executor's result if it gave one.
+    Succeeded { result: Option<String> },
     /// The attempt failed. The item is retried unless `permanent` or out
     /// of attempts, in which case it is FAILED.
     Failed { error: String, permanent: bool },
@@ -207,6 +209,21 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `write` if the job is still in `write.from`, appending a
     /// StateChanged event; `Conflict` with the current state otherwise.
     async fn transition(&self, id: JobId, write: &TransitionWrite) -> Result<Job, StoreError>;
+
+    /// Changes the concurrency of a job that has not ended, appending a
+    /// ConcurrencyChanged event; `Conflict` if the job has ended.
+    async fn set_concurrency(
+        &self,
+        id: JobId,
+        concurrency: u32,
+        provenance: &Provenance,
+    ) -> Result<Job, StoreError>;
+
+    /// PAUSING or PAUSED jobs whose open pause asked to resume by `now`.
+    async fn due_resumes(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<JobId>, StoreError>;
 
     /// Appends an event that changes no state (e.g. a worker restart).
     async fn append_event(&self, id: JobId, body: &EventBody) -> Result<u64, StoreError>;

@@ -58,8 +58,9 @@ async fn the_shell_example_runs_every_item_with_checkpoints() {
     app.wait_for(&job.id, JobState::Succeeded, SECS(20)).await;
     for item in app.items(&job.id).await {
         assert_eq!(item.state, ItemState::Succeeded as i32);
-        // The last checkpoint the script printed.
+        // The last checkpoint the script printed, and its result line.
         assert_eq!(item.checkpoint, b"3");
+        assert_eq!(item.result, format!("{}: 3 steps", item.payload));
     }
     app.stop().await;
 }

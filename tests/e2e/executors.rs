@@ -196,3 +196,51 @@ impl ItemHandler for PanickyHandler {
         panic!("item {} always panics", ctx.index());
     }
 }
+
+/// Items listed as broken fail (retryably) until the test fixes them.
+#[derive(Clone, Default)]
+pub struct Flaky {
+    broken: Arc<Mutex<std::collections::HashSet<String>>>,
+    log: Executions,
+}
+
+impl Flaky {
+    pub fn with_log(mut self, log: Executions) -> Self {
+        self.log = log;
+        self
+    }
+
+    pub fn break_items(&self, items: &[&str]) {
+        let mut broken = self.broken.lock().unwrap();
+        broken.extend(items.iter().map(|s| s.to_string()));
+    }
+
+    pub fn fix_all(&self) {
+        self.broken.lock().unwrap().clear();
+    }
+}
+
+impl Executor for Flaky {
+    fn prepare(
+        &self,
+        _params: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
+        Ok(Arc::new(self.clone()))
+    }
+}
+
+#[async_trait::async_trait]
+impl ItemHandler for Flaky {
+    async fn run(&self, ctx: &mut ItemContext) -> Result<(), ItemError> {
+        let at = self.log.begin(ctx);
+        let broken = self.broken.lock().unwrap().contains(ctx.payload());
+        let result = if broken {
+            Err(ItemError::Retryable(format!("{} is broken", ctx.payload())))
+        } else {
+            ctx.set_result(format!("done {}", ctx.payload()));
+            Ok(())
+        };
+        self.log.end(at, &result);
+        result
+    }
+}

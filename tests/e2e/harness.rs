@@ -2,7 +2,7 @@
 //! an ephemeral port (in this process), and a typed client — the same path
 //! a user takes. Logs appear only with `TEST_LOG=1`.
 
-use super::executors::{Executions, Gate, Panicky, Recording};
+use super::executors::{Executions, Flaky, Gate, Panicky, Recording};
 use jobvisor::{
     executor::Registry,
     pb::{self, job_service_client::JobServiceClient},
@@ -176,6 +176,8 @@ pub struct TestApp {
     pub executions: Executions,
     /// Opens the `gate` executor's items.
     pub gate: Gate,
+    /// Breaks and fixes the `flaky` executor's items.
+    pub flaky: Flaky,
     options: Options,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -203,8 +205,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     };
     let executions = Executions::default();
     let gate = Gate::default();
+    let flaky = Flaky::default().with_log(executions.clone());
     let (channel, addr, shutdown, server) =
-        start_server(&db.url, &options, &executions, &gate).await;
+        start_server(&db.url, &options, &executions, &gate, &flaky).await;
     let pool = match options.store {
         StoreKind::Postgres => Some(
             PgPool::connect(&db.url)
@@ -221,6 +224,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         _dir: dir,
         executions,
         gate,
+        flaky,
         options,
         shutdown: Some(shutdown),
         server: Some(server),
@@ -239,11 +243,13 @@ async fn start_server(
     options: &Options,
     executions: &Executions,
     gate: &Gate,
+    flaky: &Flaky,
 ) -> Running {
     let registry = Registry::with_builtins()
         .with("recording", Recording::new(executions.clone()))
         .with("gate", gate.clone().with_log(executions.clone()))
         .with("panicky", Panicky)
+        .with("flaky", flaky.clone())
         .with_exec(jobvisor::executor::exec::CommandPolicy::Any);
     let mut config = match options.store {
         StoreKind::Postgres => ServerConfig::new(db_url),
@@ -269,8 +275,14 @@ async fn start_server(
 /// database, as a restart of the service would.
 pub async fn restart(mut app: TestApp) -> TestApp {
     app.shutdown_server().await;
-    let (channel, addr, shutdown, server) =
-        start_server(&app.db.url, &app.options, &app.executions, &app.gate).await;
+    let (channel, addr, shutdown, server) = start_server(
+        &app.db.url,
+        &app.options,
+        &app.executions,
+        &app.gate,
+        &app.flaky,
+    )
+    .await;
     app.client = JobServiceClient::new(channel);
     app.addr = addr;
     app.shutdown = Some(shutdown);
@@ -377,7 +389,7 @@ impl TestApp {
                 job_id: id.into(),
                 mode: mode as i32,
                 reason: "test".into(),
-                request_id: String::new(),
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())

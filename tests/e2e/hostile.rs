@@ -137,7 +137,7 @@ async fn a_stale_worker_cannot_complete_or_checkpoint_its_old_item() {
         .write_batch(&Batch {
             writes: vec![
                 stale(WriteKind::Checkpoint(b"stale".to_vec())),
-                stale(WriteKind::Succeeded),
+                stale(WriteKind::Succeeded { result: None }),
             ],
             claims: vec![],
         })
@@ -160,7 +160,7 @@ async fn a_stale_worker_cannot_complete_or_checkpoint_its_old_item() {
                 job: id,
                 index: new.index,
                 lease: new.lease,
-                kind: WriteKind::Succeeded,
+                kind: WriteKind::Succeeded { result: None },
             }],
             claims: vec![],
         })

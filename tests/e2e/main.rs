@@ -2,6 +2,7 @@
 //! PostgreSQL database per test, the generated gRPC client.
 
 mod control;
+mod controls;
 mod discovery;
 mod embedded;
 mod errors;

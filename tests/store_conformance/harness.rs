@@ -159,6 +159,7 @@ pub fn spec(n: usize) -> JobSpec {
         labels: BTreeMap::new(),
         max_attempts: 3,
         request_id: None,
+        policy: Default::default(),
     }
 }
 
@@ -332,6 +333,7 @@ pub async fn go(
                 effects,
                 provenance: Provenance::system(format!("{from} to {to}")),
                 pause_mode: None,
+                resume_at: None,
             },
         )
         .await

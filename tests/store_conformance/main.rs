@@ -87,6 +87,10 @@ conformance! {
         in_batch::claims_of_one_batch_take_distinct_items,
         in_batch::claims_see_the_writes_before_them,
         in_batch::writes_for_one_item_apply_in_order,
+        control::a_policy_is_kept_with_the_job,
+        control::pauses_due_to_resume_are_found,
+        control::concurrency_changes_are_recorded,
+        control::a_succeeded_items_result_is_kept,
     ],
     postgres_gaps: [],
 }

@@ -144,7 +144,8 @@ async fn run_round(
         let (kind, payload, error, flag): (i16, Option<&[u8]>, Option<String>, bool) = match &w.kind
         {
             WriteKind::Checkpoint(bytes) => (0, Some(bytes), None, false),
-            WriteKind::Succeeded => (1, None, None, false),
+            // The text column carries a succeeded item's result.
+            WriteKind::Succeeded { result } => (1, None, result.as_deref().map(clean_error), false),
             WriteKind::Failed { error, permanent } => {
                 (2, None, Some(clean_error(error)), *permanent)
             }

@@ -30,8 +30,8 @@ pub(super) async fn create_job(
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
          request_id, request_fingerprint, total_items, last_seq, created_at, started_at, \
-         updated_at) \
-         VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10, 1, now(), now(), now()) \
+         updated_at, policy) \
+         VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10, 1, now(), now(), now(), $11) \
          ON CONFLICT (request_id) DO NOTHING",
     )
     .bind(id.0)
@@ -44,6 +44,7 @@ pub(super) async fn create_job(
     .bind(&spec.request_id)
     .bind(&fingerprint)
     .bind(spec.items.len() as i64)
+    .bind(Json(&spec.policy))
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;
@@ -160,7 +161,7 @@ pub(super) async fn transition(
         check_finished(&mut tx, id, w).await?;
     }
     for effect in &w.effects {
-        apply_effect(&mut tx, id, *effect, &w.provenance).await?;
+        apply_effect(&mut tx, id, *effect, w).await?;
     }
     let last_error = (w.to == JobState::Failed)
         .then(|| w.provenance.reason.clone())
@@ -223,20 +224,22 @@ async fn apply_effect(
     conn: &mut PgConnection,
     id: JobId,
     effect: Effect,
-    p: &Provenance,
+    w: &TransitionWrite,
 ) -> Result<(), StoreError> {
+    let p = &w.provenance;
     let q = match effect {
         Effect::OpenPause(mode) => sqlx::query(
             "INSERT INTO job_pauses (job_id, n, mode, reason, requested_by, request_id, \
-             requested_at) \
-             SELECT $1, COALESCE(MAX(n), 0) + 1, $2, $3, $4, $5, now() \
+             requested_at, resume_at) \
+             SELECT $1, COALESCE(MAX(n), 0) + 1, $2, $3, $4, $5, now(), $6 \
              FROM job_pauses WHERE job_id = $1",
         )
         .bind(id.0)
         .bind(mode.as_str())
         .bind(&p.reason)
         .bind(&p.requested_by)
-        .bind(&p.request_id),
+        .bind(&p.request_id)
+        .bind(w.resume_at),
         Effect::MarkPaused => sqlx::query(
             "UPDATE job_pauses SET paused_at = now() \
              WHERE job_id = $1 AND paused_at IS NULL AND resumed_at IS NULL",
@@ -278,6 +281,65 @@ async fn apply_effect(
     };
     q.execute(&mut *conn).await.map_err(db_error)?;
     Ok(())
+}
+
+pub(super) async fn set_concurrency(
+    pool: &PgPool,
+    id: JobId,
+    concurrency: u32,
+    p: &Provenance,
+) -> Result<Job, StoreError> {
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    let state = lock_job(&mut tx, id).await?;
+    if state.is_terminal() {
+        return Err(StoreError::Conflict {
+            expected: JobState::Running,
+            current: state,
+        });
+    }
+    let from: i32 = sqlx::query_scalar("SELECT concurrency FROM jobs WHERE id = $1")
+        .bind(id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET concurrency = $2, last_seq = last_seq + 1, updated_at = now() \
+         WHERE id = $1 RETURNING last_seq",
+    )
+    .bind(id.0)
+    .bind(concurrency as i32)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let event = EventBody::ConcurrencyChanged {
+        from: from as u32,
+        to: concurrency,
+        requested_by: p.requested_by.clone(),
+        request_id: p.request_id.clone(),
+    };
+    insert_event(&mut tx, id, seq, &event).await?;
+    let job = rows::fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(job)
+}
+
+pub(super) async fn due_resumes(
+    pool: &PgPool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<JobId>, StoreError> {
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT p.job_id FROM job_pauses AS p JOIN jobs AS j ON j.id = p.job_id \
+         WHERE p.resume_at IS NOT NULL AND p.resume_at <= $1 AND p.resumed_at IS NULL \
+           AND j.state IN ('pausing', 'paused') \
+         ORDER BY p.resume_at LIMIT 1000",
+    )
+    .bind(now)
+    .fetch_all(pool)
+    .await
+    .map_err(db_error)?;
+    Ok(ids.into_iter().map(JobId).collect())
 }
 
 pub(super) async fn append_event(
@@ -364,6 +426,7 @@ pub(super) async fn recover(pool: &PgPool) -> Result<Recovery, StoreError> {
                     effects,
                     provenance: Provenance::system("recovered after a restart"),
                     pause_mode: None,
+                    resume_at: None,
                 };
                 match transition(pool, id, &write).await {
                     Ok(_) => recovery.settled.push((id, to)),

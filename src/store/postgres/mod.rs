@@ -196,6 +196,22 @@ impl Store for PgStore {
         jobs::transition(&self.pool, id, write).await
     }
 
+    async fn set_concurrency(
+        &self,
+        id: JobId,
+        concurrency: u32,
+        provenance: &crate::domain::Provenance,
+    ) -> Result<Job, StoreError> {
+        jobs::set_concurrency(&self.pool, id, concurrency, provenance).await
+    }
+
+    async fn due_resumes(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<JobId>, StoreError> {
+        jobs::due_resumes(&self.pool, now).await
+    }
+
     async fn append_event(
         &self,
         id: JobId,

@@ -4,8 +4,8 @@
 use super::db_error;
 use crate::{
     domain::{
-        EventBody, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobState, PauseMode,
-        PauseRecord,
+        EventBody, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobPolicy, JobState,
+        PauseMode, PauseRecord,
         page::{ItemCursor, JobCursor},
     },
     store::{ItemQuery, JobQuery, Page, StoreError},
@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 /// The columns [`job_from_row`] reads, in a form every query can splice.
 pub(super) const JOB_COLUMNS: &str = "id, name, executor, state, concurrency, max_attempts, \
-     params, labels, request_id, total_items, running_items, succeeded_items, failed_items, \
+     params, labels, policy, request_id, total_items, running_items, succeeded_items, failed_items, \
      cancelled_items, last_seq, last_error, created_at, started_at, updated_at, ended_at";
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -49,6 +49,7 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
     let state: String = row.try_get("state").map_err(get_err)?;
     let Json(params): Json<BTreeMap<String, String>> = row.try_get("params").map_err(get_err)?;
     let Json(labels): Json<BTreeMap<String, String>> = row.try_get("labels").map_err(get_err)?;
+    let Json(policy): Json<JobPolicy> = row.try_get("policy").map_err(get_err)?;
     let concurrency: i32 = row.try_get("concurrency").map_err(get_err)?;
     let max_attempts: i32 = row.try_get("max_attempts").map_err(get_err)?;
     Ok(Job {
@@ -61,6 +62,7 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
         max_attempts: max_attempts as u32,
         params,
         labels,
+        policy,
         request_id: row.try_get("request_id").map_err(get_err)?,
         created_at: row.try_get("created_at").map_err(get_err)?,
         started_at: row.try_get("started_at").map_err(get_err)?,
@@ -80,7 +82,7 @@ async fn attach_pauses(conn: &mut PgConnection, jobs: &mut [Job]) -> Result<(), 
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.id.0).collect();
     let rows = sqlx::query(
         "SELECT job_id, mode, reason, requested_by, request_id, requested_at, paused_at, \
-         resumed_at FROM job_pauses WHERE job_id = ANY($1) ORDER BY job_id, n",
+         resumed_at, resume_at FROM job_pauses WHERE job_id = ANY($1) ORDER BY job_id, n",
     )
     .bind(&ids)
     .fetch_all(&mut *conn)
@@ -98,6 +100,7 @@ async fn attach_pauses(conn: &mut PgConnection, jobs: &mut [Job]) -> Result<(), 
             requested_at: row.try_get("requested_at").map_err(db_error)?,
             paused_at: row.try_get("paused_at").map_err(db_error)?,
             resumed_at: row.try_get("resumed_at").map_err(db_error)?,
+            resume_at: row.try_get("resume_at").map_err(db_error)?,
         };
         let job_id: Uuid = row.try_get("job_id").map_err(db_error)?;
         by_job.entry(job_id).or_default().push(record);
@@ -185,7 +188,8 @@ pub(super) async fn list_items(
     let after = q.after.map(|c| c.after_index as i64).unwrap_or(-1);
     let limit = q.limit.max(1) as i64;
     let rows = sqlx::query(
-        "SELECT idx, payload, state, attempts, last_error, checkpoint, updated_at FROM items \
+        "SELECT idx, payload, state, attempts, last_error, checkpoint, result, updated_at \
+         FROM items \
          WHERE job_id = $1 AND (cardinality($2::int2[]) = 0 OR state = ANY($2)) AND idx > $3 \
          ORDER BY idx LIMIT $4",
     )
@@ -209,6 +213,7 @@ pub(super) async fn list_items(
             attempts: attempts as u32,
             last_error: row.try_get("last_error").map_err(db_error)?,
             checkpoint: row.try_get("checkpoint").map_err(db_error)?,
+            result: row.try_get("result").map_err(db_error)?,
             updated_at: row.try_get("updated_at").map_err(db_error)?,
         });
     }

@@ -105,10 +105,11 @@ async fn apply_write(
             // A checkpoint changes no count: no entry for the job.
             return Ok(done.rows_affected() == 1);
         }
-        WriteKind::Succeeded => {
+        WriteKind::Succeeded { result } => {
             let done = bind_fence(fenced!(
-                "UPDATE items SET state = 2, lease = NULL, updated_at = ?4 WHERE "
+                "UPDATE items SET state = 2, lease = NULL, updated_at = ?4, result = ?5 WHERE "
             ))
+            .bind(result.as_deref().map(clean_error))
             .execute(&mut *conn)
             .await
             .map_err(db_error)?;

@@ -17,12 +17,12 @@ use std::collections::BTreeMap;
 
 /// The columns [`job_from_row`] reads, in a form every query can splice.
 pub(super) const JOB_COLUMNS: &str = "id, name, executor, state, concurrency, max_attempts, \
-     params, labels, request_id, total_items, running_items, succeeded_items, failed_items, \
+     params, labels, policy, request_id, total_items, running_items, succeeded_items, failed_items, \
      cancelled_items, last_seq, last_error, created_at, started_at, updated_at, ended_at";
 
 /// The columns [`item_from_row`] reads.
 pub(super) const ITEM_COLUMNS: &str =
-    "idx, payload, state, attempts, last_error, checkpoint, updated_at";
+    "idx, payload, state, attempts, last_error, checkpoint, result, updated_at";
 
 pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("corrupt row: {what}"))
@@ -106,6 +106,10 @@ pub(super) fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         max_attempts: count32(row, "max_attempts")?,
         params: map(row, "params")?,
         labels: map(row, "labels")?,
+        policy: {
+            let text: String = row.try_get("policy").map_err(db_error)?;
+            serde_json::from_str(&text).map_err(|e| corrupt(format!("policy: {e}")))?
+        },
         request_id: row.try_get("request_id").map_err(db_error)?,
         created_at: time(row, "created_at")?,
         started_at: optional_time(row, "started_at")?,
@@ -133,6 +137,7 @@ pub(super) fn item_from_row(row: &SqliteRow) -> Result<Item, StoreError> {
         attempts: count32(row, "attempts")?,
         last_error: row.try_get("last_error").map_err(db_error)?,
         checkpoint: row.try_get("checkpoint").map_err(db_error)?,
+        result: row.try_get("result").map_err(db_error)?,
         updated_at: optional_time(row, "updated_at")?,
     })
 }
@@ -149,6 +154,7 @@ pub(super) fn pause_from_row(row: &SqliteRow) -> Result<(uuid::Uuid, PauseRecord
         requested_at: time(row, "requested_at")?,
         paused_at: optional_time(row, "paused_at")?,
         resumed_at: optional_time(row, "resumed_at")?,
+        resume_at: optional_time(row, "resume_at")?,
     };
     Ok((row.try_get("job_id").map_err(db_error)?, record))
 }

@@ -54,8 +54,8 @@ pub(super) async fn create_job(
     sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
          request_id, request_fingerprint, total_items, last_seq, created_at, started_at, \
-         updated_at) \
-         VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?11)",
+         updated_at, policy) \
+         VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?11, ?12)",
     )
     .bind(id.0)
     .bind(&spec.name)
@@ -68,6 +68,7 @@ pub(super) async fn create_job(
     .bind(&fingerprint)
     .bind(spec.items.len() as i64)
     .bind(at)
+    .bind(serde_json::to_string(&spec.policy).map_err(|e| StoreError::Internal(e.to_string()))?)
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;
@@ -148,7 +149,7 @@ pub(super) async fn transition(
     }
     let at = now();
     for effect in &w.effects {
-        apply_effect(&mut tx, id, *effect, &w.provenance, at).await?;
+        apply_effect(&mut tx, id, *effect, w, at).await?;
     }
     let last_error = (w.to == JobState::Failed)
         .then(|| w.provenance.reason.clone())
@@ -214,17 +215,18 @@ async fn apply_effect(
     conn: &mut SqliteConnection,
     id: JobId,
     effect: Effect,
-    p: &Provenance,
+    w: &TransitionWrite,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let p = &w.provenance;
     let at = micros(at);
     // (statement, whether it binds the time as ?2), run in order.
     let statements: &[(&'static str, bool)] = match effect {
         Effect::OpenPause(mode) => {
             sqlx::query(
                 "INSERT INTO job_pauses (job_id, n, mode, reason, requested_by, request_id, \
-                 requested_at) \
-                 SELECT ?1, COALESCE(MAX(n), 0) + 1, ?2, ?3, ?4, ?5, ?6 \
+                 requested_at, resume_at) \
+                 SELECT ?1, COALESCE(MAX(n), 0) + 1, ?2, ?3, ?4, ?5, ?6, ?7 \
                  FROM job_pauses WHERE job_id = ?1",
             )
             .bind(id.0)
@@ -233,6 +235,7 @@ async fn apply_effect(
             .bind(&p.requested_by)
             .bind(&p.request_id)
             .bind(at)
+            .bind(w.resume_at.map(micros))
             .execute(&mut *conn)
             .await
             .map_err(db_error)?;
@@ -318,6 +321,67 @@ pub(super) async fn release_running_items(
         .await
         .map_err(db_error)?;
     Ok(released)
+}
+
+pub(super) async fn set_concurrency(
+    pool: &SqlitePool,
+    id: JobId,
+    concurrency: u32,
+    p: &Provenance,
+) -> Result<Job, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let state = current_state(&mut tx, id).await?;
+    if state.is_terminal() {
+        return Err(StoreError::Conflict {
+            expected: JobState::Running,
+            current: state,
+        });
+    }
+    let from: i64 = sqlx::query_scalar("SELECT concurrency FROM jobs WHERE id = ?1")
+        .bind(id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    let at = micros(now());
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET concurrency = ?2, last_seq = last_seq + 1, updated_at = ?3 \
+         WHERE id = ?1 RETURNING last_seq",
+    )
+    .bind(id.0)
+    .bind(i64::from(concurrency))
+    .bind(at)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let event = EventBody::ConcurrencyChanged {
+        from: from as u32,
+        to: concurrency,
+        requested_by: p.requested_by.clone(),
+        request_id: p.request_id.clone(),
+    };
+    insert_event(&mut tx, id, seq, at, &event).await?;
+    let job = fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(job)
+}
+
+pub(super) async fn due_resumes(
+    pool: &SqlitePool,
+    now: DateTime<Utc>,
+) -> Result<Vec<JobId>, StoreError> {
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT p.job_id FROM job_pauses AS p JOIN jobs AS j ON j.id = p.job_id \
+         WHERE p.resume_at IS NOT NULL AND p.resume_at <= ?1 AND p.resumed_at IS NULL \
+           AND j.state IN ('pausing', 'paused') \
+         ORDER BY p.resume_at LIMIT 1000",
+    )
+    .bind(micros(now))
+    .fetch_all(pool)
+    .await
+    .map_err(db_error)?;
+    Ok(ids.into_iter().map(JobId).collect())
 }
 
 pub(super) async fn append_event(

@@ -158,6 +158,22 @@ impl Store for SqliteStore {
         jobs::transition(&self.write, id, write).await
     }
 
+    async fn set_concurrency(
+        &self,
+        id: JobId,
+        concurrency: u32,
+        provenance: &crate::domain::Provenance,
+    ) -> Result<Job, StoreError> {
+        jobs::set_concurrency(&self.write, id, concurrency, provenance).await
+    }
+
+    async fn due_resumes(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<JobId>, StoreError> {
+        jobs::due_resumes(&self.read, now).await
+    }
+
     async fn append_event(&self, id: JobId, body: &EventBody) -> Result<u64, StoreError> {
         jobs::append_event(&self.write, id, body).await
     }

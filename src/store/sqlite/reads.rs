@@ -61,7 +61,7 @@ async fn attach_pauses(conn: &mut SqliteConnection, jobs: &mut [Job]) -> Result<
     let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Internal(e.to_string()))?;
     let rows = sqlx::query(
         "SELECT job_id, mode, reason, requested_by, request_id, requested_at, paused_at, \
-         resumed_at FROM job_pauses \
+         resumed_at, resume_at FROM job_pauses \
          WHERE job_id IN (SELECT unhex(value) FROM json_each(?1)) ORDER BY job_id, n",
     )
     .bind(ids)

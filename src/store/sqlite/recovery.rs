@@ -75,6 +75,7 @@ pub(super) async fn recover(pool: &SqlitePool) -> Result<Recovery, StoreError> {
                     effects,
                     provenance: Provenance::system("recovered after a restart"),
                     pause_mode: None,
+                    resume_at: None,
                 };
                 match transition(pool, id, &write).await {
                     Ok(_) => recovery.settled.push((id, to)),

@@ -3,6 +3,7 @@
 //! nothing of which store it runs on.
 
 pub mod claims;
+pub mod control;
 pub mod in_batch;
 pub mod jobs;
 pub mod listing;

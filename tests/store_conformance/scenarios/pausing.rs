@@ -24,6 +24,7 @@ pub async fn pause_and_resume_keep_a_pause_history(store: Arc<dyn Store>) {
                 effects: vec![E::OpenPause(PauseMode::Graceful)],
                 provenance: asked.clone(),
                 pause_mode: Some(PauseMode::Graceful),
+                resume_at: None,
             },
         )
         .await
@@ -86,6 +87,7 @@ pub async fn pause_and_resume_keep_a_pause_history(store: Arc<dyn Store>) {
                 effects: vec![E::OpenPause(PauseMode::Immediate), E::Interrupt],
                 provenance: Provenance::default(),
                 pause_mode: Some(PauseMode::Immediate),
+                resume_at: None,
             },
         )
         .await
@@ -144,7 +146,16 @@ pub async fn drained_pause_releases_running_items(store: Arc<dyn Store>) {
     let job = create(&store, &spec(5)).await;
     let claimed = claim(&store, job.id, 3).await;
     let lease = claimed[0].lease;
-    assert!(write(&store, job.id, 0, lease, WriteKind::Succeeded).await);
+    assert!(
+        write(
+            &store,
+            job.id,
+            0,
+            lease,
+            WriteKind::Succeeded { result: None }
+        )
+        .await
+    );
     assert!(
         write(
             &store,
@@ -181,6 +192,15 @@ pub async fn drained_pause_releases_running_items(store: Arc<dyn Store>) {
     }
     assert_eq!(items[1].checkpoint.as_deref(), Some(&b"half"[..]));
     // The old lease is dead.
-    assert!(!write(&store, job.id, 1, lease, WriteKind::Succeeded).await);
+    assert!(
+        !write(
+            &store,
+            job.id,
+            1,
+            lease,
+            WriteKind::Succeeded { result: None }
+        )
+        .await
+    );
     consistent(&store, job.id).await;
 }

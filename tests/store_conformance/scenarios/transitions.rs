@@ -15,7 +15,16 @@ use JobState as S;
 pub async fn cancel_cancels_what_remains(store: Arc<dyn Store>) {
     let job = create(&store, &spec(6)).await;
     let lease = claim(&store, job.id, 3).await[0].lease;
-    assert!(write(&store, job.id, 0, lease, WriteKind::Succeeded).await);
+    assert!(
+        write(
+            &store,
+            job.id,
+            0,
+            lease,
+            WriteKind::Succeeded { result: None }
+        )
+        .await
+    );
 
     let cancelling = go(
         &store,
@@ -57,7 +66,16 @@ pub async fn cancel_cancels_what_remains(store: Arc<dyn Store>) {
         states[1..].iter().all(|s| *s == ItemState::Cancelled),
         "{states:?}"
     );
-    assert!(!write(&store, job.id, 2, lease, WriteKind::Succeeded).await);
+    assert!(
+        !write(
+            &store,
+            job.id,
+            2,
+            lease,
+            WriteKind::Succeeded { result: None }
+        )
+        .await
+    );
     assert_eq!(get(&store, job.id).await, cancelled);
     consistent(&store, job.id).await;
 
@@ -98,7 +116,16 @@ pub async fn finish_and_retry_failed(store: Arc<dyn Store>) {
     s.max_attempts = 1;
     let job = create(&store, &s).await;
     let lease = claim(&store, job.id, 3).await[0].lease;
-    assert!(write(&store, job.id, 0, lease, WriteKind::Succeeded).await);
+    assert!(
+        write(
+            &store,
+            job.id,
+            0,
+            lease,
+            WriteKind::Succeeded { result: None }
+        )
+        .await
+    );
     assert!(write(&store, job.id, 1, lease, failed("out of attempts", false)).await);
     assert!(write(&store, job.id, 2, lease, failed("permanent", true)).await);
     consistent(&store, job.id).await;
@@ -112,6 +139,7 @@ pub async fn finish_and_retry_failed(store: Arc<dyn Store>) {
                 effects: vec![E::End],
                 provenance: Provenance::system("2 of 3 items failed"),
                 pause_mode: None,
+                resume_at: None,
             },
         )
         .await
@@ -152,7 +180,16 @@ pub async fn finish_and_retry_failed(store: Arc<dyn Store>) {
         vec![(1, 1), (2, 1)]
     );
     for c in &again {
-        assert!(write(&store, job.id, c.index, c.lease, WriteKind::Succeeded).await);
+        assert!(
+            write(
+                &store,
+                job.id,
+                c.index,
+                c.lease,
+                WriteKind::Succeeded { result: None }
+            )
+            .await
+        );
     }
     let succeeded = go(&store, job.id, S::Running, S::Succeeded, vec![E::End]).await;
     assert_eq!(succeeded.counts.succeeded, 3);
@@ -174,6 +211,7 @@ pub async fn fatal_failure_releases_running_items(store: Arc<dyn Store>) {
                 effects: vec![E::ReleaseRunning, E::End],
                 provenance: Provenance::system("restart budget spent"),
                 pause_mode: None,
+                resume_at: None,
             },
         )
         .await
@@ -206,6 +244,7 @@ pub async fn refused_transitions_change_nothing(store: Arc<dyn Store>) {
                     effects: vec![E::OpenPause(PauseMode::Graceful)],
                     provenance: Provenance::default(),
                     pause_mode: None,
+                    resume_at: None,
                 },
             )
             .await,
@@ -224,6 +263,7 @@ pub async fn refused_transitions_change_nothing(store: Arc<dyn Store>) {
                         effects,
                         provenance: Provenance::system("refused"),
                         pause_mode: None,
+                        resume_at: None,
                     },
                 )
                 .await

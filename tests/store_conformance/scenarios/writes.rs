@@ -37,7 +37,7 @@ pub async fn wrong_lease_changes_nothing(store: Arc<dyn Store>) {
     let before = snapshot().await;
     let kinds = [
         WriteKind::Checkpoint(b"theirs".to_vec()),
-        WriteKind::Succeeded,
+        WriteKind::Succeeded { result: None },
         failed("not yours", false),
         failed("not yours", true),
         WriteKind::Released { refund: true },
@@ -98,12 +98,39 @@ pub async fn wrong_lease_changes_nothing(store: Arc<dyn Store>) {
         )
         .await
     );
-    assert!(!write(&store, job.id, 0, lease, WriteKind::Succeeded).await);
+    assert!(
+        !write(
+            &store,
+            job.id,
+            0,
+            lease,
+            WriteKind::Succeeded { result: None }
+        )
+        .await
+    );
     let again = claim(&store, job.id, 1).await;
     assert_eq!(again[0].index, 0);
     assert_ne!(again[0].lease, lease);
-    assert!(!write(&store, job.id, 0, lease, WriteKind::Succeeded).await);
-    assert!(write(&store, job.id, 0, again[0].lease, WriteKind::Succeeded).await);
+    assert!(
+        !write(
+            &store,
+            job.id,
+            0,
+            lease,
+            WriteKind::Succeeded { result: None }
+        )
+        .await
+    );
+    assert!(
+        write(
+            &store,
+            job.id,
+            0,
+            again[0].lease,
+            WriteKind::Succeeded { result: None }
+        )
+        .await
+    );
     // An ended item takes no more writes, even with its last lease.
     assert!(!write(&store, job.id, 0, again[0].lease, failed("late", false)).await);
     assert!(
@@ -255,7 +282,7 @@ pub async fn succeeded_and_cancelled_end_items(store: Arc<dyn Store>) {
         &store,
         Batch {
             writes: vec![
-                write_of(job.id, 0, lease, WriteKind::Succeeded),
+                write_of(job.id, 0, lease, WriteKind::Succeeded { result: None }),
                 write_of(job.id, 1, lease, WriteKind::Cancelled),
             ],
             claims: vec![],
@@ -281,7 +308,7 @@ pub async fn succeeded_and_cancelled_end_items(store: Arc<dyn Store>) {
     assert_eq!(items_now[0].attempts, 1);
     assert!(items_now[0].updated_at.is_some());
     for kind in [
-        WriteKind::Succeeded,
+        WriteKind::Succeeded { result: None },
         WriteKind::Cancelled,
         failed("x", true),
     ] {
@@ -379,7 +406,16 @@ pub async fn checkpoint_kept_across_release_and_reclaim(store: Arc<dyn Store>) {
         )
         .await
     );
-    assert!(write(&store, job.id, 0, third[0].lease, WriteKind::Succeeded).await);
+    assert!(
+        write(
+            &store,
+            job.id,
+            0,
+            third[0].lease,
+            WriteKind::Succeeded { result: None }
+        )
+        .await
+    );
     // A finished item keeps its last checkpoint.
     assert_eq!(
         item(&store, job.id, 0).await.checkpoint,

@@ -1,0 +1,134 @@
+//! The newer controls: a job's policy, a pause that resumes by itself,
+//! concurrency changes, and a succeeded item's result.
+
+use crate::harness::*;
+use jobvisor::{
+    domain::{Effect, EventBody, JobPolicy, JobState, PauseMode},
+    store::{Store, StoreError, TransitionWrite, WriteKind},
+};
+use std::sync::Arc;
+
+use Effect as E;
+use JobState as S;
+
+pub async fn a_policy_is_kept_with_the_job(store: Arc<dyn Store>) {
+    let mut s = spec(2);
+    s.policy = JobPolicy {
+        timeout_ms: Some(90_000),
+        pause_after_failures: Some(4),
+        pause_on_failure_ratio: Some(0.25),
+        failure_window: Some(40),
+    };
+    let job = create(&store, &s).await;
+    assert_eq!(job.policy, s.policy);
+    assert_eq!(get(&store, job.id).await.policy, s.policy);
+    let plain = create(&store, &spec(1)).await;
+    assert_eq!(plain.policy, JobPolicy::default());
+}
+
+pub async fn pauses_due_to_resume_are_found(store: Arc<dyn Store>) {
+    let now = chrono::Utc::now();
+    let later = create(&store, &spec(2)).await;
+    let due = create(&store, &spec(2)).await;
+    let plain = create(&store, &spec(2)).await;
+    for (job, at) in [
+        (later.id, Some(now + chrono::Duration::hours(1))),
+        (due.id, Some(now - chrono::Duration::seconds(1))),
+        (plain.id, None),
+    ] {
+        let paused = store
+            .transition(
+                job,
+                &TransitionWrite {
+                    from: S::Running,
+                    to: S::Pausing,
+                    effects: vec![E::OpenPause(PauseMode::Graceful)],
+                    provenance: provenance("later", "ops", "r"),
+                    pause_mode: Some(PauseMode::Graceful),
+                    resume_at: at,
+                },
+            )
+            .await
+            .unwrap();
+        let stored = paused.pauses[0].resume_at;
+        match at {
+            Some(t) => assert!(stored.is_some_and(|s| (s - t).num_milliseconds().abs() < 1)),
+            None => assert_eq!(stored, None),
+        }
+    }
+    assert_eq!(store.due_resumes(now).await.unwrap(), vec![due.id]);
+    // Once resumed, it is no longer due.
+    go(&store, due.id, S::Pausing, S::Running, vec![E::ClosePause]).await;
+    assert!(store.due_resumes(now).await.unwrap().is_empty());
+}
+
+pub async fn concurrency_changes_are_recorded(store: Arc<dyn Store>) {
+    let job = create(&store, &spec(3)).await;
+    let changed = store
+        .set_concurrency(job.id, 7, &provenance("", "ops", "c-1"))
+        .await
+        .unwrap();
+    assert_eq!(changed.concurrency, 7);
+    assert_eq!(changed.last_seq, job.last_seq + 1);
+    let log = events(&store, job.id).await;
+    assert_eq!(
+        log.last().unwrap().body,
+        EventBody::ConcurrencyChanged {
+            from: 2,
+            to: 7,
+            requested_by: Some("ops".into()),
+            request_id: Some("c-1".into()),
+        }
+    );
+    consistent(&store, job.id).await;
+    // Not once the job has ended.
+    go(
+        &store,
+        job.id,
+        S::Running,
+        S::Cancelling,
+        vec![E::Interrupt],
+    )
+    .await;
+    go(
+        &store,
+        job.id,
+        S::Cancelling,
+        S::Cancelled,
+        vec![E::CancelRemaining, E::End],
+    )
+    .await;
+    match store
+        .set_concurrency(job.id, 3, &provenance("", "", ""))
+        .await
+    {
+        Err(StoreError::Conflict { current, .. }) => assert_eq!(current, S::Cancelled),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(get(&store, job.id).await.concurrency, 7);
+}
+
+pub async fn a_succeeded_items_result_is_kept(store: Arc<dyn Store>) {
+    let job = create(&store, &spec(2)).await;
+    let c = claim(&store, job.id, 2).await;
+    let done = WriteKind::Succeeded {
+        result: Some("42 frames".into()),
+    };
+    assert!(write(&store, job.id, 0, c[0].lease, done).await);
+    assert!(
+        write(
+            &store,
+            job.id,
+            1,
+            c[1].lease,
+            WriteKind::Succeeded { result: None }
+        )
+        .await
+    );
+    assert_eq!(
+        item(&store, job.id, 0).await.result.as_deref(),
+        Some("42 frames")
+    );
+    assert_eq!(item(&store, job.id, 1).await.result, None);
+    consistent(&store, job.id).await;
+}
