@@ -11,11 +11,11 @@ use crate::{
         limits::LimitsLayer,
         trace::TraceLayer,
     },
-    engine::{Engine, EngineConfig},
+    engine::{ClusterConfig, Engine, EngineConfig},
     executor::Registry,
     pb::{self, job_service_server::JobServiceServer},
     store::{
-        Store,
+        Leases, Store,
         postgres::{PgConfig, PgStore, redacted},
         sqlite::SqliteStore,
     },
@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub guard: GuardConfig,
     /// TLS on the gRPC port; `None`: plaintext.
     pub tls: Option<TlsFiles>,
+    /// Multi-replica mode: several servers share the PostgreSQL database.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// PEM files for TLS.
@@ -94,6 +96,7 @@ impl ServerConfig {
             health_interval: Duration::from_secs(2),
             guard: GuardConfig::default(),
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -108,17 +111,28 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = match &config.embedded {
+    let (store, leases): (Arc<dyn Store>, Option<Arc<dyn Leases>>) = match &config.embedded {
+        Some(_) if config.cluster.is_some() => anyhow::bail!(
+            "multi-replica mode (--multi-replica) needs PostgreSQL (--database-url / \
+             DATABASE_URL): the embedded store serves one process only"
+        ),
         Some(path) => {
             tracing::info!(path = %path.display(), "store: embedded (SQLite)");
-            Arc::new(SqliteStore::open(path).await?)
+            (Arc::new(SqliteStore::open(path).await?), None)
         }
         None => {
             tracing::info!(url = %redacted(&config.database.url), "store: PostgreSQL");
-            Arc::new(PgStore::connect(&config.database).await?)
+            let mut database = config.database.clone();
+            database.announce_changes = config.cluster.is_some();
+            let store = Arc::new(PgStore::connect(&database).await?);
+            let leases: Option<Arc<dyn Leases>> = match config.cluster {
+                Some(_) => Some(store.clone()),
+                None => None,
+            };
+            (store, leases)
         }
     };
-    serve_with_store(config, store, registry, listener, shutdown).await
+    serve_on(config, store, leases, registry, listener, shutdown).await
 }
 
 /// [`serve`] on a store of the caller's choosing.
@@ -129,7 +143,31 @@ pub async fn serve_with_store(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (engine, adopted) = Engine::start(store, registry, config.engine.clone()).await?;
+    serve_on(config, store, None, registry, listener, shutdown).await
+}
+
+async fn serve_on(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    leases: Option<Arc<dyn Leases>>,
+    registry: Registry,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (engine, adopted) = match (leases, &config.cluster) {
+        (Some(leases), Some(cluster)) => {
+            Engine::start_replicated(
+                store,
+                leases,
+                registry,
+                config.engine.clone(),
+                cluster.clone(),
+            )
+            .await?
+        }
+        (None, Some(_)) => anyhow::bail!("multi-replica mode needs a store with leases"),
+        _ => Engine::start(store, registry, config.engine.clone()).await?,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, executors = ?engine.registry().names(),
         running = adopted.running, paused = adopted.paused, "jobvisor serving");

@@ -240,6 +240,15 @@ fn event(e: &JobEvent) -> pb::JobEvent {
             reason: reason.clone(),
             restarts_in_window: *restarts_in_window,
         }),
+        EventBody::OwnerChanged {
+            owner,
+            previous_owner,
+            released_items,
+        } => Kind::OwnerChanged(pb::OwnerChanged {
+            owner: owner.clone(),
+            previous_owner: previous_owner.clone().unwrap_or_default(),
+            released_items: *released_items,
+        }),
     };
     pb::JobEvent {
         sequence: e.seq,

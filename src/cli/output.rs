@@ -377,6 +377,19 @@ impl WatchView {
                     ));
                 }
             }
+            Kind::OwnerChanged(o) => {
+                if !self.json {
+                    let from = if o.previous_owner.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" from {}", o.previous_owner)
+                    };
+                    self.note(&format!(
+                        "#{} taken over by replica {}{from} ({} running items back to pending)",
+                        event.sequence, o.owner, o.released_items
+                    ));
+                }
+            }
             Kind::Progress(p) => {
                 if !self.json {
                     let eta = p
@@ -416,6 +429,9 @@ fn event_json(e: &pb::JobEvent) -> Value {
             "request_id": c.request_id}}),
         Some(Kind::WorkerRestarted(w)) => json!({"worker_restarted": {
             "index": w.index, "reason": w.reason, "restarts_in_window": w.restarts_in_window}}),
+        Some(Kind::OwnerChanged(o)) => json!({"owner_changed": {
+            "owner": o.owner, "previous_owner": o.previous_owner,
+            "released_items": o.released_items}}),
         Some(Kind::Progress(p)) => json!({"progress": {
             "counts": counts_json(&p.counts), "items_per_second": p.items_per_second,
             "eta_seconds": p.eta.as_ref().map(|d| d.seconds)}}),

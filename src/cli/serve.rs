@@ -122,6 +122,28 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBVISOR_MAX_CONCURRENT_PER_CALLER", default_value_t = 0)]
     max_concurrent_per_caller: u32,
 
+    /// Several replicas share the PostgreSQL database: each live job is
+    /// owned by one replica through a lease, control calls reach the owner
+    /// wherever they land, and a replica that dies has its jobs adopted by
+    /// the others after --lease-timeout. Every replica needs it.
+    #[arg(long, env = "JOBVISOR_MULTI_REPLICA")]
+    multi_replica: bool,
+
+    /// With --multi-replica: how long a replica's leases last without
+    /// renewal (renewed every third of it). Shorter: a dead replica's jobs
+    /// move sooner; longer: a replica survives longer stalls (GC, network)
+    /// without losing its jobs.
+    #[arg(long, env = "JOBVISOR_LEASE_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    lease_timeout: Duration,
+
+    /// With --multi-replica: this replica's id, unique among those running
+    /// (on Kubernetes, the pod name). Default: the host name and the gRPC
+    /// port. A replica restarted with the same id takes its jobs back at
+    /// once.
+    #[arg(long, env = "JOBVISOR_REPLICA_ID")]
+    replica_id: Option<String>,
+
     /// Log format: text (for a terminal) or json.
     #[arg(long, env = "JOBVISOR_LOG_FORMAT", default_value = "text")]
     log_format: telemetry::LogFormat,
@@ -164,6 +186,29 @@ impl ServeArgs {
                  (JOBVISOR_INSECURE) if a mesh encrypts and authenticates the traffic",
                 self.listen
             );
+        }
+        if self.multi_replica {
+            if config.embedded.is_some() {
+                anyhow::bail!(
+                    "--multi-replica (JOBVISOR_MULTI_REPLICA) needs PostgreSQL: give \
+                     --database-url (DATABASE_URL); the embedded store serves one process only"
+                );
+            }
+            if self.lease_timeout < Duration::from_millis(500) {
+                anyhow::bail!("--lease-timeout (JOBVISOR_LEASE_TIMEOUT) must be at least 500ms");
+            }
+            let replica = match &self.replica_id {
+                Some(id) if id.trim().is_empty() || id.len() > 200 => {
+                    anyhow::bail!("--replica-id (JOBVISOR_REPLICA_ID) must be 1 to 200 characters")
+                }
+                Some(id) => id.trim().to_string(),
+                None => format!("{}:{}", host_name(), self.listen.port()),
+            };
+            let mut cluster = crate::engine::ClusterConfig::new(replica);
+            cluster.lease_timeout = self.lease_timeout;
+            config.cluster = Some(cluster);
+        } else if self.replica_id.is_some() {
+            anyhow::bail!("--replica-id (JOBVISOR_REPLICA_ID) needs --multi-replica");
         }
         config.guard = GuardConfig {
             tokens: match &self.auth_tokens {
@@ -221,6 +266,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let result = server::serve(config, registry, listener, shutdown_signal()).await;
     telemetry.shutdown();
     result
+}
+
+/// This host's name (the pod name on Kubernetes).
+fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Reloads the token file on every SIGHUP; a bad file keeps the old one.

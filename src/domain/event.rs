@@ -43,6 +43,13 @@ pub enum EventBody {
         reason: String,
         restarts_in_window: u32,
     },
+    /// A replica took the job over (multi-replica mode).
+    OwnerChanged {
+        owner: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_owner: Option<String>,
+        released_items: u64,
+    },
 }
 
 impl EventBody {
@@ -53,6 +60,7 @@ impl EventBody {
             EventBody::ItemFailed { .. } => "item_failed",
             EventBody::WorkerRestarted { .. } => "worker_restarted",
             EventBody::ConcurrencyChanged { .. } => "concurrency_changed",
+            EventBody::OwnerChanged { .. } => "owner_changed",
         }
     }
 

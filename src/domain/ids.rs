@@ -5,7 +5,10 @@ use std::{fmt, str::FromStr};
 use uuid::Uuid;
 
 /// A job's id: a UUID the server assigns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct JobId(pub Uuid);
 
 impl JobId {

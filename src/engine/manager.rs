@@ -9,6 +9,7 @@ use super::{
 use crate::{
     domain::{Job, JobId},
     executor::ItemHandler,
+    store::Lease,
 };
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
@@ -27,7 +28,19 @@ pub enum ManagerMsg {
         handler: Arc<dyn ItemHandler>,
         /// The StartJob call's span, which item spans link to.
         start: Option<opentelemetry::trace::SpanContext>,
+        /// Multi-replica mode: the lease the job runs under.
+        lease: Option<Lease>,
         reply: RpcReplyPort<Result<ActorRef<SupervisorMsg>, String>>,
+    },
+    /// The job's lease is lost: stop its supervisor at once, writing
+    /// nothing (whatever it still tries is refused by the store).
+    Abandon(JobId),
+    /// Stop the job's supervisor as a shutdown would (items stop at their
+    /// next checkpoint, committed); reply when it has, or after `grace`.
+    HandOver {
+        job: JobId,
+        grace: Duration,
+        reply: RpcReplyPort<()>,
     },
     /// The live supervisor of a job, if any.
     Lookup {
@@ -50,8 +63,11 @@ pub struct ManagerState {
     rt: Arc<Runtime>,
     /// Re-reads a job and prepares its handler, for re-adoption.
     readopt: Arc<dyn Fn(JobId) + Send + Sync>,
+    /// A supervisor stopped (not crashed), with the epoch of its lease.
+    ended: Arc<dyn Fn(JobId, Option<i64>) + Send + Sync>,
     supervisors: HashMap<JobId, ActorRef<SupervisorMsg>>,
-    by_actor: HashMap<ActorId, JobId>,
+    /// Each live supervisor's job and lease epoch.
+    by_actor: HashMap<ActorId, (JobId, Option<i64>)>,
     /// Recent supervisor crashes per job: a job whose supervisor keeps
     /// crashing is failed rather than restarted forever.
     crashes: HashMap<JobId, Vec<Instant>>,
@@ -61,6 +77,7 @@ pub struct ManagerState {
 pub struct ManagerArgs {
     pub rt: Arc<Runtime>,
     pub readopt: Arc<dyn Fn(JobId) + Send + Sync>,
+    pub ended: Arc<dyn Fn(JobId, Option<i64>) + Send + Sync>,
 }
 
 pub struct JobManager;
@@ -78,6 +95,7 @@ impl Actor for JobManager {
         Ok(ManagerState {
             rt: args.rt,
             readopt: args.readopt,
+            ended: args.ended,
             supervisors: HashMap::new(),
             by_actor: HashMap::new(),
             crashes: HashMap::new(),
@@ -96,11 +114,30 @@ impl Actor for JobManager {
                 job,
                 handler,
                 start,
+                lease,
                 reply,
             } => {
-                let result = supervise(&myself, st, *job, handler, start).await;
+                let result = supervise(&myself, st, *job, handler, start, lease).await;
                 let _ = reply.send(result);
             }
+            ManagerMsg::Abandon(job) => {
+                // Out of the map now, so the job can be taken again while
+                // this one stops.
+                if let Some(supervisor) = st.supervisors.remove(&job) {
+                    let _ = supervisor.cast(SupervisorMsg::Abandon);
+                }
+            }
+            ManagerMsg::HandOver { job, grace, reply } => match st.supervisors.get(&job).cloned() {
+                Some(supervisor) => {
+                    tokio::spawn(async move {
+                        let _ = supervisor.call(SupervisorMsg::Shutdown, Some(grace)).await;
+                        let _ = reply.send(());
+                    });
+                }
+                None => {
+                    let _ = reply.send(());
+                }
+            },
             ManagerMsg::Lookup { job, reply } => {
                 let _ = reply.send(live(st, job));
             }
@@ -135,15 +172,19 @@ impl Actor for JobManager {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if let Some(job) = st.by_actor.remove(&cell.get_id()) {
-                    st.supervisors.remove(&job);
+                if let Some((job, epoch)) = st.by_actor.remove(&cell.get_id()) {
+                    forget(st, job, cell.get_id());
+                    (st.ended)(job, epoch);
                 }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                let Some(job) = st.by_actor.remove(&cell.get_id()) else {
+                let Some((job, _)) = st.by_actor.remove(&cell.get_id()) else {
                     return Ok(());
                 };
-                st.supervisors.remove(&job);
+                if !forget(st, job, cell.get_id()) {
+                    // Abandoned before it crashed: nothing to re-adopt.
+                    return Ok(());
+                }
                 tracing::error!(job_id = %job, error = %err, "job supervisor crashed");
                 let now = Instant::now();
                 let window = st.rt.config.restart_window;
@@ -162,6 +203,21 @@ impl Actor for JobManager {
     }
 }
 
+/// Removes the job's supervisor from the map if it is `actor` (a newer one
+/// may have replaced it); whether it was.
+fn forget(st: &mut ManagerState, job: JobId, actor: ActorId) -> bool {
+    if st
+        .supervisors
+        .get(&job)
+        .is_some_and(|s| s.get_id() == actor)
+    {
+        st.supervisors.remove(&job);
+        true
+    } else {
+        false
+    }
+}
+
 fn live(st: &ManagerState, job: JobId) -> Option<ActorRef<SupervisorMsg>> {
     st.supervisors
         .get(&job)
@@ -177,6 +233,7 @@ async fn supervise(
     job: Job,
     handler: Arc<dyn ItemHandler>,
     start: Option<opentelemetry::trace::SpanContext>,
+    lease: Option<Lease>,
 ) -> Result<ActorRef<SupervisorMsg>, String> {
     if let Some(existing) = live(st, job.id) {
         return Ok(existing);
@@ -185,18 +242,18 @@ async fn supervise(
         return Err("the server is shutting down".into());
     }
     let id = job.id;
+    let epoch = lease.as_ref().map(|l| l.epoch);
     let args = SupervisorArgs {
         job,
         handler,
         rt: st.rt.clone(),
         start,
+        lease,
     };
     let (supervisor, _) = Actor::spawn_linked(None, JobSupervisor, args, myself.get_cell())
         .await
         .map_err(|e| format!("could not start the job's supervisor: {e}"))?;
-    if let Some(old) = st.supervisors.insert(id, supervisor.clone()) {
-        st.by_actor.remove(&old.get_id());
-    }
-    st.by_actor.insert(supervisor.get_id(), id);
+    st.supervisors.insert(id, supervisor.clone());
+    st.by_actor.insert(supervisor.get_id(), (id, epoch));
     Ok(supervisor)
 }

@@ -8,6 +8,7 @@
 //! again if someone else moved first), and then told to the job's
 //! supervisor, which acknowledges once it has taken effect.
 
+mod cluster;
 mod hub;
 mod manager;
 mod policy;
@@ -17,6 +18,7 @@ mod watch;
 mod worker;
 mod writer;
 
+pub use cluster::ClusterConfig;
 pub use hub::Hub;
 pub use watch::{Progress, WatchItem};
 pub use worker::outcome_write;
@@ -29,8 +31,9 @@ use crate::{
         page::{ItemCursor, JobCursor},
     },
     executor::{ItemHandler, PrepareError, Registry},
-    store::{ItemQuery, JobQuery, Page, Pulse, Store, StoreError, TransitionWrite},
+    store::{ItemQuery, JobQuery, Leases, Page, Pulse, Store, StoreError, TransitionWrite},
 };
+use cluster::{Book, Cluster};
 use futures::StreamExt as _;
 use manager::{JobManager, ManagerArgs, ManagerMsg};
 use opentelemetry::trace::TraceContextExt as _;
@@ -184,6 +187,8 @@ pub struct Runtime {
     pub writer: Writer,
     pub hub: Arc<Hub>,
     pub config: EngineConfig,
+    /// Multi-replica mode: the leases this replica holds.
+    pub book: Option<Arc<Book>>,
 }
 
 /// The handle the API uses; cheap to clone.
@@ -192,6 +197,8 @@ pub struct Engine {
     rt: Arc<Runtime>,
     registry: Arc<Registry>,
     manager: ActorRef<ManagerMsg>,
+    /// Multi-replica mode: leases, heartbeat, routing.
+    cluster: Option<Arc<Cluster>>,
     /// Fires when the server starts shutting down: watch streams end.
     closing: CancellationToken,
     /// Fires when the grace period is over: held writes are dropped.
@@ -215,14 +222,38 @@ impl Engine {
         registry: Registry,
         config: EngineConfig,
     ) -> Result<(Engine, Adopted), EngineError> {
+        Engine::start_inner(store, registry, config, None).await
+    }
+
+    /// Starts the engine as one of several replicas sharing the store
+    /// (multi-replica mode): instead of recovering every unfinished job,
+    /// it joins the others and takes its share (see `cluster`).
+    pub async fn start_replicated(
+        store: Arc<dyn Store>,
+        leases: Arc<dyn Leases>,
+        registry: Registry,
+        config: EngineConfig,
+        cluster: ClusterConfig,
+    ) -> Result<(Engine, Adopted), EngineError> {
+        Engine::start_inner(store, registry, config, Some(Cluster::new(cluster, leases))).await
+    }
+
+    async fn start_inner(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        config: EngineConfig,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<(Engine, Adopted), EngineError> {
         let hub = Arc::new(Hub::new());
         let abort = CancellationToken::new();
-        let writer = Writer::start(store.clone(), hub.clone(), abort.clone());
+        let book = cluster.as_ref().map(|c| c.book.clone());
+        let writer = Writer::start(store.clone(), hub.clone(), abort.clone(), book.clone());
         let rt = Arc::new(Runtime {
             store,
             writer,
             hub,
             config,
+            book,
         });
         let registry = Arc::new(registry);
         // A crashed supervisor's job is read again and re-adopted; the
@@ -236,12 +267,21 @@ impl Engine {
                 }
             })
         };
+        let ended = {
+            let slot = slot.clone();
+            Arc::new(move |job: JobId, epoch: Option<i64>| {
+                if let Some(engine) = slot.get() {
+                    engine.supervisor_ended(job, epoch);
+                }
+            })
+        };
         let (manager, _) = Actor::spawn(
             None,
             JobManager,
             ManagerArgs {
                 rt: rt.clone(),
                 readopt,
+                ended,
             },
         )
         .await
@@ -250,6 +290,7 @@ impl Engine {
             rt,
             registry,
             manager,
+            cluster,
             closing: CancellationToken::new(),
             abort,
         };
@@ -260,10 +301,19 @@ impl Engine {
     }
 
     async fn adopt(&self) -> Result<Adopted, EngineError> {
+        if self.cluster.is_some() {
+            // Other replicas may be running jobs: take only this one's
+            // share (its own leases, then jobs nobody owns).
+            let running = self.join_cluster().await?;
+            return Ok(Adopted {
+                running,
+                ..Adopted::default()
+            });
+        }
         let recovery = self.rt.store.recover().await?;
         for id in &recovery.running {
             let job = self.rt.store.get_job(*id).await?;
-            self.supervise(job).await?;
+            self.supervise(job, None).await?;
         }
         let adopted = Adopted {
             running: recovery.running.len(),
@@ -328,7 +378,13 @@ impl Engine {
                 .span_context()
                 .clone();
             let start = start.is_valid().then_some(start);
-            self.supervise_with(job.clone(), handler, start).await?;
+            match self.cluster.clone() {
+                Some(cluster) => self.place_new(&cluster, &job, start).await?,
+                None => {
+                    self.supervise_with(job.clone(), handler, start, None)
+                        .await?;
+                }
+            }
         }
         Ok(job)
     }
@@ -372,7 +428,13 @@ impl Engine {
                     // Nothing changes, but make sure the supervisor knows
                     // the state: an earlier call may have committed and
                     // then lost its caller before telling it.
-                    self.notify(&job, false).await?;
+                    match self.cluster.clone() {
+                        Some(cluster) => {
+                            self.route(&cluster, &job, false, std::time::Instant::now(), false)
+                                .await?
+                        }
+                        None => self.notify(&job, false).await?,
+                    }
                     if interrupt {
                         self.interrupt(id).await;
                     }
@@ -448,6 +510,10 @@ impl Engine {
                     Some(self.rt.config.control_timeout),
                 )
                 .await;
+        } else if let Some(cluster) = self.cluster.clone() {
+            // The owner elsewhere learns of it from the database.
+            self.route(&cluster, &job, false, std::time::Instant::now(), true)
+                .await?;
         }
         Ok(job)
     }
@@ -546,6 +612,7 @@ impl Engine {
     /// stay as they are in the store and continue at the next start.
     pub async fn shutdown(&self, grace: Duration) {
         self.closing.cancel();
+        self.drain_cluster().await;
         let started = tokio::time::Instant::now();
         let _ = self
             .manager
@@ -555,6 +622,8 @@ impl Engine {
         // whatever is still held (it is re-run after the restart).
         let rest = grace.saturating_sub(started.elapsed());
         tokio::time::sleep(rest.min(Duration::from_millis(50))).await;
+        // Multi-replica mode: the others take the jobs over now.
+        self.leave_cluster().await;
         self.abort.cancel();
         self.manager.stop(Some("shutdown".into()));
     }
@@ -601,9 +670,22 @@ impl Engine {
 
     /// Makes sure a live supervisor runs `job` (as read from the store);
     /// a job whose executor cannot be prepared any more is failed.
-    async fn supervise(&self, job: Job) -> Result<Option<ActorRef<SupervisorMsg>>, EngineError> {
+    /// In multi-replica mode, only a job whose lease this replica holds
+    /// is run (under that lease).
+    async fn supervise(
+        &self,
+        job: Job,
+        start: Option<opentelemetry::trace::SpanContext>,
+    ) -> Result<Option<ActorRef<SupervisorMsg>>, EngineError> {
+        let lease = self.lease_of(job.id);
+        if self.cluster.is_some() && lease.is_none() {
+            return Ok(None);
+        }
         match self.handler(&job) {
-            Ok(handler) => self.supervise_with(job, handler, None).await.map(Some),
+            Ok(handler) => self
+                .supervise_with(job, handler, start, lease)
+                .await
+                .map(Some),
             Err(reason) => {
                 tracing::error!(job_id = %job.id, %reason, "failing the job");
                 let write = TransitionWrite {
@@ -617,10 +699,17 @@ impl Engine {
                     pause_mode: None,
                     resume_at: None,
                 };
-                match self.rt.store.transition(job.id, &write).await {
+                let failed = match &lease {
+                    Some(lease) => self.rt.store.transition_fenced(job.id, &write, lease).await,
+                    None => self.rt.store.transition(job.id, &write).await,
+                };
+                match failed {
                     Ok(job) => self.publish(&job),
-                    Err(StoreError::Conflict { .. }) => {}
+                    Err(StoreError::Conflict { .. } | StoreError::Fenced(_)) => {}
                     Err(e) => return Err(e.into()),
+                }
+                if let Some(lease) = lease {
+                    self.supervisor_ended(job.id, Some(lease.epoch));
                 }
                 Ok(None)
             }
@@ -632,6 +721,7 @@ impl Engine {
         job: Job,
         handler: Arc<dyn ItemHandler>,
         start: Option<opentelemetry::trace::SpanContext>,
+        lease: Option<crate::store::Lease>,
     ) -> Result<ActorRef<SupervisorMsg>, EngineError> {
         let result = self
             .manager
@@ -640,6 +730,7 @@ impl Engine {
                     job: Box::new(job),
                     handler,
                     start,
+                    lease,
                     reply,
                 },
                 Some(self.rt.config.control_timeout),
@@ -680,13 +771,27 @@ impl Engine {
         interrupt: bool,
         asked: std::time::Instant,
     ) -> Result<(), EngineError> {
+        match self.cluster.clone() {
+            Some(cluster) => self.route(&cluster, job, interrupt, asked, true).await,
+            None => self.tell_local(job, interrupt, asked).await,
+        }
+    }
+
+    /// Tells this process's supervisor of the job (starting one if the
+    /// job needs it and may run here).
+    async fn tell_local(
+        &self,
+        job: &Job,
+        interrupt: bool,
+        asked: std::time::Instant,
+    ) -> Result<(), EngineError> {
         let needs_supervisor = matches!(
             job.state,
             JobState::Running | JobState::Pausing | JobState::Cancelling
         );
         for _ in 0..3 {
             let supervisor = if needs_supervisor {
-                match self.supervise(job.clone()).await? {
+                match self.supervise(job.clone(), None).await? {
                     Some(s) => s,
                     None => return Ok(()),
                 }
@@ -783,6 +888,13 @@ impl Engine {
     }
 
     async fn interrupt(&self, id: JobId) {
+        match self.cluster.clone() {
+            Some(cluster) => self.interrupt_anywhere(&cluster, id).await,
+            None => self.interrupt_local(id).await,
+        }
+    }
+
+    async fn interrupt_local(&self, id: JobId) {
         if let Some(supervisor) = self.lookup(id).await {
             let _ = supervisor
                 .call(
@@ -796,6 +908,14 @@ impl Engine {
     /// Supervises a job again after its supervisor crashed: the items it
     /// had claimed go back to pending first.
     async fn readopt(&self, id: JobId) {
+        if let Some(cluster) = self.cluster.clone() {
+            // A new lease (epoch) releases what the old supervisor held.
+            cluster.book_forget(id);
+            if let Err(e) = self.take(&cluster, id, None).await {
+                tracing::error!(job_id = %id, error = %e, "could not re-adopt the job");
+            }
+            return;
+        }
         let result = async {
             self.rt.store.release_items(id).await?;
             let job = self.rt.store.get_job(id).await?;
@@ -803,7 +923,7 @@ impl Engine {
                 job.state,
                 JobState::Running | JobState::Pausing | JobState::Cancelling
             ) {
-                self.supervise(job).await?;
+                self.supervise(job, None).await?;
             }
             Ok::<_, EngineError>(())
         }

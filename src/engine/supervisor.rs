@@ -22,7 +22,7 @@ use crate::{
     domain::{Command, Decision, EventBody, Job, JobId, JobState, Provenance, decide},
     executor::{ItemHandler, StopReason},
     metrics::ItemOutcome,
-    store::{ClaimRequest, ClaimedItem, ItemWrite, StoreError, TransitionWrite, WriteKind},
+    store::{ClaimRequest, ClaimedItem, ItemWrite, Lease, StoreError, TransitionWrite, WriteKind},
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::{
@@ -38,6 +38,9 @@ pub struct SupervisorArgs {
     pub rt: Arc<Runtime>,
     /// The StartJob call's span, which item spans link to.
     pub start: Option<opentelemetry::trace::SpanContext>,
+    /// Multi-replica mode: the lease the job runs under; every write is
+    /// fenced by it.
+    pub lease: Option<Lease>,
 }
 
 pub enum SupervisorMsg {
@@ -53,6 +56,19 @@ pub enum SupervisorMsg {
     },
     /// Escalate a graceful pause in progress to an immediate one.
     Interrupt(RpcReplyPort<()>),
+    /// Multi-replica mode: the database announced a committed change of
+    /// the job (by any replica); apply it if it is news. Replies whether
+    /// anything changed.
+    Observed {
+        state: JobState,
+        seq: u64,
+        concurrency: u32,
+        interrupt: bool,
+        reply: RpcReplyPort<bool>,
+    },
+    /// Multi-replica mode: the lease is lost; stop at once, writing
+    /// nothing more.
+    Abandon,
     /// A claim came back.
     Claimed(Result<Vec<ClaimedItem>, WriteError>),
     /// A worker found the queue closed or empty and waits to be woken.
@@ -155,6 +171,8 @@ pub struct SupervisorState {
     /// Raised past every claim, lowered when an item may be pending again,
     /// reset on any state change.
     claim_from: u32,
+    /// Multi-replica mode: the lease every write is fenced by.
+    lease: Option<Lease>,
 }
 
 /// A moving average of item durations. Jobs of fast items claim a round
@@ -207,6 +225,7 @@ impl Actor for JobSupervisor {
             handler,
             rt,
             start,
+            lease,
         } = args;
         let (stop, _) = watch::channel(initial_stop(job.state));
         let in_flight = Arc::new(super::hub::InFlight::default());
@@ -245,6 +264,7 @@ impl Actor for JobSupervisor {
                 job.state == JobState::Running,
             ),
             timeout: job.policy.timeout_ms.map(Duration::from_millis),
+            lease,
         };
         st.queue.set_open(st.state == JobState::Running);
         for slot in 0..st.concurrency as usize {
@@ -310,6 +330,40 @@ impl Actor for JobSupervisor {
                     st.stop.send_replace(Some(StopReason::Pause));
                 }
                 let _ = reply.send(());
+            }
+            SupervisorMsg::Observed {
+                state,
+                seq,
+                concurrency,
+                interrupt,
+                reply,
+            } => {
+                let mut changed = false;
+                // Other events (item failures…) move the sequence without
+                // changing the state: only a different state is applied.
+                if seq > st.state_seq && state != st.state {
+                    st.state_seq = seq;
+                    apply_state(st, state, interrupt);
+                    if state == JobState::Cancelling {
+                        st.cancel_asked = Some(Instant::now());
+                    }
+                    changed = true;
+                }
+                if concurrency != st.concurrency && !st.state.is_terminal() {
+                    resize(&myself, st, concurrency).await?;
+                    changed = true;
+                }
+                let _ = reply.send(changed);
+            }
+            SupervisorMsg::Abandon => {
+                tracing::warn!(job_id = %st.job, "lease lost: stopping the job here");
+                st.shutting_down = true;
+                st.stop.send_replace(Some(StopReason::Shutdown));
+                st.queue.set_open(false);
+                st.queue.drain();
+                myself.stop_children(Some("lease lost".into()));
+                myself.stop(Some("lease lost".into()));
+                return Ok(());
             }
             SupervisorMsg::Claimed(result) => {
                 st.claiming = false;
@@ -613,13 +667,17 @@ async fn on_worker_died(
                 Ok(false) => Finished::LeaseLost,
                 Err(e) => Finished::NotCommitted(e.to_string()),
             };
-            let event = EventBody::WorkerRestarted {
-                index: item.index,
-                reason,
-                restarts_in_window: restarts,
-            };
-            if let Err(e) = rt.store.append_event(job, &event).await {
-                tracing::warn!(job_id = %job, error = %e, "could not record a worker restart");
+            // Recorded only while the item was still ours (a lost lease
+            // may write nothing).
+            if matches!(finished, Finished::Failed { .. }) {
+                let event = EventBody::WorkerRestarted {
+                    index: item.index,
+                    reason,
+                    restarts_in_window: restarts,
+                };
+                if let Err(e) = rt.store.append_event(job, &event).await {
+                    tracing::warn!(job_id = %job, error = %e, "could not record a worker restart");
+                }
             }
             let _ = me.cast(SupervisorMsg::Done {
                 slot,
@@ -650,6 +708,13 @@ fn on_store_error(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, e:
         StoreError::NotFound(_) => {
             tracing::error!(job_id = %st.job, "job vanished from the store; stopping");
             myself.stop(Some("job not found".into()));
+        }
+        // Another replica owns the job now.
+        StoreError::Fenced(_) => {
+            if let Some(book) = &st.rt.book {
+                book.report_lost(st.job);
+            }
+            let _ = myself.cast(SupervisorMsg::Abandon);
         }
         e => {
             tracing::warn!(job_id = %st.job, error = %e, "store call failed; will retry");
@@ -729,8 +794,13 @@ fn release_orphans(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
     tracing::warn!(job_id = %st.job, "releasing items claimed by a lost commit");
     st.settling = true;
     let (store, job, me) = (st.rt.store.clone(), st.job, myself.clone());
+    let lease = st.lease.clone();
     tokio::spawn(async move {
-        let result = match store.release_items(job).await {
+        let released = match &lease {
+            Some(lease) => store.release_items_fenced(job, lease).await,
+            None => store.release_items(job).await,
+        };
+        let result = match released {
             Ok(_) => store.get_job(job).await,
             Err(e) => Err(e),
         };
@@ -848,13 +918,17 @@ fn claim(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, max: u32) {
     st.claiming = true;
     let (writer, job, me) = (st.rt.writer.clone(), st.job, myself.clone());
     let from_index = st.claim_from;
+    let epoch = st.lease.as_ref().map(|l| l.epoch);
     tokio::spawn(async move {
         let result = writer
-            .claim(ClaimRequest {
-                job,
-                max,
-                from_index,
-            })
+            .claim(
+                ClaimRequest {
+                    job,
+                    max,
+                    from_index,
+                },
+                epoch,
+            )
             .await;
         let _ = me.cast(SupervisorMsg::Claimed(result));
     });
@@ -870,6 +944,7 @@ fn settle(
 ) {
     st.settling = true;
     let (store, job, from, me) = (st.rt.store.clone(), st.job, st.state, myself.clone());
+    let lease = st.lease.clone();
     tokio::spawn(async move {
         let result = async {
             let mut provenance = provenance;
@@ -906,7 +981,10 @@ fn settle(
                 pause_mode,
                 resume_at: None,
             };
-            store.transition(job, &write).await
+            match &lease {
+                Some(lease) => store.transition_fenced(job, &write, lease).await,
+                None => store.transition(job, &write).await,
+            }
         }
         .await;
         let _ = me.cast(SupervisorMsg::Settled(result));

@@ -118,7 +118,11 @@ impl Engine {
         let mut sent_partial = 0.0;
         let mut rate = Rate::default();
         rate.observe(job.counts.ended() as f64);
-        if tx.send(Ok(WatchItem::Snapshot(Box::new(job)))).await.is_err() {
+        if tx
+            .send(Ok(WatchItem::Snapshot(Box::new(job))))
+            .await
+            .is_err()
+        {
             return Ok(());
         }
         let mut cursor = from_seq;

@@ -8,8 +8,10 @@
 //! When the store is unreachable the batch is held and retried with
 //! backoff: workers wait, nothing is dropped.
 
-use super::hub::Hub;
-use crate::store::{Batch, BatchOutcome, ClaimRequest, ClaimedItem, ItemWrite, Store, StoreError};
+use super::{cluster::Book, hub::Hub};
+use crate::store::{
+    Batch, BatchFence, BatchOutcome, ClaimRequest, ClaimedItem, ItemWrite, Store, StoreError,
+};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use std::{collections::HashSet, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, oneshot};
@@ -29,7 +31,8 @@ pub enum WriteError {
 
 enum Op {
     Write(ItemWrite),
-    Claim(ClaimRequest),
+    /// With the epoch of the lease the claimer runs under (multi-replica).
+    Claim(ClaimRequest, Option<i64>),
 }
 
 enum Reply {
@@ -57,9 +60,16 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     /// Starts the committer. It runs until every handle is dropped, or
     /// `abort` fires while it waits for an unreachable store.
-    pub fn start(store: Arc<dyn Store>, hub: Arc<Hub>, abort: CancellationToken) -> Writer {
+    /// In multi-replica mode (`book`), every batch is fenced by the leases
+    /// this replica holds.
+    pub fn start(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        abort: CancellationToken,
+        book: Option<Arc<Book>>,
+    ) -> Writer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, hub, rx, abort));
+        tokio::spawn(run(store, hub, rx, abort, book));
         Writer { tx }
     }
 
@@ -94,9 +104,14 @@ impl Writer {
         }
     }
 
-    /// Claims up to `claim.max` pending items of a RUNNING job.
-    pub async fn claim(&self, claim: ClaimRequest) -> Result<Vec<ClaimedItem>, WriteError> {
-        match self.submit(Op::Claim(claim)).await? {
+    /// Claims up to `claim.max` pending items of a RUNNING job (under
+    /// the lease of `epoch`, in multi-replica mode).
+    pub async fn claim(
+        &self,
+        claim: ClaimRequest,
+        epoch: Option<i64>,
+    ) -> Result<Vec<ClaimedItem>, WriteError> {
+        match self.submit(Op::Claim(claim, epoch)).await? {
             Reply::Claimed(items) => Ok(items),
             Reply::Applied(_) => unreachable!("a claim is answered with Claimed"),
         }
@@ -127,6 +142,7 @@ async fn run(
     hub: Arc<Hub>,
     mut rx: mpsc::UnboundedReceiver<Request>,
     abort: CancellationToken,
+    book: Option<Arc<Book>>,
 ) {
     // A request that could not join the previous batch (same item twice).
     let mut carried: Option<Request> = None;
@@ -155,26 +171,57 @@ async fn run(
             }
             requests.push(next);
         }
-        commit(&*store, &hub, requests, &abort).await;
+        commit(&*store, &hub, requests, &abort, book.as_deref()).await;
     }
 }
 
-async fn commit(store: &dyn Store, hub: &Hub, requests: Vec<Request>, abort: &CancellationToken) {
+async fn commit(
+    store: &dyn Store,
+    hub: &Hub,
+    requests: Vec<Request>,
+    abort: &CancellationToken,
+    book: Option<&Book>,
+) {
     let mut batch = Batch::default();
     for r in &requests {
         match &r.op {
             Op::Write(w) => batch.writes.push(w.clone()),
-            Op::Claim(c) => batch.claims.push(*c),
+            Op::Claim(c, epoch) => {
+                let mut c = *c;
+                // A claim from a supervisor whose lease was replaced since
+                // (by this replica) takes nothing.
+                if let Some(book) = book
+                    && epoch.is_some()
+                    && book.epoch(c.job) != *epoch
+                {
+                    c.max = 0;
+                }
+                batch.claims.push(c);
+            }
         }
     }
+    let fence = book.map(|book| {
+        book.fence(
+            batch
+                .writes
+                .iter()
+                .map(|w| w.job)
+                .chain(batch.claims.iter().map(|c| c.job)),
+        )
+    });
     let started = std::time::Instant::now();
-    let result = commit_with_retry(store, &batch, abort).await;
+    let result = commit_with_retry(store, &batch, fence.as_ref(), abort).await;
     crate::metrics::store_transaction("batch", started.elapsed());
     crate::metrics::batch_size(batch.writes.len(), batch.claims.len());
     match result {
         Ok(outcome) => {
             for pulse in &outcome.pulses {
                 hub.publish(*pulse);
+            }
+            if let Some(book) = book {
+                for job in &outcome.fenced {
+                    book.report_lost(*job);
+                }
             }
             let BatchOutcome {
                 applied, claimed, ..
@@ -183,7 +230,7 @@ async fn commit(store: &dyn Store, hub: &Hub, requests: Vec<Request>, abort: &Ca
             for r in requests {
                 let reply = match r.op {
                     Op::Write(_) => Reply::Applied(applied.next().unwrap_or(false)),
-                    Op::Claim(_) => Reply::Claimed(claimed.next().unwrap_or_default()),
+                    Op::Claim(..) => Reply::Claimed(claimed.next().unwrap_or_default()),
                 };
                 let _ = r.reply.send(Ok(reply));
             }
@@ -201,6 +248,7 @@ async fn commit(store: &dyn Store, hub: &Hub, requests: Vec<Request>, abort: &Ca
 async fn commit_with_retry(
     store: &dyn Store,
     batch: &Batch,
+    fence: Option<&BatchFence>,
     abort: &CancellationToken,
 ) -> Result<BatchOutcome, WriteError> {
     let mut backoff = ExponentialBuilder::default()
@@ -210,7 +258,11 @@ async fn commit_with_retry(
         .without_max_times()
         .build();
     loop {
-        match store.write_batch(batch).await {
+        let written = match fence {
+            Some(fence) => store.write_batch_fenced(batch, fence).await,
+            None => store.write_batch(batch).await,
+        };
+        match written {
             Ok(outcome) => return Ok(outcome),
             Err(e @ StoreError::Unavailable(_)) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(3));

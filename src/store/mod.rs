@@ -9,8 +9,11 @@
 //!   worker that lost its claim can change nothing;
 //! - item counters on the job row move in the same transaction as the items.
 
+pub mod leases;
 pub mod postgres;
 pub mod sqlite;
+
+pub use leases::Leases;
 
 use crate::domain::{
     Effect, EventBody, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobSpec, JobState,
@@ -42,6 +45,11 @@ pub enum StoreError {
     /// exhausted, server shutting down); the operation may be retried.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The caller's lease on the job is not valid any more (another
+    /// replica owns the job now, or the lease expired): it may change
+    /// nothing for the job.
+    #[error("the lease on job {0} is lost")]
+    Fenced(JobId),
     /// Anything else: a bug or corrupt data. Not retried.
     #[error("store error: {0}")]
     Internal(String),
@@ -168,6 +176,23 @@ pub struct Pulse {
     pub last_seq: u64,
 }
 
+/// A replica's lease on one job (multi-replica mode): writes made under it
+/// apply only while it is the job's current, unexpired lease.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub owner: std::sync::Arc<str>,
+    pub epoch: i64,
+}
+
+/// The leases a batch is written under: every job the batch touches must
+/// be listed, and the writes and claims of a job whose lease is not valid
+/// are refused (see [`BatchOutcome::fenced`]).
+#[derive(Debug, Clone, Default)]
+pub struct BatchFence {
+    pub owner: std::sync::Arc<str>,
+    pub epochs: Vec<(JobId, i64)>,
+}
+
 /// What a [`Batch`] did.
 #[derive(Debug, Clone, Default)]
 pub struct BatchOutcome {
@@ -178,6 +203,9 @@ pub struct BatchOutcome {
     pub claimed: Vec<Vec<ClaimedItem>>,
     /// Every job the batch touched, as committed.
     pub pulses: Vec<Pulse>,
+    /// Jobs whose writes and claims were refused by the fence: the lease
+    /// they were made under is not valid any more.
+    pub fenced: Vec<JobId>,
 }
 
 /// What [`Store::recover`] found and did at boot.
@@ -250,6 +278,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// [`Store::write_batch`] under leases (multi-replica mode). Stores
+    /// that serve one process only do not support it.
+    async fn write_batch_fenced(
+        &self,
+        _batch: &Batch,
+        _fence: &BatchFence,
+    ) -> Result<BatchOutcome, StoreError> {
+        Err(StoreError::Internal(
+            "this store serves one process only: it has no leases".into(),
+        ))
+    }
+
+    /// [`Store::transition`] only while `lease` is the job's valid lease;
+    /// `Fenced` otherwise.
+    async fn transition_fenced(
+        &self,
+        _id: JobId,
+        _write: &TransitionWrite,
+        _lease: &Lease,
+    ) -> Result<Job, StoreError> {
+        Err(StoreError::Internal(
+            "this store serves one process only: it has no leases".into(),
+        ))
+    }
+
+    /// [`Store::release_items`] only while `lease` is the job's valid
+    /// lease; `Fenced` otherwise.
+    async fn release_items_fenced(&self, _id: JobId, _lease: &Lease) -> Result<u64, StoreError> {
+        Err(StoreError::Internal(
+            "this store serves one process only: it has no leases".into(),
+        ))
+    }
 
     /// Connections (idle, in use), for metrics; `None` when not pooled.
     fn pool_stats(&self) -> Option<(usize, usize)> {

@@ -99,6 +99,16 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()>,
 {
+    on_postgres_store(|store: Arc<PgStore>| scenario(store)).await
+}
+
+/// [`on_postgres`] with the PostgreSQL store itself (for what only it
+/// has, such as leases).
+pub async fn on_postgres_store<F, Fut>(scenario: F)
+where
+    F: FnOnce(Arc<PgStore>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut admin = admin().await;
     sweep_stale(&mut admin).await;
     let name = format!(

@@ -10,7 +10,7 @@
 use super::{db_error, rows::job_state};
 use crate::{
     domain::{ItemCounts, JobId},
-    store::{Batch, BatchOutcome, ClaimedItem, Pulse, StoreError, WriteKind},
+    store::{Batch, BatchFence, BatchOutcome, ClaimedItem, Pulse, StoreError, WriteKind},
 };
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -24,16 +24,34 @@ const MAX_ERROR_BYTES: usize = 8 * 1024;
 /// statement sees one snapshot, so the claim would miss them) — runs as
 /// several rounds of the function in one transaction, writes before claims.
 pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<BatchOutcome, StoreError> {
+    write(pool, batch, None).await
+}
+
+/// [`write_batch`] under leases: through `jobvisor_write_batch_fenced`
+/// (migrations/postgres/0005_replicas.sql), which refuses the writes and
+/// claims of every job whose lease is not valid.
+pub(super) async fn write_batch_fenced(
+    pool: &PgPool,
+    batch: &Batch,
+    fence: &BatchFence,
+) -> Result<BatchOutcome, StoreError> {
+    write(pool, batch, Some(fence)).await
+}
+
+async fn write(
+    pool: &PgPool,
+    batch: &Batch,
+    fence: Option<&BatchFence>,
+) -> Result<BatchOutcome, StoreError> {
     let rounds = plan_rounds(batch);
     if rounds.len() == 1 {
         let mut conn = pool.acquire().await.map_err(db_error)?;
-        return run_round(&mut conn, batch).await;
+        return run_round(&mut conn, batch, fence).await;
     }
     let mut tx = pool.begin().await.map_err(db_error)?;
     let mut outcome = BatchOutcome {
         applied: vec![false; batch.writes.len()],
-        claimed: Vec::new(),
-        pulses: Vec::new(),
+        ..BatchOutcome::default()
     };
     for round in rounds {
         let sub = Batch {
@@ -48,7 +66,12 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<BatchOut
                 Vec::new()
             },
         };
-        let done = run_round(&mut tx, &sub).await?;
+        let done = run_round(&mut tx, &sub, fence).await?;
+        for job in done.fenced {
+            if !outcome.fenced.contains(&job) {
+                outcome.fenced.push(job);
+            }
+        }
         for (k, &i) in round.writes.iter().enumerate() {
             outcome.applied[i] = done.applied[k];
         }
@@ -127,6 +150,7 @@ fn plan_rounds(batch: &Batch) -> Vec<Round> {
 async fn run_round(
     conn: &mut sqlx::PgConnection,
     batch: &Batch,
+    fence: Option<&BatchFence>,
 ) -> Result<BatchOutcome, StoreError> {
     let n = batch.writes.len();
     let (mut kinds, mut jobs, mut indexes, mut leases) = (
@@ -184,11 +208,42 @@ async fn run_round(
         .collect();
     let claim_leases: Vec<i64> = merged.iter().map(|_| new_lease()).collect();
 
-    let rows = sqlx::query(
-        "SELECT tag, pos, job, idx, payload, attempt, checkpoint, lease, state, total, \
-                running, succeeded, failed, cancelled, last_seq \
-         FROM jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
+    let rows = match fence {
+        None => sqlx::query(
+            "SELECT tag, pos, job, idx, payload, attempt, checkpoint, lease, state, total, \
+                    running, succeeded, failed, cancelled, last_seq \
+             FROM jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        ),
+        Some(fence) => {
+            // Every job the batch touches is fenced; one not listed has
+            // epoch 0, which no lease has: refused.
+            let mut fenced: Vec<Uuid> = Vec::new();
+            for job in jobs.iter().chain(claim_jobs.iter()) {
+                if !fenced.contains(job) {
+                    fenced.push(*job);
+                }
+            }
+            let epochs: Vec<i64> = fenced
+                .iter()
+                .map(|job| {
+                    fence
+                        .epochs
+                        .iter()
+                        .find(|(j, _)| j.0 == *job)
+                        .map_or(0, |(_, e)| *e)
+                })
+                .collect();
+            sqlx::query(
+                "SELECT tag, pos, job, idx, payload, attempt, checkpoint, lease, state, total, \
+                        running, succeeded, failed, cancelled, last_seq \
+                 FROM jobvisor_write_batch_fenced($1, $2, $3, \
+                     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            )
+            .bind(fence.owner.to_string())
+            .bind(fenced)
+            .bind(epochs)
+        }
+    }
     .bind(&kinds)
     .bind(&jobs)
     .bind(&indexes)
@@ -206,8 +261,7 @@ async fn run_round(
 
     let mut outcome = BatchOutcome {
         applied: vec![false; n],
-        claimed: Vec::new(),
-        pulses: Vec::new(),
+        ..BatchOutcome::default()
     };
     let mut claimed_per_job: Vec<Vec<ClaimedItem>> = vec![Vec::new(); merged.len()];
     for row in rows {
@@ -219,6 +273,9 @@ async fn run_round(
                     *slot = true;
                 }
             }
+            3 => outcome
+                .fenced
+                .push(JobId(row.try_get("job").map_err(db_error)?)),
             1 => {
                 let index: i32 = row.try_get("idx").map_err(db_error)?;
                 let attempt: i32 = row.try_get("attempt").map_err(db_error)?;

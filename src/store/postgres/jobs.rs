@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{
     domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, Provenance},
-    store::{Created, Recovery, StoreError, TransitionWrite},
+    store::{Created, Lease, Recovery, StoreError, TransitionWrite},
 };
 use sqlx::{PgConnection, PgPool, types::Json};
 
@@ -114,7 +114,7 @@ async fn find_by_request_id(
     }))
 }
 
-async fn insert_event(
+pub(super) async fn insert_event(
     conn: &mut PgConnection,
     id: JobId,
     seq: i64,
@@ -134,7 +134,7 @@ async fn insert_event(
 }
 
 /// Locks the job row and returns its state, or `NotFound`.
-async fn lock_job(conn: &mut PgConnection, id: JobId) -> Result<JobState, StoreError> {
+pub(super) async fn lock_job(conn: &mut PgConnection, id: JobId) -> Result<JobState, StoreError> {
     let state: Option<String> =
         sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
             .bind(id.0)
@@ -149,8 +149,44 @@ pub(super) async fn transition(
     id: JobId,
     w: &TransitionWrite,
 ) -> Result<Job, StoreError> {
+    transition_fenced(pool, id, w, None).await
+}
+
+/// Checks, with the job row locked, that `lease` is the job's valid lease.
+pub(super) async fn check_lease(
+    conn: &mut PgConnection,
+    id: JobId,
+    lease: &Lease,
+) -> Result<(), StoreError> {
+    let valid: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM job_leases WHERE job_id = $1 AND owner = $2 \
+         AND epoch = $3 AND expires_at > now())",
+    )
+    .bind(id.0)
+    .bind(&*lease.owner)
+    .bind(lease.epoch)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced(id))
+    }
+}
+
+/// A transition, only under `lease` when one is given.
+pub(super) async fn transition_fenced(
+    pool: &PgPool,
+    id: JobId,
+    w: &TransitionWrite,
+    lease: Option<&Lease>,
+) -> Result<Job, StoreError> {
     let mut tx = pool.begin().await.map_err(db_error)?;
     let current = lock_job(&mut tx, id).await?;
+    if let Some(lease) = lease {
+        check_lease(&mut tx, id, lease).await?;
+    }
     if current != w.from {
         return Err(StoreError::Conflict {
             expected: w.from,
@@ -361,9 +397,16 @@ pub(super) async fn append_event(
     Ok(seq as u64)
 }
 
-pub(super) async fn release_items(pool: &PgPool, id: JobId) -> Result<u64, StoreError> {
+pub(super) async fn release_items(
+    pool: &PgPool,
+    id: JobId,
+    lease: Option<&Lease>,
+) -> Result<u64, StoreError> {
     let mut tx = pool.begin().await.map_err(db_error)?;
     lock_job(&mut tx, id).await?;
+    if let Some(lease) = lease {
+        check_lease(&mut tx, id, lease).await?;
+    }
     let released = release_running(&mut tx, id).await?;
     tx.commit().await.map_err(db_error)?;
     Ok(released)
@@ -371,7 +414,7 @@ pub(super) async fn release_items(pool: &PgPool, id: JobId) -> Result<u64, Store
 
 /// Puts the job's RUNNING items back to PENDING, refunding the attempt, and
 /// zeroes its running counter. The caller holds the job row lock.
-async fn release_running(conn: &mut PgConnection, id: JobId) -> Result<u64, StoreError> {
+pub(super) async fn release_running(conn: &mut PgConnection, id: JobId) -> Result<u64, StoreError> {
     let released: i64 = sqlx::query_scalar(
         "WITH released AS ( \
             UPDATE items SET state = 0, lease = NULL, attempts = GREATEST(attempts - 1, 0), \

@@ -5,6 +5,7 @@
 
 mod batch;
 mod jobs;
+mod leases;
 mod rows;
 
 use super::{ItemQuery, JobQuery, Page, Store, StoreError};
@@ -31,6 +32,9 @@ pub struct PgConfig {
     /// Connections reserved for the group committer (item results and
     /// claims), so a flood of API calls cannot starve the jobs.
     pub writer_connections: u32,
+    /// Several replicas share the database: committed job changes are
+    /// announced with NOTIFY (multi-replica mode).
+    pub announce_changes: bool,
 }
 
 /// The URL with its password replaced, for anything that prints it.
@@ -54,6 +58,7 @@ impl std::fmt::Debug for PgConfig {
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("writer_connections", &self.writer_connections)
+            .field("announce_changes", &self.announce_changes)
             .finish()
     }
 }
@@ -65,6 +70,7 @@ impl PgConfig {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
             writer_connections: 2,
+            announce_changes: false,
         }
     }
 }
@@ -82,11 +88,15 @@ impl PgStore {
     /// embedded migrations. Migrations take a PostgreSQL advisory lock, so
     /// several servers starting at once apply them once.
     pub async fn connect(config: &PgConfig) -> Result<PgStore, StoreError> {
-        let options = PgConnectOptions::from_str(&config.url)
+        let mut options = PgConnectOptions::from_str(&config.url)
             .map_err(|e| StoreError::Internal(format!("invalid database URL: {}", redact(&e))))?
             .application_name("jobvisor")
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        if config.announce_changes {
+            // Read by the jobs_changed trigger (migrations/postgres/0005).
+            options = options.options([("jobvisor.notify", "on")]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
@@ -193,7 +203,7 @@ impl Store for PgStore {
         id: JobId,
         write: &super::TransitionWrite,
     ) -> Result<Job, StoreError> {
-        jobs::transition(&self.pool, id, write).await
+        jobs::transition_fenced(&self.pool, id, write, None).await
     }
 
     async fn set_concurrency(
@@ -238,7 +248,32 @@ impl Store for PgStore {
     }
 
     async fn release_items(&self, id: JobId) -> Result<u64, StoreError> {
-        jobs::release_items(&self.pool, id).await
+        jobs::release_items(&self.pool, id, None).await
+    }
+
+    async fn write_batch_fenced(
+        &self,
+        batch: &super::Batch,
+        fence: &super::BatchFence,
+    ) -> Result<super::BatchOutcome, StoreError> {
+        batch::write_batch_fenced(&self.writer, batch, fence).await
+    }
+
+    async fn transition_fenced(
+        &self,
+        id: JobId,
+        write: &super::TransitionWrite,
+        lease: &super::Lease,
+    ) -> Result<Job, StoreError> {
+        jobs::transition_fenced(&self.pool, id, write, Some(lease)).await
+    }
+
+    async fn release_items_fenced(
+        &self,
+        id: JobId,
+        lease: &super::Lease,
+    ) -> Result<u64, StoreError> {
+        jobs::release_items(&self.pool, id, Some(lease)).await
     }
 
     fn pool_stats(&self) -> Option<(usize, usize)> {

@@ -65,6 +65,7 @@ pub(super) async fn write_batch(
         applied,
         claimed,
         pulses,
+        fenced: Vec::new(),
     })
 }
 

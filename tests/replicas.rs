@@ -1,0 +1,748 @@
+//! Several replicas on one PostgreSQL (`serve --multi-replica`): three real
+//! server processes on 127.0.0.1 ports and one fresh database per test,
+//! driven through the generated gRPC client. Control calls landing on any
+//! replica, an owner killed (SIGKILL), terminated (SIGTERM) or frozen
+//! (SIGSTOP, a zombie), a rolling restart, and a watcher across an owner
+//! change. After each: no item lost, none completed twice (the job's
+//! counters match its items, one success each).
+
+use jobvisor::{
+    chaos::process::{ServerProcess, ServerSpec, free_port},
+    pb::{self, job_service_client::JobServiceClient},
+};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+use tonic::transport::Channel;
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn admin() -> PgConnection {
+    let url = admin_url();
+    match PgConnection::connect(&url).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "PostgreSQL is not reachable at {url} ({e}).\n\
+             Start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n\
+             or point DATABASE_URL at a running server."
+        ),
+    }
+}
+
+/// Three (or more) replicas on one fresh database.
+struct Replicas {
+    db: String,
+    specs: Vec<ServerSpec>,
+    servers: Vec<Option<ServerProcess>>,
+    pool: PgPool,
+    _logs: tempfile::TempDir,
+}
+
+impl Replicas {
+    async fn start(n: usize, lease_timeout: &str) -> Replicas {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let db = format!(
+            "jv_test_{secs}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        admin()
+            .await
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .await
+            .expect("create the test database");
+        let url = jobvisor::chaos::with_database(&admin_url(), &db);
+        let logs = tempfile::Builder::new()
+            .prefix("jv-replicas-")
+            .tempdir()
+            .unwrap();
+        let specs: Vec<ServerSpec> = (0..n)
+            .map(|i| ServerSpec {
+                binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
+                addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
+                database_url: url.clone(),
+                args: vec![
+                    "--multi-replica".into(),
+                    "--lease-timeout".into(),
+                    lease_timeout.into(),
+                    "--replica-id".into(),
+                    name(i),
+                    "--shutdown-grace".into(),
+                    "5s".into(),
+                ],
+                log: logs.path().join(format!("{}.log", name(i))),
+                env: vec![],
+                cwd: None,
+            })
+            .collect();
+        // The first applies the migrations; the others start together.
+        let mut servers = vec![Some(ServerProcess::start(&specs[0]).await.unwrap())];
+        let rest = futures::future::join_all(specs[1..].iter().map(ServerProcess::start)).await;
+        servers.extend(rest.into_iter().map(|s| Some(s.unwrap())));
+        let pool = PgPool::connect(&url).await.unwrap();
+        Replicas {
+            db,
+            specs,
+            servers,
+            pool,
+            _logs: logs,
+        }
+    }
+
+    async fn client(&self, i: usize) -> JobServiceClient<Channel> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.specs[i].addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        JobServiceClient::new(channel)
+    }
+
+    fn server(&mut self, i: usize) -> &mut ServerProcess {
+        self.servers[i].as_mut().expect("replica running")
+    }
+
+    async fn restart(&mut self, i: usize) {
+        self.servers[i] = Some(ServerProcess::start(&self.specs[i]).await.unwrap());
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.specs[i].log).unwrap_or_default()
+    }
+
+    /// The replica whose lease on `job` is valid now.
+    async fn owner(&self, job: &str) -> Option<usize> {
+        let owner: Option<String> = sqlx::query_scalar(
+            "SELECT owner FROM job_leases WHERE job_id = $1::uuid AND expires_at > now()",
+        )
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap();
+        owner.and_then(|o| (0..self.specs.len()).find(|i| name(*i) == o))
+    }
+
+    async fn wait_owner(&self, job: &str, within: Duration, ok: impl Fn(usize) -> bool) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(o) = self.owner(job).await
+                && ok(o)
+            {
+                return o;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no acceptable owner for job {job} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Counters and item states agree: nothing lost, nothing counted twice.
+    async fn assert_consistent(&self, job: &str) -> (i64, i64, i64) {
+        let (total, succeeded, cancelled, running, failed): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT total_items, succeeded_items, cancelled_items, running_items, \
+                 failed_items FROM jobs WHERE id = $1::uuid",
+            )
+            .bind(job)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        let (items, done, stopped, in_flight, attempts_max): (i64, i64, i64, i64, Option<i32>) =
+            sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE state = 2), \
+                 count(*) FILTER (WHERE state = 4), count(*) FILTER (WHERE state = 1), \
+                 max(attempts) FROM items WHERE job_id = $1::uuid",
+            )
+            .bind(job)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        assert_eq!(total, items, "job {job}: total");
+        assert_eq!(succeeded, done, "job {job}: succeeded counter vs items");
+        assert_eq!(cancelled, stopped, "job {job}: cancelled counter vs items");
+        assert_eq!(running, in_flight, "job {job}: running counter vs items");
+        assert_eq!(failed, 0, "job {job}: no item may fail");
+        // Attempts given back when an item stopped for a takeover: none
+        // ran out of attempts.
+        assert!(attempts_max.unwrap_or(0) <= 3, "job {job}: attempts");
+        (succeeded, cancelled, running)
+    }
+
+    async fn stop(mut self) {
+        for s in self.servers.iter_mut() {
+            if let Some(mut s) = s.take() {
+                let _ = s.kill9();
+            }
+        }
+        self.pool.close().await;
+        let _ = admin()
+            .await
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db
+            )))
+            .await;
+    }
+}
+
+fn name(i: usize) -> String {
+    ["a", "b", "c", "d"][i].to_string()
+}
+
+fn sleep_job(
+    name: &str,
+    items: usize,
+    concurrency: u32,
+    ms: u32,
+    steps: u32,
+) -> pb::StartJobRequest {
+    pb::StartJobRequest {
+        name: name.into(),
+        executor: "sleep".into(),
+        items: (0..items).map(|i| format!("item-{i}")).collect(),
+        concurrency,
+        params: [
+            ("duration_ms".to_string(), ms.to_string()),
+            ("steps".to_string(), steps.to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    }
+}
+
+async fn get(client: &mut JobServiceClient<Channel>, id: &str) -> pb::Job {
+    client
+        .get_job(pb::GetJobRequest { job_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_state(
+    client: &mut JobServiceClient<Channel>,
+    id: &str,
+    state: pb::JobState,
+    within: Duration,
+) -> pb::Job {
+    let deadline = Instant::now() + within;
+    loop {
+        let job = get(client, id).await;
+        if job.state == state as i32 {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} is {:?}, not {state:?}, after {within:?}",
+            pb::JobState::try_from(job.state)
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn succeeded(job: &pb::Job) -> u64 {
+    job.counts.as_ref().map_or(0, |c| c.succeeded)
+}
+
+async fn wait_progress(client: &mut JobServiceClient<Channel>, id: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while succeeded(&get(client, id).await) < at_least {
+        assert!(Instant::now() < deadline, "job {id} made no progress");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Items claimed so far (attempts summed): unchanged while a job is paused.
+async fn claims(pool: &PgPool, id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(attempts), 0)::bigint FROM items WHERE job_id = $1::uuid",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn control_calls_reach_the_owner_wherever_they_land() {
+    let r = Replicas::start(3, "3s").await;
+    let mut first = r.client(0).await;
+    let job = first
+        .start_job(sleep_job("routed", 400, 4, 100, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    let owner = r
+        .wait_owner(&job.id, Duration::from_secs(5), |_| true)
+        .await;
+    let (other, third) = ((owner + 1) % 3, (owner + 2) % 3);
+    let mut at_owner = r.client(owner).await;
+    let mut at_other = r.client(other).await;
+    let mut at_third = r.client(third).await;
+    wait_progress(&mut at_owner, &job.id, 4).await;
+
+    // Pause through a replica that does not own the job.
+    let asked = Instant::now();
+    let paused = at_other
+        .pause_job(pb::PauseJobRequest {
+            job_id: job.id.clone(),
+            mode: pb::PauseMode::Graceful as i32,
+            reason: "maintenance".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let remote_pause = asked.elapsed();
+    assert!(
+        paused.state == pb::JobState::Pausing as i32 || paused.state == pb::JobState::Paused as i32,
+        "{paused:?}"
+    );
+    // The owner acknowledged: nothing new is claimed after the answer.
+    let claimed_at_answer = claims(&r.pool, &job.id).await;
+    wait_state(
+        &mut at_third,
+        &job.id,
+        pb::JobState::Paused,
+        Duration::from_secs(10),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(claims(&r.pool, &job.id).await, claimed_at_answer);
+    let done_while_paused = succeeded(&get(&mut at_third, &job.id).await);
+
+    // Resume through the third replica: the job continues where it was.
+    let asked = Instant::now();
+    let resumed = at_third
+        .resume_job(pb::ResumeJobRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let remote_resume = asked.elapsed();
+    assert_eq!(resumed.state, pb::JobState::Running as i32);
+    wait_progress(&mut at_other, &job.id, done_while_paused + 4).await;
+
+    // A pause through the owner itself, for comparison.
+    let asked = Instant::now();
+    at_owner
+        .pause_job(pb::PauseJobRequest {
+            job_id: job.id.clone(),
+            mode: pb::PauseMode::Immediate as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let local_pause = asked.elapsed();
+    wait_state(
+        &mut at_owner,
+        &job.id,
+        pb::JobState::Paused,
+        Duration::from_secs(10),
+    )
+    .await;
+    at_other
+        .resume_job(pb::ResumeJobRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Cancel through the owner.
+    let cancelled = at_owner
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.id.clone(),
+            reason: "done testing".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        cancelled.state == pb::JobState::Cancelling as i32
+            || cancelled.state == pb::JobState::Cancelled as i32
+    );
+    wait_state(
+        &mut at_third,
+        &job.id,
+        pb::JobState::Cancelled,
+        Duration::from_secs(10),
+    )
+    .await;
+    let (ok, stopped, running) = r.assert_consistent(&job.id).await;
+    assert_eq!(ok + stopped, 400);
+    assert_eq!(running, 0);
+    println!(
+        "pause via another replica {remote_pause:?}, resume via another {remote_resume:?}, \
+         pause via the owner {local_pause:?}"
+    );
+    // Bounded: the owner's acknowledgement, not the 2 s fallback.
+    assert!(remote_pause < Duration::from_secs(1), "{remote_pause:?}");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_owner_s_job_is_adopted_and_the_owner_back_does_not_take_it() {
+    let mut r = Replicas::start(3, "2s").await;
+    let mut client = r.client(0).await;
+    let job = client
+        .start_job(sleep_job("failover", 80, 4, 300, 3))
+        .await
+        .unwrap()
+        .into_inner();
+    let owner = r
+        .wait_owner(&job.id, Duration::from_secs(5), |_| true)
+        .await;
+    let watcher = (owner + 1) % 3;
+    let mut at_watcher = r.client(watcher).await;
+    wait_progress(&mut at_watcher, &job.id, 6).await;
+
+    r.server(owner).kill9().unwrap();
+    let killed = Instant::now();
+    let adopter = r
+        .wait_owner(
+            &job.id,
+            Duration::from_secs(4) + Duration::from_secs(2),
+            |o| o != owner,
+        )
+        .await;
+    let adoption = killed.elapsed();
+    println!(
+        "adopted by {} {adoption:?} after the kill (lease 2s)",
+        name(adopter)
+    );
+    assert!(adoption <= Duration::from_secs(4), "{adoption:?}");
+
+    // The killed replica comes back with the same id: it must not take
+    // the job back while the adopter holds it.
+    r.restart(owner).await;
+    let mut at_adopter = r.client(adopter).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = get(&mut at_adopter, &job.id).await;
+        if now.state == pb::JobState::Succeeded as i32 {
+            break;
+        }
+        if let Some(o) = r.owner(&job.id).await {
+            assert_ne!(o, owner, "the restarted replica took the job back");
+        }
+        assert!(Instant::now() < deadline, "the job did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, _, _) = r.assert_consistent(&job.id).await;
+    assert_eq!(ok, 80);
+    // The log says who took it over.
+    let history: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM job_events WHERE job_id = $1::uuid ORDER BY seq")
+            .bind(&job.id)
+            .fetch_all(&r.pool)
+            .await
+            .unwrap();
+    assert!(history.iter().any(|k| k == "owner_changed"), "{history:?}");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_terminated_owner_hands_its_job_over_without_waiting_for_the_lease() {
+    // A long lease: only a hand-over explains a quick move.
+    let mut r = Replicas::start(3, "20s").await;
+    let mut client = r.client(1).await;
+    let job = client
+        .start_job(sleep_job("handover", 60, 3, 300, 3))
+        .await
+        .unwrap()
+        .into_inner();
+    let owner = r
+        .wait_owner(&job.id, Duration::from_secs(5), |_| true)
+        .await;
+    let mut at_other = r.client((owner + 1) % 3).await;
+    wait_progress(&mut at_other, &job.id, 3).await;
+
+    let asked = Instant::now();
+    let status = r
+        .server(owner)
+        .terminate(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    let next = r
+        .wait_owner(&job.id, Duration::from_secs(5), |o| o != owner)
+        .await;
+    let moved = asked.elapsed();
+    println!(
+        "handed over to {} {moved:?} after SIGTERM (lease 20s)",
+        name(next)
+    );
+    assert!(moved < Duration::from_secs(5), "{moved:?}");
+    wait_state(
+        &mut at_other,
+        &job.id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await;
+    let (ok, _, _) = r.assert_consistent(&job.id).await;
+    assert_eq!(ok, 60);
+    r.stop().await;
+}
+
+/// idx, state, attempts, lease, checkpoint, updated_at
+type ItemRow = (
+    i32,
+    i16,
+    i32,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+/// Everything the store holds about a job, to compare before and after.
+async fn snapshot(pool: &PgPool, id: &str) -> String {
+    let job: (String, i64, i64, i64, i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "SELECT state, last_seq, succeeded_items, running_items, cancelled_items, updated_at \
+         FROM jobs WHERE id = $1::uuid",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let items: Vec<ItemRow> = sqlx::query_as(
+        "SELECT idx, state, attempts, lease, checkpoint, updated_at FROM items \
+             WHERE job_id = $1::uuid ORDER BY idx",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events WHERE job_id = $1::uuid")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    format!("{job:?} {items:?} {events}")
+}
+
+#[tokio::test]
+async fn a_frozen_owner_that_wakes_up_cannot_write_for_the_job_it_lost() {
+    let mut r = Replicas::start(3, "2s").await;
+    let mut client = r.client(0).await;
+    // Items long enough that the frozen owner wakes up in the middle of
+    // some, with results and checkpoints to write.
+    let job = client
+        .start_job(sleep_job("zombie", 40, 4, 1500, 5))
+        .await
+        .unwrap()
+        .into_inner();
+    let owner = r
+        .wait_owner(&job.id, Duration::from_secs(5), |_| true)
+        .await;
+    let mut at_other = r.client((owner + 1) % 3).await;
+    wait_progress(&mut at_other, &job.id, 4).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    r.server(owner).freeze(true).unwrap();
+    let adopter = r
+        .wait_owner(&job.id, Duration::from_secs(6), |o| o != owner)
+        .await;
+    let mut at_adopter = r.client(adopter).await;
+    // Paused by the new owner: from now on the job must not change at all.
+    at_adopter
+        .pause_job(pb::PauseJobRequest {
+            job_id: job.id.clone(),
+            mode: pb::PauseMode::Immediate as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_state(
+        &mut at_adopter,
+        &job.id,
+        pb::JobState::Paused,
+        Duration::from_secs(10),
+    )
+    .await;
+    let before = snapshot(&r.pool, &job.id).await;
+
+    r.server(owner).freeze(false).unwrap();
+    // Long enough for its items to finish, its heartbeat to run and its
+    // writes to be tried.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = snapshot(&r.pool, &job.id).await;
+    assert_eq!(before, after, "the woken owner changed the job it lost");
+    assert!(
+        r.log(owner).contains("lease"),
+        "the woken owner should say it lost the lease:\n{}",
+        r.log(owner)
+    );
+
+    // The old owner is a healthy replica again: resume through it.
+    let mut at_old = r.client(owner).await;
+    at_old
+        .resume_job(pb::ResumeJobRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_state(
+        &mut at_old,
+        &job.id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await;
+    let (ok, _, _) = r.assert_consistent(&job.id).await;
+    assert_eq!(ok, 40);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_every_replica_loses_nothing() {
+    let mut r = Replicas::start(3, "3s").await;
+    let mut client = r.client(0).await;
+    let mut jobs = Vec::new();
+    for i in 0..9 {
+        let job = client
+            .start_job(sleep_job(&format!("rolling-{i}"), 50, 2, 150, 3))
+            .await
+            .unwrap()
+            .into_inner();
+        jobs.push(job.id);
+    }
+    // Spread over the replicas.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut owners = std::collections::BTreeSet::new();
+    for id in &jobs {
+        if let Some(o) = r.owner(id).await {
+            owners.insert(o);
+        }
+    }
+    assert_eq!(owners.len(), 3, "new jobs go to every replica: {owners:?}");
+
+    for i in 0..3 {
+        let status = r
+            .server(i)
+            .terminate(Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(status.success());
+        r.restart(i).await;
+    }
+    let mut client = r.client(2).await;
+    for id in &jobs {
+        wait_state(
+            &mut client,
+            id,
+            pb::JobState::Succeeded,
+            Duration::from_secs(90),
+        )
+        .await;
+        let (ok, _, _) = r.assert_consistent(id).await;
+        assert_eq!(ok, 50);
+    }
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_watcher_on_another_replica_sees_every_event_across_an_owner_change() {
+    let mut r = Replicas::start(3, "2s").await;
+    let mut client = r.client(0).await;
+    let job = client
+        .start_job(sleep_job("watched", 60, 3, 200, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    let owner = r
+        .wait_owner(&job.id, Duration::from_secs(5), |_| true)
+        .await;
+    let watcher = (owner + 2) % 3;
+    let mut at_watcher = r.client(watcher).await;
+    let mut stream = at_watcher
+        .watch_job(pb::WatchJobRequest {
+            job_id: job.id.clone(),
+            from_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let collect = tokio::spawn(async move {
+        let mut stored = Vec::new();
+        while let Some(event) = stream.message().await.unwrap() {
+            use pb::job_event::Kind;
+            match event.kind {
+                Some(Kind::Snapshot(_)) | Some(Kind::Progress(_)) | None => {}
+                Some(kind) => stored.push((event.sequence, kind)),
+            }
+        }
+        stored
+    });
+    wait_progress(&mut at_watcher, &job.id, 6).await;
+    // Pause and resume through the owner's neighbour, then kill the owner.
+    let mut at_neighbour = r.client((owner + 1) % 3).await;
+    at_neighbour
+        .pause_job(pb::PauseJobRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    at_neighbour
+        .resume_job(pb::ResumeJobRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    r.server(owner).kill9().unwrap();
+    let stored = tokio::time::timeout(Duration::from_secs(60), collect)
+        .await
+        .expect("the stream ended with the job")
+        .unwrap();
+    let sequences: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
+    let expected: Vec<u64> = (1..=sequences.len() as u64).collect();
+    assert_eq!(sequences, expected, "gap-free, in order, from 1");
+    use pb::job_event::Kind;
+    assert!(
+        stored
+            .iter()
+            .any(|(_, k)| matches!(k, Kind::OwnerChanged(o) if o.owner != name(owner))),
+        "the owner change is in the stream: {stored:?}"
+    );
+    assert!(
+        matches!(stored.last(), Some((_, Kind::StateChanged(c))) if c.to == pb::JobState::Succeeded as i32),
+        "ends with the terminal event"
+    );
+    r.assert_consistent(&job.id).await;
+    r.stop().await;
+}
+
+#[test]
+fn the_embedded_store_refuses_multi_replica_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobvisor"))
+        .args(["serve", "--multi-replica", "--listen", "127.0.0.1:0"])
+        .env_remove("DATABASE_URL")
+        .env("JOBVISOR_METRICS_LISTEN", "off")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--multi-replica") && stderr.contains("PostgreSQL"),
+        "{stderr}"
+    );
+}

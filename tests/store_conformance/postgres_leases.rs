@@ -1,0 +1,209 @@
+//! What only the PostgreSQL store has: leases for several replicas
+//! (multi-replica mode). Taking a job over moves the epoch on and puts its
+//! running items back to pending; anything written under an old or
+//! expired lease is refused; heartbeats renew only what is still held.
+
+use crate::harness::{
+    claim_of, consistent, create, events, get, on_postgres_store, spec, write_of,
+};
+use jobvisor::{
+    domain::{Effect, EventBody, JobState, Provenance},
+    store::{
+        Batch, BatchFence, Lease, Leases, Store, StoreError, TransitionWrite, WriteKind,
+        postgres::PgStore,
+    },
+};
+use std::{sync::Arc, time::Duration};
+
+const TTL: Duration = Duration::from_secs(30);
+
+fn fence(owner: &str, job: jobvisor::domain::JobId, epoch: i64) -> BatchFence {
+    BatchFence {
+        owner: Arc::from(owner),
+        epochs: vec![(job, epoch)],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_lease_is_taken_once_and_writes_under_an_old_one_are_refused() {
+    on_postgres_store(|pg: Arc<PgStore>| async move {
+        let store: Arc<dyn Store> = pg.clone();
+        let job = create(&store, &spec(6)).await;
+        pg.join("a", TTL).await.unwrap();
+        pg.join("b", TTL).await.unwrap();
+
+        let (a, _) = pg.take_over(job.id, "a", TTL).await.unwrap().expect("free");
+        assert_eq!(a.epoch, 1);
+        assert!(
+            pg.take_over(job.id, "b", TTL).await.unwrap().is_none(),
+            "b cannot take a valid lease of a"
+        );
+        assert_eq!(pg.owner(job.id).await.unwrap().as_deref(), Some("a"));
+
+        // a claims two items under its lease.
+        let out = store
+            .write_batch_fenced(
+                &Batch {
+                    writes: vec![],
+                    claims: vec![claim_of(job.id, 2)],
+                },
+                &fence("a", job.id, a.epoch),
+            )
+            .await
+            .unwrap();
+        assert!(out.fenced.is_empty());
+        let claimed = out.claimed[0].clone();
+        assert_eq!(claimed.len(), 2);
+
+        // a's lease expires (released here); b takes the job over: the
+        // epoch moves on and a's items are pending again, attempt given back.
+        pg.release("a", &[(job.id, a.epoch)]).await.unwrap();
+        let (b, taken) = pg
+            .take_over(job.id, "b", TTL)
+            .await
+            .unwrap()
+            .expect("released");
+        assert_eq!(b.epoch, 2);
+        assert_eq!(taken.counts.running, 0);
+        let last = events(&store, job.id).await.pop().unwrap();
+        assert_eq!(
+            last.body,
+            EventBody::OwnerChanged {
+                owner: "b".into(),
+                previous_owner: Some("a".into()),
+                released_items: 2,
+            }
+        );
+
+        // Whatever a still tries is refused: its results, its claims…
+        let out = store
+            .write_batch_fenced(
+                &Batch {
+                    writes: vec![write_of(
+                        job.id,
+                        claimed[0].index,
+                        claimed[0].lease,
+                        WriteKind::Succeeded { result: None },
+                    )],
+                    claims: vec![claim_of(job.id, 3)],
+                },
+                &fence("a", job.id, a.epoch),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.applied, vec![false]);
+        assert!(out.claimed[0].is_empty());
+        assert_eq!(out.fenced, vec![job.id]);
+        // …its transitions and its releases.
+        let finish = TransitionWrite {
+            from: JobState::Running,
+            to: JobState::Failed,
+            effects: vec![Effect::ReleaseRunning, Effect::End],
+            provenance: Provenance::system("zombie"),
+            pause_mode: None,
+            resume_at: None,
+        };
+        assert!(matches!(
+            store.transition_fenced(job.id, &finish, &a).await,
+            Err(StoreError::Fenced(id)) if id == job.id
+        ));
+        assert!(matches!(
+            store.release_items_fenced(job.id, &a).await,
+            Err(StoreError::Fenced(_))
+        ));
+        // A job the batch does not list a lease for is refused too.
+        let out = store
+            .write_batch_fenced(
+                &Batch {
+                    writes: vec![],
+                    claims: vec![claim_of(job.id, 1)],
+                },
+                &BatchFence {
+                    owner: Arc::from("b"),
+                    epochs: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        assert!(out.claimed[0].is_empty());
+        assert_eq!(out.fenced, vec![job.id]);
+
+        // b's lease works.
+        let out = store
+            .write_batch_fenced(
+                &Batch {
+                    writes: vec![],
+                    claims: vec![claim_of(job.id, 6)],
+                },
+                &fence("b", job.id, b.epoch),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.claimed[0].len(), 6);
+        let job_now = consistent(&store, job.id).await;
+        assert_eq!(job_now.counts.running, 6);
+        assert_eq!(get(&store, job.id).await.state, JobState::Running);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_heartbeats_renew_what_is_held_and_orphans_are_found() {
+    on_postgres_store(|pg: Arc<PgStore>| async move {
+        let store: Arc<dyn Store> = pg.clone();
+        let mine = create(&store, &spec(2)).await;
+        let theirs = create(&store, &spec(2)).await;
+        let nobodys = create(&store, &spec(2)).await;
+        pg.join("a", TTL).await.unwrap();
+        pg.join("b", TTL).await.unwrap();
+        let (lease, _) = pg.take_over(mine.id, "a", TTL).await.unwrap().unwrap();
+        pg.take_over(theirs.id, "b", TTL).await.unwrap().unwrap();
+
+        let held = pg.heartbeat("a", TTL).await.unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!((held[0].job, held[0].epoch), (mine.id, lease.epoch));
+        assert_eq!(held[0].state, JobState::Running);
+
+        // For a: its own lease when it is not running the job (after a
+        // restart), and the job nobody owns; never b's.
+        let orphans = pg.orphans("a", &[], 10).await.unwrap();
+        let ids: Vec<_> = orphans.iter().map(|o| (o.job, o.mine)).collect();
+        assert!(ids.contains(&(mine.id, true)), "{ids:?}");
+        assert!(ids.contains(&(nobodys.id, false)), "{ids:?}");
+        assert!(!ids.iter().any(|(j, _)| *j == theirs.id), "{ids:?}");
+        let orphans = pg.orphans("a", &[mine.id], 10).await.unwrap();
+        assert_eq!(
+            orphans.iter().map(|o| o.job).collect::<Vec<_>>(),
+            vec![nobodys.id]
+        );
+
+        let census = pg.census().await.unwrap();
+        assert_eq!(census.live_jobs, 3);
+        let loads: Vec<(String, u64)> = census
+            .replicas
+            .iter()
+            .map(|r| (r.id.clone(), r.jobs))
+            .collect();
+        assert_eq!(loads, vec![("a".into(), 1), ("b".into(), 1)]);
+
+        // A draining replica takes no new jobs; one that left holds nothing.
+        pg.drain("b").await.unwrap();
+        assert_eq!(pg.census().await.unwrap().replicas.len(), 1);
+        pg.leave("b").await.unwrap();
+        assert!(pg.owner(theirs.id).await.unwrap().is_none());
+        assert!(pg.heartbeat("b", TTL).await.unwrap().is_empty());
+        // An expired lease is not renewed: it must be taken over again.
+        pg.release("a", &[(mine.id, lease.epoch)]).await.unwrap();
+        assert!(pg.heartbeat("a", TTL).await.unwrap().is_empty());
+        let (again, _) = pg.take_over(mine.id, "a", TTL).await.unwrap().unwrap();
+        assert!(again.epoch > lease.epoch, "epochs only grow");
+        assert_eq!(
+            again,
+            Lease {
+                owner: Arc::from("a"),
+                epoch: lease.epoch + 1
+            }
+        );
+    })
+    .await;
+}
