@@ -102,7 +102,9 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
     let traces = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("jobvisor"))
-            .with_filter(EnvFilter::new("info"))
+            // Item attempts are debug spans of their own target, exported
+            // but kept out of the logs.
+            .with_filter(EnvFilter::new("info,jobvisor::item=debug"))
     });
     let installed = tracing_subscriber::registry()
         .with(logs)

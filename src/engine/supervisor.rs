@@ -859,7 +859,10 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
     match st.state {
         JobState::Running => {
             dispatch(st);
-            let idle = st.slots.iter().filter(|s| !s.busy()).count();
+            // One pass over the slots (each check takes a lock): this runs
+            // after every message.
+            let busy = st.in_flight();
+            let idle = st.slots.len() - busy;
             let ahead = if st.item_time.fast() {
                 st.concurrency as usize
             } else {
@@ -872,7 +875,7 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
             let worth_it = waiting < idle || want >= (ahead / 4).max(1);
             if want > 0 && worth_it && !st.claiming && !st.exhausted {
                 claim(myself, st, want as u32);
-            } else if st.exhausted && !st.claiming && st.queue.is_empty() && st.in_flight() == 0 {
+            } else if st.exhausted && !st.claiming && st.queue.is_empty() && busy == 0 {
                 // `any_failed` is decided from the counters in `settle`.
                 settle(
                     myself,

@@ -194,8 +194,11 @@ impl CheckpointSink for LeasedSink {
 async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Instant) -> Outcome {
     // Each attempt is a trace of its own (a job outlives any call), linked
     // to the call that started the job.
-    let span = tracing::info_span!(parent: None, "item", job_id = %args.job,
-        index = item.index, attempt = item.attempt);
+    // At debug level under a target of its own: the trace exporter takes
+    // it (see telemetry), the logs do not, and without an exporter it
+    // costs nothing.
+    let span = tracing::debug_span!(target: "jobvisor::item", parent: None, "item",
+        job_id = %args.job, index = item.index, attempt = item.attempt);
     if let Some(start) = &args.start {
         span.add_link(start.clone());
     }
@@ -237,7 +240,8 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Inst
         WriteKind::Checkpoint(_) => unreachable!("an outcome is never a checkpoint"),
     };
     if let WriteKind::Failed { error, .. } = &kind {
-        tracing::debug!(parent: &span, %error, "item attempt failed");
+        tracing::debug!(parent: &span, job_id = %args.job, index = item.index,
+            attempt = item.attempt, %error, "item attempt failed");
     }
     let ticket = args.writer.submit_write(ItemWrite {
         job: args.job,

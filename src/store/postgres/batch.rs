@@ -264,9 +264,11 @@ async fn run_round(
         ..BatchOutcome::default()
     };
     let mut claimed_per_job: Vec<Vec<ClaimedItem>> = vec![Vec::new(); merged.len()];
+    // Columns by position (see the SELECT above): looking them up by name
+    // costs more than decoding them.
     for row in rows {
-        let tag: i16 = row.try_get("tag").map_err(db_error)?;
-        let pos: i32 = row.try_get("pos").map_err(db_error)?;
+        let tag: i16 = row.try_get(0).map_err(db_error)?;
+        let pos: i32 = row.try_get(1).map_err(db_error)?;
         match tag {
             0 => {
                 if let Some(slot) = outcome.applied.get_mut((pos - 1) as usize) {
@@ -275,38 +277,38 @@ async fn run_round(
             }
             3 => outcome
                 .fenced
-                .push(JobId(row.try_get("job").map_err(db_error)?)),
+                .push(JobId(row.try_get(2).map_err(db_error)?)),
             1 => {
-                let index: i32 = row.try_get("idx").map_err(db_error)?;
-                let attempt: i32 = row.try_get("attempt").map_err(db_error)?;
+                let index: i32 = row.try_get(3).map_err(db_error)?;
+                let attempt: i32 = row.try_get(5).map_err(db_error)?;
                 let item = ClaimedItem {
                     index: index as u32,
-                    payload: row.try_get("payload").map_err(db_error)?,
+                    payload: row.try_get(4).map_err(db_error)?,
                     attempt: attempt as u32,
-                    checkpoint: row.try_get("checkpoint").map_err(db_error)?,
-                    lease: row.try_get("lease").map_err(db_error)?,
+                    checkpoint: row.try_get(6).map_err(db_error)?,
+                    lease: row.try_get(7).map_err(db_error)?,
                 };
                 if let Some(list) = claimed_per_job.get_mut((pos - 1) as usize) {
                     list.push(item);
                 }
             }
             _ => {
-                let state: String = row.try_get("state").map_err(db_error)?;
-                let count = |c: &str| -> Result<u64, StoreError> {
+                let state: String = row.try_get(8).map_err(db_error)?;
+                let count = |c: usize| -> Result<u64, StoreError> {
                     let v: i64 = row.try_get(c).map_err(db_error)?;
                     Ok(v.max(0) as u64)
                 };
                 outcome.pulses.push(Pulse {
-                    job: JobId(row.try_get("job").map_err(db_error)?),
+                    job: JobId(row.try_get(2).map_err(db_error)?),
                     state: job_state(&state)?,
                     counts: ItemCounts {
-                        total: count("total")?,
-                        running: count("running")?,
-                        succeeded: count("succeeded")?,
-                        failed: count("failed")?,
-                        cancelled: count("cancelled")?,
+                        total: count(9)?,
+                        running: count(10)?,
+                        succeeded: count(11)?,
+                        failed: count(12)?,
+                        cancelled: count(13)?,
                     },
-                    last_seq: count("last_seq")?,
+                    last_seq: count(14)?,
                 });
             }
         }
