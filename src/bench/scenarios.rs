@@ -1,4 +1,12 @@
-//! The benchmark scenarios. Each returns its figures; the CLI prints them.
+//! The benchmark scenarios. Each returns its figures; the CLI prints them
+//! (a table, and one JSON line of the figures).
+//!
+//! - [`throughput`] (and `peer`): one job of no-op items, end to end.
+//! - [`control`]: control-call latency, idle and under the throughput load.
+
+pub mod control;
+
+pub use control::control;
 
 use super::{Env, start_sleep_job, wait_done};
 use serde::Serialize;

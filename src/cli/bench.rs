@@ -40,6 +40,24 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         runs: u32,
     },
+    /// PauseJob/ResumeJob/CancelJob latency (call → response, call →
+    /// effect), on an idle server and under the throughput load.
+    Control {
+        /// Pause/resume rounds per phase.
+        #[arg(long, default_value_t = 200)]
+        rounds: u32,
+        /// Jobs cancelled per phase.
+        #[arg(long, default_value_t = 50)]
+        cancels: u32,
+        /// Items of each load job (one runs at a time during the loaded phase).
+        #[arg(long, default_value_t = 100_000)]
+        load_items: u32,
+        #[arg(long, default_value_t = 64)]
+        load_concurrency: u32,
+        /// Measure on the idle server only.
+        #[arg(long)]
+        idle_only: bool,
+    },
     /// The peer comparison's workload (bench/peers/run.sh calls this).
     Peer {
         #[arg(long, default_value_t = 20_000)]
@@ -115,6 +133,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "{}",
                 json!({"scenario": "throughput", "runs": results.len(), "median": best,
                        "all_items_per_second": rates, "context": context})
+            );
+        }
+        Scenario::Control {
+            rounds,
+            cancels,
+            load_items,
+            load_concurrency,
+            idle_only,
+        } => {
+            let setup = bench::Setup {
+                binary: binary.clone(),
+                admin_url: args.database_url.clone(),
+                server_args: server_args.iter().map(|a| a.to_string()).collect(),
+                progress: !args.json,
+            };
+            let opts = scenarios::control::ControlOptions {
+                rounds,
+                cancels,
+                load_items,
+                load_concurrency,
+                idle_only,
+            };
+            let r = scenarios::control(&setup, &opts).await?;
+            if !args.json {
+                for line in r.human() {
+                    println!("{line}");
+                }
+            }
+            println!(
+                "{}",
+                json!({"scenario": "control", "result": r, "context": context})
             );
         }
         Scenario::Peer { items, concurrency } => {
