@@ -107,7 +107,7 @@ impl Engine {
         tx: &mpsc::Sender<Result<WatchItem, EngineError>>,
     ) -> Result<(), EngineError> {
         let id = job.id;
-        let mut pulses = self.rt.hub.subscribe(Pulse {
+        let (mut pulses, tail) = self.rt.hub.subscribe(Pulse {
             job: id,
             state: job.state,
             counts: job.counts,
@@ -132,9 +132,23 @@ impl Engine {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_pulse = Instant::now();
         loop {
-            // Send everything stored after the cursor.
-            loop {
-                let events = self.rt.store.events_after(id, cursor, PAGE).await?;
+            // Send everything stored after the cursor: through the tail
+            // this job's watchers share, or from the store for a watcher
+            // behind it. Nothing to read while the cursor is at the last
+            // sequence known (a commit pulses, another process's commits
+            // are polled).
+            while cursor < known.last_seq {
+                let shared = tail
+                    .lock()
+                    .await
+                    .after(cursor, known.last_seq, PAGE, |after, limit| {
+                        self.rt.store.events_after(id, after, limit)
+                    })
+                    .await?;
+                let events = match shared {
+                    Some(events) => events,
+                    None => self.rt.store.events_after(id, cursor, PAGE).await?,
+                };
                 let full = events.len() == PAGE as usize;
                 for event in events {
                     cursor = event.seq;
