@@ -859,8 +859,13 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
     match st.state {
         JobState::Running => {
             dispatch(st);
-            // One pass over the slots (each check takes a lock): this runs
-            // after every message.
+            if st.claiming {
+                // Nothing to decide until the claim is back (no second
+                // claim, no finish while one is out): skip the pass over
+                // the slots, which takes a lock per slot and would run
+                // after every message.
+                return;
+            }
             let busy = st.in_flight();
             let idle = st.slots.len() - busy;
             let ahead = if st.item_time.fast() {
@@ -873,9 +878,9 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
             // Claim for idle workers at once; top up the read-ahead in
             // rounds, not an item at a time.
             let worth_it = waiting < idle || want >= (ahead / 4).max(1);
-            if want > 0 && worth_it && !st.claiming && !st.exhausted {
+            if want > 0 && worth_it && !st.exhausted {
                 claim(myself, st, want as u32);
-            } else if st.exhausted && !st.claiming && st.queue.is_empty() && busy == 0 {
+            } else if st.exhausted && st.queue.is_empty() && busy == 0 {
                 // `any_failed` is decided from the counters in `settle`.
                 settle(
                     myself,
