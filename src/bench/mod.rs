@@ -280,6 +280,14 @@ impl SleepJob {
     pub async fn start(&self, client: &mut Client) -> anyhow::Result<pb::Job> {
         Ok(client.start_job(self.request()).await?.into_inner())
     }
+
+    /// The job in words, for the reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} × {} ms items in {} step(s), concurrency {}",
+            self.items, self.duration_ms, self.steps, self.concurrency
+        )
+    }
 }
 
 /// Starts a job of `items` sleep items and returns it with the time the
@@ -590,6 +598,11 @@ pub fn bucket_row(label: &str, e: &prom::BucketEstimate) -> String {
         "",
         e.count
     )
+}
+
+/// How a report says whether a target was met.
+pub fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
 }
 
 /// The header of the tables of [`row`]s.

@@ -3,10 +3,22 @@
 //!
 //! - [`throughput`] (and `peer`): one job of no-op items, end to end.
 //! - [`control`]: control-call latency, idle and under the throughput load.
+//! - [`many_jobs`]: memory per live job and control latency with 10,000
+//!   jobs running at once.
+//! - [`watchers`]: event delivery to 1,000 WatchJob streams on one job,
+//!   and what they cost its throughput.
+//! - [`recovery`]: SIGKILL and restart: time to serve, and until every
+//!   running job runs again.
 
 pub mod control;
+pub mod many_jobs;
+pub mod recovery;
+pub mod watchers;
 
 pub use control::control;
+pub use many_jobs::many_jobs;
+pub use recovery::recovery;
+pub use watchers::watchers;
 
 use super::{Env, start_sleep_job, wait_done};
 use serde::Serialize;

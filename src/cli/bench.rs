@@ -58,6 +58,65 @@ enum Scenario {
         #[arg(long)]
         idle_only: bool,
     },
+    /// 10,000 jobs running at once in one server: server RSS per live job,
+    /// and control latency compared with a few jobs running.
+    ManyJobs {
+        #[arg(long, default_value_t = 10_000)]
+        jobs: u32,
+        /// Items per job (600 s each, concurrency 1).
+        #[arg(long, default_value_t = 10)]
+        items: u32,
+        /// Steps of each item (a checkpoint between steps).
+        #[arg(long, default_value_t = 10)]
+        steps: u32,
+        /// Jobs running during the first measurement of the calls.
+        #[arg(long, default_value_t = 10)]
+        few: u32,
+        /// Pause/resume rounds per measurement.
+        #[arg(long, default_value_t = 200)]
+        rounds: u32,
+        /// Cancels per measurement.
+        #[arg(long, default_value_t = 20)]
+        cancels: u32,
+        /// StartJob calls in flight while starting the jobs.
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
+    },
+    /// 1,000 WatchJob streams on one running job: delivery latency, gap-free
+    /// streams, and the job's throughput with and without them.
+    Watchers {
+        #[arg(long, default_value_t = 100_000)]
+        items: u32,
+        #[arg(long, default_value_t = 64)]
+        concurrency: u32,
+        #[arg(long, default_value_t = 1000)]
+        watchers: u32,
+        /// HTTP/2 connections the streams are spread over.
+        #[arg(long, default_value_t = 10)]
+        connections: u32,
+        /// Items at non-zero multiples of this (a power of ten) fail once:
+        /// stored events while the job runs. 0: none.
+        #[arg(long, default_value_t = 100)]
+        fail_every: u32,
+    },
+    /// SIGKILL of a server running 1,000 jobs and restart: time to serve,
+    /// and until every job has an item running again.
+    Recovery {
+        #[arg(long, default_value_t = 1000)]
+        jobs: u32,
+        /// Items per job (600 s each, concurrency 1).
+        #[arg(long, default_value_t = 4)]
+        items: u32,
+        /// Steps of each item (a checkpoint between steps).
+        #[arg(long, default_value_t = 120)]
+        steps: u32,
+        /// How often the database is asked whether every job runs again.
+        #[arg(long, default_value_t = 20)]
+        poll_ms: u64,
+        /// StartJob calls in flight while starting the jobs.
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
+    },
     /// The peer comparison's workload (bench/peers/run.sh calls this).
     Peer {
         #[arg(long, default_value_t = 20_000)]
@@ -166,6 +225,88 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 json!({"scenario": "control", "result": r, "context": context})
             );
         }
+        Scenario::ManyJobs {
+            jobs,
+            items,
+            steps,
+            few,
+            rounds,
+            cancels,
+            in_flight,
+        } => {
+            let setup = bench_setup(&binary, &args.database_url, args.json, &server_args);
+            let opts = scenarios::many_jobs::ManyJobsOptions {
+                jobs,
+                items,
+                steps,
+                few,
+                rounds,
+                cancels,
+                in_flight,
+            };
+            let r = scenarios::many_jobs(&setup, &opts).await?;
+            if !args.json {
+                for line in r.human() {
+                    println!("{line}");
+                }
+            }
+            println!(
+                "{}",
+                json!({"scenario": "many-jobs", "result": r, "context": context})
+            );
+        }
+        Scenario::Watchers {
+            items,
+            concurrency,
+            watchers,
+            connections,
+            fail_every,
+        } => {
+            let setup = bench_setup(&binary, &args.database_url, args.json, &server_args);
+            let opts = scenarios::watchers::WatchersOptions {
+                items,
+                concurrency,
+                watchers,
+                connections,
+                fail_every,
+            };
+            let r = scenarios::watchers(&setup, &opts).await?;
+            if !args.json {
+                for line in r.human() {
+                    println!("{line}");
+                }
+            }
+            println!(
+                "{}",
+                json!({"scenario": "watchers", "result": r, "context": context})
+            );
+        }
+        Scenario::Recovery {
+            jobs,
+            items,
+            steps,
+            poll_ms,
+            in_flight,
+        } => {
+            let setup = bench_setup(&binary, &args.database_url, args.json, &server_args);
+            let opts = scenarios::recovery::RecoveryOptions {
+                jobs,
+                items,
+                steps,
+                poll: std::time::Duration::from_millis(poll_ms.max(1)),
+                in_flight,
+            };
+            let r = scenarios::recovery(&setup, &opts).await?;
+            if !args.json {
+                for line in r.human() {
+                    println!("{line}");
+                }
+            }
+            println!(
+                "{}",
+                json!({"scenario": "recovery", "result": r, "context": context})
+            );
+        }
         Scenario::Peer { items, concurrency } => {
             let r = scenarios::throughput(
                 &binary,
@@ -186,4 +327,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The run's setup for the scenarios that take one.
+fn bench_setup(
+    binary: &std::path::Path,
+    database_url: &str,
+    json: bool,
+    server_args: &[&str],
+) -> bench::Setup {
+    bench::Setup {
+        binary: binary.to_path_buf(),
+        admin_url: database_url.to_string(),
+        server_args: server_args.iter().map(|a| a.to_string()).collect(),
+        progress: !json,
+    }
 }

@@ -1,0 +1,264 @@
+//! `bench many-jobs`: what a live job costs the server, and whether control
+//! calls slow down when very many jobs run at once in one process.
+//!
+//! After a warm-up job has run to the end, the server's resident memory
+//! (VmRSS) is read; a few jobs are started and the control calls measured
+//! on them (pause/resume rounds on those jobs, cancels of small jobs
+//! started one at a time, as `bench control` makes them); then the rest of
+//! the jobs are started, and once every job has an item running (its
+//! RUNNING counter in the database) VmRSS is read again and the same calls
+//! are measured on jobs picked at random among all of them.
+//!
+//! Every job is 10 slow items (600 s each, concurrency 1) that stay
+//! running for the whole scenario: one supervisor actor, one worker and
+//! one item in flight per job. With PostgreSQL the store is another
+//! process, so the whole server delta counts as the jobs' cost; it is
+//! reported as KiB per live job.
+
+use crate::bench::{
+    Client, Env, Rng, Setup, SleepJob,
+    calls::{self, CancelSummary, PauseResumeSummary},
+    header, met, row, start_many, wait_done, wait_jobs_claiming,
+};
+use anyhow::Context as _;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+use super::control::victim_job;
+
+#[derive(Debug, Clone)]
+pub struct ManyJobsOptions {
+    /// Jobs running at once at the end (the few included).
+    pub jobs: u32,
+    /// Items per job (concurrency 1: one runs, the rest wait).
+    pub items: u32,
+    /// Steps of each 600 s item; a checkpoint is written between steps.
+    pub steps: u32,
+    /// Jobs running during the first measurement of the calls.
+    pub few: u32,
+    /// Pause/resume rounds per measurement.
+    pub rounds: u32,
+    /// Cancels per measurement.
+    pub cancels: u32,
+    /// StartJob calls in flight while starting the jobs.
+    pub in_flight: usize,
+}
+
+/// The jobs kept running: slow items, one at a time.
+pub fn live_job(opts: &ManyJobsOptions) -> SleepJob {
+    SleepJob::new("many-jobs", opts.items, 1, 600_000, opts.steps)
+}
+
+/// The control calls of one measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calls {
+    /// Jobs running while the calls were made.
+    pub running_jobs: u32,
+    #[serde(flatten)]
+    pub pause_resume: PauseResumeSummary,
+    pub cancel: CancelSummary,
+}
+
+impl Calls {
+    fn rows(&self, label: &str) -> Vec<String> {
+        vec![
+            row(
+                &format!("{label} pause (= claims stopped)"),
+                &self.pause_resume.pause,
+            ),
+            row(&format!("{label} resume"), &self.pause_resume.resume),
+            row(&format!("{label} cancel response"), &self.cancel.response),
+            row(
+                &format!("{label} cancel effect (CANCELLED on stream)"),
+                &self.cancel.effect,
+            ),
+        ]
+    }
+
+    fn worst_p99(&self) -> f64 {
+        [
+            self.pause_resume.pause.p99_ms,
+            self.pause_resume.resume.p99_ms,
+            self.cancel.response.p99_ms,
+            self.cancel.effect.p99_ms,
+        ]
+        .into_iter()
+        .fold(0.0, f64::max)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ManyJobs {
+    pub jobs: u32,
+    pub job: String,
+    /// Server VmRSS after the warm-up job ended, with nothing running.
+    pub rss_warm_mib: f64,
+    /// With the few jobs running (after their control calls).
+    pub rss_few_mib: f64,
+    /// With every job running.
+    pub rss_all_mib: f64,
+    /// The server's peak (VmHWM) at that moment.
+    pub peak_rss_mib: f64,
+    /// (rss_all − rss_warm) / jobs: the server's whole delta per live job.
+    pub kib_per_job: f64,
+    /// (rss_all − rss_few) / (jobs − few): the same over the jobs started
+    /// in bulk only.
+    pub kib_per_job_bulk: f64,
+    /// Starting the jobs after the few (StartJob calls, `in_flight` at a
+    /// time), and until every job had an item running.
+    pub start_seconds: f64,
+    pub all_running_seconds: f64,
+    pub few: Calls,
+    pub many: Calls,
+    pub target_kib_per_job: f64,
+    pub kib_met: bool,
+}
+
+const TARGET_KIB: f64 = 10.0;
+
+impl ManyJobs {
+    pub fn human(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "many-jobs: {} jobs running at once in one server, each {}",
+            self.jobs, self.job
+        )];
+        out.push(format!(
+            "  server RSS: {:.1} MiB warm and idle, {:.1} MiB with {} jobs, {:.1} MiB with {} jobs (peak {:.1} MiB)",
+            self.rss_warm_mib,
+            self.rss_few_mib,
+            self.few.running_jobs,
+            self.rss_all_mib,
+            self.jobs,
+            self.peak_rss_mib
+        ));
+        out.push(format!(
+            "  per live job: {:.2} KiB (whole server delta / jobs; {:.2} KiB over the {} started in bulk); the store is PostgreSQL, another process",
+            self.kib_per_job,
+            self.kib_per_job_bulk,
+            self.jobs - self.few.running_jobs
+        ));
+        out.push(format!(
+            "  started {} jobs in {:.1} s; all {} running after {:.1} s",
+            self.jobs - self.few.running_jobs,
+            self.start_seconds,
+            self.jobs,
+            self.all_running_seconds
+        ));
+        out.push(header("call → response unless said"));
+        out.extend(self.few.rows(&format!("{} jobs:", self.few.running_jobs)));
+        out.extend(self.many.rows(&format!("{} jobs:", self.many.running_jobs)));
+        out.push(format!(
+            "  worst control p99: {:.2} ms with {} jobs, {:.2} ms with {} jobs",
+            self.few.worst_p99(),
+            self.few.running_jobs,
+            self.many.worst_p99(),
+            self.many.running_jobs
+        ));
+        out.push(format!(
+            "  target: < {TARGET_KIB} KiB per live job: {} ({:.2} KiB)",
+            met(self.kib_met),
+            self.kib_per_job
+        ));
+        out
+    }
+}
+
+pub async fn many_jobs(setup: &Setup, opts: &ManyJobsOptions) -> anyhow::Result<ManyJobs> {
+    anyhow::ensure!(
+        opts.few >= 1 && opts.few < opts.jobs,
+        "--few must be at least 1 and below --jobs"
+    );
+    anyhow::ensure!(opts.items >= 2, "--items must be at least 2");
+    let env = Env::start_setup(setup, &[], false).await?;
+    let result = run(setup, &env, opts).await;
+    env.finish().await;
+    result
+}
+
+async fn run(setup: &Setup, env: &Env, opts: &ManyJobsOptions) -> anyhow::Result<ManyJobs> {
+    let mut client = env.client().await?;
+    let pool = env.db.pool().await?;
+    let mut rng = Rng::seeded();
+    let job = live_job(opts);
+
+    // Warm-up: the pools, the executor, the allocator's first arenas.
+    let warm = SleepJob::new("many-jobs-warm-up", 200, 8, 0, 1)
+        .start(&mut client)
+        .await?;
+    wait_done(&mut client, &warm.id, Duration::from_secs(60))
+        .await
+        .context("the warm-up job")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, rss_warm) = env.rss_mib();
+
+    setup.note(format!("{} jobs: control calls", opts.few));
+    let mut ids = start_many(&client, &job, opts.few, opts.in_flight).await?;
+    wait_jobs_claiming(
+        &pool,
+        i64::from(opts.few),
+        Duration::from_millis(20),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let few = measure(&mut client, &ids, opts, &mut rng).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, rss_few) = env.rss_mib();
+
+    let rest = opts.jobs - opts.few;
+    setup.note(format!("starting {rest} more jobs"));
+    let started = Instant::now();
+    ids.extend(start_many(&client, &job, rest, opts.in_flight).await?);
+    let start_seconds = started.elapsed().as_secs_f64();
+    // Generous: a debug build on a small machine starts a few hundred
+    // jobs a second.
+    let within = Duration::from_secs(60) + Duration::from_millis(30) * opts.jobs;
+    wait_jobs_claiming(
+        &pool,
+        i64::from(opts.jobs),
+        Duration::from_millis(100),
+        within,
+    )
+    .await?;
+    let all_running_seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (peak, rss_all) = env.rss_mib();
+
+    setup.note(format!("{} jobs: control calls", opts.jobs));
+    let many = measure(&mut client, &ids, opts, &mut rng).await?;
+    pool.close().await;
+
+    let kib_per_job = (rss_all - rss_warm) * 1024.0 / f64::from(opts.jobs);
+    Ok(ManyJobs {
+        jobs: opts.jobs,
+        job: job.describe(),
+        rss_warm_mib: rss_warm,
+        rss_few_mib: rss_few,
+        rss_all_mib: rss_all,
+        peak_rss_mib: peak,
+        kib_per_job,
+        kib_per_job_bulk: (rss_all - rss_few) * 1024.0 / f64::from(rest),
+        start_seconds,
+        all_running_seconds,
+        few,
+        many,
+        target_kib_per_job: TARGET_KIB,
+        kib_met: kib_per_job < TARGET_KIB,
+    })
+}
+
+/// Pause/resume rounds on jobs picked at random among `ids`, then cancels
+/// of small jobs started for it.
+async fn measure(
+    client: &mut Client,
+    ids: &[String],
+    opts: &ManyJobsOptions,
+    rng: &mut Rng,
+) -> anyhow::Result<Calls> {
+    let pause_resume = calls::pause_resume(client, ids, opts.rounds, rng).await?;
+    let cancels = calls::cancel_victims(client, &victim_job(), opts.cancels).await?;
+    Ok(Calls {
+        running_jobs: ids.len() as u32,
+        pause_resume: pause_resume.summary(),
+        cancel: cancels.summary(),
+    })
+}

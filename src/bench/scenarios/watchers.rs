@@ -1,0 +1,448 @@
+//! `bench watchers`: one job watched by many WatchJob streams at once —
+//! how late the events arrive, whether every stream gets every event, and
+//! what the watchers cost the job's throughput.
+//!
+//! The job (no-op items, some of which fail once so that stored events
+//! flow while it runs) is run twice, each time on a fresh server and
+//! database: without watchers, then with the streams open on it. Each
+//! time it is started, paused at once (graceful) and, once PAUSED and the
+//! streams (if any) have their snapshot, resumed; the run is ResumeJob →
+//! the job's end (polled with GetJob every 20 ms), and items/s counts the
+//! items that ended in that span.
+//!
+//! Delivery latency of a stored event = the client's clock when the
+//! message is decoded − the event's `time` (`now()` of the transaction
+//! that stored it), over every event on every stream. Progress messages
+//! are not stored: their `time` is when the server produced them, so
+//! theirs is reported apart (server send → client receipt). The client
+//! records only a timestamp and a sequence per message, but it runs on the
+//! same cores as the server and PostgreSQL, which the report says.
+
+use crate::{
+    bench::{
+        Client, Env, Setup, SleepJob, Summary, calls, connect, cpu_seconds, get_job, header,
+        is_terminal, met, poll_done, row, system_time,
+    },
+    pb::{self, job_event::Kind},
+};
+use anyhow::Context as _;
+use serde::Serialize;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::{sync::mpsc, task::JoinSet};
+
+#[derive(Debug, Clone)]
+pub struct WatchersOptions {
+    pub items: u32,
+    pub concurrency: u32,
+    /// WatchJob streams open on the job.
+    pub watchers: u32,
+    /// HTTP/2 connections they are spread over (one connection carries a
+    /// limited number of concurrent streams).
+    pub connections: u32,
+    /// Items whose index is a non-zero multiple of this (a power of ten)
+    /// fail, once and for good: each failure is a stored event. 0: none
+    /// (then the only stored events are the job's state changes).
+    pub fail_every: u32,
+}
+
+/// The job watched: no-op items, the failing ones with a single attempt.
+pub fn watched_job(opts: &WatchersOptions) -> anyhow::Result<SleepJob> {
+    let mut job = SleepJob::new("watchers", opts.items, opts.concurrency, 0, 1);
+    if opts.fail_every > 0 {
+        let zeros = (opts.fail_every as f64).log10().round() as u32;
+        anyhow::ensure!(
+            opts.fail_every >= 10 && 10u32.pow(zeros) == opts.fail_every,
+            "--fail-every must be 0 or a power of ten (10, 100, 1000, …)"
+        );
+        // Non-zero multiples of 10^k: a leading non-zero digit, then k
+        // zeros at the end.
+        job.fail_pattern = Some(format!("^item-[1-9][0-9]*0{{{zeros}}}$"));
+        job.max_attempts = 1;
+    }
+    Ok(job)
+}
+
+/// One run of the job.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub watchers: u32,
+    /// Items that ended between ResumeJob and the job's end.
+    pub items_run: u64,
+    pub run_seconds: f64,
+    pub items_per_second: f64,
+    /// CPU time over the run: the server's, and this client's (the
+    /// streams' decoding included).
+    pub server_cpu_seconds: f64,
+    pub client_cpu_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Watchers {
+    pub job: String,
+    pub failing_items: u32,
+    pub watchers: u32,
+    pub connections: u32,
+    pub without: Run,
+    pub with: Run,
+    /// Items/s with the watchers over items/s without.
+    pub throughput_ratio: f64,
+    /// Stored events: receipt − the event's stored time, every event on
+    /// every stream.
+    pub delivery: Summary,
+    /// Progress messages: receipt − when the server produced them.
+    pub progress_delivery: Summary,
+    /// Stored events each stream had to deliver: from the resume to the
+    /// terminal event.
+    pub expected_events_per_stream: u64,
+    /// Streams that got exactly those, in order with no gap, and ended.
+    pub complete_streams: u32,
+    /// The first problems seen on the other streams.
+    pub problems: Vec<String>,
+    pub cores: usize,
+    pub target_p99_ms: f64,
+    pub delivery_met: bool,
+    pub target_ratio: f64,
+    pub throughput_met: bool,
+}
+
+const TARGET_P99_MS: f64 = 50.0;
+const TARGET_RATIO: f64 = 0.9;
+
+impl Watchers {
+    pub fn human(&self) -> Vec<String> {
+        let run = |r: &Run| {
+            format!(
+                "{:.0} items/s ({} items in {:.2} s; CPU: server {:.1} s, client {:.1} s)",
+                r.items_per_second,
+                r.items_run,
+                r.run_seconds,
+                r.server_cpu_seconds,
+                r.client_cpu_seconds
+            )
+        };
+        let mut out = vec![format!(
+            "watchers: a job of {} ({} failing once: stored events while it runs); {} WatchJob streams over {} HTTP/2 connections",
+            self.job, self.failing_items, self.watchers, self.connections
+        )];
+        out.push(format!("  without watchers: {}", run(&self.without)));
+        out.push(format!("  with watchers:    {}", run(&self.with)));
+        out.push(header("delivery (client receipt − event time)"));
+        out.push(row("stored events: committed → received", &self.delivery));
+        out.push(row(
+            "progress (not stored): sent → received",
+            &self.progress_delivery,
+        ));
+        out.push(format!(
+            "  streams: {} of {} got all {} stored events in order, no gap, and ended{}",
+            self.complete_streams,
+            self.watchers,
+            self.expected_events_per_stream,
+            if self.problems.is_empty() {
+                String::new()
+            } else {
+                format!("; problems: {}", self.problems.join("; "))
+            }
+        ));
+        out.push(format!(
+            "  note: the client (its {} streams), the server and PostgreSQL share this machine's {} cores",
+            self.watchers, self.cores
+        ));
+        out.push(format!(
+            "  targets: delivery p99 < {TARGET_P99_MS} ms: {} ({:.2} ms); throughput with watchers ≥ {:.0}% of without: {} ({:.1}%); every stream complete: {}",
+            met(self.delivery_met),
+            self.delivery.p99_ms,
+            TARGET_RATIO * 100.0,
+            met(self.throughput_met),
+            self.throughput_ratio * 100.0,
+            met(self.complete_streams == self.watchers)
+        ));
+        out
+    }
+}
+
+pub async fn watchers(setup: &Setup, opts: &WatchersOptions) -> anyhow::Result<Watchers> {
+    anyhow::ensure!(
+        opts.watchers >= 1 && opts.connections >= 1,
+        "--watchers and --connections must be at least 1"
+    );
+    let job = watched_job(opts)?;
+    setup.note("without watchers");
+    let (without, _) = one_run(setup, &job, opts, 0).await?;
+    setup.note(format!("with {} watchers", opts.watchers));
+    let (with, streams) = one_run(setup, &job, opts, opts.watchers).await?;
+
+    let mut stored = Vec::new();
+    let mut progress = Vec::new();
+    let mut problems = Vec::new();
+    let mut complete = 0;
+    for (n, s) in streams.outcomes.into_iter().enumerate() {
+        let problem = s.problem.or_else(|| {
+            (s.terminal != Some(streams.last_seq)).then(|| {
+                format!(
+                    "ended at sequence {:?}, the job's terminal event is {}",
+                    s.terminal, streams.last_seq
+                )
+            })
+        });
+        match problem {
+            None => complete += 1,
+            Some(p) if problems.len() < 5 => problems.push(format!("stream {n}: {p}")),
+            Some(_) => {}
+        }
+        stored.extend(s.stored_ms);
+        progress.extend(s.progress_ms);
+    }
+    let delivery = Summary::of_ms(stored);
+    let ratio = with.items_per_second / without.items_per_second;
+    Ok(Watchers {
+        job: job.describe(),
+        failing_items: failing_items(opts),
+        watchers: opts.watchers,
+        connections: opts.connections,
+        without,
+        with,
+        throughput_ratio: ratio,
+        delivery_met: delivery.n > 0 && delivery.p99_ms < TARGET_P99_MS,
+        delivery,
+        progress_delivery: Summary::of_ms(progress),
+        expected_events_per_stream: streams.last_seq - streams.from_seq,
+        complete_streams: complete,
+        problems,
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        target_p99_ms: TARGET_P99_MS,
+        target_ratio: TARGET_RATIO,
+        throughput_met: ratio >= TARGET_RATIO,
+    })
+}
+
+fn failing_items(opts: &WatchersOptions) -> u32 {
+    match opts.fail_every {
+        0 => 0,
+        n => opts.items.saturating_sub(1) / n,
+    }
+}
+
+/// What one stream got.
+#[derive(Debug, Default)]
+struct StreamOutcome {
+    stored_ms: Vec<f64>,
+    progress_ms: Vec<f64>,
+    /// The sequence of the terminal event, if it came.
+    terminal: Option<u64>,
+    /// The first thing wrong: a gap, an error.
+    problem: Option<String>,
+}
+
+/// The streams of a run, and the sequences they had to cover.
+#[derive(Debug, Default)]
+struct Streams {
+    outcomes: Vec<StreamOutcome>,
+    /// The job's sequence when paused (the streams start after it).
+    from_seq: u64,
+    /// Its terminal event's.
+    last_seq: u64,
+}
+
+/// The job on a fresh server, with `watchers` streams on it.
+async fn one_run(
+    setup: &Setup,
+    job: &SleepJob,
+    opts: &WatchersOptions,
+    watchers: u32,
+) -> anyhow::Result<(Run, Streams)> {
+    let env = Env::start_setup(setup, &[], false).await?;
+    let result = run_on(&env, job, opts, watchers).await;
+    env.finish().await;
+    result
+}
+
+async fn run_on(
+    env: &Env,
+    job: &SleepJob,
+    opts: &WatchersOptions,
+    watchers: u32,
+) -> anyhow::Result<(Run, Streams)> {
+    let mut client = env.client().await?;
+    let id = job.start(&mut client).await?.id;
+    client
+        .pause_job(pb::PauseJobRequest {
+            job_id: id.clone(),
+            mode: pb::PauseMode::Graceful as i32,
+            reason: "bench: open the watchers first".into(),
+            ..Default::default()
+        })
+        .await
+        .context("PauseJob")?;
+    let paused = calls::wait_job(&mut client, &id, Duration::from_secs(60), |j| {
+        j.state == pb::JobState::Paused as i32
+    })
+    .await?;
+    let from_seq = paused.last_sequence;
+
+    // Open the streams, each on one of the connections, and wait until
+    // every one has its snapshot.
+    let mut tasks = JoinSet::new();
+    if watchers > 0 {
+        let mut channels = Vec::new();
+        for _ in 0..opts.connections {
+            channels.push(connect(env.spec.addr).await?);
+        }
+        let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(watchers as usize);
+        for n in 0..watchers {
+            let client = channels[n as usize % channels.len()].clone();
+            let (id, ready) = (id.clone(), ready_tx.clone());
+            tasks.spawn(async move {
+                let mut out = StreamOutcome::default();
+                if let Err(e) = watch(client, &id, from_seq, ready, &mut out).await {
+                    out.problem.get_or_insert(format!("{e:#}"));
+                }
+                out
+            });
+        }
+        drop(ready_tx);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        for opened in 0..watchers {
+            match tokio::time::timeout_at(deadline, ready_rx.recv()).await {
+                Ok(Some(Ok(()))) => {}
+                Ok(Some(Err(e))) => anyhow::bail!("a watch stream did not open: {e}"),
+                Ok(None) => anyhow::bail!("the watch streams ended before opening"),
+                Err(_) => anyhow::bail!(
+                    "only {opened} of {watchers} watch streams had their snapshot after 120 s"
+                ),
+            }
+        }
+    }
+
+    let ended_before = ended(&paused);
+    let (server_cpu, client_cpu) = (
+        cpu_seconds(env.server.pid()),
+        cpu_seconds(std::process::id()),
+    );
+    let resumed = Instant::now();
+    client
+        .resume_job(pb::ResumeJobRequest {
+            job_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .context("ResumeJob")?;
+    let done = poll_done(
+        &mut client,
+        &id,
+        Duration::from_millis(20),
+        Duration::from_secs(600),
+    )
+    .await?;
+    let run_seconds = resumed.elapsed().as_secs_f64();
+    let run = Run {
+        watchers,
+        items_run: ended(&done) - ended_before,
+        run_seconds,
+        items_per_second: (ended(&done) - ended_before) as f64 / run_seconds,
+        server_cpu_seconds: cpu_seconds(env.server.pid()) - server_cpu,
+        client_cpu_seconds: cpu_seconds(std::process::id()) - client_cpu,
+    };
+
+    // The streams end with the terminal event.
+    let mut streams = Streams {
+        outcomes: Vec::with_capacity(watchers as usize),
+        from_seq,
+        last_seq: get_job(&mut client, &id).await?.last_sequence,
+    };
+    let collected = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(outcome) = tasks.join_next().await {
+            streams
+                .outcomes
+                .push(outcome.context("a watch task panicked")?);
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match collected {
+        Ok(r) => r?,
+        Err(_) => anyhow::bail!(
+            "{} of {watchers} watch streams had not ended 60 s after the job did",
+            tasks.len()
+        ),
+    }
+    Ok((run, streams))
+}
+
+/// Reads one stream to its end: the snapshot (then says it is ready),
+/// then every message, keeping only its latency and sequence.
+async fn watch(
+    mut client: Client,
+    id: &str,
+    from_seq: u64,
+    ready: mpsc::Sender<Result<(), String>>,
+    out: &mut StreamOutcome,
+) -> anyhow::Result<()> {
+    let opened = async {
+        let mut stream = client
+            .watch_job(pb::WatchJobRequest {
+                job_id: id.into(),
+                from_sequence: from_seq,
+            })
+            .await?
+            .into_inner();
+        let first = stream
+            .message()
+            .await?
+            .context("the stream ended before its snapshot")?;
+        anyhow::ensure!(
+            matches!(first.kind, Some(Kind::Snapshot(_))),
+            "the first message is not the snapshot"
+        );
+        anyhow::Ok(stream)
+    }
+    .await;
+    let mut stream = match opened {
+        Ok(s) => {
+            let _ = ready.send(Ok(())).await;
+            s
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("{e:#}"))).await;
+            return Err(e);
+        }
+    };
+    drop(ready);
+    let mut next = from_seq + 1;
+    while let Some(event) = stream.message().await? {
+        let now = SystemTime::now();
+        let ms = event
+            .time
+            .as_ref()
+            .map(|t| match now.duration_since(system_time(t)) {
+                Ok(d) => d.as_secs_f64() * 1000.0,
+                // The event's clock ahead of ours (same machine: rounding).
+                Err(e) => -e.duration().as_secs_f64() * 1000.0,
+            });
+        match &event.kind {
+            Some(Kind::Progress(_)) => out.progress_ms.extend(ms),
+            Some(Kind::Snapshot(_)) | None => {}
+            Some(kind) => {
+                if event.sequence != next && out.problem.is_none() {
+                    out.problem = Some(format!("expected sequence {next}, got {}", event.sequence));
+                }
+                next = event.sequence + 1;
+                out.stored_ms.extend(ms);
+                if let Kind::StateChanged(c) = kind
+                    && is_terminal(c.to)
+                {
+                    out.terminal = Some(event.sequence);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ended(job: &pb::Job) -> u64 {
+    job.counts
+        .as_ref()
+        .map(|c| c.succeeded + c.failed + c.cancelled)
+        .unwrap_or(0)
+}
