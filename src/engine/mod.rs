@@ -301,6 +301,8 @@ impl Engine {
     }
 
     async fn adopt(&self) -> Result<Adopted, EngineError> {
+        /// Jobs adopted at once (well within the store's pool).
+        const ADOPT_IN_FLIGHT: usize = 8;
         if self.cluster.is_some() {
             // Other replicas may be running jobs: take only this one's
             // share (its own leases, then jobs nobody owns).
@@ -311,9 +313,20 @@ impl Engine {
             });
         }
         let recovery = self.rt.store.recover().await?;
-        for id in &recovery.running {
-            let job = self.rt.store.get_job(*id).await?;
-            self.supervise(job, None).await?;
+        // Several jobs at a time (each is a read and a supervisor start):
+        // a thousand jobs one after the other would keep the server from
+        // serving for seconds.
+        {
+            use futures::{StreamExt as _, TryStreamExt as _};
+            futures::stream::iter(recovery.running.iter().copied())
+                .map(|id| async move {
+                    let job = self.rt.store.get_job(id).await?;
+                    self.supervise(job, None).await?;
+                    Ok::<_, EngineError>(())
+                })
+                .buffer_unordered(ADOPT_IN_FLIGHT)
+                .try_collect::<()>()
+                .await?;
         }
         let adopted = Adopted {
             running: recovery.running.len(),
