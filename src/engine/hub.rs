@@ -150,13 +150,18 @@ impl Hub {
             channels.remove(&pulse.job);
             return;
         }
+        // Watchers are woken only by a new sequence (a stored event, a
+        // state change); newer counters are stored without waking anybody
+        // and read at each watcher's next progress tick. Waking a thousand
+        // watchers on every commit would cost more than the job.
         tx.send_if_modified(|current| {
-            if pulse.last_seq > current.last_seq
-                || (pulse.last_seq == current.last_seq && pulse.counts != current.counts)
-            {
+            if pulse.last_seq > current.last_seq {
                 *current = pulse;
                 true
             } else {
+                if pulse.last_seq == current.last_seq && pulse.counts != current.counts {
+                    *current = pulse;
+                }
                 false
             }
         });

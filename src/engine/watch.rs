@@ -131,6 +131,7 @@ impl Engine {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_pulse = Instant::now();
+        let mut heard = known;
         loop {
             // Send everything stored after the cursor: through the tail
             // this job's watchers share, or from the store for a watcher
@@ -178,6 +179,11 @@ impl Engine {
                     last_pulse = Instant::now();
                 }
                 _ = progress.tick() => {
+                    // The latest counters (stored without a wake-up).
+                    let latest = *pulses.borrow();
+                    if latest.last_seq >= known.last_seq {
+                        known = latest;
+                    }
                     let partial = self.rt.hub.in_flight_fraction(id);
                     if known.counts != sent_counts || partial != sent_partial {
                         sent_counts = known.counts;
@@ -190,7 +196,13 @@ impl Engine {
                 }
                 _ = poll.tick() => {
                     // Another process may run this job: read it directly
-                    // when nothing was heard locally for a while.
+                    // when nothing was heard locally for a while (counters
+                    // stored without a wake-up count as heard).
+                    let latest = *pulses.borrow();
+                    if latest != heard {
+                        heard = latest;
+                        last_pulse = Instant::now();
+                    }
                     if last_pulse.elapsed() >= POLL {
                         let job = self.get_job(id).await?;
                         known = Pulse {
