@@ -57,11 +57,17 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBVISOR_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_request_bytes: usize,
 
-    /// Let each worker start its next item while its previous item's outcome
-    /// commits (at most one outstanding). Faster for short items; after a
-    /// crash, up to two items per worker run again instead of one.
+    /// Let each worker start its next items while its previous items'
+    /// outcomes commit (at most --pipeline-depth outstanding). Faster for
+    /// short items; after a crash, those items run again too.
     #[arg(long, env = "JOBVISOR_PIPELINED_ACKS")]
     pipelined_acks: bool,
+
+    /// With --pipelined-acks: outcomes a worker may have committing at
+    /// once (1–64).
+    #[arg(long, env = "JOBVISOR_PIPELINE_DEPTH", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=64), requires = "pipelined_acks")]
+    pipeline_depth: u32,
 
     /// Enable the `exec` executor, which runs programs on this host for
     /// each item.
@@ -171,6 +177,7 @@ impl ServeArgs {
         config.engine.restart_budget = self.restart_budget;
         config.engine.restart_window = self.restart_window;
         config.engine.pipelined_acks = self.pipelined_acks;
+        config.engine.pipeline_depth = self.pipeline_depth;
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(server::TlsFiles {
                 cert: cert.clone(),

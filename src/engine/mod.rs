@@ -58,10 +58,12 @@ pub struct EngineConfig {
     pub progress_interval: Duration,
     /// How long a control call waits for the supervisor to acknowledge.
     pub control_timeout: Duration,
-    /// A worker starts its next item while its previous outcome commits
-    /// (DESIGN.md, Durability): more throughput; a crash re-runs up to two
-    /// items per worker instead of one.
+    /// A worker starts its next items while the outcomes of its previous
+    /// ones commit (DESIGN.md, Durability), up to `pipeline_depth` of them:
+    /// more throughput for short items; a crash re-runs those too.
     pub pipelined_acks: bool,
+    /// Outcomes a worker may have committing at once with `pipelined_acks`.
+    pub pipeline_depth: u32,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +75,7 @@ impl Default for EngineConfig {
             progress_interval: Duration::from_millis(500),
             control_timeout: Duration::from_secs(5),
             pipelined_acks: false,
+            pipeline_depth: 32,
         }
     }
 }

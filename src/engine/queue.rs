@@ -20,15 +20,15 @@ pub type Current = Arc<Mutex<SlotItems>>;
 pub struct SlotItems {
     /// The item being run.
     pub running: Option<ClaimedItem>,
-    /// An item whose outcome is still being committed (pipelined mode).
-    pub committing: Option<u32>,
+    /// Items whose outcomes are still being committed (pipelined mode).
+    pub committing: u32,
     /// The slot is being removed (concurrency lowered): take nothing more.
     pub retired: bool,
 }
 
 impl SlotItems {
     pub fn busy(&self) -> bool {
-        self.running.is_some() || self.committing.is_some()
+        self.running.is_some() || self.committing > 0
     }
 }
 

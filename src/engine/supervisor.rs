@@ -513,7 +513,11 @@ async fn spawn_worker(
         in_flight: st.in_flight.clone(),
         queue: st.queue.clone(),
         current,
-        pipelined: st.rt.config.pipelined_acks,
+        pipeline_depth: if st.rt.config.pipelined_acks {
+            st.rt.config.pipeline_depth.max(1)
+        } else {
+            0
+        },
         max_attempts: st.max_attempts,
         start: st.start.clone(),
     };
@@ -623,7 +627,7 @@ async fn on_worker_died(
     let item = {
         let mut items = st.slots[slot].current.lock().expect("current item lock");
         // An outcome being committed is in the writer's hands already.
-        items.committing = None;
+        items.committing = 0;
         items.running.take()
     };
     st.slots[slot].awake = false;
@@ -869,7 +873,14 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
             let busy = st.in_flight();
             let idle = st.slots.len() - busy;
             let ahead = if st.item_time.fast() {
-                st.concurrency as usize
+                // Pipelined workers run up to `pipeline_depth` items each
+                // per commit: keep that many claimed ahead.
+                let per_worker = if st.rt.config.pipelined_acks {
+                    st.rt.config.pipeline_depth.clamp(1, 64) as usize
+                } else {
+                    1
+                };
+                st.concurrency as usize * per_worker
             } else {
                 0
             };

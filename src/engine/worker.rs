@@ -17,7 +17,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use std::sync::Arc;
+use std::{collections::VecDeque, sync::Arc};
 use tokio::sync::watch;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -40,8 +40,9 @@ pub struct WorkerArgs {
     pub queue: Arc<WorkQueue>,
     /// The item this worker runs, readable by the supervisor.
     pub current: Current,
-    /// Run the next item while the previous outcome commits.
-    pub pipelined: bool,
+    /// How many outcomes may commit while the worker runs its next items
+    /// (0: each outcome commits before the next item starts).
+    pub pipeline_depth: u32,
     /// The job's attempts per item (to tell a retry from a final failure).
     pub max_attempts: u32,
     /// The StartJob call's span, which item spans link to.
@@ -94,27 +95,31 @@ impl Actor for Worker {
         state: &mut WorkerArgs,
     ) -> Result<(), ActorProcessingErr> {
         let WorkerMsg::Wake = msg;
-        // In pipelined mode, the previous item's outcome commits while the
-        // next item runs (at most one outstanding).
-        let mut outstanding: Option<Outcome> = None;
+        // In pipelined mode, earlier items' outcomes commit while the next
+        // items run (at most `pipeline_depth` outstanding, settled in order:
+        // the committer commits in the order it was handed writes).
+        let depth = state.pipeline_depth as usize;
+        let mut outstanding: VecDeque<Outcome> = VecDeque::new();
         while let Some(item) = state.queue.take_into(&state.current) {
             let started = std::time::Instant::now();
             let outcome = run_item(state, item, started).await;
-            if let Some(previous) = outstanding.take() {
-                settle(state, previous).await;
-            }
-            if state.pipelined {
-                {
-                    let mut slot = state.current.lock().expect("slot lock");
-                    slot.running = None;
-                    slot.committing = Some(outcome.index);
-                }
-                outstanding = Some(outcome);
-            } else {
+            if depth == 0 {
                 settle(state, outcome).await;
+                continue;
             }
+            while outstanding.len() >= depth {
+                if let Some(oldest) = outstanding.pop_front() {
+                    settle(state, oldest).await;
+                }
+            }
+            {
+                let mut slot = state.current.lock().expect("slot lock");
+                slot.running = None;
+                slot.committing += 1;
+            }
+            outstanding.push_back(outcome);
         }
-        if let Some(previous) = outstanding.take() {
+        for previous in outstanding {
             settle(state, previous).await;
         }
         let _ = state
@@ -144,9 +149,9 @@ async fn settle(args: &WorkerArgs, outcome: Outcome) {
     {
         // The outcome is committed: the item is no longer ours.
         let mut slot = args.current.lock().expect("slot lock");
-        if slot.committing == Some(outcome.index) {
-            slot.committing = None;
-        }
+        // Pipelined: this outcome was counted as committing (never in
+        // the other mode, where the count stays 0).
+        slot.committing = slot.committing.saturating_sub(1);
         if slot
             .running
             .as_ref()

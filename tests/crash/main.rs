@@ -102,12 +102,18 @@ async fn five_kills_at_random_moments_lose_nothing() {
 #[tokio::test]
 async fn pipelined_acknowledgements_lose_nothing_across_kills() {
     let mut c = config(1500, &[(Fault::Kill, 3), (Fault::Term, 1)], seed());
-    c.server_args = vec!["--pipelined-acks".into()];
+    let depth = 4;
+    c.server_args = vec![
+        "--pipelined-acks".into(),
+        "--pipeline-depth".into(),
+        depth.to_string(),
+    ];
     let v = run(c).await;
     assert_eq!(v.faults.values().sum::<u32>(), 4, "{}", v.line());
     assert_clean(&v);
-    // At most two items per worker (one running, one committing) per kill.
-    assert!(v.audit.re_executions <= 4 * 2 * 8, "{}", v.line());
+    // At most 1 + depth items per worker (one running, `depth` committing)
+    // per kill, 8 workers.
+    assert!(v.audit.re_executions <= 4 * (1 + depth) * 8, "{}", v.line());
 }
 
 #[tokio::test]
