@@ -201,12 +201,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             load_concurrency,
             idle_only,
         } => {
-            let setup = bench::Setup {
-                binary: binary.clone(),
-                admin_url: args.database_url.clone(),
-                server_args: server_args.iter().map(|a| a.to_string()).collect(),
-                progress: !args.json,
-            };
+            let setup = bench_setup(&binary, &args.database_url, args.json, &server_args);
             let opts = scenarios::control::ControlOptions {
                 rounds,
                 cancels,
@@ -215,15 +210,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 idle_only,
             };
             let r = scenarios::control(&setup, &opts).await?;
-            if !args.json {
-                for line in r.human() {
-                    println!("{line}");
-                }
-            }
-            println!(
-                "{}",
-                json!({"scenario": "control", "result": r, "context": context})
-            );
+            report(args.json, "control", &r.human(), &r, &context);
         }
         Scenario::ManyJobs {
             jobs,
@@ -245,15 +232,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 in_flight,
             };
             let r = scenarios::many_jobs(&setup, &opts).await?;
-            if !args.json {
-                for line in r.human() {
-                    println!("{line}");
-                }
-            }
-            println!(
-                "{}",
-                json!({"scenario": "many-jobs", "result": r, "context": context})
-            );
+            report(args.json, "many-jobs", &r.human(), &r, &context);
         }
         Scenario::Watchers {
             items,
@@ -271,15 +250,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 fail_every,
             };
             let r = scenarios::watchers(&setup, &opts).await?;
-            if !args.json {
-                for line in r.human() {
-                    println!("{line}");
-                }
-            }
-            println!(
-                "{}",
-                json!({"scenario": "watchers", "result": r, "context": context})
-            );
+            report(args.json, "watchers", &r.human(), &r, &context);
         }
         Scenario::Recovery {
             jobs,
@@ -297,15 +268,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 in_flight,
             };
             let r = scenarios::recovery(&setup, &opts).await?;
-            if !args.json {
-                for line in r.human() {
-                    println!("{line}");
-                }
-            }
-            println!(
-                "{}",
-                json!({"scenario": "recovery", "result": r, "context": context})
-            );
+            report(args.json, "recovery", &r.human(), &r, &context);
         }
         Scenario::Peer { items, concurrency } => {
             let r = scenarios::throughput(
@@ -327,6 +290,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a scenario's table (unless `json`) and its JSON line.
+fn report(
+    json: bool,
+    scenario: &str,
+    human: &[String],
+    result: &impl serde::Serialize,
+    context: &bench::Context,
+) {
+    if !json {
+        for line in human {
+            println!("{line}");
+        }
+    }
+    println!(
+        "{}",
+        json!({"scenario": scenario, "result": result, "context": context})
+    );
 }
 
 /// The run's setup for the scenarios that take one.
