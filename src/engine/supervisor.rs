@@ -80,6 +80,11 @@ pub enum SupervisorMsg {
         finished: Finished,
         /// From the item's start to its committed outcome.
         took: Duration,
+        /// A worker whose item failed waits for this answer before it
+        /// takes another item: if the failure trips the breaker, the
+        /// answer comes once the job is no longer RUNNING, so no item
+        /// starts after the one that tripped it.
+        ack: Option<RpcReplyPort<()>>,
     },
     /// The supervisor's own transition came back.
     Settled(Result<Job, StoreError>),
@@ -164,6 +169,9 @@ pub struct SupervisorState {
     breaker: Breaker,
     /// A pause the breaker asked for, to commit.
     auto_pause: Option<String>,
+    /// Workers waiting until the breaker's pause is committed (or the job
+    /// changed otherwise).
+    held_acks: Vec<RpcReplyPort<()>>,
     /// Running time so far (paused time not counted) and its budget.
     clock: ActiveClock,
     timeout: Option<Duration>,
@@ -257,6 +265,7 @@ impl Actor for JobSupervisor {
             cancel_asked: None,
             breaker: Breaker::new(&job.policy),
             auto_pause: None,
+            held_acks: Vec::new(),
             clock: ActiveClock::new(
                 job.active_time(chrono::Utc::now())
                     .to_std()
@@ -397,6 +406,7 @@ impl Actor for JobSupervisor {
                 index,
                 finished,
                 took,
+                ack,
             } => {
                 st.item_time.observe(took);
                 let outcome = match &finished {
@@ -421,11 +431,23 @@ impl Actor for JobSupervisor {
                     tracing::warn!(job_id = %st.job, %reason, "pausing the job");
                     st.auto_pause = Some(reason);
                 }
+                if let Some(ack) = ack {
+                    if st.auto_pause.is_some() {
+                        st.held_acks.push(ack);
+                    } else {
+                        let _ = ack.send(());
+                    }
+                }
                 crate::metrics::item_finished(&st.executor, outcome, took);
                 on_done(st, slot, index, finished)
             }
             SupervisorMsg::Settled(result) => {
                 st.settling = false;
+                if st.auto_pause.is_none() {
+                    // The breaker's pause is committed (or failed): the
+                    // workers held for it go on (to find the queue closed).
+                    release_held(st);
+                }
                 match result {
                     Ok(job) => {
                         // Our own transition released whatever was still
@@ -529,6 +551,9 @@ async fn spawn_worker(
 fn apply_state(st: &mut SupervisorState, state: JobState, interrupt: bool) {
     let was = st.state;
     st.state = state;
+    if state != JobState::Running {
+        release_held(st);
+    }
     // Whoever changed the job may have put items back to pending.
     st.claim_from = 0;
     // Closed before the change is acknowledged: nothing starts after a
@@ -584,6 +609,13 @@ fn apply_job(st: &mut SupervisorState, job: &Job) {
         counts: job.counts,
         last_seq: job.last_seq,
     });
+}
+
+/// Answers the workers held by the breaker.
+fn release_held(st: &mut SupervisorState) {
+    for ack in st.held_acks.drain(..) {
+        let _ = ack.send(());
+    }
 }
 
 fn on_done(st: &mut SupervisorState, slot: usize, index: u32, finished: Finished) {
@@ -688,6 +720,7 @@ async fn on_worker_died(
                 index: item.index,
                 finished,
                 took: Duration::ZERO,
+                ack: None,
             });
         });
     }
@@ -873,12 +906,13 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
             let busy = st.in_flight();
             let idle = st.slots.len() - busy;
             let ahead = if st.item_time.fast() {
-                // Pipelined workers run up to `pipeline_depth` items each
-                // per commit: keep that many claimed ahead.
+                // A claim lands one commit after it is asked for, and each
+                // worker ends an item per commit (pipelined: up to
+                // `pipeline_depth`): keep two commits' worth claimed ahead.
                 let per_worker = if st.rt.config.pipelined_acks {
                     st.rt.config.pipeline_depth.clamp(1, 64) as usize
                 } else {
-                    1
+                    2
                 };
                 st.concurrency as usize * per_worker
             } else {

@@ -160,14 +160,34 @@ async fn settle(args: &WorkerArgs, outcome: Outcome) {
             slot.running = None;
         }
     }
-    let _ = args
-        .supervisor
-        .cast(super::supervisor::SupervisorMsg::Done {
-            slot: args.slot,
-            index: outcome.index,
-            finished,
-            took: outcome.started.elapsed(),
-        });
+    let (slot, index, took) = (args.slot, outcome.index, outcome.started.elapsed());
+    if matches!(finished, Finished::Failed { .. }) {
+        // A failure may trip the job's breaker: take no other item before
+        // the supervisor has counted it (see `SupervisorMsg::Done::ack`).
+        let _ = args
+            .supervisor
+            .call(
+                |ack| super::supervisor::SupervisorMsg::Done {
+                    slot,
+                    index,
+                    finished,
+                    took,
+                    ack: Some(ack),
+                },
+                None,
+            )
+            .await;
+    } else {
+        let _ = args
+            .supervisor
+            .cast(super::supervisor::SupervisorMsg::Done {
+                slot,
+                index,
+                finished,
+                took,
+                ack: None,
+            });
+    }
 }
 
 /// Saves checkpoints through the writer under the item's lease.

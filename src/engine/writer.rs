@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 1024;
 
+/// Yields to other tasks while gathering a batch, when the previous
+/// commit answered somebody.
+const GATHER_YIELDS: u32 = 4;
+
 /// Why a write was not committed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
@@ -146,6 +150,9 @@ async fn run(
 ) {
     // A request that could not join the previous batch (same item twice).
     let mut carried: Option<Request> = None;
+    // Requests answered by the previous commit (their senders may be about
+    // to hand in more).
+    let mut woken = 0usize;
     loop {
         let first = match carried.take() {
             Some(r) => r,
@@ -159,18 +166,33 @@ async fn run(
         if let Op::Write(w) = &requests[0].op {
             items.insert((w.job, w.index));
         }
-        while requests.len() < MAX_BATCH {
-            let Ok(next) = rx.try_recv() else { break };
-            // One write per item per transaction keeps the UPDATE … FROM
-            // UNNEST statements unambiguous.
-            if let Op::Write(w) = &next.op
-                && !items.insert((w.job, w.index))
-            {
-                carried = Some(next);
-                break;
+        // Gather what is queued; then let the tasks the previous commit
+        // woke run for a moment (a few yields, no timer) and gather what
+        // they hand in: workers of short items come back within
+        // microseconds, and one batch for all of them costs one commit
+        // instead of two half-sized ones chasing each other.
+        let mut yields = 0;
+        while requests.len() < MAX_BATCH && carried.is_none() {
+            match rx.try_recv() {
+                Ok(next) => {
+                    // One write per item per transaction keeps the
+                    // UPDATE … FROM UNNEST statements unambiguous.
+                    if let Op::Write(w) = &next.op
+                        && !items.insert((w.job, w.index))
+                    {
+                        carried = Some(next);
+                        break;
+                    }
+                    requests.push(next);
+                }
+                Err(_) if woken > 0 && yields < GATHER_YIELDS => {
+                    yields += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(_) => break,
             }
-            requests.push(next);
         }
+        woken = requests.len();
         commit(&*store, &hub, requests, &abort, book.as_deref()).await;
     }
 }
