@@ -49,8 +49,9 @@ enum Scenario {
         /// Jobs cancelled per phase.
         #[arg(long, default_value_t = 50)]
         cancels: u32,
-        /// Items of each load job (one runs at a time during the loaded phase).
-        #[arg(long, default_value_t = 100_000)]
+        /// Items of each load job (one runs at a time during the loaded
+        /// phase; big enough that no StartJob of the next one falls in it).
+        #[arg(long, default_value_t = 400_000)]
         load_items: u32,
         #[arg(long, default_value_t = 64)]
         load_concurrency: u32,
