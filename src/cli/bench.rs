@@ -46,8 +46,9 @@ enum Scenario {
         /// Pause/resume rounds per phase.
         #[arg(long, default_value_t = 200)]
         rounds: u32,
-        /// Jobs cancelled per phase.
-        #[arg(long, default_value_t = 50)]
+        /// Jobs cancelled per phase (enough that the p99 is not simply
+        /// the slowest one).
+        #[arg(long, default_value_t = 200)]
         cancels: u32,
         /// Items of each load job (one runs at a time during the loaded
         /// phase; big enough that no StartJob of the next one falls in it).
