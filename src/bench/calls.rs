@@ -2,7 +2,7 @@
 //! of PauseJob (graceful) then ResumeJob, and CancelJob on small running
 //! jobs with the time until the job is CANCELLED.
 
-use super::{Client, Rng, SleepJob, Summary, get_job};
+use super::{Client, Rng, SleepJob, Summary, row};
 use crate::pb;
 use anyhow::Context as _;
 use serde::Serialize;
@@ -176,20 +176,35 @@ pub async fn wait_job(
     timeout: Duration,
     ok: impl Fn(&pb::Job) -> bool,
 ) -> anyhow::Result<pb::Job> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let job = get_job(client, id).await?;
-        if ok(&job) {
-            return Ok(job);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "job {id} not as awaited within {timeout:?} (state {:?}, counts {:?})",
-            pb::JobState::try_from(job.state),
-            job.counts
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    super::poll_job(client, id, Duration::from_millis(2), timeout, ok).await
+}
+
+/// The table rows of a measurement of the calls.
+pub fn rows(label: &str, pause_resume: &PauseResumeSummary, cancel: &CancelSummary) -> Vec<String> {
+    vec![
+        row(
+            &format!("{label} pause (= claims stopped)"),
+            &pause_resume.pause,
+        ),
+        row(&format!("{label} resume"), &pause_resume.resume),
+        row(&format!("{label} cancel response"), &cancel.response),
+        row(
+            &format!("{label} cancel effect (CANCELLED on stream)"),
+            &cancel.effect,
+        ),
+    ]
+}
+
+/// The worst client-side p99 of a measurement of the calls.
+pub fn worst_p99(pause_resume: &PauseResumeSummary, cancel: &CancelSummary) -> f64 {
+    [
+        pause_resume.pause.p99_ms,
+        pause_resume.resume.p99_ms,
+        cancel.response.p99_ms,
+        cancel.effect.p99_ms,
+    ]
+    .into_iter()
+    .fold(0.0, f64::max)
 }
 
 /// Cancels a job, ignoring the outcome (clean-up).

@@ -356,23 +356,26 @@ pub async fn wait_done(
     get_job(client, id).await
 }
 
-/// Waits for the job to end by polling GetJob every `every` (no stream:
+/// Polls GetJob every `every` until `ok` holds for the job (no stream:
 /// a watcher would be part of the load).
-pub async fn poll_done(
+pub async fn poll_job(
     client: &mut Client,
     id: &str,
     every: Duration,
     timeout: Duration,
+    ok: impl Fn(&pb::Job) -> bool,
 ) -> anyhow::Result<pb::Job> {
     let deadline = Instant::now() + timeout;
     loop {
         let job = get_job(client, id).await?;
-        if is_terminal(job.state) {
+        if ok(&job) {
             return Ok(job);
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "job {id} did not end within {timeout:?}"
+            "job {id} not as awaited within {timeout:?} (state {:?}, counts {:?})",
+            pb::JobState::try_from(job.state),
+            job.counts
         );
         tokio::time::sleep(every).await;
     }
@@ -423,13 +426,6 @@ pub async fn wait_jobs_claiming(
         );
         tokio::time::sleep(every).await;
     }
-}
-
-/// p-th percentile (0–100) of `samples`, in milliseconds.
-pub fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
-    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(|a, b| a.total_cmp(b));
-    rank(&ms, p)
 }
 
 /// The p-th percentile (nearest rank) of sorted values.

@@ -12,9 +12,8 @@
 use crate::bench::{
     Client, Env, Rng, Setup, SleepJob, bucket_row,
     calls::{self, CancelSummary, PauseResumeSummary},
-    get_job, header, is_terminal,
+    get_job, header, is_terminal, met,
     prom::{BucketEstimate, Histogram},
-    row,
 };
 use serde::Serialize;
 use std::{
@@ -64,28 +63,12 @@ pub struct Phase {
 
 impl Phase {
     fn worst_p99(&self) -> f64 {
-        [
-            self.pause_resume.pause.p99_ms,
-            self.pause_resume.resume.p99_ms,
-            self.cancel.response.p99_ms,
-            self.cancel.effect.p99_ms,
-        ]
-        .into_iter()
-        .fold(0.0, f64::max)
+        calls::worst_p99(&self.pause_resume, &self.cancel)
     }
 
     fn rows(&self, label: &str) -> Vec<String> {
-        vec![
-            row(
-                &format!("{label} pause (= claims stopped)"),
-                &self.pause_resume.pause,
-            ),
-            row(&format!("{label} resume"), &self.pause_resume.resume),
-            row(&format!("{label} cancel response"), &self.cancel.response),
-            row(
-                &format!("{label} cancel effect (CANCELLED on stream)"),
-                &self.cancel.effect,
-            ),
+        let mut rows = calls::rows(label, &self.pause_resume, &self.cancel);
+        rows.extend([
             bucket_row(
                 &format!("{label} server: pause effect"),
                 &self.server_pause_effect,
@@ -94,7 +77,8 @@ impl Phase {
                 &format!("{label} server: cancel effect"),
                 &self.server_cancel_effect,
             ),
-        ]
+        ]);
+        rows
     }
 }
 
@@ -166,10 +150,6 @@ impl Control {
     }
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "NOT met" }
-}
-
 pub async fn control(setup: &Setup, opts: &ControlOptions) -> anyhow::Result<Control> {
     let env = Env::start_setup(setup, &[], true).await?;
     let result = run(setup, &env, opts).await;
@@ -220,17 +200,11 @@ async fn run(setup: &Setup, env: &Env, opts: &ControlOptions) -> anyhow::Result<
     };
     calls::cancel_quietly(&mut client, &slow_id).await;
 
-    let describe = |j: &SleepJob| {
-        format!(
-            "{} × {} ms items in {} step(s), concurrency {}",
-            j.items, j.duration_ms, j.steps, j.concurrency
-        )
-    };
     Ok(Control {
         rounds: opts.rounds,
         cancels: opts.cancels,
-        slow_job: describe(&slow),
-        victim_job: describe(&victim_job()),
+        slow_job: slow.describe(),
+        victim_job: victim_job().describe(),
         idle_met: idle.worst_p99() < TARGET_IDLE_MS,
         loaded_met: loaded.as_ref().map(|l| l.worst_p99() < TARGET_LOADED_MS),
         idle,

@@ -18,7 +18,7 @@
 use crate::bench::{
     Client, Env, Rng, Setup, SleepJob,
     calls::{self, CancelSummary, PauseResumeSummary},
-    header, met, row, start_many, wait_done, wait_jobs_claiming,
+    header, met, start_many, wait_done, wait_jobs_claiming,
 };
 use anyhow::Context as _;
 use serde::Serialize;
@@ -61,29 +61,11 @@ pub struct Calls {
 
 impl Calls {
     fn rows(&self, label: &str) -> Vec<String> {
-        vec![
-            row(
-                &format!("{label} pause (= claims stopped)"),
-                &self.pause_resume.pause,
-            ),
-            row(&format!("{label} resume"), &self.pause_resume.resume),
-            row(&format!("{label} cancel response"), &self.cancel.response),
-            row(
-                &format!("{label} cancel effect (CANCELLED on stream)"),
-                &self.cancel.effect,
-            ),
-        ]
+        calls::rows(label, &self.pause_resume, &self.cancel)
     }
 
     fn worst_p99(&self) -> f64 {
-        [
-            self.pause_resume.pause.p99_ms,
-            self.pause_resume.resume.p99_ms,
-            self.cancel.response.p99_ms,
-            self.cancel.effect.p99_ms,
-        ]
-        .into_iter()
-        .fold(0.0, f64::max)
+        calls::worst_p99(&self.pause_resume, &self.cancel)
     }
 }
 

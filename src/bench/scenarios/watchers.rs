@@ -21,7 +21,7 @@
 use crate::{
     bench::{
         Client, Env, Setup, SleepJob, Summary, calls, connect, cpu_seconds, get_job, header,
-        is_terminal, met, poll_done, row, system_time,
+        is_terminal, met, poll_job, row, system_time,
     },
     pb::{self, job_event::Kind},
 };
@@ -328,11 +328,12 @@ async fn run_on(
         })
         .await
         .context("ResumeJob")?;
-    let done = poll_done(
+    let done = poll_job(
         &mut client,
         &id,
         Duration::from_millis(20),
         Duration::from_secs(600),
+        |j| is_terminal(j.state),
     )
     .await?;
     let run_seconds = resumed.elapsed().as_secs_f64();
