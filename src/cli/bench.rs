@@ -42,83 +42,16 @@ enum Scenario {
     },
     /// PauseJob/ResumeJob/CancelJob latency (call → response, call →
     /// effect), on an idle server and under the throughput load.
-    Control {
-        /// Pause/resume rounds per phase.
-        #[arg(long, default_value_t = 200)]
-        rounds: u32,
-        /// Jobs cancelled per phase (enough that the p99 is not simply
-        /// the slowest one).
-        #[arg(long, default_value_t = 200)]
-        cancels: u32,
-        /// Items of each load job (one runs at a time during the loaded
-        /// phase; big enough that no StartJob of the next one falls in it).
-        #[arg(long, default_value_t = 400_000)]
-        load_items: u32,
-        #[arg(long, default_value_t = 64)]
-        load_concurrency: u32,
-        /// Measure on the idle server only.
-        #[arg(long)]
-        idle_only: bool,
-    },
+    Control(scenarios::control::ControlOptions),
     /// 10,000 jobs running at once in one server: server RSS per live job,
     /// and control latency compared with a few jobs running.
-    ManyJobs {
-        #[arg(long, default_value_t = 10_000)]
-        jobs: u32,
-        /// Items per job (600 s each, concurrency 1).
-        #[arg(long, default_value_t = 10)]
-        items: u32,
-        /// Steps of each item (a checkpoint between steps).
-        #[arg(long, default_value_t = 10)]
-        steps: u32,
-        /// Jobs running during the first measurement of the calls.
-        #[arg(long, default_value_t = 10)]
-        few: u32,
-        /// Pause/resume rounds per measurement.
-        #[arg(long, default_value_t = 200)]
-        rounds: u32,
-        /// Cancels per measurement.
-        #[arg(long, default_value_t = 20)]
-        cancels: u32,
-        /// StartJob calls in flight while starting the jobs.
-        #[arg(long, default_value_t = 16)]
-        in_flight: usize,
-    },
+    ManyJobs(scenarios::many_jobs::ManyJobsOptions),
     /// 1,000 WatchJob streams on one running job: delivery latency, gap-free
     /// streams, and the job's throughput with and without them.
-    Watchers {
-        #[arg(long, default_value_t = 100_000)]
-        items: u32,
-        #[arg(long, default_value_t = 64)]
-        concurrency: u32,
-        #[arg(long, default_value_t = 1000)]
-        watchers: u32,
-        /// HTTP/2 connections the streams are spread over.
-        #[arg(long, default_value_t = 10)]
-        connections: u32,
-        /// Items at non-zero multiples of this (a power of ten) fail once:
-        /// stored events while the job runs. 0: none.
-        #[arg(long, default_value_t = 100)]
-        fail_every: u32,
-    },
+    Watchers(scenarios::watchers::WatchersOptions),
     /// SIGKILL of a server running 1,000 jobs and restart: time to serve,
     /// and until every job has an item running again.
-    Recovery {
-        #[arg(long, default_value_t = 1000)]
-        jobs: u32,
-        /// Items per job (600 s each, concurrency 1).
-        #[arg(long, default_value_t = 4)]
-        items: u32,
-        /// Steps of each item (a checkpoint between steps).
-        #[arg(long, default_value_t = 120)]
-        steps: u32,
-        /// How often the database is asked whether every job runs again.
-        #[arg(long, default_value_t = 20)]
-        poll_ms: u64,
-        /// StartJob calls in flight while starting the jobs.
-        #[arg(long, default_value_t = 16)]
-        in_flight: usize,
-    },
+    Recovery(scenarios::recovery::RecoveryOptions),
     /// The peer comparison's workload (bench/peers/run.sh calls this).
     Peer {
         #[arg(long, default_value_t = 20_000)]
@@ -151,6 +84,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             settings.join(", ")
         );
     }
+    let setup = bench_setup(&binary, &args.database_url, args.json, &server_args);
     match args.scenario {
         Scenario::Throughput {
             items,
@@ -196,79 +130,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                        "all_items_per_second": rates, "context": context})
             );
         }
-        Scenario::Control {
-            rounds,
-            cancels,
-            load_items,
-            load_concurrency,
-            idle_only,
-        } => {
-            let setup = bench_setup(&binary, &args.database_url, args.json, &server_args);
-            let opts = scenarios::control::ControlOptions {
-                rounds,
-                cancels,
-                load_items,
-                load_concurrency,
-                idle_only,
-            };
+        Scenario::Control(opts) => {
             let r = scenarios::control(&setup, &opts).await?;
             report(args.json, "control", &r.human(), &r, &context);
         }
-        Scenario::ManyJobs {
-            jobs,
-            items,
-            steps,
-            few,
-            rounds,
-            cancels,
-            in_flight,
-        } => {
-            let setup = bench_setup(&binary, &args.database_url, args.json, &server_args);
-            let opts = scenarios::many_jobs::ManyJobsOptions {
-                jobs,
-                items,
-                steps,
-                few,
-                rounds,
-                cancels,
-                in_flight,
-            };
+        Scenario::ManyJobs(opts) => {
             let r = scenarios::many_jobs(&setup, &opts).await?;
             report(args.json, "many-jobs", &r.human(), &r, &context);
         }
-        Scenario::Watchers {
-            items,
-            concurrency,
-            watchers,
-            connections,
-            fail_every,
-        } => {
-            let setup = bench_setup(&binary, &args.database_url, args.json, &server_args);
-            let opts = scenarios::watchers::WatchersOptions {
-                items,
-                concurrency,
-                watchers,
-                connections,
-                fail_every,
-            };
+        Scenario::Watchers(opts) => {
             let r = scenarios::watchers(&setup, &opts).await?;
             report(args.json, "watchers", &r.human(), &r, &context);
         }
-        Scenario::Recovery {
-            jobs,
-            items,
-            steps,
-            poll_ms,
-            in_flight,
-        } => {
-            let setup = bench_setup(&binary, &args.database_url, args.json, &server_args);
-            let opts = scenarios::recovery::RecoveryOptions {
-                jobs,
-                items,
-                steps,
-                poll: std::time::Duration::from_millis(poll_ms.max(1)),
-                in_flight,
-            };
+        Scenario::Recovery(opts) => {
             let r = scenarios::recovery(&setup, &opts).await?;
             report(args.json, "recovery", &r.human(), &r, &context);
         }

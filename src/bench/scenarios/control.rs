@@ -24,16 +24,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ControlOptions {
     /// Pause/resume rounds per phase.
+    #[arg(long, default_value_t = 200)]
     pub rounds: u32,
-    /// Cancelled jobs per phase.
+    /// Jobs cancelled per phase (enough that the p99 is not simply the
+    /// slowest one).
+    #[arg(long, default_value_t = 200)]
     pub cancels: u32,
-    /// Items of the throughput workload's job (started again when done).
+    /// Items of each load job (one runs at a time during the loaded phase;
+    /// big enough that no StartJob of the next one falls in it).
+    #[arg(long, default_value_t = 400_000)]
     pub load_items: u32,
+    #[arg(long, default_value_t = 64)]
     pub load_concurrency: u32,
-    /// Skip the phase under load.
+    /// Measure on the idle server only.
+    #[arg(long)]
     pub idle_only: bool,
 }
 

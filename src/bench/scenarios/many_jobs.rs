@@ -26,21 +26,28 @@ use std::time::{Duration, Instant};
 
 use super::control::victim_job;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ManyJobsOptions {
     /// Jobs running at once at the end (the few included).
+    #[arg(long, default_value_t = 10_000)]
     pub jobs: u32,
-    /// Items per job (concurrency 1: one runs, the rest wait).
+    /// Items per job (600 s each, concurrency 1: one runs, the rest wait).
+    #[arg(long, default_value_t = 10)]
     pub items: u32,
-    /// Steps of each 600 s item; a checkpoint is written between steps.
+    /// Steps of each item (a checkpoint between steps).
+    #[arg(long, default_value_t = 10)]
     pub steps: u32,
     /// Jobs running during the first measurement of the calls.
+    #[arg(long, default_value_t = 10)]
     pub few: u32,
     /// Pause/resume rounds per measurement.
+    #[arg(long, default_value_t = 200)]
     pub rounds: u32,
     /// Cancels per measurement.
+    #[arg(long, default_value_t = 20)]
     pub cancels: u32,
     /// StartJob calls in flight while starting the jobs.
+    #[arg(long, default_value_t = 16)]
     pub in_flight: usize,
 }
 

@@ -32,17 +32,28 @@ use std::{
     time::{Duration, Instant},
 };
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RecoveryOptions {
+    #[arg(long, default_value_t = 1000)]
     pub jobs: u32,
-    /// Items per job (concurrency 1).
+    /// Items per job (600 s each, concurrency 1).
+    #[arg(long, default_value_t = 4)]
     pub items: u32,
-    /// Steps of each 600 s item: a checkpoint between steps.
+    /// Steps of each item (a checkpoint between steps).
+    #[arg(long, default_value_t = 120)]
     pub steps: u32,
-    /// How often the database is asked whether every job is re-claimed.
-    pub poll: Duration,
+    /// How often (ms) the database is asked whether every job runs again.
+    #[arg(long, default_value_t = 20)]
+    pub poll_ms: u64,
     /// StartJob calls in flight while starting the jobs.
+    #[arg(long, default_value_t = 16)]
     pub in_flight: usize,
+}
+
+impl RecoveryOptions {
+    fn poll(&self) -> Duration {
+        Duration::from_millis(self.poll_ms.max(1))
+    }
 }
 
 /// The jobs running when the server dies.
@@ -199,7 +210,7 @@ async fn run(
         healthy_seconds: healthy.as_secs_f64(),
         first_reclaimed_seconds: first.as_secs_f64(),
         all_reclaimed_seconds,
-        poll_ms: opts.poll.as_secs_f64() * 1000.0,
+        poll_ms: opts.poll().as_secs_f64() * 1000.0,
         target_seconds: TARGET_SECONDS,
         serving_met: serving_seconds <= TARGET_SECONDS,
         reclaimed_met: all_reclaimed_seconds <= TARGET_SECONDS,
@@ -272,6 +283,6 @@ async fn wait_reclaimed(
             "only {n} of {} jobs had an item claimed by the restarted server after {WITHIN:?}",
             opts.jobs
         );
-        tokio::time::sleep(opts.poll).await;
+        tokio::time::sleep(opts.poll()).await;
     }
 }

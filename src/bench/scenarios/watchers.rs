@@ -30,18 +30,22 @@ use serde::Serialize;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::{sync::mpsc, task::JoinSet};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct WatchersOptions {
+    #[arg(long, default_value_t = 100_000)]
     pub items: u32,
+    #[arg(long, default_value_t = 64)]
     pub concurrency: u32,
     /// WatchJob streams open on the job.
+    #[arg(long, default_value_t = 1000)]
     pub watchers: u32,
-    /// HTTP/2 connections they are spread over (one connection carries a
-    /// limited number of concurrent streams).
+    /// HTTP/2 connections the streams are spread over (one connection
+    /// carries a limited number of concurrent streams).
+    #[arg(long, default_value_t = 10)]
     pub connections: u32,
-    /// Items whose index is a non-zero multiple of this (a power of ten)
-    /// fail, once and for good: each failure is a stored event. 0: none
-    /// (then the only stored events are the job's state changes).
+    /// Items at non-zero multiples of this (a power of ten) fail, once and
+    /// for good: stored events while the job runs. 0: none.
+    #[arg(long, default_value_t = 100)]
     pub fail_every: u32,
 }
 
