@@ -66,6 +66,18 @@ pub struct EngineConfig {
     pub pipeline_depth: u32,
 }
 
+impl EngineConfig {
+    /// Outcomes a worker may have committing while it runs its next items:
+    /// 0 unless `pipelined_acks`.
+    pub fn outstanding_per_worker(&self) -> u32 {
+        if self.pipelined_acks {
+            self.pipeline_depth.clamp(1, 64)
+        } else {
+            0
+        }
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {

@@ -535,11 +535,7 @@ async fn spawn_worker(
         in_flight: st.in_flight.clone(),
         queue: st.queue.clone(),
         current,
-        pipeline_depth: if st.rt.config.pipelined_acks {
-            st.rt.config.pipeline_depth.max(1)
-        } else {
-            0
-        },
+        pipeline_depth: st.rt.config.outstanding_per_worker(),
         max_attempts: st.max_attempts,
         start: st.start.clone(),
     };
@@ -909,10 +905,9 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
                 // A claim lands one commit after it is asked for, and each
                 // worker ends an item per commit (pipelined: up to
                 // `pipeline_depth`): keep two commits' worth claimed ahead.
-                let per_worker = if st.rt.config.pipelined_acks {
-                    st.rt.config.pipeline_depth.clamp(1, 64) as usize
-                } else {
-                    2
+                let per_worker = match st.rt.config.outstanding_per_worker() {
+                    0 => 2,
+                    depth => depth as usize,
                 };
                 st.concurrency as usize * per_worker
             } else {
