@@ -3,7 +3,7 @@
 
 use super::{
     db_error,
-    rows::{self, job_state},
+    rows::{self, JOB_FIELDS, PAUSE_FIELDS, job_state},
 };
 use crate::{
     domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, Provenance},
@@ -175,43 +175,29 @@ pub(super) async fn check_lease(
     }
 }
 
-/// A transition, only under `lease` when one is given.
+/// A transition, only under `lease` when one is given: one call of
+/// `jobvisor_transition` (migration 0007), which checks and writes what
+/// the steps below describe, in one round trip and one transaction.
+///
+/// With the job row locked: the job exists, `lease` (if any) is its valid
+/// lease, it is in `w.from`, and a finish (SUCCEEDED, or FAILED because
+/// items failed) finds no item pending or running — a fatal failure is not
+/// checked, it comes with `Effect::ReleaseRunning`. Then the effects in
+/// order, the new state with the next sequence, and its event.
 pub(super) async fn transition_fenced(
     pool: &PgPool,
     id: JobId,
     w: &TransitionWrite,
     lease: Option<&Lease>,
 ) -> Result<Job, StoreError> {
-    let mut tx = pool.begin().await.map_err(db_error)?;
-    let current = lock_job(&mut tx, id).await?;
-    if let Some(lease) = lease {
-        check_lease(&mut tx, id, lease).await?;
-    }
-    if current != w.from {
-        return Err(StoreError::Conflict {
-            expected: w.from,
-            current,
-        });
-    }
-    if matches!(w.to, JobState::Succeeded | JobState::Failed) {
-        check_finished(&mut tx, id, w).await?;
-    }
-    for effect in &w.effects {
-        apply_effect(&mut tx, id, *effect, w).await?;
-    }
+    let effects: Vec<&str> = w.effects.iter().filter_map(|e| effect_name(*e)).collect();
+    let open_mode = w.effects.iter().find_map(|e| match e {
+        Effect::OpenPause(mode) => Some(mode.as_str()),
+        _ => None,
+    });
     let last_error = (w.to == JobState::Failed)
         .then(|| w.provenance.reason.clone())
         .flatten();
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE jobs SET state = $2, last_seq = last_seq + 1, updated_at = now(), \
-         last_error = COALESCE($3, last_error) WHERE id = $1 RETURNING last_seq",
-    )
-    .bind(id.0)
-    .bind(w.to.as_str())
-    .bind(&last_error)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db_error)?;
     let event = EventBody::StateChanged {
         from: Some(w.from),
         to: w.to,
@@ -220,103 +206,74 @@ pub(super) async fn transition_fenced(
         request_id: w.provenance.request_id.clone(),
         pause_mode: w.pause_mode,
     };
-    insert_event(&mut tx, id, seq, &event).await?;
-    let job = rows::fetch_job(&mut tx, id)
-        .await?
-        .ok_or(StoreError::NotFound(id))?;
-    tx.commit().await.map_err(db_error)?;
-    Ok(job)
-}
-
-/// A job may only finish (Succeeded, or Failed because items failed) once
-/// no item is pending or running. A fatal failure (from a state other than
-/// a finish) is not checked: it is decided with `Effect::ReleaseRunning`.
-async fn check_finished(
-    conn: &mut PgConnection,
-    id: JobId,
-    w: &TransitionWrite,
-) -> Result<(), StoreError> {
-    if w.effects.contains(&Effect::ReleaseRunning) {
-        return Ok(());
-    }
-    let (pending, running): (i64, i64) = sqlx::query_as(
-        "SELECT total_items - running_items - succeeded_items - failed_items - cancelled_items, \
-         running_items FROM jobs WHERE id = $1",
-    )
-    .bind(id.0)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    if pending != 0 || running != 0 {
-        return Err(StoreError::NotFinished {
-            pending: pending.max(0) as u64,
-            running: running.max(0) as u64,
-        });
-    }
-    Ok(())
-}
-
-async fn apply_effect(
-    conn: &mut PgConnection,
-    id: JobId,
-    effect: Effect,
-    w: &TransitionWrite,
-) -> Result<(), StoreError> {
     let p = &w.provenance;
-    let q = match effect {
-        Effect::OpenPause(mode) => sqlx::query(
-            "INSERT INTO job_pauses (job_id, n, mode, reason, requested_by, request_id, \
-             requested_at, resume_at) \
-             SELECT $1, COALESCE(MAX(n), 0) + 1, $2, $3, $4, $5, now(), $6 \
-             FROM job_pauses WHERE job_id = $1",
-        )
-        .bind(id.0)
-        .bind(mode.as_str())
-        .bind(&p.reason)
-        .bind(&p.requested_by)
-        .bind(&p.request_id)
-        .bind(w.resume_at),
-        Effect::MarkPaused => sqlx::query(
-            "UPDATE job_pauses SET paused_at = now() \
-             WHERE job_id = $1 AND paused_at IS NULL AND resumed_at IS NULL",
-        )
-        .bind(id.0),
-        Effect::ClosePause => sqlx::query(
-            "UPDATE job_pauses SET resumed_at = now() WHERE job_id = $1 AND resumed_at IS NULL",
-        )
-        .bind(id.0),
-        Effect::ReleaseRunning => sqlx::query(
-            "WITH released AS ( \
-                UPDATE items SET state = 0, lease = NULL, attempts = GREATEST(attempts - 1, 0), \
-                updated_at = now() WHERE job_id = $1 AND state = 1 RETURNING 1) \
-             UPDATE jobs SET running_items = running_items - (SELECT count(*) FROM released) \
-             WHERE id = $1",
-        )
-        .bind(id.0),
-        Effect::CancelRemaining => sqlx::query(
-            "WITH cancelled AS ( \
-                UPDATE items SET state = 4, lease = NULL, updated_at = now() \
-                WHERE job_id = $1 AND state IN (0, 1) RETURNING 1) \
-             UPDATE jobs SET running_items = 0, \
-                cancelled_items = cancelled_items + (SELECT count(*) FROM cancelled) \
-             WHERE id = $1",
-        )
-        .bind(id.0),
-        Effect::ResetFailed => sqlx::query(
-            "WITH reset AS ( \
-                UPDATE items SET state = 0, attempts = 0, updated_at = now() \
-                WHERE job_id = $1 AND state = 3 RETURNING 1) \
-             UPDATE jobs SET failed_items = failed_items - (SELECT count(*) FROM reset) \
-             WHERE id = $1",
-        )
-        .bind(id.0),
-        Effect::End => sqlx::query("UPDATE jobs SET ended_at = now() WHERE id = $1").bind(id.0),
-        Effect::Reopen => sqlx::query("UPDATE jobs SET ended_at = NULL WHERE id = $1").bind(id.0),
-        // Runtime-only: nothing to store.
-        Effect::Interrupt => return Ok(()),
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_FIELDS}, {PAUSE_FIELDS} FROM ( \
+           SELECT (r.job).*, {PAUSE_FIELDS} FROM jobvisor_transition( \
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) AS r) AS jobs"
+    )))
+    .bind(id.0)
+    .bind(w.from.as_str())
+    .bind(w.to.as_str())
+    .bind(&effects)
+    .bind(open_mode)
+    .bind(&p.reason)
+    .bind(&p.requested_by)
+    .bind(&p.request_id)
+    .bind(w.resume_at)
+    .bind(&last_error)
+    .bind(event.kind())
+    .bind(Json(&event))
+    .bind(lease.map(|l| &*l.owner))
+    .bind(lease.map(|l| l.epoch))
+    .fetch_one(pool)
+    .await
+    .map_err(|e| transition_error(id, w, e))?;
+    rows::job_from_row(&row)
+}
+
+/// `Effect`'s name in `jobvisor_transition`; `None` for runtime-only ones.
+fn effect_name(effect: Effect) -> Option<&'static str> {
+    Some(match effect {
+        Effect::OpenPause(_) => "open_pause",
+        Effect::MarkPaused => "mark_paused",
+        Effect::ClosePause => "close_pause",
+        Effect::ReleaseRunning => "release_running",
+        Effect::CancelRemaining => "cancel_remaining",
+        Effect::ResetFailed => "reset_failed",
+        Effect::End => "end",
+        Effect::Reopen => "reopen",
+        Effect::Interrupt => return None,
+    })
+}
+
+/// The refusals `jobvisor_transition` raises, as the store's errors.
+fn transition_error(id: JobId, w: &TransitionWrite, e: sqlx::Error) -> StoreError {
+    let sqlx::Error::Database(db) = &e else {
+        return db_error(e);
     };
-    q.execute(&mut *conn).await.map_err(db_error)?;
-    Ok(())
+    let message = db.message();
+    match db.code().as_deref() {
+        Some("JV404") => StoreError::NotFound(id),
+        Some("JV423") => StoreError::Fenced(id),
+        Some("JV409") => match job_state(message) {
+            Ok(current) => StoreError::Conflict {
+                expected: w.from,
+                current,
+            },
+            Err(e) => e,
+        },
+        Some("JV425") => {
+            let mut counts = message.split(' ').map(str::parse::<u64>);
+            match (counts.next(), counts.next()) {
+                (Some(Ok(pending)), Some(Ok(running))) => {
+                    StoreError::NotFinished { pending, running }
+                }
+                _ => StoreError::Internal(format!("unexpected refusal to finish: {message}")),
+            }
+        }
+        _ => db_error(e),
+    }
 }
 
 pub(super) async fn set_concurrency(

@@ -12,13 +12,49 @@ use crate::{
 };
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row, postgres::PgRow, types::Json};
-use std::collections::{BTreeMap, HashMap};
-use uuid::Uuid;
+use std::collections::BTreeMap;
 
-/// The columns [`job_from_row`] reads, in a form every query can splice.
-pub(super) const JOB_COLUMNS: &str = "id, name, executor, state, concurrency, max_attempts, \
-     params, labels, policy, request_id, total_items, running_items, succeeded_items, failed_items, \
-     cancelled_items, last_seq, last_error, created_at, started_at, updated_at, ended_at";
+macro_rules! job_fields {
+    () => {
+        "jobs.id, jobs.name, jobs.executor, jobs.state, jobs.concurrency, jobs.max_attempts, \
+         jobs.params, jobs.labels, jobs.policy, jobs.request_id, jobs.total_items, \
+         jobs.running_items, jobs.succeeded_items, jobs.failed_items, jobs.cancelled_items, \
+         jobs.last_seq, jobs.last_error, jobs.created_at, jobs.started_at, jobs.updated_at, \
+         jobs.ended_at"
+    };
+}
+
+/// The pause history's columns: one array per field of the job's pause
+/// records, in order (NULL for a job never paused). Binary arrays, so that
+/// a long history costs no text formatting.
+macro_rules! pause_fields {
+    () => {
+        "pause_mode, pause_reason, pause_requested_by, pause_request_id, pause_requested_at, \
+         pause_paused_at, pause_resumed_at, pause_resume_at"
+    };
+}
+
+/// The columns [`job_from_row`] reads, selected from [`JOB_FROM`].
+pub(super) const JOB_COLUMNS: &str = concat!(job_fields!(), ", ", pause_fields!());
+
+/// `jobs` with each row's pause history beside it, for `FROM`. The
+/// records are aggregated from one scan in `n` order (the primary key's),
+/// rather than sorted again by each of the eight aggregates.
+pub(super) const JOB_FROM: &str = "jobs CROSS JOIN LATERAL ( \
+     SELECT array_agg(p.mode) AS pause_mode, \
+            array_agg(p.reason) AS pause_reason, \
+            array_agg(p.requested_by) AS pause_requested_by, \
+            array_agg(p.request_id) AS pause_request_id, \
+            array_agg(p.requested_at) AS pause_requested_at, \
+            array_agg(p.paused_at) AS pause_paused_at, \
+            array_agg(p.resumed_at) AS pause_resumed_at, \
+            array_agg(p.resume_at) AS pause_resume_at \
+       FROM (SELECT * FROM job_pauses AS q WHERE q.job_id = jobs.id ORDER BY q.n) AS p) \
+     AS pauses";
+
+/// The job's own fields of [`JOB_COLUMNS`], and the pause history's.
+pub(super) const JOB_FIELDS: &str = job_fields!();
+pub(super) const PAUSE_FIELDS: &str = pause_fields!();
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("corrupt row: {what}"))
@@ -43,7 +79,7 @@ pub(super) fn counts_from_row(row: &PgRow) -> Result<ItemCounts, StoreError> {
     })
 }
 
-/// A job without its pause history (see [`attach_pauses`]).
+/// A job with its pause history, from the columns of [`JOB_COLUMNS`].
 pub(super) fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
     let get_err = db_error;
     let state: String = row.try_get("state").map_err(get_err)?;
@@ -68,47 +104,57 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
         started_at: row.try_get("started_at").map_err(get_err)?,
         updated_at: row.try_get("updated_at").map_err(get_err)?,
         ended_at: row.try_get("ended_at").map_err(get_err)?,
-        pauses: Vec::new(),
+        pauses: pauses_from_row(row)?,
         last_error: row.try_get("last_error").map_err(get_err)?,
         last_seq: count(row, "last_seq")?,
     })
 }
 
-/// Loads the pause history of `jobs` and attaches it.
-async fn attach_pauses(conn: &mut PgConnection, jobs: &mut [Job]) -> Result<(), StoreError> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id.0).collect();
-    let rows = sqlx::query(
-        "SELECT job_id, mode, reason, requested_by, request_id, requested_at, paused_at, \
-         resumed_at, resume_at FROM job_pauses WHERE job_id = ANY($1) ORDER BY job_id, n",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    let mut by_job: HashMap<Uuid, Vec<PauseRecord>> = HashMap::new();
-    for row in rows {
-        let mode: String = row.try_get("mode").map_err(db_error)?;
-        let record = PauseRecord {
-            mode: PauseMode::parse(&mode)
-                .ok_or_else(|| corrupt(format!("unknown pause mode {mode:?}")))?,
-            reason: row.try_get("reason").map_err(db_error)?,
-            requested_by: row.try_get("requested_by").map_err(db_error)?,
-            request_id: row.try_get("request_id").map_err(db_error)?,
-            requested_at: row.try_get("requested_at").map_err(db_error)?,
-            paused_at: row.try_get("paused_at").map_err(db_error)?,
-            resumed_at: row.try_get("resumed_at").map_err(db_error)?,
-            resume_at: row.try_get("resume_at").map_err(db_error)?,
-        };
-        let job_id: Uuid = row.try_get("job_id").map_err(db_error)?;
-        by_job.entry(job_id).or_default().push(record);
-    }
-    for job in jobs {
-        job.pauses = by_job.remove(&job.id.0).unwrap_or_default();
-    }
-    Ok(())
+fn pauses_from_row(row: &PgRow) -> Result<Vec<PauseRecord>, StoreError> {
+    type Column<T> = Option<Vec<Option<T>>>;
+    let modes: Option<Vec<String>> = row.try_get("pause_mode").map_err(db_error)?;
+    let Some(modes) = modes else {
+        return Ok(Vec::new());
+    };
+    let texts = |column: &str| -> Result<std::vec::IntoIter<Option<String>>, StoreError> {
+        let v: Column<String> = row.try_get(column).map_err(db_error)?;
+        Ok(v.unwrap_or_default().into_iter())
+    };
+    let times = |column: &str| -> Result<std::vec::IntoIter<Option<DateTime<Utc>>>, StoreError> {
+        let v: Column<DateTime<Utc>> = row.try_get(column).map_err(db_error)?;
+        Ok(v.unwrap_or_default().into_iter())
+    };
+    let (mut reason, mut by, mut request_id) = (
+        texts("pause_reason")?,
+        texts("pause_requested_by")?,
+        texts("pause_request_id")?,
+    );
+    let (mut requested_at, mut paused_at, mut resumed_at, mut resume_at) = (
+        times("pause_requested_at")?,
+        times("pause_paused_at")?,
+        times("pause_resumed_at")?,
+        times("pause_resume_at")?,
+    );
+    let short = || corrupt("pause history arrays of different lengths");
+    modes
+        .into_iter()
+        .map(|mode| {
+            Ok(PauseRecord {
+                mode: PauseMode::parse(&mode)
+                    .ok_or_else(|| corrupt(format!("unknown pause mode {mode:?}")))?,
+                reason: reason.next().ok_or_else(short)?,
+                requested_by: by.next().ok_or_else(short)?,
+                request_id: request_id.next().ok_or_else(short)?,
+                requested_at: requested_at
+                    .next()
+                    .flatten()
+                    .ok_or_else(|| corrupt("a pause without requested_at"))?,
+                paused_at: paused_at.next().ok_or_else(short)?,
+                resumed_at: resumed_at.next().ok_or_else(short)?,
+                resume_at: resume_at.next().ok_or_else(short)?,
+            })
+        })
+        .collect()
 }
 
 /// One job with its pause history, or `None`.
@@ -117,17 +163,13 @@ pub(super) async fn fetch_job(
     id: JobId,
 ) -> Result<Option<Job>, StoreError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+        "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE jobs.id = $1"
     )))
     .bind(id.0)
     .fetch_optional(&mut *conn)
     .await
     .map_err(db_error)?;
-    let Some(row) = row else { return Ok(None) };
-    let mut jobs = [job_from_row(&row)?];
-    attach_pauses(conn, &mut jobs).await?;
-    let [job] = jobs;
-    Ok(Some(job))
+    row.as_ref().map(job_from_row).transpose()
 }
 
 pub(super) async fn list_jobs(
@@ -140,7 +182,7 @@ pub(super) async fn list_jobs(
     let limit = q.limit.max(1) as i64;
     let mut conn = pool.acquire().await.map_err(db_error)?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM jobs \
+        "SELECT {JOB_COLUMNS} FROM {JOB_FROM} \
          WHERE (cardinality($1::text[]) = 0 OR state = ANY($1)) \
            AND labels @> $2 \
            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
@@ -167,7 +209,6 @@ pub(super) async fn list_jobs(
     } else {
         None
     };
-    attach_pauses(&mut conn, &mut jobs).await?;
     Ok(Page { rows: jobs, next })
 }
 
