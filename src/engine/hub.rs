@@ -6,7 +6,7 @@
 //! store read per change, not a thousand.
 
 use crate::{
-    domain::{JobEvent, JobId},
+    domain::{JobEvent, JobId, JobState},
     executor::ProgressSink,
     store::{Pulse, StoreError},
 };
@@ -95,13 +95,23 @@ struct Channel {
 }
 
 /// How far along each item in flight of one job is, as its executor
-/// reported (in memory only: it is live information, not state).
+/// reported (in memory only: it is live information, not state), and the
+/// newest state of the job this process has committed or seen.
 #[derive(Debug, Default)]
 pub struct InFlight {
     fractions: Mutex<HashMap<u32, f32>>,
+    state: Mutex<Option<(JobState, u64)>>,
 }
 
 impl InFlight {
+    /// Records the job's state as of `seq`, unless a newer one is known.
+    pub fn note(&self, state: JobState, seq: u64) {
+        let mut known = self.state.lock().expect("in-flight lock");
+        if known.is_none_or(|(_, at)| seq >= at) {
+            *known = Some((state, seq));
+        }
+    }
+
     /// Forgets an item that ended.
     pub fn clear(&self, index: u32) {
         self.fractions
@@ -142,6 +152,9 @@ impl Hub {
     /// Tells the job's watchers about a commit. A pulse older than the one
     /// they have (a slower path committing earlier) is ignored.
     pub fn publish(&self, pulse: Pulse) {
+        if let Some(live) = self.in_flight.lock().expect("hub lock").get(&pulse.job) {
+            live.note(pulse.state, pulse.last_seq);
+        }
         let mut channels = self.channels.lock().expect("hub lock");
         let Some(Channel { tx, .. }) = channels.get(&pulse.job) else {
             return;
@@ -177,6 +190,16 @@ impl Hub {
 
     pub fn unregister_in_flight(&self, job: JobId) {
         self.in_flight.lock().expect("hub lock").remove(&job);
+    }
+
+    /// The newest state this process has committed or seen for a job it
+    /// runs, if it runs it. Only a guess: another process may have changed
+    /// the job since.
+    pub fn known_state(&self, job: JobId) -> Option<JobState> {
+        let registry = self.in_flight.lock().expect("hub lock");
+        let live = registry.get(&job)?;
+        let known = *live.state.lock().expect("in-flight lock");
+        known.map(|(state, _)| state)
     }
 
     /// How much of its items in flight a job has done (0 if none report).

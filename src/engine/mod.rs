@@ -448,11 +448,31 @@ impl Engine {
             _ => (None, None, None),
         };
         // Each retry means another call changed the job between our read
-        // and our write; a handful is plenty unless the job is hammered.
+        // (or guess) and our write; a handful is plenty unless the job is
+        // hammered. The first try decides from the state this process last committed
+        // or saw for the job, when it runs it and that state calls for a
+        // transition: the transition is guarded by that state, so a stale
+        // guess is refused (a conflict) and the next try reads the job.
+        // Anything else (no change, a refusal) is decided from a read.
+        let mut guess = self
+            .rt
+            .hub
+            .known_state(id)
+            .filter(|state| matches!(decide(*state, command), Ok(Decision::Transition { .. })));
         for _ in 0..16 {
-            let job = self.rt.store.get_job(id).await?;
-            match decide(job.state, command)? {
+            let (state, read) = match guess.take() {
+                Some(state) => (state, None),
+                None => {
+                    let job = self.rt.store.get_job(id).await?;
+                    (job.state, Some(job))
+                }
+            };
+            match decide(state, command)? {
                 Decision::NoOp { interrupt } => {
+                    let job = match read {
+                        Some(job) => job,
+                        None => self.rt.store.get_job(id).await?,
+                    };
                     // Nothing changes, but make sure the supervisor knows
                     // the state: an earlier call may have committed and
                     // then lost its caller before telling it.

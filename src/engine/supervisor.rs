@@ -237,6 +237,7 @@ impl Actor for JobSupervisor {
         } = args;
         let (stop, _) = watch::channel(initial_stop(job.state));
         let in_flight = Arc::new(super::hub::InFlight::default());
+        in_flight.note(job.state, job.last_seq);
         rt.hub.register_in_flight(job.id, in_flight.clone());
         let mut st = SupervisorState {
             job: job.id,
