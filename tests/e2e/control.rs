@@ -277,3 +277,62 @@ async fn pipelined_acknowledgements_keep_pause_and_resume_exact() {
     assert_eq!(order, (0..300).collect::<Vec<_>>(), "each item ran once");
     app.stop().await;
 }
+
+/// A control call first decides from the state the server last saw for a
+/// job it runs. A change committed behind its back (by another process)
+/// makes that guess stale: the call must still act on what is stored.
+#[tokio::test]
+async fn a_change_committed_elsewhere_decides_the_next_call() {
+    use jobvisor::{
+        domain::{JobId, Provenance, machine::Command, machine::Decision, machine::decide},
+        store::{Store, TransitionWrite, postgres::PgStore},
+    };
+    let app = super::harness::spawn_app().await;
+    let job = app.start(app.job("gate", 20, 3, &[])).await;
+    app.eventually("3 items in flight", SECS(10), || async {
+        app.executions.running() == 3
+    })
+    .await;
+    // Cancelled straight in the store, as another process would: this
+    // server still believes the job RUNNING.
+    let id = JobId(job.id.parse().unwrap());
+    let Ok(Decision::Transition { from, to, effects }) =
+        decide(jobvisor::domain::JobState::Running, Command::Cancel)
+    else {
+        panic!("RUNNING can be cancelled");
+    };
+    let elsewhere = PgStore::from_pool(app.pg().clone())
+        .transition(
+            id,
+            &TransitionWrite {
+                from,
+                to,
+                effects,
+                provenance: Provenance::system("elsewhere"),
+                pause_mode: None,
+                resume_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.state, jobvisor::domain::JobState::Cancelling);
+
+    // The guess (RUNNING → PAUSING) is refused by the store; the job is
+    // read and the pause refused as for any cancelling job.
+    let refused = app.pause(&job.id, PauseMode::Graceful).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let stored = app.get(&job.id).await;
+    assert_eq!(stored.state, JobState::Cancelling as i32);
+    assert!(stored.pauses.is_empty(), "{:?}", stored.pauses);
+
+    // And a cancel, guessed as a transition too, is the no-op it is.
+    let again = app.cancel(&job.id).await.unwrap();
+    assert_eq!(again.state, JobState::Cancelling as i32);
+    assert_eq!(again.last_sequence, stored.last_sequence);
+    app.gate.open();
+    app.stop().await;
+}
