@@ -13,6 +13,25 @@
 --   JV409 the job is not in p_from; MESSAGE is its current state
 --   JV423 p_owner/p_epoch is not the job's valid lease
 --   JV425 the job cannot finish; MESSAGE is "<pending> <running>"
+-- A job's pause history, one array per field of its records in `n` order
+-- (NULL for a job never paused): what the store's job reads put beside each
+-- job row, and what jobvisor_transition returns with the job it changed.
+-- Binary arrays, so a long history costs no text formatting; aggregated
+-- from one scan in key order rather than sorted by each aggregate. A plain
+-- SQL function, so the planner inlines it.
+CREATE OR REPLACE FUNCTION jobvisor_job_pauses(p_job uuid)
+RETURNS TABLE (
+    pause_mode text[], pause_reason text[], pause_requested_by text[],
+    pause_request_id text[], pause_requested_at timestamptz[], pause_paused_at timestamptz[],
+    pause_resumed_at timestamptz[], pause_resume_at timestamptz[])
+LANGUAGE sql STABLE
+AS $$
+    SELECT array_agg(p.mode), array_agg(p.reason), array_agg(p.requested_by),
+           array_agg(p.request_id), array_agg(p.requested_at), array_agg(p.paused_at),
+           array_agg(p.resumed_at), array_agg(p.resume_at)
+      FROM (SELECT * FROM job_pauses WHERE job_id = p_job ORDER BY n) AS p
+$$;
+
 CREATE OR REPLACE FUNCTION jobvisor_transition(
     p_id uuid, p_from text, p_to text, p_effects text[], p_open_mode text,
     p_reason text, p_requested_by text, p_request_id text, p_resume_at timestamptz,
@@ -101,12 +120,7 @@ BEGIN
     VALUES (p_id, v_seq, now(), p_event_kind, p_event);
     -- The job and its pause history, as the store's job reads have them.
     RETURN QUERY
-    SELECT j, pz.* FROM jobs AS j CROSS JOIN LATERAL (
-        SELECT array_agg(p.mode), array_agg(p.reason),
-               array_agg(p.requested_by), array_agg(p.request_id),
-               array_agg(p.requested_at), array_agg(p.paused_at),
-               array_agg(p.resumed_at), array_agg(p.resume_at)
-          FROM (SELECT * FROM job_pauses WHERE job_id = p_id ORDER BY n) AS p) AS pz
+    SELECT j, pz.* FROM jobs AS j CROSS JOIN LATERAL jobvisor_job_pauses(p_id) AS pz
      WHERE j.id = p_id;
 END;
 $$;

@@ -24,9 +24,8 @@ macro_rules! job_fields {
     };
 }
 
-/// The pause history's columns: one array per field of the job's pause
-/// records, in order (NULL for a job never paused). Binary arrays, so that
-/// a long history costs no text formatting.
+/// The pause history's columns, as `jobvisor_job_pauses` (migration 0007)
+/// returns them.
 macro_rules! pause_fields {
     () => {
         "pause_mode, pause_reason, pause_requested_by, pause_request_id, pause_requested_at, \
@@ -37,20 +36,8 @@ macro_rules! pause_fields {
 /// The columns [`job_from_row`] reads, selected from [`JOB_FROM`].
 pub(super) const JOB_COLUMNS: &str = concat!(job_fields!(), ", ", pause_fields!());
 
-/// `jobs` with each row's pause history beside it, for `FROM`. The
-/// records are aggregated from one scan in `n` order (the primary key's),
-/// rather than sorted again by each of the eight aggregates.
-pub(super) const JOB_FROM: &str = "jobs CROSS JOIN LATERAL ( \
-     SELECT array_agg(p.mode) AS pause_mode, \
-            array_agg(p.reason) AS pause_reason, \
-            array_agg(p.requested_by) AS pause_requested_by, \
-            array_agg(p.request_id) AS pause_request_id, \
-            array_agg(p.requested_at) AS pause_requested_at, \
-            array_agg(p.paused_at) AS pause_paused_at, \
-            array_agg(p.resumed_at) AS pause_resumed_at, \
-            array_agg(p.resume_at) AS pause_resume_at \
-       FROM (SELECT * FROM job_pauses AS q WHERE q.job_id = jobs.id ORDER BY q.n) AS p) \
-     AS pauses";
+/// `jobs` with each row's pause history beside it, for `FROM`.
+pub(super) const JOB_FROM: &str = "jobs CROSS JOIN LATERAL jobvisor_job_pauses(jobs.id) AS pauses";
 
 /// The job's own fields of [`JOB_COLUMNS`], and the pause history's.
 pub(super) const JOB_FIELDS: &str = job_fields!();
