@@ -449,11 +449,11 @@ impl Engine {
         };
         // Each retry means another call changed the job between our read
         // (or guess) and our write; a handful is plenty unless the job is
-        // hammered. The first try decides from the state this process last committed
-        // or saw for the job, when it runs it and that state calls for a
-        // transition: the transition is guarded by that state, so a stale
-        // guess is refused (a conflict) and the next try reads the job.
-        // Anything else (no change, a refusal) is decided from a read.
+        // hammered. The first try decides from the state this process last
+        // committed or saw for the job, when it runs it and that state calls
+        // for a transition: the transition is guarded by that state, so a
+        // stale guess is refused (a conflict) and the next try reads the
+        // job. Anything else (no change, a refusal) is decided from a read.
         let mut guess = self
             .rt
             .hub

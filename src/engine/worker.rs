@@ -161,32 +161,20 @@ async fn settle(args: &WorkerArgs, outcome: Outcome) {
         }
     }
     let (slot, index, took) = (args.slot, outcome.index, outcome.started.elapsed());
-    if matches!(finished, Finished::Failed { .. }) {
+    let failed = matches!(finished, Finished::Failed { .. });
+    let done = move |ack| super::supervisor::SupervisorMsg::Done {
+        slot,
+        index,
+        finished,
+        took,
+        ack,
+    };
+    if failed {
         // A failure may trip the job's breaker: take no other item before
         // the supervisor has counted it (see `SupervisorMsg::Done::ack`).
-        let _ = args
-            .supervisor
-            .call(
-                |ack| super::supervisor::SupervisorMsg::Done {
-                    slot,
-                    index,
-                    finished,
-                    took,
-                    ack: Some(ack),
-                },
-                None,
-            )
-            .await;
+        let _ = args.supervisor.call(|ack| done(Some(ack)), None).await;
     } else {
-        let _ = args
-            .supervisor
-            .cast(super::supervisor::SupervisorMsg::Done {
-                slot,
-                index,
-                finished,
-                took,
-                ack: None,
-            });
+        let _ = args.supervisor.cast(done(None));
     }
 }
 
