@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use serde::Serialize;
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Fetches `http://addr/metrics`.
@@ -137,23 +137,6 @@ pub struct BucketEstimate {
     pub count: u64,
     pub p50_le_ms: Option<f64>,
     pub p99_le_ms: Option<f64>,
-}
-
-impl fmt::Display for BucketEstimate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bound = |v: Option<f64>| match v {
-            Some(ms) if ms.is_finite() => format!("≤ {ms} ms"),
-            Some(_) => "> largest bucket".to_string(),
-            None => "-".to_string(),
-        };
-        write!(
-            f,
-            "p50 {}  p99 {}  (bucket bounds, n={})",
-            bound(self.p50_le_ms),
-            bound(self.p99_le_ms),
-            self.count
-        )
-    }
 }
 
 #[cfg(test)]
