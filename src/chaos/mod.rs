@@ -437,6 +437,31 @@ async fn job_done(spec: &ServerSpec, id: &str) -> bool {
     job.into_inner().state != pb::JobState::Running as i32
 }
 
+/// Waits until every session opened before `db` on its database has ended.
+/// A killed server's last statement may still be running in its
+/// PostgreSQL session (a batch already sent commits after the process is
+/// gone): what the store holds is only settled once those sessions end.
+async fn sessions_ended(db: &mut PgConnection) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let older: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND backend_start < (SELECT backend_start FROM pg_stat_activity \
+                                    WHERE pid = pg_backend_pid())",
+        )
+        .fetch_one(&mut *db)
+        .await?;
+        if older == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{older} session(s) of the stopped server still open after 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What the store holds for every unfinished item, keyed by index.
 async fn snapshot(db: &mut PgConnection, job: &str, log_lines: usize) -> anyhow::Result<Snapshot> {
     let rows: Vec<(i32, Option<Vec<u8>>)> = sqlx::query_as(
@@ -502,6 +527,7 @@ async fn inflict(
             // The server is down: note what the store holds, then restart.
             let lines = log_lines(exec_log);
             *db = PgConnection::connect(&database.url()).await?;
+            sessions_ended(db).await?;
             snapshots.push(snapshot(db, job, lines).await?);
             *server = ServerProcess::start(spec).await?;
         }
