@@ -318,176 +318,11 @@ impl Actor for JobSupervisor {
         msg: SupervisorMsg,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            SupervisorMsg::Changed {
-                state,
-                seq,
-                interrupt,
-                asked,
-                reply,
-            } => {
-                if seq > st.state_seq {
-                    st.state_seq = seq;
-                    apply_state(st, state, interrupt);
-                    if state == JobState::Cancelling {
-                        st.cancel_asked = Some(asked);
-                    }
-                }
-                let _ = reply.send(());
-            }
-            SupervisorMsg::Interrupt(reply) => {
-                if st.state == JobState::Pausing {
-                    st.stop.send_replace(Some(StopReason::Pause));
-                }
-                let _ = reply.send(());
-            }
-            SupervisorMsg::Observed {
-                state,
-                seq,
-                concurrency,
-                interrupt,
-                reply,
-            } => {
-                let mut changed = false;
-                // Other events (item failures…) move the sequence without
-                // changing the state: only a different state is applied.
-                if seq > st.state_seq && state != st.state {
-                    st.state_seq = seq;
-                    apply_state(st, state, interrupt);
-                    if state == JobState::Cancelling {
-                        st.cancel_asked = Some(Instant::now());
-                    }
-                    changed = true;
-                }
-                if concurrency != st.concurrency && !st.state.is_terminal() {
-                    resize(&myself, st, concurrency).await?;
-                    changed = true;
-                }
-                let _ = reply.send(changed);
-            }
-            SupervisorMsg::Abandon => {
-                tracing::warn!(job_id = %st.job, "lease lost: stopping the job here");
-                st.shutting_down = true;
-                st.stop.send_replace(Some(StopReason::Shutdown));
-                st.queue.set_open(false);
-                st.queue.drain();
-                myself.stop_children(Some("lease lost".into()));
-                myself.stop(Some("lease lost".into()));
-                return Ok(());
-            }
-            SupervisorMsg::Claimed(result) => {
-                st.claiming = false;
-                match result {
-                    Ok(items) => {
-                        if items.is_empty() {
-                            st.exhausted = true;
-                        }
-                        if let Some(last) = items.last() {
-                            st.claim_from = st.claim_from.max(last.index + 1);
-                        }
-                        crate::metrics::items_claimed(&st.executor, items.len());
-                        st.queue.push(items);
-                    }
-                    Err(e) => {
-                        tracing::warn!(job_id = %st.job, error = %e, "claim failed");
-                        schedule_retry(&myself, st);
-                    }
-                }
-            }
-            SupervisorMsg::Idle { slot } => {
-                if let Some(s) = st.slots.get_mut(slot) {
-                    s.awake = false;
-                    if s.retired() && !s.busy() {
-                        s.worker.stop(Some("concurrency lowered".into()));
-                    }
-                }
-            }
-            SupervisorMsg::Done {
-                slot,
-                index,
-                finished,
-                took,
-                ack,
-            } => {
-                st.item_time.observe(took);
-                let outcome = match &finished {
-                    Finished::Succeeded => ItemOutcome::Succeeded,
-                    Finished::Failed {
-                        will_retry: true, ..
-                    } => ItemOutcome::Retried,
-                    Finished::Failed {
-                        will_retry: false, ..
-                    } => ItemOutcome::Failed,
-                    _ => ItemOutcome::Other,
-                };
-                let tripped = match &finished {
-                    Finished::Succeeded => st.breaker.record(false, None),
-                    Finished::Failed { error, .. } => st.breaker.record(true, Some(error)),
-                    _ => None,
-                };
-                if let Some(reason) = tripped
-                    && st.state == JobState::Running
-                    && st.auto_pause.is_none()
-                {
-                    tracing::warn!(job_id = %st.job, %reason, "pausing the job");
-                    st.auto_pause = Some(reason);
-                }
-                if let Some(ack) = ack {
-                    if st.auto_pause.is_some() {
-                        st.held_acks.push(ack);
-                    } else {
-                        let _ = ack.send(());
-                    }
-                }
-                crate::metrics::item_finished(&st.executor, outcome, took);
-                on_done(st, slot, index, finished)
-            }
-            SupervisorMsg::Settled(result) => {
-                st.settling = false;
-                if st.auto_pause.is_none() {
-                    // The breaker's pause is committed (or failed): the
-                    // workers held for it go on (to find the queue closed).
-                    release_held(st);
-                }
-                match result {
-                    Ok(job) => {
-                        // Our own transition released whatever was still
-                        // claimed (PAUSED) or ended the job.
-                        st.queue.drain();
-                        if job.state.is_terminal() {
-                            crate::metrics::job_finished(job.state.as_str());
-                        }
-                        if job.state == JobState::Cancelled
-                            && let Some(asked) = st.cancel_asked.take()
-                        {
-                            crate::metrics::control_effect("cancel", asked.elapsed());
-                        }
-                        apply_job(st, &job);
-                    }
-                    Err(e) => on_store_error(&myself, st, e),
-                }
-            }
-            SupervisorMsg::Refreshed(result) => match result {
-                Ok(job) => apply_job(st, &job),
-                Err(e) => on_store_error(&myself, st, e),
-            },
-            SupervisorMsg::Retry => {
-                st.retry_scheduled = false;
-                st.exhausted = false;
-            }
-            SupervisorMsg::Tick => check_timeout(&myself, st),
-            SupervisorMsg::Resize { concurrency, reply } => {
-                resize(&myself, st, concurrency).await?;
-                let _ = reply.send(());
-            }
-            SupervisorMsg::Shutdown(reply) => {
-                st.shutdown = Some(reply);
-                st.shutting_down = true;
-                st.stop.send_replace(Some(StopReason::Shutdown));
-            }
-        }
-        pump(&myself, st);
-        Ok(())
+        // Boxed, as is `handle_supervisor_evt`: ractor keeps one future
+        // for an actor's whole processing loop, sized for its largest
+        // handler; a supervisor is idle nearly all its life, and this way
+        // an idle one holds a pointer instead of room for this body.
+        Box::pin(handle_msg(myself, msg, st)).await
     }
 
     async fn handle_supervisor_evt(
@@ -496,21 +331,206 @@ impl Actor for JobSupervisor {
         event: SupervisionEvent,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        // A worker that ends normally was stopped by us; one that fails
-        // (panics) is replaced and its item retried from its checkpoint.
-        if let SupervisionEvent::ActorFailed(cell, err) = event {
-            let Some(slot) = st
-                .slots
-                .iter()
-                .position(|s| s.worker.get_id() == cell.get_id())
-            else {
-                return Ok(());
-            };
-            on_worker_died(&myself, st, slot, err.to_string()).await?;
-            pump(&myself, st);
-        }
-        Ok(())
+        Box::pin(handle_event(myself, event, st)).await
     }
+}
+
+async fn handle_msg(
+    myself: ActorRef<SupervisorMsg>,
+    msg: SupervisorMsg,
+    st: &mut SupervisorState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        SupervisorMsg::Changed {
+            state,
+            seq,
+            interrupt,
+            asked,
+            reply,
+        } => {
+            if seq > st.state_seq {
+                st.state_seq = seq;
+                apply_state(st, state, interrupt);
+                if state == JobState::Cancelling {
+                    st.cancel_asked = Some(asked);
+                }
+            }
+            let _ = reply.send(());
+        }
+        SupervisorMsg::Interrupt(reply) => {
+            if st.state == JobState::Pausing {
+                st.stop.send_replace(Some(StopReason::Pause));
+            }
+            let _ = reply.send(());
+        }
+        SupervisorMsg::Observed {
+            state,
+            seq,
+            concurrency,
+            interrupt,
+            reply,
+        } => {
+            let mut changed = false;
+            // Other events (item failures…) move the sequence without
+            // changing the state: only a different state is applied.
+            if seq > st.state_seq && state != st.state {
+                st.state_seq = seq;
+                apply_state(st, state, interrupt);
+                if state == JobState::Cancelling {
+                    st.cancel_asked = Some(Instant::now());
+                }
+                changed = true;
+            }
+            if concurrency != st.concurrency && !st.state.is_terminal() {
+                resize(&myself, st, concurrency).await?;
+                changed = true;
+            }
+            let _ = reply.send(changed);
+        }
+        SupervisorMsg::Abandon => {
+            tracing::warn!(job_id = %st.job, "lease lost: stopping the job here");
+            st.shutting_down = true;
+            st.stop.send_replace(Some(StopReason::Shutdown));
+            st.queue.set_open(false);
+            st.queue.drain();
+            myself.stop_children(Some("lease lost".into()));
+            myself.stop(Some("lease lost".into()));
+            return Ok(());
+        }
+        SupervisorMsg::Claimed(result) => {
+            st.claiming = false;
+            match result {
+                Ok(items) => {
+                    if items.is_empty() {
+                        st.exhausted = true;
+                    }
+                    if let Some(last) = items.last() {
+                        st.claim_from = st.claim_from.max(last.index + 1);
+                    }
+                    crate::metrics::items_claimed(&st.executor, items.len());
+                    st.queue.push(items);
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %st.job, error = %e, "claim failed");
+                    schedule_retry(&myself, st);
+                }
+            }
+        }
+        SupervisorMsg::Idle { slot } => {
+            if let Some(s) = st.slots.get_mut(slot) {
+                s.awake = false;
+                if s.retired() && !s.busy() {
+                    s.worker.stop(Some("concurrency lowered".into()));
+                }
+            }
+        }
+        SupervisorMsg::Done {
+            slot,
+            index,
+            finished,
+            took,
+            ack,
+        } => {
+            st.item_time.observe(took);
+            let outcome = match &finished {
+                Finished::Succeeded => ItemOutcome::Succeeded,
+                Finished::Failed {
+                    will_retry: true, ..
+                } => ItemOutcome::Retried,
+                Finished::Failed {
+                    will_retry: false, ..
+                } => ItemOutcome::Failed,
+                _ => ItemOutcome::Other,
+            };
+            let tripped = match &finished {
+                Finished::Succeeded => st.breaker.record(false, None),
+                Finished::Failed { error, .. } => st.breaker.record(true, Some(error)),
+                _ => None,
+            };
+            if let Some(reason) = tripped
+                && st.state == JobState::Running
+                && st.auto_pause.is_none()
+            {
+                tracing::warn!(job_id = %st.job, %reason, "pausing the job");
+                st.auto_pause = Some(reason);
+            }
+            if let Some(ack) = ack {
+                if st.auto_pause.is_some() {
+                    st.held_acks.push(ack);
+                } else {
+                    let _ = ack.send(());
+                }
+            }
+            crate::metrics::item_finished(&st.executor, outcome, took);
+            on_done(st, slot, index, finished)
+        }
+        SupervisorMsg::Settled(result) => {
+            st.settling = false;
+            if st.auto_pause.is_none() {
+                // The breaker's pause is committed (or failed): the
+                // workers held for it go on (to find the queue closed).
+                release_held(st);
+            }
+            match result {
+                Ok(job) => {
+                    // Our own transition released whatever was still
+                    // claimed (PAUSED) or ended the job.
+                    st.queue.drain();
+                    if job.state.is_terminal() {
+                        crate::metrics::job_finished(job.state.as_str());
+                    }
+                    if job.state == JobState::Cancelled
+                        && let Some(asked) = st.cancel_asked.take()
+                    {
+                        crate::metrics::control_effect("cancel", asked.elapsed());
+                    }
+                    apply_job(st, &job);
+                }
+                Err(e) => on_store_error(&myself, st, e),
+            }
+        }
+        SupervisorMsg::Refreshed(result) => match result {
+            Ok(job) => apply_job(st, &job),
+            Err(e) => on_store_error(&myself, st, e),
+        },
+        SupervisorMsg::Retry => {
+            st.retry_scheduled = false;
+            st.exhausted = false;
+        }
+        SupervisorMsg::Tick => check_timeout(&myself, st),
+        SupervisorMsg::Resize { concurrency, reply } => {
+            resize(&myself, st, concurrency).await?;
+            let _ = reply.send(());
+        }
+        SupervisorMsg::Shutdown(reply) => {
+            st.shutdown = Some(reply);
+            st.shutting_down = true;
+            st.stop.send_replace(Some(StopReason::Shutdown));
+        }
+    }
+    pump(&myself, st);
+    Ok(())
+}
+
+async fn handle_event(
+    myself: ActorRef<SupervisorMsg>,
+    event: SupervisionEvent,
+    st: &mut SupervisorState,
+) -> Result<(), ActorProcessingErr> {
+    // A worker that ends normally was stopped by us; one that fails
+    // (panics) is replaced and its item retried from its checkpoint.
+    if let SupervisionEvent::ActorFailed(cell, err) = event {
+        let Some(slot) = st
+            .slots
+            .iter()
+            .position(|s| s.worker.get_id() == cell.get_id())
+        else {
+            return Ok(());
+        };
+        on_worker_died(&myself, st, slot, err.to_string()).await?;
+        pump(&myself, st);
+    }
+    Ok(())
 }
 
 fn initial_stop(state: JobState) -> Option<StopReason> {

@@ -95,38 +95,47 @@ impl Actor for Worker {
         state: &mut WorkerArgs,
     ) -> Result<(), ActorProcessingErr> {
         let WorkerMsg::Wake = msg;
-        // In pipelined mode, earlier items' outcomes commit while the next
-        // items run (at most `pipeline_depth` outstanding, settled in order:
-        // the committer commits in the order it was handed writes).
-        let depth = state.pipeline_depth as usize;
-        let mut outstanding: VecDeque<Outcome> = VecDeque::new();
-        while let Some(item) = state.queue.take_into(&state.current) {
-            let started = std::time::Instant::now();
-            let outcome = run_item(state, item, started).await;
-            if depth == 0 {
-                settle(state, outcome).await;
-                continue;
-            }
-            while outstanding.len() >= depth {
-                if let Some(oldest) = outstanding.pop_front() {
-                    settle(state, oldest).await;
-                }
-            }
-            {
-                let mut slot = state.current.lock().expect("slot lock");
-                slot.running = None;
-                slot.committing += 1;
-            }
-            outstanding.push_back(outcome);
-        }
-        for previous in outstanding {
-            settle(state, previous).await;
-        }
-        let _ = state
-            .supervisor
-            .cast(super::supervisor::SupervisorMsg::Idle { slot: state.slot });
+        // Boxed: ractor keeps one future for an actor's whole processing
+        // loop, and its own wrappers around the handler more than double
+        // the room it takes there (see the supervisor's `handle`).
+        Box::pin(work(state)).await;
         Ok(())
     }
+}
+
+/// Takes items from the queue until it is closed or empty, then tells the
+/// supervisor.
+async fn work(state: &mut WorkerArgs) {
+    // In pipelined mode, earlier items' outcomes commit while the next
+    // items run (at most `pipeline_depth` outstanding, settled in order:
+    // the committer commits in the order it was handed writes).
+    let depth = state.pipeline_depth as usize;
+    let mut outstanding: VecDeque<Outcome> = VecDeque::new();
+    while let Some(item) = state.queue.take_into(&state.current) {
+        let started = std::time::Instant::now();
+        let outcome = run_item(state, item, started).await;
+        if depth == 0 {
+            settle(state, outcome).await;
+            continue;
+        }
+        while outstanding.len() >= depth {
+            if let Some(oldest) = outstanding.pop_front() {
+                settle(state, oldest).await;
+            }
+        }
+        {
+            let mut slot = state.current.lock().expect("slot lock");
+            slot.running = None;
+            slot.committing += 1;
+        }
+        outstanding.push_back(outcome);
+    }
+    for previous in outstanding {
+        settle(state, previous).await;
+    }
+    let _ = state
+        .supervisor
+        .cast(super::supervisor::SupervisorMsg::Idle { slot: state.slot });
 }
 
 /// An item's outcome on its way to the store.
