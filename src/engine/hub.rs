@@ -11,7 +11,7 @@ use crate::{
     store::{Pulse, StoreError},
 };
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     future::Future,
     sync::{Arc, Mutex},
 };
@@ -99,7 +99,7 @@ struct Channel {
 /// newest state of the job this process has committed or seen.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    fractions: Mutex<HashMap<u32, f32>>,
+    fractions: Mutex<foldhash::HashMap<u32, f32>>,
     state: Mutex<Option<(JobState, u64)>>,
 }
 
@@ -140,8 +140,8 @@ impl ProgressSink for InFlight {
 /// progress of the jobs this process runs.
 #[derive(Debug, Default)]
 pub struct Hub {
-    channels: Mutex<HashMap<JobId, Channel>>,
-    in_flight: Mutex<HashMap<JobId, Arc<InFlight>>>,
+    channels: Mutex<foldhash::HashMap<JobId, Channel>>,
+    in_flight: Mutex<foldhash::HashMap<JobId, Arc<InFlight>>>,
 }
 
 impl Hub {

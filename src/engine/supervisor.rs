@@ -318,11 +318,32 @@ impl Actor for JobSupervisor {
         msg: SupervisorMsg,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        // Boxed, as is `handle_supervisor_evt`: ractor keeps one future
-        // for an actor's whole processing loop, sized for its largest
-        // handler; a supervisor is idle nearly all its life, and this way
-        // an idle one holds a pointer instead of room for this body.
-        Box::pin(handle_msg(myself, msg, st)).await
+        match handle_msg(&myself, msg, st)? {
+            Next::Stop => return Ok(()),
+            Next::Pump => {}
+            Next::Resize {
+                concurrency,
+                answer,
+            } => {
+                // Boxed, as is `handle_supervisor_evt`: ractor keeps one
+                // future for an actor's whole processing loop, sized for
+                // its largest handler. A supervisor is idle nearly all its
+                // life, and its other messages are handled without
+                // waiting: this way an idle one holds no room for the
+                // rare handlers that wait (spawning workers).
+                Box::pin(resize(&myself, st, concurrency)).await?;
+                match answer {
+                    Answer::Observed(reply) => {
+                        let _ = reply.send(true);
+                    }
+                    Answer::Resized(reply) => {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+        }
+        pump(&myself, st);
+        Ok(())
     }
 
     async fn handle_supervisor_evt(
@@ -335,11 +356,29 @@ impl Actor for JobSupervisor {
     }
 }
 
-async fn handle_msg(
-    myself: ActorRef<SupervisorMsg>,
+/// What is left to do once a message is handled.
+enum Next {
+    /// Decide what comes next (`pump`).
+    Pump,
+    /// Nothing: the supervisor is stopping.
+    Stop,
+    /// Change the pool of workers, answer, then decide what comes next.
+    Resize { concurrency: u32, answer: Answer },
+}
+
+/// Whom to answer once the pool is resized.
+enum Answer {
+    /// `SupervisorMsg::Observed`: something changed.
+    Observed(RpcReplyPort<bool>),
+    Resized(RpcReplyPort<()>),
+}
+
+/// Handles a message up to what waits (see [`Next`]).
+fn handle_msg(
+    myself: &ActorRef<SupervisorMsg>,
     msg: SupervisorMsg,
     st: &mut SupervisorState,
-) -> Result<(), ActorProcessingErr> {
+) -> Result<Next, ActorProcessingErr> {
     match msg {
         SupervisorMsg::Changed {
             state,
@@ -382,8 +421,10 @@ async fn handle_msg(
                 changed = true;
             }
             if concurrency != st.concurrency && !st.state.is_terminal() {
-                resize(&myself, st, concurrency).await?;
-                changed = true;
+                return Ok(Next::Resize {
+                    concurrency,
+                    answer: Answer::Observed(reply),
+                });
             }
             let _ = reply.send(changed);
         }
@@ -395,7 +436,7 @@ async fn handle_msg(
             st.queue.drain();
             myself.stop_children(Some("lease lost".into()));
             myself.stop(Some("lease lost".into()));
-            return Ok(());
+            return Ok(Next::Stop);
         }
         SupervisorMsg::Claimed(result) => {
             st.claiming = false;
@@ -412,7 +453,7 @@ async fn handle_msg(
                 }
                 Err(e) => {
                     tracing::warn!(job_id = %st.job, error = %e, "claim failed");
-                    schedule_retry(&myself, st);
+                    schedule_retry(myself, st);
                 }
             }
         }
@@ -486,21 +527,23 @@ async fn handle_msg(
                     }
                     apply_job(st, &job);
                 }
-                Err(e) => on_store_error(&myself, st, e),
+                Err(e) => on_store_error(myself, st, e),
             }
         }
         SupervisorMsg::Refreshed(result) => match result {
             Ok(job) => apply_job(st, &job),
-            Err(e) => on_store_error(&myself, st, e),
+            Err(e) => on_store_error(myself, st, e),
         },
         SupervisorMsg::Retry => {
             st.retry_scheduled = false;
             st.exhausted = false;
         }
-        SupervisorMsg::Tick => check_timeout(&myself, st),
+        SupervisorMsg::Tick => check_timeout(myself, st),
         SupervisorMsg::Resize { concurrency, reply } => {
-            resize(&myself, st, concurrency).await?;
-            let _ = reply.send(());
+            return Ok(Next::Resize {
+                concurrency,
+                answer: Answer::Resized(reply),
+            });
         }
         SupervisorMsg::Shutdown(reply) => {
             st.shutdown = Some(reply);
@@ -508,8 +551,7 @@ async fn handle_msg(
             st.stop.send_replace(Some(StopReason::Shutdown));
         }
     }
-    pump(&myself, st);
-    Ok(())
+    Ok(Next::Pump)
 }
 
 async fn handle_event(

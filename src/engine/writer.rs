@@ -13,7 +13,7 @@ use crate::store::{
     Batch, BatchFence, BatchOutcome, ClaimRequest, ClaimedItem, ItemWrite, Store, StoreError,
 };
 use backon::{BackoffBuilder, ExponentialBuilder};
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -153,6 +153,10 @@ async fn run(
     // Requests answered by the previous commit (their senders may be about
     // to hand in more).
     let mut woken = 0usize;
+    // The items of the batch being gathered (kept, cleared, between
+    // batches).
+    let mut items: foldhash::HashSet<(crate::domain::JobId, u32)> =
+        foldhash::HashSet::with_capacity_and_hasher(MAX_BATCH, Default::default());
     loop {
         let first = match carried.take() {
             Some(r) => r,
@@ -162,7 +166,7 @@ async fn run(
             },
         };
         let mut requests = vec![first];
-        let mut items: HashSet<(crate::domain::JobId, u32)> = HashSet::new();
+        items.clear();
         if let Op::Write(w) = &requests[0].op {
             items.insert((w.job, w.index));
         }

@@ -95,19 +95,21 @@ struct Round {
 }
 
 fn plan_rounds(batch: &Batch) -> Vec<Round> {
-    let mut rounds: Vec<(Round, std::collections::HashSet<(Uuid, u32)>)> = Vec::new();
+    let mut rounds: Vec<(Round, foldhash::HashSet<(Uuid, u32)>)> = Vec::new();
     for (i, w) in batch.writes.iter().enumerate() {
         let key = (w.job.0, w.index);
         // The first round after the last one that already has this item.
         let after = rounds.iter().rposition(|(_, items)| items.contains(&key));
         let at = after.map_or(0, |a| a + 1);
         if at == rounds.len() {
+            // Room for every write left (nearly always all in one round).
+            let left = batch.writes.len() - i;
             rounds.push((
                 Round {
-                    writes: Vec::new(),
+                    writes: Vec::with_capacity(left),
                     claims: false,
                 },
-                Default::default(),
+                foldhash::HashSet::with_capacity_and_hasher(left, Default::default()),
             ));
         }
         rounds[at].0.writes.push(i);
