@@ -148,6 +148,29 @@ fn plan_rounds(batch: &Batch) -> Vec<Round> {
     rounds.into_iter().map(|(r, _)| r).collect()
 }
 
+/// The query of one call of the batch function `call`, with the writes
+/// it applied packed into one row (tag 0, their positions in `applied`)
+/// instead of a row each: for short items, most of what the function
+/// returns is those rows, and decoding them cost more than the rest of the
+/// answer. The functions' own results are left as they are, so a server of
+/// an earlier version sharing the database still reads them.
+macro_rules! packed {
+    ($call:literal) => {
+        concat!(
+            "WITH r AS MATERIALIZED (SELECT * FROM ",
+            $call,
+            ") SELECT tag, pos, job, idx, payload, attempt, checkpoint, lease, state, total, \
+                      running, succeeded, failed, cancelled, last_seq, \
+                      NULL::integer[] AS applied \
+                 FROM r WHERE tag <> 0 \
+               UNION ALL \
+               SELECT 0::smallint, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+                      NULL, NULL, NULL, NULL, NULL, array_agg(r.pos) \
+                 FROM r WHERE r.tag = 0"
+        )
+    };
+}
+
 /// One call of the batch function: its writes must name distinct items.
 async fn run_round(
     conn: &mut sqlx::PgConnection,
@@ -211,11 +234,9 @@ async fn run_round(
     let claim_leases: Vec<i64> = merged.iter().map(|_| new_lease()).collect();
 
     let rows = match fence {
-        None => sqlx::query(
-            "SELECT tag, pos, job, idx, payload, attempt, checkpoint, lease, state, total, \
-                    running, succeeded, failed, cancelled, last_seq \
-             FROM jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        ),
+        None => sqlx::query(packed!(
+            "jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        )),
         Some(fence) => {
             // Every job the batch touches is fenced; one not listed has
             // epoch 0, which no lease has: refused.
@@ -235,12 +256,10 @@ async fn run_round(
                         .map_or(0, |(_, e)| *e)
                 })
                 .collect();
-            sqlx::query(
-                "SELECT tag, pos, job, idx, payload, attempt, checkpoint, lease, state, total, \
-                        running, succeeded, failed, cancelled, last_seq \
-                 FROM jobvisor_write_batch_fenced($1, $2, $3, \
-                     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-            )
+            sqlx::query(packed!(
+                "jobvisor_write_batch_fenced($1, $2, $3, \
+                     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            ))
             .bind(fence.owner.to_string())
             .bind(fenced)
             .bind(epochs)
@@ -273,8 +292,11 @@ async fn run_round(
         let pos: i32 = row.try_get(1).map_err(db_error)?;
         match tag {
             0 => {
-                if let Some(slot) = outcome.applied.get_mut((pos - 1) as usize) {
-                    *slot = true;
+                let applied: Option<Vec<i32>> = row.try_get(15).map_err(db_error)?;
+                for pos in applied.unwrap_or_default() {
+                    if let Some(slot) = outcome.applied.get_mut((pos - 1) as usize) {
+                        *slot = true;
+                    }
                 }
             }
             3 => outcome
