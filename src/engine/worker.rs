@@ -142,18 +142,22 @@ async fn work(state: &mut WorkerArgs) {
 struct Outcome {
     index: u32,
     expected: Finished,
-    ticket: WriteTicket,
+    /// The write on its way to the store; none when nothing is written.
+    ticket: Option<WriteTicket>,
     started: std::time::Instant,
 }
 
 /// Waits for an outcome's commit, frees the slot and reports to the
 /// supervisor.
 async fn settle(args: &WorkerArgs, outcome: Outcome) {
-    let finished = match outcome.ticket.wait().await {
-        Ok(true) => outcome.expected,
-        Ok(false) => Finished::LeaseLost,
-        Err(WriteError::Store(e)) => Finished::NotCommitted(e),
-        Err(WriteError::Closed) => Finished::NotCommitted("the writer has stopped".into()),
+    let finished = match outcome.ticket {
+        None => outcome.expected,
+        Some(ticket) => match ticket.wait().await {
+            Ok(true) => outcome.expected,
+            Ok(false) => Finished::LeaseLost,
+            Err(WriteError::Store(e)) => Finished::NotCommitted(e),
+            Err(WriteError::Closed) => Finished::NotCommitted("the writer has stopped".into()),
+        },
     };
     {
         // The outcome is committed: the item is no longer ours.
@@ -265,11 +269,17 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Inst
         tracing::debug!(parent: &span, job_id = %args.job, index = item.index,
             attempt = item.attempt, %error, "item attempt failed");
     }
-    let ticket = args.writer.submit_write(ItemWrite {
-        job: args.job,
-        index: item.index,
-        lease: item.lease,
-        kind,
+    // An item stopped by a cancel is not written: the job is CANCELLING
+    // (or already ended), and the transition that ends it cancels every
+    // item still claimed, this one included (`CancelRemaining`). Writing it
+    // first would put a commit between the workers stopping and CANCELLED.
+    let ticket = (kind != WriteKind::Cancelled).then(|| {
+        args.writer.submit_write(ItemWrite {
+            job: args.job,
+            index: item.index,
+            lease: item.lease,
+            kind,
+        })
     });
     Outcome {
         index: item.index,
