@@ -318,7 +318,7 @@ impl Actor for JobSupervisor {
         msg: SupervisorMsg,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        match handle_msg(&myself, msg, st)? {
+        match handle_msg(&myself, msg, st) {
             Next::Stop => return Ok(()),
             Next::Pump => {}
             Next::Resize {
@@ -378,7 +378,7 @@ fn handle_msg(
     myself: &ActorRef<SupervisorMsg>,
     msg: SupervisorMsg,
     st: &mut SupervisorState,
-) -> Result<Next, ActorProcessingErr> {
+) -> Next {
     match msg {
         SupervisorMsg::Changed {
             state,
@@ -421,10 +421,10 @@ fn handle_msg(
                 changed = true;
             }
             if concurrency != st.concurrency && !st.state.is_terminal() {
-                return Ok(Next::Resize {
+                return Next::Resize {
                     concurrency,
                     answer: Answer::Observed(reply),
-                });
+                };
             }
             let _ = reply.send(changed);
         }
@@ -436,7 +436,7 @@ fn handle_msg(
             st.queue.drain();
             myself.stop_children(Some("lease lost".into()));
             myself.stop(Some("lease lost".into()));
-            return Ok(Next::Stop);
+            return Next::Stop;
         }
         SupervisorMsg::Claimed(result) => {
             st.claiming = false;
@@ -540,10 +540,10 @@ fn handle_msg(
         }
         SupervisorMsg::Tick => check_timeout(myself, st),
         SupervisorMsg::Resize { concurrency, reply } => {
-            return Ok(Next::Resize {
+            return Next::Resize {
                 concurrency,
                 answer: Answer::Resized(reply),
-            });
+            };
         }
         SupervisorMsg::Shutdown(reply) => {
             st.shutdown = Some(reply);
@@ -551,7 +551,7 @@ fn handle_msg(
             st.stop.send_replace(Some(StopReason::Shutdown));
         }
     }
-    Ok(Next::Pump)
+    Next::Pump
 }
 
 async fn handle_event(

@@ -3,7 +3,7 @@
 
 use super::{
     db_error,
-    rows::{self, JOB_FIELDS, PAUSE_FIELDS, job_state},
+    rows::{self, job_state},
 };
 use crate::{
     domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, Provenance},
@@ -207,28 +207,24 @@ pub(super) async fn transition_fenced(
         pause_mode: w.pause_mode,
     };
     let p = &w.provenance;
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {JOB_FIELDS}, {PAUSE_FIELDS} FROM ( \
-           SELECT (r.job).*, {PAUSE_FIELDS} FROM jobvisor_transition( \
-             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) AS r) AS jobs"
-    )))
-    .bind(id.0)
-    .bind(w.from.as_str())
-    .bind(w.to.as_str())
-    .bind(&effects)
-    .bind(open_mode)
-    .bind(&p.reason)
-    .bind(&p.requested_by)
-    .bind(&p.request_id)
-    .bind(w.resume_at)
-    .bind(&last_error)
-    .bind(event.kind())
-    .bind(Json(&event))
-    .bind(lease.map(|l| &*l.owner))
-    .bind(lease.map(|l| l.epoch))
-    .fetch_one(pool)
-    .await
-    .map_err(|e| transition_error(id, w, e))?;
+    let row = sqlx::query(rows::TRANSITION)
+        .bind(id.0)
+        .bind(w.from.as_str())
+        .bind(w.to.as_str())
+        .bind(&effects)
+        .bind(open_mode)
+        .bind(&p.reason)
+        .bind(&p.requested_by)
+        .bind(&p.request_id)
+        .bind(w.resume_at)
+        .bind(&last_error)
+        .bind(event.kind())
+        .bind(Json(&event))
+        .bind(lease.map(|l| &*l.owner))
+        .bind(lease.map(|l| l.epoch))
+        .fetch_one(pool)
+        .await
+        .map_err(|e| transition_error(id, w, e))?;
     rows::job_from_row(&row)
 }
 

@@ -33,15 +33,33 @@ macro_rules! pause_fields {
     };
 }
 
-/// The columns [`job_from_row`] reads, selected from [`JOB_FROM`].
-pub(super) const JOB_COLUMNS: &str = concat!(job_fields!(), ", ", pause_fields!());
+/// Selects the columns [`job_from_row`] reads: each job of `jobs` with its
+/// pause history beside it. The queries are whole literals, built once at
+/// compile time.
+macro_rules! select_jobs {
+    () => {
+        concat!(
+            "SELECT ",
+            job_fields!(),
+            ", ",
+            pause_fields!(),
+            " FROM jobs CROSS JOIN LATERAL jobvisor_job_pauses(jobs.id) AS pauses"
+        )
+    };
+}
 
-/// `jobs` with each row's pause history beside it, for `FROM`.
-pub(super) const JOB_FROM: &str = "jobs CROSS JOIN LATERAL jobvisor_job_pauses(jobs.id) AS pauses";
-
-/// The job's own fields of [`JOB_COLUMNS`], and the pause history's.
-pub(super) const JOB_FIELDS: &str = job_fields!();
-pub(super) const PAUSE_FIELDS: &str = pause_fields!();
+/// `jobvisor_transition` (migration 0007) with the job it returns read as
+/// [`job_from_row`] reads it.
+pub(super) const TRANSITION: &str = concat!(
+    "SELECT ",
+    job_fields!(),
+    ", ",
+    pause_fields!(),
+    " FROM (SELECT (r.job).*, ",
+    pause_fields!(),
+    " FROM jobvisor_transition($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+       AS r) AS jobs"
+);
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("corrupt row: {what}"))
@@ -66,7 +84,7 @@ pub(super) fn counts_from_row(row: &PgRow) -> Result<ItemCounts, StoreError> {
     })
 }
 
-/// A job with its pause history, from the columns of [`JOB_COLUMNS`].
+/// A job with its pause history, from the columns of `select_jobs!`.
 pub(super) fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
     let get_err = db_error;
     let state: String = row.try_get("state").map_err(get_err)?;
@@ -149,13 +167,11 @@ pub(super) async fn fetch_job(
     conn: &mut PgConnection,
     id: JobId,
 ) -> Result<Option<Job>, StoreError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE jobs.id = $1"
-    )))
-    .bind(id.0)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_error)?;
+    let row = sqlx::query(concat!(select_jobs!(), " WHERE jobs.id = $1"))
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
     row.as_ref().map(job_from_row).transpose()
 }
 
@@ -168,13 +184,13 @@ pub(super) async fn list_jobs(
         serde_json::to_value(&q.labels).map_err(|e| StoreError::Internal(e.to_string()))?;
     let limit = q.limit.max(1) as i64;
     let mut conn = pool.acquire().await.map_err(db_error)?;
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM {JOB_FROM} \
-         WHERE (cardinality($1::text[]) = 0 OR state = ANY($1)) \
+    let rows = sqlx::query(concat!(
+        select_jobs!(),
+        " WHERE (cardinality($1::text[]) = 0 OR state = ANY($1)) \
            AND labels @> $2 \
            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
          ORDER BY created_at DESC, id DESC LIMIT $5"
-    )))
+    ))
     .bind(&states)
     .bind(Json(labels))
     .bind(q.after.map(|c| c.created_at))
