@@ -14,8 +14,9 @@ use std::{
     collections::VecDeque,
     future::Future,
     sync::{Arc, Mutex},
+    time::Duration,
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 /// Stored events a [`Tail`] keeps: a watcher further behind reads the
 /// store itself.
@@ -23,11 +24,41 @@ const TAIL_KEEP: usize = 1024;
 
 /// The latest stored events of one job, read once for all its watchers in
 /// this process. It holds every event with a sequence in `(from, upto]`.
+///
+/// Watchers copy from it under a short synchronous lock; only the one that
+/// finds it behind reads the store (the others wait for that read instead
+/// of repeating it), so a thousand watchers woken by one commit cost one
+/// query and no queue of async lock hand-offs.
 #[derive(Debug, Default)]
 pub struct Tail {
+    held: Mutex<Held>,
+    refill: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
     from: u64,
     upto: u64,
-    events: VecDeque<JobEvent>,
+    events: VecDeque<Arc<JobEvent>>,
+}
+
+impl Held {
+    /// The events after `cursor`, up to `limit` of them; `None` if `cursor`
+    /// lies before the window.
+    fn after(&self, cursor: u64, limit: u32) -> Option<Vec<Arc<JobEvent>>> {
+        if cursor < self.from {
+            return None;
+        }
+        // Held in sequence order.
+        let first = self.events.partition_point(|e| e.seq <= cursor);
+        Some(
+            self.events
+                .range(first..)
+                .take(limit as usize)
+                .cloned()
+                .collect(),
+        )
+    }
 }
 
 impl Tail {
@@ -36,54 +67,66 @@ impl Tail {
     /// it; `None` if `cursor` lies before what the tail holds (the caller
     /// reads the store itself).
     pub async fn after<F, Fut>(
-        &mut self,
+        &self,
         cursor: u64,
         wanted: u64,
         limit: u32,
         read: F,
-    ) -> Result<Option<Vec<JobEvent>>, StoreError>
+    ) -> Result<Option<Vec<Arc<JobEvent>>>, StoreError>
     where
         F: Fn(u64, u32) -> Fut,
         Fut: Future<Output = Result<Vec<JobEvent>, StoreError>>,
     {
-        if self.events.is_empty() && cursor > self.upto {
-            // Nothing held: start where this watcher is.
-            self.from = cursor;
-            self.upto = cursor;
+        {
+            let held = self.held();
+            if held.upto >= wanted && !held.events.is_empty() {
+                return Ok(held.after(cursor, limit));
+            }
         }
-        if cursor < self.from {
-            return Ok(None);
+        // Behind: one watcher reads, the others wait for its read (and
+        // then find what they want held).
+        let _reading = self.refill.lock().await;
+        {
+            let mut held = self.held();
+            if held.events.is_empty() && cursor > held.upto {
+                // Nothing held: start where this watcher is.
+                held.from = cursor;
+                held.upto = cursor;
+            }
         }
-        while self.upto < wanted {
-            let page = read(self.upto, limit).await?;
+        loop {
+            let upto = {
+                let held = self.held();
+                if held.upto >= wanted {
+                    break;
+                }
+                held.upto
+            };
+            let page = read(upto, limit).await?;
             let full = page.len() == limit as usize;
+            let mut held = self.held();
             for event in page {
-                if event.seq > self.upto {
-                    self.upto = event.seq;
-                    self.events.push_back(event);
+                if event.seq > held.upto {
+                    held.upto = event.seq;
+                    held.events.push_back(Arc::new(event));
                 }
             }
-            while self.events.len() > TAIL_KEEP {
-                if let Some(old) = self.events.pop_front() {
-                    self.from = old.seq;
+            while held.events.len() > TAIL_KEEP {
+                if let Some(old) = held.events.pop_front() {
+                    held.from = old.seq;
                 }
             }
             if !full {
+                // The store has nothing more yet.
                 break;
             }
         }
-        if cursor < self.from {
-            // Evicted while catching up: this watcher was far behind.
-            return Ok(None);
-        }
-        Ok(Some(
-            self.events
-                .iter()
-                .filter(|e| e.seq > cursor)
-                .take(limit as usize)
-                .cloned()
-                .collect(),
-        ))
+        // Evicted while catching up: this watcher was far behind.
+        Ok(self.held().after(cursor, limit))
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().expect("tail lock")
     }
 }
 
@@ -91,7 +134,22 @@ impl Tail {
 #[derive(Debug)]
 struct Channel {
     tx: watch::Sender<Pulse>,
-    tail: Arc<tokio::sync::Mutex<Tail>>,
+    tail: Arc<Tail>,
+    /// When the watchers were last woken.
+    woke: Instant,
+    /// A wake-up is scheduled for the end of the current window.
+    deferred: bool,
+}
+
+impl Channel {
+    fn new(tx: watch::Sender<Pulse>, tail: Arc<Tail>) -> Self {
+        Channel {
+            tx,
+            tail,
+            woke: Instant::now(),
+            deferred: false,
+        }
+    }
 }
 
 /// How far along each item in flight of one job is, as its executor
@@ -138,46 +196,89 @@ impl ProgressSink for InFlight {
 
 /// The per-job pulse channels that have subscribers, and the in-flight
 /// progress of the jobs this process runs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
     channels: Mutex<foldhash::HashMap<JobId, Channel>>,
     in_flight: Mutex<foldhash::HashMap<JobId, Arc<InFlight>>>,
+    /// A job's watchers are woken at most once per `window`.
+    window: Duration,
 }
 
 impl Hub {
-    pub fn new() -> Self {
-        Hub::default()
+    /// A hub that wakes a job's watchers at most once per `window` (zero:
+    /// at every new sequence).
+    pub fn new(window: Duration) -> Arc<Self> {
+        Arc::new(Hub {
+            channels: Mutex::default(),
+            in_flight: Mutex::default(),
+            window,
+        })
     }
 
     /// Tells the job's watchers about a commit. A pulse older than the one
     /// they have (a slower path committing earlier) is ignored.
-    pub fn publish(&self, pulse: Pulse) {
+    ///
+    /// Watchers are woken only by a new sequence (a stored event, a state
+    /// change); newer counters are stored without waking anybody and read
+    /// at each watcher's next progress tick. Waking a thousand watchers on
+    /// every commit would cost more than the job. A new sequence within
+    /// `window` of the last wake-up is stored too, and the watchers are
+    /// woken once at the end of the window for all of them: each watcher
+    /// then reads them in one go and sends them in one frame.
+    pub fn publish(self: &Arc<Self>, pulse: Pulse) {
         if let Some(live) = self.in_flight.lock().expect("hub lock").get(&pulse.job) {
             live.note(pulse.state, pulse.last_seq);
         }
         let mut channels = self.channels.lock().expect("hub lock");
-        let Some(Channel { tx, .. }) = channels.get(&pulse.job) else {
+        let Some(channel) = channels.get_mut(&pulse.job) else {
             return;
         };
-        if tx.receiver_count() == 0 {
+        if channel.tx.receiver_count() == 0 {
             channels.remove(&pulse.job);
             return;
         }
-        // Watchers are woken only by a new sequence (a stored event, a
-        // state change); newer counters are stored without waking anybody
-        // and read at each watcher's next progress tick. Waking a thousand
-        // watchers on every commit would cost more than the job.
-        tx.send_if_modified(|current| {
+        let mut newer = false;
+        channel.tx.send_if_modified(|current| {
             if pulse.last_seq > current.last_seq {
                 *current = pulse;
-                true
-            } else {
-                if pulse.last_seq == current.last_seq && pulse.counts != current.counts {
-                    *current = pulse;
-                }
-                false
+                newer = true;
+            } else if pulse.last_seq == current.last_seq && pulse.counts != current.counts {
+                *current = pulse;
             }
+            false
         });
+        if !newer || channel.deferred {
+            return;
+        }
+        let now = Instant::now();
+        let due = channel.woke + self.window;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if due > now => {
+                channel.deferred = true;
+                let hub = Arc::downgrade(self);
+                let job = pulse.job;
+                runtime.spawn(async move {
+                    tokio::time::sleep_until(due).await;
+                    if let Some(hub) = hub.upgrade() {
+                        hub.wake(job);
+                    }
+                });
+            }
+            _ => {
+                channel.woke = now;
+                channel.tx.send_modify(|_| {});
+            }
+        }
+    }
+
+    /// Wakes a job's watchers at the end of a window.
+    fn wake(&self, job: JobId) {
+        let mut channels = self.channels.lock().expect("hub lock");
+        if let Some(channel) = channels.get_mut(&job) {
+            channel.deferred = false;
+            channel.woke = Instant::now();
+            channel.tx.send_modify(|_| {});
+        }
     }
 
     /// Registers the in-flight progress of a job this process runs.
@@ -211,10 +312,7 @@ impl Hub {
     /// Subscribes to a job's pulses, starting from `initial` (what the
     /// subscriber read from the store) if nothing newer is known, and
     /// returns the tail of stored events its watchers share.
-    pub fn subscribe(
-        &self,
-        initial: Pulse,
-    ) -> (watch::Receiver<Pulse>, Arc<tokio::sync::Mutex<Tail>>) {
+    pub fn subscribe(self: &Arc<Self>, initial: Pulse) -> (watch::Receiver<Pulse>, Arc<Tail>) {
         let mut channels = self.channels.lock().expect("hub lock");
         match channels.get(&initial.job) {
             Some(channel) => {
@@ -226,14 +324,8 @@ impl Hub {
             }
             None => {
                 let (tx, rx) = watch::channel(initial);
-                let tail = Arc::new(tokio::sync::Mutex::new(Tail::default()));
-                channels.insert(
-                    initial.job,
-                    Channel {
-                        tx,
-                        tail: tail.clone(),
-                    },
-                );
+                let tail = Arc::new(Tail::default());
+                channels.insert(initial.job, Channel::new(tx, tail.clone()));
                 (rx, tail)
             }
         }
@@ -245,6 +337,7 @@ mod tests {
     use super::*;
     use crate::domain::{EventBody, JobState};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     fn event(seq: u64) -> JobEvent {
         JobEvent {
@@ -275,14 +368,14 @@ mod tests {
         }
     }
 
-    fn seqs(events: &[JobEvent]) -> Vec<u64> {
+    fn seqs(events: &[Arc<JobEvent>]) -> Vec<u64> {
         events.iter().map(|e| e.seq).collect()
     }
 
     #[tokio::test]
     async fn watchers_at_the_same_place_share_one_read() {
         let reads = AtomicUsize::new(0);
-        let mut tail = Tail::default();
+        let tail = Tail::default();
         for _ in 0..100 {
             let got = tail
                 .after(0, 5, 500, store(5, &reads))
@@ -306,9 +399,88 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn watchers_woken_together_wait_for_one_read() {
+        let reads = AtomicUsize::new(0);
+        let tail = Tail::default();
+        // A slow store: every watcher asks while the first read runs.
+        let slow = |after: u64, limit: u32| {
+            reads.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(((after + 1)..=9)
+                    .take(limit as usize)
+                    .map(event)
+                    .collect::<Vec<_>>())
+            }
+        };
+        let watchers = (0..50u64).map(|i| tail.after(i % 5, 9, 500, slow));
+        for got in futures::future::join_all(watchers).await {
+            let got = got.unwrap().unwrap();
+            assert_eq!(*seqs(&got).last().unwrap(), 9);
+            assert!(got.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+    }
+
+    fn pulse(job: JobId, last_seq: u64) -> Pulse {
+        Pulse {
+            job,
+            state: JobState::Running,
+            counts: Default::default(),
+            last_seq,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commits_within_a_window_wake_the_watchers_once() {
+        let hub = Hub::new(Duration::from_millis(20));
+        let job = JobId::new();
+        let (mut rx, _tail) = hub.subscribe(pulse(job, 0));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        // After a quiet window: woken at once.
+        hub.publish(pulse(job, 1));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().last_seq, 1);
+        // Within the window: stored, but nobody woken yet.
+        hub.publish(pulse(job, 2));
+        hub.publish(pulse(job, 3));
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(rx.borrow().last_seq, 3);
+        // An older pulse is ignored.
+        hub.publish(pulse(job, 2));
+        assert_eq!(rx.borrow().last_seq, 3);
+        // One wake-up at the end of the window, for both.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!rx.has_changed().unwrap());
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().last_seq, 3);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!rx.has_changed().unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_window_wakes_at_every_new_sequence() {
+        let hub = Hub::new(Duration::ZERO);
+        let job = JobId::new();
+        let (mut rx, _tail) = hub.subscribe(pulse(job, 0));
+        for seq in 1..=3 {
+            hub.publish(pulse(job, seq));
+            assert!(rx.has_changed().unwrap());
+            assert_eq!(rx.borrow_and_update().last_seq, seq);
+        }
+        // New counters at the same sequence wake nobody.
+        let mut counted = pulse(job, 3);
+        counted.counts.succeeded = 7;
+        hub.publish(counted);
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(rx.borrow().counts.succeeded, 7);
+    }
+
+    #[tokio::test]
     async fn a_watcher_behind_the_tail_reads_the_store_itself() {
         let reads = AtomicUsize::new(0);
-        let mut tail = Tail::default();
+        let tail = Tail::default();
         // The first watcher starts at 10: the tail holds (10, 12].
         let got = tail
             .after(10, 12, 500, store(12, &reads))
@@ -327,13 +499,13 @@ mod tests {
     #[tokio::test]
     async fn the_tail_keeps_a_bounded_window_and_pages() {
         let reads = AtomicUsize::new(0);
-        let mut tail = Tail::default();
+        let tail = Tail::default();
         let n = (TAIL_KEEP as u64) * 3;
         let got = tail.after(0, n, 500, store(n, &reads)).await.unwrap();
         // Evicted while catching up: the caller was too far behind.
         assert!(got.is_none());
-        assert_eq!(tail.events.len(), TAIL_KEEP);
-        assert_eq!(tail.upto, n);
+        assert_eq!(tail.held().events.len(), TAIL_KEEP);
+        assert_eq!(tail.held().upto, n);
         let got = tail
             .after(n - 10, n, 500, store(n, &reads))
             .await

@@ -56,6 +56,10 @@ pub struct EngineConfig {
     pub restart_window: Duration,
     /// How often WatchJob streams send progress, at most.
     pub progress_interval: Duration,
+    /// WatchJob streams are woken for new events at most once per window,
+    /// and send what it gathered in one frame: a little latency for much
+    /// less work per event when many watch a busy job.
+    pub watch_window: Duration,
     /// How long a control call waits for the supervisor to acknowledge.
     pub control_timeout: Duration,
     /// A worker starts its next items while the outcomes of its previous
@@ -85,6 +89,7 @@ impl Default for EngineConfig {
             restart_budget: 5,
             restart_window: Duration::from_secs(60),
             progress_interval: Duration::from_millis(500),
+            watch_window: Duration::from_millis(20),
             control_timeout: Duration::from_secs(5),
             pipelined_acks: false,
             pipeline_depth: 32,
@@ -259,7 +264,7 @@ impl Engine {
         config: EngineConfig,
         cluster: Option<Arc<Cluster>>,
     ) -> Result<(Engine, Adopted), EngineError> {
-        let hub = Arc::new(Hub::new());
+        let hub = Hub::new(config.watch_window);
         let abort = CancellationToken::new();
         let book = cluster.as_ref().map(|c| c.book.clone());
         let writer = Writer::start(store.clone(), hub.clone(), abort.clone(), book.clone());

@@ -8,18 +8,20 @@
 //! the store (never skipped), and a watcher never slows the job: the job
 //! does not wait for anybody's stream.
 
-use super::{Engine, EngineError};
+use super::{Engine, EngineError, hub::Tail};
 use crate::{
     domain::{ItemCounts, Job, JobEvent, JobId, JobState},
     store::Pulse,
 };
 use chrono::{DateTime, Utc};
+use futures::Stream;
 use std::{
     collections::VecDeque,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// Stored events read per query.
 const PAGE: u32 = 500;
@@ -46,7 +48,8 @@ pub struct Progress {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchItem {
     Snapshot(Box<Job>),
-    Event(JobEvent),
+    /// Shared with the job's other watchers in this process.
+    Event(Arc<JobEvent>),
     Progress(Progress),
 }
 
@@ -80,132 +83,181 @@ impl Rate {
 impl Engine {
     /// Streams a job (see the module docs). The stream ends with an error
     /// if the job is unknown, the store fails, or the server shuts down.
-    pub async fn watch(
-        &self,
-        id: JobId,
-        from_seq: u64,
-    ) -> Result<ReceiverStream<Result<WatchItem, EngineError>>, EngineError> {
+    ///
+    /// The stream does its work when it is polled, in the task that sends
+    /// it to the client: no task of its own, no buffer between the two. A
+    /// client that does not read holds nothing up; it reads the store from
+    /// its cursor when it comes back.
+    pub async fn watch(&self, id: JobId, from_seq: u64) -> Result<WatchStream, EngineError> {
         self.check_open()?;
         let job = self.get_job(id).await?;
-        let (tx, rx) = mpsc::channel(64);
-        let engine = self.clone();
-        tokio::spawn(async move {
-            crate::metrics::watch_streams(1.0);
-            let result = engine.stream(job, from_seq, &tx).await;
-            crate::metrics::watch_streams(-1.0);
-            if let Err(e) = result {
-                let _ = tx.send(Err(e)).await;
+        // Boxed: the stream moves it from one batch's future to the next.
+        let watcher = Box::new(Watcher::new(self.clone(), job, from_seq));
+        let batches = futures::stream::unfold(Some(watcher), |watcher| async move {
+            let mut watcher = watcher?;
+            match watcher.next().await {
+                Ok(Some(batch)) => Some((Ok(batch), Some(watcher))),
+                Ok(None) => None,
+                // An error ends the stream.
+                Err(e) => Some((Err(e), None)),
             }
         });
-        Ok(ReceiverStream::new(rx))
+        Ok(WatchStream {
+            batches: Box::pin(batches),
+            ready: Vec::new().into_iter(),
+        })
     }
+}
 
-    async fn stream(
-        &self,
-        job: Job,
-        from_seq: u64,
-        tx: &mpsc::Sender<Result<WatchItem, EngineError>>,
-    ) -> Result<(), EngineError> {
+/// One watch stream's state between its batches.
+struct Watcher {
+    engine: Engine,
+    id: JobId,
+    /// The job as read when the stream started, until it is sent.
+    snapshot: Option<Box<Job>>,
+    pulses: tokio::sync::watch::Receiver<Pulse>,
+    tail: Arc<Tail>,
+    /// The newest pulse this stream acted on.
+    known: Pulse,
+    /// The last stored event sent (or the caller's sequence).
+    cursor: u64,
+    /// The newest sequence after which the store was found empty.
+    looked: u64,
+    /// The terminal event was sent.
+    ended: bool,
+    sent_counts: ItemCounts,
+    sent_partial: f64,
+    rate: Rate,
+    progress: tokio::time::Interval,
+    poll: tokio::time::Interval,
+    last_pulse: Instant,
+    heard: Pulse,
+    closing: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl Watcher {
+    fn new(engine: Engine, job: Job, from_seq: u64) -> Watcher {
         let id = job.id;
-        let (mut pulses, tail) = self.rt.hub.subscribe(Pulse {
+        let (pulses, tail) = engine.rt.hub.subscribe(Pulse {
             job: id,
             state: job.state,
             counts: job.counts,
             last_seq: job.last_seq,
         });
-        let mut known = *pulses.borrow();
-        let mut sent_counts = job.counts;
-        let mut sent_partial = 0.0;
+        let known = *pulses.borrow();
         let mut rate = Rate::default();
         rate.observe(job.counts.ended() as f64);
-        if tx
-            .send(Ok(WatchItem::Snapshot(Box::new(job))))
-            .await
-            .is_err()
-        {
-            return Ok(());
-        }
-        let mut cursor = from_seq;
-        let mut progress = tokio::time::interval(self.rt.config.progress_interval);
+        let mut progress = tokio::time::interval(engine.rt.config.progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut last_pulse = Instant::now();
-        let mut heard = known;
+        crate::metrics::watch_streams(1.0);
+        Watcher {
+            closing: Box::pin(engine.closing.clone().cancelled_owned()),
+            engine,
+            id,
+            sent_counts: job.counts,
+            snapshot: Some(Box::new(job)),
+            pulses,
+            tail,
+            known,
+            cursor: from_seq,
+            looked: 0,
+            ended: false,
+            sent_partial: 0.0,
+            rate,
+            progress,
+            poll,
+            last_pulse: Instant::now(),
+            heard: known,
+        }
+    }
+
+    /// The next messages to send; `None` once the terminal event was sent.
+    async fn next(&mut self) -> Result<Option<Vec<WatchItem>>, EngineError> {
+        if let Some(job) = self.snapshot.take() {
+            return Ok(Some(vec![WatchItem::Snapshot(job)]));
+        }
+        let id = self.id;
+        let store = &self.engine.rt.store;
         loop {
-            // Send everything stored after the cursor: through the tail
-            // this job's watchers share, or from the store for a watcher
-            // behind it. Nothing to read while the cursor is at the last
-            // sequence known (a commit pulses, another process's commits
-            // are polled).
-            while cursor < known.last_seq {
-                let shared = tail
-                    .lock()
-                    .await
-                    .after(cursor, known.last_seq, PAGE, |after, limit| {
-                        self.rt.store.events_after(id, after, limit)
+            if self.ended {
+                return Ok(None);
+            }
+            // Send what is stored after the cursor, a page at a time:
+            // through the tail this job's watchers share, or from the
+            // store for a watcher behind it. Nothing to read while the
+            // cursor is at the last sequence known (a commit pulses,
+            // another process's commits are polled).
+            if self.cursor < self.known.last_seq && self.looked < self.known.last_seq {
+                let shared = self
+                    .tail
+                    .after(self.cursor, self.known.last_seq, PAGE, |after, limit| {
+                        store.events_after(id, after, limit)
                     })
                     .await?;
                 let events = match shared {
                     Some(events) => events,
-                    None => self.rt.store.events_after(id, cursor, PAGE).await?,
+                    None => (store.events_after(id, self.cursor, PAGE).await?)
+                        .into_iter()
+                        .map(Arc::new)
+                        .collect(),
                 };
-                let full = events.len() == PAGE as usize;
+                let mut batch = Vec::with_capacity(events.len());
                 for event in events {
-                    cursor = event.seq;
-                    let terminal = event.body.is_terminal();
-                    if tx.send(Ok(WatchItem::Event(event))).await.is_err() {
-                        return Ok(());
-                    }
-                    if terminal {
-                        return Ok(());
+                    self.cursor = event.seq;
+                    self.ended = event.body.is_terminal();
+                    batch.push(WatchItem::Event(event));
+                    if self.ended {
+                        break;
                     }
                 }
-                if !full {
-                    break;
+                if !batch.is_empty() {
+                    return Ok(Some(batch));
                 }
+                // Nothing after the cursor yet, whatever the pulse said:
+                // wait for the next one.
+                self.looked = self.known.last_seq;
             }
             // A terminal job whose terminal event lies at or before the
             // caller's sequence: nothing more will come.
-            if known.state.is_terminal() && cursor >= known.last_seq {
-                return Ok(());
+            if self.known.state.is_terminal() && self.cursor >= self.known.last_seq {
+                return Ok(None);
             }
             tokio::select! {
-                changed = pulses.changed() => {
+                changed = self.pulses.changed() => {
                     if changed.is_err() {
-                        return Ok(());
+                        return Ok(None);
                     }
-                    known = *pulses.borrow_and_update();
-                    last_pulse = Instant::now();
+                    self.known = *self.pulses.borrow_and_update();
+                    self.last_pulse = Instant::now();
                 }
-                _ = progress.tick() => {
+                _ = self.progress.tick() => {
                     // The latest counters (stored without a wake-up).
-                    let latest = *pulses.borrow();
-                    if latest.last_seq >= known.last_seq {
-                        known = latest;
+                    let latest = *self.pulses.borrow();
+                    if latest.last_seq >= self.known.last_seq {
+                        self.known = latest;
                     }
-                    let partial = self.rt.hub.in_flight_fraction(id);
-                    if known.counts != sent_counts || partial != sent_partial {
-                        sent_counts = known.counts;
-                        sent_partial = partial;
-                        let item = progress_of(&known, partial, &mut rate);
-                        if tx.send(Ok(WatchItem::Progress(item))).await.is_err() {
-                            return Ok(());
-                        }
+                    let partial = self.engine.rt.hub.in_flight_fraction(id);
+                    if self.known.counts != self.sent_counts || partial != self.sent_partial {
+                        self.sent_counts = self.known.counts;
+                        self.sent_partial = partial;
+                        let item = progress_of(&self.known, partial, &mut self.rate);
+                        return Ok(Some(vec![WatchItem::Progress(item)]));
                     }
                 }
-                _ = poll.tick() => {
+                _ = self.poll.tick() => {
                     // Another process may run this job: read it directly
                     // when nothing was heard locally for a while (counters
                     // stored without a wake-up count as heard).
-                    let latest = *pulses.borrow();
-                    if latest != heard {
-                        heard = latest;
-                        last_pulse = Instant::now();
+                    let latest = *self.pulses.borrow();
+                    if latest != self.heard {
+                        self.heard = latest;
+                        self.last_pulse = Instant::now();
                     }
-                    if last_pulse.elapsed() >= POLL {
-                        let job = self.get_job(id).await?;
-                        known = Pulse {
+                    if self.last_pulse.elapsed() >= POLL {
+                        let job = self.engine.get_job(id).await?;
+                        self.known = Pulse {
                             job: id,
                             state: job.state,
                             counts: job.counts,
@@ -213,12 +265,47 @@ impl Engine {
                         };
                     }
                 }
-                _ = self.closing.cancelled() => {
+                _ = self.closing.as_mut() => {
                     return Err(EngineError::Unavailable(
                         "the server is shutting down; reconnect with your last sequence".into(),
                     ));
                 }
-                _ = tx.closed() => return Ok(()),
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        crate::metrics::watch_streams(-1.0);
+    }
+}
+
+/// What a watch stream produces at once: a page of events, a snapshot or a
+/// progress message; or the error that ends the stream.
+type Batch = Result<Vec<WatchItem>, EngineError>;
+
+/// A watch stream: its messages one by one, produced in batches. Every
+/// message of a batch is ready at once, so gRPC encodes a batch into one
+/// frame, and the client is woken once for it.
+pub struct WatchStream {
+    batches: Pin<Box<dyn Stream<Item = Batch> + Send>>,
+    ready: std::vec::IntoIter<WatchItem>,
+}
+
+impl Stream for WatchStream {
+    type Item = Result<WatchItem, EngineError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(item) = self.ready.next() {
+                return Poll::Ready(Some(Ok(item)));
+            }
+            match self.batches.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(batch))) => self.ready = batch.into_iter(),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }

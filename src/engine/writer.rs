@@ -203,7 +203,7 @@ async fn run(
 
 async fn commit(
     store: &dyn Store,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     requests: Vec<Request>,
     abort: &CancellationToken,
     book: Option<&Book>,
