@@ -69,6 +69,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=64), requires = "pipelined_acks")]
     pipeline_depth: u32,
 
+    /// A job's WatchJob streams are woken at most once per this window and
+    /// get the events it gathered in one frame: up to this much latency
+    /// for much less work per event when many watch a busy job (0s: every
+    /// event at once; at most 1s).
+    #[arg(long, env = "JOBVISOR_WATCH_WINDOW", default_value = "20ms",
+          value_parser = humantime::parse_duration)]
+    watch_window: Duration,
+
     /// Enable the `exec` executor, which runs programs on this host for
     /// each item.
     #[arg(long, env = "JOBVISOR_ALLOW_EXEC")]
@@ -170,6 +178,12 @@ impl ServeArgs {
         if self.restart_window.is_zero() {
             anyhow::bail!("--restart-window (JOBVISOR_RESTART_WINDOW) must be longer than 0s");
         }
+        if self.watch_window > Duration::from_secs(1) {
+            anyhow::bail!(
+                "--watch-window (JOBVISOR_WATCH_WINDOW) must be at most 1s, got {}",
+                humantime::format_duration(self.watch_window)
+            );
+        }
         config.database.max_connections = self.db_max_connections;
         config.database.acquire_timeout = self.db_acquire_timeout;
         config.shutdown_grace = self.shutdown_grace;
@@ -178,6 +192,7 @@ impl ServeArgs {
         config.engine.restart_window = self.restart_window;
         config.engine.pipelined_acks = self.pipelined_acks;
         config.engine.pipeline_depth = self.pipeline_depth;
+        config.engine.watch_window = self.watch_window;
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(server::TlsFiles {
                 cert: cert.clone(),

@@ -369,3 +369,25 @@ async fn list_jobs_filters_and_pages() {
     assert_eq!(seen, ids);
     app.stop().await;
 }
+
+/// A serve flag out of range stops the server before it touches any
+/// store, naming the flag.
+#[test]
+fn a_watch_window_over_a_second_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobvisor"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--watch-window", "2s"])
+        .env_remove("DATABASE_URL")
+        .env("JOBVISOR_METRICS_LISTEN", "off")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--watch-window") && stderr.contains("at most 1s"),
+        "{stderr}"
+    );
+    // Nothing was created.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

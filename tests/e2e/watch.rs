@@ -1,6 +1,6 @@
 //! WatchJob: replay from the store, live changes, gap-free resumption.
 
-use super::harness::{Options, SECS, StoreKind, spawn_app_with, stored};
+use super::harness::{Options, SECS, StoreKind, spawn_app, spawn_app_with, stored};
 use jobvisor::pb::{self, JobState, PauseMode};
 
 fn sequences(events: &[pb::JobEvent]) -> Vec<u64> {
@@ -109,5 +109,76 @@ pub async fn two_live_watchers_see_the_same_sequence_on(store: StoreKind) {
         })
         .collect();
     assert!(ended.windows(2).all(|w| w[0] <= w[1]), "{ended:?}");
+    app.stop().await;
+}
+
+/// Fifty streams on one busy job: events committed close together reach
+/// each stream in batches (one wake-up per window for all of them), and
+/// every stream still gets every event once, in order, to the end.
+#[tokio::test]
+async fn many_watchers_of_a_busy_job_each_get_every_event() {
+    let app = spawn_app().await;
+    let job = app
+        .start(app.job(
+            "sleep",
+            600,
+            8,
+            &[
+                ("duration_ms", "0"),
+                ("steps", "1"),
+                ("fail_pattern", "^item-[0-9]*[05]$"),
+            ],
+        ))
+        .await;
+    let streams: Vec<_> = (0..50)
+        .map(|_| app.watch_all(&job.id, 0, SECS(60)))
+        .collect();
+    let streams = futures::future::join_all(streams).await;
+    let done = app.get(&job.id).await;
+    assert_eq!(done.state, JobState::Failed as i32);
+    // 120 failing items, each a stored event, plus the state changes.
+    assert!(done.last_sequence > 120, "{}", done.last_sequence);
+    let all: Vec<u64> = (1..=done.last_sequence).collect();
+    for events in &streams {
+        assert_eq!(sequences(events), all);
+    }
+    app.stop().await;
+}
+
+/// A server shutting down ends its streams with UNAVAILABLE, which tells
+/// the client to reconnect with its last sequence.
+#[tokio::test]
+async fn a_stream_ends_unavailable_when_the_server_shuts_down() {
+    let mut app = spawn_app().await;
+    let job = app.start(app.job("gate", 4, 2, &[])).await;
+    let mut stream = app
+        .client
+        .clone()
+        .watch_job(pb::WatchJobRequest {
+            job_id: job.id.clone(),
+            from_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(first.kind, Some(pb::job_event::Kind::Snapshot(_))));
+    let ended = tokio::spawn(async move {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    });
+    app.shutdown_server().await;
+    let status = tokio::time::timeout(SECS(10), ended)
+        .await
+        .expect("the stream did not end")
+        .unwrap()
+        .expect("the stream ended without an error");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("last sequence"), "{status:?}");
     app.stop().await;
 }
