@@ -135,8 +135,8 @@ impl Tail {
 struct Channel {
     tx: watch::Sender<Pulse>,
     tail: Arc<Tail>,
-    /// When the watchers were last woken.
-    woke: Instant,
+    /// When the watchers were last woken (`None`: not yet).
+    woke: Option<Instant>,
     /// A wake-up is scheduled for the end of the current window.
     deferred: bool,
 }
@@ -146,7 +146,7 @@ impl Channel {
         Channel {
             tx,
             tail,
-            woke: Instant::now(),
+            woke: None,
             deferred: false,
         }
     }
@@ -225,6 +225,8 @@ impl Hub {
     /// `window` of the last wake-up is stored too, and the watchers are
     /// woken once at the end of the window for all of them: each watcher
     /// then reads them in one go and sends them in one frame.
+    /// A change of the job's state wakes them at once, and so does the
+    /// first new sequence after a quiet window.
     pub fn publish(self: &Arc<Self>, pulse: Pulse) {
         if let Some(live) = self.in_flight.lock().expect("hub lock").get(&pulse.job) {
             live.note(pulse.state, pulse.last_seq);
@@ -237,9 +239,10 @@ impl Hub {
             channels.remove(&pulse.job);
             return;
         }
-        let mut newer = false;
+        let (mut newer, mut moved) = (false, false);
         channel.tx.send_if_modified(|current| {
             if pulse.last_seq > current.last_seq {
+                moved = pulse.state != current.state;
                 *current = pulse;
                 newer = true;
             } else if pulse.last_seq == current.last_seq && pulse.counts != current.counts {
@@ -247,13 +250,15 @@ impl Hub {
             }
             false
         });
-        if !newer || channel.deferred {
+        // A change of state (a pause, a cancel, the end) is rare and
+        // awaited: it wakes the watchers at once, window or not.
+        if !newer || (channel.deferred && !moved) {
             return;
         }
         let now = Instant::now();
-        let due = channel.woke + self.window;
+        let due = channel.woke.map_or(now, |woke| woke + self.window);
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if due > now => {
+            Ok(runtime) if due > now && !moved => {
                 channel.deferred = true;
                 let hub = Arc::downgrade(self);
                 let job = pulse.job;
@@ -265,7 +270,7 @@ impl Hub {
                 });
             }
             _ => {
-                channel.woke = now;
+                channel.woke = Some(now);
                 channel.tx.send_modify(|_| {});
             }
         }
@@ -276,7 +281,7 @@ impl Hub {
         let mut channels = self.channels.lock().expect("hub lock");
         if let Some(channel) = channels.get_mut(&job) {
             channel.deferred = false;
-            channel.woke = Instant::now();
+            channel.woke = Some(Instant::now());
             channel.tx.send_modify(|_| {});
         }
     }
@@ -436,8 +441,7 @@ mod tests {
         let hub = Hub::new(Duration::from_millis(20));
         let job = JobId::new();
         let (mut rx, _tail) = hub.subscribe(pulse(job, 0));
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        // After a quiet window: woken at once.
+        // The first new sequence: woken at once.
         hub.publish(pulse(job, 1));
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().last_seq, 1);
@@ -457,6 +461,33 @@ mod tests {
         assert_eq!(rx.borrow_and_update().last_seq, 3);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!rx.has_changed().unwrap());
+        // After a quiet window: at once again.
+        hub.publish(pulse(job, 4));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().last_seq, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_of_state_wakes_the_watchers_at_once() {
+        let hub = Hub::new(Duration::from_millis(20));
+        let job = JobId::new();
+        let (mut rx, _tail) = hub.subscribe(pulse(job, 0));
+        hub.publish(pulse(job, 1));
+        assert_eq!(rx.borrow_and_update().last_seq, 1);
+        // Within the window: an item event waits for its end...
+        hub.publish(pulse(job, 2));
+        assert!(!rx.has_changed().unwrap());
+        // ...but the cancel does not, and brings it along.
+        let mut cancelling = pulse(job, 3);
+        cancelling.state = JobState::Cancelling;
+        hub.publish(cancelling);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().state, JobState::Cancelling);
+        let mut cancelled = pulse(job, 4);
+        cancelled.state = JobState::Cancelled;
+        hub.publish(cancelled);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().last_seq, 4);
     }
 
     #[tokio::test(start_paused = true)]
