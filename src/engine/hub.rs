@@ -137,13 +137,23 @@ struct Channel {
     tail: Arc<Tail>,
     /// When the watchers were last woken (`None`: not yet).
     woke: Option<Instant>,
+    /// The job's state they were last woken with.
+    woke_state: JobState,
     /// A wake-up is scheduled for the end of the current window.
     deferred: bool,
 }
 
 impl Channel {
+    fn wake(&mut self, now: Instant) {
+        self.woke = Some(now);
+        self.woke_state = self.tx.borrow().state;
+        self.tx.send_modify(|_| {});
+    }
+
     fn new(tx: watch::Sender<Pulse>, tail: Arc<Tail>) -> Self {
+        let woke_state = tx.borrow().state;
         Channel {
+            woke_state,
             tx,
             tail,
             woke: None,
@@ -239,10 +249,9 @@ impl Hub {
             channels.remove(&pulse.job);
             return;
         }
-        let (mut newer, mut moved) = (false, false);
+        let mut newer = false;
         channel.tx.send_if_modified(|current| {
             if pulse.last_seq > current.last_seq {
-                moved = pulse.state != current.state;
                 *current = pulse;
                 newer = true;
             } else if pulse.last_seq == current.last_seq && pulse.counts != current.counts {
@@ -251,7 +260,10 @@ impl Hub {
             false
         });
         // A change of state (a pause, a cancel, the end) is rare and
-        // awaited: it wakes the watchers at once, window or not.
+        // awaited: it wakes the watchers at once, window or not. (Compared
+        // with the state they last woke with: a pulse that repeats a
+        // sequence stores its state without waking anybody.)
+        let moved = newer && channel.tx.borrow().state != channel.woke_state;
         if !newer || (channel.deferred && !moved) {
             return;
         }
@@ -269,10 +281,7 @@ impl Hub {
                     }
                 });
             }
-            _ => {
-                channel.woke = Some(now);
-                channel.tx.send_modify(|_| {});
-            }
+            _ => channel.wake(now),
         }
     }
 
@@ -281,8 +290,7 @@ impl Hub {
         let mut channels = self.channels.lock().expect("hub lock");
         if let Some(channel) = channels.get_mut(&job) {
             channel.deferred = false;
-            channel.woke = Some(Instant::now());
-            channel.tx.send_modify(|_| {});
+            channel.wake(Instant::now());
         }
     }
 
@@ -483,6 +491,14 @@ mod tests {
         hub.publish(cancelling);
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().state, JobState::Cancelling);
+        // A pulse repeating a sequence stores its state silently; the next
+        // sequence still wakes at once for the change.
+        let mut early = pulse(job, 3);
+        early.state = JobState::Cancelled;
+        early.counts.cancelled = 4;
+        hub.publish(early);
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(rx.borrow().state, JobState::Cancelled);
         let mut cancelled = pulse(job, 4);
         cancelled.state = JobState::Cancelled;
         hub.publish(cancelled);
