@@ -697,12 +697,7 @@ impl Engine {
     }
 
     fn publish(&self, job: &Job) {
-        self.rt.hub.publish(Pulse {
-            job: job.id,
-            state: job.state,
-            counts: job.counts,
-            last_seq: job.last_seq,
-        });
+        self.rt.hub.publish(Pulse::of(job));
     }
 
     fn handler(&self, job: &Job) -> Result<Arc<dyn ItemHandler>, String> {

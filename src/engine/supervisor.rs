@@ -662,12 +662,7 @@ fn apply_job(st: &mut SupervisorState, job: &Job) {
             .last()
             .is_some_and(|p| p.mode == crate::domain::PauseMode::Immediate);
     apply_state(st, job.state, interrupt);
-    st.rt.hub.publish(crate::store::Pulse {
-        job: job.id,
-        state: job.state,
-        counts: job.counts,
-        last_seq: job.last_seq,
-    });
+    st.rt.hub.publish(crate::store::Pulse::of(job));
 }
 
 /// Answers the workers held by the breaker.

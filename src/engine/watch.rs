@@ -138,12 +138,7 @@ struct Watcher {
 impl Watcher {
     fn new(engine: Engine, job: Job, from_seq: u64) -> Watcher {
         let id = job.id;
-        let (pulses, tail) = engine.rt.hub.subscribe(Pulse {
-            job: id,
-            state: job.state,
-            counts: job.counts,
-            last_seq: job.last_seq,
-        });
+        let (pulses, tail) = engine.rt.hub.subscribe(Pulse::of(&job));
         let known = *pulses.borrow();
         let mut rate = Rate::default();
         rate.observe(job.counts.ended() as f64);
@@ -257,12 +252,7 @@ impl Watcher {
                     }
                     if self.last_pulse.elapsed() >= POLL {
                         let job = self.engine.get_job(id).await?;
-                        self.known = Pulse {
-                            job: id,
-                            state: job.state,
-                            counts: job.counts,
-                            last_seq: job.last_seq,
-                        };
+                        self.known = Pulse::of(&job);
                     }
                 }
                 _ = self.closing.as_mut() => {

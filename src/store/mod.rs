@@ -176,6 +176,18 @@ pub struct Pulse {
     pub last_seq: u64,
 }
 
+impl Pulse {
+    /// The pulse of a job as read.
+    pub fn of(job: &Job) -> Pulse {
+        Pulse {
+            job: job.id,
+            state: job.state,
+            counts: job.counts,
+            last_seq: job.last_seq,
+        }
+    }
+}
+
 /// A replica's lease on one job (multi-replica mode): writes made under it
 /// apply only while it is the job's current, unexpired lease.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -477,9 +477,9 @@ impl TestApp {
     }
 
     /// The stream of a job from `from`, until it ends (or `within`).
-    pub async fn watch_all(&self, id: &str, from: u64, within: Duration) -> Vec<pb::JobEvent> {
-        let mut stream = self
-            .client
+    /// Opens a WatchJob stream after sequence `from`.
+    pub async fn open_watch(&self, id: &str, from: u64) -> tonic::Streaming<pb::JobEvent> {
+        self.client
             .clone()
             .watch_job(pb::WatchJobRequest {
                 job_id: id.into(),
@@ -487,7 +487,11 @@ impl TestApp {
             })
             .await
             .expect("WatchJob")
-            .into_inner();
+            .into_inner()
+    }
+
+    pub async fn watch_all(&self, id: &str, from: u64, within: Duration) -> Vec<pb::JobEvent> {
+        let mut stream = self.open_watch(id, from).await;
         let mut events = Vec::new();
         let collect = async {
             while let Some(e) = stream.message().await.expect("stream message") {

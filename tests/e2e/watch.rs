@@ -151,16 +151,7 @@ async fn many_watchers_of_a_busy_job_each_get_every_event() {
 async fn a_stream_ends_unavailable_when_the_server_shuts_down() {
     let mut app = spawn_app().await;
     let job = app.start(app.job("gate", 4, 2, &[])).await;
-    let mut stream = app
-        .client
-        .clone()
-        .watch_job(pb::WatchJobRequest {
-            job_id: job.id.clone(),
-            from_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = app.open_watch(&job.id, 0).await;
     let first = stream.message().await.unwrap().unwrap();
     assert!(matches!(first.kind, Some(pb::job_event::Kind::Snapshot(_))));
     let ended = tokio::spawn(async move {
