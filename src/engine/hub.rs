@@ -234,9 +234,9 @@ impl Hub {
     /// every commit would cost more than the job. A new sequence within
     /// `window` of the last wake-up is stored too, and the watchers are
     /// woken once at the end of the window for all of them: each watcher
-    /// then reads them in one go and sends them in one frame.
-    /// A change of the job's state wakes them at once, and so does the
-    /// first new sequence after a quiet window.
+    /// then reads them in one go and sends them in one frame. A change of
+    /// the job's state wakes them at once, and so does the first new
+    /// sequence after a quiet window.
     pub fn publish(self: &Arc<Self>, pulse: Pulse) {
         if let Some(live) = self.in_flight.lock().expect("hub lock").get(&pulse.job) {
             live.note(pulse.state, pulse.last_seq);

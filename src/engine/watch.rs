@@ -14,12 +14,11 @@ use crate::{
     store::Pulse,
 };
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::{Stream, TryStreamExt as _};
 use std::{
     collections::VecDeque,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -88,7 +87,17 @@ impl Engine {
     /// it to the client: no task of its own, no buffer between the two. A
     /// client that does not read holds nothing up; it reads the store from
     /// its cursor when it comes back.
-    pub async fn watch(&self, id: JobId, from_seq: u64) -> Result<WatchStream, EngineError> {
+    ///
+    /// Messages are produced a batch at a time (a page of events, a
+    /// snapshot or a progress message), and every message of a batch is
+    /// ready at once: gRPC encodes a batch into one frame, and the client
+    /// is woken once for it.
+    pub async fn watch(
+        &self,
+        id: JobId,
+        from_seq: u64,
+    ) -> Result<impl Stream<Item = Result<WatchItem, EngineError>> + Send + 'static, EngineError>
+    {
         self.check_open()?;
         let job = self.get_job(id).await?;
         // Boxed: the stream moves it from one batch's future to the next.
@@ -102,10 +111,9 @@ impl Engine {
                 Err(e) => Some((Err(e), None)),
             }
         });
-        Ok(WatchStream {
-            batches: Box::pin(batches),
-            ready: Vec::new().into_iter(),
-        })
+        Ok(batches
+            .map_ok(|batch| futures::stream::iter(batch.into_iter().map(Ok)))
+            .try_flatten())
     }
 }
 
@@ -268,36 +276,6 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         crate::metrics::watch_streams(-1.0);
-    }
-}
-
-/// What a watch stream produces at once: a page of events, a snapshot or a
-/// progress message; or the error that ends the stream.
-type Batch = Result<Vec<WatchItem>, EngineError>;
-
-/// A watch stream: its messages one by one, produced in batches. Every
-/// message of a batch is ready at once, so gRPC encodes a batch into one
-/// frame, and the client is woken once for it.
-pub struct WatchStream {
-    batches: Pin<Box<dyn Stream<Item = Batch> + Send>>,
-    ready: std::vec::IntoIter<WatchItem>,
-}
-
-impl Stream for WatchStream {
-    type Item = Result<WatchItem, EngineError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if let Some(item) = self.ready.next() {
-                return Poll::Ready(Some(Ok(item)));
-            }
-            match self.batches.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(batch))) => self.ready = batch.into_iter(),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
     }
 }
 
