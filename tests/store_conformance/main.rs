@@ -9,6 +9,7 @@
 //! a test that cannot reach it fails and says how to start it.
 
 mod harness;
+mod postgres_integrity;
 mod postgres_leases;
 mod scenarios;
 mod sqlite_only;

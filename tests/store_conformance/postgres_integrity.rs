@@ -1,0 +1,93 @@
+//! What the foreign key items → jobs guaranteed, now kept by statement
+//! triggers (migrations/postgres/0008_items_bulk.sql): items cannot name a
+//! job that does not exist, deleting a job deletes its items, and a job's
+//! id cannot change under its items. Nothing already stored changes when
+//! one of these is refused.
+
+use crate::harness::{create, items, on_postgres_store, spec};
+use jobvisor::store::{Store, postgres::PgStore};
+use std::sync::Arc;
+
+async fn item_count(pg: &PgStore) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(pg.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_items_of_a_job_that_does_not_exist_are_refused() {
+    on_postgres_store(|pg: Arc<PgStore>| async move {
+        let store: Arc<dyn Store> = pg.clone();
+        let job = create(&store, &spec(3)).await;
+        let missing = uuid::Uuid::new_v4();
+        // One statement with items of an existing job and of a missing one:
+        // all of it is refused.
+        let err = sqlx::query(
+            "INSERT INTO items (job_id, idx, payload) \
+             VALUES ($1, 100, 'a'), ($2, 0, 'b')",
+        )
+        .bind(job.id.0)
+        .bind(missing)
+        .execute(pg.pool())
+        .await
+        .expect_err("an item of a missing job is refused");
+        let db = err.as_database_error().expect("a database error");
+        assert_eq!(db.code().as_deref(), Some("23503"), "{db}");
+        assert!(db.message().contains(&missing.to_string()), "{db}");
+        assert_eq!(item_count(&pg).await, 3, "nothing was inserted");
+        assert_eq!(items(&store, job.id).await.len(), 3);
+
+        // Items of an existing job still go in.
+        sqlx::query("INSERT INTO items (job_id, idx, payload) VALUES ($1, 100, 'a')")
+            .bind(job.id.0)
+            .execute(pg.pool())
+            .await
+            .unwrap();
+        assert_eq!(item_count(&pg).await, 4);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deleting_a_job_deletes_its_items_only() {
+    on_postgres_store(|pg: Arc<PgStore>| async move {
+        let store: Arc<dyn Store> = pg.clone();
+        let gone = create(&store, &spec(5)).await;
+        let kept = create(&store, &spec(2)).await;
+        sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(gone.id.0)
+            .execute(pg.pool())
+            .await
+            .unwrap();
+        assert_eq!(item_count(&pg).await, 2);
+        assert_eq!(items(&store, kept.id).await.len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_job_id_cannot_change_under_its_items() {
+    on_postgres_store(|pg: Arc<PgStore>| async move {
+        let store: Arc<dyn Store> = pg.clone();
+        let job = create(&store, &spec(2)).await;
+        // Its events would refuse the change through their own foreign key.
+        sqlx::query("DELETE FROM job_events WHERE job_id = $1")
+            .bind(job.id.0)
+            .execute(pg.pool())
+            .await
+            .unwrap();
+        let err = sqlx::query("UPDATE jobs SET id = $2 WHERE id = $1")
+            .bind(job.id.0)
+            .bind(uuid::Uuid::new_v4())
+            .execute(pg.pool())
+            .await
+            .expect_err("the id of a job with items cannot change");
+        let db = err.as_database_error().expect("a database error");
+        assert_eq!(db.code().as_deref(), Some("23503"), "{db}");
+        assert!(db.message().contains("cannot change"), "{db}");
+        assert_eq!(items(&store, job.id).await.len(), 2, "the job is untouched");
+        assert_eq!(store.get_job(job.id).await.unwrap().id, job.id);
+    })
+    .await;
+}
