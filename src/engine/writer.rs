@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 1024;
 
-/// Yields to other tasks while gathering a batch, when the previous
-/// commit answered somebody.
-const GATHER_YIELDS: u32 = 4;
+/// At most this many yields to other tasks while gathering a batch, when
+/// fewer requests have come in than the previous commit answered.
+const GATHER_YIELDS: u32 = 32;
 
 /// Why a write was not committed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -150,8 +150,8 @@ async fn run(
 ) {
     // A request that could not join the previous batch (same item twice).
     let mut carried: Option<Request> = None;
-    // Requests answered by the previous commit (their senders may be about
-    // to hand in more).
+    // Writes answered by the previous commit: their workers are about to
+    // hand in their next outcomes.
     let mut woken = 0usize;
     // The items of the batch being gathered (kept, cleared, between
     // batches).
@@ -170,12 +170,15 @@ async fn run(
         if let Op::Write(w) = &requests[0].op {
             items.insert((w.job, w.index));
         }
-        // Gather what is queued; then let the tasks the previous commit
-        // woke run for a moment (a few yields, no timer) and gather what
-        // they hand in: workers of short items come back within
-        // microseconds, and one batch for all of them costs one commit
-        // instead of two half-sized ones chasing each other.
+        // Gather what is queued; then, until as many writes have come in
+        // as the previous commit answered, let the tasks it woke run for a
+        // moment (yields, no timer) and gather what they hand in: workers
+        // of short items come back within microseconds, and one batch for
+        // all of them costs one commit instead of two half-sized ones
+        // chasing each other. Workers of long items do not come back soon:
+        // the yields run out and the batch goes.
         let mut yields = 0;
+        let mut writes = usize::from(matches!(requests[0].op, Op::Write(_)));
         while requests.len() < MAX_BATCH && carried.is_none() {
             match rx.try_recv() {
                 Ok(next) => {
@@ -187,16 +190,17 @@ async fn run(
                         carried = Some(next);
                         break;
                     }
+                    writes += usize::from(matches!(next.op, Op::Write(_)));
                     requests.push(next);
                 }
-                Err(_) if woken > 0 && yields < GATHER_YIELDS => {
+                Err(_) if writes < woken && yields < GATHER_YIELDS => {
                     yields += 1;
                     tokio::task::yield_now().await;
                 }
                 Err(_) => break,
             }
         }
-        woken = requests.len();
+        woken = writes;
         commit(&*store, &hub, requests, &abort, book.as_deref()).await;
     }
 }
