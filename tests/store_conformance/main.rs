@@ -11,6 +11,7 @@
 mod harness;
 mod postgres_integrity;
 mod postgres_leases;
+mod postgres_pool;
 mod scenarios;
 mod sqlite_only;
 

@@ -97,13 +97,9 @@ impl PgStore {
             // Read by the jobs_changed trigger (migrations/postgres/0005).
             options = options.options([("jobvisor.notify", "on")]);
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(config.acquire_timeout)
+        let pool = pool_options(config.max_connections, config.acquire_timeout)
             .connect_lazy_with(options.clone());
-        let writer = PgPoolOptions::new()
-            .max_connections(config.writer_connections.max(1))
-            .acquire_timeout(config.acquire_timeout)
+        let writer = pool_options(config.writer_connections.max(1), config.acquire_timeout)
             .connect_lazy_with(options);
         let store = PgStore { pool, writer };
         store.migrate().await?;
@@ -137,6 +133,33 @@ impl PgStore {
 /// Whether a failed sqlx call may succeed later. Connection loss, pool
 /// exhaustion, an administrator terminating the session and the server
 /// starting up or shutting down are transient; everything else is a bug.
+/// A connection that was idle for longer than this is checked (a round
+/// trip) before it is handed out.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// The options of both pools. sqlx checks every idle connection with a
+/// round trip before handing it out; the group committer takes one for
+/// every batch, and that check was a sixth of a batch's time (the
+/// throughput bench went from 42,000–43,000 to 48,000–49,000 items/s
+/// without it). Only connections idle for a while are checked now: those
+/// are the ones a database restart has cut. A busy connection that died
+/// fails its statement as unavailable (the committer retries the batch,
+/// an API call returns UNAVAILABLE) and is dropped from the pool.
+fn pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > CHECK_IDLE_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
     use sqlx::Error as E;
     match &e {
