@@ -78,6 +78,12 @@ async fn illegal_transitions_are_refused_with_a_reason() {
 async fn idempotent_calls_return_the_job_unchanged() {
     let app = spawn_app().await;
     let job = app.start(app.job("gate", 3, 1, &[])).await;
+    // An item held at the gate keeps a graceful pause PAUSING; without
+    // one, the job would go on to PAUSED between the two pauses below.
+    app.eventually("an item in flight", SECS(10), || async {
+        app.executions.running() == 1
+    })
+    .await;
     // Resume of a running job, pause of a pausing or paused job: no-ops.
     let same = app.resume(&job.id).await.unwrap();
     assert_eq!(same.state, JobState::Running as i32);
