@@ -368,15 +368,24 @@ pub(super) async fn release_items(
 /// Puts the job's RUNNING items back to PENDING, refunding the attempt, and
 /// zeroes its running counter. The caller holds the job row lock.
 pub(super) async fn release_running(conn: &mut PgConnection, id: JobId) -> Result<u64, StoreError> {
+    release_running_of(conn, &[id.0]).await
+}
+
+/// [`release_running`] for several jobs in one statement; returns the items
+/// released in all. The caller holds the jobs' row locks.
+async fn release_running_of(
+    conn: &mut PgConnection,
+    ids: &[uuid::Uuid],
+) -> Result<u64, StoreError> {
     let released: i64 = sqlx::query_scalar(
         "WITH released AS ( \
             UPDATE items SET state = 0, lease = NULL, attempts = GREATEST(attempts - 1, 0), \
-            updated_at = now() WHERE job_id = $1 AND state = 1 RETURNING 1), \
+            updated_at = now() WHERE job_id = ANY($1) AND state = 1 RETURNING 1), \
          counted AS (SELECT count(*) AS n FROM released), \
-         zeroed AS (UPDATE jobs SET running_items = 0 WHERE id = $1) \
+         zeroed AS (UPDATE jobs SET running_items = 0 WHERE id = ANY($1) AND running_items <> 0) \
          SELECT n FROM counted",
     )
-    .bind(id.0)
+    .bind(ids)
     .fetch_one(&mut *conn)
     .await
     .map_err(db_error)?;
@@ -399,21 +408,10 @@ pub(super) async fn recover(pool: &PgPool) -> Result<Recovery, StoreError> {
     .await
     .map_err(db_error)?;
     let ids: Vec<uuid::Uuid> = unfinished.iter().map(|(id, _)| *id).collect();
-    let released: i64 = sqlx::query_scalar(
-        "WITH released AS ( \
-            UPDATE items SET state = 0, lease = NULL, attempts = GREATEST(attempts - 1, 0), \
-            updated_at = now() WHERE job_id = ANY($1) AND state = 1 RETURNING 1), \
-         counted AS (SELECT count(*) AS n FROM released), \
-         zeroed AS (UPDATE jobs SET running_items = 0 WHERE id = ANY($1) AND running_items <> 0) \
-         SELECT n FROM counted",
-    )
-    .bind(&ids)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db_error)?;
+    let released = release_running_of(&mut tx, &ids).await?;
     tx.commit().await.map_err(db_error)?;
     let mut recovery = Recovery {
-        released_items: released as u64,
+        released_items: released,
         ..Recovery::default()
     };
     for (id, state) in unfinished {
