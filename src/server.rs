@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Multi-replica mode: several servers share the PostgreSQL database.
     pub cluster: Option<ClusterConfig>,
+    /// Threads of the engine's own runtime (see [`serve`]); `None`: half
+    /// the cores, at least one.
+    pub engine_threads: Option<usize>,
 }
 
 /// PEM files for TLS.
@@ -96,6 +99,7 @@ impl ServerConfig {
             guard: GuardConfig::default(),
             tls: None,
             cluster: None,
+            engine_threads: None,
         }
     }
 }
@@ -104,6 +108,13 @@ impl ServerConfig {
 /// watch streams end with UNAVAILABLE, items in flight stop at their next
 /// checkpoint and are committed (within the grace period), and the
 /// function returns. Jobs stay RUNNING in the store.
+///
+/// The engine (its actors, the group committer, and the work of StartJob
+/// and the control calls) runs on a runtime of its own, started here and
+/// stopped when this returns; the gRPC connections, and with them every
+/// WatchJob stream's encoding and sending, run on the caller's. A job's
+/// commit cycle then never waits in a run queue behind a thousand
+/// streams' frames.
 pub async fn serve(
     config: ServerConfig,
     registry: Registry,
@@ -153,20 +164,22 @@ async fn serve_on(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (engine, adopted) = match (leases, &config.cluster) {
-        (Some(leases), Some(cluster)) => {
-            Engine::start_replicated(
-                store,
-                leases,
-                registry,
-                config.engine.clone(),
-                cluster.clone(),
-            )
-            .await?
-        }
-        (None, Some(_)) => anyhow::bail!("multi-replica mode needs a store with leases"),
-        _ => Engine::start(store, registry, config.engine.clone()).await?,
-    };
+    let engine_runtime = EngineRuntime::start(config.engine_threads)?;
+    let (engine_config, cluster) = (config.engine.clone(), config.cluster.clone());
+    let (engine, adopted) = engine_runtime
+        .handle()
+        .spawn(async move {
+            anyhow::Ok(match (leases, cluster) {
+                (Some(leases), Some(cluster)) => {
+                    Engine::start_replicated(store, leases, registry, engine_config, cluster)
+                        .await?
+                }
+                (None, Some(_)) => anyhow::bail!("multi-replica mode needs a store with leases"),
+                _ => Engine::start(store, registry, engine_config).await?,
+            })
+        })
+        .await
+        .context("the engine's start-up task failed")??;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, executors = ?engine.registry().names(),
         running = adopted.running, paused = adopted.paused, "jobvisor serving");
@@ -182,7 +195,13 @@ async fn serve_on(
         health.clone(),
         config.health_interval,
     ));
-    let _liveness = watch_liveness(health.clone());
+    let _liveness = watch_liveness(
+        health.clone(),
+        [
+            ("API", tokio::runtime::Handle::current()),
+            ("engine", engine_runtime.handle().clone()),
+        ],
+    );
 
     // The error detail types are served too, so grpcurl can show the
     // BadRequest and ErrorInfo details of an error.
@@ -240,26 +259,32 @@ async fn serve_on(
     Ok(())
 }
 
-/// The health service name of liveness: fails only if the runtime is
+/// The health service name of liveness: fails only if a runtime is
 /// wedged (Kubernetes restarts the pod then), never for a database outage.
 pub const LIVENESS: &str = "liveness";
 
-/// How long the runtime may go without running its heartbeat task before
+/// How long a runtime may go without running its heartbeat task before
 /// liveness turns NOT_SERVING.
 const WEDGED_AFTER: Duration = Duration::from_secs(10);
 
-/// A task on the runtime beats every second; a plain thread (which a
-/// wedged runtime cannot stop) checks the beat and sets liveness.
-fn watch_liveness(health: tonic_health::server::HealthReporter) -> LivenessGuard {
+/// A task on each runtime beats every second; a plain thread (which a
+/// wedged runtime cannot stop) checks the beats and sets liveness.
+fn watch_liveness<const N: usize>(
+    health: tonic_health::server::HealthReporter,
+    runtimes: [(&'static str, tokio::runtime::Handle); N],
+) -> LivenessGuard {
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let guard = LivenessGuard(stopped.clone());
-    let beat = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
-    let runtime_beat = beat.clone();
-    tokio::spawn(async move {
-        loop {
-            *runtime_beat.lock().expect("heartbeat lock") = std::time::Instant::now();
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+    let beats = runtimes.map(|(name, runtime)| {
+        let beat = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let runtime_beat = beat.clone();
+        runtime.spawn(async move {
+            loop {
+                *runtime_beat.lock().expect("heartbeat lock") = std::time::Instant::now();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        (name, beat)
     });
     let spawned = std::thread::Builder::new()
         .name("liveness".into())
@@ -267,14 +292,18 @@ fn watch_liveness(health: tonic_health::server::HealthReporter) -> LivenessGuard
             let mut serving = true;
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
-                let alive = beat.lock().expect("heartbeat lock").elapsed() < WEDGED_AFTER;
+                let wedged = beats.iter().find(|(_, beat)| {
+                    beat.lock().expect("heartbeat lock").elapsed() >= WEDGED_AFTER
+                });
+                let alive = wedged.is_none();
                 if alive != serving {
                     serving = alive;
-                    let status = if alive {
-                        ServingStatus::Serving
-                    } else {
-                        eprintln!("the async runtime is wedged: liveness NOT_SERVING");
-                        ServingStatus::NotServing
+                    let status = match wedged {
+                        None => ServingStatus::Serving,
+                        Some((name, _)) => {
+                            eprintln!("the {name} runtime is wedged: liveness NOT_SERVING");
+                            ServingStatus::NotServing
+                        }
                     };
                     futures::executor::block_on(health.set_service_status(LIVENESS, status));
                 }
@@ -284,6 +313,41 @@ fn watch_liveness(health: tonic_health::server::HealthReporter) -> LivenessGuard
         tracing::error!(error = %e, "cannot start the liveness watchdog");
     }
     guard
+}
+
+/// The engine's runtime (see [`serve`]); shut down, without waiting for
+/// its tasks, when dropped.
+struct EngineRuntime(Option<tokio::runtime::Runtime>);
+
+impl EngineRuntime {
+    fn start(threads: Option<usize>) -> anyhow::Result<EngineRuntime> {
+        anyhow::ensure!(
+            threads != Some(0),
+            "the engine needs at least one thread (--engine-threads)"
+        );
+        let threads = threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("jobvisor-engine")
+            .enable_all()
+            .build()
+            .context("cannot start the engine's runtime")?;
+        Ok(EngineRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("the engine's runtime").handle()
+    }
+}
+
+impl Drop for EngineRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Stops the liveness watchdog when the server stops.

@@ -77,6 +77,14 @@ pub struct ServeArgs {
           value_parser = humantime::parse_duration)]
     watch_window: Duration,
 
+    /// Threads of the engine's own runtime: its actors, the group
+    /// committer, the executors' async code. The gRPC connections (and
+    /// every WatchJob stream) run on other threads. Default: half the
+    /// cores, at least one.
+    #[arg(long, env = "JOBVISOR_ENGINE_THREADS",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    engine_threads: Option<u16>,
+
     /// Enable the `exec` executor, which runs programs on this host for
     /// each item.
     #[arg(long, env = "JOBVISOR_ALLOW_EXEC")]
@@ -193,6 +201,7 @@ impl ServeArgs {
         config.engine.pipelined_acks = self.pipelined_acks;
         config.engine.pipeline_depth = self.pipeline_depth;
         config.engine.watch_window = self.watch_window;
+        config.engine_threads = self.engine_threads.map(usize::from);
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(server::TlsFiles {
                 cert: cert.clone(),

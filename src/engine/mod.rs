@@ -223,6 +223,10 @@ pub struct Engine {
     closing: CancellationToken,
     /// Fires when the grace period is over: held writes are dropped.
     abort: CancellationToken,
+    /// The runtime the engine was started on: the work of API calls
+    /// (StartJob, control) runs there, with the actors and the committer,
+    /// whichever runtime the call came in on.
+    tasks: tokio::runtime::Handle,
 }
 
 /// What [`Engine::start`] found in the store.
@@ -313,6 +317,7 @@ impl Engine {
             cluster,
             closing: CancellationToken::new(),
             abort,
+            tasks: tokio::runtime::Handle::current(),
         };
         let _ = slot.set(engine.clone());
         let adopted = engine.adopt().await?;
@@ -364,11 +369,13 @@ impl Engine {
     }
 
     /// Validates and stores a job, then starts running it. The work runs in
-    /// its own task: a caller that gives up (deadline, disconnect) cannot
-    /// leave a stored job without its supervisor.
+    /// its own task on the engine's runtime: a caller that gives up
+    /// (deadline, disconnect) cannot leave a stored job without its
+    /// supervisor.
     pub async fn start_job(&self, input: NewJob) -> Result<Job, EngineError> {
         let engine = self.clone();
-        tokio::spawn(async move { engine.start_job_inner(input).await }.in_current_span())
+        self.tasks
+            .spawn(async move { engine.start_job_inner(input).await }.in_current_span())
             .await
             .map_err(|e| EngineError::Internal(format!("start task failed: {e}")))?
     }
@@ -432,11 +439,13 @@ impl Engine {
         provenance: Provenance,
     ) -> Result<Job, EngineError> {
         let engine = self.clone();
-        tokio::spawn(
-            async move { engine.control_inner(id, control, provenance).await }.in_current_span(),
-        )
-        .await
-        .map_err(|e| EngineError::Internal(format!("control task failed: {e}")))?
+        self.tasks
+            .spawn(
+                async move { engine.control_inner(id, control, provenance).await }
+                    .in_current_span(),
+            )
+            .await
+            .map_err(|e| EngineError::Internal(format!("control task failed: {e}")))?
     }
 
     async fn control_inner(
