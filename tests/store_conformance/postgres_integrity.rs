@@ -1,8 +1,8 @@
-//! What the foreign key items → jobs guaranteed, now kept by statement
-//! triggers (migrations/postgres/0008_items_bulk.sql): items cannot name a
-//! job that does not exist, deleting a job deletes its items, and a job's
-//! id cannot change under its items. Nothing already stored changes when
-//! one of these is refused.
+//! What the foreign key items → jobs guaranteed, now kept by triggers
+//! (migrations/postgres/0008_items_bulk.sql, 0010_item_job_kept.sql):
+//! items cannot name a job that does not exist, whether inserted or moved,
+//! deleting a job deletes its items, and a job's id cannot change under its
+//! items. Nothing already stored changes when one of these is refused.
 
 use crate::harness::{create, items, on_postgres_store, spec};
 use jobvisor::store::{Store, postgres::PgStore};
@@ -88,6 +88,43 @@ async fn postgres_a_job_id_cannot_change_under_its_items() {
         assert!(db.message().contains("cannot change"), "{db}");
         assert_eq!(items(&store, job.id).await.len(), 2, "the job is untouched");
         assert_eq!(store.get_job(job.id).await.unwrap().id, job.id);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_item_cannot_move_to_a_job_that_does_not_exist() {
+    on_postgres_store(|pg: Arc<PgStore>| async move {
+        let store: Arc<dyn Store> = pg.clone();
+        let job = create(&store, &spec(3)).await;
+        let other = create(&store, &spec(1)).await;
+        let missing = uuid::Uuid::new_v4();
+        let err = sqlx::query("UPDATE items SET job_id = $2 WHERE job_id = $1")
+            .bind(job.id.0)
+            .bind(missing)
+            .execute(pg.pool())
+            .await
+            .expect_err("an item cannot move to a missing job");
+        let db = err.as_database_error().expect("a database error");
+        assert_eq!(db.code().as_deref(), Some("23503"), "{db}");
+        assert!(db.message().contains(&missing.to_string()), "{db}");
+        assert_eq!(items(&store, job.id).await.len(), 3, "nothing moved");
+
+        // Naming the column without changing it is no move.
+        sqlx::query("UPDATE items SET job_id = job_id WHERE job_id = $1")
+            .bind(job.id.0)
+            .execute(pg.pool())
+            .await
+            .unwrap();
+        // A move to a job that exists is allowed, as the key allowed it.
+        sqlx::query("UPDATE items SET job_id = $2, idx = idx + 10 WHERE job_id = $1 AND idx = 0")
+            .bind(job.id.0)
+            .bind(other.id.0)
+            .execute(pg.pool())
+            .await
+            .unwrap();
+        assert_eq!(items(&store, job.id).await.len(), 2);
+        assert_eq!(items(&store, other.id).await.len(), 2);
     })
     .await;
 }
