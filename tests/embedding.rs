@@ -23,6 +23,7 @@ struct Served {
     client: JobServiceClient<Channel>,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    endpoint: String,
     _dir: tempfile::TempDir,
 }
 
@@ -37,8 +38,9 @@ impl Served {
         let server = tokio::spawn(serve(config, registry, listener, async {
             let _ = stopped.await;
         }));
+        let endpoint = format!("http://{addr}");
         let channel = loop {
-            if let Ok(c) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            if let Ok(c) = tonic::transport::Endpoint::from_shared(endpoint.clone())
                 .unwrap()
                 .connect()
                 .await
@@ -51,6 +53,7 @@ impl Served {
             client: JobServiceClient::new(channel),
             stop,
             server,
+            endpoint,
             _dir: dir,
         }
     }
@@ -198,5 +201,93 @@ async fn items_run_on_the_engines_own_runtime() {
             "caller's thread: {caller:?}"
         );
     }
+    served.stop().await;
+}
+
+/// Blocks its thread for 13 s, as an executor must not.
+struct Blocker;
+
+impl Executor for Blocker {
+    fn prepare(
+        &self,
+        _params: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
+        Ok(Arc::new(Blocker))
+    }
+}
+
+#[async_trait::async_trait]
+impl ItemHandler for Blocker {
+    async fn run(&self, _ctx: &mut ItemContext) -> Result<(), ItemError> {
+        std::thread::sleep(Duration::from_secs(13));
+        Ok(())
+    }
+}
+
+/// Liveness watches the engine's runtime too: an executor that blocks the
+/// engine's only thread turns it NOT_SERVING after 10 s, while the gRPC
+/// side keeps answering; it is SERVING again once the thread is free.
+#[tokio::test]
+async fn liveness_fails_while_the_engine_is_wedged() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let registry = Registry::with_builtins().with("block", Blocker);
+    let mut served = Served::start(registry, |c| c.engine_threads = Some(1)).await;
+    let mut health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(served.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let mut liveness = async || {
+        health
+            .check(HealthCheckRequest {
+                service: jobvisor::server::LIVENESS.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    };
+    assert_eq!(liveness().await, ServingStatus::Serving);
+    let job = served
+        .start_job(pb::StartJobRequest {
+            name: "block".into(),
+            executor: "block".into(),
+            items: vec!["x".into()],
+            ..Default::default()
+        })
+        .await;
+    let started = Instant::now();
+    let mut wedged_after = None;
+    while started.elapsed() < Duration::from_secs(25) {
+        let status = liveness().await;
+        match wedged_after {
+            None if status == ServingStatus::NotServing => {
+                wedged_after = Some(started.elapsed());
+                // The gRPC side still answers.
+                served
+                    .client
+                    .get_job(pb::GetJobRequest {
+                        job_id: job.id.clone(),
+                    })
+                    .await
+                    .unwrap();
+            }
+            Some(_) if status == ServingStatus::Serving => break,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let wedged_after = wedged_after.expect("liveness never turned NOT_SERVING");
+    assert!(
+        wedged_after >= Duration::from_secs(8),
+        "NOT_SERVING after {wedged_after:?}: a runtime is allowed 10 s between beats"
+    );
+    assert_eq!(liveness().await, ServingStatus::Serving, "alive again");
+    let (done, _) = served.finished(&job.id).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32);
     served.stop().await;
 }
