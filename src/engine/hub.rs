@@ -141,6 +141,12 @@ struct Channel {
     woke_state: JobState,
     /// A wake-up is scheduled for the end of the current window.
     deferred: bool,
+    /// The runtime the watchers subscribed from, where the wake-up at the
+    /// end of a window runs: the commits that publish come from the
+    /// engine's runtime, and waking a thousand watchers from there would
+    /// cost the engine's thread a thousand cross-runtime hand-offs per
+    /// window.
+    watchers: Option<tokio::runtime::Handle>,
 }
 
 impl Channel {
@@ -158,6 +164,7 @@ impl Channel {
             tail,
             woke: None,
             deferred: false,
+            watchers: tokio::runtime::Handle::try_current().ok(),
         }
     }
 }
@@ -269,8 +276,12 @@ impl Hub {
         }
         let now = Instant::now();
         let due = channel.woke.map_or(now, |woke| woke + self.window);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if due > now && !moved => {
+        let runtime = channel
+            .watchers
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        match runtime {
+            Some(runtime) if due > now && !moved => {
                 channel.deferred = true;
                 let hub = Arc::downgrade(self);
                 let job = pulse.job;
@@ -473,6 +484,36 @@ mod tests {
         hub.publish(pulse(job, 4));
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().last_seq, 4);
+    }
+
+    /// The commits that publish come from the engine's runtime; the
+    /// wake-up at the end of a window runs on the runtime the watchers
+    /// subscribed from. Here the publisher's runtime is gone right after
+    /// publishing: the watchers are woken all the same.
+    #[test]
+    fn the_end_of_a_window_wakes_the_watchers_from_their_own_runtime() {
+        let watchers = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let hub = Hub::new(Duration::from_millis(20));
+        let job = JobId::new();
+        let (mut rx, _tail) = watchers.block_on(async { hub.subscribe(pulse(job, 0)) });
+        let engine = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        engine.block_on(async { hub.publish(pulse(job, 1)) });
+        assert_eq!(rx.borrow_and_update().last_seq, 1, "woken at once");
+        // Within the window: the wake-up is deferred...
+        engine.block_on(async { hub.publish(pulse(job, 2)) });
+        assert!(!rx.has_changed().unwrap());
+        // ...and the publisher's runtime does not outlive the window.
+        drop(engine);
+        let woken = watchers
+            .block_on(async { tokio::time::timeout(Duration::from_secs(2), rx.changed()).await });
+        assert!(matches!(woken, Ok(Ok(()))), "never woken: {woken:?}");
+        assert_eq!(rx.borrow_and_update().last_seq, 2);
     }
 
     #[tokio::test(start_paused = true)]
