@@ -28,7 +28,11 @@ const TAIL_KEEP: usize = 1024;
 /// Watchers copy from it under a short synchronous lock; only the one that
 /// finds it behind reads the store (the others wait for that read instead
 /// of repeating it), so a thousand watchers woken by one commit cost one
-/// query and no queue of async lock hand-offs.
+/// query. Those that come while the read runs wait on an async lock and
+/// are handed it one after the other once it is done; waking them all at
+/// once instead (a flag and a `Notify`) made no measurable difference in
+/// `bench watchers` (10 alternating runs each: median 88% vs 85%, ranges
+/// overlapping), so the simpler lock stays.
 #[derive(Debug, Default)]
 pub struct Tail {
     held: Mutex<Held>,
