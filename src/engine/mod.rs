@@ -374,10 +374,21 @@ impl Engine {
     /// supervisor.
     pub async fn start_job(&self, input: NewJob) -> Result<Job, EngineError> {
         let engine = self.clone();
-        self.tasks
-            .spawn(async move { engine.start_job_inner(input).await }.in_current_span())
+        self.detached("start", async move { engine.start_job_inner(input).await })
             .await
-            .map_err(|e| EngineError::Internal(format!("start task failed: {e}")))?
+    }
+
+    /// Runs `work` in its own task on the engine's runtime, in the
+    /// caller's span, to the end even if the caller stops waiting.
+    async fn detached<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl Future<Output = Result<T, EngineError>> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        self.tasks
+            .spawn(work.in_current_span())
+            .await
+            .map_err(|e| EngineError::Internal(format!("{what} task failed: {e}")))?
     }
 
     async fn start_job_inner(&self, input: NewJob) -> Result<Job, EngineError> {
@@ -439,13 +450,10 @@ impl Engine {
         provenance: Provenance,
     ) -> Result<Job, EngineError> {
         let engine = self.clone();
-        self.tasks
-            .spawn(
-                async move { engine.control_inner(id, control, provenance).await }
-                    .in_current_span(),
-            )
-            .await
-            .map_err(|e| EngineError::Internal(format!("control task failed: {e}")))?
+        self.detached("control", async move {
+            engine.control_inner(id, control, provenance).await
+        })
+        .await
     }
 
     async fn control_inner(

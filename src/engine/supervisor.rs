@@ -1124,6 +1124,7 @@ fn finish_shutdown(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
         me.stop(Some("shutdown".into()));
     });
 }
+
 #[cfg(test)]
 mod sizes {
     /// Every live supervisor's processing loop holds room for a message
