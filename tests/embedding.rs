@@ -154,17 +154,20 @@ async fn the_embedded_executor_runs_next_to_the_built_ins() {
     served.stop().await;
 }
 
-/// Reports the name of the thread its item runs on.
-struct WhereAmI;
+/// An executor without params whose jobs all run the same handler.
+struct Fixed(Arc<dyn ItemHandler>);
 
-impl Executor for WhereAmI {
+impl Executor for Fixed {
     fn prepare(
         &self,
         _params: &BTreeMap<String, String>,
     ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
-        Ok(Arc::new(WhereAmI))
+        Ok(self.0.clone())
     }
 }
+
+/// Reports the name of the thread its item runs on.
+struct WhereAmI;
 
 #[async_trait::async_trait]
 impl ItemHandler for WhereAmI {
@@ -180,7 +183,7 @@ impl ItemHandler for WhereAmI {
 /// and every item runs on one of the engine's two.
 #[tokio::test]
 async fn items_run_on_the_engines_own_runtime() {
-    let registry = Registry::with_builtins().with("where", WhereAmI);
+    let registry = Registry::with_builtins().with("where", Fixed(Arc::new(WhereAmI)));
     let mut served = Served::start(registry, |c| c.engine_threads = Some(2)).await;
     let caller = std::thread::current().name().map(str::to_string);
     let job = served
@@ -207,15 +210,6 @@ async fn items_run_on_the_engines_own_runtime() {
 /// Blocks its thread for 13 s, as an executor must not.
 struct Blocker;
 
-impl Executor for Blocker {
-    fn prepare(
-        &self,
-        _params: &BTreeMap<String, String>,
-    ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
-        Ok(Arc::new(Blocker))
-    }
-}
-
 #[async_trait::async_trait]
 impl ItemHandler for Blocker {
     async fn run(&self, _ctx: &mut ItemContext) -> Result<(), ItemError> {
@@ -232,7 +226,7 @@ async fn liveness_fails_while_the_engine_is_wedged() {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let registry = Registry::with_builtins().with("block", Blocker);
+    let registry = Registry::with_builtins().with("block", Fixed(Arc::new(Blocker)));
     let mut served = Served::start(registry, |c| c.engine_threads = Some(1)).await;
     let mut health = HealthClient::new(
         tonic::transport::Endpoint::from_shared(served.endpoint.clone())

@@ -8,6 +8,14 @@ use crate::harness::{create, items, on_postgres_store, spec};
 use jobvisor::store::{Store, postgres::PgStore};
 use std::sync::Arc;
 
+/// Checks that `err` is a foreign key violation whose message mentions
+/// `mentions`.
+fn assert_fk_violation(err: sqlx::Error, mentions: &str) {
+    let db = err.as_database_error().expect("a database error");
+    assert_eq!(db.code().as_deref(), Some("23503"), "{db}");
+    assert!(db.message().contains(mentions), "{db}");
+}
+
 async fn item_count(pg: &PgStore) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM items")
         .fetch_one(pg.pool())
@@ -32,9 +40,7 @@ async fn postgres_items_of_a_job_that_does_not_exist_are_refused() {
         .execute(pg.pool())
         .await
         .expect_err("an item of a missing job is refused");
-        let db = err.as_database_error().expect("a database error");
-        assert_eq!(db.code().as_deref(), Some("23503"), "{db}");
-        assert!(db.message().contains(&missing.to_string()), "{db}");
+        assert_fk_violation(err, &missing.to_string());
         assert_eq!(item_count(&pg).await, 3, "nothing was inserted");
         assert_eq!(items(&store, job.id).await.len(), 3);
 
@@ -83,9 +89,7 @@ async fn postgres_a_job_id_cannot_change_under_its_items() {
             .execute(pg.pool())
             .await
             .expect_err("the id of a job with items cannot change");
-        let db = err.as_database_error().expect("a database error");
-        assert_eq!(db.code().as_deref(), Some("23503"), "{db}");
-        assert!(db.message().contains("cannot change"), "{db}");
+        assert_fk_violation(err, "cannot change");
         assert_eq!(items(&store, job.id).await.len(), 2, "the job is untouched");
         assert_eq!(store.get_job(job.id).await.unwrap().id, job.id);
     })
@@ -105,9 +109,7 @@ async fn postgres_an_item_cannot_move_to_a_job_that_does_not_exist() {
             .execute(pg.pool())
             .await
             .expect_err("an item cannot move to a missing job");
-        let db = err.as_database_error().expect("a database error");
-        assert_eq!(db.code().as_deref(), Some("23503"), "{db}");
-        assert!(db.message().contains(&missing.to_string()), "{db}");
+        assert_fk_violation(err, &missing.to_string());
         assert_eq!(items(&store, job.id).await.len(), 3, "nothing moved");
 
         // Naming the column without changing it is no move.
