@@ -9,6 +9,7 @@ use crate::{
         JobApi,
         guard::{GuardConfig, GuardLayer},
         limits::LimitsLayer,
+        routes::JobRoutes,
         trace::TraceLayer,
     },
     engine::{ClusterConfig, Engine, EngineConfig},
@@ -213,8 +214,7 @@ async fn serve_on(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let jobs = JobServiceServer::new(JobApi::new(engine.clone()))
-        .max_decoding_message_size(config.max_request_bytes);
+    let jobs = JobRoutes::new(JobApi::new(engine.clone()), config.max_request_bytes);
 
     let draining = {
         let (engine, health, grace) = (engine.clone(), health.clone(), config.shutdown_grace);

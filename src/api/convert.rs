@@ -191,7 +191,7 @@ pub fn item(i: &Item) -> pb::Item {
     }
 }
 
-fn event(e: &JobEvent) -> pb::JobEvent {
+pub fn event(e: &JobEvent) -> pb::JobEvent {
     use pb::job_event::Kind;
     let kind = match &e.body {
         EventBody::StateChanged {

@@ -6,16 +6,17 @@ pub mod auth;
 pub mod convert;
 pub mod guard;
 pub mod limits;
+pub mod routes;
 pub mod status;
 pub mod trace;
 
 use crate::{
     domain::{FieldViolation, JobId, Provenance},
-    engine::{Control, Engine, EngineError, Pause},
+    engine::{Control, Engine, EngineError, Pause, WatchItem},
     pb::{self, job_service_server::JobService},
 };
 use auth::Caller;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use std::pin::Pin;
 use tonic::{Request, Response, Status};
 
@@ -410,6 +411,28 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let stream = self
+            .open_watch(request)
+            .await?
+            .map_ok(|batch| futures::stream::iter(batch.into_iter().map(Ok::<_, EngineError>)))
+            .try_flatten()
+            .map(|item| match item {
+                Ok(item) => Ok(convert::watch_item(&item)),
+                Err(e) => Err(Status::from(e)),
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+impl JobApi {
+    /// WatchJob up to the stream: the request checked, the caller allowed
+    /// to see the job. Shared by the generated service's `watch_job` and
+    /// by [`routes::JobRoutes`], which serves WatchJob in this server.
+    async fn open_watch(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<impl Stream<Item = Result<Vec<WatchItem>, EngineError>> + Send + 'static, Status>
+    {
         let who = caller(&request);
         let r = request.into_inner();
         let mut violations = Vec::new();
@@ -417,11 +440,6 @@ impl JobService for JobApi {
         let id = convert::checked(id, violations).map_err(bad)?;
         record_job(id);
         self.visible(&who, id).await?;
-        let stream = self.engine.watch(id, r.from_sequence).await?;
-        let stream = stream.map(|item| match item {
-            Ok(item) => Ok(convert::watch_item(&item)),
-            Err(e) => Err(Status::from(e)),
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(self.engine.watch_batches(id, r.from_sequence).await?)
     }
 }

@@ -13,7 +13,8 @@ use crate::{
 use std::{
     collections::VecDeque,
     future::Future,
-    sync::{Arc, Mutex},
+    ops::Deref,
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 use tokio::{sync::watch, time::Instant};
@@ -21,6 +22,45 @@ use tokio::{sync::watch, time::Instant};
 /// Stored events a [`Tail`] keeps: a watcher further behind reads the
 /// store itself.
 const TAIL_KEEP: usize = 1024;
+
+/// A stored event as the watchers of a job in this process share it, with
+/// room for its encoding on the wire: the first stream that sends it
+/// encodes it, and the others send the same bytes.
+#[derive(Debug)]
+pub struct SharedEvent {
+    event: JobEvent,
+    encoded: OnceLock<bytes::Bytes>,
+}
+
+impl SharedEvent {
+    pub fn new(event: JobEvent) -> Self {
+        SharedEvent {
+            event,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The event as `encode` makes it, made once and then shared (a
+    /// `Bytes` clone is a reference count, not a copy).
+    pub fn encoded(&self, encode: impl FnOnce(&JobEvent) -> bytes::Bytes) -> bytes::Bytes {
+        self.encoded.get_or_init(|| encode(&self.event)).clone()
+    }
+}
+
+impl Deref for SharedEvent {
+    type Target = JobEvent;
+
+    fn deref(&self) -> &JobEvent {
+        &self.event
+    }
+}
+
+impl PartialEq for SharedEvent {
+    /// The same event, whether or not it was encoded yet.
+    fn eq(&self, other: &Self) -> bool {
+        self.event == other.event
+    }
+}
 
 /// The latest stored events of one job, read once for all its watchers in
 /// this process. It holds every event with a sequence in `(from, upto]`.
@@ -43,13 +83,13 @@ pub struct Tail {
 struct Held {
     from: u64,
     upto: u64,
-    events: VecDeque<Arc<JobEvent>>,
+    events: VecDeque<Arc<SharedEvent>>,
 }
 
 impl Held {
     /// The events after `cursor`, up to `limit` of them; `None` if `cursor`
     /// lies before the window.
-    fn after(&self, cursor: u64, limit: u32) -> Option<Vec<Arc<JobEvent>>> {
+    fn after(&self, cursor: u64, limit: u32) -> Option<Vec<Arc<SharedEvent>>> {
         if cursor < self.from {
             return None;
         }
@@ -76,7 +116,7 @@ impl Tail {
         wanted: u64,
         limit: u32,
         read: F,
-    ) -> Result<Option<Vec<Arc<JobEvent>>>, StoreError>
+    ) -> Result<Option<Vec<Arc<SharedEvent>>>, StoreError>
     where
         F: Fn(u64, u32) -> Fut,
         Fut: Future<Output = Result<Vec<JobEvent>, StoreError>>,
@@ -112,7 +152,7 @@ impl Tail {
             for event in page {
                 if event.seq > held.upto {
                     held.upto = event.seq;
-                    held.events.push_back(Arc::new(event));
+                    held.events.push_back(Arc::new(SharedEvent::new(event)));
                 }
             }
             while held.events.len() > TAIL_KEEP {
@@ -396,7 +436,7 @@ mod tests {
         }
     }
 
-    fn seqs(events: &[Arc<JobEvent>]) -> Vec<u64> {
+    fn seqs(events: &[Arc<SharedEvent>]) -> Vec<u64> {
         events.iter().map(|e| e.seq).collect()
     }
 

@@ -20,6 +20,7 @@ mod writer;
 
 pub use cluster::ClusterConfig;
 pub use hub::Hub;
+pub use hub::SharedEvent;
 pub use watch::{Progress, WatchItem};
 pub use worker::outcome_write;
 pub use writer::{WriteError, Writer};

@@ -8,9 +8,12 @@
 //! the store (never skipped), and a watcher never slows the job: the job
 //! does not wait for anybody's stream.
 
-use super::{Engine, EngineError, hub::Tail};
+use super::{
+    Engine, EngineError,
+    hub::{SharedEvent, Tail},
+};
 use crate::{
-    domain::{ItemCounts, Job, JobEvent, JobId, JobState},
+    domain::{ItemCounts, Job, JobId, JobState},
     store::Pulse,
 };
 use chrono::{DateTime, Utc};
@@ -47,8 +50,9 @@ pub struct Progress {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchItem {
     Snapshot(Box<Job>),
-    /// Shared with the job's other watchers in this process.
-    Event(Arc<JobEvent>),
+    /// Shared with the job's other watchers in this process, encoding
+    /// included.
+    Event(Arc<SharedEvent>),
     Progress(Progress),
 }
 
@@ -98,22 +102,36 @@ impl Engine {
         from_seq: u64,
     ) -> Result<impl Stream<Item = Result<WatchItem, EngineError>> + Send + 'static, EngineError>
     {
+        Ok(self
+            .watch_batches(id, from_seq)
+            .await?
+            .map_ok(|batch| futures::stream::iter(batch.into_iter().map(Ok)))
+            .try_flatten())
+    }
+
+    /// [`Engine::watch`], a batch at a time (never empty).
+    pub async fn watch_batches(
+        &self,
+        id: JobId,
+        from_seq: u64,
+    ) -> Result<impl Stream<Item = Result<Vec<WatchItem>, EngineError>> + Send + 'static, EngineError>
+    {
         self.check_open()?;
         let job = self.get_job(id).await?;
         // Boxed: the stream moves it from one batch's future to the next.
         let watcher = Box::new(Watcher::new(self.clone(), job, from_seq));
-        let batches = futures::stream::unfold(Some(watcher), |watcher| async move {
-            let mut watcher = watcher?;
-            match watcher.next().await {
-                Ok(Some(batch)) => Some((Ok(batch), Some(watcher))),
-                Ok(None) => None,
-                // An error ends the stream.
-                Err(e) => Some((Err(e), None)),
-            }
-        });
-        Ok(batches
-            .map_ok(|batch| futures::stream::iter(batch.into_iter().map(Ok)))
-            .try_flatten())
+        Ok(futures::stream::unfold(
+            Some(watcher),
+            |watcher| async move {
+                let mut watcher = watcher?;
+                match watcher.next().await {
+                    Ok(Some(batch)) => Some((Ok(batch), Some(watcher))),
+                    Ok(None) => None,
+                    // An error ends the stream.
+                    Err(e) => Some((Err(e), None)),
+                }
+            },
+        ))
     }
 }
 
@@ -203,7 +221,7 @@ impl Watcher {
                     Some(events) => events,
                     None => (store.events_after(id, self.cursor, PAGE).await?)
                         .into_iter()
-                        .map(Arc::new)
+                        .map(|event| Arc::new(SharedEvent::new(event)))
                         .collect(),
                 };
                 let mut batch = Vec::with_capacity(events.len());

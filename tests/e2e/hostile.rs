@@ -256,6 +256,111 @@ async fn garbage_and_malformed_messages_leave_the_server_serving() {
     app.stop().await;
 }
 
+/// WatchJob is served apart from the generated service (each stored event
+/// encoded once for all its watchers): its request is refused as every
+/// other method's is, and a bad one changes nothing.
+#[tokio::test]
+async fn watch_job_refuses_bad_requests_as_the_other_methods_do() {
+    let app = spawn_app_with(Options {
+        max_request_bytes: 1024 * 1024,
+        ..Options::default()
+    })
+    .await;
+    let job = app
+        .start(app.job("sleep", 3, 1, &[("duration_ms", "0")]))
+        .await;
+    let before = app.wait_for(&job.id, JobState::Succeeded, SECS(10)).await;
+    let path = "/jobvisor.v1.JobService/WatchJob";
+    let channel = super::harness::connect(app.addr).await;
+
+    // Garbage protobuf.
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let garbage = grpc
+        .server_streaming(
+            tonic::Request::new(vec![0xff, 0xff, 0xff, 0x0f, 0x08]),
+            http::uri::PathAndQuery::from_static(path),
+            RawCodec,
+        )
+        .await
+        .map(|_| ());
+    let status = garbage.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(status.message().contains("decode"), "{}", status.message());
+
+    // Oversized: RESOURCE_EXHAUSTED naming the limit.
+    let status = app
+        .client
+        .clone()
+        .watch_job(pb::WatchJobRequest {
+            job_id: "x".repeat(2 * 1024 * 1024),
+            from_sequence: 0,
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("--max-request-bytes"),
+        "{}",
+        status.message()
+    );
+
+    // A compressed request: no compression is accepted.
+    let request = pb::WatchJobRequest {
+        job_id: job.id.clone(),
+        from_sequence: 0,
+    };
+    let mut frame = vec![1u8];
+    frame.extend_from_slice(&(prost::Message::encoded_len(&request) as u32).to_be_bytes());
+    frame.extend_from_slice(&prost::Message::encode_to_vec(&request));
+    let raw = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}{path}", app.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-encoding", "gzip")
+        .body(tonic::body::Body::new(
+            String::from_utf8(frame).expect("a short frame is ASCII"),
+        ))
+        .unwrap();
+    let mut raw_channel = channel;
+    let response = tower::ServiceExt::oneshot(&mut raw_channel, raw)
+        .await
+        .unwrap();
+    let status =
+        tonic::Status::from_header_map(response.headers()).expect("a trailers-only answer");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert!(status.message().contains("gzip"), "{}", status.message());
+
+    // A malformed job id is named, an unknown one is not found.
+    for (job_id, code) in [
+        ("not-a-job-id".to_string(), Code::InvalidArgument),
+        (JobId::new().to_string(), Code::NotFound),
+    ] {
+        let status = app
+            .client
+            .clone()
+            .watch_job(pb::WatchJobRequest {
+                job_id,
+                from_sequence: 0,
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+    }
+
+    // The well-formed call streams the job's history to its end.
+    let events = app.watch_all(&job.id, 0, SECS(5)).await;
+    assert_eq!(
+        events.last().map(|e| e.sequence),
+        Some(before.last_sequence)
+    );
+    assert_eq!(app.get(&job.id).await, before);
+    app.stop().await;
+}
+
 /// Sends and receives raw bytes as gRPC messages.
 #[derive(Clone, Default)]
 struct RawCodec;

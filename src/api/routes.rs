@@ -1,0 +1,286 @@
+//! The JobService as this server mounts it: the generated service for every
+//! call but WatchJob, which is served here so that a stored event is
+//! encoded once for all the streams that send it.
+//!
+//! With a thousand watchers on a job, the generated path converted and
+//! encoded each stored event a thousand times, one message at a time
+//! through tonic's encoder. Here each stream's batch (a page of events, a
+//! snapshot or a progress message) becomes one DATA frame of gRPC
+//! messages; a stored event's message, length prefix included, is made by
+//! the first stream that sends it and shared with the others
+//! ([`SharedEvent`]). The bytes on the wire are the same as tonic's: a
+//! message is the 5-byte prefix (not compressed, length) and the
+//! protobuf encoding of `pb::JobEvent`, and the stream ends with
+//! `grpc-status` trailers.
+//!
+//! The request is read with tonic's own decoder (size limit included), and
+//! errors before the stream starts are trailers-only responses, as tonic
+//! makes them, so the layers around the service see what they see for any
+//! other call.
+
+use super::{JobApi, convert};
+use crate::{
+    engine::{EngineError, SharedEvent, WatchItem},
+    pb::{self, job_service_server::JobServiceServer},
+};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{Stream, TryStream, TryStreamExt};
+use http::{HeaderValue, header::CONTENT_TYPE};
+use http_body::Frame;
+use prost::Message;
+use std::{
+    convert::Infallible,
+    pin::{Pin, pin},
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+use tonic::{
+    Status,
+    codec::{Codec, Streaming},
+    server::NamedService,
+};
+
+/// The WatchJob method's path.
+pub const WATCH_JOB: &str = "/jobvisor.v1.JobService/WatchJob";
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+/// The JobService: WatchJob served here, every other method by the
+/// generated service.
+#[derive(Clone)]
+pub struct JobRoutes {
+    api: Arc<JobApi>,
+    generated: JobServiceServer<JobApi>,
+    max_request_bytes: usize,
+}
+
+impl JobRoutes {
+    /// `max_request_bytes` limits every request message, WatchJob's too.
+    pub fn new(api: JobApi, max_request_bytes: usize) -> Self {
+        let api = Arc::new(api);
+        JobRoutes {
+            generated: JobServiceServer::from_arc(api.clone())
+                .max_decoding_message_size(max_request_bytes),
+            api,
+            max_request_bytes,
+        }
+    }
+}
+
+impl NamedService for JobRoutes {
+    const NAME: &'static str = <JobServiceServer<JobApi> as NamedService>::NAME;
+}
+
+impl<B> tower::Service<http::Request<B>> for JobRoutes
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != WATCH_JOB {
+            return self.generated.call(request);
+        }
+        let (api, limit) = (self.api.clone(), self.max_request_bytes);
+        Box::pin(async move {
+            Ok(watch_job(&api, request, limit)
+                .await
+                .unwrap_or_else(Status::into_http))
+        })
+    }
+}
+
+/// Reads the request as tonic does for a call with one request message,
+/// then answers with a [`WatchBody`].
+async fn watch_job<B>(
+    api: &JobApi,
+    request: http::Request<B>,
+    limit: usize,
+) -> Result<http::Response<tonic::body::Body>, Status>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    // No compression is accepted (none is for the other methods either).
+    if let Some(encoding) = request.headers().get("grpc-encoding")
+        && encoding != "identity"
+    {
+        return Err(Status::unimplemented(format!(
+            "Content is compressed with `{}` which isn't supported",
+            String::from_utf8_lossy(encoding.as_bytes())
+        )));
+    }
+    let (parts, body) = request.into_parts();
+    let decoder = tonic_prost::ProstCodec::<pb::JobEvent, pb::WatchJobRequest>::default().decoder();
+    let mut messages = pin!(Streaming::new_request(decoder, body, None, Some(limit)));
+    let message = messages
+        .try_next()
+        .await?
+        .ok_or_else(|| Status::internal("Missing request message."))?;
+    let request = tonic::Request::from_http(http::Request::from_parts(parts, message));
+    let batches = api.open_watch(request).await?;
+    let mut response = http::Response::new(tonic::body::Body::new(WatchBody {
+        batches: Box::pin(batches),
+        ended: false,
+    }));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    Ok(response)
+}
+
+type Batches = Pin<Box<dyn Stream<Item = Result<Vec<WatchItem>, EngineError>> + Send>>;
+
+/// A WatchJob response body: one DATA frame per batch, then the trailers.
+/// It polls the stream only when HTTP/2 asks for more (there is room in
+/// the stream's window), so a client that does not read holds nothing up.
+struct WatchBody {
+    batches: Batches,
+    ended: bool,
+}
+
+impl http_body::Body for WatchBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let status = match ready!(self.batches.as_mut().try_poll_next(cx)) {
+            Some(Ok(batch)) => return Poll::Ready(Some(Ok(Frame::data(encode_batch(&batch))))),
+            Some(Err(e)) => Status::from(e),
+            None => Status::ok(""),
+        };
+        self.ended = true;
+        let mut trailers = http::HeaderMap::new();
+        Poll::Ready(Some(
+            status
+                .add_header(&mut trailers)
+                .map(|()| Frame::trailers(trailers)),
+        ))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+/// A batch as gRPC messages, one after the other.
+fn encode_batch(batch: &[WatchItem]) -> Bytes {
+    if let [WatchItem::Event(event)] = batch {
+        // The shared bytes themselves: no copy.
+        return encoded_event(event);
+    }
+    let mut buf = BytesMut::new();
+    for item in batch {
+        match item {
+            WatchItem::Event(event) => buf.extend_from_slice(&encoded_event(event)),
+            other => put_message(&mut buf, &convert::watch_item(other)),
+        }
+    }
+    buf.freeze()
+}
+
+/// A stored event's gRPC message, made by the first stream that sends it.
+fn encoded_event(event: &SharedEvent) -> Bytes {
+    event.encoded(|event| {
+        let mut buf = BytesMut::new();
+        put_message(&mut buf, &convert::event(event));
+        buf.freeze()
+    })
+}
+
+/// Appends one gRPC message: not compressed, its length (big-endian u32),
+/// its protobuf encoding.
+fn put_message(buf: &mut BytesMut, message: &pb::JobEvent) {
+    let len = message.encoded_len();
+    buf.reserve(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).expect("a watch message is far below 4 GiB"));
+    message.encode_raw(buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::{EventBody, ItemCounts, JobEvent},
+        engine::Progress,
+    };
+    use chrono::Utc;
+
+    fn failed(seq: u64) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent::new(JobEvent {
+            seq,
+            at: Utc::now(),
+            body: EventBody::ItemFailed {
+                index: seq as u32,
+                attempt: 1,
+                error: format!("item {seq} failed"),
+                will_retry: false,
+            },
+        }))
+    }
+
+    /// What tonic's encoder makes of a stream of these messages.
+    fn as_tonic_would(items: &[WatchItem]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for item in items {
+            let bytes = convert::watch_item(item).encode_to_vec();
+            out.push(0);
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        out
+    }
+
+    #[test]
+    fn a_batch_is_the_messages_tonic_would_send() {
+        let progress = WatchItem::Progress(Progress {
+            seq: 3,
+            at: Utc::now(),
+            counts: ItemCounts::default(),
+            in_flight_fraction: 0.5,
+            items_per_second: 12.0,
+            eta: None,
+        });
+        let batch = vec![
+            WatchItem::Event(failed(1)),
+            WatchItem::Event(failed(2)),
+            progress,
+        ];
+        assert_eq!(encode_batch(&batch).as_ref(), as_tonic_would(&batch));
+        let one = vec![WatchItem::Event(failed(7))];
+        assert_eq!(encode_batch(&one).as_ref(), as_tonic_would(&one));
+    }
+
+    #[test]
+    fn a_shared_event_is_encoded_once_for_every_stream() {
+        let event = failed(5);
+        let first = encode_batch(&[WatchItem::Event(event.clone())]);
+        let second = encode_batch(&[WatchItem::Event(event.clone())]);
+        // The same bytes, not an equal copy.
+        assert_eq!(first.as_ptr(), second.as_ptr());
+        // In a longer batch they are copied in as they are.
+        let mut calls = 0;
+        event.encoded(|_| {
+            calls += 1;
+            Bytes::new()
+        });
+        assert_eq!(calls, 0, "encoded again");
+        let pair = encode_batch(&[WatchItem::Event(event.clone()), WatchItem::Event(event)]);
+        assert_eq!(&pair[..first.len()], first.as_ref());
+        assert_eq!(&pair[first.len()..], first.as_ref());
+    }
+}
