@@ -866,6 +866,12 @@ fn the_schema_refuses_bad_values() {
             "the strategy, which multiReplica.enabled decides",
             json!({"strategy": {"type": "RollingUpdate"}}),
         ),
+        ("negative engine threads", json!({"engineThreads": -1})),
+        (
+            "more engine threads than jobvisor serve takes",
+            json!({"engineThreads": 1025}),
+        ),
+        ("engine threads as a string", json!({"engineThreads": "2"})),
     ];
     for (what, over) in refused {
         let values = values_with(over.clone());
@@ -882,6 +888,8 @@ fn the_schema_refuses_bad_values() {
         json!({"multiReplica": {"enabled": true, "leaseTimeout": "500ms"}}),
         json!({"multiReplica": {"enabled": true, "leaseTimeout": "1m"}}),
         json!({"multiReplica": {"enabled": false, "leaseTimeout": "30s"}}),
+        json!({"engineThreads": 1}),
+        json!({"engineThreads": 1024}),
     ];
     for over in accepted {
         let values = values_with(over.clone());
