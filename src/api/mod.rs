@@ -12,11 +12,11 @@ pub mod trace;
 
 use crate::{
     domain::{FieldViolation, JobId, Provenance},
-    engine::{Control, Engine, EngineError, Pause, WatchItem},
+    engine::{Control, Engine, EngineError, Pause},
     pb::{self, job_service_server::JobService},
 };
 use auth::Caller;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use tonic::{Request, Response, Status};
 
@@ -411,28 +411,25 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let stream = self
-            .open_watch(request)
-            .await?
-            .map_ok(|batch| futures::stream::iter(batch.into_iter().map(Ok::<_, EngineError>)))
-            .try_flatten()
-            .map(|item| match item {
-                Ok(item) => Ok(convert::watch_item(&item)),
-                Err(e) => Err(Status::from(e)),
-            });
+        let (id, from_seq) = self.watch_request(request).await?;
+        let stream = self.engine.watch(id, from_seq).await?;
+        let stream = stream.map(|item| match item {
+            Ok(item) => Ok(convert::watch_item(&item)),
+            Err(e) => Err(Status::from(e)),
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
 impl JobApi {
-    /// WatchJob up to the stream: the request checked, the caller allowed
-    /// to see the job. Shared by the generated service's `watch_job` and
-    /// by [`routes::JobRoutes`], which serves WatchJob in this server.
-    async fn open_watch(
+    /// A WatchJob request checked, and the caller allowed to see the job:
+    /// the job and the sequence to stream after. Shared by the generated
+    /// service's `watch_job` and by [`routes::JobRoutes`], which serves
+    /// WatchJob in this server.
+    async fn watch_request(
         &self,
         request: Request<pb::WatchJobRequest>,
-    ) -> Result<impl Stream<Item = Result<Vec<WatchItem>, EngineError>> + Send + 'static, Status>
-    {
+    ) -> Result<(JobId, u64), Status> {
         let who = caller(&request);
         let r = request.into_inner();
         let mut violations = Vec::new();
@@ -440,6 +437,6 @@ impl JobApi {
         let id = convert::checked(id, violations).map_err(bad)?;
         record_job(id);
         self.visible(&who, id).await?;
-        Ok(self.engine.watch_batches(id, r.from_sequence).await?)
+        Ok((id, r.from_sequence))
     }
 }

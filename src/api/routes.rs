@@ -125,7 +125,8 @@ where
         .await?
         .ok_or_else(|| Status::internal("Missing request message."))?;
     let request = tonic::Request::from_http(http::Request::from_parts(parts, message));
-    let batches = api.open_watch(request).await?;
+    let (id, from_seq) = api.watch_request(request).await?;
+    let batches = api.engine.watch_batches(id, from_seq).await?;
     let mut response = http::Response::new(tonic::body::Body::new(WatchBody {
         batches: Box::pin(batches),
         ended: false,
