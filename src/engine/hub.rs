@@ -3,7 +3,8 @@
 //! events themselves are always read from the store, so a missed or
 //! coalesced notification loses nothing. The watchers of one job share a
 //! [`Tail`] of its latest stored events, so a thousand watchers cost one
-//! store read per change, not a thousand.
+//! store read per change, not a thousand, and one encoding per event
+//! ([`SharedEvent`]).
 
 use crate::{
     domain::{JobEvent, JobId, JobState},

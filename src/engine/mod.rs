@@ -19,8 +19,7 @@ mod worker;
 mod writer;
 
 pub use cluster::ClusterConfig;
-pub use hub::Hub;
-pub use hub::SharedEvent;
+pub use hub::{Hub, SharedEvent};
 pub use watch::{Progress, WatchItem};
 pub use worker::outcome_write;
 pub use writer::{WriteError, Writer};
