@@ -441,7 +441,12 @@ fn rank(sorted: &[f64], p: f64) -> f64 {
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        // Even: halfway between the two in the middle.
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// p50, p99 and max of some latencies, in milliseconds.

@@ -139,8 +139,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             report(args.json, "many-jobs", &r.human(), &r, &context);
         }
         Scenario::Watchers(opts) => {
-            let r = scenarios::watchers(&setup, &opts).await?;
-            report(args.json, "watchers", &r.human(), &r, &context);
+            let mut pairs = Vec::new();
+            for n in 1..=opts.runs {
+                if opts.runs > 1 {
+                    setup.note(format!("pair {n} of {}", opts.runs));
+                }
+                let r = scenarios::watchers(&setup, &opts).await?;
+                report(args.json, "watchers", &r.human(), &r, &context);
+                pairs.push(r);
+            }
+            if pairs.len() > 1 {
+                let s = scenarios::watchers::WatchersSummary::of(&pairs);
+                report(args.json, "watchers-summary", &s.human(), &s, &context);
+            }
         }
         Scenario::Recovery(opts) => {
             let r = scenarios::recovery(&setup, &opts).await?;

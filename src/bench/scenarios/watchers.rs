@@ -21,7 +21,7 @@
 use crate::{
     bench::{
         Client, Env, Setup, SleepJob, Summary, calls, connect, cpu_seconds, get_job, header,
-        is_terminal, met, poll_job, row, system_time,
+        is_terminal, median, met, poll_job, row, system_time,
     },
     pb::{self, job_event::Kind},
 };
@@ -47,6 +47,11 @@ pub struct WatchersOptions {
     /// for good: stored events while the job runs. 0: none.
     #[arg(long, default_value_t = 100)]
     pub fail_every: u32,
+    /// Repeat the pair of runs (without, then with the watchers), each on
+    /// fresh servers, and end with a summary over them: the ratio drifts
+    /// by ±15% from one pair to the next on a small machine.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
 }
 
 /// The job watched: no-op items, the failing ones with a single attempt.
@@ -107,6 +112,79 @@ pub struct Watchers {
     pub delivery_met: bool,
     pub target_ratio: f64,
     pub throughput_met: bool,
+}
+
+/// Several pairs of runs (`--runs`): each pair's throughput ratio and
+/// delivery p99, their medians, and in how many pairs each target was met.
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchersSummary {
+    pub runs: usize,
+    pub throughput_ratios: Vec<f64>,
+    pub median_throughput_ratio: f64,
+    pub throughput_met_runs: usize,
+    pub delivery_p99_ms: Vec<f64>,
+    pub median_delivery_p99_ms: f64,
+    pub delivery_met_runs: usize,
+    /// Pairs in which every stream got every stored event, in order, and
+    /// ended.
+    pub complete_runs: usize,
+    pub target_p99_ms: f64,
+    pub target_ratio: f64,
+}
+
+impl WatchersSummary {
+    pub fn of(runs: &[Watchers]) -> WatchersSummary {
+        let ratios: Vec<f64> = runs.iter().map(|r| r.throughput_ratio).collect();
+        let p99s: Vec<f64> = runs.iter().map(|r| r.delivery.p99_ms).collect();
+        WatchersSummary {
+            runs: runs.len(),
+            median_throughput_ratio: median(&ratios),
+            throughput_met_runs: runs.iter().filter(|r| r.throughput_met).count(),
+            median_delivery_p99_ms: median(&p99s),
+            delivery_met_runs: runs.iter().filter(|r| r.delivery_met).count(),
+            complete_runs: runs
+                .iter()
+                .filter(|r| r.complete_streams == r.watchers)
+                .count(),
+            throughput_ratios: ratios,
+            delivery_p99_ms: p99s,
+            target_p99_ms: TARGET_P99_MS,
+            target_ratio: TARGET_RATIO,
+        }
+    }
+
+    pub fn human(&self) -> Vec<String> {
+        let list = |values: &[f64], scale: f64| {
+            values
+                .iter()
+                .map(|v| format!("{:.1}", v * scale))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        vec![
+            format!("watchers over {} pairs of runs:", self.runs),
+            format!(
+                "  throughput with watchers / without: {} % (median {:.1}%); ≥ {:.0}% in {} of {}",
+                list(&self.throughput_ratios, 100.0),
+                self.median_throughput_ratio * 100.0,
+                self.target_ratio * 100.0,
+                self.throughput_met_runs,
+                self.runs
+            ),
+            format!(
+                "  delivery p99: {} ms (median {:.1}); < {} ms in {} of {}",
+                list(&self.delivery_p99_ms, 1.0),
+                self.median_delivery_p99_ms,
+                self.target_p99_ms,
+                self.delivery_met_runs,
+                self.runs
+            ),
+            format!(
+                "  every stream complete and gap-free in {} of {}",
+                self.complete_runs, self.runs
+            ),
+        ]
+    }
 }
 
 const TARGET_P99_MS: f64 = 50.0;
@@ -450,4 +528,67 @@ fn ended(job: &pb::Job) -> u64 {
         .as_ref()
         .map(|c| c.succeeded + c.failed + c.cancelled)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(ratio: f64, p99_ms: f64, complete_streams: u32) -> Watchers {
+        let run = |watchers, items_per_second| Run {
+            watchers,
+            items_run: 1000,
+            run_seconds: 1000.0 / items_per_second,
+            items_per_second,
+            server_cpu_seconds: 1.0,
+            client_cpu_seconds: 1.0,
+        };
+        Watchers {
+            job: "job".into(),
+            failing_items: 0,
+            watchers: 10,
+            connections: 1,
+            without: run(0, 1000.0),
+            with: run(10, 1000.0 * ratio),
+            throughput_ratio: ratio,
+            delivery: Summary {
+                n: 100,
+                p50_ms: p99_ms / 2.0,
+                p99_ms,
+                max_ms: p99_ms,
+            },
+            progress_delivery: Summary::default(),
+            expected_events_per_stream: 10,
+            complete_streams,
+            problems: vec![],
+            cores: 2,
+            target_p99_ms: TARGET_P99_MS,
+            delivery_met: p99_ms < TARGET_P99_MS,
+            target_ratio: TARGET_RATIO,
+            throughput_met: ratio >= TARGET_RATIO,
+        }
+    }
+
+    #[test]
+    fn the_summary_counts_each_target_per_pair_and_takes_medians() {
+        let s = WatchersSummary::of(&[
+            pair(0.80, 40.0, 10),
+            pair(0.95, 60.0, 10),
+            pair(0.70, 45.0, 9),
+        ]);
+        assert_eq!(s.runs, 3);
+        assert_eq!(s.throughput_ratios, [0.80, 0.95, 0.70]);
+        assert_eq!(s.median_throughput_ratio, 0.80);
+        assert_eq!(s.throughput_met_runs, 1);
+        assert_eq!(s.median_delivery_p99_ms, 45.0);
+        assert_eq!(s.delivery_met_runs, 2);
+        assert_eq!(s.complete_runs, 2);
+        let text = s.human().join("\n");
+        assert!(text.contains("80.0, 95.0, 70.0 % (median 80.0%)"), "{text}");
+        assert!(text.contains("in 1 of 3"), "{text}");
+        // An even count: halfway between the two in the middle.
+        let s = WatchersSummary::of(&[pair(0.80, 40.0, 10), pair(0.90, 60.0, 10)]);
+        assert!((s.median_throughput_ratio - 0.85).abs() < 1e-9);
+        assert_eq!(s.median_delivery_p99_ms, 50.0);
+    }
 }
