@@ -1,10 +1,12 @@
 //! Compiles `proto/` into Rust with a vendored `protoc`, so building needs
 //! no system protoc, and writes the file descriptor set that server
-//! reflection serves.
+//! reflection serves. Also makes a change under `migrations/` rebuild the
+//! crate: `sqlx::migrate!` embeds them, but cargo does not see it read them.
 
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=migrations");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let well_known = protoc_bin_vendored::include_path()?;
     let mut config = tonic_prost_build::Config::new();

@@ -9,6 +9,7 @@
 //! a test that cannot reach it fails and says how to start it.
 
 mod harness;
+mod postgres_batch_paths;
 mod postgres_integrity;
 mod postgres_leases;
 mod postgres_pool;

@@ -233,52 +233,66 @@ async fn run_round(
         .collect();
     let claim_leases: Vec<i64> = merged.iter().map(|_| new_lease()).collect();
 
-    let rows = match fence {
-        None => sqlx::query(packed!(
-            "jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        )),
-        Some(fence) => {
-            // Every job the batch touches is fenced; one not listed has
-            // epoch 0, which no lease has: refused.
-            let mut fenced: Vec<Uuid> = Vec::new();
-            for job in jobs.iter().chain(claim_jobs.iter()) {
-                if !fenced.contains(job) {
-                    fenced.push(*job);
+    // Successes (and claims) only, the usual batch of short items: the
+    // function for just those (migrations/postgres/0011), without the
+    // steps the other kinds of write need.
+    let successes_only = fence.is_none() && kinds.iter().all(|&kind| kind == 1);
+    let query = if successes_only {
+        // Its result is already packed.
+        sqlx::query("SELECT * FROM jobvisor_write_successes($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(&jobs)
+            .bind(&indexes)
+            .bind(&leases)
+            .bind(&errors)
+    } else {
+        match fence {
+            None => sqlx::query(packed!(
+                "jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            )),
+            Some(fence) => {
+                // Every job the batch touches is fenced; one not listed has
+                // epoch 0, which no lease has: refused.
+                let mut fenced: Vec<Uuid> = Vec::new();
+                for job in jobs.iter().chain(claim_jobs.iter()) {
+                    if !fenced.contains(job) {
+                        fenced.push(*job);
+                    }
                 }
-            }
-            let epochs: Vec<i64> = fenced
-                .iter()
-                .map(|job| {
-                    fence
-                        .epochs
-                        .iter()
-                        .find(|(j, _)| j.0 == *job)
-                        .map_or(0, |(_, e)| *e)
-                })
-                .collect();
-            sqlx::query(packed!(
-                "jobvisor_write_batch_fenced($1, $2, $3, \
+                let epochs: Vec<i64> = fenced
+                    .iter()
+                    .map(|job| {
+                        fence
+                            .epochs
+                            .iter()
+                            .find(|(j, _)| j.0 == *job)
+                            .map_or(0, |(_, e)| *e)
+                    })
+                    .collect();
+                sqlx::query(packed!(
+                    "jobvisor_write_batch_fenced($1, $2, $3, \
                      $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-            ))
-            .bind(fence.owner.to_string())
-            .bind(fenced)
-            .bind(epochs)
+                ))
+                .bind(fence.owner.to_string())
+                .bind(fenced)
+                .bind(epochs)
+            }
         }
-    }
-    .bind(&kinds)
-    .bind(&jobs)
-    .bind(&indexes)
-    .bind(&leases)
-    .bind(&data)
-    .bind(&errors)
-    .bind(&flags)
-    .bind(&claim_jobs)
-    .bind(&claim_max)
-    .bind(&claim_from)
-    .bind(&claim_leases)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_error)?;
+        .bind(&kinds)
+        .bind(&jobs)
+        .bind(&indexes)
+        .bind(&leases)
+        .bind(&data)
+        .bind(&errors)
+        .bind(&flags)
+    };
+    let rows = query
+        .bind(&claim_jobs)
+        .bind(&claim_max)
+        .bind(&claim_from)
+        .bind(&claim_leases)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
 
     let mut outcome = BatchOutcome {
         applied: vec![false; n],
