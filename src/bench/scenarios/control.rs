@@ -65,6 +65,12 @@ pub struct Phase {
     /// workers stopped.
     pub server_pause_effect: BucketEstimate,
     pub server_cancel_effect: BucketEstimate,
+    /// The server's `jobvisor_rpc_duration_seconds` over the phase, per
+    /// method: from the request's arrival to its response, the part of the
+    /// client's call → response that the server spends.
+    pub server_pause_rpc: BucketEstimate,
+    pub server_resume_rpc: BucketEstimate,
+    pub server_cancel_rpc: BucketEstimate,
     pub seconds: f64,
 }
 
@@ -83,6 +89,18 @@ impl Phase {
             bucket_row(
                 &format!("{label} server: cancel effect"),
                 &self.server_cancel_effect,
+            ),
+            bucket_row(
+                &format!("{label} server: PauseJob handled"),
+                &self.server_pause_rpc,
+            ),
+            bucket_row(
+                &format!("{label} server: ResumeJob handled"),
+                &self.server_resume_rpc,
+            ),
+            bucket_row(
+                &format!("{label} server: CancelJob handled"),
+                &self.server_cancel_rpc,
             ),
         ]);
         rows
@@ -245,11 +263,22 @@ async fn phase(
             .since(&Histogram::parse(&before, name, &[("op", op)]))
             .estimate()
     };
+    let handled = |method: &str| {
+        let name = "jobvisor_rpc_duration_seconds";
+        let method = format!("jobvisor.v1.JobService/{method}");
+        let labels = [("method", method.as_str())];
+        Histogram::parse(&after, name, &labels)
+            .since(&Histogram::parse(&before, name, &labels))
+            .estimate()
+    };
     Ok(Phase {
         pause_resume: pause_resume.summary(),
         cancel: cancels.summary(),
         server_pause_effect: effect("pause"),
         server_cancel_effect: effect("cancel"),
+        server_pause_rpc: handled("PauseJob"),
+        server_resume_rpc: handled("ResumeJob"),
+        server_cancel_rpc: handled("CancelJob"),
         seconds,
     })
 }
