@@ -235,8 +235,13 @@ async fn run_round(
 
     // Successes (and claims) only, the usual batch of short items: the
     // function for just those (migrations/postgres/0011), without the
-    // steps the other kinds of write need.
-    let successes_only = fence.is_none() && kinds.iter().all(|&kind| kind == 1);
+    // steps the other kinds of write need. Under leases (multi-replica)
+    // every batch goes through the fenced function.
+    let successes_only = fence.is_none()
+        && batch
+            .writes
+            .iter()
+            .all(|w| matches!(w.kind, WriteKind::Succeeded { .. }));
     let query = if successes_only {
         // Its result is already packed.
         sqlx::query("SELECT * FROM jobvisor_write_successes($1, $2, $3, $4, $5, $6, $7, $8)")
