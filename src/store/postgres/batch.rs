@@ -1,8 +1,9 @@
 //! Group commit: the item writes and claims of many workers and jobs,
 //! committed in one round trip by the `jobvisor_write_batch` function
-//! (migrations/postgres/0002_write_batch.sql). Each write is conditional on
-//! the item's lease; counters and the event log move once per job per
-//! batch, in the same transaction.
+//! (migrations/postgres/0002_write_batch.sql), or, for a batch of
+//! successes and claims only, by `jobvisor_write_successes` (0011). Each
+//! write is conditional on the item's lease; counters and the event log
+//! move once per job per batch, in the same transaction.
 //!
 //! Lock order (shared with `jobs.rs`, which is why nothing deadlocks): the
 //! job rows first, in id order, then their items.
