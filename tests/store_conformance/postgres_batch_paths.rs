@@ -22,6 +22,17 @@ struct Call<'a> {
     claim_lease: i64,
 }
 
+impl Call<'_> {
+    /// The successes' indexes, leases and results, one array each.
+    fn columns(&self) -> (Vec<i32>, Vec<i64>, Vec<Option<&str>>) {
+        (
+            self.successes.iter().map(|s| s.0).collect(),
+            self.successes.iter().map(|s| s.1).collect(),
+            self.successes.iter().map(|s| s.2).collect(),
+        )
+    }
+}
+
 /// What a call answered: the positions (from 1) of the writes applied,
 /// the items claimed `(index, payload, attempt)` and the job's counters
 /// `(state, total, running, succeeded, failed, cancelled, last_seq)`.
@@ -34,12 +45,13 @@ struct Answer {
 
 async fn through_successes(pool: &PgPool, job: JobId, call: &Call<'_>) -> Answer {
     let n = call.successes.len();
+    let (indexes, leases, results) = call.columns();
     let rows =
         sqlx::query("SELECT * FROM jobvisor_write_successes($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(vec![job.0; n])
-            .bind(call.successes.iter().map(|s| s.0).collect::<Vec<_>>())
-            .bind(call.successes.iter().map(|s| s.1).collect::<Vec<_>>())
-            .bind(call.successes.iter().map(|s| s.2).collect::<Vec<_>>())
+            .bind(indexes)
+            .bind(leases)
+            .bind(results)
             .bind(vec![job.0])
             .bind(vec![call.max])
             .bind(vec![0i32])
@@ -59,15 +71,16 @@ async fn through_successes(pool: &PgPool, job: JobId, call: &Call<'_>) -> Answer
 
 async fn through_general(pool: &PgPool, job: JobId, call: &Call<'_>) -> Answer {
     let n = call.successes.len();
+    let (indexes, leases, results) = call.columns();
     let rows = sqlx::query(
         "SELECT * FROM jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(vec![1i16; n])
     .bind(vec![job.0; n])
-    .bind(call.successes.iter().map(|s| s.0).collect::<Vec<_>>())
-    .bind(call.successes.iter().map(|s| s.1).collect::<Vec<_>>())
+    .bind(indexes)
+    .bind(leases)
     .bind(vec![None::<Vec<u8>>; n])
-    .bind(call.successes.iter().map(|s| s.2).collect::<Vec<_>>())
+    .bind(results)
     .bind(vec![false; n])
     .bind(vec![job.0])
     .bind(vec![call.max])

@@ -257,19 +257,17 @@ async fn phase(
     // The server records a cancel's effect just after committing it.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = env.scrape().await?;
-    let effect = |op: &str| {
-        let name = "jobvisor_control_effect_seconds";
-        Histogram::parse(&after, name, &[("op", op)])
-            .since(&Histogram::parse(&before, name, &[("op", op)]))
+    // A server histogram over the phase (the scrape after minus the one
+    // before), as bucket bounds.
+    let over_phase = |name: &str, label: (&str, &str)| {
+        Histogram::parse(&after, name, &[label])
+            .since(&Histogram::parse(&before, name, &[label]))
             .estimate()
     };
+    let effect = |op: &str| over_phase("jobvisor_control_effect_seconds", ("op", op));
     let handled = |method: &str| {
-        let name = "jobvisor_rpc_duration_seconds";
         let method = format!("jobvisor.v1.JobService/{method}");
-        let labels = [("method", method.as_str())];
-        Histogram::parse(&after, name, &labels)
-            .since(&Histogram::parse(&before, name, &labels))
-            .estimate()
+        over_phase("jobvisor_rpc_duration_seconds", ("method", &method))
     };
     Ok(Phase {
         pause_resume: pause_resume.summary(),
