@@ -7,6 +7,7 @@
 use crate::{
     api::{
         JobApi,
+        conn::GatheringStream,
         guard::{GuardConfig, GuardLayer},
         limits::LimitsLayer,
         routes::JobRoutes,
@@ -22,6 +23,7 @@ use crate::{
     },
 };
 use anyhow::Context as _;
+use futures::TryStreamExt as _;
 use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -250,9 +252,12 @@ async fn serve_on(
         .add_service(jobs)
         // The builder's `tcp_nodelay` applies only to listeners it binds
         // itself: set it on ours, or Nagle holds the second frame of each
-        // answer until the client's delayed ACK (~40 ms per call).
+        // answer until the client's delayed ACK (~40 ms per call). Each
+        // connection gathers small frames into one write (`api::conn`).
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map_ok(GatheringStream::new),
             draining,
         )
         .await?;
