@@ -19,6 +19,8 @@
 //! same run. A lone answer waits one turn of the scheduler, microseconds
 //! on an idle server.
 //!
+//! An idle connection holds no buffer and one task.
+//!
 //! Writes wait (return `Pending`) while [`LIMIT`] bytes are waiting, so a
 //! client that does not read still holds the connection back as a full
 //! socket would. A failed write fails every later write, flush and
@@ -50,8 +52,6 @@ pub const LIMIT: usize = 256 * 1024;
 /// How many turns of the scheduler the writer lets pass at most while
 /// more keeps coming.
 const TURNS: usize = 16;
-/// A buffer larger than this is given back when the connection goes idle.
-const KEEP: usize = 16 * 1024;
 /// How long the writer of a connection dropped without a shutdown may
 /// take to write what it was handed.
 pub const DROP_GRACE: Duration = Duration::from_secs(5);
@@ -227,12 +227,9 @@ enum Next {
 fn take(shared: &Shared, taken: &mut BytesMut) -> Next {
     let mut state = shared.state();
     if state.pending.is_empty() {
-        if taken.capacity() > KEEP {
-            *taken = BytesMut::new();
-        }
-        if state.pending.capacity() > KEEP {
-            state.pending = BytesMut::new();
-        }
+        // An idle connection holds no buffer.
+        *taken = BytesMut::new();
+        state.pending = BytesMut::new();
         return if state.closing {
             Next::Shut
         } else {
@@ -394,17 +391,23 @@ mod tests {
             let data = data.clone();
             tokio::spawn(async move {
                 server.write_all(&data).await.unwrap();
-                server.shutdown().await.unwrap();
                 server
             })
         };
         // The socket's buffers and ours fill up; the rest waits.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!writing.is_finished(), "64 MiB fit in the buffers");
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert!(got == data, "the bytes changed on the way");
-        writing.await.unwrap();
+        assert!(!writing.is_finished(), "64 MiB were taken in");
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut server = writing.await.unwrap();
+        server.shutdown().await.unwrap();
+        assert!(
+            reading.await.unwrap() == data,
+            "the bytes changed on the way"
+        );
     }
 
     #[tokio::test]
@@ -445,6 +448,24 @@ mod tests {
             .expect("no end of stream after the drop")
             .unwrap();
         assert!(got == data, "the bytes changed on the way");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_gives_its_buffers_back() {
+        let (mut server, mut client) = pair().await;
+        // Two rounds: the writer's two buffers have each held bytes.
+        for len in [100_000, 10] {
+            server.write_all(&pattern(len)).await.unwrap();
+            let mut got = vec![0u8; len];
+            client.read_exact(&mut got).await.unwrap();
+        }
+        for _ in 0..500 {
+            if server.shared.state().pending.capacity() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("an idle connection still holds its 100,000-byte buffer");
     }
 
     #[tokio::test]
