@@ -14,9 +14,9 @@
 //! its writer task, and a flush returns at once: the bytes are the
 //! writer's, which writes them without being asked again. The writer lets
 //! the tasks that are ready run first (`yield_now`, until a turn passes in
-//! which nothing more came), so the frames of the streams woken by one
-//! commit leave in one write: about 750 writes per connection over the
-//! same run. A lone answer waits one turn of the scheduler, microseconds
+//! which nothing more came), so the frames of the streams woken together
+//! leave together: about 1,000 writes per connection over the same run
+//! (`sendto` calls counted with `perf stat`). A lone answer waits one turn of the scheduler, microseconds
 //! on an idle server.
 //!
 //! An idle connection holds no buffer and one task.
