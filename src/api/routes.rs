@@ -20,7 +20,7 @@
 
 use super::{JobApi, convert};
 use crate::{
-    engine::{EngineError, SharedEvent, WatchItem},
+    engine::{EngineError, SharedEvent, WatchBatch},
     pb::{self, job_service_server::JobServiceServer},
 };
 use bytes::{BufMut, Bytes, BytesMut};
@@ -137,7 +137,7 @@ where
     Ok(response)
 }
 
-type Batches = Pin<Box<dyn Stream<Item = Result<Vec<WatchItem>, EngineError>> + Send>>;
+type Batches = Pin<Box<dyn Stream<Item = Result<WatchBatch, EngineError>> + Send>>;
 
 /// A WatchJob response body: one DATA frame per batch, then the trailers.
 /// It polls the stream only when HTTP/2 asks for more (there is room in
@@ -178,22 +178,28 @@ impl http_body::Body for WatchBody {
 }
 
 /// A batch as gRPC messages, one after the other.
-fn encode_batch(batch: &[WatchItem]) -> Bytes {
-    if let [WatchItem::Event(event)] = batch {
-        // The shared bytes themselves: no copy.
-        return encoded_event(event);
-    }
-    let mut buf = BytesMut::new();
-    for item in batch {
-        match item {
-            WatchItem::Event(event) => buf.extend_from_slice(&encoded_event(event)),
-            other => put_message(&mut buf, &convert::watch_item(other)),
+fn encode_batch(batch: &WatchBatch) -> Bytes {
+    match batch {
+        WatchBatch::One(item) => {
+            let mut buf = BytesMut::new();
+            put_message(&mut buf, &convert::watch_item(item));
+            buf.freeze()
         }
+        // Once for the job's watchers at the same place.
+        WatchBatch::Events(batch) => batch.encoded(|events| match events {
+            [event] => encoded_event(event),
+            events => {
+                let encoded: Vec<Bytes> = events.iter().map(|e| encoded_event(e)).collect();
+                let mut buf = BytesMut::with_capacity(encoded.iter().map(Bytes::len).sum());
+                for message in encoded {
+                    buf.extend_from_slice(&message);
+                }
+                buf.freeze()
+            }
+        }),
     }
-    buf.freeze()
 }
 
-/// A stored event's gRPC message, made by the first stream that sends it.
 fn encoded_event(event: &SharedEvent) -> Bytes {
     event.encoded(|event| {
         let mut buf = BytesMut::new();
@@ -217,7 +223,7 @@ mod tests {
     use super::*;
     use crate::{
         domain::{EventBody, ItemCounts, JobEvent},
-        engine::Progress,
+        engine::{EventBatch, Progress, WatchItem},
     };
     use chrono::Utc;
 
@@ -246,6 +252,10 @@ mod tests {
         out
     }
 
+    fn events(events: &[Arc<SharedEvent>]) -> WatchBatch {
+        WatchBatch::Events(Arc::new(EventBatch::new(events.to_vec())))
+    }
+
     #[test]
     fn a_batch_is_the_messages_tonic_would_send() {
         let progress = WatchItem::Progress(Progress {
@@ -256,32 +266,42 @@ mod tests {
             items_per_second: 12.0,
             eta: None,
         });
-        let batch = vec![
-            WatchItem::Event(failed(1)),
-            WatchItem::Event(failed(2)),
-            progress,
-        ];
-        assert_eq!(encode_batch(&batch).as_ref(), as_tonic_would(&batch));
-        let one = vec![WatchItem::Event(failed(7))];
-        assert_eq!(encode_batch(&one).as_ref(), as_tonic_would(&one));
+        let two = events(&[failed(1), failed(2)]);
+        assert_eq!(
+            encode_batch(&two).as_ref(),
+            as_tonic_would(&two.clone().into_items())
+        );
+        let one = events(&[failed(7)]);
+        assert_eq!(
+            encode_batch(&one).as_ref(),
+            as_tonic_would(&one.clone().into_items())
+        );
+        let progress = WatchBatch::One(progress);
+        assert_eq!(
+            encode_batch(&progress).as_ref(),
+            as_tonic_would(&progress.clone().into_items())
+        );
     }
 
     #[test]
-    fn a_shared_event_is_encoded_once_for_every_stream() {
+    fn a_shared_event_and_a_shared_batch_are_encoded_once_for_every_stream() {
         let event = failed(5);
-        let first = encode_batch(&[WatchItem::Event(event.clone())]);
-        let second = encode_batch(&[WatchItem::Event(event.clone())]);
+        let first = encode_batch(&events(std::slice::from_ref(&event)));
+        let second = encode_batch(&events(std::slice::from_ref(&event)));
         // The same bytes, not an equal copy.
         assert_eq!(first.as_ptr(), second.as_ptr());
-        // In a longer batch they are copied in as they are.
         let mut calls = 0;
         event.encoded(|_| {
             calls += 1;
             Bytes::new()
         });
         assert_eq!(calls, 0, "encoded again");
-        let pair = encode_batch(&[WatchItem::Event(event.clone()), WatchItem::Event(event)]);
-        assert_eq!(&pair[..first.len()], first.as_ref());
-        assert_eq!(&pair[first.len()..], first.as_ref());
+        // In a longer batch they are copied in as they are, and the
+        // streams that share the batch share its bytes.
+        let pair = events(&[event.clone(), event]);
+        let (one, other) = (encode_batch(&pair), encode_batch(&pair.clone()));
+        assert_eq!(one.as_ptr(), other.as_ptr());
+        assert_eq!(&one[..first.len()], first.as_ref());
+        assert_eq!(&one[first.len()..], first.as_ref());
     }
 }

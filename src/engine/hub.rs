@@ -15,7 +15,10 @@ use std::{
     collections::VecDeque,
     future::Future,
     ops::Deref,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 use tokio::{sync::watch, time::Instant};
@@ -63,6 +66,41 @@ impl PartialEq for SharedEvent {
     }
 }
 
+/// Consecutive stored events of one job, as one watch stream sends them
+/// in one frame. Watchers at the same place get the same batch from the
+/// [`Tail`], encoding included: with a thousand of them, a window's events
+/// are gathered and encoded once, not once per stream.
+#[derive(Debug, PartialEq)]
+pub struct EventBatch {
+    events: Vec<Arc<SharedEvent>>,
+    encoded: OnceLock<bytes::Bytes>,
+}
+
+impl EventBatch {
+    /// The events up to the first terminal one (nothing follows it).
+    pub fn new(mut events: Vec<Arc<SharedEvent>>) -> Self {
+        if let Some(end) = events.iter().position(|e| e.body.is_terminal()) {
+            events.truncate(end + 1);
+        }
+        EventBatch {
+            events,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    pub fn events(&self) -> &[Arc<SharedEvent>] {
+        &self.events
+    }
+
+    /// The batch as `encode` makes it, made once and then shared.
+    pub fn encoded(
+        &self,
+        encode: impl FnOnce(&[Arc<SharedEvent>]) -> bytes::Bytes,
+    ) -> bytes::Bytes {
+        self.encoded.get_or_init(|| encode(&self.events)).clone()
+    }
+}
+
 /// The latest stored events of one job, read once for all its watchers in
 /// this process. It holds every event with a sequence in `(from, upto]`.
 ///
@@ -85,24 +123,41 @@ struct Held {
     from: u64,
     upto: u64,
     events: VecDeque<Arc<SharedEvent>>,
+    /// The last batch handed out, and the cursor it follows.
+    batch: Option<(u64, Arc<EventBatch>)>,
 }
 
 impl Held {
     /// The events after `cursor`, up to `limit` of them; `None` if `cursor`
-    /// lies before the window.
-    fn after(&self, cursor: u64, limit: u32) -> Option<Vec<Arc<SharedEvent>>> {
+    /// lies before the window. The batch is shared with the watchers
+    /// that ask from the same cursor while nothing newer is held.
+    fn after(&mut self, cursor: u64, limit: u32) -> Option<Arc<EventBatch>> {
         if cursor < self.from {
             return None;
         }
+        // The same events as it would gather now: everything held after
+        // the cursor, or a full page of it.
+        if let Some((at, batch)) = &self.batch
+            && *at == cursor
+            && batch.events.len() <= limit as usize
+            && (batch.events.last().is_some_and(|e| e.seq == self.upto)
+                || batch.events.len() == limit as usize)
+        {
+            return Some(batch.clone());
+        }
         // Held in sequence order.
         let first = self.events.partition_point(|e| e.seq <= cursor);
-        Some(
+        let batch = Arc::new(EventBatch::new(
             self.events
                 .range(first..)
                 .take(limit as usize)
                 .cloned()
                 .collect(),
-        )
+        ));
+        if !batch.events.is_empty() {
+            self.batch = Some((cursor, batch.clone()));
+        }
+        Some(batch)
     }
 }
 
@@ -117,13 +172,13 @@ impl Tail {
         wanted: u64,
         limit: u32,
         read: F,
-    ) -> Result<Option<Vec<Arc<SharedEvent>>>, StoreError>
+    ) -> Result<Option<Arc<EventBatch>>, StoreError>
     where
         F: Fn(u64, u32) -> Fut,
         Fut: Future<Output = Result<Vec<JobEvent>, StoreError>>,
     {
         {
-            let held = self.held();
+            let mut held = self.held();
             if held.upto >= wanted && !held.events.is_empty() {
                 return Ok(held.after(cursor, limit));
             }
@@ -264,6 +319,11 @@ pub struct Hub {
     in_flight: Mutex<foldhash::HashMap<JobId, Arc<InFlight>>>,
     /// A job's watchers are woken at most once per `window`.
     window: Duration,
+    /// The engine is shutting down: watchers end (checked at each
+    /// wake-up, instead of each watcher also waiting on the engine's
+    /// cancellation token, whose lock all of them would take at every
+    /// wake-up).
+    closed: AtomicBool,
 }
 
 impl Hub {
@@ -274,7 +334,22 @@ impl Hub {
             channels: Mutex::default(),
             in_flight: Mutex::default(),
             window,
+            closed: AtomicBool::new(false),
         })
+    }
+
+    /// Ends every watch stream: sets the flag they check, then wakes them.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let channels = self.channels.lock().expect("hub lock");
+        for channel in channels.values() {
+            channel.tx.send_modify(|_| {});
+        }
+    }
+
+    /// Whether [`Hub::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Tells the job's watchers about a commit. A pulse older than the one
@@ -437,8 +512,8 @@ mod tests {
         }
     }
 
-    fn seqs(events: &[Arc<SharedEvent>]) -> Vec<u64> {
-        events.iter().map(|e| e.seq).collect()
+    fn seqs(batch: &EventBatch) -> Vec<u64> {
+        batch.events().iter().map(|e| e.seq).collect()
     }
 
     #[tokio::test]
@@ -468,6 +543,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn watchers_at_the_same_place_share_one_batch_until_newer_events() {
+        let reads = AtomicUsize::new(0);
+        let tail = Tail::default();
+        let first = tail
+            .after(0, 5, 500, store(5, &reads))
+            .await
+            .unwrap()
+            .unwrap();
+        let again = tail
+            .after(0, 5, 500, store(5, &reads))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "a batch of its own");
+        // From elsewhere: a batch of its own.
+        let behind = tail
+            .after(2, 5, 500, store(5, &reads))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seqs(&behind), vec![3, 4, 5]);
+        // Newer events: the same cursor gets them too, not the old batch.
+        let newer = tail
+            .after(0, 7, 500, store(7, &reads))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seqs(&newer), (1..=7).collect::<Vec<_>>());
+        // A full page is shared even though more is held after it.
+        let page = tail
+            .after(0, 7, 3, store(7, &reads))
+            .await
+            .unwrap()
+            .unwrap();
+        let same = tail
+            .after(0, 7, 3, store(7, &reads))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seqs(&page), vec![1, 2, 3]);
+        assert!(Arc::ptr_eq(&page, &same));
+    }
+
+    #[test]
+    fn a_batch_ends_with_the_terminal_event() {
+        let end = JobEvent {
+            seq: 3,
+            at: chrono::Utc::now(),
+            body: EventBody::StateChanged {
+                from: Some(JobState::Running),
+                to: JobState::Succeeded,
+                reason: None,
+                requested_by: None,
+                request_id: None,
+                pause_mode: None,
+            },
+        };
+        let batch = EventBatch::new(
+            [event(1), event(2), end, event(4)]
+                .into_iter()
+                .map(|e| Arc::new(SharedEvent::new(e)))
+                .collect(),
+        );
+        assert_eq!(seqs(&batch), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
     async fn watchers_woken_together_wait_for_one_read() {
         let reads = AtomicUsize::new(0);
         let tail = Tail::default();
@@ -486,7 +628,7 @@ mod tests {
         for got in futures::future::join_all(watchers).await {
             let got = got.unwrap().unwrap();
             assert_eq!(*seqs(&got).last().unwrap(), 9);
-            assert!(got.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+            assert!(got.events().windows(2).all(|w| w[0].seq + 1 == w[1].seq));
         }
         assert_eq!(reads.load(Ordering::SeqCst), 1);
     }

@@ -19,8 +19,8 @@ mod worker;
 mod writer;
 
 pub use cluster::ClusterConfig;
-pub use hub::{Hub, SharedEvent};
-pub use watch::{Progress, WatchItem};
+pub use hub::{EventBatch, Hub, SharedEvent};
+pub use watch::{Progress, WatchBatch, WatchItem};
 pub use worker::outcome_write;
 pub use writer::{WriteError, Writer};
 
@@ -682,6 +682,7 @@ impl Engine {
     /// stay as they are in the store and continue at the next start.
     pub async fn shutdown(&self, grace: Duration) {
         self.closing.cancel();
+        self.rt.hub.close();
         self.drain_cluster().await;
         let started = tokio::time::Instant::now();
         let _ = self

@@ -10,7 +10,7 @@
 
 use super::{
     Engine, EngineError,
-    hub::{SharedEvent, Tail},
+    hub::{EventBatch, SharedEvent, Tail},
 };
 use crate::{
     domain::{ItemCounts, Job, JobId, JobState},
@@ -54,6 +54,30 @@ pub enum WatchItem {
     /// included.
     Event(Arc<SharedEvent>),
     Progress(Progress),
+}
+
+/// What a watch stream sends at once (in one frame): a snapshot, a
+/// progress message, or stored events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchBatch {
+    One(WatchItem),
+    /// Never empty. Shared with the job's other watchers at the same
+    /// place in this process, encoding included.
+    Events(Arc<EventBatch>),
+}
+
+impl WatchBatch {
+    /// The messages, one by one.
+    pub fn into_items(self) -> Vec<WatchItem> {
+        match self {
+            WatchBatch::One(item) => vec![item],
+            WatchBatch::Events(batch) => batch
+                .events()
+                .iter()
+                .map(|event| WatchItem::Event(event.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// Measures the rate at which items end.
@@ -105,16 +129,16 @@ impl Engine {
         Ok(self
             .watch_batches(id, from_seq)
             .await?
-            .map_ok(|batch| futures::stream::iter(batch.into_iter().map(Ok)))
+            .map_ok(|batch| futures::stream::iter(batch.into_items().into_iter().map(Ok)))
             .try_flatten())
     }
 
-    /// [`Engine::watch`], a batch at a time (never empty).
+    /// [`Engine::watch`], a batch at a time.
     pub async fn watch_batches(
         &self,
         id: JobId,
         from_seq: u64,
-    ) -> Result<impl Stream<Item = Result<Vec<WatchItem>, EngineError>> + Send + 'static, EngineError>
+    ) -> Result<impl Stream<Item = Result<WatchBatch, EngineError>> + Send + 'static, EngineError>
     {
         self.check_open()?;
         let job = self.get_job(id).await?;
@@ -154,11 +178,15 @@ struct Watcher {
     sent_counts: ItemCounts,
     sent_partial: f64,
     rate: Rate,
-    progress: tokio::time::Interval,
-    poll: tokio::time::Interval,
+    /// When the next progress message is due, and the next check for a
+    /// job run elsewhere: one timer for both, set to the earlier (a stream
+    /// is woken about 50 times a second, and each wake-up polls what it
+    /// waits for).
+    next_progress: tokio::time::Instant,
+    next_poll: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
     last_pulse: Instant,
     heard: Pulse,
-    closing: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
 impl Watcher {
@@ -168,13 +196,10 @@ impl Watcher {
         let known = *pulses.borrow();
         let mut rate = Rate::default();
         rate.observe(job.counts.ended() as f64);
-        let mut progress = tokio::time::interval(engine.rt.config.progress_interval);
-        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut poll = tokio::time::interval(POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Both are due at once, as an interval's first tick is.
+        let now = tokio::time::Instant::now();
         crate::metrics::watch_streams(1.0);
         Watcher {
-            closing: Box::pin(engine.closing.clone().cancelled_owned()),
             engine,
             id,
             sent_counts: job.counts,
@@ -187,17 +212,18 @@ impl Watcher {
             ended: false,
             sent_partial: 0.0,
             rate,
-            progress,
-            poll,
+            next_progress: now,
+            next_poll: now,
+            timer: Box::pin(tokio::time::sleep_until(now)),
             last_pulse: Instant::now(),
             heard: known,
         }
     }
 
     /// The next messages to send; `None` once the terminal event was sent.
-    async fn next(&mut self) -> Result<Option<Vec<WatchItem>>, EngineError> {
+    async fn next(&mut self) -> Result<Option<WatchBatch>, EngineError> {
         if let Some(job) = self.snapshot.take() {
-            return Ok(Some(vec![WatchItem::Snapshot(job)]));
+            return Ok(Some(WatchBatch::One(WatchItem::Snapshot(job))));
         }
         let id = self.id;
         let store = &self.engine.rt.store;
@@ -217,24 +243,21 @@ impl Watcher {
                         store.events_after(id, after, limit)
                     })
                     .await?;
-                let events = match shared {
-                    Some(events) => events,
-                    None => (store.events_after(id, self.cursor, PAGE).await?)
-                        .into_iter()
-                        .map(|event| Arc::new(SharedEvent::new(event)))
-                        .collect(),
+                let batch = match shared {
+                    Some(batch) => batch,
+                    None => Arc::new(EventBatch::new(
+                        (store.events_after(id, self.cursor, PAGE).await?)
+                            .into_iter()
+                            .map(|event| Arc::new(SharedEvent::new(event)))
+                            .collect(),
+                    )),
                 };
-                let mut batch = Vec::with_capacity(events.len());
-                for event in events {
-                    self.cursor = event.seq;
-                    self.ended = event.body.is_terminal();
-                    batch.push(WatchItem::Event(event));
-                    if self.ended {
-                        break;
-                    }
-                }
-                if !batch.is_empty() {
-                    return Ok(Some(batch));
+                // Up to the terminal event, if it is there (the batch
+                // ends with it).
+                if let Some(last) = batch.events().last() {
+                    self.cursor = last.seq;
+                    self.ended = last.body.is_terminal();
+                    return Ok(Some(WatchBatch::Events(batch)));
                 }
                 // Nothing after the cursor yet, whatever the pulse said:
                 // wait for the next one.
@@ -245,7 +268,15 @@ impl Watcher {
             if self.known.state.is_terminal() && self.cursor >= self.known.last_seq {
                 return Ok(None);
             }
+            // The engine closing wakes every watcher (the hub's flag is
+            // set before the wake-up, so none waits past it).
+            if self.engine.rt.hub.is_closed() {
+                return Err(EngineError::Unavailable(
+                    "the server is shutting down; reconnect with your last sequence".into(),
+                ));
+            }
             tokio::select! {
+                biased;
                 changed = self.pulses.changed() => {
                     if changed.is_err() {
                         return Ok(None);
@@ -253,42 +284,66 @@ impl Watcher {
                     self.known = *self.pulses.borrow_and_update();
                     self.last_pulse = Instant::now();
                 }
-                _ = self.progress.tick() => {
-                    // The latest counters (stored without a wake-up).
-                    let latest = *self.pulses.borrow();
-                    if latest.last_seq >= self.known.last_seq {
-                        self.known = latest;
+                () = self.timer.as_mut() => {
+                    let now = tokio::time::Instant::now();
+                    let progress_due = now >= self.next_progress;
+                    if progress_due {
+                        self.next_progress = later_tick(
+                            self.next_progress,
+                            self.engine.rt.config.progress_interval,
+                            now,
+                        );
                     }
-                    let partial = self.engine.rt.hub.in_flight_fraction(id);
-                    if self.known.counts != self.sent_counts || partial != self.sent_partial {
-                        self.sent_counts = self.known.counts;
-                        self.sent_partial = partial;
-                        let item = progress_of(&self.known, partial, &mut self.rate);
-                        return Ok(Some(vec![WatchItem::Progress(item)]));
+                    let poll_due = now >= self.next_poll;
+                    if poll_due {
+                        self.next_poll = later_tick(self.next_poll, POLL, now);
                     }
-                }
-                _ = self.poll.tick() => {
-                    // Another process may run this job: read it directly
-                    // when nothing was heard locally for a while (counters
-                    // stored without a wake-up count as heard).
-                    let latest = *self.pulses.borrow();
-                    if latest != self.heard {
-                        self.heard = latest;
-                        self.last_pulse = Instant::now();
+                    self.timer
+                        .as_mut()
+                        .reset(self.next_progress.min(self.next_poll));
+                    if poll_due {
+                        // Another process may run this job: read it
+                        // directly when nothing was heard locally for a
+                        // while (counters stored without a wake-up count
+                        // as heard).
+                        let latest = *self.pulses.borrow();
+                        if latest != self.heard {
+                            self.heard = latest;
+                            self.last_pulse = Instant::now();
+                        }
+                        if self.last_pulse.elapsed() >= POLL {
+                            let job = self.engine.get_job(id).await?;
+                            self.known = Pulse::of(&job);
+                        }
                     }
-                    if self.last_pulse.elapsed() >= POLL {
-                        let job = self.engine.get_job(id).await?;
-                        self.known = Pulse::of(&job);
+                    if progress_due {
+                        // The latest counters (stored without a wake-up).
+                        let latest = *self.pulses.borrow();
+                        if latest.last_seq >= self.known.last_seq {
+                            self.known = latest;
+                        }
+                        let partial = self.engine.rt.hub.in_flight_fraction(id);
+                        if self.known.counts != self.sent_counts || partial != self.sent_partial {
+                            self.sent_counts = self.known.counts;
+                            self.sent_partial = partial;
+                            let item = progress_of(&self.known, partial, &mut self.rate);
+                            return Ok(Some(WatchBatch::One(WatchItem::Progress(item))));
+                        }
                     }
-                }
-                _ = self.closing.as_mut() => {
-                    return Err(EngineError::Unavailable(
-                        "the server is shutting down; reconnect with your last sequence".into(),
-                    ));
                 }
             }
         }
     }
+}
+
+/// The next tick of a period that ticked at `last`; one period after
+/// `now` if that was missed (missed ticks are not made up).
+fn later_tick(
+    last: tokio::time::Instant,
+    period: Duration,
+    now: tokio::time::Instant,
+) -> tokio::time::Instant {
+    (last + period).max(now + period * u32::from(last + period <= now))
 }
 
 impl Drop for Watcher {
@@ -311,5 +366,25 @@ fn progress_of(pulse: &Pulse, in_flight_fraction: f64, rate: &mut Rate) -> Progr
         in_flight_fraction,
         items_per_second: per_second,
         eta,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tick_on_time_comes_one_period_later_and_a_missed_one_is_skipped() {
+        let t0 = tokio::time::Instant::now();
+        let period = Duration::from_millis(500);
+        let ms = Duration::from_millis;
+        // On time, or late by less than a period: the next tick is on the
+        // same grid.
+        assert_eq!(later_tick(t0, period, t0), t0 + period);
+        assert_eq!(later_tick(t0, period, t0 + ms(499)), t0 + period);
+        // A whole period late or more: ticks missed are not made up, the
+        // next one is a period from now.
+        assert_eq!(later_tick(t0, period, t0 + ms(500)), t0 + ms(1000));
+        assert_eq!(later_tick(t0, period, t0 + ms(1700)), t0 + ms(2200));
     }
 }
