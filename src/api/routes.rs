@@ -8,7 +8,9 @@
 //! snapshot or a progress message) becomes one DATA frame of gRPC
 //! messages; a stored event's message, length prefix included, is made by
 //! the first stream that sends it and shared with the others
-//! ([`SharedEvent`]). The bytes on the wire are the same as tonic's: a
+//! ([`SharedEvent`]), and so is a batch of events, for the streams at the
+//! same place ([`EventBatch`](crate::engine::EventBatch)). The bytes on
+//! the wire are the same as tonic's: a
 //! message is the 5-byte prefix (not compressed, length) and the
 //! protobuf encoding of `pb::JobEvent`, and the stream ends with
 //! `grpc-status` trailers.

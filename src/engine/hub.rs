@@ -68,9 +68,9 @@ impl PartialEq for SharedEvent {
 
 /// Consecutive stored events of one job, as one watch stream sends them
 /// in one frame. Watchers at the same place get the same batch from the
-/// [`Tail`], encoding included: with a thousand of them, a window's events
+/// job's tail, encoding included: with a thousand of them, a window's events
 /// are gathered and encoded once, not once per stream.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct EventBatch {
     events: Vec<Arc<SharedEvent>>,
     encoded: OnceLock<bytes::Bytes>,
@@ -101,10 +101,18 @@ impl EventBatch {
     }
 }
 
+impl PartialEq for EventBatch {
+    /// The same events, whether or not the batch was encoded yet.
+    fn eq(&self, other: &Self) -> bool {
+        self.events == other.events
+    }
+}
+
 /// The latest stored events of one job, read once for all its watchers in
 /// this process. It holds every event with a sequence in `(from, upto]`.
 ///
-/// Watchers copy from it under a short synchronous lock; only the one that
+/// Watchers take their batch from it under a short synchronous lock (the
+/// same [`EventBatch`] for those at the same place); only the one that
 /// finds it behind reads the store (the others wait for that read instead
 /// of repeating it), so a thousand watchers woken by one commit cost one
 /// query. Those that come while the read runs wait on an async lock and

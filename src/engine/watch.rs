@@ -133,7 +133,7 @@ impl Engine {
             .try_flatten())
     }
 
-    /// [`Engine::watch`], a batch at a time.
+    /// [`Engine::watch`], a batch at a time (never empty).
     pub async fn watch_batches(
         &self,
         id: JobId,
