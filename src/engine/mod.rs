@@ -474,13 +474,15 @@ impl Engine {
         // hammered. The first try decides from the state this process last
         // committed or saw for the job, when it runs it and that state calls
         // for a transition: the transition is guarded by that state, so a
-        // stale guess is refused (a conflict) and the next try reads the
-        // job. Anything else (no change, a refusal) is decided from a read.
-        let mut guess = self
-            .rt
-            .hub
-            .known_state(id)
-            .filter(|state| matches!(decide(*state, command), Ok(Decision::Transition { .. })));
+        // stale guess is refused (a conflict). A refusal names the state it
+        // found under the job's lock, and the next try decides from that,
+        // without a read, when it calls for a transition. Anything else (no
+        // change, a refusal) is decided from a read.
+        let transition_from = |state: JobState| {
+            Some(state)
+                .filter(|state| matches!(decide(*state, command), Ok(Decision::Transition { .. })))
+        };
+        let mut guess = self.rt.hub.known_state(id).and_then(transition_from);
         for _ in 0..16 {
             let (state, read) = match guess.take() {
                 Some(state) => (state, None),
@@ -534,7 +536,13 @@ impl Engine {
                             }
                             return Ok(job);
                         }
-                        Err(StoreError::Conflict { .. }) => continue,
+                        // Typically a resume racing the supervisor's own
+                        // move from PAUSING to PAUSED (its last item
+                        // ended): one round trip fewer than a read first.
+                        Err(StoreError::Conflict { current, .. }) => {
+                            guess = transition_from(current);
+                            continue;
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
