@@ -492,12 +492,17 @@ mod tests {
     use std::time::Duration;
 
     fn event(seq: u64) -> JobEvent {
+        moved_to(seq, JobState::Running)
+    }
+
+    /// A change of state from RUNNING.
+    fn moved_to(seq: u64, to: JobState) -> JobEvent {
         JobEvent {
             seq,
             at: chrono::Utc::now(),
             body: EventBody::StateChanged {
                 from: Some(JobState::Running),
-                to: JobState::Running,
+                to,
                 reason: Some(format!("event {seq}")),
                 requested_by: None,
                 request_id: None,
@@ -596,23 +601,16 @@ mod tests {
 
     #[test]
     fn a_batch_ends_with_the_terminal_event() {
-        let end = JobEvent {
-            seq: 3,
-            at: chrono::Utc::now(),
-            body: EventBody::StateChanged {
-                from: Some(JobState::Running),
-                to: JobState::Succeeded,
-                reason: None,
-                requested_by: None,
-                request_id: None,
-                pause_mode: None,
-            },
-        };
         let batch = EventBatch::new(
-            [event(1), event(2), end, event(4)]
-                .into_iter()
-                .map(|e| Arc::new(SharedEvent::new(e)))
-                .collect(),
+            [
+                event(1),
+                event(2),
+                moved_to(3, JobState::Succeeded),
+                event(4),
+            ]
+            .into_iter()
+            .map(|e| Arc::new(SharedEvent::new(e)))
+            .collect(),
         );
         assert_eq!(seqs(&batch), vec![1, 2, 3]);
     }
