@@ -250,8 +250,15 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Inst
     // the signal since.
     let stop = ctx.observed_stop().or(*args.stop.borrow());
     let mut kind = outcome_write(result, stop);
-    if let WriteKind::Succeeded { result } = &mut kind {
-        *result = ctx.take_result();
+    match &mut kind {
+        WriteKind::Succeeded { result } => *result = ctx.take_result(),
+        // The last attempt's failure is for good: said so, the store need
+        // not treat the item as going back to pending (it decides the same
+        // from the attempts it counted).
+        WriteKind::Failed { permanent, .. } if item.attempt >= args.max_attempts => {
+            *permanent = true;
+        }
+        _ => {}
     }
     let expected = match &kind {
         WriteKind::Succeeded { .. } => Finished::Succeeded,
