@@ -191,10 +191,9 @@ fn encode_batch(batch: &WatchBatch) -> Bytes {
         WatchBatch::Events(batch) => batch.encoded(|events| match events {
             [event] => encoded_event(event),
             events => {
-                let encoded: Vec<Bytes> = events.iter().map(|e| encoded_event(e)).collect();
-                let mut buf = BytesMut::with_capacity(encoded.iter().map(Bytes::len).sum());
-                for message in encoded {
-                    buf.extend_from_slice(&message);
+                let mut buf = BytesMut::new();
+                for event in events {
+                    buf.extend_from_slice(&encoded_event(event));
                 }
                 buf.freeze()
             }

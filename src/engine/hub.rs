@@ -529,26 +529,33 @@ mod tests {
         batch.events().iter().map(|e| e.seq).collect()
     }
 
+    /// What the tail hands a watcher at `cursor` that wants up to `wanted`,
+    /// from a store holding events 1..=`wanted`.
+    async fn batch_at(
+        tail: &Tail,
+        cursor: u64,
+        wanted: u64,
+        limit: u32,
+        reads: &AtomicUsize,
+    ) -> Arc<EventBatch> {
+        tail.after(cursor, wanted, limit, store(wanted, reads))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn watchers_at_the_same_place_share_one_read() {
         let reads = AtomicUsize::new(0);
         let tail = Tail::default();
         for _ in 0..100 {
-            let got = tail
-                .after(0, 5, 500, store(5, &reads))
-                .await
-                .unwrap()
-                .unwrap();
+            let got = batch_at(&tail, 0, 5, 500, &reads).await;
             assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5]);
         }
         assert_eq!(reads.load(Ordering::SeqCst), 1);
         // A new commit: one more read for everybody.
         for cursor in [5, 5, 3] {
-            let got = tail
-                .after(cursor, 7, 500, store(7, &reads))
-                .await
-                .unwrap()
-                .unwrap();
+            let got = batch_at(&tail, cursor, 7, 500, &reads).await;
             assert_eq!(*seqs(&got).last().unwrap(), 7);
             assert_eq!(seqs(&got)[0], cursor + 1);
         }
@@ -559,42 +566,18 @@ mod tests {
     async fn watchers_at_the_same_place_share_one_batch_until_newer_events() {
         let reads = AtomicUsize::new(0);
         let tail = Tail::default();
-        let first = tail
-            .after(0, 5, 500, store(5, &reads))
-            .await
-            .unwrap()
-            .unwrap();
-        let again = tail
-            .after(0, 5, 500, store(5, &reads))
-            .await
-            .unwrap()
-            .unwrap();
+        let first = batch_at(&tail, 0, 5, 500, &reads).await;
+        let again = batch_at(&tail, 0, 5, 500, &reads).await;
         assert!(Arc::ptr_eq(&first, &again), "a batch of its own");
         // From elsewhere: a batch of its own.
-        let behind = tail
-            .after(2, 5, 500, store(5, &reads))
-            .await
-            .unwrap()
-            .unwrap();
+        let behind = batch_at(&tail, 2, 5, 500, &reads).await;
         assert_eq!(seqs(&behind), vec![3, 4, 5]);
         // Newer events: the same cursor gets them too, not the old batch.
-        let newer = tail
-            .after(0, 7, 500, store(7, &reads))
-            .await
-            .unwrap()
-            .unwrap();
+        let newer = batch_at(&tail, 0, 7, 500, &reads).await;
         assert_eq!(seqs(&newer), (1..=7).collect::<Vec<_>>());
         // A full page is shared even though more is held after it.
-        let page = tail
-            .after(0, 7, 3, store(7, &reads))
-            .await
-            .unwrap()
-            .unwrap();
-        let same = tail
-            .after(0, 7, 3, store(7, &reads))
-            .await
-            .unwrap()
-            .unwrap();
+        let page = batch_at(&tail, 0, 7, 3, &reads).await;
+        let same = batch_at(&tail, 0, 7, 3, &reads).await;
         assert_eq!(seqs(&page), vec![1, 2, 3]);
         assert!(Arc::ptr_eq(&page, &same));
     }
@@ -763,11 +746,7 @@ mod tests {
         let reads = AtomicUsize::new(0);
         let tail = Tail::default();
         // The first watcher starts at 10: the tail holds (10, 12].
-        let got = tail
-            .after(10, 12, 500, store(12, &reads))
-            .await
-            .unwrap()
-            .unwrap();
+        let got = batch_at(&tail, 10, 12, 500, &reads).await;
         assert_eq!(seqs(&got), vec![11, 12]);
         assert!(
             tail.after(4, 12, 500, store(12, &reads))

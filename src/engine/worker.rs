@@ -262,10 +262,10 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Inst
     }
     let expected = match &kind {
         WriteKind::Succeeded { .. } => Finished::Succeeded,
-        // The store applies the same rule: retry unless permanent or out
-        // of attempts.
+        // Out of attempts is permanent by now (above); the store applies
+        // the same rule.
         WriteKind::Failed { permanent, error } => Finished::Failed {
-            will_retry: !permanent && item.attempt < args.max_attempts,
+            will_retry: !permanent,
             error: error.clone(),
         },
         WriteKind::Released { .. } => Finished::Released,
