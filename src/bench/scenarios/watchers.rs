@@ -47,6 +47,10 @@ pub struct WatchersOptions {
     /// for good: stored events while the job runs. 0: none.
     #[arg(long, default_value_t = 100)]
     pub fail_every: u32,
+    /// Attempts per item: the failing items fail on every one, so all but
+    /// the last attempt are retried (stored events each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub attempts: u32,
     /// Repeat the pair of runs (without, then with the watchers), each on
     /// fresh servers, and end with a summary over them: the ratio drifts
     /// by ±15% from one pair to the next on a small machine.
@@ -54,7 +58,8 @@ pub struct WatchersOptions {
     pub runs: u32,
 }
 
-/// The job watched: no-op items, the failing ones with a single attempt.
+/// The job watched: no-op items, the failing ones failing on each of
+/// `--attempts` attempts.
 pub fn watched_job(opts: &WatchersOptions) -> anyhow::Result<SleepJob> {
     let mut job = SleepJob::new("watchers", opts.items, opts.concurrency, 0, 1);
     if opts.fail_every > 0 {
@@ -66,7 +71,7 @@ pub fn watched_job(opts: &WatchersOptions) -> anyhow::Result<SleepJob> {
         // Non-zero multiples of 10^k: a leading non-zero digit, then k
         // zeros at the end.
         job.fail_pattern = Some(format!("^item-[1-9][0-9]*0{{{zeros}}}$"));
-        job.max_attempts = 1;
+        job.max_attempts = opts.attempts;
     }
     Ok(job)
 }
