@@ -64,6 +64,10 @@ pub fn describe() {
         Unit::Seconds,
         "Store transactions, by kind (batch, transition)."
     );
+    describe_counter!(
+        "jobvisor_store_batches_in_rounds_total",
+        "Group commits that took several calls of the batch function in one transaction (two writes for one item, or a claim that could take an item the batch puts back to pending): four round trips instead of one."
+    );
     describe_histogram!(
         "jobvisor_store_batch_writes_size",
         "Item writes per group commit."
@@ -149,6 +153,10 @@ pub fn store_transaction(kind: &'static str, d: Duration) {
 pub fn batch_size(writes: usize, claims: usize) {
     histogram!("jobvisor_store_batch_writes_size").record(writes as f64);
     histogram!("jobvisor_store_batch_claims_size").record(claims as f64);
+}
+
+pub fn batch_in_rounds() {
+    counter!("jobvisor_store_batches_in_rounds_total").increment(1);
 }
 
 pub fn pool(idle: usize, used: usize) {
