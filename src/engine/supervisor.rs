@@ -144,7 +144,8 @@ pub struct SupervisorState {
     slots: Vec<Slot>,
     /// Claimed items not yet taken by a worker.
     queue: Arc<WorkQueue>,
-    claiming: bool,
+    /// The claim out now, if any (one at a time).
+    claiming: Option<Claiming>,
     /// The last claim found fewer items than asked: nothing is pending
     /// until an item goes back to pending.
     exhausted: bool,
@@ -185,6 +186,14 @@ pub struct SupervisorState {
     claim_from: u32,
     /// Multi-replica mode: the lease every write is fenced by.
     lease: Option<Lease>,
+}
+
+/// A claim that is out.
+#[derive(Debug, Default)]
+struct Claiming {
+    /// The lowest item that may have gone back to pending since the claim
+    /// was sent ([`repend_from`]).
+    repended: Option<u32>,
 }
 
 /// A moving average of item durations. Jobs of fast items claim a round
@@ -254,7 +263,7 @@ impl Actor for JobSupervisor {
             rt,
             slots: Vec::new(),
             queue: Arc::new(WorkQueue::default()),
-            claiming: false,
+            claiming: None,
             exhausted: false,
             settling: false,
             stop,
@@ -443,14 +452,19 @@ fn handle_msg(
             return Next::Stop;
         }
         SupervisorMsg::Claimed(result) => {
-            st.claiming = false;
+            let repended = st.claiming.take().and_then(|c| c.repended);
             match result {
                 Ok(items) => {
-                    if items.is_empty() {
+                    if items.is_empty() && repended.is_none() {
                         st.exhausted = true;
                     }
                     if let Some(last) = items.last() {
                         st.claim_from = st.claim_from.max(last.index + 1);
+                    }
+                    // The claim may have been answered from before those
+                    // items went back: they are still to be claimed.
+                    if let Some(index) = repended {
+                        st.claim_from = st.claim_from.min(index);
                     }
                     crate::metrics::items_claimed(&st.executor, items.len());
                     st.queue.push(items);
@@ -618,7 +632,7 @@ fn apply_state(st: &mut SupervisorState, state: JobState, interrupt: bool) {
         release_held(st);
     }
     // Whoever changed the job may have put items back to pending.
-    st.claim_from = 0;
+    repend_from(st, 0);
     // Closed before the change is acknowledged: nothing starts after a
     // pause or a cancel has returned.
     st.queue.set_open(state == JobState::Running);
@@ -685,7 +699,7 @@ fn on_done(st: &mut SupervisorState, slot: usize, index: u32, finished: Finished
         // The item may be pending again.
         Finished::Failed { .. } | Finished::Released | Finished::LeaseLost => {
             st.exhausted = false;
-            st.claim_from = st.claim_from.min(index);
+            repend_from(st, index);
         }
         Finished::NotCommitted(e) => {
             if !st.shutting_down {
@@ -694,6 +708,18 @@ fn on_done(st: &mut SupervisorState, slot: usize, index: u32, finished: Finished
                 ));
             }
         }
+    }
+}
+
+/// Items from `index` up may be pending again: claims look from there,
+/// also after the answer of the claim out now, which may not have seen
+/// them (when it shares its batch with the write that put them back, or
+/// is answered after the worker's report, it takes only items past them
+/// and would raise the bound beyond them).
+fn repend_from(st: &mut SupervisorState, index: u32) {
+    st.claim_from = st.claim_from.min(index);
+    if let Some(claim) = &mut st.claiming {
+        claim.repended = Some(claim.repended.map_or(index, |r| r.min(index)));
     }
 }
 
@@ -795,8 +821,8 @@ fn on_store_error(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, e:
         // are ours and nobody runs them, so put them back.
         StoreError::NotFinished { running, .. } => {
             st.exhausted = false;
-            st.claim_from = 0;
-            if running > 0 && st.in_flight() == 0 && st.queue.is_empty() && !st.claiming {
+            repend_from(st, 0);
+            if running > 0 && st.in_flight() == 0 && st.queue.is_empty() && st.claiming.is_none() {
                 release_orphans(myself, st);
             }
         }
@@ -922,7 +948,7 @@ fn schedule_retry(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
 /// finished or failed when the time comes. Called after every message.
 fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
     if st.shutting_down {
-        if st.in_flight() == 0 && !st.claiming {
+        if st.in_flight() == 0 && st.claiming.is_none() {
             finish_shutdown(myself, st);
         }
         return;
@@ -954,7 +980,7 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
     match st.state {
         JobState::Running => {
             dispatch(st);
-            if st.claiming {
+            if st.claiming.is_some() {
                 // Nothing to decide until the claim is back (no second
                 // claim, no finish while one is out): skip the pass over
                 // the slots, which takes a lock per slot and would run
@@ -992,7 +1018,9 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
                 );
             }
         }
-        JobState::Pausing | JobState::Cancelling if st.in_flight() == 0 && !st.claiming => {
+        JobState::Pausing | JobState::Cancelling
+            if st.in_flight() == 0 && st.claiming.is_none() =>
+        {
             let why = if st.state == JobState::Pausing {
                 "no item in flight"
             } else {
@@ -1025,7 +1053,7 @@ fn dispatch(st: &mut SupervisorState) {
 }
 
 fn claim(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, max: u32) {
-    st.claiming = true;
+    st.claiming = Some(Claiming::default());
     let (writer, job, me) = (st.rt.writer.clone(), st.job, myself.clone());
     let from_index = st.claim_from;
     let epoch = st.lease.as_ref().map(|l| l.epoch);
