@@ -4,7 +4,7 @@
 //! expired lease is refused; heartbeats renew only what is still held.
 
 use crate::harness::{
-    claim_of, consistent, create, events, get, on_postgres_store, spec, write_of,
+    claim_of, consistent, create, events, failed, get, item, on_postgres_store, spec, write_of,
 };
 use jobvisor::{
     domain::{Effect, EventBody, JobState, Provenance},
@@ -203,6 +203,79 @@ async fn postgres_heartbeats_renew_what_is_held_and_orphans_are_found() {
                 owner: Arc::from("a"),
                 epoch: lease.epoch + 1
             }
+        );
+    })
+    .await;
+}
+
+/// A batch in rounds (two writes for one item, and a claim that sees an
+/// item the batch puts back) is fenced in each of its rounds: applied
+/// whole under the job's lease, refused whole under an old one, the job
+/// reported fenced once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_batch_in_rounds_is_fenced_in_every_round() {
+    on_postgres_store(|pg: Arc<PgStore>| async move {
+        let store: Arc<dyn Store> = pg.clone();
+        let job = create(&store, &spec(4)).await;
+        pg.join("a", TTL).await.unwrap();
+        let (a, _) = pg.take_over(job.id, "a", TTL).await.unwrap().unwrap();
+        let fence_a = fence("a", job.id, a.epoch);
+        let in_rounds = |lease: i64| Batch {
+            writes: vec![
+                write_of(job.id, 0, lease, WriteKind::Checkpoint(b"half".to_vec())),
+                write_of(job.id, 0, lease, WriteKind::Succeeded { result: None }),
+                write_of(job.id, 1, lease, failed("again", false)),
+            ],
+            claims: vec![claim_of(job.id, 2)],
+        };
+        let out = store
+            .write_batch_fenced(
+                &Batch {
+                    writes: vec![],
+                    claims: vec![claim_of(job.id, 2)],
+                },
+                &fence_a,
+            )
+            .await
+            .unwrap();
+        let lease = out.claimed[0][0].lease;
+
+        // A stale lease: nothing applies, nothing is claimed, in any round.
+        let stale = fence("a", job.id, a.epoch + 1);
+        let out = store
+            .write_batch_fenced(&in_rounds(lease), &stale)
+            .await
+            .unwrap();
+        assert_eq!(out.applied, vec![false, false, false]);
+        assert!(out.claimed[0].is_empty());
+        assert_eq!(out.fenced, vec![job.id], "reported once, not per round");
+        assert_eq!(consistent(&store, job.id).await.counts.running, 2);
+
+        // The lease: the writes apply in order, and the claim takes item 1
+        // again (put back by this batch) before item 2.
+        let out = store
+            .write_batch_fenced(&in_rounds(lease), &fence_a)
+            .await
+            .unwrap();
+        assert_eq!(out.applied, vec![true, true, true]);
+        assert!(out.fenced.is_empty());
+        let claimed: Vec<(u32, u32)> = out.claimed[0]
+            .iter()
+            .map(|c| (c.index, c.attempt))
+            .collect();
+        assert_eq!(claimed, vec![(1, 2), (2, 1)]);
+        let after = consistent(&store, job.id).await;
+        assert_eq!(
+            (after.counts.succeeded, after.counts.running),
+            (1, 2),
+            "item 0 succeeded; items 1 and 2 running"
+        );
+        // The counters handed back are the job's after the last round.
+        let pulse = out.pulses.iter().find(|p| p.job == job.id).unwrap();
+        assert_eq!(pulse.counts, after.counts);
+        assert_eq!(
+            item(&store, job.id, 0).await.checkpoint,
+            Some(b"half".to_vec())
         );
     })
     .await;
