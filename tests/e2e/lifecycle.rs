@@ -1,6 +1,6 @@
 //! A job from start to its end.
 
-use super::harness::{Options, SECS, StoreKind, spawn_app_with, stored, transitions};
+use super::harness::{Options, SECS, StoreKind, spawn_app, spawn_app_with, stored, transitions};
 use jobvisor::pb::{self, JobState};
 
 #[tokio::test]
@@ -104,6 +104,51 @@ pub async fn failing_items_are_retried_then_fail_the_job_on(store: StoreKind) {
     assert_eq!(items[3].state, pb::ItemState::Failed as i32);
     assert_eq!(items[3].attempts, 2);
     assert!(items[3].last_error.contains("fail_pattern"));
+    app.stop().await;
+}
+
+/// A failed attempt goes back to pending and is claimed again with the
+/// items around it, not after the rest of the job: the claims' lower bound
+/// goes back to the failed item even when a claim sent before the failure
+/// was reported is answered after it (that answer used to raise the bound
+/// past the item, which then waited for the job's end, about one retry in
+/// two).
+#[tokio::test]
+async fn a_failed_attempt_is_retried_soon_not_at_the_end_of_the_job() {
+    let app = spawn_app().await;
+    // Items 100, 200, …, 2900 fail on every attempt.
+    let mut request = app.job(
+        "sleep",
+        3000,
+        16,
+        &[
+            ("duration_ms", "0"),
+            ("fail_pattern", "^item-[1-9][0-9]*00$"),
+        ],
+    );
+    request.max_attempts = 2;
+    let job = app.start(request).await;
+    let events = app.watch_all(&job.id, 0, SECS(60)).await;
+    assert_eq!(app.get(&job.id).await.state, JobState::Failed as i32);
+    // Where each attempt's failure is in the event log.
+    let at = |index: u32, attempt: u32| {
+        events
+            .iter()
+            .find(|e| {
+                matches!(&e.kind, Some(pb::job_event::Kind::ItemFailed(f))
+                    if f.index == index && f.attempt == attempt)
+            })
+            .map(|e| e.sequence)
+            .unwrap_or_else(|| panic!("no failure of item {index}, attempt {attempt}"))
+    };
+    let late: Vec<u32> = (1..=24)
+        .map(|k| k * 100)
+        .filter(|&k| at(k, 2) > at(k + 500, 1))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "retried only after item k + 500 had failed once, for k in {late:?}"
+    );
     app.stop().await;
 }
 
