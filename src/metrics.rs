@@ -66,7 +66,7 @@ pub fn describe() {
     );
     describe_counter!(
         "jobvisor_store_batches_in_rounds_total",
-        "Group commits that took several calls of the batch function in one transaction (two writes for one item, or a claim that could take an item the batch puts back to pending): four round trips instead of one."
+        "Group commits that took several calls of the batch function in one transaction (two writes for one item, or a claim that could take an item the batch puts back to pending): BEGIN, a call per round, COMMIT, instead of one call."
     );
     describe_histogram!(
         "jobvisor_store_batch_writes_size",

@@ -146,8 +146,8 @@ pub struct SupervisorState {
     queue: Arc<WorkQueue>,
     /// The claim out now, if any (one at a time).
     claiming: Option<Claiming>,
-    /// The last claim found fewer items than asked: nothing is pending
-    /// until an item goes back to pending.
+    /// The last claim found nothing, and nothing went back to pending
+    /// while it was out: nothing is pending until an item goes back.
     exhausted: bool,
     /// A transition of the supervisor's own is in flight.
     settling: bool,
