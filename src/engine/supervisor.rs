@@ -464,7 +464,7 @@ fn handle_msg(
                     // The claim may have been answered from before those
                     // items went back: they are still to be claimed.
                     if let Some(index) = repended {
-                        st.claim_from = st.claim_from.min(index);
+                        repend_from(st, index);
                     }
                     crate::metrics::items_claimed(&st.executor, items.len());
                     st.queue.push(items);

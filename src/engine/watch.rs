@@ -343,7 +343,8 @@ fn later_tick(
     period: Duration,
     now: tokio::time::Instant,
 ) -> tokio::time::Instant {
-    (last + period).max(now + period * u32::from(last + period <= now))
+    let next = last + period;
+    if next > now { next } else { now + period }
 }
 
 impl Drop for Watcher {

@@ -2,8 +2,9 @@
 //! how late the events arrive, whether every stream gets every event, and
 //! what the watchers cost the job's throughput.
 //!
-//! The job (no-op items, some of which fail once so that stored events
-//! flow while it runs) is run twice, each time on a fresh server and
+//! The job (no-op items, some of which fail on every attempt so that
+//! stored events flow while it runs) is run twice, each time on a fresh
+//! server and
 //! database: without watchers, then with the streams open on it. Each
 //! time it is started, paused at once (graceful) and, once PAUSED and the
 //! streams (if any) have their snapshot, resumed; the run is ResumeJob →
@@ -94,6 +95,8 @@ pub struct Run {
 pub struct Watchers {
     pub job: String,
     pub failing_items: u32,
+    /// Attempts per item: each failing item fails this many times.
+    pub attempts: u32,
     pub watchers: u32,
     pub connections: u32,
     pub without: Run,
@@ -208,8 +211,8 @@ impl Watchers {
             )
         };
         let mut out = vec![format!(
-            "watchers: a job of {} ({} failing once: stored events while it runs); {} WatchJob streams over {} HTTP/2 connections",
-            self.job, self.failing_items, self.watchers, self.connections
+            "watchers: a job of {} ({} failing on each of {} attempt(s): stored events while it runs); {} WatchJob streams over {} HTTP/2 connections",
+            self.job, self.failing_items, self.attempts, self.watchers, self.connections
         )];
         out.push(format!("  without watchers: {}", run(&self.without)));
         out.push(format!("  with watchers:    {}", run(&self.with)));
@@ -284,6 +287,7 @@ pub async fn watchers(setup: &Setup, opts: &WatchersOptions) -> anyhow::Result<W
     Ok(Watchers {
         job: job.describe(),
         failing_items: failing_items(opts),
+        attempts: opts.attempts,
         watchers: opts.watchers,
         connections: opts.connections,
         without,
@@ -551,6 +555,7 @@ mod tests {
         Watchers {
             job: "job".into(),
             failing_items: 0,
+            attempts: 1,
             watchers: 10,
             connections: 1,
             without: run(0, 1000.0),

@@ -127,8 +127,9 @@ fn plan_rounds(batch: &Batch) -> Vec<Round> {
         // - a failure for good (permanent, or the item's last attempt, which
         //   the worker marks permanent) leaves its item failed;
         // - an item put back below a claim's lower bound: a claim takes
-        //   items at or above its bound, and the usual bound is past every
-        //   item in flight.
+        //   items at or above its bound, which is usually past every item
+        //   in flight (after a retry, at the retried item until a claim
+        //   has taken it).
         let repends = |w: &crate::store::ItemWrite| {
             matches!(
                 w.kind,
@@ -439,11 +440,12 @@ mod tests {
     #[test]
     fn claims_get_a_round_of_their_own_only_after_writes_that_repend_their_job() {
         let (job, other) = (JobId::new(), JobId::new());
-        let claim = |job| ClaimRequest {
+        let claim_from = |job, from_index| ClaimRequest {
             job,
             max: 8,
-            from_index: 0,
+            from_index,
         };
+        let claim = |job| claim_from(job, 0);
         let ok = WriteKind::Succeeded { result: None };
         let batch = |writes, claims| Batch { writes, claims };
         // Successes and claims: one round.
@@ -464,11 +466,7 @@ mod tests {
         let b = batch(vec![write(job, 2, failed(false))], vec![claim(other)]);
         assert_eq!(shape(&b), vec![(1, true)]);
         // or none of them could take the item: their bounds are above it.
-        let above = |from_index| ClaimRequest {
-            job,
-            max: 8,
-            from_index,
-        };
+        let above = |from_index| claim_from(job, from_index);
         for kind in [failed(false), WriteKind::Released { refund: true }] {
             let b = batch(vec![write(job, 2, kind.clone())], vec![above(3)]);
             assert_eq!(shape(&b), vec![(1, true)]);
