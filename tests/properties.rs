@@ -48,11 +48,15 @@ proptest! {
         pause_after_failures in any::<u32>(),
         pause_on_failure_ratio in prop_oneof![Just(0.0f64), any::<f64>()],
         failure_window in prop_oneof![Just(0u32), any::<u32>()],
+        retry in (prop_oneof![Just(0u64), 0..100_000_000u64, any::<u64>()],
+                  prop_oneof![Just(0u64), 0..100_000_000u64, any::<u64>()]),
     ) {
+        let (retry_delay_ms, retry_delay_max_ms) = retry;
         let limits = Limits { max_items: 10, max_item_bytes: 64, ..Limits::default() };
         let input = NewJob {
             name, executor, items, concurrency, params, labels, max_attempts, request_id,
             timeout_ms, pause_after_failures, pause_on_failure_ratio, failure_window,
+            retry_delay_ms, retry_delay_max_ms,
         };
         match JobSpec::parse(input, &limits) {
             Ok(spec) => {
@@ -65,12 +69,16 @@ proptest! {
                 if let Some(r) = spec.policy.pause_on_failure_ratio {
                     prop_assert!(r > 0.0 && r <= 1.0);
                 }
+                let (delay, max) = (spec.policy.retry_delay_ms, spec.policy.retry_delay_max_ms);
+                prop_assert!(delay.is_none_or(|d| d > 0 && d <= 86_400_000));
+                prop_assert!(max.is_none_or(|m| delay.is_some_and(|d| d <= m) && m <= 86_400_000));
             }
             Err(violations) => {
                 prop_assert!(!violations.is_empty());
                 for v in violations {
                     let known = ["name", "executor", "items", "concurrency", "max_attempts", "params",
-                                 "labels", "request_id", "timeout", "pause_on_failure_ratio", "failure_window"];
+                                 "labels", "request_id", "timeout", "pause_on_failure_ratio", "failure_window",
+                                 "retry_delay"];
                     prop_assert!(known.iter().any(|k| v.field.starts_with(k)), "field {}", v.field);
                     prop_assert!(!v.description.is_empty());
                 }

@@ -136,6 +136,8 @@ fn policy(p: &JobPolicy) -> pb::JobPolicy {
         pause_after_failures: p.pause_after_failures.unwrap_or(0),
         pause_on_failure_ratio: p.pause_on_failure_ratio.unwrap_or(0.0),
         failure_window: p.failure_window.unwrap_or(0),
+        retry_delay: p.retry_delay_ms.map(duration),
+        retry_delay_max: p.retry_delay_max_ms.map(duration),
     }
 }
 
@@ -305,8 +307,12 @@ pub fn checked<T>(value: Option<T>, bad: Vec<FieldViolation>) -> Result<T, Vec<F
 /// `bad` (the rest is checked by `JobSpec::parse`).
 pub fn new_job(r: pb::StartJobRequest, bad: &mut Vec<FieldViolation>) -> NewJob {
     let timeout_ms = duration_ms("timeout", &r.timeout, bad);
+    let retry_delay_ms = duration_ms("retry_delay", &r.retry_delay, bad);
+    let retry_delay_max_ms = duration_ms("retry_delay_max", &r.retry_delay_max, bad);
     NewJob {
         timeout_ms,
+        retry_delay_ms,
+        retry_delay_max_ms,
         pause_after_failures: r.pause_after_failures,
         pause_on_failure_ratio: r.pause_on_failure_ratio,
         failure_window: r.failure_window,

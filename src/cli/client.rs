@@ -189,6 +189,13 @@ pub struct StartArgs {
     /// The attempts --pause-on-failure-ratio looks at (default 20).
     #[arg(long, default_value_t = 0)]
     failure_window: u32,
+    /// Wait this long before an item's first retry (e.g. 2s), twice as long
+    /// before each further one (default: retry at once).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retry_delay: Option<Duration>,
+    /// The longest wait before a retry (default 1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retry_delay_max: Option<Duration>,
 }
 
 fn proto_duration(d: Duration) -> prost_types::Duration {
@@ -248,6 +255,8 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
             pause_after_failures: args.pause_after_failures,
             pause_on_failure_ratio: args.pause_on_failure_ratio,
             failure_window: args.failure_window,
+            retry_delay: args.retry_delay.map(proto_duration),
+            retry_delay_max: args.retry_delay_max.map(proto_duration),
         }))
         .await
         .map_err(status_error)?

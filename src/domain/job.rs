@@ -9,6 +9,7 @@ use super::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// How a job protects itself: a budget of running time and an error
 /// breaker that pauses it instead of burning through its items.
@@ -27,12 +28,66 @@ pub struct JobPolicy {
     /// The attempts `pause_on_failure_ratio` looks at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_window: Option<u32>,
+    /// How long an item waits before its first retry; each further retry
+    /// waits twice as long as the one before (none: retried at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay_ms: Option<u64>,
+    /// The longest wait before a retry (none: [`DEFAULT_RETRY_DELAY_MAX`],
+    /// or `retry_delay_ms` if that is longer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay_max_ms: Option<u64>,
 }
+
+/// The longest wait before a retry when the job does not say.
+pub const DEFAULT_RETRY_DELAY_MAX: Duration = Duration::from_secs(3600);
+
+/// The most a retry's wait is lengthened at random, as a share of it.
+pub const RETRY_JITTER: f64 = 0.2;
 
 impl JobPolicy {
     /// The attempts the failure ratio is measured over.
     pub fn window(&self) -> u32 {
         self.failure_window.unwrap_or(20)
+    }
+
+    /// The waits between an item's attempts.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            first_ms: self.retry_delay_ms.unwrap_or(0),
+            max_ms: self.retry_delay_max_ms.unwrap_or(0),
+        }
+    }
+}
+
+/// The waits between an item's attempts, from a job's policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backoff {
+    /// Before the first retry (0: retried at once).
+    first_ms: u64,
+    /// At most (0: [`DEFAULT_RETRY_DELAY_MAX`], or `first_ms` if longer).
+    max_ms: u64,
+}
+
+impl Backoff {
+    /// How long an item waits after its attempt number `attempt` (from 1)
+    /// failed, before it may be claimed again: the first delay doubled for
+    /// each attempt after the first, at most the cap, then lengthened by
+    /// `jitter` (0 to 1) times [`RETRY_JITTER`], so that items failing
+    /// together do not all come back together.
+    pub fn retry_after(&self, attempt: u32, jitter: f64) -> Duration {
+        if self.first_ms == 0 {
+            return Duration::ZERO;
+        }
+        let first = Duration::from_millis(self.first_ms);
+        let max = match self.max_ms {
+            0 => DEFAULT_RETRY_DELAY_MAX.max(first),
+            ms => Duration::from_millis(ms),
+        };
+        let doublings = attempt.saturating_sub(1).min(31);
+        let wait = first
+            .checked_mul(1 << doublings)
+            .map_or(max, |d| d.min(max));
+        wait.mul_f64(1.0 + RETRY_JITTER * jitter.clamp(0.0, 1.0))
     }
 }
 
@@ -153,5 +208,47 @@ impl Provenance {
             requested_by: None,
             request_id: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(delay: Option<u64>, max: Option<u64>) -> JobPolicy {
+        JobPolicy {
+            retry_delay_ms: delay,
+            retry_delay_max_ms: max,
+            ..JobPolicy::default()
+        }
+    }
+
+    #[test]
+    fn retries_wait_twice_as_long_each_time_up_to_the_cap() {
+        let ms = Duration::from_millis;
+        let p = policy(Some(100), Some(1000)).backoff();
+        let waits: Vec<Duration> = (1..=6).map(|a| p.retry_after(a, 0.0)).collect();
+        assert_eq!(
+            waits,
+            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+        );
+        // Jitter lengthens a wait by at most a fifth, never shortens it.
+        assert_eq!(p.retry_after(1, 1.0), ms(120));
+        assert_eq!(p.retry_after(1, 0.5), ms(110));
+        assert_eq!(p.retry_after(6, 1.0), ms(1200));
+        assert_eq!(p.retry_after(1, 7.0), ms(120));
+        assert_eq!(p.retry_after(1, -1.0), ms(100));
+        // No delay: at once, whatever the attempt.
+        assert_eq!(
+            policy(None, None).backoff().retry_after(5, 1.0),
+            Duration::ZERO
+        );
+        // No cap given: an hour, or the first delay if longer.
+        let p = policy(Some(1000), None).backoff();
+        assert_eq!(p.retry_after(100, 0.0), DEFAULT_RETRY_DELAY_MAX);
+        assert_eq!(p.retry_after(u32::MAX, 0.0), DEFAULT_RETRY_DELAY_MAX);
+        let long = 2 * 3600 * 1000;
+        let p = policy(Some(long), None).backoff();
+        assert_eq!(p.retry_after(3, 0.0), ms(long));
     }
 }

@@ -11,7 +11,7 @@ pub mod state;
 
 pub use event::{EventBody, JobEvent};
 pub use ids::JobId;
-pub use job::{Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance};
+pub use job::{Backoff, Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance};
 pub use machine::{Command, Decision, Effect, Refusal, decide};
 pub use spec::{FieldViolation, JobSpec, Limits, NewJob};
 pub use state::{ItemState, JobState, PauseMode};

@@ -74,7 +74,16 @@ pub struct NewJob {
     pub pause_on_failure_ratio: f64,
     /// The attempts that ratio is measured over (0: 20).
     pub failure_window: u32,
+    /// Wait before an item's first retry, doubled for each further one
+    /// (0: retried at once).
+    pub retry_delay_ms: u64,
+    /// The longest wait before a retry (0: an hour, or `retry_delay_ms`
+    /// if that is longer).
+    pub retry_delay_max_ms: u64,
 }
+
+/// Longest wait before a retry: a day.
+const MAX_RETRY_DELAY_MS: u64 = 24 * 3600 * 1000;
 
 /// Longest running-time budget: 30 days.
 const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
@@ -235,7 +244,36 @@ fn parse_policy(input: &NewJob, bad: &mut Vec<FieldViolation>) -> JobPolicy {
             "only applies with pause_on_failure_ratio",
         ));
     }
+    parse_retry_delays(input, &mut policy, bad);
     policy
+}
+
+fn parse_retry_delays(input: &NewJob, policy: &mut JobPolicy, bad: &mut Vec<FieldViolation>) {
+    let (delay, max) = (input.retry_delay_ms, input.retry_delay_max_ms);
+    for (field, ms) in [("retry_delay", delay), ("retry_delay_max", max)] {
+        if ms > MAX_RETRY_DELAY_MS {
+            bad.push(FieldViolation::new(
+                field,
+                format!(
+                    "is longer than the limit of {} hours",
+                    MAX_RETRY_DELAY_MS / 3_600_000
+                ),
+            ));
+        }
+    }
+    if max > 0 && delay == 0 {
+        bad.push(FieldViolation::new(
+            "retry_delay_max",
+            "only applies with retry_delay",
+        ));
+    } else if max > 0 && max < delay {
+        bad.push(FieldViolation::new(
+            "retry_delay_max",
+            format!("is shorter than retry_delay ({max} ms < {delay} ms)"),
+        ));
+    }
+    policy.retry_delay_ms = (delay > 0).then_some(delay);
+    policy.retry_delay_max_ms = (max > 0).then_some(max);
 }
 
 fn check_items(items: &[String], limits: &Limits, bad: &mut Vec<FieldViolation>) {
@@ -388,6 +426,36 @@ mod tests {
                 "labels[bad key]",
                 "request_id"
             ]
+        );
+    }
+
+    #[test]
+    fn retry_delays_are_checked() {
+        let with = |delay, max| {
+            let mut input = valid();
+            input.retry_delay_ms = delay;
+            input.retry_delay_max_ms = max;
+            JobSpec::parse(input, &Limits::default())
+        };
+        let spec = with(500, 0).expect("a delay alone is valid");
+        assert_eq!(spec.policy.retry_delay_ms, Some(500));
+        assert_eq!(spec.policy.retry_delay_max_ms, None);
+        let spec = with(500, 500).expect("a cap equal to the delay is valid");
+        assert_eq!(spec.policy.retry_delay_max_ms, Some(500));
+        assert_eq!(with(0, 0).expect("none").policy.retry_delay_ms, None);
+        let day = 24 * 3600 * 1000;
+        assert_eq!(fields(with(day + 1, 0)), ["retry_delay"]);
+        assert_eq!(
+            fields(with(day + 1, day + 2)),
+            ["retry_delay", "retry_delay_max"]
+        );
+        assert_eq!(fields(with(0, 1000)), ["retry_delay_max"]);
+        let refused = with(2000, 1000).expect_err("a cap below the delay");
+        assert_eq!(refused[0].field, "retry_delay_max");
+        assert!(
+            refused[0].description.contains("shorter than retry_delay"),
+            "{}",
+            refused[0].description
         );
     }
 

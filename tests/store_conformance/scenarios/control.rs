@@ -18,6 +18,8 @@ pub async fn a_policy_is_kept_with_the_job(store: Arc<dyn Store>) {
         pause_after_failures: Some(4),
         pause_on_failure_ratio: Some(0.25),
         failure_window: Some(40),
+        retry_delay_ms: Some(2_500),
+        retry_delay_max_ms: Some(60_000),
     };
     let job = create(&store, &s).await;
     assert_eq!(job.policy, s.policy);
