@@ -19,14 +19,14 @@ use super::{
     writer::WriteError,
 };
 use crate::{
-    domain::{Command, Decision, EventBody, Job, JobId, JobState, Provenance, decide},
+    domain::{Backoff, Command, Decision, EventBody, Job, JobId, JobState, Provenance, decide},
     executor::{ItemHandler, StopReason},
     metrics::ItemOutcome,
     store::{ClaimRequest, ClaimedItem, ItemWrite, Lease, StoreError, TransitionWrite, WriteKind},
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::{
-    collections::VecDeque,
+    collections::{BTreeSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -98,6 +98,9 @@ pub enum SupervisorMsg {
     Retry,
     /// Check the job's running-time budget.
     Tick,
+    /// The wake-up set for this time: retries whose delay has passed may
+    /// be claimed.
+    RetriesDue(Instant),
     /// The job's concurrency was changed (committed); reply once the
     /// workers are added or told to go.
     Resize {
@@ -137,6 +140,15 @@ pub struct SupervisorState {
     state_seq: u64,
     concurrency: u32,
     max_attempts: u32,
+    /// The waits between an item's attempts.
+    backoff: Backoff,
+    /// Retries waiting for their delay, by when it ends: claims skip them
+    /// (the store does) until then, and the claims' bound goes back to
+    /// each when its time comes. An entry for index 0 is a look at the
+    /// whole job when the store said the first wait ends.
+    waiting: BTreeSet<(Instant, u32)>,
+    /// When the wake-up timer set last fires, if it has not yet.
+    wake_at: Option<Instant>,
     /// The executor's name, for metrics.
     executor: String,
     handler: Arc<dyn ItemHandler>,
@@ -258,6 +270,9 @@ impl Actor for JobSupervisor {
             state_seq: job.last_seq,
             concurrency: job.concurrency,
             max_attempts: job.max_attempts,
+            backoff: job.policy.backoff(),
+            waiting: BTreeSet::new(),
+            wake_at: None,
             executor: job.executor.clone(),
             handler,
             rt,
@@ -493,12 +508,8 @@ fn handle_msg(
             st.item_time.observe(took);
             let outcome = match &finished {
                 Finished::Succeeded => ItemOutcome::Succeeded,
-                Finished::Failed {
-                    will_retry: true, ..
-                } => ItemOutcome::Retried,
-                Finished::Failed {
-                    will_retry: false, ..
-                } => ItemOutcome::Failed,
+                Finished::Failed { retry: Some(_), .. } => ItemOutcome::Retried,
+                Finished::Failed { retry: None, .. } => ItemOutcome::Failed,
                 _ => ItemOutcome::Other,
             };
             let tripped = match &finished {
@@ -521,7 +532,7 @@ fn handle_msg(
                 }
             }
             crate::metrics::item_finished(&st.executor, outcome, took);
-            on_done(st, slot, index, finished)
+            on_done(myself, st, slot, index, finished)
         }
         SupervisorMsg::Settled(result) => {
             st.settling = false;
@@ -557,6 +568,20 @@ fn handle_msg(
             st.exhausted = false;
         }
         SupervisorMsg::Tick => check_timeout(myself, st),
+        SupervisorMsg::RetriesDue(at) => {
+            if st.wake_at == Some(at) {
+                st.wake_at = None;
+            }
+            let now = Instant::now();
+            while let Some(&(due, index)) = st.waiting.first()
+                && due <= now
+            {
+                st.waiting.pop_first();
+                st.exhausted = false;
+                repend_from(st, index);
+            }
+            set_wake_up(myself, st);
+        }
         SupervisorMsg::Resize { concurrency, reply } => {
             return Next::Resize {
                 concurrency,
@@ -618,6 +643,7 @@ async fn spawn_worker(
         current,
         pipeline_depth: st.rt.config.outstanding_per_worker(),
         max_attempts: st.max_attempts,
+        backoff: st.backoff,
         start: st.start.clone(),
     };
     let (worker, _) = Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?;
@@ -690,12 +716,22 @@ fn release_held(st: &mut SupervisorState) {
     }
 }
 
-fn on_done(st: &mut SupervisorState, slot: usize, index: u32, finished: Finished) {
+fn on_done(
+    myself: &ActorRef<SupervisorMsg>,
+    st: &mut SupervisorState,
+    slot: usize,
+    index: u32,
+    finished: Finished,
+) {
     if let Some(s) = st.slots.get_mut(slot) {
         s.recovering = false;
     }
     match finished {
         Finished::Succeeded | Finished::Cancelled => {}
+        // Pending again once its delay has passed.
+        Finished::Failed {
+            retry: Some(wait), ..
+        } if !wait.is_zero() => wait_for_retry(myself, st, index, wait),
         // The item may be pending again.
         Finished::Failed { .. } | Finished::Released | Finished::LeaseLost => {
             st.exhausted = false;
@@ -709,6 +745,32 @@ fn on_done(st: &mut SupervisorState, slot: usize, index: u32, finished: Finished
             }
         }
     }
+}
+
+/// The item at `index` (or, for 0, any item) may be claimed again in
+/// `wait`: the claims' bound goes back to it then.
+fn wait_for_retry(
+    myself: &ActorRef<SupervisorMsg>,
+    st: &mut SupervisorState,
+    index: u32,
+    wait: Duration,
+) {
+    st.waiting.insert((Instant::now() + wait, index));
+    set_wake_up(myself, st);
+}
+
+/// Sets the wake-up timer for the first retry waiting, unless one is set
+/// for then or earlier.
+fn set_wake_up(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
+    let Some(&(due, _)) = st.waiting.first() else {
+        return;
+    };
+    if st.wake_at.is_some_and(|at| at <= due) {
+        return;
+    }
+    st.wake_at = Some(due);
+    let wait = due.saturating_duration_since(Instant::now());
+    myself.send_after(wait, move || SupervisorMsg::RetriesDue(due));
 }
 
 /// Items from `index` up may be pending again: claims look from there,
@@ -767,7 +829,8 @@ async fn on_worker_died(
     if let Some(item) = item {
         st.slots[slot].recovering = true;
         let (rt, job, me) = (st.rt.clone(), st.job, myself.clone());
-        let max_attempts = st.max_attempts;
+        let retry = (item.attempt < st.max_attempts)
+            .then(|| st.backoff.retry_after(item.attempt, fastrand::f64()));
         tokio::spawn(async move {
             let reason = format!("worker panicked: {error}");
             let write = ItemWrite {
@@ -777,11 +840,12 @@ async fn on_worker_died(
                 kind: WriteKind::Failed {
                     error: reason.clone(),
                     permanent: false,
+                    retry_after: retry.unwrap_or_default(),
                 },
             };
             let finished = match rt.writer.write(write).await {
                 Ok(true) => Finished::Failed {
-                    will_retry: item.attempt < max_attempts,
+                    retry,
                     error: reason.clone(),
                 },
                 Ok(false) => Finished::LeaseLost,
@@ -819,9 +883,19 @@ fn on_store_error(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, e:
         // running with nothing in flight here were claimed by a batch whose
         // commit we never heard of (connection lost during COMMIT): they
         // are ours and nobody runs them, so put them back.
-        StoreError::NotFinished { running, .. } => {
-            st.exhausted = false;
-            repend_from(st, 0);
+        StoreError::NotFinished {
+            running, retry_in, ..
+        } => {
+            match retry_in {
+                // Every pending item waits for its retry (the store knows
+                // of waits this supervisor did not start: before a restart,
+                // or on another replica): look again when the first ends.
+                Some(wait) => wait_for_retry(myself, st, 0, wait),
+                None => {
+                    st.exhausted = false;
+                    repend_from(st, 0);
+                }
+            }
             if running > 0 && st.in_flight() == 0 && st.queue.is_empty() && st.claiming.is_none() {
                 release_orphans(myself, st);
             }
@@ -1008,7 +1082,7 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
             let worth_it = waiting < idle || want >= (ahead / 4).max(1);
             if want > 0 && worth_it && !st.exhausted {
                 claim(myself, st, want as u32);
-            } else if st.exhausted && st.queue.is_empty() && busy == 0 {
+            } else if st.exhausted && st.queue.is_empty() && busy == 0 && st.waiting.is_empty() {
                 // `any_failed` is decided from the counters in `settle`.
                 settle(
                     myself,

@@ -11,13 +11,13 @@ use super::{
     writer::{WriteError, WriteTicket, Writer},
 };
 use crate::{
-    domain::JobId,
+    domain::{Backoff, JobId},
     executor::{CheckpointError, CheckpointSink, ItemContext, ItemError, ItemHandler, StopReason},
     store::{ClaimedItem, ItemWrite, WriteKind},
 };
 use async_trait::async_trait;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use std::{collections::VecDeque, sync::Arc};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 use tokio::sync::watch;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -45,6 +45,8 @@ pub struct WorkerArgs {
     pub pipeline_depth: u32,
     /// The job's attempts per item (to tell a retry from a final failure).
     pub max_attempts: u32,
+    /// The waits between an item's attempts.
+    pub backoff: Backoff,
     /// The StartJob call's span, which item spans link to.
     pub start: Option<opentelemetry::trace::SpanContext>,
 }
@@ -58,10 +60,11 @@ pub enum WorkerMsg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finished {
     Succeeded,
-    /// Failed; `will_retry` when it goes back to pending for another
-    /// attempt.
+    /// Failed; `retry` when it goes back to pending for another attempt,
+    /// with how long it waits before it may be claimed (one field for
+    /// both: the supervisor's messages stay small).
     Failed {
-        will_retry: bool,
+        retry: Option<Duration>,
         error: String,
     },
     /// Stopped and back to pending.
@@ -258,14 +261,23 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Inst
         WriteKind::Failed { permanent, .. } if item.attempt >= args.max_attempts => {
             *permanent = true;
         }
+        WriteKind::Failed {
+            permanent: false,
+            retry_after,
+            ..
+        } => *retry_after = args.backoff.retry_after(item.attempt, fastrand::f64()),
         _ => {}
     }
     let expected = match &kind {
         WriteKind::Succeeded { .. } => Finished::Succeeded,
         // Out of attempts is permanent by now (above); the store applies
         // the same rule.
-        WriteKind::Failed { permanent, error } => Finished::Failed {
-            will_retry: !permanent,
+        WriteKind::Failed {
+            permanent,
+            error,
+            retry_after,
+        } => Finished::Failed {
+            retry: (!permanent).then_some(*retry_after),
             error: error.clone(),
         },
         WriteKind::Released { .. } => Finished::Released,
@@ -304,6 +316,7 @@ pub fn outcome_write(result: Result<(), ItemError>, stop: Option<StopReason>) ->
         (Err(ItemError::Permanent(error)), _) => WriteKind::Failed {
             error,
             permanent: true,
+            retry_after: Duration::ZERO,
         },
         // A stop was asked for: an interruption, or an error the stop
         // probably caused, keeps the attempt.
@@ -317,10 +330,12 @@ pub fn outcome_write(result: Result<(), ItemError>, stop: Option<StopReason>) ->
         (Err(ItemError::Retryable(error)), None) => WriteKind::Failed {
             error,
             permanent: false,
+            retry_after: Duration::ZERO,
         },
         (Err(ItemError::Interrupted), None) => WriteKind::Failed {
             error: "the executor stopped the item without being asked to".into(),
             permanent: false,
+            retry_after: Duration::ZERO,
         },
     }
 }
@@ -353,7 +368,8 @@ mod tests {
             outcome_write(Err(E::Permanent("x".into())), Some(S::Pause)),
             WriteKind::Failed {
                 error: "x".into(),
-                permanent: true
+                permanent: true,
+                retry_after: Duration::ZERO,
             }
         );
         assert!(matches!(

@@ -36,8 +36,15 @@ pub enum StoreError {
         current: JobState,
     },
     /// A Finish was asked for while items are still pending or running.
+    /// `retry_in`: every pending item waits for its retry's delay, and the
+    /// first of them may be claimed in this long (none: one may be claimed
+    /// now, or nothing is pending).
     #[error("job still has {pending} pending and {running} running items")]
-    NotFinished { pending: u64, running: u64 },
+    NotFinished {
+        pending: u64,
+        running: u64,
+        retry_in: Option<std::time::Duration>,
+    },
     /// AIP-155: the request id was first used for a different request.
     #[error("request id {0:?} was already used for a different request")]
     RequestIdReused(String),
@@ -129,8 +136,13 @@ pub enum WriteKind {
     /// The item finished, with the executor's result if it gave one.
     Succeeded { result: Option<String> },
     /// The attempt failed. The item is retried unless `permanent` or out
-    /// of attempts, in which case it is FAILED.
-    Failed { error: String, permanent: bool },
+    /// of attempts, in which case it is FAILED. A retry is not claimed
+    /// before `retry_after` has passed (from the commit).
+    Failed {
+        error: String,
+        permanent: bool,
+        retry_after: std::time::Duration,
+    },
     /// The item stopped before finishing (immediate pause, shutdown) and
     /// goes back to PENDING with its checkpoint; `refund` gives the attempt
     /// back.
@@ -149,7 +161,8 @@ pub struct ItemWrite {
 }
 
 /// A request to claim up to `max` of a job's lowest pending items, only if
-/// the job is RUNNING.
+/// the job is RUNNING. An item waiting for its retry's delay is not
+/// pending for a claim until the delay has passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClaimRequest {
     pub job: JobId,

@@ -61,3 +61,17 @@ async fn a_panicking_worker_is_restarted_and_its_item_resumes() {
     super::panics::a_panicking_worker_is_restarted_and_its_item_resumes_on(StoreKind::Embedded)
         .await;
 }
+
+#[tokio::test]
+async fn a_retry_waits_for_its_delay_while_the_other_items_go_on() {
+    super::retry_delay::a_retry_waits_for_its_delay_while_the_other_items_go_on_on(
+        StoreKind::Embedded,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_waiting_retry_keeps_its_delay_across_a_restart() {
+    super::retry_delay::a_waiting_retry_keeps_its_delay_across_a_restart_on(StoreKind::Embedded)
+        .await;
+}

@@ -13,4 +13,5 @@ mod harness;
 mod hostile;
 mod lifecycle;
 mod panics;
+mod retry_delay;
 mod watch;

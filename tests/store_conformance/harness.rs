@@ -263,6 +263,7 @@ pub fn failed(error: &str, permanent: bool) -> WriteKind {
     WriteKind::Failed {
         error: error.into(),
         permanent,
+        retry_after: std::time::Duration::ZERO,
     }
 }
 

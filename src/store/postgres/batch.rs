@@ -123,21 +123,26 @@ fn plan_rounds(batch: &Batch) -> Vec<Round> {
         // round of their own (and the batch a transaction of its own around
         // the rounds: four round trips instead of one). With 1% of the
         // items failing, two batches in five had such a write, and the job
-        // ran 25% slower. Neither of these can change what a claim takes:
+        // ran 25% slower. None of these can change what a claim takes:
         // - a failure for good (permanent, or the item's last attempt, which
         //   the worker marks permanent) leaves its item failed;
+        // - a failure to retry after a delay: no claim takes the item
+        //   before then;
         // - an item put back below a claim's lower bound: a claim takes
         //   items at or above its bound, which is usually past every item
         //   in flight (after a retry, at the retried item until a claim
         //   has taken it).
         let repends = |w: &crate::store::ItemWrite| {
-            matches!(
-                w.kind,
+            let back = match &w.kind {
                 WriteKind::Failed {
-                    permanent: false,
+                    permanent,
+                    retry_after,
                     ..
-                } | WriteKind::Released { .. }
-            ) && batch
+                } => !permanent && retry_after.is_zero(),
+                WriteKind::Released { .. } => true,
+                _ => false,
+            };
+            back && batch
                 .claims
                 .iter()
                 .any(|c| c.job == w.job && c.from_index <= w.index)
@@ -202,18 +207,25 @@ async fn run_round(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut data, mut errors, mut flags) = (
+    let (mut data, mut errors, mut flags, mut delays) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
     for w in &batch.writes {
+        let mut delay = 0i32;
         let (kind, payload, error, flag): (i16, Option<&[u8]>, Option<String>, bool) = match &w.kind
         {
             WriteKind::Checkpoint(bytes) => (0, Some(bytes), None, false),
             // The text column carries a succeeded item's result.
             WriteKind::Succeeded { result } => (1, None, result.as_deref().map(clean_error), false),
-            WriteKind::Failed { error, permanent } => {
+            WriteKind::Failed {
+                error,
+                permanent,
+                retry_after,
+            } => {
+                delay = retry_after.as_millis().min(i32::MAX as u128) as i32;
                 (2, None, Some(clean_error(error)), *permanent)
             }
             WriteKind::Released { refund } => (3, None, None, *refund),
@@ -226,6 +238,7 @@ async fn run_round(
         data.push(payload);
         errors.push(error);
         flags.push(flag);
+        delays.push(delay);
     }
     // One statement sees one snapshot: two claims for the same job would
     // take the same items. Claims of a job are merged into one (lowest
@@ -270,7 +283,7 @@ async fn run_round(
     } else {
         match fence {
             None => sqlx::query(packed!(
-                "jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                "jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             )),
             Some(fence) => {
                 // Every job the batch touches is fenced; one not listed has
@@ -293,7 +306,7 @@ async fn run_round(
                     .collect();
                 sqlx::query(packed!(
                     "jobvisor_write_batch_fenced($1, $2, $3, \
-                     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
                 ))
                 .bind(fence.owner.to_string())
                 .bind(fenced)
@@ -307,6 +320,7 @@ async fn run_round(
         .bind(&data)
         .bind(&errors)
         .bind(&flags)
+        .bind(&delays)
     };
     let rows = query
         .bind(&claim_jobs)
@@ -427,6 +441,7 @@ mod tests {
         WriteKind::Failed {
             error: "no".into(),
             permanent,
+            retry_after: std::time::Duration::ZERO,
         }
     }
 

@@ -10,6 +10,7 @@ use crate::{
     store::{Created, Lease, Recovery, StoreError, TransitionWrite},
 };
 use sqlx::{PgConnection, PgPool, types::Json};
+use std::time::Duration;
 
 /// Items inserted per statement when creating a job: keeps each bind
 /// message well under PostgreSQL's limits for the largest jobs.
@@ -223,9 +224,35 @@ pub(super) async fn transition_fenced(
         .bind(lease.map(|l| &*l.owner))
         .bind(lease.map(|l| l.epoch))
         .fetch_one(pool)
-        .await
-        .map_err(|e| transition_error(id, w, e))?;
-    rows::job_from_row(&row)
+        .await;
+    match row {
+        Ok(row) => rows::job_from_row(&row),
+        Err(e) => match transition_error(id, w, e) {
+            StoreError::NotFinished {
+                pending, running, ..
+            } if pending > 0 => Err(StoreError::NotFinished {
+                pending,
+                running,
+                retry_in: retry_in(pool, id).await?,
+            }),
+            e => Err(e),
+        },
+    }
+}
+
+/// When every pending item of the job waits for its retry's delay: how
+/// long until the first may be claimed.
+async fn retry_in(pool: &PgPool, id: JobId) -> Result<Option<Duration>, StoreError> {
+    let ms: Option<i64> = sqlx::query_scalar(
+        "SELECT CASE WHEN bool_and(COALESCE(retry_at > now(), false)) \
+                THEN ceil(EXTRACT(EPOCH FROM min(retry_at) - now()) * 1000)::bigint END \
+         FROM items WHERE job_id = $1 AND state = 0",
+    )
+    .bind(id.0)
+    .fetch_one(pool)
+    .await
+    .map_err(db_error)?;
+    Ok(ms.map(|ms| Duration::from_millis(ms.max(0) as u64)))
 }
 
 /// `Effect`'s name in `jobvisor_transition`; `None` for runtime-only ones.
@@ -262,9 +289,11 @@ fn transition_error(id: JobId, w: &TransitionWrite, e: sqlx::Error) -> StoreErro
         Some("JV425") => {
             let mut counts = message.split(' ').map(str::parse::<u64>);
             match (counts.next(), counts.next()) {
-                (Some(Ok(pending)), Some(Ok(running))) => {
-                    StoreError::NotFinished { pending, running }
-                }
+                (Some(Ok(pending)), Some(Ok(running))) => StoreError::NotFinished {
+                    pending,
+                    running,
+                    retry_in: None,
+                },
                 _ => StoreError::Internal(format!("unexpected refusal to finish: {message}")),
             }
         }

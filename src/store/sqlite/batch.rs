@@ -122,22 +122,31 @@ async fn apply_write(
             }
             hit
         }
-        WriteKind::Failed { error, permanent } => {
+        WriteKind::Failed {
+            error,
+            permanent,
+            retry_after,
+        } => {
             // Retried unless permanent or out of attempts (the attempt
-            // that failed is already counted in `attempts`).
-            let row = bind_fence(fenced!(
-                "UPDATE items SET \
+            // that failed is already counted in `attempts`), not before
+            // `retry_at` if it waits.
+            let row =
+                bind_fence(fenced!(
+                    "UPDATE items SET \
                     state = CASE WHEN ?5 OR attempts >= \
                         (SELECT max_attempts FROM jobs WHERE id = ?1) THEN 3 ELSE 0 END, \
-                    lease = NULL, last_error = ?6, updated_at = ?4 \
+                    lease = NULL, last_error = ?6, updated_at = ?4, retry_at = ?7 \
                  WHERE ",
-                "RETURNING attempts, state, last_error"
-            ))
-            .bind(*permanent)
-            .bind(clean_error(error))
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_error)?;
+                    "RETURNING attempts, state, last_error"
+                ))
+                .bind(*permanent)
+                .bind(clean_error(error))
+                .bind((!retry_after.is_zero()).then(|| {
+                    at.saturating_add(retry_after.as_micros().min(i64::MAX as u128) as i64)
+                }))
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_error)?;
             let Some(row) = row else { return Ok(false) };
             let attempt = count32(&row, "attempts")?;
             let state: i64 = row.try_get("state").map_err(db_error)?;
@@ -212,9 +221,11 @@ async fn claim_items(
     }
     let lease = new_lease();
     let rows = sqlx::query(
-        "UPDATE items SET state = 1, lease = ?3, attempts = attempts + 1, updated_at = ?4 \
+        "UPDATE items SET state = 1, lease = ?3, attempts = attempts + 1, updated_at = ?4, \
+            retry_at = NULL \
          WHERE job_id = ?1 AND idx IN ( \
             SELECT idx FROM items WHERE job_id = ?1 AND idx >= ?2 AND state = 0 \
+            AND (retry_at IS NULL OR retry_at <= ?4) \
             ORDER BY idx LIMIT ?5) \
          RETURNING idx, payload, attempts, checkpoint",
     )

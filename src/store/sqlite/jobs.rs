@@ -15,6 +15,7 @@ use crate::{
 };
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use std::time::Duration;
 
 /// Items inserted per statement when creating a job: three variables per
 /// row stays well under SQLite's 32,766 variables per statement.
@@ -201,9 +202,27 @@ async fn check_finished(
     .await
     .map_err(db_error)?;
     if pending != 0 || running != 0 {
+        // Whether every pending item waits for its retry's delay, and the
+        // first of those delays.
+        let (claimable, first): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE retry_at IS NULL OR retry_at <= ?2), MIN(retry_at) \
+             FROM items WHERE job_id = ?1 AND state = 0",
+        )
+        .bind(id.0)
+        .bind(micros(now()))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        let retry_in = match first {
+            Some(at) if claimable == 0 && pending > 0 => Some(Duration::from_micros(
+                at.saturating_sub(micros(now())).max(0) as u64,
+            )),
+            _ => None,
+        };
         return Err(StoreError::NotFinished {
             pending: pending.max(0) as u64,
             running: running.max(0) as u64,
+            retry_in,
         });
     }
     Ok(())

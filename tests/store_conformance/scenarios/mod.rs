@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod listing;
 pub mod pausing;
 pub mod recovery;
+pub mod retries;
 pub mod runs;
 pub mod transitions;
 pub mod writes;

@@ -277,14 +277,18 @@ pub async fn refused_transitions_change_nothing(store: Arc<dyn Store>) {
         other => panic!("expected Conflict, got {other:?}"),
     }
     match attempt(S::Running, S::Succeeded, vec![E::End]).await {
-        Err(StoreError::NotFinished { pending, running }) => assert_eq!((pending, running), (3, 0)),
+        Err(StoreError::NotFinished {
+            pending, running, ..
+        }) => assert_eq!((pending, running), (3, 0)),
         other => panic!("expected NotFinished, got {other:?}"),
     }
     claim(&store, job.id, 2).await;
     let claimed = get(&store, job.id).await;
     for to in [S::Succeeded, S::Failed] {
         match attempt(S::Running, to, vec![E::End]).await {
-            Err(StoreError::NotFinished { pending, running }) => {
+            Err(StoreError::NotFinished {
+                pending, running, ..
+            }) => {
                 assert_eq!((pending, running), (1, 2), "{to}");
             }
             other => panic!("expected NotFinished, got {other:?}"),

@@ -1,0 +1,145 @@
+//! A delay between an item's attempts (`retry_delay`, `retry_delay_max`):
+//! the retry waits, the job's other items go on meanwhile, and the wait is
+//! kept across a restart of the server.
+
+use super::harness::{Options, SECS, StoreKind, TestApp, restart, spawn_app_with};
+use jobvisor::pb::{self, JobState};
+use std::time::Duration;
+
+fn ms(n: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (n / 1000) as i64,
+        nanos: ((n % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// When each failed attempt of `index` was committed, by attempt.
+fn failures(events: &[pb::JobEvent], index: u32) -> Vec<(u32, chrono::DateTime<chrono::Utc>)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::ItemFailed(f)) if f.index == index => {
+                let t = e.time.as_ref().expect("a stored event has its time");
+                let at = chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
+                    .expect("a valid time");
+                Some((f.attempt, at))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn gap(a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>) -> Duration {
+    (b - a).to_std().expect("attempts in order")
+}
+
+async fn item(app: &TestApp, id: &str, index: u32) -> pb::Item {
+    app.items(id)
+        .await
+        .into_iter()
+        .find(|i| i.index == index)
+        .expect("the item is listed")
+}
+
+#[tokio::test]
+async fn a_retry_waits_for_its_delay_while_the_other_items_go_on() {
+    a_retry_waits_for_its_delay_while_the_other_items_go_on_on(StoreKind::Postgres).await;
+}
+
+pub async fn a_retry_waits_for_its_delay_while_the_other_items_go_on_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
+    // Item 5 fails on every attempt; 60 items of 20 ms at 4 at once take
+    // about 0.3 s, less than item 5's first wait.
+    let mut request = app.job(
+        "sleep",
+        60,
+        4,
+        &[("duration_ms", "20"), ("fail_pattern", "^item-5$")],
+    );
+    request.max_attempts = 3;
+    request.retry_delay = Some(ms(800));
+    request.retry_delay_max = Some(ms(1000));
+    let job = app.start(request).await;
+    let policy = job.policy.expect("the job's policy");
+    assert_eq!(policy.retry_delay, Some(ms(800)));
+    assert_eq!(policy.retry_delay_max, Some(ms(1000)));
+    // The other 59 items end while item 5 waits, pending, for its retry.
+    app.eventually("every other item done", SECS(20), || async {
+        app.get(&job.id).await.counts.unwrap().succeeded == 59
+    })
+    .await;
+    let waiting = item(&app, &job.id, 5).await;
+    assert_eq!(waiting.state, pb::ItemState::Pending as i32);
+    assert!(
+        (1..=2).contains(&waiting.attempts),
+        "item 5 has had {} attempts",
+        waiting.attempts
+    );
+    assert_eq!(app.get(&job.id).await.state, JobState::Running as i32);
+
+    let events = app.watch_all(&job.id, 0, SECS(30)).await;
+    let done = app.get(&job.id).await;
+    assert_eq!(done.state, JobState::Failed as i32);
+    assert_eq!(done.counts.unwrap().failed, 1);
+    let attempts = failures(&events, 5);
+    assert_eq!(
+        attempts.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    // 0.8 s, then 1.6 capped at 1 s; each lengthened by up to a fifth.
+    for (k, wait) in [(0, 800), (1, 1000)] {
+        let took = gap(attempts[k].1, attempts[k + 1].1);
+        assert!(
+            took >= Duration::from_millis(wait)
+                && took < Duration::from_millis(wait * 6 / 5 + 1500),
+            "attempt {} failed {took:?} after attempt {}, which waits {wait} ms",
+            k + 2,
+            k + 1
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_waiting_retry_keeps_its_delay_across_a_restart() {
+    a_waiting_retry_keeps_its_delay_across_a_restart_on(StoreKind::Postgres).await;
+}
+
+pub async fn a_waiting_retry_keeps_its_delay_across_a_restart_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
+    let mut request = app.job(
+        "sleep",
+        3,
+        1,
+        &[("duration_ms", "10"), ("fail_pattern", "^item-1$")],
+    );
+    request.max_attempts = 2;
+    request.retry_delay = Some(ms(3000));
+    let job = app.start(request).await;
+    app.eventually("items 0 and 2 done, item 1 waiting", SECS(20), || async {
+        app.get(&job.id).await.counts.unwrap().succeeded == 2
+    })
+    .await;
+    // A new server on the same database knows nothing of the wait but
+    // what is stored.
+    let second = restart(app).await;
+    let done = second.wait_for(&job.id, JobState::Failed, SECS(30)).await;
+    assert_eq!(done.counts.unwrap().failed, 1);
+    let events = second.watch_all(&job.id, 0, SECS(10)).await;
+    let attempts = failures(&events, 1);
+    assert_eq!(attempts.len(), 2, "two attempts of item 1: {attempts:?}");
+    let took = gap(attempts[0].1, attempts[1].1);
+    assert!(
+        took >= Duration::from_millis(3000) && took < Duration::from_millis(3600 + 3000),
+        "the retry came {took:?} after the failure, which waits 3 s"
+    );
+    second.stop().await;
+}

@@ -1,0 +1,127 @@
+//! A delay between an item's attempts: a failure to be retried after a
+//! delay puts its item back to pending, but no claim takes it before the
+//! delay has passed, in a batch of its own or in the batch of the failure;
+//! a refused finish says when the first waiting item may be claimed.
+
+use crate::harness::*;
+use jobvisor::{
+    domain::{Effect, ItemState, JobId, JobState, Provenance},
+    store::{Batch, Store, StoreError, TransitionWrite, WriteKind},
+};
+use std::{sync::Arc, time::Duration};
+
+fn failed_after(wait: Duration) -> WriteKind {
+    WriteKind::Failed {
+        error: "busy".into(),
+        permanent: false,
+        retry_after: wait,
+    }
+}
+
+/// A finish that must be refused; how long the store says the first
+/// waiting item waits, if they all wait.
+async fn refused_finish(store: &Arc<dyn Store>, job: JobId) -> (u64, u64, Option<Duration>) {
+    let finish = TransitionWrite {
+        from: JobState::Running,
+        to: JobState::Succeeded,
+        effects: vec![Effect::End],
+        provenance: Provenance::system("every item ended"),
+        pause_mode: None,
+        resume_at: None,
+    };
+    match store.transition(job, &finish).await {
+        Err(StoreError::NotFinished {
+            pending,
+            running,
+            retry_in,
+        }) => (pending, running, retry_in),
+        other => panic!("expected NotFinished, got {other:?}"),
+    }
+}
+
+fn indexes(items: &[jobvisor::store::ClaimedItem]) -> Vec<(u32, u32)> {
+    items.iter().map(|i| (i.index, i.attempt)).collect()
+}
+
+pub async fn a_retry_waits_for_its_delay(store: Arc<dyn Store>) {
+    let job = create(&store, &spec(5)).await;
+    let first = claim(&store, job.id, 5).await;
+    let lease = first[0].lease;
+    let long = Duration::from_secs(60);
+    let short = Duration::from_millis(1500);
+    // Item 1 waits a minute, item 3 a second and a half; item 2 is
+    // retried at once.
+    assert!(write(&store, job.id, 1, lease, failed_after(long)).await);
+    assert!(write(&store, job.id, 2, lease, failed("down", false)).await);
+    // A failure to retry later and a claim in one batch: the claim does
+    // not take the item it just put back.
+    let out = batch(
+        &store,
+        Batch {
+            writes: vec![write_of(job.id, 3, lease, failed_after(short))],
+            claims: vec![claim_of(job.id, 10)],
+        },
+    )
+    .await;
+    assert_eq!(out.applied, vec![true]);
+    assert_eq!(indexes(&out.claimed[0]), vec![(2, 2)]);
+    let waiting = item(&store, job.id, 1).await;
+    assert_eq!((waiting.state, waiting.attempts), (ItemState::Pending, 1));
+    assert!(claim(&store, job.id, 10).await.is_empty());
+    let job_now = consistent(&store, job.id).await;
+    assert_eq!((job_now.counts.running, job_now.counts.pending()), (3, 2));
+
+    // Every pending item waits: the refusal says when the first wait ends.
+    let (pending, running, retry_in) = refused_finish(&store, job.id).await;
+    assert_eq!((pending, running), (2, 3));
+    let wait = retry_in.expect("every pending item waits");
+    assert!(
+        wait > Duration::from_millis(500) && wait <= short,
+        "the first wait ends in {wait:?}"
+    );
+
+    // Once its wait is over, item 3 is claimed (its second attempt); item
+    // 1 still waits.
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    let again = claim(&store, job.id, 10).await;
+    assert_eq!(indexes(&again), vec![(3, 2)]);
+    for (index, lease) in [
+        (0, lease),
+        (2, out.claimed[0][0].lease),
+        (3, again[0].lease),
+    ] {
+        let ok = WriteKind::Succeeded { result: None };
+        assert!(
+            write(&store, job.id, index, lease, ok).await,
+            "item {index}"
+        );
+    }
+    assert!(
+        write(
+            &store,
+            job.id,
+            4,
+            lease,
+            WriteKind::Released { refund: true }
+        )
+        .await
+    );
+
+    // Item 4 is pending with no wait: the finish is refused with none.
+    assert_eq!(refused_finish(&store, job.id).await, (2, 0, None));
+    let last = claim(&store, job.id, 10).await;
+    assert_eq!(indexes(&last), vec![(4, 1)]);
+    let ok = WriteKind::Succeeded { result: None };
+    assert!(write(&store, job.id, 4, last[0].lease, ok).await);
+
+    // Only item 1 is left, and it waits: the refusal says for how long.
+    let (pending, running, retry_in) = refused_finish(&store, job.id).await;
+    assert_eq!((pending, running), (1, 0));
+    let wait = retry_in.expect("the only pending item waits");
+    assert!(
+        wait > Duration::from_secs(50) && wait <= long,
+        "the first wait ends in {wait:?}"
+    );
+    assert!(claim(&store, job.id, 10).await.is_empty());
+    consistent(&store, job.id).await;
+}
