@@ -117,6 +117,20 @@ pub fn print_job(j: &pb::Job, json: bool) {
         j.executor, j.concurrency, j.max_attempts
     );
     println!("items:     {}", counts_text(&j.counts));
+    if let Some(policy) = &j.policy
+        && let Some(first) = policy.retry_delay
+    {
+        let std = |d: prost_types::Duration| std::time::Duration::try_from(d).unwrap_or_default();
+        let first = std(first);
+        let max = policy
+            .retry_delay_max
+            .map_or(first.max(crate::domain::job::DEFAULT_RETRY_DELAY_MAX), std);
+        println!(
+            "retries:   after {}, twice as long each time, at most {}",
+            humantime::format_duration(first),
+            humantime::format_duration(max)
+        );
+    }
     if !j.last_error.is_empty() {
         println!("error:     {}", j.last_error);
     }
