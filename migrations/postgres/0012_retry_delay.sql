@@ -1,7 +1,7 @@
 -- A delay between an item's attempts. A failure to be retried may carry a
 -- delay (w_delay, in milliseconds, beside the other arrays of the writes):
 -- the item goes back to pending with `retry_at` set, and no claim takes it
--- before then. A claim clears it.
+-- before then; the failure's event says when. A claim clears it.
 --
 -- The batch functions take the delays as a new argument, so they are new
 -- functions beside those of the same name (0005, 0009); those become calls
@@ -60,7 +60,7 @@ BEGIN
             updated_at = now()
         FROM w
         WHERE i.job_id = w.job AND i.idx = w.idx AND i.lease = w.lease AND i.state = 1
-        RETURNING w.pos, w.kind, i.job_id, i.idx, i.attempts, i.state, i.last_error
+        RETURNING w.pos, w.kind, i.job_id, i.idx, i.attempts, i.state, i.last_error, i.retry_at
     ),
     to_claim AS MATERIALIZED (
         SELECT c.pos, c.job, c.lease, x.tid
@@ -110,7 +110,7 @@ BEGIN
                   j.failed_items, j.cancelled_items, j.last_seq
     ),
     failures AS (
-        SELECT u.job_id, u.idx, u.attempts, u.state, u.last_error,
+        SELECT u.job_id, u.idx, u.attempts, u.state, u.last_error, u.retry_at,
                row_number() OVER (PARTITION BY u.job_id ORDER BY u.pos) AS rn,
                count(*) OVER (PARTITION BY u.job_id) AS n
         FROM upd AS u WHERE u.kind = 2
@@ -121,6 +121,8 @@ BEGIN
                jsonb_build_object('type', 'item_failed', 'index', f.idx,
                    'attempt', f.attempts, 'error', COALESCE(f.last_error, ''),
                    'will_retry', f.state = 0)
+               || CASE WHEN f.state = 0 AND f.retry_at IS NOT NULL
+                       THEN jsonb_build_object('retry_at', f.retry_at) ELSE '{}' END
         FROM failures AS f JOIN counters AS k ON k.id = f.job_id
     )
     SELECT 0::smallint, u.pos::integer, u.job_id, u.idx, NULL::text, NULL::integer,

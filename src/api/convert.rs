@@ -190,6 +190,7 @@ pub fn item(i: &Item) -> pb::Item {
         checkpoint: i.checkpoint.clone().unwrap_or_default(),
         update_time: i.updated_at.map(timestamp),
         result: i.result.clone().unwrap_or_default(),
+        retry_time: i.retry_at.map(timestamp),
     }
 }
 
@@ -216,11 +217,13 @@ pub fn event(e: &JobEvent) -> pb::JobEvent {
             attempt,
             error,
             will_retry,
+            retry_at,
         } => Kind::ItemFailed(pb::ItemFailed {
             index: *index,
             attempt: *attempt,
             error: error.clone(),
             will_retry: *will_retry,
+            retry_time: retry_at.map(timestamp),
         }),
         EventBody::ConcurrencyChanged {
             from,

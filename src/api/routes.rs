@@ -237,6 +237,7 @@ mod tests {
                 attempt: 1,
                 error: format!("item {seq} failed"),
                 will_retry: false,
+                retry_at: None,
             },
         }))
     }

@@ -189,7 +189,8 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
                        "attempts": i.attempts, "last_error": i.last_error,
                        "checkpoint": String::from_utf8_lossy(&i.checkpoint),
                        "result": i.result,
-                       "update_time": time(&i.update_time)})
+                       "update_time": time(&i.update_time),
+                       "retry_time": time(&i.retry_time)})
             })
             .collect();
         println!(
@@ -208,11 +209,14 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
             .take(12)
             .collect();
         let payload: String = i.payload.chars().take(40).collect();
-        let error = if i.last_error.is_empty() {
+        let mut error = if i.last_error.is_empty() {
             String::new()
         } else {
             format!("  ! {}", i.last_error)
         };
+        if let Some(at) = time(&i.retry_time).as_str() {
+            error.push_str(&format!("  (retry at {at})"));
+        }
         println!(
             "{:>7}  {:<9}  {:>8}  {:<12}  {}{}",
             i.index,
@@ -364,10 +368,10 @@ impl WatchView {
             }
             Kind::ItemFailed(f) => {
                 if !self.json {
-                    let retry = if f.will_retry {
-                        "will retry"
-                    } else {
-                        "gave up"
+                    let retry = match (f.will_retry, time(&f.retry_time).as_str()) {
+                        (true, Some(at)) => format!("will retry at {at}"),
+                        (true, None) => "will retry".into(),
+                        (false, _) => "gave up".into(),
                     };
                     self.note(&format!(
                         "#{} item {} attempt {} failed ({retry}): {}",
@@ -437,7 +441,8 @@ fn event_json(e: &pb::JobEvent) -> Value {
             "requested_by": c.requested_by, "request_id": c.request_id,
             "pause_mode": pause_mode_name(c.pause_mode)}}),
         Some(Kind::ItemFailed(f)) => json!({"item_failed": {
-            "index": f.index, "attempt": f.attempt, "error": f.error, "will_retry": f.will_retry}}),
+            "index": f.index, "attempt": f.attempt, "error": f.error, "will_retry": f.will_retry,
+            "retry_time": time(&f.retry_time)}}),
         Some(Kind::ConcurrencyChanged(c)) => json!({"concurrency_changed": {
             "from": c.from, "to": c.to, "requested_by": c.requested_by,
             "request_id": c.request_id}}),

@@ -27,6 +27,9 @@ pub enum EventBody {
         attempt: u32,
         error: String,
         will_retry: bool,
+        /// A retry that waits: the time before which it is not claimed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at: Option<DateTime<Utc>>,
     },
     /// The job's concurrency was changed.
     ConcurrencyChanged {

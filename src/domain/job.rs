@@ -189,6 +189,9 @@ pub struct Item {
     /// What the executor reported for a succeeded item.
     pub result: Option<String>,
     pub updated_at: Option<DateTime<Utc>>,
+    /// A pending item waiting for its retry: the time before which it is
+    /// not claimed.
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// Who asked for a control call, and why: recorded with the event it

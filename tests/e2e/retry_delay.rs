@@ -13,17 +13,24 @@ fn ms(n: u64) -> prost_types::Duration {
     }
 }
 
-/// When each failed attempt of `index` was committed, by attempt.
-fn failures(events: &[pb::JobEvent], index: u32) -> Vec<(u32, chrono::DateTime<chrono::Utc>)> {
+type Time = chrono::DateTime<chrono::Utc>;
+
+fn time(t: &Option<prost_types::Timestamp>) -> Option<Time> {
+    t.as_ref()
+        .map(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).expect("a valid time"))
+}
+
+/// Each failed attempt of `index`: its number, when it was committed and
+/// the time its retry waits for, if any.
+fn failures(events: &[pb::JobEvent], index: u32) -> Vec<(u32, Time, Option<Time>)> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            Some(pb::job_event::Kind::ItemFailed(f)) if f.index == index => {
-                let t = e.time.as_ref().expect("a stored event has its time");
-                let at = chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
-                    .expect("a valid time");
-                Some((f.attempt, at))
-            }
+            Some(pb::job_event::Kind::ItemFailed(f)) if f.index == index => Some((
+                f.attempt,
+                time(&e.time).expect("a stored event has its time"),
+                time(&f.retry_time),
+            )),
             _ => None,
         })
         .collect()
@@ -75,6 +82,10 @@ pub async fn a_retry_waits_for_its_delay_while_the_other_items_go_on_on(store: S
     let waiting = item(&app, &job.id, 5).await;
     assert_eq!(waiting.state, pb::ItemState::Pending as i32);
     assert!(
+        waiting.retry_time.is_some(),
+        "a waiting item says until when"
+    );
+    assert!(
         (1..=2).contains(&waiting.attempts),
         "item 5 has had {} attempts",
         waiting.attempts
@@ -90,8 +101,16 @@ pub async fn a_retry_waits_for_its_delay_while_the_other_items_go_on_on(store: S
         attempts.iter().map(|a| a.0).collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
+    assert_eq!(attempts[2].2, None, "the last attempt is not retried");
     // 0.8 s, then 1.6 capped at 1 s; each lengthened by up to a fifth.
     for (k, wait) in [(0, 800), (1, 1000)] {
+        let promised = gap(attempts[k].1, attempts[k].2.expect("the retry's time"));
+        assert!(
+            promised >= Duration::from_millis(wait)
+                && promised <= Duration::from_millis(wait * 6 / 5 + 5),
+            "attempt {} promised a retry {promised:?} after it, which waits {wait} ms",
+            k + 1
+        );
         let took = gap(attempts[k].1, attempts[k + 1].1);
         assert!(
             took >= Duration::from_millis(wait)

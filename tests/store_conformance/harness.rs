@@ -395,6 +395,7 @@ pub fn item_failed(event: &JobEvent) -> (u32, u32, String, bool) {
             attempt,
             error,
             will_retry,
+            ..
         } => (*index, *attempt, error.clone(), *will_retry),
         other => panic!("expected ItemFailed, got {other:?}"),
     }

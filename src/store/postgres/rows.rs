@@ -232,7 +232,8 @@ pub(super) async fn list_items(
     let after = q.after.map(|c| c.after_index as i64).unwrap_or(-1);
     let limit = q.limit.max(1) as i64;
     let rows = sqlx::query(
-        "SELECT idx, payload, state, attempts, last_error, checkpoint, result, updated_at \
+        "SELECT idx, payload, state, attempts, last_error, checkpoint, result, updated_at, \
+                CASE WHEN state = 0 THEN retry_at END AS retry_at \
          FROM items \
          WHERE job_id = $1 AND (cardinality($2::int2[]) = 0 OR state = ANY($2)) AND idx > $3 \
          ORDER BY idx LIMIT $4",
@@ -259,6 +260,7 @@ pub(super) async fn list_items(
             checkpoint: row.try_get("checkpoint").map_err(db_error)?,
             result: row.try_get("result").map_err(db_error)?,
             updated_at: row.try_get("updated_at").map_err(db_error)?,
+            retry_at: row.try_get("retry_at").map_err(db_error)?,
         });
     }
     let next = if items.len() as i64 > limit {

@@ -10,7 +10,7 @@
 
 use super::{
     begin_write,
-    codec::{count, count32, counts_from_row, job_state, micros, now},
+    codec::{count, count32, counts_from_row, job_state, micros, now, optional_time},
     db_error,
     jobs::insert_event,
 };
@@ -137,7 +137,7 @@ async fn apply_write(
                         (SELECT max_attempts FROM jobs WHERE id = ?1) THEN 3 ELSE 0 END, \
                     lease = NULL, last_error = ?6, updated_at = ?4, retry_at = ?7 \
                  WHERE ",
-                    "RETURNING attempts, state, last_error"
+                    "RETURNING attempts, state, last_error, retry_at"
                 ))
                 .bind(*permanent)
                 .bind(clean_error(error))
@@ -162,6 +162,10 @@ async fn apply_write(
                 attempt,
                 error: error.unwrap_or_default(),
                 will_retry,
+                retry_at: match will_retry {
+                    true => optional_time(&row, "retry_at")?,
+                    false => None,
+                },
             });
             true
         }

@@ -22,7 +22,7 @@ pub(super) const JOB_COLUMNS: &str = "id, name, executor, state, concurrency, ma
 
 /// The columns [`item_from_row`] reads.
 pub(super) const ITEM_COLUMNS: &str =
-    "idx, payload, state, attempts, last_error, checkpoint, result, updated_at";
+    "idx, payload, state, attempts, last_error, checkpoint, result, updated_at, retry_at";
 
 pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("corrupt row: {what}"))
@@ -45,7 +45,10 @@ fn time(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_micros(v).ok_or_else(|| corrupt(format!("{column} is {v}")))
 }
 
-fn optional_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+pub(super) fn optional_time(
+    row: &SqliteRow,
+    column: &str,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     let v: Option<i64> = row.try_get(column).map_err(db_error)?;
     v.map(|v| DateTime::from_timestamp_micros(v).ok_or_else(|| corrupt(format!("{column} is {v}"))))
         .transpose()
@@ -139,6 +142,10 @@ pub(super) fn item_from_row(row: &SqliteRow) -> Result<Item, StoreError> {
         checkpoint: row.try_get("checkpoint").map_err(db_error)?,
         result: row.try_get("result").map_err(db_error)?,
         updated_at: optional_time(row, "updated_at")?,
+        retry_at: match item_state(state)? {
+            ItemState::Pending => optional_time(row, "retry_at")?,
+            _ => None,
+        },
     })
 }
 

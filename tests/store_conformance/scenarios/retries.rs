@@ -5,7 +5,7 @@
 
 use crate::harness::*;
 use jobvisor::{
-    domain::{Effect, ItemState, JobId, JobState, Provenance},
+    domain::{Effect, EventBody, ItemState, JobId, JobState, Provenance},
     store::{Batch, Store, StoreError, TransitionWrite, WriteKind},
 };
 use std::{sync::Arc, time::Duration};
@@ -67,6 +67,30 @@ pub async fn a_retry_waits_for_its_delay(store: Arc<dyn Store>) {
     assert_eq!(indexes(&out.claimed[0]), vec![(2, 2)]);
     let waiting = item(&store, job.id, 1).await;
     assert_eq!((waiting.state, waiting.attempts), (ItemState::Pending, 1));
+    // The failure's event says when the retry may start, and so does the
+    // item; a failure retried at once names no time.
+    let log = events(&store, job.id).await;
+    let retry_at = |index| {
+        log.iter()
+            .find_map(|e| match e.body {
+                EventBody::ItemFailed {
+                    index: i, retry_at, ..
+                } if i == index => Some((e.at, retry_at)),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no failure of item {index}"))
+    };
+    let (failed_at, at) = retry_at(1);
+    let wait = (at.expect("item 1 waits") - failed_at)
+        .to_std()
+        .expect("later");
+    assert!(
+        wait >= long - Duration::from_millis(1) && wait < long + Duration::from_secs(1),
+        "item 1 waits {wait:?} from its failure's event"
+    );
+    assert_eq!(waiting.retry_at, at, "the item and its event agree");
+    assert_eq!(retry_at(2).1, None);
+    assert_eq!(item(&store, job.id, 2).await.retry_at, None);
     assert!(claim(&store, job.id, 10).await.is_empty());
     let job_now = consistent(&store, job.id).await;
     assert_eq!((job_now.counts.running, job_now.counts.pending()), (3, 2));
@@ -85,6 +109,7 @@ pub async fn a_retry_waits_for_its_delay(store: Arc<dyn Store>) {
     tokio::time::sleep(short + Duration::from_millis(100)).await;
     let again = claim(&store, job.id, 10).await;
     assert_eq!(indexes(&again), vec![(3, 2)]);
+    assert_eq!(item(&store, job.id, 3).await.retry_at, None, "claimed");
     for (index, lease) in [
         (0, lease),
         (2, out.claimed[0][0].lease),
