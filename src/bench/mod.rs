@@ -242,6 +242,8 @@ pub struct SleepJob {
     pub fail_pattern: Option<String>,
     /// 0: the server's default (3).
     pub max_attempts: u32,
+    /// The wait before a failed item's first retry (none: at once).
+    pub retry_delay: Option<std::time::Duration>,
 }
 
 impl SleepJob {
@@ -254,6 +256,7 @@ impl SleepJob {
             steps,
             fail_pattern: None,
             max_attempts: 0,
+            retry_delay: None,
         }
     }
 
@@ -273,6 +276,10 @@ impl SleepJob {
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,
             params,
+            retry_delay: self.retry_delay.map(|d| prost_types::Duration {
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos() as i32,
+            }),
             ..Default::default()
         }
     }
@@ -283,8 +290,12 @@ impl SleepJob {
 
     /// The job in words, for the reports.
     pub fn describe(&self) -> String {
+        let retries = match self.retry_delay {
+            Some(d) => format!(", retries after {}", humantime::format_duration(d)),
+            None => String::new(),
+        };
         format!(
-            "{} × {} ms items in {} step(s), concurrency {}",
+            "{} × {} ms items in {} step(s), concurrency {}{retries}",
             self.items, self.duration_ms, self.steps, self.concurrency
         )
     }

@@ -52,6 +52,11 @@ pub struct WatchersOptions {
     /// the last attempt are retried (stored events each).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub attempts: u32,
+    /// The job's retry_delay (e.g. 50ms): a failed item waits this long
+    /// before its first retry, twice as long before each further one.
+    /// Default: retried at once.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retry_delay: Option<std::time::Duration>,
     /// Repeat the pair of runs (without, then with the watchers), each on
     /// fresh servers, and end with a summary over them: the ratio drifts
     /// by ±15% from one pair to the next on a small machine.
@@ -73,6 +78,7 @@ pub fn watched_job(opts: &WatchersOptions) -> anyhow::Result<SleepJob> {
         // zeros at the end.
         job.fail_pattern = Some(format!("^item-[1-9][0-9]*0{{{zeros}}}$"));
         job.max_attempts = opts.attempts;
+        job.retry_delay = opts.retry_delay;
     }
     Ok(job)
 }

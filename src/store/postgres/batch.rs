@@ -477,6 +477,14 @@ mod tests {
             let b = batch(vec![write(job, 2, kind)], vec![claim(job)]);
             assert_eq!(shape(&b), vec![(1, false), (0, true)]);
         }
+        // A retry that waits cannot be claimed by this batch: one round.
+        let later = WriteKind::Failed {
+            error: "no".into(),
+            permanent: false,
+            retry_after: std::time::Duration::from_millis(1),
+        };
+        let b = batch(vec![write(job, 2, later)], vec![claim(job)]);
+        assert_eq!(shape(&b), vec![(1, true)]);
         // Unless the claims are for another job,
         let b = batch(vec![write(job, 2, failed(false))], vec![claim(other)]);
         assert_eq!(shape(&b), vec![(1, true)]);
