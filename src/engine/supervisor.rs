@@ -101,6 +101,9 @@ pub enum SupervisorMsg {
     /// The wake-up set for this time: retries whose delay has passed may
     /// be claimed.
     RetriesDue(Instant),
+    /// Retries waiting in the store when the supervisor started, with how
+    /// long each still waits.
+    Waiting(Vec<(u32, Duration)>),
     /// The job's concurrency was changed (committed); reply once the
     /// workers are added or told to go.
     Resize {
@@ -326,6 +329,12 @@ impl Actor for JobSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         if st.timeout.is_some() {
             let _ = myself.cast(SupervisorMsg::Tick);
+        }
+        // A job taken over (after a restart, from another replica) may
+        // have retries waiting that only the store knows of; a new job
+        // (nothing after its first event) has none.
+        if st.backoff.waits() && st.state_seq > 1 && !st.state.is_terminal() {
+            find_waiting(&myself, st);
         }
         pump(&myself, st);
         Ok(())
@@ -582,6 +591,11 @@ fn handle_msg(
             }
             set_wake_up(myself, st);
         }
+        SupervisorMsg::Waiting(found) => {
+            for (index, wait) in found {
+                wait_for_retry(myself, st, index, wait);
+            }
+        }
         SupervisorMsg::Resize { concurrency, reply } => {
             return Next::Resize {
                 concurrency,
@@ -757,6 +771,27 @@ fn wait_for_retry(
 ) {
     st.waiting.insert((Instant::now() + wait, index));
     set_wake_up(myself, st);
+}
+
+/// Most retries read back from the store at start; any others are found
+/// when the claims have run dry (a refused finish says when they end).
+const MAX_WAITING_READ: u32 = 10_000;
+
+/// Reads the retries waiting in the store (`SupervisorMsg::Waiting`).
+fn find_waiting(myself: &ActorRef<SupervisorMsg>, st: &SupervisorState) {
+    let (store, job, me) = (st.rt.store.clone(), st.job, myself.clone());
+    tokio::spawn(async move {
+        match store.waiting_retries(job, MAX_WAITING_READ).await {
+            Ok(found) if !found.is_empty() => {
+                let _ = me.cast(SupervisorMsg::Waiting(found));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(job_id = %job, error = %e,
+                    "could not read the retries waiting; they run once the claims run dry");
+            }
+        }
+    });
 }
 
 /// Sets the wake-up timer for the first retry waiting, unless one is set

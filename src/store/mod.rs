@@ -304,6 +304,16 @@ pub trait Store: Send + Sync + 'static {
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The job's pending items that wait for their retry's delay, at most
+    /// `limit` of them, the first to be due first: each with how long it
+    /// still waits. A supervisor that takes over a job asks (the waits
+    /// its predecessor knew of are only in the store).
+    async fn waiting_retries(
+        &self,
+        id: JobId,
+        limit: u32,
+    ) -> Result<Vec<(u32, std::time::Duration)>, StoreError>;
+
     /// [`Store::write_batch`] under leases (multi-replica mode). Stores
     /// that serve one process only do not support it.
     async fn write_batch_fenced(

@@ -75,3 +75,11 @@ async fn a_waiting_retry_keeps_its_delay_across_a_restart() {
     super::retry_delay::a_waiting_retry_keeps_its_delay_across_a_restart_on(StoreKind::Embedded)
         .await;
 }
+
+#[tokio::test]
+async fn a_waiting_retry_comes_in_its_time_after_a_restart_not_at_the_end() {
+    super::retry_delay::a_waiting_retry_comes_in_its_time_after_a_restart_not_at_the_end_on(
+        StoreKind::Embedded,
+    )
+    .await;
+}

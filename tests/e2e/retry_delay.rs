@@ -162,3 +162,52 @@ pub async fn a_waiting_retry_keeps_its_delay_across_a_restart_on(store: StoreKin
     );
     second.stop().await;
 }
+
+#[tokio::test]
+async fn a_waiting_retry_comes_in_its_time_after_a_restart_not_at_the_end() {
+    a_waiting_retry_comes_in_its_time_after_a_restart_not_at_the_end_on(StoreKind::Postgres).await;
+}
+
+pub async fn a_waiting_retry_comes_in_its_time_after_a_restart_not_at_the_end_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
+    // 100 items of 40 ms one at a time: about 4 s; item 1 fails, then
+    // waits 1 s.
+    let mut request = app.job(
+        "sleep",
+        100,
+        1,
+        &[("duration_ms", "40"), ("fail_pattern", "^item-1$")],
+    );
+    request.max_attempts = 2;
+    request.retry_delay = Some(ms(1000));
+    let job = app.start(request).await;
+    app.eventually("item 1 failed once", SECS(20), || async {
+        item(&app, &job.id, 1).await.attempts == 1
+            && app.get(&job.id).await.counts.unwrap().succeeded >= 1
+    })
+    .await;
+    // The new server's supervisor finds the wait in the store: its claims
+    // go back to item 1 when the wait ends, not once the other items are
+    // done.
+    let second = restart(app).await;
+    let done = second.wait_for(&job.id, JobState::Failed, SECS(30)).await;
+    let events = second.watch_all(&job.id, 0, SECS(10)).await;
+    let attempts = failures(&events, 1);
+    assert_eq!(attempts.len(), 2, "two attempts of item 1: {attempts:?}");
+    let end = time(&done.end_time).expect("the job ended");
+    let took = gap(attempts[0].1, attempts[1].1);
+    assert!(
+        took >= Duration::from_millis(1000),
+        "retried after {took:?}"
+    );
+    assert!(
+        gap(attempts[1].1, end) >= Duration::from_secs(1),
+        "the retry came {:?} before the end of the job, {took:?} after the failure",
+        gap(attempts[1].1, end)
+    );
+    second.stop().await;
+}

@@ -274,6 +274,14 @@ impl Store for PgStore {
         jobs::release_items(&self.pool, id, None).await
     }
 
+    async fn waiting_retries(
+        &self,
+        id: JobId,
+        limit: u32,
+    ) -> Result<Vec<(u32, std::time::Duration)>, StoreError> {
+        rows::waiting_retries(&self.pool, id, limit).await
+    }
+
     async fn write_batch_fenced(
         &self,
         batch: &super::Batch,

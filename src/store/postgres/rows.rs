@@ -303,3 +303,33 @@ pub(super) async fn events_after(
         })
         .collect()
 }
+
+/// The job's pending items whose retry waits, the first due first, with
+/// how long each still waits. It reads every item of the job (there is no
+/// index on the wait: one would cost every claim its HOT update), so it is
+/// asked once, when a supervisor takes over a job that has retry delays.
+pub(super) async fn waiting_retries(
+    pool: &PgPool,
+    id: JobId,
+    limit: u32,
+) -> Result<Vec<(u32, std::time::Duration)>, StoreError> {
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT idx, ceil(EXTRACT(EPOCH FROM retry_at - now()) * 1000)::bigint \
+         FROM items WHERE job_id = $1 AND state = 0 AND retry_at > now() \
+         ORDER BY retry_at, idx LIMIT $2",
+    )
+    .bind(id.0)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(db_error)?;
+    Ok(rows
+        .into_iter()
+        .map(|(idx, ms)| {
+            (
+                idx as u32,
+                std::time::Duration::from_millis(ms.max(0) as u64),
+            )
+        })
+        .collect())
+}

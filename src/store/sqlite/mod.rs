@@ -199,6 +199,14 @@ impl Store for SqliteStore {
         recovery::release_items(&self.write, id).await
     }
 
+    async fn waiting_retries(
+        &self,
+        id: JobId,
+        limit: u32,
+    ) -> Result<Vec<(u32, std::time::Duration)>, StoreError> {
+        reads::waiting_retries(&self.read, id, limit).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.read)

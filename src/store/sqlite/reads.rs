@@ -197,3 +197,31 @@ pub(super) async fn events_after(
     .map_err(db_error)?;
     rows.iter().map(event_from_row).collect()
 }
+
+/// The job's pending items whose retry waits, the first due first, with
+/// how long each still waits.
+pub(super) async fn waiting_retries(
+    pool: &SqlitePool,
+    id: JobId,
+    limit: u32,
+) -> Result<Vec<(u32, std::time::Duration)>, StoreError> {
+    let now = micros(chrono::Utc::now());
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT idx, retry_at FROM items \
+         WHERE job_id = ?1 AND state = 0 AND retry_at > ?2 \
+         ORDER BY retry_at, idx LIMIT ?3",
+    )
+    .bind(id.0)
+    .bind(now)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(db_error)?;
+    Ok(rows
+        .into_iter()
+        .map(|(idx, at)| {
+            let wait = std::time::Duration::from_micros(at.saturating_sub(now).max(0) as u64);
+            (idx as u32, wait)
+        })
+        .collect())
+}

@@ -92,6 +92,13 @@ pub async fn a_retry_waits_for_its_delay(store: Arc<dyn Store>) {
     assert_eq!(retry_at(2).1, None);
     assert_eq!(item(&store, job.id, 2).await.retry_at, None);
     assert!(claim(&store, job.id, 10).await.is_empty());
+    // The waiting retries, the first due first, with how long each waits.
+    let found = store.waiting_retries(job.id, 10).await.expect("waiting");
+    assert_eq!(found.iter().map(|w| w.0).collect::<Vec<_>>(), vec![3, 1]);
+    assert!(found[0].1 <= short && found[0].1 > short / 2, "{found:?}");
+    assert!(found[1].1 <= long && found[1].1 > long / 2, "{found:?}");
+    let first = store.waiting_retries(job.id, 1).await.expect("waiting");
+    assert_eq!(first.iter().map(|w| w.0).collect::<Vec<_>>(), vec![3]);
     let job_now = consistent(&store, job.id).await;
     assert_eq!((job_now.counts.running, job_now.counts.pending()), (3, 2));
 
@@ -110,6 +117,8 @@ pub async fn a_retry_waits_for_its_delay(store: Arc<dyn Store>) {
     let again = claim(&store, job.id, 10).await;
     assert_eq!(indexes(&again), vec![(3, 2)]);
     assert_eq!(item(&store, job.id, 3).await.retry_at, None, "claimed");
+    let found = store.waiting_retries(job.id, 10).await.expect("waiting");
+    assert_eq!(found.iter().map(|w| w.0).collect::<Vec<_>>(), vec![1]);
     for (index, lease) in [
         (0, lease),
         (2, out.claimed[0][0].lease),
