@@ -280,3 +280,47 @@ async fn postgres_a_batch_in_rounds_is_fenced_in_every_round() {
     })
     .await;
 }
+
+/// The fenced batch function takes the retries' delays as the plain one
+/// does: a failure under a valid lease puts its item back to wait, and no
+/// claim of the same batch or the next takes it before then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_retry_waits_under_a_lease_too() {
+    on_postgres_store(|pg: Arc<PgStore>| async move {
+        let store: Arc<dyn Store> = pg.clone();
+        let job = create(&store, &spec(3)).await;
+        pg.join("a", TTL).await.unwrap();
+        let (a, _) = pg.take_over(job.id, "a", TTL).await.unwrap().expect("free");
+        let under_a = fence("a", job.id, a.epoch);
+        let batch = |writes, claims| Batch { writes, claims };
+        let out = store
+            .write_batch_fenced(&batch(vec![], vec![claim_of(job.id, 1)]), &under_a)
+            .await
+            .unwrap();
+        let first = out.claimed[0][0].clone();
+        let later = WriteKind::Failed {
+            error: "busy".into(),
+            permanent: false,
+            retry_after: Duration::from_secs(60),
+        };
+        let write = write_of(job.id, first.index, first.lease, later);
+        let out = store
+            .write_batch_fenced(&batch(vec![write], vec![claim_of(job.id, 5)]), &under_a)
+            .await
+            .unwrap();
+        assert_eq!(out.applied, vec![true]);
+        let taken: Vec<u32> = out.claimed[0].iter().map(|c| c.index).collect();
+        assert_eq!(taken, vec![1, 2], "item 0 waits");
+        let waiting = item(&store, job.id, 0).await;
+        assert!(waiting.retry_at.is_some(), "item 0 says until when");
+        let found = store.waiting_retries(job.id, 10).await.unwrap();
+        assert_eq!(found.iter().map(|w| w.0).collect::<Vec<_>>(), vec![0]);
+        let out = store
+            .write_batch_fenced(&batch(vec![], vec![claim_of(job.id, 5)]), &under_a)
+            .await
+            .unwrap();
+        assert!(out.claimed[0].is_empty(), "still waiting");
+        consistent(&store, job.id).await;
+    })
+    .await;
+}
