@@ -74,23 +74,20 @@ pub async fn a_retry_waits_for_its_delay_while_the_other_items_go_on_on(store: S
     let policy = job.policy.expect("the job's policy");
     assert_eq!(policy.retry_delay, Some(ms(800)));
     assert_eq!(policy.retry_delay_max, Some(ms(1000)));
-    // The other 59 items end while item 5 waits, pending, for its retry.
-    app.eventually("every other item done", SECS(20), || async {
-        app.get(&job.id).await.counts.unwrap().succeeded == 59
-    })
+    // The other 59 items end while item 5 waits, pending, for its retry
+    // (it runs for 20 ms between its waits of about a second).
+    app.eventually(
+        "every other item done, item 5 waiting",
+        SECS(20),
+        || async {
+            let waiting = item(&app, &job.id, 5).await;
+            app.get(&job.id).await.counts.unwrap().succeeded == 59
+                && waiting.state == pb::ItemState::Pending as i32
+                && waiting.retry_time.is_some()
+                && (1..=2).contains(&waiting.attempts)
+        },
+    )
     .await;
-    let waiting = item(&app, &job.id, 5).await;
-    assert_eq!(waiting.state, pb::ItemState::Pending as i32);
-    assert!(
-        waiting.retry_time.is_some(),
-        "a waiting item says until when"
-    );
-    assert!(
-        (1..=2).contains(&waiting.attempts),
-        "item 5 has had {} attempts",
-        waiting.attempts
-    );
-    assert_eq!(app.get(&job.id).await.state, JobState::Running as i32);
 
     let events = app.watch_all(&job.id, 0, SECS(30)).await;
     let done = app.get(&job.id).await;

@@ -204,19 +204,20 @@ async fn check_finished(
     if pending != 0 || running != 0 {
         // Whether every pending item waits for its retry's delay, and the
         // first of those delays.
+        let now = micros(now());
         let (claimable, first): (i64, Option<i64>) = sqlx::query_as(
             "SELECT COUNT(*) FILTER (WHERE retry_at IS NULL OR retry_at <= ?2), MIN(retry_at) \
              FROM items WHERE job_id = ?1 AND state = 0",
         )
         .bind(id.0)
-        .bind(micros(now()))
+        .bind(now)
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
         let retry_in = match first {
-            Some(at) if claimable == 0 && pending > 0 => Some(Duration::from_micros(
-                at.saturating_sub(micros(now())).max(0) as u64,
-            )),
+            Some(at) if claimable == 0 && pending > 0 => {
+                Some(Duration::from_micros(at.saturating_sub(now).max(0) as u64))
+            }
             _ => None,
         };
         return Err(StoreError::NotFinished {
