@@ -224,6 +224,36 @@ async fn each_bad_field_is_named_and_nothing_is_stored() {
             },
             &["name", "concurrency"],
         ),
+        (
+            pb::StartJobRequest {
+                retry_delay_max: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                ..valid.clone()
+            },
+            &["retry_delay_max"],
+        ),
+        (
+            pb::StartJobRequest {
+                retry_delay: Some(prost_types::Duration {
+                    seconds: 25 * 3600,
+                    nanos: 0,
+                }),
+                ..valid.clone()
+            },
+            &["retry_delay"],
+        ),
+        (
+            pb::StartJobRequest {
+                retry_delay: Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                }),
+                ..valid.clone()
+            },
+            &["retry_delay"],
+        ),
     ];
     for (request, fields) in cases {
         let status = client.start_job(request).await.unwrap_err();
