@@ -206,3 +206,51 @@ pub async fn a_waiting_retry_comes_in_its_time_after_a_restart_not_at_the_end_on
     );
     second.stop().await;
 }
+
+/// A pause does not lose a waiting retry: paused past its time, the item
+/// is claimed as soon as the job resumes; a cancel ends it with the rest.
+#[tokio::test]
+async fn a_retry_that_waits_through_a_pause_runs_after_the_resume() {
+    let app = app_on(StoreKind::Postgres).await;
+    // Items 0 and 2 succeed, item 1 fails once and waits 500 ms (its
+    // second attempt fails for good).
+    let job = app.start(failing_job(&app, (3, 1, 10), 1, 2, 500)).await;
+    app.eventually("item 1 waiting", SECS(20), || async {
+        let waiting = item(&app, &job.id, 1).await;
+        waiting.attempts == 1 && waiting.state == pb::ItemState::Pending as i32
+    })
+    .await;
+    app.pause(&job.id, pb::PauseMode::Graceful).await.unwrap();
+    app.wait_for(&job.id, JobState::Paused, SECS(10)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let paused = item(&app, &job.id, 1).await;
+    assert_eq!(
+        (paused.state, paused.attempts),
+        (pb::ItemState::Pending as i32, 1),
+        "nothing runs while the job is paused"
+    );
+    let resumed_at = chrono::Utc::now();
+    app.resume(&job.id).await.unwrap();
+    let done = app.wait_for(&job.id, JobState::Failed, SECS(10)).await;
+    assert_eq!(done.counts.unwrap().succeeded, 2);
+    let events = app.watch_all(&job.id, 0, SECS(10)).await;
+    let attempts = failures(&events, 1);
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert!(
+        gap(resumed_at, attempts[1].1) < Duration::from_secs(2),
+        "the retry ran {:?} after the resume",
+        gap(resumed_at, attempts[1].1)
+    );
+
+    // Cancelled while it waits: the waiting item ends CANCELLED.
+    let job = app.start(failing_job(&app, (3, 1, 10), 1, 2, 60_000)).await;
+    app.eventually("item 1 waiting a minute", SECS(20), || async {
+        let waiting = item(&app, &job.id, 1).await;
+        waiting.attempts == 1 && app.get(&job.id).await.counts.unwrap().succeeded == 2
+    })
+    .await;
+    app.cancel(&job.id).await.unwrap();
+    let cancelled = app.wait_for(&job.id, JobState::Cancelled, SECS(10)).await;
+    assert_eq!(cancelled.counts.unwrap().cancelled, 1);
+    app.stop().await;
+}
