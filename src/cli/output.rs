@@ -92,8 +92,69 @@ pub fn job_json(j: &pb::Job) -> Value {
         })).collect::<Vec<_>>(),
         "can_pause": j.can_pause, "can_resume": j.can_resume, "can_cancel": j.can_cancel,
         "last_error": j.last_error, "last_sequence": j.last_sequence,
-        "request_id": j.request_id,
+        "request_id": j.request_id, "policy": policy_json(j.policy.as_ref()),
     })
+}
+
+/// A duration in seconds, or null when unset.
+fn seconds(d: &Option<prost_types::Duration>) -> Value {
+    match d.and_then(|d| std::time::Duration::try_from(d).ok()) {
+        Some(d) => json!(d.as_secs_f64()),
+        None => Value::Null,
+    }
+}
+
+fn policy_json(p: Option<&pb::JobPolicy>) -> Value {
+    let p = p.cloned().unwrap_or_default();
+    json!({
+        "timeout_seconds": seconds(&p.timeout),
+        "pause_after_failures": p.pause_after_failures,
+        "pause_on_failure_ratio": p.pause_on_failure_ratio,
+        "failure_window": p.failure_window,
+        "retry_delay_seconds": seconds(&p.retry_delay),
+        "retry_delay_max_seconds": seconds(&p.retry_delay_max),
+    })
+}
+
+/// The job's running-time budget, error breaker and retry delays, in
+/// words; none when it has none of them.
+fn policy_lines(p: &pb::JobPolicy) -> Vec<String> {
+    let std = |d: prost_types::Duration| std::time::Duration::try_from(d).unwrap_or_default();
+    let mut lines = Vec::new();
+    if let Some(t) = p.timeout {
+        lines.push(format!(
+            "timeout:   fails after running {} (paused time not counted)",
+            humantime::format_duration(std(t))
+        ));
+    }
+    if p.pause_after_failures > 0 {
+        lines.push(format!(
+            "breaker:   pauses after {} failed attempts in a row",
+            p.pause_after_failures
+        ));
+    }
+    if p.pause_on_failure_ratio > 0.0 {
+        let window = match p.failure_window {
+            0 => 20,
+            w => w,
+        };
+        lines.push(format!(
+            "breaker:   pauses when {}% of the last {window} attempts failed",
+            p.pause_on_failure_ratio * 100.0
+        ));
+    }
+    if let Some(first) = p.retry_delay {
+        let first = std(first);
+        let max = p
+            .retry_delay_max
+            .map_or(first.max(crate::domain::job::DEFAULT_RETRY_DELAY_MAX), std);
+        lines.push(format!(
+            "retries:   after {}, twice as long each time, at most {}",
+            humantime::format_duration(first),
+            humantime::format_duration(max)
+        ));
+    }
+    lines
 }
 
 fn counts_text(c: &Option<pb::ItemCounts>) -> String {
@@ -117,19 +178,8 @@ pub fn print_job(j: &pb::Job, json: bool) {
         j.executor, j.concurrency, j.max_attempts
     );
     println!("items:     {}", counts_text(&j.counts));
-    if let Some(policy) = &j.policy
-        && let Some(first) = policy.retry_delay
-    {
-        let std = |d: prost_types::Duration| std::time::Duration::try_from(d).unwrap_or_default();
-        let first = std(first);
-        let max = policy
-            .retry_delay_max
-            .map_or(first.max(crate::domain::job::DEFAULT_RETRY_DELAY_MAX), std);
-        println!(
-            "retries:   after {}, twice as long each time, at most {}",
-            humantime::format_duration(first),
-            humantime::format_duration(max)
-        );
+    for line in j.policy.as_ref().map(policy_lines).unwrap_or_default() {
+        println!("{line}");
     }
     if !j.last_error.is_empty() {
         println!("error:     {}", j.last_error);
@@ -470,6 +520,33 @@ mod tests {
             "FAILED_PRECONDITION"
         );
         assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
+    }
+
+    #[test]
+    fn a_policy_is_put_in_words() {
+        let secs = |seconds| prost_types::Duration { seconds, nanos: 0 };
+        assert!(policy_lines(&pb::JobPolicy::default()).is_empty());
+        let p = pb::JobPolicy {
+            timeout: Some(secs(7200)),
+            pause_after_failures: 5,
+            pause_on_failure_ratio: 0.5,
+            failure_window: 0,
+            retry_delay: Some(secs(2)),
+            retry_delay_max: None,
+        };
+        assert_eq!(
+            policy_lines(&p),
+            [
+                "timeout:   fails after running 2h (paused time not counted)",
+                "breaker:   pauses after 5 failed attempts in a row",
+                "breaker:   pauses when 50% of the last 20 attempts failed",
+                "retries:   after 2s, twice as long each time, at most 1h",
+            ]
+        );
+        let json = policy_json(Some(&p));
+        assert_eq!(json["retry_delay_seconds"], json!(2.0));
+        assert_eq!(json["retry_delay_max_seconds"], Value::Null);
+        assert_eq!(json["timeout_seconds"], json!(7200.0));
     }
 
     #[test]
