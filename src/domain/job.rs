@@ -69,11 +69,6 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Whether a retry waits at all.
-    pub fn waits(&self) -> bool {
-        self.first_ms > 0
-    }
-
     /// How long an item waits after its attempt number `attempt` (from 1)
     /// failed, before it may be claimed again: the first delay doubled for
     /// each attempt after the first, at most the cap, then lengthened by

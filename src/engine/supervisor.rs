@@ -331,9 +331,10 @@ impl Actor for JobSupervisor {
             let _ = myself.cast(SupervisorMsg::Tick);
         }
         // A job taken over (after a restart, from another replica) may
-        // have retries waiting that only the store knows of; a new job
+        // have retries waiting that only the store knows of (the job's
+        // retry delay, or a wait its handler asked for); a new job
         // (nothing after its first event) has none.
-        if st.backoff.waits() && st.state_seq > 1 && !st.state.is_terminal() {
+        if st.state_seq > 1 && !st.state.is_terminal() {
             find_waiting(&myself, st);
         }
         pump(&myself, st);

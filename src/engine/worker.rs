@@ -261,11 +261,15 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Inst
         WriteKind::Failed { permanent, .. } if item.attempt >= args.max_attempts => {
             *permanent = true;
         }
+        // The job's backoff, or longer if the handler asked for it.
         WriteKind::Failed {
             permanent: false,
             retry_after,
             ..
-        } => *retry_after = args.backoff.retry_after(item.attempt, fastrand::f64()),
+        } => {
+            let backoff = args.backoff.retry_after(item.attempt, fastrand::f64());
+            *retry_after = backoff.max(ctx.retry_after().unwrap_or_default());
+        }
         _ => {}
     }
     let expected = match &kind {

@@ -8,7 +8,7 @@
 //!
 //! What it reports, one line each on stdout (see [`super::protocol`]):
 //! `@checkpoint <text>`, `@progress <fraction>` or `@progress <done>/<total>`,
-//! `@result <text>`. Any other output (stdout or stderr) is kept as the
+//! `@result <text>`, `@retry-after <wait>`. Any other output (stdout or stderr) is kept as the
 //! item's log tail and shown in its error if it fails.
 //!
 //! How it ends: exit 0 = succeeded; an exit code listed in
@@ -287,6 +287,7 @@ impl ItemHandler for Exec {
                         }
                         Line::Progress(fraction) => ctx.set_progress(fraction),
                         Line::Result(text) => ctx.set_result(text),
+                        Line::RetryAfter(wait) => ctx.set_retry_after(wait),
                         Line::Invalid(why) => tail.push(&format!("[jobvisor] {why}: {line}")),
                         Line::Output => tail.push(&line),
                     },

@@ -15,7 +15,7 @@ pub mod sleep;
 
 use crate::domain::{FieldViolation, JobId};
 use async_trait::async_trait;
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 use tokio::sync::watch;
 
 /// A named kind of work.
@@ -116,7 +116,11 @@ pub struct ItemContext {
     sink: Arc<dyn CheckpointSink>,
     progress: Option<Arc<dyn ProgressSink>>,
     result: Option<String>,
+    retry_after: Option<Duration>,
 }
+
+/// The longest wait a handler may ask for before the next attempt: a day.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 impl fmt::Debug for ItemContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -151,6 +155,7 @@ impl ItemContext {
             sink,
             progress: None,
             result: None,
+            retry_after: None,
         }
     }
 
@@ -176,6 +181,19 @@ impl ItemContext {
     /// The result set by the handler, if any.
     pub fn take_result(&mut self) -> Option<String> {
         self.result.take()
+    }
+
+    /// Asks that, if this attempt fails and the item is retried, the next
+    /// attempt wait at least `wait` (a rate limit's Retry-After, say),
+    /// however short the job's `retry_delay`; at most
+    /// [`MAX_RETRY_AFTER`]. The last call counts.
+    pub fn set_retry_after(&mut self, wait: Duration) {
+        self.retry_after = Some(wait.min(MAX_RETRY_AFTER));
+    }
+
+    /// The wait asked for by [`ItemContext::set_retry_after`], if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     pub fn job_id(&self) -> JobId {

@@ -7,6 +7,9 @@
 //! @progress <fraction>      0.0 to 1.0 of the item done
 //! @progress <done>/<total>  the same as a counter
 //! @result <text>            the item's result, kept when it succeeds
+//! @retry-after <wait>       if this attempt fails and is retried, wait at
+//!                           least this long first: seconds (30, 2.5) or
+//!                           a duration (30s, 2m, 1h 30m); at most a day
 //! ```
 //! A line starting with `@` that is none of these is kept in the log tail
 //! with a note, so a typo shows up in the item's error instead of vanishing.
@@ -19,6 +22,7 @@ pub enum Line {
     Checkpoint(String),
     Progress(f32),
     Result(String),
+    RetryAfter(std::time::Duration),
     /// Looked like a protocol line but was not one.
     Invalid(&'static str),
     /// Ordinary output.
@@ -37,7 +41,20 @@ pub fn parse_line(line: &str) -> Line {
             Some(f) => Line::Progress(f),
             None => Line::Invalid("@progress takes a fraction (0.5) or a counter (3/10)"),
         },
+        "retry-after" => match parse_wait(arg.trim()) {
+            Some(wait) => Line::RetryAfter(wait),
+            None => Line::Invalid("@retry-after takes seconds (30) or a duration (30s, 2m)"),
+        },
         _ => Line::Output,
+    }
+}
+
+/// Seconds, as HTTP's Retry-After gives them (with a fraction allowed),
+/// or a duration with units.
+fn parse_wait(arg: &str) -> Option<std::time::Duration> {
+    match arg.parse::<f64>() {
+        Ok(secs) => std::time::Duration::try_from_secs_f64(secs).ok(),
+        Err(_) => humantime::parse_duration(arg).ok(),
     }
 }
 
@@ -136,6 +153,15 @@ mod tests {
         assert!(matches!(parse_line("@progress x"), Line::Invalid(_)));
         assert!(matches!(parse_line("@progress 1/0"), Line::Invalid(_)));
         assert_eq!(parse_line("@result ok"), Line::Result("ok".into()));
+        let wait = |secs: f64| Line::RetryAfter(std::time::Duration::from_secs_f64(secs));
+        assert_eq!(parse_line("@retry-after 30"), wait(30.0));
+        assert_eq!(parse_line("@retry-after 2.5"), wait(2.5));
+        assert_eq!(parse_line("@retry-after 2m"), wait(120.0));
+        assert_eq!(parse_line("@retry-after 1h 30m"), wait(5400.0));
+        for bad in ["", "-1", "soon", "NaN", "inf"] {
+            let line = format!("@retry-after {bad}");
+            assert!(matches!(parse_line(&line), Line::Invalid(_)), "{line}");
+        }
         assert_eq!(parse_line("hello"), Line::Output);
         assert_eq!(parse_line("@user mentioned"), Line::Output);
     }

@@ -65,6 +65,55 @@ async fn the_shell_example_runs_every_item_with_checkpoints() {
     app.stop().await;
 }
 
+/// `@retry-after`: a program that hits a rate limit says how long to wait,
+/// and its retry waits that long though the job has no retry delay; a
+/// program that says nothing is retried at once.
+#[tokio::test]
+async fn a_program_asks_its_retry_to_wait() {
+    let app = spawn_app().await;
+    let script = r#"
+        [ "$JOBVISOR_ATTEMPT" -ge 2 ] && exit 0
+        case "$JOBVISOR_ITEM" in
+          limited) echo "@retry-after 1.5"; echo "429 Too Many Requests"; exit 1 ;;
+          *) echo "try again"; exit 1 ;;
+        esac"#;
+    let mut request = exec_job(
+        &app,
+        &["limited", "plain"],
+        2,
+        &[
+            ("command", "sh".into()),
+            ("args", serde_json::to_string(&["-c", script]).unwrap()),
+        ],
+    );
+    request.max_attempts = 2;
+    let job = app.start(request).await;
+    let events = app.watch_all(&job.id, 0, SECS(20)).await;
+    assert_eq!(app.get(&job.id).await.state, JobState::Succeeded as i32);
+    let failure = |index: u32| {
+        events
+            .iter()
+            .find_map(|e| match &e.kind {
+                Some(pb::job_event::Kind::ItemFailed(f)) if f.index == index => {
+                    Some((e.time.unwrap(), f.retry_time))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no failure of item {index}"))
+    };
+    let secs = |t: prost_types::Timestamp| t.seconds as f64 + f64::from(t.nanos) / 1e9;
+    let (failed_at, retry_at) = failure(0);
+    let waits = secs(retry_at.expect("the program asked for a wait")) - secs(failed_at);
+    assert!((1.49..1.6).contains(&waits), "item 0 waits {waits} s");
+    assert_eq!(failure(1).1, None, "item 1 is retried at once");
+    let ended = secs(app.get(&job.id).await.end_time.unwrap());
+    assert!(
+        ended - secs(failed_at) >= 1.5,
+        "the job ended before the wait"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn exit_codes_decide_success_retry_and_permanent_failure() {
     let app = spawn_app().await;
