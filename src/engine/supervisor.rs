@@ -146,12 +146,21 @@ pub struct SupervisorState {
     /// The waits between an item's attempts.
     backoff: Backoff,
     /// Retries waiting for their delay, by when it ends: claims skip them
-    /// (the store does) until then, and the claims' bound goes back to
-    /// each when its time comes. An entry for index 0 is a look at the
-    /// whole job when the store said the first wait ends.
-    waiting: BTreeSet<(Instant, u32)>,
+    /// (the store does) until then. An item's entry moves to `due` when its
+    /// time comes; an entry without an item is a look at the whole job
+    /// (the claims' bound back to 0) when the store said the first wait
+    /// ends.
+    waiting: BTreeSet<(Instant, Option<u32>)>,
+    /// Retries whose wait is over, below the claims' bound: claimed by a
+    /// claim of their own, from the lowest and no more than there are, so
+    /// that it stops at them instead of walking every item since up to
+    /// the bound (a retry that waited a second is tens of thousands of
+    /// items behind it in a job of short items).
+    due: BTreeSet<u32>,
     /// When the wake-up timer set last fires, if it has not yet.
     wake_at: Option<Instant>,
+    /// When the timer last fired (wake-ups are [`WAKE_SPACING`] apart).
+    woke_at: Option<Instant>,
     /// The executor's name, for metrics.
     executor: String,
     handler: Arc<dyn ItemHandler>,
@@ -209,6 +218,9 @@ struct Claiming {
     /// The lowest item that may have gone back to pending since the claim
     /// was sent ([`repend_from`]).
     repended: Option<u32>,
+    /// It claims the retries in `due`, from the first and at most so
+    /// many (none: the job's next items from the bound).
+    retries: Option<(u32, u32)>,
 }
 
 /// A moving average of item durations. Jobs of fast items claim a round
@@ -275,7 +287,9 @@ impl Actor for JobSupervisor {
             max_attempts: job.max_attempts,
             backoff: job.policy.backoff(),
             waiting: BTreeSet::new(),
+            due: BTreeSet::new(),
             wake_at: None,
+            woke_at: None,
             executor: job.executor.clone(),
             handler,
             rt,
@@ -477,10 +491,20 @@ fn handle_msg(
             return Next::Stop;
         }
         SupervisorMsg::Claimed(result) => {
-            let repended = st.claiming.take().and_then(|c| c.repended);
+            let Claiming { repended, retries } = st.claiming.take().unwrap_or_default();
             match result {
                 Ok(items) => {
-                    if items.is_empty() && repended.is_none() {
+                    if let Some((from, max)) = retries {
+                        // The due retries from `from` to the last item
+                        // taken were taken (or are no longer pending); if
+                        // fewer came than asked for, the claim found none
+                        // after it either.
+                        let upto = match items.last() {
+                            Some(last) if items.len() == max as usize => last.index,
+                            _ => u32::MAX,
+                        };
+                        st.due.retain(|&i| i < from || i > upto);
+                    } else if items.is_empty() && repended.is_none() {
                         st.exhausted = true;
                     }
                     if let Some(last) = items.last() {
@@ -583,18 +607,26 @@ fn handle_msg(
                 st.wake_at = None;
             }
             let now = Instant::now();
+            st.woke_at = Some(now);
             while let Some(&(due, index)) = st.waiting.first()
                 && due <= now
             {
                 st.waiting.pop_first();
                 st.exhausted = false;
-                repend_from(st, index);
+                match index {
+                    // Past the bound the claims take it anyway.
+                    Some(index) if index < st.claim_from => {
+                        st.due.insert(index);
+                    }
+                    Some(_) => {}
+                    None => repend_from(st, 0),
+                }
             }
             set_wake_up(myself, st);
         }
         SupervisorMsg::Waiting(found) => {
             for (index, wait) in found {
-                wait_for_retry(myself, st, index, wait);
+                wait_for_retry(myself, st, Some(index), wait);
             }
         }
         SupervisorMsg::Resize { concurrency, reply } => {
@@ -746,7 +778,7 @@ fn on_done(
         // Pending again once its delay has passed.
         Finished::Failed {
             retry: Some(wait), ..
-        } if !wait.is_zero() => wait_for_retry(myself, st, index, wait),
+        } if !wait.is_zero() => wait_for_retry(myself, st, Some(index), wait),
         // The item may be pending again.
         Finished::Failed { .. } | Finished::Released | Finished::LeaseLost => {
             st.exhausted = false;
@@ -762,12 +794,11 @@ fn on_done(
     }
 }
 
-/// The item at `index` (or, for 0, any item) may be claimed again in
-/// `wait`: the claims' bound goes back to it then.
+/// The item at `index` (none: any item) may be claimed again in `wait`.
 fn wait_for_retry(
     myself: &ActorRef<SupervisorMsg>,
     st: &mut SupervisorState,
-    index: u32,
+    index: Option<u32>,
     wait: Duration,
 ) {
     st.waiting.insert((Instant::now() + wait, index));
@@ -795,11 +826,20 @@ fn find_waiting(myself: &ActorRef<SupervisorMsg>, st: &SupervisorState) {
     });
 }
 
+/// The least time between two wake-ups for retries: each wake-up costs a
+/// claim of its own (a job of short items with many retries waiting woke
+/// for nearly every one), and a retry may come this much after its time.
+const WAKE_SPACING: Duration = Duration::from_millis(20);
+
 /// Sets the wake-up timer for the first retry waiting, unless one is set
 /// for then or earlier.
 fn set_wake_up(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
-    let Some(&(due, _)) = st.waiting.first() else {
+    let Some(&(first, _)) = st.waiting.first() else {
         return;
+    };
+    let due = match st.woke_at {
+        Some(woke) => first.max(woke + WAKE_SPACING),
+        None => first,
     };
     if st.wake_at.is_some_and(|at| at <= due) {
         return;
@@ -816,6 +856,8 @@ fn set_wake_up(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
 /// and would raise the bound beyond them).
 fn repend_from(st: &mut SupervisorState, index: u32) {
     st.claim_from = st.claim_from.min(index);
+    // The claims take those from the bound on.
+    st.due.retain(|&i| i < index);
     if let Some(claim) = &mut st.claiming {
         claim.repended = Some(claim.repended.map_or(index, |r| r.min(index)));
     }
@@ -926,7 +968,7 @@ fn on_store_error(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, e:
                 // Every pending item waits for its retry (the store knows
                 // of waits this supervisor did not start: before a restart,
                 // or on another replica): look again when the first ends.
-                Some(wait) => wait_for_retry(myself, st, 0, wait),
+                Some(wait) => wait_for_retry(myself, st, None, wait),
                 None => {
                     st.exhausted = false;
                     repend_from(st, 0);
@@ -1116,9 +1158,20 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
             // Claim for idle workers at once; top up the read-ahead in
             // rounds, not an item at a time.
             let worth_it = waiting < idle || want >= (ahead / 4).max(1);
-            if want > 0 && worth_it && !st.exhausted {
-                claim(myself, st, want as u32);
-            } else if st.exhausted && st.queue.is_empty() && busy == 0 && st.waiting.is_empty() {
+            if want > 0
+                && worth_it
+                && let Some(&first) = st.due.first()
+            {
+                let max = st.due.len().min(want) as u32;
+                claim(myself, st, first, max, true);
+            } else if want > 0 && worth_it && !st.exhausted {
+                claim(myself, st, st.claim_from, want as u32, false);
+            } else if st.exhausted
+                && st.queue.is_empty()
+                && busy == 0
+                && st.waiting.is_empty()
+                && st.due.is_empty()
+            {
                 // `any_failed` is decided from the counters in `settle`.
                 settle(
                     myself,
@@ -1162,10 +1215,20 @@ fn dispatch(st: &mut SupervisorState) {
     }
 }
 
-fn claim(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, max: u32) {
-    st.claiming = Some(Claiming::default());
+/// Claims up to `max` of the job's pending items from `from_index`: its
+/// next items from the claims' bound, or the `retries` that are due.
+fn claim(
+    myself: &ActorRef<SupervisorMsg>,
+    st: &mut SupervisorState,
+    from_index: u32,
+    max: u32,
+    retries: bool,
+) {
+    st.claiming = Some(Claiming {
+        repended: None,
+        retries: retries.then_some((from_index, max)),
+    });
     let (writer, job, me) = (st.rt.writer.clone(), st.job, myself.clone());
-    let from_index = st.claim_from;
     let epoch = st.lease.as_ref().map(|l| l.epoch);
     tokio::spawn(async move {
         let result = writer
