@@ -3,17 +3,24 @@
 -- the item goes back to pending with `retry_at` set, and no claim takes it
 -- before then; the failure's event says when. A claim clears it.
 --
--- The batch functions take the delays as a new argument, so they are new
--- functions beside those of the same name (0005, 0009); those become calls
--- of the new ones without delays, for a server of an earlier version
--- sharing the database. jobvisor_write_successes (0011) keeps its
--- arguments: its claims skip the items still waiting.
+-- The batch functions take the delays, and a flag per claim for a claim
+-- of due retries only (c_due), as new arguments, so they are new functions
+-- beside those of the same name (0005, 0009, 0011); those become calls of
+-- the new ones without delays, for a server of an earlier version sharing
+-- the database (its claims skip the items still waiting too).
 ALTER TABLE items ADD COLUMN retry_at timestamptz;
+
+-- A claim of the retries whose wait is over (c_due) finds them through this
+-- index instead of walking every item since the first of them: in a job of
+-- short items, a retry that waited a second is tens of thousands of items
+-- behind the others. Only the rows of retries are in it, and only their
+-- updates change its columns: every other update of an item stays HOT.
+CREATE INDEX items_retrying ON items (job_id, idx) WHERE retry_at IS NOT NULL;
 
 CREATE FUNCTION jobvisor_write_batch(
     w_kind smallint[], w_job uuid[], w_idx integer[], w_lease bigint[],
     w_data bytea[], w_err text[], w_flag boolean[], w_delay integer[],
-    c_job uuid[], c_max integer[], c_from integer[], c_lease bigint[])
+    c_job uuid[], c_max integer[], c_from integer[], c_lease bigint[], c_due boolean[])
 RETURNS TABLE (
     tag smallint, pos integer, job uuid, idx integer, payload text,
     attempt integer, checkpoint bytea, lease bigint, state text,
@@ -64,13 +71,20 @@ BEGIN
     ),
     to_claim AS MATERIALIZED (
         SELECT c.pos, c.job, c.lease, x.tid
-        FROM unnest(c_job, c_max, c_from, c_lease) WITH ORDINALITY AS c(job, max, lo, lease, pos)
+        FROM unnest(c_job, c_max, c_from, c_lease, c_due)
+            WITH ORDINALITY AS c(job, max, lo, lease, due, pos)
         JOIN jobs AS j ON j.id = c.job AND j.state = 'running'
         CROSS JOIN LATERAL (
-            SELECT p.ctid AS tid FROM items AS p
-            WHERE p.job_id = c.job AND p.idx >= c.lo AND p.state = 0
-              AND (p.retry_at IS NULL OR p.retry_at <= now())
-            ORDER BY p.idx LIMIT c.max
+            (SELECT p.ctid AS tid FROM items AS p
+             WHERE NOT c.due AND p.job_id = c.job AND p.idx >= c.lo AND p.state = 0
+               AND (p.retry_at IS NULL OR p.retry_at <= now())
+             ORDER BY p.idx LIMIT c.max)
+            UNION ALL
+            -- Due retries only, through items_retrying.
+            (SELECT p.ctid AS tid FROM items AS p
+             WHERE c.due AND p.job_id = c.job AND p.idx >= c.lo
+               AND p.retry_at IS NOT NULL AND p.retry_at <= now() AND p.state = 0
+             ORDER BY p.idx LIMIT c.max)
         ) AS x
     ),
     -- The row versions found above, by their physical address: no second
@@ -145,7 +159,7 @@ CREATE FUNCTION jobvisor_write_batch_fenced(
     f_owner text, f_job uuid[], f_epoch bigint[],
     w_kind smallint[], w_job uuid[], w_idx integer[], w_lease bigint[],
     w_data bytea[], w_err text[], w_flag boolean[], w_delay integer[],
-    c_job uuid[], c_max integer[], c_from integer[], c_lease bigint[])
+    c_job uuid[], c_max integer[], c_from integer[], c_lease bigint[], c_due boolean[])
 RETURNS TABLE (
     tag smallint, pos integer, job uuid, idx integer, payload text,
     attempt integer, checkpoint bytea, lease bigint, state text,
@@ -178,13 +192,13 @@ BEGIN
         c_job,
         ARRAY(SELECT CASE WHEN t.job = ANY(held) THEN t.max ELSE 0 END
               FROM unnest(c_job, c_max) WITH ORDINALITY AS t(job, max, n) ORDER BY t.n),
-        c_from, c_lease);
+        c_from, c_lease, c_due);
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION jobvisor_write_successes(
+CREATE FUNCTION jobvisor_write_successes(
     w_job uuid[], w_idx integer[], w_lease bigint[], w_result text[],
-    c_job uuid[], c_max integer[], c_from integer[], c_lease bigint[])
+    c_job uuid[], c_max integer[], c_from integer[], c_lease bigint[], c_due boolean[])
 RETURNS TABLE (
     tag smallint, pos integer, job uuid, idx integer, payload text,
     attempt integer, checkpoint bytea, lease bigint, state text,
@@ -213,13 +227,20 @@ BEGIN
     ),
     to_claim AS MATERIALIZED (
         SELECT c.pos, c.job, c.lease, x.tid
-        FROM unnest(c_job, c_max, c_from, c_lease) WITH ORDINALITY AS c(job, max, lo, lease, pos)
+        FROM unnest(c_job, c_max, c_from, c_lease, c_due)
+            WITH ORDINALITY AS c(job, max, lo, lease, due, pos)
         JOIN jobs AS j ON j.id = c.job AND j.state = 'running'
         CROSS JOIN LATERAL (
-            SELECT p.ctid AS tid FROM items AS p
-            WHERE p.job_id = c.job AND p.idx >= c.lo AND p.state = 0
-              AND (p.retry_at IS NULL OR p.retry_at <= now())
-            ORDER BY p.idx LIMIT c.max
+            (SELECT p.ctid AS tid FROM items AS p
+             WHERE NOT c.due AND p.job_id = c.job AND p.idx >= c.lo AND p.state = 0
+               AND (p.retry_at IS NULL OR p.retry_at <= now())
+             ORDER BY p.idx LIMIT c.max)
+            UNION ALL
+            -- Due retries only, through items_retrying.
+            (SELECT p.ctid AS tid FROM items AS p
+             WHERE c.due AND p.job_id = c.job AND p.idx >= c.lo
+               AND p.retry_at IS NOT NULL AND p.retry_at <= now() AND p.state = 0
+             ORDER BY p.idx LIMIT c.max)
         ) AS x
     ),
     -- By the address the scan found, as in jobvisor_write_batch (0009).
@@ -281,7 +302,8 @@ LANGUAGE sql
 AS $$
     SELECT * FROM jobvisor_write_batch(
         w_kind, w_job, w_idx, w_lease, w_data, w_err, w_flag,
-        array_fill(0, ARRAY[cardinality(w_kind)]), c_job, c_max, c_from, c_lease);
+        array_fill(0, ARRAY[cardinality(w_kind)]), c_job, c_max, c_from, c_lease,
+        array_fill(false, ARRAY[cardinality(c_job)]));
 $$;
 
 CREATE OR REPLACE FUNCTION jobvisor_write_batch_fenced(
@@ -298,5 +320,21 @@ LANGUAGE sql
 AS $$
     SELECT * FROM jobvisor_write_batch_fenced(
         f_owner, f_job, f_epoch, w_kind, w_job, w_idx, w_lease, w_data, w_err, w_flag,
-        array_fill(0, ARRAY[cardinality(w_kind)]), c_job, c_max, c_from, c_lease);
+        array_fill(0, ARRAY[cardinality(w_kind)]), c_job, c_max, c_from, c_lease,
+        array_fill(false, ARRAY[cardinality(c_job)]));
+$$;
+
+CREATE OR REPLACE FUNCTION jobvisor_write_successes(
+    w_job uuid[], w_idx integer[], w_lease bigint[], w_result text[],
+    c_job uuid[], c_max integer[], c_from integer[], c_lease bigint[])
+RETURNS TABLE (
+    tag smallint, pos integer, job uuid, idx integer, payload text,
+    attempt integer, checkpoint bytea, lease bigint, state text,
+    total bigint, running bigint, succeeded bigint, failed bigint,
+    cancelled bigint, last_seq bigint, applied integer[])
+LANGUAGE sql
+AS $$
+    SELECT * FROM jobvisor_write_successes(
+        w_job, w_idx, w_lease, w_result, c_job, c_max, c_from, c_lease,
+        array_fill(false, ARRAY[cardinality(c_job)]));
 $$;

@@ -1237,6 +1237,7 @@ fn claim(
                     job,
                     max,
                     from_index,
+                    retries,
                 },
                 epoch,
             )

@@ -171,6 +171,10 @@ pub struct ClaimRequest {
     /// search starts. 0 is always correct; a higher bound saves walking
     /// over the items already done.
     pub from_index: u32,
+    /// Only retries whose wait is over (items a failure put back with a
+    /// delay), found without walking the items between them: how a
+    /// supervisor claims the retries that came due behind its bound.
+    pub retries: bool,
 }
 
 /// Writes and claims committed together (group commit).

@@ -119,6 +119,7 @@ async fn a_stale_worker_cannot_complete_or_checkpoint_its_old_item() {
             job: id,
             max,
             from_index: 0,
+            retries: false,
         }],
     };
     let old = store.write_batch(&claim(1)).await.unwrap().claimed[0][0].clone();

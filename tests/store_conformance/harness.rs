@@ -215,6 +215,7 @@ pub fn claim_of(job: JobId, max: u32) -> ClaimRequest {
         job,
         max,
         from_index: 0,
+        retries: false,
     }
 }
 

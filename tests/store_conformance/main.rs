@@ -96,6 +96,7 @@ conformance! {
         control::concurrency_changes_are_recorded,
         control::a_succeeded_items_result_is_kept,
         retries::a_retry_waits_for_its_delay,
+        retries::a_claim_of_due_retries_takes_only_them,
     ],
     postgres_gaps: [],
 }

@@ -241,16 +241,18 @@ async fn run_round(
         delays.push(delay);
     }
     // One statement sees one snapshot: two claims for the same job would
-    // take the same items. Claims of a job are merged into one (lowest
-    // bound, summed maximum) and its items shared out in order below.
-    let mut merged: Vec<(Uuid, u32, u32)> = Vec::new();
+    // take the same items. Claims of a job (of its next items, or of its
+    // due retries) are merged into one (lowest bound, summed maximum) and
+    // its items shared out in order below.
+    let mut merged: Vec<(Uuid, u32, u32, bool)> = Vec::new();
     for c in &batch.claims {
-        match merged.iter_mut().find(|(job, _, _)| *job == c.job.0) {
-            Some((_, max, from)) => {
+        let same = |m: &&mut (Uuid, u32, u32, bool)| m.0 == c.job.0 && m.3 == c.retries;
+        match merged.iter_mut().find(same) {
+            Some((_, max, from, _)) => {
                 *max = max.saturating_add(c.max);
                 *from = (*from).min(c.from_index);
             }
-            None => merged.push((c.job.0, c.max, c.from_index)),
+            None => merged.push((c.job.0, c.max, c.from_index, c.retries)),
         }
     }
     let claim_jobs: Vec<Uuid> = merged.iter().map(|m| m.0).collect();
@@ -263,6 +265,7 @@ async fn run_round(
         .map(|m| m.2.min(i32::MAX as u32) as i32)
         .collect();
     let claim_leases: Vec<i64> = merged.iter().map(|_| new_lease()).collect();
+    let claim_due: Vec<bool> = merged.iter().map(|m| m.3).collect();
 
     // Successes (and claims) only, the usual batch of short items: the
     // function for just those (migrations/postgres/0011), without the
@@ -275,7 +278,7 @@ async fn run_round(
             .all(|w| matches!(w.kind, WriteKind::Succeeded { .. }));
     let query = if successes_only {
         // Its result is already packed.
-        sqlx::query("SELECT * FROM jobvisor_write_successes($1, $2, $3, $4, $5, $6, $7, $8)")
+        sqlx::query("SELECT * FROM jobvisor_write_successes($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(&jobs)
             .bind(&indexes)
             .bind(&leases)
@@ -283,7 +286,7 @@ async fn run_round(
     } else {
         match fence {
             None => sqlx::query(packed!(
-                "jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                "jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             )),
             Some(fence) => {
                 // Every job the batch touches is fenced; one not listed has
@@ -306,7 +309,7 @@ async fn run_round(
                     .collect();
                 sqlx::query(packed!(
                     "jobvisor_write_batch_fenced($1, $2, $3, \
-                     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
                 ))
                 .bind(fence.owner.to_string())
                 .bind(fenced)
@@ -327,6 +330,7 @@ async fn run_round(
         .bind(&claim_max)
         .bind(&claim_from)
         .bind(&claim_leases)
+        .bind(&claim_due)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;
@@ -394,7 +398,10 @@ async fn run_round(
     }
     for c in &batch.claims {
         // Every claim's job is in `merged` (built from these claims).
-        let items = match merged.iter().position(|m| m.0 == c.job.0) {
+        let items = match merged
+            .iter()
+            .position(|m| m.0 == c.job.0 && m.3 == c.retries)
+        {
             Some(job) => {
                 let pool = &mut claimed_per_job[job];
                 let take = (c.max as usize).min(pool.len());
@@ -459,6 +466,7 @@ mod tests {
             job,
             max: 8,
             from_index,
+            retries: false,
         };
         let claim = |job| claim_from(job, 0);
         let ok = WriteKind::Succeeded { result: None };

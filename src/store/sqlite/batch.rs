@@ -224,23 +224,33 @@ async fn claim_items(
         _ => return Ok(Vec::new()),
     }
     let lease = new_lease();
-    let rows = sqlx::query(
+    // A claim of due retries only takes items with a wait (over by now).
+    let sql = if claim.retries {
+        "UPDATE items SET state = 1, lease = ?3, attempts = attempts + 1, updated_at = ?4, \
+            retry_at = NULL \
+         WHERE job_id = ?1 AND idx IN ( \
+            SELECT idx FROM items WHERE job_id = ?1 AND idx >= ?2 AND state = 0 \
+            AND retry_at IS NOT NULL AND retry_at <= ?4 \
+            ORDER BY idx LIMIT ?5) \
+         RETURNING idx, payload, attempts, checkpoint"
+    } else {
         "UPDATE items SET state = 1, lease = ?3, attempts = attempts + 1, updated_at = ?4, \
             retry_at = NULL \
          WHERE job_id = ?1 AND idx IN ( \
             SELECT idx FROM items WHERE job_id = ?1 AND idx >= ?2 AND state = 0 \
             AND (retry_at IS NULL OR retry_at <= ?4) \
             ORDER BY idx LIMIT ?5) \
-         RETURNING idx, payload, attempts, checkpoint",
-    )
-    .bind(claim.job.0)
-    .bind(i64::from(claim.from_index))
-    .bind(lease)
-    .bind(at)
-    .bind(i64::from(claim.max))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_error)?;
+         RETURNING idx, payload, attempts, checkpoint"
+    };
+    let rows = sqlx::query(sql)
+        .bind(claim.job.0)
+        .bind(i64::from(claim.from_index))
+        .bind(lease)
+        .bind(at)
+        .bind(i64::from(claim.max))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
     let mut items = rows
         .iter()
         .map(|row| {

@@ -121,6 +121,7 @@ pub async fn claims_honour_from_index_and_several_jobs(store: Arc<dyn Store>) {
                 job: a.id,
                 max: 2,
                 from_index: 3,
+                retries: false,
             }],
         },
     )
@@ -140,6 +141,7 @@ pub async fn claims_honour_from_index_and_several_jobs(store: Arc<dyn Store>) {
                 job: a.id,
                 max: 5,
                 from_index: 5,
+                retries: false,
             }],
         },
     )

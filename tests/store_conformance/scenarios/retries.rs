@@ -160,3 +160,48 @@ pub async fn a_retry_waits_for_its_delay(store: Arc<dyn Store>) {
     assert!(claim(&store, job.id, 10).await.is_empty());
     consistent(&store, job.id).await;
 }
+
+/// A claim of due retries only (`retries: true`) takes the items whose
+/// wait is over, from its bound on, and nothing else that is pending.
+pub async fn a_claim_of_due_retries_takes_only_them(store: Arc<dyn Store>) {
+    let job = create(&store, &spec(6)).await;
+    let first = claim(&store, job.id, 6).await;
+    let lease = first[0].lease;
+    let short = Duration::from_millis(300);
+    assert!(write(&store, job.id, 1, lease, failed_after(short)).await);
+    assert!(write(&store, job.id, 3, lease, failed_after(short)).await);
+    assert!(
+        write(
+            &store,
+            job.id,
+            4,
+            lease,
+            failed_after(Duration::from_secs(60))
+        )
+        .await
+    );
+    let back = WriteKind::Released { refund: true };
+    assert!(write(&store, job.id, 2, lease, back).await);
+    let retries = |from_index, max| Batch {
+        writes: vec![],
+        claims: vec![jobvisor::store::ClaimRequest {
+            job: job.id,
+            max,
+            from_index,
+            retries: true,
+        }],
+    };
+    // Not yet due: nothing, though item 2 is pending.
+    assert!(batch(&store, retries(0, 10)).await.claimed[0].is_empty());
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    // Due: items 1 and 3, lowest first and no more than asked; not item 2
+    // (pending, but no retry) nor item 4 (still waiting).
+    let out = batch(&store, retries(0, 1)).await;
+    assert_eq!(indexes(&out.claimed[0]), vec![(1, 2)]);
+    let out = batch(&store, retries(2, 10)).await;
+    assert_eq!(indexes(&out.claimed[0]), vec![(3, 2)]);
+    assert!(batch(&store, retries(0, 10)).await.claimed[0].is_empty());
+    // The next items from the bound: item 2.
+    assert_eq!(indexes(&claim(&store, job.id, 10).await), vec![(2, 1)]);
+    consistent(&store, job.id).await;
+}
