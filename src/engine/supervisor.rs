@@ -774,7 +774,11 @@ fn on_done(
         s.recovering = false;
     }
     match finished {
-        Finished::Succeeded | Finished::Cancelled => {}
+        // Failed for good (the worker said so, and the store agrees: it
+        // fails an item the worker calls permanent): nothing goes back to
+        // pending. Lowering the claims' bound to it would make the next
+        // claim walk every item since, which after a retry's wait is far.
+        Finished::Succeeded | Finished::Cancelled | Finished::Failed { retry: None, .. } => {}
         // Pending again once its delay has passed.
         Finished::Failed {
             retry: Some(wait), ..
