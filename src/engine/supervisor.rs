@@ -507,7 +507,11 @@ fn handle_msg(
                     } else if items.is_empty() && repended.is_none() {
                         st.exhausted = true;
                     }
-                    if let Some(last) = items.last() {
+                    // A claim of the next items took every pending item up
+                    // to its last; one of due retries took only those.
+                    if let Some(last) = items.last()
+                        && retries.is_none()
+                    {
                         st.claim_from = st.claim_from.max(last.index + 1);
                     }
                     // The claim may have been answered from before those
