@@ -225,22 +225,24 @@ async fn claim_items(
     }
     let lease = new_lease();
     // A claim of due retries only takes items with a wait (over by now).
+    macro_rules! claim_sql {
+        ($due:literal) => {
+            concat!(
+                "UPDATE items SET state = 1, lease = ?3, attempts = attempts + 1, \
+                    updated_at = ?4, retry_at = NULL \
+                 WHERE job_id = ?1 AND idx IN ( \
+                    SELECT idx FROM items WHERE job_id = ?1 AND idx >= ?2 AND state = 0 \
+                    AND ",
+                $due,
+                " ORDER BY idx LIMIT ?5) \
+                 RETURNING idx, payload, attempts, checkpoint"
+            )
+        };
+    }
     let sql = if claim.retries {
-        "UPDATE items SET state = 1, lease = ?3, attempts = attempts + 1, updated_at = ?4, \
-            retry_at = NULL \
-         WHERE job_id = ?1 AND idx IN ( \
-            SELECT idx FROM items WHERE job_id = ?1 AND idx >= ?2 AND state = 0 \
-            AND retry_at IS NOT NULL AND retry_at <= ?4 \
-            ORDER BY idx LIMIT ?5) \
-         RETURNING idx, payload, attempts, checkpoint"
+        claim_sql!("retry_at IS NOT NULL AND retry_at <= ?4")
     } else {
-        "UPDATE items SET state = 1, lease = ?3, attempts = attempts + 1, updated_at = ?4, \
-            retry_at = NULL \
-         WHERE job_id = ?1 AND idx IN ( \
-            SELECT idx FROM items WHERE job_id = ?1 AND idx >= ?2 AND state = 0 \
-            AND (retry_at IS NULL OR retry_at <= ?4) \
-            ORDER BY idx LIMIT ?5) \
-         RETURNING idx, payload, attempts, checkpoint"
+        claim_sql!("(retry_at IS NULL OR retry_at <= ?4)")
     };
     let rows = sqlx::query(sql)
         .bind(claim.job.0)
