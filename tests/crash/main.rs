@@ -408,3 +408,144 @@ async fn the_embedded_store_survives_a_kill() {
         .into_inner();
     assert_eq!(kept.id, done.id);
 }
+
+/// A SIGKILL while a retry waits for its delay: after the restart the wait
+/// still holds (each attempt comes no earlier than its time), the other
+/// items end once each, and the failing item has exactly its attempts.
+#[tokio::test]
+async fn a_kill_while_a_retry_waits_keeps_the_wait() {
+    use sqlx::{Connection, Executor};
+    let admin = admin_url();
+    let name = format!("jv_crash_retry_{}", std::process::id());
+    let mut pg_admin = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at {admin} ({e}); start it with \
+             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+            )
+        });
+    pg_admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .await
+        .unwrap();
+    pg_admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let spec = ServerSpec {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
+        addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
+        database_url: url.clone(),
+        args: vec![],
+        log: log.path().to_path_buf(),
+        env: vec![],
+        cwd: None,
+    };
+    let connect = || async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", spec.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        JobServiceClient::new(channel)
+    };
+    let mut server = ServerProcess::start(&spec).await.unwrap();
+    // Item 3 fails on every attempt: 1.5 s, then 3 s before its retries.
+    let job = connect()
+        .await
+        .start_job(pb::StartJobRequest {
+            name: "waits".into(),
+            executor: "sleep".into(),
+            items: (0..40).map(|i| format!("item-{i}")).collect(),
+            concurrency: 2,
+            params: [
+                ("duration_ms".to_string(), "50".to_string()),
+                ("fail_pattern".into(), "^item-3$".into()),
+            ]
+            .into(),
+            max_attempts: 3,
+            retry_delay: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 500_000_000,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut pg = sqlx::PgConnection::connect(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: Option<bool> = sqlx::query_scalar(
+            "SELECT retry_at > now() FROM items \
+             WHERE job_id = $1::uuid AND idx = 3 AND state = 0 AND attempts = 1",
+        )
+        .bind(&job.id)
+        .fetch_optional(&mut pg)
+        .await
+        .unwrap()
+        .flatten();
+        if waiting == Some(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "item 3 never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9().unwrap();
+    let _server = ServerProcess::start(&spec).await.unwrap();
+    let mut client = connect().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let j = client
+            .get_job(pb::GetJobRequest {
+                job_id: job.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.end_time.is_some() {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {j:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.state, pb::JobState::Failed as i32);
+    let counts = done.counts.unwrap();
+    assert_eq!((counts.succeeded, counts.failed), (39, 1));
+    // The store agrees with the counters: 39 items succeeded, once each
+    // counted; item 3 failed after exactly its three attempts.
+    let items: Vec<(i32, i16, i32)> = sqlx::query_as(
+        "SELECT idx, state, attempts FROM items WHERE job_id = $1::uuid ORDER BY idx",
+    )
+    .bind(&job.id)
+    .fetch_all(&mut pg)
+    .await
+    .unwrap();
+    assert_eq!(items.iter().filter(|i| i.1 == 2).count(), 39);
+    assert_eq!(items[3], (3, 3, 3));
+    // Each attempt of item 3 came no earlier than its wait allowed.
+    let failed_at: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM at)::float8 FROM job_events \
+         WHERE job_id = $1::uuid AND kind = 'item_failed' ORDER BY seq",
+    )
+    .bind(&job.id)
+    .fetch_all(&mut pg)
+    .await
+    .unwrap();
+    assert_eq!(failed_at.len(), 3, "three failures of item 3");
+    assert!(failed_at[1] - failed_at[0] >= 1.5, "{failed_at:?}");
+    assert!(failed_at[2] - failed_at[1] >= 3.0, "{failed_at:?}");
+    drop(pg);
+    drop(_server);
+    pg_admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .await
+        .unwrap();
+}
