@@ -276,10 +276,7 @@ impl SleepJob {
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,
             params,
-            retry_delay: self.retry_delay.map(|d| prost_types::Duration {
-                seconds: d.as_secs() as i64,
-                nanos: d.subsec_nanos() as i32,
-            }),
+            retry_delay: self.retry_delay.and_then(|d| d.try_into().ok()),
             ..Default::default()
         }
     }

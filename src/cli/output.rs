@@ -143,15 +143,19 @@ fn policy_lines(p: &pb::JobPolicy) -> Vec<String> {
             p.pause_on_failure_ratio * 100.0
         ));
     }
-    if let Some(first) = p.retry_delay {
-        let first = std(first);
-        let max = p
-            .retry_delay_max
-            .map_or(first.max(crate::domain::job::DEFAULT_RETRY_DELAY_MAX), std);
+    if p.retry_delay.is_some() {
+        // The server's own reading of the two delays (the cap's default).
+        let ms = |d: Option<prost_types::Duration>| d.map(|d| std(d).as_millis() as u64);
+        let backoff = crate::domain::JobPolicy {
+            retry_delay_ms: ms(p.retry_delay),
+            retry_delay_max_ms: ms(p.retry_delay_max),
+            ..Default::default()
+        }
+        .backoff();
         lines.push(format!(
             "retries:   after {}, twice as long each time, at most {}",
-            humantime::format_duration(first),
-            humantime::format_duration(max)
+            humantime::format_duration(backoff.first()),
+            humantime::format_duration(backoff.cap())
         ));
     }
     lines

@@ -41,6 +41,9 @@ pub struct JobPolicy {
 /// The longest wait before a retry when the job does not say.
 pub const DEFAULT_RETRY_DELAY_MAX: Duration = Duration::from_secs(3600);
 
+/// The longest wait before a retry a job or an executor may ask for.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
+
 /// The most a retry's wait is lengthened at random, as a share of it.
 pub const RETRY_JITTER: f64 = 0.2;
 
@@ -69,6 +72,20 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// The first wait (zero: retried at once).
+    pub fn first(&self) -> Duration {
+        Duration::from_millis(self.first_ms)
+    }
+
+    /// The longest wait: the job's cap, or [`DEFAULT_RETRY_DELAY_MAX`] (the
+    /// first wait if that is longer).
+    pub fn cap(&self) -> Duration {
+        match self.max_ms {
+            0 => DEFAULT_RETRY_DELAY_MAX.max(self.first()),
+            ms => Duration::from_millis(ms),
+        }
+    }
+
     /// How long an item waits after its attempt number `attempt` (from 1)
     /// failed, before it may be claimed again: the first delay doubled for
     /// each attempt after the first, at most the cap, then lengthened by
@@ -78,11 +95,7 @@ impl Backoff {
         if self.first_ms == 0 {
             return Duration::ZERO;
         }
-        let first = Duration::from_millis(self.first_ms);
-        let max = match self.max_ms {
-            0 => DEFAULT_RETRY_DELAY_MAX.max(first),
-            ms => Duration::from_millis(ms),
-        };
+        let (first, max) = (self.first(), self.cap());
         let doublings = attempt.saturating_sub(1).min(31);
         let wait = first
             .checked_mul(1 << doublings)

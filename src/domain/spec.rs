@@ -82,9 +82,6 @@ pub struct NewJob {
     pub retry_delay_max_ms: u64,
 }
 
-/// Longest wait before a retry: a day.
-const MAX_RETRY_DELAY_MS: u64 = 24 * 3600 * 1000;
-
 /// Longest running-time budget: 30 days.
 const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -251,12 +248,12 @@ fn parse_policy(input: &NewJob, bad: &mut Vec<FieldViolation>) -> JobPolicy {
 fn parse_retry_delays(input: &NewJob, policy: &mut JobPolicy, bad: &mut Vec<FieldViolation>) {
     let (delay, max) = (input.retry_delay_ms, input.retry_delay_max_ms);
     for (field, ms) in [("retry_delay", delay), ("retry_delay_max", max)] {
-        if ms > MAX_RETRY_DELAY_MS {
+        if u128::from(ms) > super::job::MAX_RETRY_DELAY.as_millis() {
             bad.push(FieldViolation::new(
                 field,
                 format!(
                     "is longer than the limit of {} hours",
-                    MAX_RETRY_DELAY_MS / 3_600_000
+                    super::job::MAX_RETRY_DELAY.as_secs() / 3600
                 ),
             ));
         }

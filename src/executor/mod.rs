@@ -119,8 +119,9 @@ pub struct ItemContext {
     retry_after: Option<Duration>,
 }
 
-/// The longest wait a handler may ask for before the next attempt: a day.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// The longest wait a handler may ask for before the next attempt: as
+/// long as a job's own delay may be.
+pub use crate::domain::job::MAX_RETRY_DELAY as MAX_RETRY_AFTER;
 
 impl fmt::Debug for ItemContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
