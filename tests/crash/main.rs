@@ -38,6 +38,33 @@ fn config(items: u32, schedule: &[(Fault, u32)], seed: u64) -> ChaosConfig {
     }
 }
 
+/// A client of the server at `addr`.
+async fn connect(addr: SocketAddr) -> JobServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    JobServiceClient::new(channel)
+}
+
+/// Polls the job until it has ended (at most a minute) and returns it.
+async fn wait_end(mut client: JobServiceClient<tonic::transport::Channel>, id: String) -> pb::Job {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = client
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.end_time.is_some() {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {j:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn seed() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -166,14 +193,7 @@ async fn sigterm_drains_and_the_job_continues_after_restart() {
         cwd: None,
     };
     let mut server = ServerProcess::start(&spec).await.unwrap();
-    let connect = || async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", spec.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        JobServiceClient::new(channel)
-    };
+    let connect = || connect(spec.addr);
     let mut client = connect().await;
     let job = client
         .start_job(pb::StartJobRequest {
@@ -327,14 +347,7 @@ async fn the_embedded_store_survives_a_kill() {
         env: vec![],
         cwd: Some(dir.path().to_path_buf()),
     };
-    let connect = || async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", spec.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        JobServiceClient::new(channel)
-    };
+    let connect = || connect(spec.addr);
     let job = |items: u32, ms: &str| pb::StartJobRequest {
         name: "embedded".into(),
         executor: "sleep".into(),
@@ -347,22 +360,6 @@ async fn the_embedded_store_survives_a_kill() {
         .into(),
         ..Default::default()
     };
-    let wait_end = |mut client: JobServiceClient<tonic::transport::Channel>, id: String| async move {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let j = client
-                .get_job(pb::GetJobRequest { job_id: id.clone() })
-                .await
-                .unwrap()
-                .into_inner();
-            if j.end_time.is_some() {
-                return j;
-            }
-            assert!(Instant::now() < deadline, "the job did not finish: {j:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-
     // First run: a job to completion; the store is created on the way.
     let mut server = ServerProcess::start(&spec).await.unwrap();
     let mut client = connect().await;
@@ -446,14 +443,7 @@ async fn a_kill_while_a_retry_waits_keeps_the_wait() {
         env: vec![],
         cwd: None,
     };
-    let connect = || async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", spec.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        JobServiceClient::new(channel)
-    };
+    let connect = || connect(spec.addr);
     let mut server = ServerProcess::start(&spec).await.unwrap();
     // Item 3 fails on every attempt: 1.5 s, then 3 s before its retries.
     let job = connect()
@@ -498,22 +488,7 @@ async fn a_kill_while_a_retry_waits_keeps_the_wait() {
     }
     server.kill9().unwrap();
     let _server = ServerProcess::start(&spec).await.unwrap();
-    let mut client = connect().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let j = client
-            .get_job(pb::GetJobRequest {
-                job_id: job.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if j.end_time.is_some() {
-            break j;
-        }
-        assert!(Instant::now() < deadline, "the job did not finish: {j:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = wait_end(connect().await, job.id.clone()).await;
     assert_eq!(done.state, pb::JobState::Failed as i32);
     let counts = done.counts.unwrap();
     assert_eq!((counts.succeeded, counts.failed), (39, 1));
