@@ -8,8 +8,9 @@
 //!
 //! What it reports, one line each on stdout (see [`super::protocol`]):
 //! `@checkpoint <text>`, `@progress <fraction>` or `@progress <done>/<total>`,
-//! `@result <text>`, `@retry-after <wait>`. Any other output (stdout or stderr) is kept as the
-//! item's log tail and shown in its error if it fails.
+//! `@result <text>`, `@retry-after <wait>`. Any other output (stdout or
+//! stderr) is kept as the item's log tail and shown in its error if it
+//! fails.
 //!
 //! How it ends: exit 0 = succeeded; an exit code listed in
 //! `permanent_exit_codes` (default 100) = failed without retry; any other
