@@ -45,6 +45,10 @@ pub fn describe() {
         "jobvisor_jobs_finished_total",
         "Jobs that reached a terminal state, by state."
     );
+    describe_counter!(
+        "jobvisor_jobs_deleted_total",
+        "Ended jobs deleted, by why: a DeleteJob call or the retention."
+    );
     describe_histogram!(
         "jobvisor_pause_duration_seconds",
         Unit::Seconds,
@@ -132,6 +136,11 @@ pub fn job_control(name: &'static str) {
 
 pub fn job_finished(state: &str) {
     counter!("jobvisor_jobs_finished_total", "state" => state.to_string()).increment(1);
+}
+
+/// `by`: "call" (DeleteJob) or "retention".
+pub fn jobs_deleted(by: &'static str, n: usize) {
+    counter!("jobvisor_jobs_deleted_total", "by" => by).increment(n as u64);
 }
 
 pub fn pause_lasted(d: Duration) {

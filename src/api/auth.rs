@@ -32,7 +32,8 @@ pub enum Permission {
     Read,
     /// StartJob.
     Start,
-    /// PauseJob, ResumeJob, CancelJob and the other control calls.
+    /// PauseJob, ResumeJob, CancelJob, DeleteJob and the other control
+    /// calls.
     Control,
     /// Everything.
     Admin,
@@ -304,6 +305,7 @@ mod tests {
         assert_eq!(p("WatchJob"), Some(Permission::Read));
         assert_eq!(p("StartJob"), Some(Permission::Start));
         assert_eq!(p("PauseJob"), Some(Permission::Control));
+        assert_eq!(p("DeleteJob"), Some(Permission::Control));
         assert_eq!(Permission::for_method("/grpc.health.v1.Health/Check"), None);
     }
 }

@@ -322,6 +322,23 @@ impl JobService for JobApi {
         Ok(Response::new(convert::job(&job)))
     }
 
+    async fn delete_job(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let who = caller(&request);
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", &r.job_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
+        self.visible(&who, id).await?;
+        let job = self.engine.delete_job(id).await?;
+        Ok(Response::new(pb::DeleteJobResponse {
+            job: Some(convert::job(&job)),
+        }))
+    }
+
     async fn control_jobs(
         &self,
         request: Request<pb::ControlJobsRequest>,

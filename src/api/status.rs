@@ -64,6 +64,7 @@ impl From<EngineError> for Status {
                     | crate::domain::Refusal::NotCancellable(s)
                     | crate::domain::Refusal::NotRetryable(s)
                     | crate::domain::Refusal::Ended(s)
+                    | crate::domain::Refusal::NotDeletable(s)
                     | crate::domain::Refusal::Stale { state: s, .. } => s,
                 };
                 with_reason(

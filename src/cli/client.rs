@@ -397,6 +397,28 @@ pub async fn retry(args: JobArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Deletes an ended job; prints it as it was.
+pub async fn delete(args: JobArgs) -> anyhow::Result<ExitCode> {
+    let answer = args
+        .conn
+        .client()
+        .await?
+        .delete_job(request(pb::DeleteJobRequest {
+            job_id: args.job_id,
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let job = answer
+        .job
+        .ok_or_else(|| anyhow::anyhow!("the server deleted the job but did not return it"))?;
+    if !args.conn.json {
+        println!("deleted:");
+    }
+    output::print_job(&job, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Debug, Args)]
 pub struct ScaleArgs {
     #[command(flatten)]

@@ -36,6 +36,9 @@ enum Command {
     Retry(client::JobArgs),
     /// Change how many items a job runs at once.
     Scale(client::ScaleArgs),
+    /// Delete an ended job with its items and events (a job that has not
+    /// ended is refused: cancel it first).
+    Delete(client::JobArgs),
     /// Pause, resume or cancel many jobs at once (by label and/or id).
     /// Exit code 5 if any job refused.
     Control(client::BulkArgs),
@@ -68,6 +71,7 @@ pub async fn run() -> ExitCode {
         Command::Cancel(args) => client::cancel(args).await,
         Command::Retry(args) => client::retry(args).await,
         Command::Scale(args) => client::scale(args).await,
+        Command::Delete(args) => client::delete(args).await,
         Command::Control(args) => client::bulk(args).await,
         Command::Get(args) => client::get(args).await,
         Command::List(args) => client::list(args).await,

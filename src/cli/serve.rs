@@ -77,6 +77,12 @@ pub struct ServeArgs {
           value_parser = humantime::parse_duration)]
     watch_window: Duration,
 
+    /// Delete ended jobs (SUCCEEDED, FAILED, CANCELLED) this long after
+    /// they ended, with their items, events and pause history, e.g. 30d.
+    /// Without it, ended jobs are kept until a DeleteJob call.
+    #[arg(long, env = "JOBVISOR_RETENTION", value_parser = humantime::parse_duration)]
+    retention: Option<Duration>,
+
     /// Threads of the engine's own runtime: its actors, the group
     /// committer, the executors' async code. The gRPC connections (and
     /// every WatchJob stream) run on other threads. Default: half the
@@ -192,6 +198,17 @@ impl ServeArgs {
                 humantime::format_duration(self.watch_window)
             );
         }
+        if let Some(retention) = self.retention {
+            if retention < Duration::from_secs(1) {
+                anyhow::bail!(
+                    "--retention (JOBVISOR_RETENTION) must be at least 1s, got {}",
+                    humantime::format_duration(retention)
+                );
+            }
+            if chrono::Duration::from_std(retention).is_err() {
+                anyhow::bail!("--retention (JOBVISOR_RETENTION) is too long");
+            }
+        }
         config.database.max_connections = self.db_max_connections;
         config.database.acquire_timeout = self.db_acquire_timeout;
         config.shutdown_grace = self.shutdown_grace;
@@ -201,6 +218,7 @@ impl ServeArgs {
         config.engine.pipelined_acks = self.pipelined_acks;
         config.engine.pipeline_depth = self.pipeline_depth;
         config.engine.watch_window = self.watch_window;
+        config.engine.retention = self.retention;
         config.engine_threads = self.engine_threads.map(usize::from);
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(server::TlsFiles {

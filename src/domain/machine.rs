@@ -81,6 +81,10 @@ pub enum Refusal {
     /// A change that only makes sense before the job ends.
     #[error("the job has ended ({0})")]
     Ended(JobState),
+    #[error(
+        "a {0} job cannot be deleted: only an ended job can (cancel it and wait for CANCELLED)"
+    )]
+    NotDeletable(JobState),
 }
 
 impl Refusal {
@@ -93,7 +97,18 @@ impl Refusal {
             Refusal::NotRetryable(_) => "JOB_NOT_RETRYABLE",
             Refusal::Stale { .. } => "JOB_STATE_CHANGED",
             Refusal::Ended(_) => "JOB_FINISHED",
+            Refusal::NotDeletable(_) => "JOB_NOT_DELETABLE",
         }
+    }
+}
+
+/// Whether a job in `state` may be deleted: only once it has ended, so
+/// that no supervisor, worker or claim can still write for it.
+pub fn deletable(state: JobState) -> Result<(), Refusal> {
+    if state.is_terminal() {
+        Ok(())
+    } else {
+        Err(Refusal::NotDeletable(state))
     }
 }
 
@@ -230,6 +245,24 @@ mod tests {
             assert_eq!(cell(state, Command::Resume), r, "ResumeJob on {state}");
             assert_eq!(cell(state, Command::Cancel), c, "CancelJob on {state}");
         }
+    }
+
+    #[test]
+    fn only_an_ended_job_may_be_deleted() {
+        use JobState as S;
+        for state in JobState::ALL {
+            let expected = match state {
+                S::Succeeded | S::Failed | S::Cancelled => Ok(()),
+                S::Running | S::Pausing | S::Paused | S::Cancelling => {
+                    Err(Refusal::NotDeletable(state))
+                }
+            };
+            assert_eq!(deletable(state), expected, "DeleteJob on {state}");
+        }
+        assert_eq!(
+            Refusal::NotDeletable(S::Running).reason_code(),
+            "JOB_NOT_DELETABLE"
+        );
     }
 
     #[test]

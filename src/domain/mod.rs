@@ -12,6 +12,6 @@ pub mod state;
 pub use event::{EventBody, JobEvent};
 pub use ids::JobId;
 pub use job::{Backoff, Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance};
-pub use machine::{Command, Decision, Effect, Refusal, decide};
+pub use machine::{Command, Decision, Effect, Refusal, decide, deletable};
 pub use spec::{FieldViolation, JobSpec, Limits, NewJob};
 pub use state::{ItemState, JobState, PauseMode};

@@ -13,6 +13,7 @@ mod hub;
 mod manager;
 mod policy;
 mod queue;
+mod retention;
 mod supervisor;
 mod watch;
 mod worker;
@@ -68,6 +69,9 @@ pub struct EngineConfig {
     pub pipelined_acks: bool,
     /// Outcomes a worker may have committing at once with `pipelined_acks`.
     pub pipeline_depth: u32,
+    /// Ended jobs older than this are deleted (none: kept until a
+    /// DeleteJob call).
+    pub retention: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -93,6 +97,7 @@ impl Default for EngineConfig {
             control_timeout: Duration::from_secs(5),
             pipelined_acks: false,
             pipeline_depth: 32,
+            retention: None,
         }
     }
 }
@@ -322,6 +327,7 @@ impl Engine {
         let _ = slot.set(engine.clone());
         let adopted = engine.adopt().await?;
         engine.schedule_resumes();
+        engine.schedule_pruning();
         Ok((engine, adopted))
     }
 

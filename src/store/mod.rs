@@ -45,6 +45,9 @@ pub enum StoreError {
         running: u64,
         retry_in: Option<std::time::Duration>,
     },
+    /// The job has not ended, so it may not be deleted.
+    #[error("job is {0}; only an ended job may be deleted")]
+    NotEnded(JobState),
     /// AIP-155: the request id was first used for a different request.
     #[error("request id {0:?} was already used for a different request")]
     RequestIdReused(String),
@@ -88,6 +91,31 @@ pub struct TransitionWrite {
     pub pause_mode: Option<PauseMode>,
     /// With `Effect::OpenPause`: when the job resumes by itself.
     pub resume_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How much one retention batch ([`Store::delete_ended`]) may delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneLimits {
+    pub jobs: u32,
+    pub items: u64,
+}
+
+impl PruneLimits {
+    /// Which of `candidates` (id, items; the oldest first) one batch
+    /// deletes: the first always, then more while the jobs fit in
+    /// `self.jobs` and their items in `self.items`.
+    pub fn take(self, candidates: &[(JobId, u64)]) -> Vec<JobId> {
+        let mut items = 0u64;
+        let mut taken = Vec::new();
+        for &(id, n) in candidates.iter().take(self.jobs as usize) {
+            if !taken.is_empty() && items.saturating_add(n) > self.items {
+                break;
+            }
+            items = items.saturating_add(n);
+            taken.push(id);
+        }
+        taken
+    }
 }
 
 /// A filter and page for [`Store::list_jobs`].
@@ -276,6 +304,22 @@ pub trait Store: Send + Sync + 'static {
         provenance: &Provenance,
     ) -> Result<Job, StoreError>;
 
+    /// Deletes an ended job with its items, events and pause history, in
+    /// one transaction, and returns it as it was; `NotEnded` if the job has
+    /// not ended (checked under the job's lock, so a concurrent retry or
+    /// a supervisor cannot reopen it meanwhile).
+    async fn delete_job(&self, id: JobId) -> Result<Job, StoreError>;
+
+    /// Retention: deletes jobs that ended before `before`, the oldest
+    /// first, in one transaction: at most `limits.jobs` jobs, and no more
+    /// jobs past the first once their items would pass `limits.items`.
+    /// Returns the ids deleted (none: nothing is that old).
+    async fn delete_ended(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limits: PruneLimits,
+    ) -> Result<Vec<JobId>, StoreError>;
+
     /// PAUSING or PAUSED jobs whose open pause asked to resume by `now`.
     async fn due_resumes(
         &self,
@@ -384,5 +428,35 @@ pub trait Store: Send + Sync + 'static {
             counts.push((state, n));
         }
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs(items: &[u64]) -> Vec<(JobId, u64)> {
+        items
+            .iter()
+            .map(|&n| (JobId(uuid::Uuid::new_v4()), n))
+            .collect()
+    }
+
+    #[test]
+    fn a_retention_batch_stops_at_its_job_and_item_limits() {
+        let limits = PruneLimits {
+            jobs: 3,
+            items: 100,
+        };
+        let c = jobs(&[40, 50, 5, 1]);
+        // Three jobs at most.
+        assert_eq!(limits.take(&c), vec![c[0].0, c[1].0, c[2].0]);
+        // Items: 40 + 50 fit, 40 + 50 + 20 do not.
+        let c = jobs(&[40, 50, 20]);
+        assert_eq!(limits.take(&c), vec![c[0].0, c[1].0]);
+        // A job larger than the limit on its own is still deleted, alone.
+        let c = jobs(&[1_000, 1]);
+        assert_eq!(limits.take(&c), vec![c[0].0]);
+        assert!(limits.take(&[]).is_empty());
     }
 }

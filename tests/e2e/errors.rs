@@ -427,3 +427,26 @@ fn a_watch_window_over_a_second_is_refused() {
     // Nothing was created.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// A retention under a second, or one that is not a duration, stops the
+/// server before it touches any store, naming the flag.
+#[test]
+fn a_bad_retention_is_refused() {
+    for (value, expected) in [("500ms", "at least 1s"), ("a month", "invalid value")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobvisor"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--retention", value])
+            .env_remove("DATABASE_URL")
+            .env("JOBVISOR_METRICS_LISTEN", "off")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--retention") && stderr.contains(expected),
+            "{value}: {stderr}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

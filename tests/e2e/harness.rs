@@ -146,6 +146,8 @@ pub struct Options {
     pub acquire_timeout: Duration,
     pub max_request_bytes: usize,
     pub pipelined_acks: bool,
+    /// `serve --retention`.
+    pub retention: Option<Duration>,
 }
 
 impl Default for Options {
@@ -157,6 +159,7 @@ impl Default for Options {
             acquire_timeout: Duration::from_secs(3),
             max_request_bytes: 64 * 1024 * 1024,
             pipelined_acks: false,
+            retention: None,
         }
     }
 }
@@ -262,6 +265,7 @@ async fn start_server(
     config.database.acquire_timeout = options.acquire_timeout;
     config.max_request_bytes = options.max_request_bytes;
     config.engine.pipelined_acks = options.pipelined_acks;
+    config.engine.retention = options.retention;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();

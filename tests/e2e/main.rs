@@ -3,6 +3,7 @@
 
 mod control;
 mod controls;
+mod deletion;
 mod discovery;
 mod embedded;
 mod errors;

@@ -97,6 +97,9 @@ conformance! {
         control::a_succeeded_items_result_is_kept,
         retries::a_retry_waits_for_its_delay,
         retries::a_claim_of_due_retries_takes_only_them,
+        deletion::an_ended_job_is_deleted_with_all_it_holds,
+        deletion::a_job_that_has_not_ended_is_not_deleted,
+        deletion::the_retention_deletes_the_oldest_ended_jobs_in_batches,
     ],
     postgres_gaps: [],
 }

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{
     domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, Provenance},
-    store::{Created, Lease, Recovery, StoreError, TransitionWrite},
+    store::{Created, Lease, PruneLimits, Recovery, StoreError, TransitionWrite},
 };
 use sqlx::{PgConnection, PgPool, types::Json};
 use std::time::Duration;
@@ -341,6 +341,60 @@ pub(super) async fn set_concurrency(
         .ok_or(StoreError::NotFound(id))?;
     tx.commit().await.map_err(db_error)?;
     Ok(job)
+}
+
+pub(super) async fn delete_job(pool: &PgPool, id: JobId) -> Result<Job, StoreError> {
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    let state = lock_job(&mut tx, id).await?;
+    crate::domain::deletable(state).map_err(|_| StoreError::NotEnded(state))?;
+    let job = rows::fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    // Its items go with it (trigger jobs_deleted), its events, pauses and
+    // lease by their foreign keys.
+    sqlx::query("DELETE FROM jobs WHERE id = $1")
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(job)
+}
+
+pub(super) async fn delete_ended(
+    pool: &PgPool,
+    before: chrono::DateTime<chrono::Utc>,
+    limits: PruneLimits,
+) -> Result<Vec<JobId>, StoreError> {
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    // Locked, so that a RetryFailedItems cannot reopen one meanwhile;
+    // skipped if locked, so that replicas pruning at once share the work.
+    let candidates: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "SELECT id, total_items FROM jobs \
+         WHERE state IN ('succeeded', 'failed', 'cancelled') AND ended_at < $1 \
+         ORDER BY ended_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(before)
+    .bind(i64::from(limits.jobs))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let candidates: Vec<(JobId, u64)> = candidates
+        .into_iter()
+        .map(|(id, n)| (JobId(id), n.max(0) as u64))
+        .collect();
+    let ids = limits.take(&candidates);
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    let raw: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+    sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
+        .bind(&raw)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(ids)
 }
 
 pub(super) async fn due_resumes(

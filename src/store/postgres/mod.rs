@@ -238,6 +238,18 @@ impl Store for PgStore {
         jobs::set_concurrency(&self.pool, id, concurrency, provenance).await
     }
 
+    async fn delete_job(&self, id: JobId) -> Result<Job, StoreError> {
+        jobs::delete_job(&self.pool, id).await
+    }
+
+    async fn delete_ended(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limits: super::PruneLimits,
+    ) -> Result<Vec<JobId>, StoreError> {
+        jobs::delete_ended(&self.pool, before, limits).await
+    }
+
     async fn due_resumes(
         &self,
         now: chrono::DateTime<chrono::Utc>,

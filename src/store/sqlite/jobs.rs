@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, Provenance},
-    store::{Created, StoreError, TransitionWrite},
+    store::{Created, PruneLimits, StoreError, TransitionWrite},
 };
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
@@ -385,6 +385,58 @@ pub(super) async fn set_concurrency(
         .ok_or(StoreError::NotFound(id))?;
     tx.commit().await.map_err(db_error)?;
     Ok(job)
+}
+
+pub(super) async fn delete_job(pool: &SqlitePool, id: JobId) -> Result<Job, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let state = current_state(&mut tx, id).await?;
+    crate::domain::deletable(state).map_err(|_| StoreError::NotEnded(state))?;
+    let job = fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    // Items, events and pauses go with it by their foreign keys.
+    sqlx::query("DELETE FROM jobs WHERE id = ?1")
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(job)
+}
+
+pub(super) async fn delete_ended(
+    pool: &SqlitePool,
+    before: DateTime<Utc>,
+    limits: PruneLimits,
+) -> Result<Vec<JobId>, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let candidates: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "SELECT id, total_items FROM jobs \
+         WHERE state IN ('succeeded', 'failed', 'cancelled') AND ended_at < ?1 \
+         ORDER BY ended_at LIMIT ?2",
+    )
+    .bind(micros(before))
+    .bind(i64::from(limits.jobs))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let candidates: Vec<(JobId, u64)> = candidates
+        .into_iter()
+        .map(|(id, n)| (JobId(id), n.max(0) as u64))
+        .collect();
+    let ids = limits.take(&candidates);
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM jobs WHERE id IN (");
+    let mut list = delete.separated(", ");
+    for id in &ids {
+        list.push_bind(id.0);
+    }
+    delete.push(")");
+    delete.build().execute(&mut *tx).await.map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(ids)
 }
 
 pub(super) async fn due_resumes(

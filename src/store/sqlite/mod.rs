@@ -167,6 +167,18 @@ impl Store for SqliteStore {
         jobs::set_concurrency(&self.write, id, concurrency, provenance).await
     }
 
+    async fn delete_job(&self, id: JobId) -> Result<Job, StoreError> {
+        jobs::delete_job(&self.write, id).await
+    }
+
+    async fn delete_ended(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limits: super::PruneLimits,
+    ) -> Result<Vec<JobId>, StoreError> {
+        jobs::delete_ended(&self.write, before, limits).await
+    }
+
     async fn due_resumes(
         &self,
         now: chrono::DateTime<chrono::Utc>,

@@ -4,6 +4,7 @@
 
 pub mod claims;
 pub mod control;
+pub mod deletion;
 pub mod in_batch;
 pub mod jobs;
 pub mod listing;

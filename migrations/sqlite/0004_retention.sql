@@ -1,0 +1,4 @@
+-- Retention: a server started with one deletes the jobs that ended longer
+-- ago than that, the oldest first (DeleteJob deletes one by its id).
+CREATE INDEX jobs_ended ON jobs (ended_at)
+    WHERE state IN ('succeeded', 'failed', 'cancelled');

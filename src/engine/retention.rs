@@ -1,0 +1,113 @@
+//! Deleting ended jobs: one by its id (DeleteJob), or by age when the
+//! server has a retention (`serve --retention`), in small batches so that
+//! a backlog of old jobs never holds long locks or one huge transaction.
+
+use super::{Engine, EngineError};
+use crate::{
+    domain::{Job, JobId, Refusal},
+    store::{PruneLimits, StoreError},
+};
+use std::time::Duration;
+
+/// One retention batch: at most this many jobs, and no more jobs past the
+/// first once their items would pass this many (a job of a million items
+/// is deleted alone).
+const PRUNE_LIMITS: PruneLimits = PruneLimits {
+    jobs: 100,
+    items: 50_000,
+};
+
+/// How often the retention looks for jobs to delete: a tenth of the
+/// retention, between a second and a minute.
+pub fn prune_interval(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+impl Engine {
+    /// Deletes an ended job and everything stored for it; returns the job
+    /// as it was. A job that has not ended is refused: its supervisor and
+    /// workers may still write for it.
+    pub async fn delete_job(&self, id: JobId) -> Result<Job, EngineError> {
+        self.check_open()?;
+        match self.rt.store.delete_job(id).await {
+            Ok(job) => {
+                crate::metrics::jobs_deleted("call", 1);
+                tracing::info!(job_id = %id, state = %job.state, "job deleted");
+                Ok(job)
+            }
+            Err(StoreError::NotEnded(state)) => Err(Refusal::NotDeletable(state).into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes, batch after batch, every job that ended before `before`;
+    /// returns how many. Stops early when the server shuts down.
+    pub async fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<usize, EngineError> {
+        let mut deleted = 0;
+        while !self.closing.is_cancelled() {
+            let ids = self.rt.store.delete_ended(before, PRUNE_LIMITS).await?;
+            if ids.is_empty() {
+                break;
+            }
+            crate::metrics::jobs_deleted("retention", ids.len());
+            deleted += ids.len();
+            // Other work gets the store between batches.
+            tokio::task::yield_now().await;
+        }
+        Ok(deleted)
+    }
+
+    /// With a retention: deletes the jobs that ended longer ago than it,
+    /// now and then every [`prune_interval`], until shutdown.
+    pub(super) fn schedule_pruning(&self) {
+        let Some(retention) = self.rt.config.retention else {
+            return;
+        };
+        let Ok(age) = chrono::Duration::from_std(retention) else {
+            return;
+        };
+        let every = prune_interval(retention);
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let before = chrono::Utc::now() - age;
+                match engine.prune(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        jobs = n,
+                        ?retention,
+                        "deleted ended jobs past the retention"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot delete old jobs now; trying again later")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = engine.closing.cancelled() => return,
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retention_looks_ten_times_per_period_within_a_second_and_a_minute() {
+        assert_eq!(
+            prune_interval(Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            prune_interval(Duration::from_secs(300)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            prune_interval(Duration::from_secs(30 * 86_400)),
+            Duration::from_secs(60)
+        );
+    }
+}
