@@ -2,11 +2,16 @@
 //! no system protoc, and writes the file descriptor set that server
 //! reflection serves. Also makes a change under `migrations/` rebuild the
 //! crate: `sqlx::migrate!` embeds them, but cargo does not see it read them.
+//! (A change under `proto/` must rerun this script too: it is listed.)
 
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Once a build script names what it reads, cargo reruns it only when
+    // one of those changes: the protos as well as the migrations.
     println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build.rs");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let well_known = protoc_bin_vendored::include_path()?;
     let mut config = tonic_prost_build::Config::new();
