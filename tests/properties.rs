@@ -6,7 +6,7 @@
 use jobvisor::{
     api::{auth::Tokens, convert, limits::grpc_timeout},
     domain::{
-        JobSpec, Limits, NewJob,
+        JobSpec, Limits, NewJob, StartAs,
         page::{ItemCursor, JobCursor},
     },
     executor::protocol::parse_line,
@@ -50,13 +50,16 @@ proptest! {
         failure_window in prop_oneof![Just(0u32), any::<u32>()],
         retry in (prop_oneof![Just(0u64), 0..100_000_000u64, any::<u64>()],
                   prop_oneof![Just(0u64), 0..100_000_000u64, any::<u64>()]),
+        start in (any::<bool>(), prop::option::of(any::<i32>())),
     ) {
         let (retry_delay_ms, retry_delay_max_ms) = retry;
+        let (start_paused, resume_at) = start;
+        let resume_at = resume_at.and_then(|s| chrono::DateTime::from_timestamp(i64::from(s), 0));
         let limits = Limits { max_items: 10, max_item_bytes: 64, ..Limits::default() };
         let input = NewJob {
             name, executor, items, concurrency, params, labels, max_attempts, request_id,
             timeout_ms, pause_after_failures, pause_on_failure_ratio, failure_window,
-            retry_delay_ms, retry_delay_max_ms,
+            retry_delay_ms, retry_delay_max_ms, start_paused, resume_at,
         };
         match JobSpec::parse(input, &limits) {
             Ok(spec) => {
@@ -72,13 +75,21 @@ proptest! {
                 let (delay, max) = (spec.policy.retry_delay_ms, spec.policy.retry_delay_max_ms);
                 prop_assert!(delay.is_none_or(|d| d > 0 && d <= 86_400_000));
                 prop_assert!(max.is_none_or(|m| delay.is_some_and(|d| d <= m) && m <= 86_400_000));
+                // Paused exactly when asked; a resume time only with it.
+                match spec.start {
+                    StartAs::Running => prop_assert!(!start_paused && resume_at.is_none()),
+                    StartAs::Paused { resume_at: at } => {
+                        prop_assert!(start_paused);
+                        prop_assert_eq!(at, resume_at);
+                    }
+                }
             }
             Err(violations) => {
                 prop_assert!(!violations.is_empty());
                 for v in violations {
                     let known = ["name", "executor", "items", "concurrency", "max_attempts", "params",
                                  "labels", "request_id", "timeout", "pause_on_failure_ratio", "failure_window",
-                                 "retry_delay"];
+                                 "retry_delay", "resume_at"];
                     prop_assert!(known.iter().any(|k| v.field.starts_with(k)), "field {}", v.field);
                     prop_assert!(!v.description.is_empty());
                 }

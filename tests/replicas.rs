@@ -394,6 +394,39 @@ async fn control_calls_reach_the_owner_wherever_they_land() {
     let (ok, stopped, running) = r.assert_consistent(&job.id).await;
     assert_eq!(ok + stopped, 400);
     assert_eq!(running, 0);
+
+    // A job started paused has no owner until it is resumed, through any
+    // replica; an ended job is deleted through any replica.
+    let mut held = sleep_job("held", 20, 2, 10, 1);
+    held.start_paused = true;
+    let held = first.start_job(held).await.unwrap().into_inner();
+    assert_eq!(held.state, pb::JobState::Paused as i32);
+    at_third
+        .resume_job(pb::ResumeJobRequest {
+            job_id: held.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = wait_state(
+        &mut at_other,
+        &held.id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(succeeded(&done), 20);
+    for id in [&job.id, &held.id] {
+        at_other
+            .delete_job(pb::DeleteJobRequest { job_id: id.clone() })
+            .await
+            .unwrap();
+        let status = at_owner
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    }
     println!(
         "pause via another replica {remote_pause:?}, resume via another {remote_resume:?}, \
          pause via the owner {local_pause:?}"

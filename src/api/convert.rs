@@ -130,6 +130,20 @@ pub fn timestamp_from(
     }
 }
 
+/// [`timestamp_from`] for a time that must be in the future (when a
+/// paused job resumes by itself).
+pub fn future_time(
+    field: &str,
+    t: &Option<prost_types::Timestamp>,
+    bad: &mut Vec<FieldViolation>,
+) -> Option<DateTime<Utc>> {
+    let t = timestamp_from(field, t, bad);
+    if t.is_some_and(|t| t <= Utc::now()) {
+        bad.push(FieldViolation::new(field, "is in the past"));
+    }
+    t
+}
+
 fn policy(p: &JobPolicy) -> pb::JobPolicy {
     pb::JobPolicy {
         timeout: p.timeout_ms.map(duration),
@@ -312,7 +326,10 @@ pub fn new_job(r: pb::StartJobRequest, bad: &mut Vec<FieldViolation>) -> NewJob 
     let timeout_ms = duration_ms("timeout", &r.timeout, bad);
     let retry_delay_ms = duration_ms("retry_delay", &r.retry_delay, bad);
     let retry_delay_max_ms = duration_ms("retry_delay_max", &r.retry_delay_max, bad);
+    let resume_at = future_time("resume_at", &r.resume_at, bad);
     NewJob {
+        start_paused: r.start_paused,
+        resume_at,
         timeout_ms,
         retry_delay_ms,
         retry_delay_max_ms,

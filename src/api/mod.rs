@@ -88,10 +88,7 @@ fn pause_from(
             "applies to a graceful pause (an immediate one does not wait)",
         ));
     }
-    let resume_at = convert::timestamp_from("resume_at", resume_at, violations);
-    if resume_at.is_some_and(|t| t <= chrono::Utc::now()) {
-        violations.push(FieldViolation::new("resume_at", "is in the past"));
-    }
+    let resume_at = convert::future_time("resume_at", resume_at, violations);
     Pause {
         mode,
         drain_timeout: (drain > 0).then(|| std::time::Duration::from_millis(drain)),

@@ -196,6 +196,14 @@ pub struct StartArgs {
     /// The longest wait before a retry (default 1h).
     #[arg(long, value_parser = humantime::parse_duration)]
     retry_delay_max: Option<Duration>,
+    /// Create the job PAUSED: nothing runs until `jobvisor resume` (or
+    /// --resume-at).
+    #[arg(long)]
+    paused: bool,
+    /// With --paused: resume by itself at this time: RFC 3339, or
+    /// +duration from now (a job scheduled for later).
+    #[arg(long, value_parser = parse_when, requires = "paused")]
+    resume_at: Option<prost_types::Timestamp>,
 }
 
 fn proto_duration(d: Duration) -> prost_types::Duration {
@@ -257,6 +265,8 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
             failure_window: args.failure_window,
             retry_delay: args.retry_delay.map(proto_duration),
             retry_delay_max: args.retry_delay_max.map(proto_duration),
+            start_paused: args.paused,
+            resume_at: args.resume_at,
         }))
         .await
         .map_err(status_error)?

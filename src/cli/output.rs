@@ -194,12 +194,20 @@ pub fn print_job(j: &pb::Job, json: bool) {
         } else {
             format!(" ({})", p.reason)
         };
+        let resumed = match (
+            time(&p.resume_time).as_str(),
+            time(&p.scheduled_resume_time).as_str(),
+        ) {
+            (Some(at), _) => format!("resumed {at}"),
+            (None, Some(at)) => format!("resumes by itself at {at}"),
+            (None, None) => "resumed -".into(),
+        };
         println!(
-            "paused:    {} at {}{}, resumed {}",
+            "paused:    {} at {}{}, {}",
             pause_mode_name(p.mode).to_lowercase(),
             time(&p.request_time).as_str().unwrap_or("?"),
             reason,
-            time(&p.resume_time).as_str().unwrap_or("-"),
+            resumed,
         );
     }
 }

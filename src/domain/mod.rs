@@ -13,5 +13,5 @@ pub use event::{EventBody, JobEvent};
 pub use ids::JobId;
 pub use job::{Backoff, Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance};
 pub use machine::{Command, Decision, Effect, Refusal, decide, deletable};
-pub use spec::{FieldViolation, JobSpec, Limits, NewJob};
+pub use spec::{FieldViolation, JobSpec, Limits, NewJob, StartAs};
 pub use state::{ItemState, JobState, PauseMode};

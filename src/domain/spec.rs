@@ -80,6 +80,22 @@ pub struct NewJob {
     /// The longest wait before a retry (0: an hour, or `retry_delay_ms`
     /// if that is longer).
     pub retry_delay_max_ms: u64,
+    /// Create the job PAUSED.
+    pub start_paused: bool,
+    /// With `start_paused`: when it resumes by itself.
+    pub resume_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How a new job starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAs {
+    /// Its items are claimed at once.
+    #[default]
+    Running,
+    /// Nothing runs until a ResumeJob call, or until `resume_at`.
+    Paused {
+        resume_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 /// Longest running-time budget: 30 days.
@@ -97,6 +113,7 @@ pub struct JobSpec {
     pub max_attempts: u32,
     pub request_id: Option<String>,
     pub policy: JobPolicy,
+    pub start: StartAs,
 }
 
 impl JobSpec {
@@ -153,6 +170,17 @@ impl JobSpec {
             &mut bad,
         );
         let policy = parse_policy(&input, &mut bad);
+        let start = match (input.start_paused, input.resume_at) {
+            (false, None) => StartAs::Running,
+            (false, Some(_)) => {
+                bad.push(FieldViolation::new(
+                    "resume_at",
+                    "applies to a job started paused (start_paused)",
+                ));
+                StartAs::Running
+            }
+            (true, resume_at) => StartAs::Paused { resume_at },
+        };
         if !bad.is_empty() {
             return Err(bad);
         }
@@ -166,6 +194,7 @@ impl JobSpec {
             max_attempts,
             request_id,
             policy,
+            start,
         })
     }
 
@@ -192,6 +221,18 @@ impl JobSpec {
             for (k, v) in map {
                 field(k.as_bytes());
                 field(v.as_bytes());
+            }
+        }
+        match self.start {
+            StartAs::Running => field(b"running"),
+            StartAs::Paused { resume_at } => {
+                field(b"paused");
+                field(
+                    &resume_at
+                        .and_then(|t| t.timestamp_nanos_opt())
+                        .unwrap_or(0)
+                        .to_le_bytes(),
+                );
             }
         }
         field(&(self.items.len() as u64).to_le_bytes());
@@ -485,6 +526,45 @@ mod tests {
         );
         input.name = "n".repeat(200);
         assert!(JobSpec::parse(input, &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn a_job_starts_paused_only_if_asked_and_resumes_by_itself_only_then() {
+        let at = chrono::Utc::now() + chrono::Duration::hours(8);
+        let limits = Limits::default();
+        assert_eq!(
+            JobSpec::parse(valid(), &limits).unwrap().start,
+            StartAs::Running
+        );
+        let mut paused = valid();
+        paused.start_paused = true;
+        assert_eq!(
+            JobSpec::parse(paused.clone(), &limits).unwrap().start,
+            StartAs::Paused { resume_at: None }
+        );
+        paused.resume_at = Some(at);
+        assert_eq!(
+            JobSpec::parse(paused, &limits).unwrap().start,
+            StartAs::Paused {
+                resume_at: Some(at)
+            }
+        );
+        let mut alone = valid();
+        alone.resume_at = Some(at);
+        assert_eq!(fields(JobSpec::parse(alone, &limits)), ["resume_at"]);
+    }
+
+    #[test]
+    fn how_a_job_starts_is_part_of_its_fingerprint() {
+        let running = JobSpec::parse(valid(), &Limits::default()).unwrap();
+        let mut paused = running.clone();
+        paused.start = StartAs::Paused { resume_at: None };
+        let mut scheduled = running.clone();
+        scheduled.start = StartAs::Paused {
+            resume_at: Some(chrono::Utc::now()),
+        };
+        assert_ne!(running.fingerprint(), paused.fingerprint());
+        assert_ne!(paused.fingerprint(), scheduled.fingerprint());
     }
 
     #[test]

@@ -93,6 +93,22 @@ pub struct TransitionWrite {
     pub resume_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The reason recorded for a job created PAUSED.
+pub const STARTED_PAUSED: &str = "started paused";
+
+/// A new job's first event: created RUNNING, or PAUSED.
+pub fn started_event(spec: &JobSpec, state: JobState) -> EventBody {
+    let paused = state == JobState::Paused;
+    EventBody::StateChanged {
+        from: None,
+        to: state,
+        reason: Some(if paused { STARTED_PAUSED } else { "started" }.into()),
+        requested_by: None,
+        request_id: spec.request_id.clone(),
+        pause_mode: paused.then_some(PauseMode::Graceful),
+    }
+}
+
 /// How much one retention batch ([`Store::delete_ended`]) may delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PruneLimits {

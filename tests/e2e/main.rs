@@ -15,4 +15,5 @@ mod hostile;
 mod lifecycle;
 mod panics;
 mod retry_delay;
+mod scheduled;
 mod watch;

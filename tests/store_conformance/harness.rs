@@ -170,6 +170,7 @@ pub fn spec(n: usize) -> JobSpec {
         max_attempts: 3,
         request_id: None,
         policy: Default::default(),
+        start: Default::default(),
     }
 }
 

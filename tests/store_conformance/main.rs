@@ -93,6 +93,7 @@ conformance! {
         in_batch::writes_for_one_item_apply_in_order,
         control::a_policy_is_kept_with_the_job,
         control::pauses_due_to_resume_are_found,
+        control::a_job_created_paused_waits_for_its_resume,
         control::concurrency_changes_are_recorded,
         control::a_succeeded_items_result_is_kept,
         retries::a_retry_waits_for_its_delay,

@@ -6,7 +6,7 @@ use super::{
     rows::{self, job_state},
 };
 use crate::{
-    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, Provenance},
+    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, PauseMode, Provenance, StartAs},
     store::{Created, Lease, PruneLimits, Recovery, StoreError, TransitionWrite},
 };
 use sqlx::{PgConnection, PgPool, types::Json};
@@ -27,12 +27,16 @@ pub(super) async fn create_job(
     {
         return Ok(found);
     }
+    let (state, resume_at) = match spec.start {
+        StartAs::Running => (JobState::Running, None),
+        StartAs::Paused { resume_at } => (JobState::Paused, resume_at),
+    };
     let mut tx = pool.begin().await.map_err(db_error)?;
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
          request_id, request_fingerprint, total_items, last_seq, created_at, started_at, \
          updated_at, policy) \
-         VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8, $9, $10, 1, now(), now(), now(), $11) \
+         VALUES ($1, $2, $3, $12, $4, $5, $6, $7, $8, $9, $10, 1, now(), now(), now(), $11) \
          ON CONFLICT (request_id) DO NOTHING",
     )
     .bind(id.0)
@@ -46,6 +50,7 @@ pub(super) async fn create_job(
     .bind(&fingerprint)
     .bind(spec.items.len() as i64)
     .bind(Json(&spec.policy))
+    .bind(state.as_str())
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;
@@ -70,15 +75,23 @@ pub(super) async fn create_job(
         .await
         .map_err(db_error)?;
     }
-    let started = EventBody::StateChanged {
-        from: None,
-        to: JobState::Running,
-        reason: Some("started".into()),
-        requested_by: None,
-        request_id: spec.request_id.clone(),
-        pause_mode: None,
-    };
-    insert_event(&mut tx, id, 1, &started).await?;
+    if state == JobState::Paused {
+        // Paused from the start: a pause record like PauseJob's, already
+        // reached, which ResumeJob (or its resume_at) closes.
+        sqlx::query(
+            "INSERT INTO job_pauses (job_id, n, mode, reason, request_id, requested_at, \
+             paused_at, resume_at) VALUES ($1, 1, $2, $3, $4, now(), now(), $5)",
+        )
+        .bind(id.0)
+        .bind(PauseMode::Graceful.as_str())
+        .bind(crate::store::STARTED_PAUSED)
+        .bind(&spec.request_id)
+        .bind(resume_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    }
+    insert_event(&mut tx, id, 1, &crate::store::started_event(spec, state)).await?;
     let job = rows::fetch_job(&mut tx, id)
         .await?
         .ok_or_else(|| StoreError::Internal("created job vanished".into()))?;

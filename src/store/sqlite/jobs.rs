@@ -10,7 +10,7 @@ use super::{
     reads::fetch_job,
 };
 use crate::{
-    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, Provenance},
+    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, PauseMode, Provenance, StartAs},
     store::{Created, PruneLimits, StoreError, TransitionWrite},
 };
 use chrono::{DateTime, Utc};
@@ -51,12 +51,16 @@ pub(super) async fn create_job(
             });
         }
     }
+    let (state, resume_at) = match spec.start {
+        StartAs::Running => (JobState::Running, None),
+        StartAs::Paused { resume_at } => (JobState::Paused, resume_at),
+    };
     let at = micros(now());
     sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
          request_id, request_fingerprint, total_items, last_seq, created_at, started_at, \
          updated_at, policy) \
-         VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?11, ?12)",
+         VALUES (?1, ?2, ?3, ?13, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?11, ?12)",
     )
     .bind(id.0)
     .bind(&spec.name)
@@ -70,6 +74,7 @@ pub(super) async fn create_job(
     .bind(spec.items.len() as i64)
     .bind(at)
     .bind(serde_json::to_string(&spec.policy).map_err(|e| StoreError::Internal(e.to_string()))?)
+    .bind(state.as_str())
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;
@@ -83,14 +88,24 @@ pub(super) async fn create_job(
         });
         insert.build().execute(&mut *tx).await.map_err(db_error)?;
     }
-    let started = EventBody::StateChanged {
-        from: None,
-        to: JobState::Running,
-        reason: Some("started".into()),
-        requested_by: None,
-        request_id: spec.request_id.clone(),
-        pause_mode: None,
-    };
+    if state == JobState::Paused {
+        // Paused from the start: a pause record like PauseJob's, already
+        // reached, which ResumeJob (or its resume_at) closes.
+        sqlx::query(
+            "INSERT INTO job_pauses (job_id, n, mode, reason, request_id, requested_at, \
+             paused_at, resume_at) VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5, ?6)",
+        )
+        .bind(id.0)
+        .bind(PauseMode::Graceful.as_str())
+        .bind(crate::store::STARTED_PAUSED)
+        .bind(&spec.request_id)
+        .bind(at)
+        .bind(resume_at.map(micros))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    }
+    let started = crate::store::started_event(spec, state);
     insert_event(&mut tx, id, 1, at, &started).await?;
     let job = fetch_job(&mut tx, id)
         .await?

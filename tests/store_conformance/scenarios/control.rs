@@ -1,9 +1,9 @@
-//! The newer controls: a job's policy, a pause that resumes by itself,
-//! concurrency changes, and a succeeded item's result.
+//! The newer controls: a job's policy, a pause that resumes by itself, a
+//! job created paused, concurrency changes, and a succeeded item's result.
 
 use crate::harness::*;
 use jobvisor::{
-    domain::{Effect, EventBody, JobPolicy, JobState, PauseMode},
+    domain::{Effect, EventBody, JobPolicy, JobState, PauseMode, StartAs},
     store::{Store, StoreError, TransitionWrite, WriteKind},
 };
 use std::sync::Arc;
@@ -133,4 +133,64 @@ pub async fn a_succeeded_items_result_is_kept(store: Arc<dyn Store>) {
     );
     assert_eq!(item(&store, job.id, 1).await.result, None);
     consistent(&store, job.id).await;
+}
+
+pub async fn a_job_created_paused_waits_for_its_resume(store: Arc<dyn Store>) {
+    let now = chrono::Utc::now();
+    let at = now + chrono::Duration::hours(1);
+    let mut scheduled = spec(3);
+    scheduled.start = StartAs::Paused {
+        resume_at: Some(at),
+    };
+    scheduled.request_id = Some("later".into());
+    let mut held = spec(2);
+    held.start = StartAs::Paused { resume_at: None };
+    let job = create(&store, &scheduled).await;
+    let other = create(&store, &held).await;
+
+    assert_eq!(job.state, S::Paused);
+    assert_eq!(job.counts.pending(), 3);
+    assert_eq!(job.pauses.len(), 1);
+    let pause = &job.pauses[0];
+    assert_eq!(pause.mode, PauseMode::Graceful);
+    assert_eq!(pause.reason.as_deref(), Some("started paused"));
+    assert_eq!(pause.request_id.as_deref(), Some("later"));
+    assert!(pause.paused_at.is_some() && pause.resumed_at.is_none());
+    assert!(
+        pause
+            .resume_at
+            .is_some_and(|t| (t - at).num_milliseconds().abs() < 1)
+    );
+    match &events(&store, job.id).await[..] {
+        [first] => match &first.body {
+            EventBody::StateChanged {
+                from: None,
+                to: S::Paused,
+                pause_mode: Some(PauseMode::Graceful),
+                ..
+            } => {}
+            other => panic!("the first event: {other:?}"),
+        },
+        all => panic!("one event expected: {all:?}"),
+    }
+    // Nothing is claimed while paused; the same request returns the job.
+    assert!(claim(&store, job.id, 3).await.is_empty());
+    let again = store
+        .create_job(jobvisor::domain::JobId::new(), &scheduled)
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.job.id, job.id);
+    // Due at its time, not before; the one without a time never.
+    assert!(store.due_resumes(now).await.unwrap().is_empty());
+    let later = at + chrono::Duration::seconds(1);
+    assert_eq!(store.due_resumes(later).await.unwrap(), vec![job.id]);
+
+    let resumed = go(&store, job.id, S::Paused, S::Running, vec![E::ClosePause]).await;
+    assert!(resumed.pauses[0].resumed_at.is_some());
+    assert_eq!(claim(&store, job.id, 3).await.len(), 3);
+    assert!(store.due_resumes(later).await.unwrap().is_empty());
+    assert_eq!(get(&store, other.id).await.state, S::Paused);
+    consistent(&store, job.id).await;
+    consistent(&store, other.id).await;
 }
