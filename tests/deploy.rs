@@ -872,6 +872,9 @@ fn the_schema_refuses_bad_values() {
             json!({"engineThreads": 1025}),
         ),
         ("engine threads as a string", json!({"engineThreads": "2"})),
+        ("a retention that is not a duration", json!({"retention": "a month"})),
+        ("a retention of no time", json!({"retention": "0d"})),
+        ("a retention under a second", json!({"retention": "500ms"})),
     ];
     for (what, over) in refused {
         let values = values_with(over.clone());
@@ -890,6 +893,9 @@ fn the_schema_refuses_bad_values() {
         json!({"multiReplica": {"enabled": false, "leaseTimeout": "30s"}}),
         json!({"engineThreads": 1}),
         json!({"engineThreads": 1024}),
+        json!({"retention": ""}),
+        json!({"retention": "30d"}),
+        json!({"retention": "12h"}),
     ];
     for over in accepted {
         let values = values_with(over.clone());
