@@ -872,7 +872,10 @@ fn the_schema_refuses_bad_values() {
             json!({"engineThreads": 1025}),
         ),
         ("engine threads as a string", json!({"engineThreads": "2"})),
-        ("a retention that is not a duration", json!({"retention": "a month"})),
+        (
+            "a retention that is not a duration",
+            json!({"retention": "a month"}),
+        ),
         ("a retention of no time", json!({"retention": "0d"})),
         ("a retention under a second", json!({"retention": "500ms"})),
     ];

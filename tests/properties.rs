@@ -51,7 +51,10 @@ proptest! {
         retry in (prop_oneof![Just(0u64), 0..100_000_000u64, any::<u64>()],
                   prop_oneof![Just(0u64), 0..100_000_000u64, any::<u64>()]),
         start in (any::<bool>(), prop::option::of(any::<i32>())),
+        rate in (prop_oneof![Just(0u32), 1..2_000_000u32, any::<u32>()],
+                 prop_oneof![Just(0u64), 1..100_000_000u64, any::<u64>()]),
     ) {
+        let (rate_limit, rate_period_ms) = rate;
         let (retry_delay_ms, retry_delay_max_ms) = retry;
         let (start_paused, resume_at) = start;
         let resume_at = resume_at.and_then(|s| chrono::DateTime::from_timestamp(i64::from(s), 0));
@@ -59,7 +62,8 @@ proptest! {
         let input = NewJob {
             name, executor, items, concurrency, params, labels, max_attempts, request_id,
             timeout_ms, pause_after_failures, pause_on_failure_ratio, failure_window,
-            retry_delay_ms, retry_delay_max_ms, start_paused, resume_at,
+            retry_delay_ms, retry_delay_max_ms, start_paused, resume_at, rate_limit,
+            rate_period_ms,
         };
         match JobSpec::parse(input, &limits) {
             Ok(spec) => {
@@ -75,6 +79,15 @@ proptest! {
                 let (delay, max) = (spec.policy.retry_delay_ms, spec.policy.retry_delay_max_ms);
                 prop_assert!(delay.is_none_or(|d| d > 0 && d <= 86_400_000));
                 prop_assert!(max.is_none_or(|m| delay.is_some_and(|d| d <= m) && m <= 86_400_000));
+                // A rate limit within bounds, its starts at least 1 ns apart.
+                match spec.policy.start_interval() {
+                    None => prop_assert!(rate_limit == 0 && rate_period_ms == 0),
+                    Some(interval) => {
+                        prop_assert!((1..=1_000_000).contains(&rate_limit));
+                        prop_assert!(rate_period_ms <= 86_400_000);
+                        prop_assert!(!interval.is_zero());
+                    }
+                }
                 // Paused exactly when asked; a resume time only with it.
                 match spec.start {
                     StartAs::Running => prop_assert!(!start_paused && resume_at.is_none()),
@@ -89,7 +102,7 @@ proptest! {
                 for v in violations {
                     let known = ["name", "executor", "items", "concurrency", "max_attempts", "params",
                                  "labels", "request_id", "timeout", "pause_on_failure_ratio", "failure_window",
-                                 "retry_delay", "resume_at"];
+                                 "retry_delay", "resume_at", "rate_limit", "rate_period"];
                     prop_assert!(known.iter().any(|k| v.field.starts_with(k)), "field {}", v.field);
                     prop_assert!(!v.description.is_empty());
                 }

@@ -152,6 +152,14 @@ fn policy(p: &JobPolicy) -> pb::JobPolicy {
         failure_window: p.failure_window.unwrap_or(0),
         retry_delay: p.retry_delay_ms.map(duration),
         retry_delay_max: p.retry_delay_max_ms.map(duration),
+        rate_limit: p.rate_limit.unwrap_or(0),
+        // The period in effect: a second unless the job said.
+        rate_period: p.rate_limit.map(|_| {
+            duration(
+                p.rate_period_ms
+                    .unwrap_or(crate::domain::job::DEFAULT_RATE_PERIOD.as_millis() as u64),
+            )
+        }),
     }
 }
 
@@ -327,7 +335,10 @@ pub fn new_job(r: pb::StartJobRequest, bad: &mut Vec<FieldViolation>) -> NewJob 
     let retry_delay_ms = duration_ms("retry_delay", &r.retry_delay, bad);
     let retry_delay_max_ms = duration_ms("retry_delay_max", &r.retry_delay_max, bad);
     let resume_at = future_time("resume_at", &r.resume_at, bad);
+    let rate_period_ms = duration_ms("rate_period", &r.rate_period, bad);
     NewJob {
+        rate_limit: r.rate_limit,
+        rate_period_ms,
         start_paused: r.start_paused,
         resume_at,
         timeout_ms,

@@ -196,6 +196,13 @@ pub struct StartArgs {
     /// The longest wait before a retry (default 1h).
     #[arg(long, value_parser = humantime::parse_duration)]
     retry_delay_max: Option<Duration>,
+    /// Start at most this many items per --rate-period (retries included),
+    /// spaced evenly: for work against a service with a rate limit.
+    #[arg(long, default_value_t = 0)]
+    rate_limit: u32,
+    /// The period of --rate-limit (default 1s), e.g. 1m for "per minute".
+    #[arg(long, value_parser = humantime::parse_duration, requires = "rate_limit")]
+    rate_period: Option<Duration>,
     /// Create the job PAUSED: nothing runs until `jobvisor resume` (or
     /// --resume-at).
     #[arg(long)]
@@ -265,6 +272,8 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
             failure_window: args.failure_window,
             retry_delay: args.retry_delay.map(proto_duration),
             retry_delay_max: args.retry_delay_max.map(proto_duration),
+            rate_limit: args.rate_limit,
+            rate_period: args.rate_period.map(proto_duration),
             start_paused: args.paused,
             resume_at: args.resume_at,
         }))

@@ -113,11 +113,13 @@ fn policy_json(p: Option<&pb::JobPolicy>) -> Value {
         "failure_window": p.failure_window,
         "retry_delay_seconds": seconds(&p.retry_delay),
         "retry_delay_max_seconds": seconds(&p.retry_delay_max),
+        "rate_limit": p.rate_limit,
+        "rate_period_seconds": seconds(&p.rate_period),
     })
 }
 
-/// The job's running-time budget, error breaker and retry delays, in
-/// words; none when it has none of them.
+/// The job's running-time budget, error breaker, retry delays and rate
+/// limit, in words; none when it has none of them.
 fn policy_lines(p: &pb::JobPolicy) -> Vec<String> {
     let std = |d: prost_types::Duration| std::time::Duration::try_from(d).unwrap_or_default();
     let mut lines = Vec::new();
@@ -156,6 +158,17 @@ fn policy_lines(p: &pb::JobPolicy) -> Vec<String> {
             "retries:   after {}, twice as long each time, at most {}",
             humantime::format_duration(backoff.first()),
             humantime::format_duration(backoff.cap())
+        ));
+    }
+    if p.rate_limit > 0 {
+        let period = p
+            .rate_period
+            .map(std)
+            .unwrap_or(std::time::Duration::from_secs(1));
+        lines.push(format!(
+            "rate:      at most {} item starts per {}",
+            p.rate_limit,
+            humantime::format_duration(period)
         ));
     }
     lines
@@ -545,6 +558,8 @@ mod tests {
             failure_window: 0,
             retry_delay: Some(secs(2)),
             retry_delay_max: None,
+            rate_limit: 300,
+            rate_period: Some(secs(60)),
         };
         assert_eq!(
             policy_lines(&p),
@@ -553,12 +568,15 @@ mod tests {
                 "breaker:   pauses after 5 failed attempts in a row",
                 "breaker:   pauses when 50% of the last 20 attempts failed",
                 "retries:   after 2s, twice as long each time, at most 1h",
+                "rate:      at most 300 item starts per 1m",
             ]
         );
         let json = policy_json(Some(&p));
         assert_eq!(json["retry_delay_seconds"], json!(2.0));
         assert_eq!(json["retry_delay_max_seconds"], Value::Null);
         assert_eq!(json["timeout_seconds"], json!(7200.0));
+        assert_eq!(json["rate_limit"], json!(300));
+        assert_eq!(json["rate_period_seconds"], json!(60.0));
     }
 
     #[test]

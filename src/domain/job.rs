@@ -36,6 +36,27 @@ pub struct JobPolicy {
     /// or `retry_delay_ms` if that is longer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_delay_max_ms: Option<u64>,
+    /// Start at most this many items (retries included) per
+    /// `rate_period_ms`, spaced evenly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+    /// The period of `rate_limit` (none: [`DEFAULT_RATE_PERIOD`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_period_ms: Option<u64>,
+}
+
+/// The period of a job's rate limit when it does not say.
+pub const DEFAULT_RATE_PERIOD: Duration = Duration::from_secs(1);
+
+impl JobPolicy {
+    /// With a rate limit: the time between two item starts.
+    pub fn start_interval(&self) -> Option<Duration> {
+        let n = self.rate_limit.filter(|&n| n > 0)?;
+        let period = self
+            .rate_period_ms
+            .map_or(DEFAULT_RATE_PERIOD, Duration::from_millis);
+        Some((period / n).max(Duration::from_nanos(1)))
+    }
 }
 
 /// The longest wait before a retry when the job does not say.

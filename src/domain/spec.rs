@@ -80,6 +80,10 @@ pub struct NewJob {
     /// The longest wait before a retry (0: an hour, or `retry_delay_ms`
     /// if that is longer).
     pub retry_delay_max_ms: u64,
+    /// Items started per `rate_period_ms` at most (0: no limit).
+    pub rate_limit: u32,
+    /// The period of `rate_limit` (0: a second).
+    pub rate_period_ms: u64,
     /// Create the job PAUSED.
     pub start_paused: bool,
     /// With `start_paused`: when it resumes by itself.
@@ -283,7 +287,34 @@ fn parse_policy(input: &NewJob, bad: &mut Vec<FieldViolation>) -> JobPolicy {
         ));
     }
     parse_retry_delays(input, &mut policy, bad);
+    parse_rate_limit(input, &mut policy, bad);
     policy
+}
+
+/// Most items a job may start per period.
+const MAX_RATE_LIMIT: u32 = 1_000_000;
+
+fn parse_rate_limit(input: &NewJob, policy: &mut JobPolicy, bad: &mut Vec<FieldViolation>) {
+    let (limit, period) = (input.rate_limit, input.rate_period_ms);
+    if limit > MAX_RATE_LIMIT {
+        bad.push(FieldViolation::new(
+            "rate_limit",
+            format!("is {limit}; it must be between 1 and {MAX_RATE_LIMIT} (0: no limit)"),
+        ));
+    }
+    if period > 0 && limit == 0 {
+        bad.push(FieldViolation::new(
+            "rate_period",
+            "only applies with rate_limit",
+        ));
+    } else if u128::from(period) > super::job::MAX_RETRY_DELAY.as_millis() {
+        bad.push(FieldViolation::new(
+            "rate_period",
+            "is longer than the limit of a day",
+        ));
+    }
+    policy.rate_limit = (limit > 0).then_some(limit);
+    policy.rate_period_ms = (period > 0).then_some(period);
 }
 
 fn parse_retry_delays(input: &NewJob, policy: &mut JobPolicy, bad: &mut Vec<FieldViolation>) {
@@ -421,6 +452,7 @@ pub fn optional_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn valid() -> NewJob {
         NewJob {
@@ -552,6 +584,35 @@ mod tests {
         let mut alone = valid();
         alone.resume_at = Some(at);
         assert_eq!(fields(JobSpec::parse(alone, &limits)), ["resume_at"]);
+    }
+
+    #[test]
+    fn a_rate_limit_spaces_the_starts_evenly_and_bad_ones_are_named() {
+        let limits = Limits::default();
+        let parse = |limit, period_ms| {
+            let mut input = valid();
+            input.rate_limit = limit;
+            input.rate_period_ms = period_ms;
+            JobSpec::parse(input, &limits)
+        };
+        assert_eq!(parse(0, 0).unwrap().policy.start_interval(), None);
+        let ms = Duration::from_millis;
+        assert_eq!(parse(5, 0).unwrap().policy.start_interval(), Some(ms(200)));
+        assert_eq!(
+            parse(300, 60_000).unwrap().policy.start_interval(),
+            Some(ms(200))
+        );
+        assert_eq!(
+            parse(1, 86_400_000).unwrap().policy.start_interval(),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse(1_000_000, 1).unwrap().policy.start_interval(),
+            Some(Duration::from_nanos(1))
+        );
+        assert_eq!(fields(parse(0, 1_000)), ["rate_period"]);
+        assert_eq!(fields(parse(1_000_001, 0)), ["rate_limit"]);
+        assert_eq!(fields(parse(1, 86_400_001)), ["rate_period"]);
     }
 
     #[test]

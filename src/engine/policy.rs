@@ -1,6 +1,7 @@
 //! A job's self-protection, as plain state the supervisor feeds: the error
 //! breaker that pauses a job instead of letting it burn through its items,
-//! and the clock of its running time (which stops while it is paused).
+//! the clock of its running time (which stops while it is paused), and the
+//! pace of its item starts under a rate limit.
 
 use crate::domain::JobPolicy;
 use std::{
@@ -107,6 +108,53 @@ impl ActiveClock {
     }
 }
 
+/// A job's rate limit on item starts (`JobPolicy::start_interval`): a
+/// GCRA limiter (governor) that spaces starts evenly, with a burst of what
+/// 20 ms allow (at least one), so that a fast rate is not held to one start
+/// per claim's round trip. The supervisor takes starts from it before each
+/// claim, so claimed items are items that may start now.
+pub struct Pacer {
+    limiter: governor::DefaultDirectRateLimiter,
+    clock: governor::clock::DefaultClock,
+    /// When the wake-up set for the next start fires, if one is set.
+    pub wake_at: Option<Instant>,
+}
+
+/// Starts a rate limit lets through at once, at most.
+const PACE_BURST: Duration = Duration::from_millis(20);
+
+impl Pacer {
+    /// The pacer of a job with a rate limit; none without one.
+    pub fn new(policy: &JobPolicy) -> Option<Box<Pacer>> {
+        let interval = policy.start_interval()?;
+        let burst = (PACE_BURST.as_nanos() / interval.as_nanos().max(1)).clamp(1, 10_000) as u32;
+        let quota = governor::Quota::with_period(interval)?
+            .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
+        Some(Box::new(Pacer {
+            limiter: governor::RateLimiter::direct(quota),
+            clock: governor::clock::DefaultClock::default(),
+            wake_at: None,
+        }))
+    }
+
+    /// Takes up to `want` (at least 1) starts: how many may start now, or
+    /// how long until the next one may.
+    pub fn take(&mut self, want: usize) -> Result<usize, Duration> {
+        let mut granted = 0;
+        while granted < want {
+            match self.limiter.check() {
+                Ok(()) => granted += 1,
+                Err(_) if granted > 0 => break,
+                Err(not_until) => {
+                    use governor::clock::Clock as _;
+                    return Err(not_until.wait_time_from(self.clock.now()));
+                }
+            }
+        }
+        Ok(granted)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +216,27 @@ mod tests {
         assert!(after >= Duration::from_millis(10_020));
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(c.elapsed(), after);
+    }
+
+    #[test]
+    fn a_pacer_spaces_starts_and_lets_a_fast_rate_through_in_bursts() {
+        let limited = |n, period_ms| JobPolicy {
+            rate_limit: Some(n),
+            rate_period_ms: Some(period_ms),
+            ..JobPolicy::default()
+        };
+        assert!(Pacer::new(&JobPolicy::default()).is_none());
+        // 10 a second: one at a time, the next about 100 ms later.
+        let mut slow = Pacer::new(&limited(10, 1_000)).unwrap();
+        assert_eq!(slow.take(5), Ok(1));
+        let wait = slow.take(5).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(50) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        // 1,000 a second: 20 ms worth at once, then one per millisecond.
+        let mut fast = Pacer::new(&limited(1_000, 1_000)).unwrap();
+        assert_eq!(fast.take(50), Ok(20));
+        assert!(fast.take(1).unwrap_err() <= Duration::from_millis(1));
     }
 }

@@ -13,7 +13,7 @@
 
 use super::{
     Runtime,
-    policy::{ActiveClock, Breaker},
+    policy::{ActiveClock, Breaker, Pacer},
     queue::{Current, WorkQueue},
     worker::{Finished, Worker, WorkerArgs, WorkerMsg},
     writer::WriteError,
@@ -98,6 +98,8 @@ pub enum SupervisorMsg {
     Retry,
     /// Check the job's running-time budget.
     Tick,
+    /// The wake-up set for the job's rate limit: the next item may start.
+    Paced,
     /// The wake-up set for this time: retries whose delay has passed may
     /// be claimed.
     RetriesDue(Instant),
@@ -210,6 +212,8 @@ pub struct SupervisorState {
     claim_from: u32,
     /// Multi-replica mode: the lease every write is fenced by.
     lease: Option<Lease>,
+    /// The job's rate limit on item starts, if it has one.
+    pacer: Option<Box<Pacer>>,
 }
 
 /// A claim that is out.
@@ -320,6 +324,7 @@ impl Actor for JobSupervisor {
             ),
             timeout: job.policy.timeout_ms.map(Duration::from_millis),
             lease,
+            pacer: Pacer::new(&job.policy),
         };
         st.queue.set_open(st.state == JobState::Running);
         for slot in 0..st.concurrency as usize {
@@ -606,6 +611,13 @@ fn handle_msg(
             st.exhausted = false;
         }
         SupervisorMsg::Tick => check_timeout(myself, st),
+        SupervisorMsg::Paced => {
+            if let Some(pacer) = st.pacer.as_mut()
+                && pacer.wake_at.is_some_and(|at| at <= Instant::now())
+            {
+                pacer.wake_at = None;
+            }
+        }
         SupervisorMsg::RetriesDue(at) => {
             if st.wake_at == Some(at) {
                 st.wake_at = None;
@@ -1149,7 +1161,8 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
             }
             let busy = st.in_flight();
             let idle = st.slots.len() - busy;
-            let ahead = if st.item_time.fast() {
+            // A job with a rate limit claims only what may start now.
+            let ahead = if st.item_time.fast() && st.pacer.is_none() {
                 // A claim lands one commit after it is asked for, and each
                 // worker ends an item per commit (pipelined: up to
                 // `pipeline_depth`): keep two commits' worth claimed ahead.
@@ -1166,14 +1179,17 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
             // Claim for idle workers at once; top up the read-ahead in
             // rounds, not an item at a time.
             let worth_it = waiting < idle || want >= (ahead / 4).max(1);
-            if want > 0
-                && worth_it
-                && let Some(&first) = st.due.first()
-            {
-                let max = st.due.len().min(want) as u32;
-                claim(myself, st, first, max, true);
-            } else if want > 0 && worth_it && !st.exhausted {
-                claim(myself, st, st.claim_from, want as u32, false);
+            if want > 0 && worth_it && (!st.due.is_empty() || !st.exhausted) {
+                let Some(want) = paced(myself, st, want) else {
+                    return;
+                };
+                match st.due.first() {
+                    Some(&first) => {
+                        let max = st.due.len().min(want) as u32;
+                        claim(myself, st, first, max, true);
+                    }
+                    None => claim(myself, st, st.claim_from, want as u32, false),
+                }
             } else if st.exhausted
                 && st.queue.is_empty()
                 && busy == 0
@@ -1200,6 +1216,25 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
             settle(myself, st, Command::Drained, Provenance::system(why));
         }
         _ => {}
+    }
+}
+
+/// How many of `want` items may start now under the job's rate limit
+/// (all of them without one); none yet: a wake-up is set for the next.
+fn paced(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, want: usize) -> Option<usize> {
+    let Some(pacer) = st.pacer.as_mut() else {
+        return Some(want);
+    };
+    match pacer.take(want) {
+        Ok(granted) => Some(granted),
+        Err(wait) => {
+            let at = Instant::now() + wait;
+            if pacer.wake_at.is_none_or(|set| set > at) {
+                pacer.wake_at = Some(at);
+                myself.send_after(wait, || SupervisorMsg::Paced);
+            }
+            None
+        }
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Execution {
     pub from_step: u32,
     /// How it ended: "ok", "interrupted", "failed"; None while running.
     pub outcome: Option<&'static str>,
+    /// When it started.
+    pub started: std::time::Instant,
 }
 
 /// The log of executions, shared between the executors and the test.
@@ -43,6 +45,7 @@ impl Executions {
             attempt: ctx.attempt(),
             from_step,
             outcome: None,
+            started: std::time::Instant::now(),
         });
         log.len() - 1
     }

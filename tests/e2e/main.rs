@@ -14,6 +14,7 @@ mod harness;
 mod hostile;
 mod lifecycle;
 mod panics;
+mod rate_limit;
 mod retry_delay;
 mod scheduled;
 mod watch;

@@ -20,6 +20,8 @@ pub async fn a_policy_is_kept_with_the_job(store: Arc<dyn Store>) {
         failure_window: Some(40),
         retry_delay_ms: Some(2_500),
         retry_delay_max_ms: Some(60_000),
+        rate_limit: Some(300),
+        rate_period_ms: Some(60_000),
     };
     let job = create(&store, &s).await;
     assert_eq!(job.policy, s.policy);

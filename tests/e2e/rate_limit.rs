@@ -1,0 +1,72 @@
+//! A job's rate limit on item starts (`rate_limit`, `rate_period`): starts
+//! are spaced evenly whatever the concurrency, and the limit is kept with
+//! the job.
+
+use super::harness::{Options, SECS, StoreKind, spawn_app_with};
+use jobvisor::pb::JobState;
+use std::time::Duration;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+#[tokio::test]
+async fn a_rate_limit_spaces_the_item_starts() {
+    rate_limited_on(StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_spaces_the_item_starts_on_the_embedded_store() {
+    rate_limited_on(StoreKind::Embedded).await;
+}
+
+/// 12 instant items, 4 at once, at most 10 starts a second: a start every
+/// 100 ms, so 1.1 s from the first start to the last.
+async fn rate_limited_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
+    let mut request = app.job("recording", 12, 4, &[("duration_ms", "0")]);
+    request.rate_limit = 10;
+    let job = app.start(request).await;
+    let policy = job.policy.unwrap();
+    assert_eq!(policy.rate_limit, 10);
+    assert_eq!(
+        policy.rate_period.map(|p| p.seconds),
+        Some(1),
+        "the default"
+    );
+    app.wait_for(&job.id, JobState::Succeeded, SECS(15)).await;
+
+    let mut starts: Vec<_> = app.executions.all().iter().map(|e| e.started).collect();
+    assert_eq!(starts.len(), 12);
+    starts.sort();
+    let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    // Each start waits for its turn (a claim's round trip of leeway).
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(80)),
+        "{gaps:?}"
+    );
+    let span = starts[11] - starts[0];
+    assert!(
+        span >= Duration::from_millis(1_050) && span < Duration::from_secs(4),
+        "{span:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_period_without_a_rate_limit_is_refused() {
+    let app = spawn_app_with(Options::default()).await;
+    let mut request = app.job("sleep", 2, 1, &[]);
+    request.rate_period = Some(prost_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    });
+    let status = app.client.clone().start_job(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let violations = status.get_details_bad_request().unwrap().field_violations;
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].field, "rate_period");
+    app.stop().await;
+}
