@@ -163,8 +163,7 @@ fn policy_lines(p: &pb::JobPolicy) -> Vec<String> {
     if p.rate_limit > 0 {
         let period = p
             .rate_period
-            .map(std)
-            .unwrap_or(std::time::Duration::from_secs(1));
+            .map_or(crate::domain::job::DEFAULT_RATE_PERIOD, std);
         lines.push(format!(
             "rate:      at most {} item starts per {}",
             p.rate_limit,

@@ -48,6 +48,9 @@ pub struct JobPolicy {
 /// The period of a job's rate limit when it does not say.
 pub const DEFAULT_RATE_PERIOD: Duration = Duration::from_secs(1);
 
+/// The longest period of a job's rate limit.
+pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
 impl JobPolicy {
     /// With a rate limit: the time between two item starts.
     pub fn start_interval(&self) -> Option<Duration> {

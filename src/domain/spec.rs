@@ -102,6 +102,24 @@ pub enum StartAs {
     },
 }
 
+impl StartAs {
+    /// The state the job is created in.
+    pub fn state(self) -> super::JobState {
+        match self {
+            StartAs::Running => super::JobState::Running,
+            StartAs::Paused { .. } => super::JobState::Paused,
+        }
+    }
+
+    /// When a job created paused resumes by itself, if it does.
+    pub fn resume_at(self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            StartAs::Running => None,
+            StartAs::Paused { resume_at } => resume_at,
+        }
+    }
+}
+
 /// Longest running-time budget: 30 days.
 const MAX_TIMEOUT_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -307,10 +325,13 @@ fn parse_rate_limit(input: &NewJob, policy: &mut JobPolicy, bad: &mut Vec<FieldV
             "rate_period",
             "only applies with rate_limit",
         ));
-    } else if u128::from(period) > super::job::MAX_RETRY_DELAY.as_millis() {
+    } else if u128::from(period) > super::job::MAX_RATE_PERIOD.as_millis() {
         bad.push(FieldViolation::new(
             "rate_period",
-            "is longer than the limit of a day",
+            format!(
+                "is longer than the limit of {} hours",
+                super::job::MAX_RATE_PERIOD.as_secs() / 3600
+            ),
         ));
     }
     policy.rate_limit = (limit > 0).then_some(limit);

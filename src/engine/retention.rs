@@ -51,7 +51,8 @@ impl Engine {
             }
             crate::metrics::jobs_deleted("retention", ids.len());
             deleted += ids.len();
-            // Other work gets the store between batches.
+            // Each batch is a transaction of its own; the committer's
+            // batches and the API's calls interleave with them.
             tokio::task::yield_now().await;
         }
         Ok(deleted)

@@ -97,11 +97,11 @@ pub struct TransitionWrite {
 pub const STARTED_PAUSED: &str = "started paused";
 
 /// A new job's first event: created RUNNING, or PAUSED.
-pub fn started_event(spec: &JobSpec, state: JobState) -> EventBody {
-    let paused = state == JobState::Paused;
+pub fn started_event(spec: &JobSpec) -> EventBody {
+    let paused = spec.start.state() == JobState::Paused;
     EventBody::StateChanged {
         from: None,
-        to: state,
+        to: spec.start.state(),
         reason: Some(if paused { STARTED_PAUSED } else { "started" }.into()),
         requested_by: None,
         request_id: spec.request_id.clone(),

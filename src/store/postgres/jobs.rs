@@ -6,7 +6,7 @@ use super::{
     rows::{self, job_state},
 };
 use crate::{
-    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, PauseMode, Provenance, StartAs},
+    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, PauseMode, Provenance},
     store::{Created, Lease, PruneLimits, Recovery, StoreError, TransitionWrite},
 };
 use sqlx::{PgConnection, PgPool, types::Json};
@@ -27,10 +27,7 @@ pub(super) async fn create_job(
     {
         return Ok(found);
     }
-    let (state, resume_at) = match spec.start {
-        StartAs::Running => (JobState::Running, None),
-        StartAs::Paused { resume_at } => (JobState::Paused, resume_at),
-    };
+    let state = spec.start.state();
     let mut tx = pool.begin().await.map_err(db_error)?;
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
@@ -86,12 +83,12 @@ pub(super) async fn create_job(
         .bind(PauseMode::Graceful.as_str())
         .bind(crate::store::STARTED_PAUSED)
         .bind(&spec.request_id)
-        .bind(resume_at)
+        .bind(spec.start.resume_at())
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
     }
-    insert_event(&mut tx, id, 1, &crate::store::started_event(spec, state)).await?;
+    insert_event(&mut tx, id, 1, &crate::store::started_event(spec)).await?;
     let job = rows::fetch_job(&mut tx, id)
         .await?
         .ok_or_else(|| StoreError::Internal("created job vanished".into()))?;

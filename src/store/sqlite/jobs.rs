@@ -10,7 +10,7 @@ use super::{
     reads::fetch_job,
 };
 use crate::{
-    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, PauseMode, Provenance, StartAs},
+    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, PauseMode, Provenance},
     store::{Created, PruneLimits, StoreError, TransitionWrite},
 };
 use chrono::{DateTime, Utc};
@@ -51,10 +51,7 @@ pub(super) async fn create_job(
             });
         }
     }
-    let (state, resume_at) = match spec.start {
-        StartAs::Running => (JobState::Running, None),
-        StartAs::Paused { resume_at } => (JobState::Paused, resume_at),
-    };
+    let state = spec.start.state();
     let at = micros(now());
     sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
@@ -100,12 +97,12 @@ pub(super) async fn create_job(
         .bind(crate::store::STARTED_PAUSED)
         .bind(&spec.request_id)
         .bind(at)
-        .bind(resume_at.map(micros))
+        .bind(spec.start.resume_at().map(micros))
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
     }
-    let started = crate::store::started_event(spec, state);
+    let started = crate::store::started_event(spec);
     insert_event(&mut tx, id, 1, at, &started).await?;
     let job = fetch_job(&mut tx, id)
         .await?
