@@ -58,6 +58,17 @@ fn requested_by<T>(request: &Request<T>) -> Option<String> {
 }
 
 impl JobApi {
+    /// The job a call names by `job_id` alone, checked, and visible to
+    /// the caller.
+    async fn named_job(&self, who: &Caller, job_id: &str) -> Result<JobId, Status> {
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", job_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
+        self.visible(who, id).await?;
+        Ok(id)
+    }
+
     /// A job outside the caller's label scope does not exist for it.
     async fn visible(&self, caller: &Caller, id: JobId) -> Result<(), Status> {
         if caller.scope.is_empty() {
@@ -324,12 +335,7 @@ impl JobService for JobApi {
         request: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
         let who = caller(&request);
-        let r = request.into_inner();
-        let mut violations = Vec::new();
-        let id = convert::job_id("job_id", &r.job_id, &mut violations);
-        let id = convert::checked(id, violations).map_err(bad)?;
-        record_job(id);
-        self.visible(&who, id).await?;
+        let id = self.named_job(&who, &request.get_ref().job_id).await?;
         let job = self.engine.delete_job(id).await?;
         Ok(Response::new(pb::DeleteJobResponse {
             job: Some(convert::job(&job)),
@@ -447,11 +453,7 @@ impl JobApi {
     ) -> Result<(JobId, u64), Status> {
         let who = caller(&request);
         let r = request.into_inner();
-        let mut violations = Vec::new();
-        let id = convert::job_id("job_id", &r.job_id, &mut violations);
-        let id = convert::checked(id, violations).map_err(bad)?;
-        record_job(id);
-        self.visible(&who, id).await?;
+        let id = self.named_job(&who, &r.job_id).await?;
         Ok((id, r.from_sequence))
     }
 }

@@ -406,47 +406,38 @@ async fn list_jobs_filters_and_pages() {
     app.stop().await;
 }
 
-/// A serve flag out of range stops the server before it touches any
-/// store, naming the flag.
-#[test]
-fn a_watch_window_over_a_second_is_refused() {
+/// Runs `jobvisor serve` with `flag value` in an empty directory, with no
+/// database: it must refuse to start with a message that names the flag
+/// and says `expected`, and create nothing.
+fn serve_refuses(flag: &str, value: &str, expected: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobvisor"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--watch-window", "2s"])
+        .args(["serve", "--listen", "127.0.0.1:0", flag, value])
         .env_remove("DATABASE_URL")
         .env("JOBVISOR_METRICS_LISTEN", "off")
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "{flag} {value} was accepted");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--watch-window") && stderr.contains("at most 1s"),
-        "{stderr}"
+        stderr.contains(flag) && stderr.contains(expected),
+        "{flag} {value}: {stderr}"
     );
     // Nothing was created.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
-/// A retention under a second, or one that is not a duration, stops the
-/// server before it touches any store, naming the flag.
+/// A serve flag out of range stops the server before it touches any
+/// store, naming the flag.
+#[test]
+fn a_watch_window_over_a_second_is_refused() {
+    serve_refuses("--watch-window", "2s", "at most 1s");
+}
+
+/// So does a retention under a second, or one that is not a duration.
 #[test]
 fn a_bad_retention_is_refused() {
-    for (value, expected) in [("500ms", "at least 1s"), ("a month", "invalid value")] {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobvisor"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--retention", value])
-            .env_remove("DATABASE_URL")
-            .env("JOBVISOR_METRICS_LISTEN", "off")
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("--retention") && stderr.contains(expected),
-            "{value}: {stderr}"
-        );
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
+    serve_refuses("--retention", "500ms", "at least 1s");
+    serve_refuses("--retention", "a month", "invalid value");
 }
