@@ -415,11 +415,20 @@ async fn every_rpc(
             client
                 .cancel_job(with_token(
                     pb::CancelJobRequest {
-                        job_id: id,
+                        job_id: id.clone(),
                         ..Default::default()
                     },
                     token,
                 ))
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "DeleteJob",
+        code(
+            client
+                .delete_job(with_token(pb::DeleteJobRequest { job_id: id }, token))
                 .await
                 .map(|_| ()),
         ),
