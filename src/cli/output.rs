@@ -89,6 +89,7 @@ pub fn job_json(j: &pb::Job) -> Value {
             "requested_by": p.requested_by, "request_id": p.request_id,
             "request_time": time(&p.request_time), "paused_time": time(&p.paused_time),
             "resume_time": time(&p.resume_time),
+            "scheduled_resume_time": time(&p.scheduled_resume_time),
         })).collect::<Vec<_>>(),
         "can_pause": j.can_pause, "can_resume": j.can_resume, "can_cancel": j.can_cancel,
         "last_error": j.last_error, "last_sequence": j.last_sequence,
@@ -206,13 +207,16 @@ pub fn print_job(j: &pb::Job, json: bool) {
         } else {
             format!(" ({})", p.reason)
         };
+        // A scheduled resume is news only while the job is still paused.
+        let paused_now =
+            [pb::JobState::Pausing as i32, pb::JobState::Paused as i32].contains(&j.state);
         let resumed = match (
             time(&p.resume_time).as_str(),
             time(&p.scheduled_resume_time).as_str(),
         ) {
             (Some(at), _) => format!("resumed {at}"),
-            (None, Some(at)) => format!("resumes by itself at {at}"),
-            (None, None) => "resumed -".into(),
+            (None, Some(at)) if paused_now => format!("resumes by itself at {at}"),
+            _ => "resumed -".into(),
         };
         println!(
             "paused:    {} at {}{}, {}",
@@ -576,6 +580,27 @@ mod tests {
         assert_eq!(json["timeout_seconds"], json!(7200.0));
         assert_eq!(json["rate_limit"], json!(300));
         assert_eq!(json["rate_period_seconds"], json!(60.0));
+    }
+
+    #[test]
+    fn a_pause_s_scheduled_resume_is_in_the_json() {
+        let at = prost_types::Timestamp {
+            seconds: 1_796_623_200,
+            nanos: 0,
+        };
+        let job = pb::Job {
+            pauses: vec![pb::PauseRecord {
+                scheduled_resume_time: Some(at),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json = job_json(&job);
+        assert_eq!(
+            json["pauses"][0]["scheduled_resume_time"],
+            json!("2026-12-07T06:00:00+00:00")
+        );
+        assert_eq!(json["pauses"][0]["resume_time"], Value::Null);
     }
 
     #[test]
