@@ -416,6 +416,32 @@ async fn control_calls_reach_the_owner_wherever_they_land() {
     )
     .await;
     assert_eq!(succeeded(&done), 20);
+    // A rate limit changed through a replica that does not own the job:
+    // the owner keeps to the new one (40 items at 2 a second would take
+    // 20 s).
+    let mut paced = sleep_job("paced", 40, 4, 0, 1);
+    paced.rate_limit = 2;
+    let paced = first.start_job(paced).await.unwrap().into_inner();
+    let paced_owner = r
+        .wait_owner(&paced.id, Duration::from_secs(5), |_| true)
+        .await;
+    let mut elsewhere = r.client((paced_owner + 1) % 3).await;
+    elsewhere
+        .set_job_rate_limit(pb::SetJobRateLimitRequest {
+            job_id: paced.id.clone(),
+            rate_limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = wait_state(
+        &mut elsewhere,
+        &paced.id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(8),
+    )
+    .await;
+    assert_eq!(succeeded(&done), 40);
     for id in [&job.id, &held.id] {
         at_other
             .delete_job(pb::DeleteJobRequest { job_id: id.clone() })

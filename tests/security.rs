@@ -410,6 +410,22 @@ async fn every_rpc(
         ),
     ));
     out.push((
+        "SetJobRateLimit",
+        code(
+            client
+                .set_job_rate_limit(with_token(
+                    pb::SetJobRateLimitRequest {
+                        job_id: id.clone(),
+                        rate_limit: 100,
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
         "CancelJob",
         code(
             client

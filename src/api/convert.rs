@@ -4,7 +4,7 @@
 use crate::{
     domain::{
         EventBody, FieldViolation, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobPolicy,
-        JobState, NewJob, PauseMode, PauseRecord,
+        JobState, NewJob, PauseMode, PauseRecord, RateLimit,
         page::{ItemCursor, JobCursor},
         spec::{MAX_REASON_CHARS, MAX_REQUEST_ID_CHARS, optional_text},
     },
@@ -153,14 +153,19 @@ fn policy(p: &JobPolicy) -> pb::JobPolicy {
         retry_delay: p.retry_delay_ms.map(duration),
         retry_delay_max: p.retry_delay_max_ms.map(duration),
         rate_limit: p.rate_limit.unwrap_or(0),
-        // The period in effect: a second unless the job said.
-        rate_period: p.rate_limit.map(|_| {
-            duration(
-                p.rate_period_ms
-                    .unwrap_or(crate::domain::job::DEFAULT_RATE_PERIOD.as_millis() as u64),
-            )
-        }),
+        rate_period: rate_period(&p.rate()),
     }
+}
+
+/// A rate limit's period in effect (a second unless the job said); none
+/// without a limit.
+fn rate_period(r: &RateLimit) -> Option<prost_types::Duration> {
+    r.limit.map(|_| {
+        duration(
+            r.period_ms
+                .unwrap_or(crate::domain::job::DEFAULT_RATE_PERIOD.as_millis() as u64),
+        )
+    })
 }
 
 fn pause_record(p: &PauseRecord) -> pb::PauseRecord {
@@ -255,6 +260,19 @@ pub fn event(e: &JobEvent) -> pb::JobEvent {
         } => Kind::ConcurrencyChanged(pb::ConcurrencyChanged {
             from: *from,
             to: *to,
+            requested_by: requested_by.clone().unwrap_or_default(),
+            request_id: request_id.clone().unwrap_or_default(),
+        }),
+        EventBody::RateLimitChanged {
+            from,
+            to,
+            requested_by,
+            request_id,
+        } => Kind::RateLimitChanged(pb::RateLimitChanged {
+            from_limit: from.limit.unwrap_or(0),
+            from_period: rate_period(from),
+            to_limit: to.limit.unwrap_or(0),
+            to_period: rate_period(to),
             requested_by: requested_by.clone().unwrap_or_default(),
             request_id: request_id.clone().unwrap_or_default(),
         }),

@@ -330,6 +330,32 @@ impl JobService for JobApi {
         Ok(Response::new(convert::job(&job)))
     }
 
+    async fn set_job_rate_limit(
+        &self,
+        request: Request<pb::SetJobRateLimitRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&request);
+        let by = requested_by(&request);
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", &r.job_id, &mut violations);
+        let period_ms = convert::duration_ms("rate_period", &r.rate_period, &mut violations);
+        let (_, request_id) = convert::reason_and_request_id("", &r.request_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
+        self.visible(&who, id).await?;
+        let provenance = Provenance {
+            reason: None,
+            requested_by: by,
+            request_id,
+        };
+        let job = self
+            .engine
+            .set_rate_limit(id, r.rate_limit, period_ms, provenance)
+            .await?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
     async fn delete_job(
         &self,
         request: Request<pb::DeleteJobRequest>,

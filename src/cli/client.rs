@@ -466,6 +466,37 @@ pub async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
 }
 
 #[derive(Debug, Args)]
+pub struct RateArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job's id.
+    job_id: String,
+    /// Item starts per --period from now on (0: no limit).
+    rate_limit: u32,
+    /// The period of the limit (default 1s), e.g. 1m for "per minute".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    period: Option<Duration>,
+}
+
+pub async fn rate(args: RateArgs) -> anyhow::Result<ExitCode> {
+    let job = args
+        .conn
+        .client()
+        .await?
+        .set_job_rate_limit(request(pb::SetJobRateLimitRequest {
+            job_id: args.job_id,
+            rate_limit: args.rate_limit,
+            rate_period: args.period.map(proto_duration),
+            request_id: String::new(),
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::print_job(&job, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
 pub struct BulkArgs {
     #[command(flatten)]
     conn: Conn,

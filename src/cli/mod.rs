@@ -36,6 +36,8 @@ enum Command {
     Retry(client::JobArgs),
     /// Change how many items a job runs at once.
     Scale(client::ScaleArgs),
+    /// Change a job's rate limit on item starts (0: none).
+    Rate(client::RateArgs),
     /// Delete an ended job with its items and events (a job that has not
     /// ended is refused: cancel it first).
     Delete(client::JobArgs),
@@ -71,6 +73,7 @@ pub async fn run() -> ExitCode {
         Command::Cancel(args) => client::cancel(args).await,
         Command::Retry(args) => client::retry(args).await,
         Command::Scale(args) => client::scale(args).await,
+        Command::Rate(args) => client::rate(args).await,
         Command::Delete(args) => client::delete(args).await,
         Command::Control(args) => client::bulk(args).await,
         Command::Get(args) => client::get(args).await,

@@ -162,16 +162,26 @@ fn policy_lines(p: &pb::JobPolicy) -> Vec<String> {
         ));
     }
     if p.rate_limit > 0 {
-        let period = p
-            .rate_period
-            .map_or(crate::domain::job::DEFAULT_RATE_PERIOD, std);
         lines.push(format!(
-            "rate:      at most {} item starts per {}",
-            p.rate_limit,
-            humantime::format_duration(period)
+            "rate:      at most {}",
+            rate_words(p.rate_limit, &p.rate_period)
         ));
     }
     lines
+}
+
+/// A rate limit in words: "300 item starts per 1m", or "none".
+fn rate_words(limit: u32, period: &Option<prost_types::Duration>) -> String {
+    if limit == 0 {
+        return "none".into();
+    }
+    let period = period
+        .and_then(|d| std::time::Duration::try_from(d).ok())
+        .unwrap_or(crate::domain::job::DEFAULT_RATE_PERIOD);
+    format!(
+        "{limit} item starts per {}",
+        humantime::format_duration(period)
+    )
 }
 
 fn counts_text(c: &Option<pb::ItemCounts>) -> String {
@@ -465,6 +475,16 @@ impl WatchView {
                     ));
                 }
             }
+            Kind::RateLimitChanged(r) => {
+                if !self.json {
+                    self.note(&format!(
+                        "#{} rate limit {} → {}",
+                        event.sequence,
+                        rate_words(r.from_limit, &r.from_period),
+                        rate_words(r.to_limit, &r.to_period)
+                    ));
+                }
+            }
             Kind::WorkerRestarted(w) => {
                 if !self.json {
                     self.note(&format!(
@@ -524,6 +544,10 @@ fn event_json(e: &pb::JobEvent) -> Value {
         Some(Kind::ConcurrencyChanged(c)) => json!({"concurrency_changed": {
             "from": c.from, "to": c.to, "requested_by": c.requested_by,
             "request_id": c.request_id}}),
+        Some(Kind::RateLimitChanged(r)) => json!({"rate_limit_changed": {
+            "from_limit": r.from_limit, "from_period_seconds": seconds(&r.from_period),
+            "to_limit": r.to_limit, "to_period_seconds": seconds(&r.to_period),
+            "requested_by": r.requested_by, "request_id": r.request_id}}),
         Some(Kind::WorkerRestarted(w)) => json!({"worker_restarted": {
             "index": w.index, "reason": w.reason, "restarts_in_window": w.restarts_in_window}}),
         Some(Kind::OwnerChanged(o)) => json!({"owner_changed": {

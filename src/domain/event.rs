@@ -40,6 +40,15 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
     },
+    /// The job's rate limit on item starts was changed.
+    RateLimitChanged {
+        from: super::job::RateLimit,
+        to: super::job::RateLimit,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
     /// A worker died and was restarted.
     WorkerRestarted {
         index: u32,
@@ -64,6 +73,7 @@ impl EventBody {
             EventBody::WorkerRestarted { .. } => "worker_restarted",
             EventBody::ConcurrencyChanged { .. } => "concurrency_changed",
             EventBody::OwnerChanged { .. } => "owner_changed",
+            EventBody::RateLimitChanged { .. } => "rate_limit_changed",
         }
     }
 

@@ -51,7 +51,30 @@ pub const DEFAULT_RATE_PERIOD: Duration = Duration::from_secs(1);
 /// The longest period of a job's rate limit.
 pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(24 * 3600);
 
+/// A job's rate limit on item starts: `limit` starts per `period_ms`
+/// (none: no limit; no period: [`DEFAULT_RATE_PERIOD`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_ms: Option<u64>,
+}
+
 impl JobPolicy {
+    /// The job's rate limit on item starts.
+    pub fn rate(&self) -> RateLimit {
+        RateLimit {
+            limit: self.rate_limit,
+            period_ms: self.rate_period_ms,
+        }
+    }
+
+    pub fn set_rate(&mut self, rate: RateLimit) {
+        self.rate_limit = rate.limit;
+        self.rate_period_ms = rate.period_ms;
+    }
+
     /// With a rate limit: the time between two item starts.
     pub fn start_interval(&self) -> Option<Duration> {
         let n = self.rate_limit.filter(|&n| n > 0)?;

@@ -11,7 +11,7 @@ pub mod state;
 
 pub use event::{EventBody, JobEvent};
 pub use ids::JobId;
-pub use job::{Backoff, Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance};
+pub use job::{Backoff, Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance, RateLimit};
 pub use machine::{Command, Decision, Effect, Refusal, decide, deletable};
-pub use spec::{FieldViolation, JobSpec, Limits, NewJob, StartAs};
+pub use spec::{FieldViolation, JobSpec, Limits, NewJob, StartAs, parse_rate};
 pub use state::{ItemState, JobState, PauseMode};

@@ -2,7 +2,7 @@
 //! exists only if every field was valid, and a refusal names every bad
 //! field (by its API name) with what was wrong.
 
-use super::job::JobPolicy;
+use super::job::{JobPolicy, RateLimit};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -313,19 +313,28 @@ fn parse_policy(input: &NewJob, bad: &mut Vec<FieldViolation>) -> JobPolicy {
 const MAX_RATE_LIMIT: u32 = 1_000_000;
 
 fn parse_rate_limit(input: &NewJob, policy: &mut JobPolicy, bad: &mut Vec<FieldViolation>) {
-    let (limit, period) = (input.rate_limit, input.rate_period_ms);
+    match parse_rate(input.rate_limit, input.rate_period_ms) {
+        Ok(rate) => policy.set_rate(rate),
+        Err(violations) => bad.extend(violations),
+    }
+}
+
+/// A rate limit as asked for (`rate_limit`, `rate_period`; 0: none and
+/// the default), checked.
+pub fn parse_rate(limit: u32, period_ms: u64) -> Result<RateLimit, Vec<FieldViolation>> {
+    let mut bad = Vec::new();
     if limit > MAX_RATE_LIMIT {
         bad.push(FieldViolation::new(
             "rate_limit",
             format!("is {limit}; it must be between 1 and {MAX_RATE_LIMIT} (0: no limit)"),
         ));
     }
-    if period > 0 && limit == 0 {
+    if period_ms > 0 && limit == 0 {
         bad.push(FieldViolation::new(
             "rate_period",
             "only applies with rate_limit",
         ));
-    } else if u128::from(period) > super::job::MAX_RATE_PERIOD.as_millis() {
+    } else if u128::from(period_ms) > super::job::MAX_RATE_PERIOD.as_millis() {
         bad.push(FieldViolation::new(
             "rate_period",
             format!(
@@ -334,8 +343,13 @@ fn parse_rate_limit(input: &NewJob, policy: &mut JobPolicy, bad: &mut Vec<FieldV
             ),
         ));
     }
-    policy.rate_limit = (limit > 0).then_some(limit);
-    policy.rate_period_ms = (period > 0).then_some(period);
+    if !bad.is_empty() {
+        return Err(bad);
+    }
+    Ok(RateLimit {
+        limit: (limit > 0).then_some(limit),
+        period_ms: (period_ms > 0).then_some(period_ms),
+    })
 }
 
 fn parse_retry_delays(input: &NewJob, policy: &mut JobPolicy, bad: &mut Vec<FieldViolation>) {

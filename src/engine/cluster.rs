@@ -386,6 +386,7 @@ impl Engine {
                         concurrency: h.concurrency,
                         immediate: false,
                         counts: Default::default(),
+                        rate: Some(h.rate),
                     })
                     .await;
                 }
@@ -681,6 +682,7 @@ impl Engine {
                     state: change.state,
                     seq: change.last_seq,
                     concurrency: change.concurrency,
+                    rate: change.rate,
                     interrupt,
                     reply,
                 },

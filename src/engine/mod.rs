@@ -602,6 +602,45 @@ impl Engine {
         Ok(job)
     }
 
+    /// Changes a job's rate limit on item starts (none removes it), while
+    /// it runs or is paused; its supervisor keeps to the new one from its
+    /// next start.
+    pub async fn set_rate_limit(
+        &self,
+        id: JobId,
+        rate_limit: u32,
+        rate_period_ms: u64,
+        provenance: Provenance,
+    ) -> Result<Job, EngineError> {
+        self.check_open()?;
+        let rate = crate::domain::parse_rate(rate_limit, rate_period_ms)
+            .map_err(EngineError::InvalidArgument)?;
+        let job = match self.rt.store.set_rate_limit(id, rate, &provenance).await {
+            Ok(job) => job,
+            Err(StoreError::Conflict { current, .. }) => {
+                return Err(Refusal::Ended(current).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.publish(&job);
+        if let Some(supervisor) = self.lookup(id).await {
+            let _ = supervisor
+                .call(
+                    |reply| SupervisorMsg::RateLimit {
+                        rate: job.policy.rate(),
+                        reply,
+                    },
+                    Some(self.rt.config.control_timeout),
+                )
+                .await;
+        } else if let Some(cluster) = self.cluster.clone() {
+            // The owner elsewhere learns of it from the database.
+            self.route(&cluster, &job, false, std::time::Instant::now(), true)
+                .await?;
+        }
+        Ok(job)
+    }
+
     /// Applies `control` to the jobs named in `ids` and to every job not
     /// yet ended that carries all of `labels` (at most [`BULK_LIMIT`]),
     /// each on its own; returns each job's outcome.

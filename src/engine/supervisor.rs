@@ -19,7 +19,10 @@ use super::{
     writer::WriteError,
 };
 use crate::{
-    domain::{Backoff, Command, Decision, EventBody, Job, JobId, JobState, Provenance, decide},
+    domain::{
+        Backoff, Command, Decision, EventBody, Job, JobId, JobPolicy, JobState, Provenance,
+        RateLimit, decide,
+    },
     executor::{ItemHandler, StopReason},
     metrics::ItemOutcome,
     store::{ClaimRequest, ClaimedItem, ItemWrite, Lease, StoreError, TransitionWrite, WriteKind},
@@ -63,6 +66,8 @@ pub enum SupervisorMsg {
         state: JobState,
         seq: u64,
         concurrency: u32,
+        /// The job's rate limit, if the notice said.
+        rate: Option<RateLimit>,
         interrupt: bool,
         reply: RpcReplyPort<bool>,
     },
@@ -100,6 +105,12 @@ pub enum SupervisorMsg {
     Tick,
     /// The wake-up set for the job's rate limit: the next item may start.
     Paced,
+    /// The job's rate limit was changed (committed); reply once the next
+    /// start keeps to it.
+    RateLimit {
+        rate: RateLimit,
+        reply: RpcReplyPort<()>,
+    },
     /// The wake-up set for this time: retries whose delay has passed may
     /// be claimed.
     RetriesDue(Instant),
@@ -212,7 +223,8 @@ pub struct SupervisorState {
     claim_from: u32,
     /// Multi-replica mode: the lease every write is fenced by.
     lease: Option<Lease>,
-    /// The job's rate limit on item starts, if it has one.
+    /// The job's rate limit on item starts, and its pacer if it has one.
+    rate: RateLimit,
     pacer: Option<Box<Pacer>>,
 }
 
@@ -324,6 +336,7 @@ impl Actor for JobSupervisor {
             ),
             timeout: job.policy.timeout_ms.map(Duration::from_millis),
             lease,
+            rate: job.policy.rate(),
             pacer: Pacer::new(&job.policy),
         };
         st.queue.set_open(st.state == JobState::Running);
@@ -463,10 +476,17 @@ fn handle_msg(
             state,
             seq,
             concurrency,
+            rate,
             interrupt,
             reply,
         } => {
             let mut changed = false;
+            if let Some(rate) = rate
+                && rate != st.rate
+            {
+                set_rate(st, rate);
+                changed = true;
+            }
             // Other events (item failures…) move the sequence without
             // changing the state: only a different state is applied.
             if seq > st.state_seq && state != st.state {
@@ -611,6 +631,10 @@ fn handle_msg(
             st.exhausted = false;
         }
         SupervisorMsg::Tick => check_timeout(myself, st),
+        SupervisorMsg::RateLimit { rate, reply } => {
+            set_rate(st, rate);
+            let _ = reply.send(());
+        }
         SupervisorMsg::Paced => {
             if let Some(pacer) = st.pacer.as_mut()
                 && pacer.wake_at.is_some_and(|at| at <= Instant::now())
@@ -1217,6 +1241,20 @@ fn pump(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
         }
         _ => {}
     }
+}
+
+/// Keeps to `rate` from the next start on (a new limit starts a new
+/// period); nothing changes if it is the limit already kept to.
+fn set_rate(st: &mut SupervisorState, rate: RateLimit) {
+    if rate == st.rate {
+        return;
+    }
+    st.rate = rate;
+    st.pacer = Pacer::new(&JobPolicy {
+        rate_limit: rate.limit,
+        rate_period_ms: rate.period_ms,
+        ..JobPolicy::default()
+    });
 }
 
 /// How many of `want` items may start now under the job's rate limit

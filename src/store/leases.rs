@@ -10,7 +10,7 @@
 //! job can change nothing for it. Expiry is judged by the database's clock.
 
 use super::{Lease, StoreError};
-use crate::domain::{ItemCounts, Job, JobId, JobState};
+use crate::domain::{ItemCounts, Job, JobId, JobState, RateLimit};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -25,6 +25,7 @@ pub struct Held {
     pub state: JobState,
     pub last_seq: u64,
     pub concurrency: u32,
+    pub rate: RateLimit,
 }
 
 /// A live replica and how many live jobs it owns.
@@ -64,6 +65,9 @@ pub struct JobChange {
     /// PAUSING with an immediate pause: items in flight are interrupted.
     pub immediate: bool,
     pub counts: ItemCounts,
+    /// The job's rate limit (none: not said, by a replica of an earlier
+    /// version).
+    pub rate: Option<RateLimit>,
 }
 
 /// A message from one replica to the others.

@@ -17,7 +17,7 @@ pub use leases::Leases;
 
 use crate::domain::{
     Effect, EventBody, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobSpec, JobState,
-    PauseMode, Provenance,
+    PauseMode, Provenance, RateLimit,
     page::{ItemCursor, JobCursor},
 };
 use async_trait::async_trait;
@@ -317,6 +317,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: JobId,
         concurrency: u32,
+        provenance: &Provenance,
+    ) -> Result<Job, StoreError>;
+
+    /// Changes the rate limit of a job that has not ended, appending a
+    /// RateLimitChanged event; `Conflict` if the job has ended.
+    async fn set_rate_limit(
+        &self,
+        id: JobId,
+        rate: RateLimit,
         provenance: &Provenance,
     ) -> Result<Job, StoreError>;
 

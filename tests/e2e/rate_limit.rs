@@ -1,9 +1,9 @@
 //! A job's rate limit on item starts (`rate_limit`, `rate_period`): starts
-//! are spaced evenly whatever the concurrency, and the limit is kept with
-//! the job.
+//! are spaced evenly whatever the concurrency, the limit is kept with the
+//! job, and SetJobRateLimit changes it while the job runs.
 
 use super::harness::{Options, SECS, StoreKind, spawn_app_with};
-use jobvisor::pb::JobState;
+use jobvisor::pb::{self, JobState};
 use std::time::Duration;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -74,5 +74,92 @@ async fn a_rate_period_without_a_rate_limit_is_refused() {
     let violations = status.get_details_bad_request().unwrap().field_violations;
     assert_eq!(violations.len(), 1, "{violations:?}");
     assert_eq!(violations[0].field, "rate_period");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_changed_while_the_job_runs_applies_to_the_next_starts() {
+    rate_changed_on(StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_changed_while_the_job_runs_applies_on_the_embedded_store() {
+    rate_changed_on(StoreKind::Embedded).await;
+}
+
+/// 40 instant items at 2 a second would take 20 s; raised to 1,000 a
+/// second after the first few, the rest take a few milliseconds.
+async fn rate_changed_on(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
+    let mut request = app.job("recording", 40, 4, &[("duration_ms", "0")]);
+    request.rate_limit = 2;
+    let job = app.start(request).await;
+    app.eventually("two items started", SECS(5), || async {
+        app.executions.started() >= 2
+    })
+    .await;
+    let changed = app
+        .client
+        .clone()
+        .set_job_rate_limit(pb::SetJobRateLimitRequest {
+            job_id: job.id.clone(),
+            rate_limit: 1_000,
+            request_id: "faster".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(changed.policy.unwrap().rate_limit, 1_000);
+    let started_at_change = app.executions.started();
+    assert!(started_at_change < 10, "{started_at_change} started at 2/s");
+    app.wait_for(&job.id, JobState::Succeeded, SECS(5)).await;
+    let events = app.watch_all(&job.id, 0, SECS(5)).await;
+    let change = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(pb::job_event::Kind::RateLimitChanged(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("a RateLimitChanged event");
+    assert_eq!((change.from_limit, change.to_limit), (2, 1_000));
+    assert_eq!(change.from_period.map(|p| p.seconds), Some(1));
+    assert_eq!(change.request_id, "faster");
+
+    // Not on an ended job; a bad field is named.
+    let status = app
+        .client
+        .clone()
+        .set_job_rate_limit(pb::SetJobRateLimitRequest {
+            job_id: job.id.clone(),
+            rate_limit: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let status = app
+        .client
+        .clone()
+        .set_job_rate_limit(pb::SetJobRateLimitRequest {
+            job_id: job.id.clone(),
+            rate_limit: 2_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields: Vec<String> = status
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["rate_limit"]);
     app.stop().await;
 }

@@ -95,6 +95,7 @@ conformance! {
         control::pauses_due_to_resume_are_found,
         control::a_job_created_paused_waits_for_its_resume,
         control::concurrency_changes_are_recorded,
+        control::rate_limit_changes_are_recorded,
         control::a_succeeded_items_result_is_kept,
         retries::a_retry_waits_for_its_delay,
         retries::a_claim_of_due_retries_takes_only_them,

@@ -6,7 +6,10 @@ use super::{
     rows::{self, job_state},
 };
 use crate::{
-    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, PauseMode, Provenance},
+    domain::{
+        Effect, EventBody, Job, JobId, JobPolicy, JobSpec, JobState, PauseMode, Provenance,
+        RateLimit,
+    },
     store::{Created, Lease, PruneLimits, Recovery, StoreError, TransitionWrite},
 };
 use sqlx::{PgConnection, PgPool, types::Json};
@@ -342,6 +345,51 @@ pub(super) async fn set_concurrency(
     let event = EventBody::ConcurrencyChanged {
         from: from as u32,
         to: concurrency,
+        requested_by: p.requested_by.clone(),
+        request_id: p.request_id.clone(),
+    };
+    insert_event(&mut tx, id, seq, &event).await?;
+    let job = rows::fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(job)
+}
+
+pub(super) async fn set_rate_limit(
+    pool: &PgPool,
+    id: JobId,
+    rate: RateLimit,
+    p: &Provenance,
+) -> Result<Job, StoreError> {
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    let state = lock_job(&mut tx, id).await?;
+    if state.is_terminal() {
+        return Err(StoreError::Conflict {
+            expected: JobState::Running,
+            current: state,
+        });
+    }
+    let Json(mut policy): Json<JobPolicy> =
+        sqlx::query_scalar("SELECT policy FROM jobs WHERE id = $1")
+            .bind(id.0)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    let from = policy.rate();
+    policy.set_rate(rate);
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET policy = $2, last_seq = last_seq + 1, updated_at = now() \
+         WHERE id = $1 RETURNING last_seq",
+    )
+    .bind(id.0)
+    .bind(Json(&policy))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let event = EventBody::RateLimitChanged {
+        from,
+        to: rate,
         requested_by: p.requested_by.clone(),
         request_id: p.request_id.clone(),
     };

@@ -13,7 +13,7 @@ use super::{
     rows::{self, job_state},
 };
 use crate::{
-    domain::{EventBody, ItemCounts, Job, JobId, JobState},
+    domain::{EventBody, ItemCounts, Job, JobId, JobState, RateLimit},
     store::{
         Lease, Leases, StoreError,
         leases::{Census, Held, JobChange, Message, Notice, Orphan, ReplicaLoad},
@@ -61,7 +61,9 @@ impl Leases for PgStore {
                  UPDATE job_leases SET expires_at = now() + make_interval(secs => $2) \
                  WHERE owner = $1 AND expires_at > now() \
                  RETURNING job_id, epoch) \
-             SELECT r.job_id, r.epoch, j.state, j.last_seq, j.concurrency \
+             SELECT r.job_id, r.epoch, j.state, j.last_seq, j.concurrency, \
+                 (j.policy->>'rate_limit')::bigint AS rate_limit, \
+                 (j.policy->>'rate_period_ms')::bigint AS rate_period_ms \
              FROM renewed AS r JOIN jobs AS j ON j.id = r.job_id",
         )
         .bind(me)
@@ -74,12 +76,15 @@ impl Leases for PgStore {
                 let state: String = row.try_get("state").map_err(db_error)?;
                 let last_seq: i64 = row.try_get("last_seq").map_err(db_error)?;
                 let concurrency: i32 = row.try_get("concurrency").map_err(db_error)?;
+                let limit: Option<i64> = row.try_get("rate_limit").map_err(db_error)?;
+                let period: Option<i64> = row.try_get("rate_period_ms").map_err(db_error)?;
                 Ok(Held {
                     job: JobId(row.try_get("job_id").map_err(db_error)?),
                     epoch: row.try_get("epoch").map_err(db_error)?,
                     state: job_state(&state)?,
                     last_seq: last_seq.max(0) as u64,
                     concurrency: concurrency.max(1) as u32,
+                    rate: rate_limit(limit.unwrap_or(0), period.unwrap_or(0)),
                 })
             })
             .collect()
@@ -400,7 +405,16 @@ async fn forward(pool: sqlx::PgPool, mut listener: PgListener, tx: mpsc::Sender<
     }
 }
 
-/// `id,state,last_seq,concurrency,immediate,total,running,succeeded,failed,cancelled`
+/// A rate limit as stored in a job's policy (0: none, the default).
+fn rate_limit(limit: i64, period_ms: i64) -> RateLimit {
+    RateLimit {
+        limit: u32::try_from(limit).ok().filter(|&n| n > 0),
+        period_ms: u64::try_from(period_ms).ok().filter(|&n| n > 0),
+    }
+}
+
+/// `id,state,last_seq,concurrency,immediate,total,running,succeeded,failed,cancelled`,
+/// then `rate_limit,rate_period_ms` (migration 0014; absent before).
 fn parse_change(payload: &str) -> Option<JobChange> {
     let mut parts = payload.split(',');
     let mut next = || parts.next();
@@ -418,6 +432,10 @@ fn parse_change(payload: &str) -> Option<JobChange> {
         failed: count()?,
         cancelled: count()?,
     };
+    let rate = match (number(), number()) {
+        (Some(limit), Some(period)) => Some(rate_limit(limit, period)),
+        _ => None,
+    };
     Some(JobChange {
         job,
         state,
@@ -425,6 +443,7 @@ fn parse_change(payload: &str) -> Option<JobChange> {
         concurrency: concurrency.max(1) as u32,
         immediate,
         counts,
+        rate,
     })
 }
 
@@ -443,6 +462,18 @@ mod tests {
         assert!(change.immediate);
         assert_eq!(change.counts.succeeded, 3);
         assert_eq!(change.counts.total, 10);
+        assert_eq!(change.rate, None, "a payload of the previous version");
+        let change =
+            parse_change(&format!("{id},running,7,4,0,10,2,3,1,0,300,60000")).expect("parses");
+        assert_eq!(
+            change.rate,
+            Some(RateLimit {
+                limit: Some(300),
+                period_ms: Some(60_000)
+            })
+        );
+        let change = parse_change(&format!("{id},running,7,4,0,10,2,3,1,0,0,0")).unwrap();
+        assert_eq!(change.rate, Some(RateLimit::default()), "no limit");
         assert!(parse_change("nonsense").is_none());
         assert!(parse_change(&format!("{id},sleeping,7,4,0,1,0,0,0,0")).is_none());
         assert!(parse_change(&format!("{id},running,7,4")).is_none());

@@ -238,6 +238,15 @@ impl Store for PgStore {
         jobs::set_concurrency(&self.pool, id, concurrency, provenance).await
     }
 
+    async fn set_rate_limit(
+        &self,
+        id: JobId,
+        rate: crate::domain::RateLimit,
+        provenance: &crate::domain::Provenance,
+    ) -> Result<Job, StoreError> {
+        jobs::set_rate_limit(&self.pool, id, rate, provenance).await
+    }
+
     async fn delete_job(&self, id: JobId) -> Result<Job, StoreError> {
         jobs::delete_job(&self.pool, id).await
     }

@@ -10,7 +10,10 @@ use super::{
     reads::fetch_job,
 };
 use crate::{
-    domain::{Effect, EventBody, Job, JobId, JobSpec, JobState, PauseMode, Provenance},
+    domain::{
+        Effect, EventBody, Job, JobId, JobPolicy, JobSpec, JobState, PauseMode, Provenance,
+        RateLimit,
+    },
     store::{Created, PruneLimits, StoreError, TransitionWrite},
 };
 use chrono::{DateTime, Utc};
@@ -388,6 +391,54 @@ pub(super) async fn set_concurrency(
     let event = EventBody::ConcurrencyChanged {
         from: from as u32,
         to: concurrency,
+        requested_by: p.requested_by.clone(),
+        request_id: p.request_id.clone(),
+    };
+    insert_event(&mut tx, id, seq, at, &event).await?;
+    let job = fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(job)
+}
+
+pub(super) async fn set_rate_limit(
+    pool: &SqlitePool,
+    id: JobId,
+    rate: RateLimit,
+    p: &Provenance,
+) -> Result<Job, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let state = current_state(&mut tx, id).await?;
+    if state.is_terminal() {
+        return Err(StoreError::Conflict {
+            expected: JobState::Running,
+            current: state,
+        });
+    }
+    let stored: String = sqlx::query_scalar("SELECT policy FROM jobs WHERE id = ?1")
+        .bind(id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    let mut policy: JobPolicy =
+        serde_json::from_str(&stored).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let from = policy.rate();
+    policy.set_rate(rate);
+    let at = micros(now());
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET policy = ?2, last_seq = last_seq + 1, updated_at = ?3 \
+         WHERE id = ?1 RETURNING last_seq",
+    )
+    .bind(id.0)
+    .bind(serde_json::to_string(&policy).map_err(|e| StoreError::Internal(e.to_string()))?)
+    .bind(at)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let event = EventBody::RateLimitChanged {
+        from,
+        to: rate,
         requested_by: p.requested_by.clone(),
         request_id: p.request_id.clone(),
     };

@@ -167,6 +167,15 @@ impl Store for SqliteStore {
         jobs::set_concurrency(&self.write, id, concurrency, provenance).await
     }
 
+    async fn set_rate_limit(
+        &self,
+        id: JobId,
+        rate: crate::domain::RateLimit,
+        provenance: &crate::domain::Provenance,
+    ) -> Result<Job, StoreError> {
+        jobs::set_rate_limit(&self.write, id, rate, provenance).await
+    }
+
     async fn delete_job(&self, id: JobId) -> Result<Job, StoreError> {
         jobs::delete_job(&self.write, id).await
     }

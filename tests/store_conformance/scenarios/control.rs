@@ -3,7 +3,7 @@
 
 use crate::harness::*;
 use jobvisor::{
-    domain::{Effect, EventBody, JobPolicy, JobState, PauseMode, StartAs},
+    domain::{Effect, EventBody, JobPolicy, JobState, PauseMode, RateLimit, StartAs},
     store::{Store, StoreError, TransitionWrite, WriteKind},
 };
 use std::sync::Arc;
@@ -195,4 +195,69 @@ pub async fn a_job_created_paused_waits_for_its_resume(store: Arc<dyn Store>) {
     assert_eq!(get(&store, other.id).await.state, S::Paused);
     consistent(&store, job.id).await;
     consistent(&store, other.id).await;
+}
+
+pub async fn rate_limit_changes_are_recorded(store: Arc<dyn Store>) {
+    let mut s = spec(3);
+    s.policy.rate_limit = Some(10);
+    s.policy.retry_delay_ms = Some(500);
+    let job = create(&store, &s).await;
+    let per_minute = RateLimit {
+        limit: Some(300),
+        period_ms: Some(60_000),
+    };
+    let changed = store
+        .set_rate_limit(job.id, per_minute, &provenance("", "ops", "r-1"))
+        .await
+        .unwrap();
+    assert_eq!(changed.policy.rate(), per_minute);
+    // The rest of the policy is kept.
+    assert_eq!(changed.policy.retry_delay_ms, Some(500));
+    assert_eq!(changed.last_seq, job.last_seq + 1);
+    assert_eq!(get(&store, job.id).await.policy, changed.policy);
+    assert_eq!(
+        events(&store, job.id).await.last().unwrap().body,
+        EventBody::RateLimitChanged {
+            from: RateLimit {
+                limit: Some(10),
+                period_ms: None
+            },
+            to: per_minute,
+            requested_by: Some("ops".into()),
+            request_id: Some("r-1".into()),
+        }
+    );
+    // Removed.
+    let unlimited = store
+        .set_rate_limit(job.id, RateLimit::default(), &provenance("", "ops", "r-2"))
+        .await
+        .unwrap();
+    assert_eq!(unlimited.policy.start_interval(), None);
+    consistent(&store, job.id).await;
+    // Not once the job has ended.
+    go(
+        &store,
+        job.id,
+        S::Running,
+        S::Cancelling,
+        vec![E::Interrupt],
+    )
+    .await;
+    go(
+        &store,
+        job.id,
+        S::Cancelling,
+        S::Cancelled,
+        vec![E::CancelRemaining, E::End],
+    )
+    .await;
+    let before = get(&store, job.id).await;
+    match store
+        .set_rate_limit(job.id, per_minute, &provenance("", "ops", "r-3"))
+        .await
+    {
+        Err(StoreError::Conflict { current, .. }) => assert_eq!(current, S::Cancelled),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(get(&store, job.id).await, before);
 }
