@@ -602,6 +602,8 @@ mod tests {
         assert_eq!(json["retry_delay_seconds"], json!(2.0));
         assert_eq!(json["retry_delay_max_seconds"], Value::Null);
         assert_eq!(json["timeout_seconds"], json!(7200.0));
+        assert_eq!(rate_words(0, &None), "none");
+        assert_eq!(rate_words(5, &None), "5 item starts per 1s");
         assert_eq!(json["rate_limit"], json!(300));
         assert_eq!(json["rate_period_seconds"], json!(60.0));
     }
