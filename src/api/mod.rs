@@ -69,6 +69,33 @@ impl JobApi {
         Ok(id)
     }
 
+    /// The job a control call names, with who asked, the caller's reason
+    /// and request id as recorded: the job id checked first, then the bad
+    /// fields the handler found (`more`), then the reason and request id;
+    /// the job visible to the caller.
+    async fn control_target<T>(
+        &self,
+        request: &Request<T>,
+        job_id: &str,
+        more: Vec<FieldViolation>,
+        (reason, request_id): (&str, &str),
+    ) -> Result<(JobId, Provenance), Status> {
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", job_id, &mut violations);
+        violations.extend(more);
+        let (reason, request_id) =
+            convert::reason_and_request_id(reason, request_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
+        self.visible(&caller(request), id).await?;
+        let provenance = Provenance {
+            reason,
+            requested_by: requested_by(request),
+            request_id,
+        };
+        Ok((id, provenance))
+    }
+
     /// A job outside the caller's label scope does not exist for it.
     async fn visible(&self, caller: &Caller, id: JobId) -> Result<(), Status> {
         if caller.scope.is_empty() {
@@ -212,22 +239,12 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::PauseJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let who = caller(&request);
-        let by = requested_by(&request);
-        let r = request.into_inner();
+        let r = request.get_ref();
         let mut violations = Vec::new();
-        let id = convert::job_id("job_id", &r.job_id, &mut violations);
         let pause = pause_from(r.mode, &r.drain_timeout, &r.resume_at, &mut violations);
-        let (reason, request_id) =
-            convert::reason_and_request_id(&r.reason, &r.request_id, &mut violations);
-        let id = convert::checked(id, violations).map_err(bad)?;
-        record_job(id);
-        self.visible(&who, id).await?;
-        let provenance = Provenance {
-            reason,
-            requested_by: by,
-            request_id,
-        };
+        let (id, provenance) = self
+            .control_target(&request, &r.job_id, violations, (&r.reason, &r.request_id))
+            .await?;
         let job = self
             .engine
             .control(id, Control::Pause(pause), provenance)
@@ -239,20 +256,10 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let who = caller(&request);
-        let by = requested_by(&request);
-        let r = request.into_inner();
-        let mut violations = Vec::new();
-        let id = convert::job_id("job_id", &r.job_id, &mut violations);
-        let (_, request_id) = convert::reason_and_request_id("", &r.request_id, &mut violations);
-        let id = convert::checked(id, violations).map_err(bad)?;
-        record_job(id);
-        self.visible(&who, id).await?;
-        let provenance = Provenance {
-            reason: None,
-            requested_by: by,
-            request_id,
-        };
+        let r = request.get_ref();
+        let (id, provenance) = self
+            .control_target(&request, &r.job_id, Vec::new(), ("", &r.request_id))
+            .await?;
         let job = self.engine.control(id, Control::Resume, provenance).await?;
         Ok(Response::new(convert::job(&job)))
     }
@@ -261,21 +268,10 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let who = caller(&request);
-        let by = requested_by(&request);
-        let r = request.into_inner();
-        let mut violations = Vec::new();
-        let id = convert::job_id("job_id", &r.job_id, &mut violations);
-        let (reason, request_id) =
-            convert::reason_and_request_id(&r.reason, &r.request_id, &mut violations);
-        let id = convert::checked(id, violations).map_err(bad)?;
-        record_job(id);
-        self.visible(&who, id).await?;
-        let provenance = Provenance {
-            reason,
-            requested_by: by,
-            request_id,
-        };
+        let r = request.get_ref();
+        let (id, provenance) = self
+            .control_target(&request, &r.job_id, Vec::new(), (&r.reason, &r.request_id))
+            .await?;
         let job = self.engine.control(id, Control::Cancel, provenance).await?;
         Ok(Response::new(convert::job(&job)))
     }
@@ -284,20 +280,11 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::RetryFailedItemsRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let who = caller(&request);
-        let by = requested_by(&request);
-        let r = request.into_inner();
-        let mut violations = Vec::new();
-        let id = convert::job_id("job_id", &r.job_id, &mut violations);
-        let (_, request_id) = convert::reason_and_request_id("", &r.request_id, &mut violations);
-        let id = convert::checked(id, violations).map_err(bad)?;
-        record_job(id);
-        self.visible(&who, id).await?;
-        let provenance = Provenance {
-            reason: Some("retry failed items".into()),
-            requested_by: by,
-            request_id,
-        };
+        let r = request.get_ref();
+        let (id, mut provenance) = self
+            .control_target(&request, &r.job_id, Vec::new(), ("", &r.request_id))
+            .await?;
+        provenance.reason = Some("retry failed items".into());
         let job = self
             .engine
             .control(id, Control::RetryFailed, provenance)
@@ -309,20 +296,10 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::SetJobConcurrencyRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let who = caller(&request);
-        let by = requested_by(&request);
-        let r = request.into_inner();
-        let mut violations = Vec::new();
-        let id = convert::job_id("job_id", &r.job_id, &mut violations);
-        let (_, request_id) = convert::reason_and_request_id("", &r.request_id, &mut violations);
-        let id = convert::checked(id, violations).map_err(bad)?;
-        record_job(id);
-        self.visible(&who, id).await?;
-        let provenance = Provenance {
-            reason: None,
-            requested_by: by,
-            request_id,
-        };
+        let r = request.get_ref();
+        let (id, provenance) = self
+            .control_target(&request, &r.job_id, Vec::new(), ("", &r.request_id))
+            .await?;
         let job = self
             .engine
             .set_concurrency(id, r.concurrency, provenance)
@@ -334,21 +311,12 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::SetJobRateLimitRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let who = caller(&request);
-        let by = requested_by(&request);
-        let r = request.into_inner();
+        let r = request.get_ref();
         let mut violations = Vec::new();
-        let id = convert::job_id("job_id", &r.job_id, &mut violations);
         let period_ms = convert::duration_ms("rate_period", &r.rate_period, &mut violations);
-        let (_, request_id) = convert::reason_and_request_id("", &r.request_id, &mut violations);
-        let id = convert::checked(id, violations).map_err(bad)?;
-        record_job(id);
-        self.visible(&who, id).await?;
-        let provenance = Provenance {
-            reason: None,
-            requested_by: by,
-            request_id,
-        };
+        let (id, provenance) = self
+            .control_target(&request, &r.job_id, violations, ("", &r.request_id))
+            .await?;
         let job = self
             .engine
             .set_rate_limit(id, r.rate_limit, period_ms, provenance)

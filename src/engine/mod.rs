@@ -574,12 +574,28 @@ impl Engine {
                 format!("is {concurrency}; it must be between 1 and {max}"),
             )]));
         }
-        let job = match self
+        let changed = self
             .rt
             .store
             .set_concurrency(id, concurrency, &provenance)
-            .await
-        {
+            .await;
+        self.setting_changed(changed, |reply| SupervisorMsg::Resize {
+            concurrency,
+            reply,
+        })
+        .await
+    }
+
+    /// After a live job's setting was changed in the store (`changed`):
+    /// tells its supervisor here (`tell`), or makes sure the owner
+    /// elsewhere has seen it (it learns of it from the database). A job
+    /// that has ended is refused.
+    async fn setting_changed(
+        &self,
+        changed: Result<Job, StoreError>,
+        tell: impl FnOnce(ractor::RpcReplyPort<()>) -> SupervisorMsg,
+    ) -> Result<Job, EngineError> {
+        let job = match changed {
             Ok(job) => job,
             Err(StoreError::Conflict { current, .. }) => {
                 return Err(Refusal::Ended(current).into());
@@ -587,15 +603,11 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         self.publish(&job);
-        if let Some(supervisor) = self.lookup(id).await {
+        if let Some(supervisor) = self.lookup(job.id).await {
             let _ = supervisor
-                .call(
-                    |reply| SupervisorMsg::Resize { concurrency, reply },
-                    Some(self.rt.config.control_timeout),
-                )
+                .call(tell, Some(self.rt.config.control_timeout))
                 .await;
         } else if let Some(cluster) = self.cluster.clone() {
-            // The owner elsewhere learns of it from the database.
             self.route(&cluster, &job, false, std::time::Instant::now(), true)
                 .await?;
         }
@@ -615,30 +627,9 @@ impl Engine {
         self.check_open()?;
         let rate = crate::domain::parse_rate(rate_limit, rate_period_ms)
             .map_err(EngineError::InvalidArgument)?;
-        let job = match self.rt.store.set_rate_limit(id, rate, &provenance).await {
-            Ok(job) => job,
-            Err(StoreError::Conflict { current, .. }) => {
-                return Err(Refusal::Ended(current).into());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        self.publish(&job);
-        if let Some(supervisor) = self.lookup(id).await {
-            let _ = supervisor
-                .call(
-                    |reply| SupervisorMsg::RateLimit {
-                        rate: job.policy.rate(),
-                        reply,
-                    },
-                    Some(self.rt.config.control_timeout),
-                )
-                .await;
-        } else if let Some(cluster) = self.cluster.clone() {
-            // The owner elsewhere learns of it from the database.
-            self.route(&cluster, &job, false, std::time::Instant::now(), true)
-                .await?;
-        }
-        Ok(job)
+        let changed = self.rt.store.set_rate_limit(id, rate, &provenance).await;
+        self.setting_changed(changed, |reply| SupervisorMsg::RateLimit { rate, reply })
+            .await
     }
 
     /// Applies `control` to the jobs named in `ids` and to every job not
