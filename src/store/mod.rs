@@ -117,18 +117,19 @@ pub struct PruneLimits {
 }
 
 impl PruneLimits {
-    /// Which of `candidates` (id, items; the oldest first) one batch
-    /// deletes: the first always, then more while the jobs fit in
-    /// `self.jobs` and their items in `self.items`.
-    pub fn take(self, candidates: &[(JobId, u64)]) -> Vec<JobId> {
+    /// Which of `candidates` (id, items, as the stores read them; the
+    /// oldest first) one batch deletes: the first always, then more while
+    /// the jobs fit in `self.jobs` and their items in `self.items`.
+    pub fn take(self, candidates: &[(uuid::Uuid, i64)]) -> Vec<JobId> {
         let mut items = 0u64;
         let mut taken = Vec::new();
         for &(id, n) in candidates.iter().take(self.jobs as usize) {
+            let n = n.max(0) as u64;
             if !taken.is_empty() && items.saturating_add(n) > self.items {
                 break;
             }
             items = items.saturating_add(n);
-            taken.push(id);
+            taken.push(JobId(id));
         }
         taken
     }
@@ -460,11 +461,8 @@ pub trait Store: Send + Sync + 'static {
 mod tests {
     use super::*;
 
-    fn jobs(items: &[u64]) -> Vec<(JobId, u64)> {
-        items
-            .iter()
-            .map(|&n| (JobId(uuid::Uuid::new_v4()), n))
-            .collect()
+    fn jobs(items: &[i64]) -> Vec<(uuid::Uuid, i64)> {
+        items.iter().map(|&n| (uuid::Uuid::new_v4(), n)).collect()
     }
 
     #[test]
@@ -475,13 +473,16 @@ mod tests {
         };
         let c = jobs(&[40, 50, 5, 1]);
         // Three jobs at most.
-        assert_eq!(limits.take(&c), vec![c[0].0, c[1].0, c[2].0]);
+        assert_eq!(
+            limits.take(&c),
+            vec![JobId(c[0].0), JobId(c[1].0), JobId(c[2].0)]
+        );
         // Items: 40 + 50 fit, 40 + 50 + 20 do not.
         let c = jobs(&[40, 50, 20]);
-        assert_eq!(limits.take(&c), vec![c[0].0, c[1].0]);
+        assert_eq!(limits.take(&c), vec![JobId(c[0].0), JobId(c[1].0)]);
         // A job larger than the limit on its own is still deleted, alone.
         let c = jobs(&[1_000, 1]);
-        assert_eq!(limits.take(&c), vec![c[0].0]);
+        assert_eq!(limits.take(&c), vec![JobId(c[0].0)]);
         assert!(limits.take(&[]).is_empty());
     }
 }

@@ -314,6 +314,35 @@ fn transition_error(id: JobId, w: &TransitionWrite, e: sqlx::Error) -> StoreErro
     }
 }
 
+/// Locks a job whose settings may still change; `Conflict` with its state
+/// if it has ended.
+async fn lock_live(conn: &mut PgConnection, id: JobId) -> Result<(), StoreError> {
+    let state = lock_job(conn, id).await?;
+    if state.is_terminal() {
+        return Err(StoreError::Conflict {
+            expected: JobState::Running,
+            current: state,
+        });
+    }
+    Ok(())
+}
+
+/// Appends the event of a setting's change as `seq`, commits, and returns
+/// the job as it is now.
+async fn commit_change(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    id: JobId,
+    seq: i64,
+    event: &EventBody,
+) -> Result<Job, StoreError> {
+    insert_event(&mut tx, id, seq, event).await?;
+    let job = rows::fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(job)
+}
+
 pub(super) async fn set_concurrency(
     pool: &PgPool,
     id: JobId,
@@ -321,13 +350,7 @@ pub(super) async fn set_concurrency(
     p: &Provenance,
 ) -> Result<Job, StoreError> {
     let mut tx = pool.begin().await.map_err(db_error)?;
-    let state = lock_job(&mut tx, id).await?;
-    if state.is_terminal() {
-        return Err(StoreError::Conflict {
-            expected: JobState::Running,
-            current: state,
-        });
-    }
+    lock_live(&mut tx, id).await?;
     let from: i32 = sqlx::query_scalar("SELECT concurrency FROM jobs WHERE id = $1")
         .bind(id.0)
         .fetch_one(&mut *tx)
@@ -348,12 +371,7 @@ pub(super) async fn set_concurrency(
         requested_by: p.requested_by.clone(),
         request_id: p.request_id.clone(),
     };
-    insert_event(&mut tx, id, seq, &event).await?;
-    let job = rows::fetch_job(&mut tx, id)
-        .await?
-        .ok_or(StoreError::NotFound(id))?;
-    tx.commit().await.map_err(db_error)?;
-    Ok(job)
+    commit_change(tx, id, seq, &event).await
 }
 
 pub(super) async fn set_rate_limit(
@@ -363,13 +381,7 @@ pub(super) async fn set_rate_limit(
     p: &Provenance,
 ) -> Result<Job, StoreError> {
     let mut tx = pool.begin().await.map_err(db_error)?;
-    let state = lock_job(&mut tx, id).await?;
-    if state.is_terminal() {
-        return Err(StoreError::Conflict {
-            expected: JobState::Running,
-            current: state,
-        });
-    }
+    lock_live(&mut tx, id).await?;
     let Json(mut policy): Json<JobPolicy> =
         sqlx::query_scalar("SELECT policy FROM jobs WHERE id = $1")
             .bind(id.0)
@@ -393,12 +405,7 @@ pub(super) async fn set_rate_limit(
         requested_by: p.requested_by.clone(),
         request_id: p.request_id.clone(),
     };
-    insert_event(&mut tx, id, seq, &event).await?;
-    let job = rows::fetch_job(&mut tx, id)
-        .await?
-        .ok_or(StoreError::NotFound(id))?;
-    tx.commit().await.map_err(db_error)?;
-    Ok(job)
+    commit_change(tx, id, seq, &event).await
 }
 
 pub(super) async fn delete_job(pool: &PgPool, id: JobId) -> Result<Job, StoreError> {
@@ -437,10 +444,6 @@ pub(super) async fn delete_ended(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_error)?;
-    let candidates: Vec<(JobId, u64)> = candidates
-        .into_iter()
-        .map(|(id, n)| (JobId(id), n.max(0) as u64))
-        .collect();
     let ids = limits.take(&candidates);
     if ids.is_empty() {
         return Ok(ids);

@@ -358,6 +358,36 @@ pub(super) async fn release_running_items(
     Ok(released)
 }
 
+/// Checks, inside a write transaction, that a job's settings may still
+/// change; `Conflict` with its state if it has ended.
+async fn check_live(conn: &mut SqliteConnection, id: JobId) -> Result<(), StoreError> {
+    let state = current_state(conn, id).await?;
+    if state.is_terminal() {
+        return Err(StoreError::Conflict {
+            expected: JobState::Running,
+            current: state,
+        });
+    }
+    Ok(())
+}
+
+/// Appends the event of a setting's change as `seq` at `at`, commits, and
+/// returns the job as it is now.
+async fn commit_change(
+    mut tx: sqlx::Transaction<'_, Sqlite>,
+    id: JobId,
+    seq: i64,
+    at: i64,
+    event: &EventBody,
+) -> Result<Job, StoreError> {
+    insert_event(&mut tx, id, seq, at, event).await?;
+    let job = fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(job)
+}
+
 pub(super) async fn set_concurrency(
     pool: &SqlitePool,
     id: JobId,
@@ -365,13 +395,7 @@ pub(super) async fn set_concurrency(
     p: &Provenance,
 ) -> Result<Job, StoreError> {
     let mut tx = begin_write(pool).await?;
-    let state = current_state(&mut tx, id).await?;
-    if state.is_terminal() {
-        return Err(StoreError::Conflict {
-            expected: JobState::Running,
-            current: state,
-        });
-    }
+    check_live(&mut tx, id).await?;
     let from: i64 = sqlx::query_scalar("SELECT concurrency FROM jobs WHERE id = ?1")
         .bind(id.0)
         .fetch_one(&mut *tx)
@@ -394,12 +418,7 @@ pub(super) async fn set_concurrency(
         requested_by: p.requested_by.clone(),
         request_id: p.request_id.clone(),
     };
-    insert_event(&mut tx, id, seq, at, &event).await?;
-    let job = fetch_job(&mut tx, id)
-        .await?
-        .ok_or(StoreError::NotFound(id))?;
-    tx.commit().await.map_err(db_error)?;
-    Ok(job)
+    commit_change(tx, id, seq, at, &event).await
 }
 
 pub(super) async fn set_rate_limit(
@@ -409,13 +428,7 @@ pub(super) async fn set_rate_limit(
     p: &Provenance,
 ) -> Result<Job, StoreError> {
     let mut tx = begin_write(pool).await?;
-    let state = current_state(&mut tx, id).await?;
-    if state.is_terminal() {
-        return Err(StoreError::Conflict {
-            expected: JobState::Running,
-            current: state,
-        });
-    }
+    check_live(&mut tx, id).await?;
     let stored: String = sqlx::query_scalar("SELECT policy FROM jobs WHERE id = ?1")
         .bind(id.0)
         .fetch_one(&mut *tx)
@@ -442,12 +455,7 @@ pub(super) async fn set_rate_limit(
         requested_by: p.requested_by.clone(),
         request_id: p.request_id.clone(),
     };
-    insert_event(&mut tx, id, seq, at, &event).await?;
-    let job = fetch_job(&mut tx, id)
-        .await?
-        .ok_or(StoreError::NotFound(id))?;
-    tx.commit().await.map_err(db_error)?;
-    Ok(job)
+    commit_change(tx, id, seq, at, &event).await
 }
 
 pub(super) async fn delete_job(pool: &SqlitePool, id: JobId) -> Result<Job, StoreError> {
@@ -483,10 +491,6 @@ pub(super) async fn delete_ended(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_error)?;
-    let candidates: Vec<(JobId, u64)> = candidates
-        .into_iter()
-        .map(|(id, n)| (JobId(id), n.max(0) as u64))
-        .collect();
     let ids = limits.take(&candidates);
     if ids.is_empty() {
         return Ok(ids);
