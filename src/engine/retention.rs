@@ -59,7 +59,7 @@ impl Engine {
     }
 
     /// With a retention: deletes the jobs that ended longer ago than it,
-    /// now and then every [`prune_interval`], until shutdown.
+    /// every [`prune_interval`] from the start, until shutdown.
     pub(super) fn schedule_pruning(&self) {
         let Some(retention) = self.rt.config.retention else {
             return;
@@ -71,6 +71,12 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             loop {
+                // First one interval in: the start-up's own work (adopting
+                // the unfinished jobs) does not share the store with it.
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = engine.closing.cancelled() => return,
+                }
                 let before = chrono::Utc::now() - age;
                 match engine.prune(before).await {
                     Ok(0) => {}
@@ -82,10 +88,6 @@ impl Engine {
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot delete old jobs now; trying again later")
                     }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = engine.closing.cancelled() => return,
                 }
             }
         });
