@@ -2,18 +2,12 @@
 //! deleted is gone from every call; what has not ended is refused and
 //! keeps running; the other jobs do not change.
 
-use super::harness::{Options, SECS, StoreKind, TestApp, spawn_app, spawn_app_with};
+use super::harness::{
+    Options, SECS, StoreKind, TestApp, bad_fields, reason, spawn_app, spawn_app_with,
+};
 use jobvisor::pb::{self, JobState};
 use std::time::Duration;
 use tonic::Code;
-use tonic_types::StatusExt;
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default()
-}
 
 async fn delete(app: &TestApp, id: &str) -> Result<pb::Job, tonic::Status> {
     let answer = app
@@ -82,11 +76,7 @@ async fn an_ended_job_is_deleted_and_a_live_one_is_refused() {
     assert!(status.message().contains("running"), "{}", status.message());
     let status = delete(&app, "not-a-uuid").await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default();
-    assert_eq!(fields, ["job_id"]);
+    assert_eq!(bad_fields(&status), ["job_id"]);
 
     let deleted = delete(&app, &done.id).await.unwrap();
     assert_eq!(deleted, done, "the job as it was");

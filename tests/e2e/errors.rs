@@ -1,24 +1,9 @@
 //! What a caller gets for a wrong call: the right code, a stable reason,
 //! every bad field named, and nothing stored.
 
-use super::harness::{SECS, spawn_app};
+use super::harness::{SECS, bad_fields, reason, spawn_app};
 use jobvisor::pb::{self, JobState, PauseMode};
 use tonic::Code;
-use tonic_types::StatusExt;
-
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default()
-}
-
-fn bad_fields(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
 
 async fn jobs_stored(app: &super::harness::TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobs")

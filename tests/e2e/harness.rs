@@ -547,3 +547,21 @@ pub fn transitions(events: &[pb::JobEvent]) -> Vec<(pb::JobState, pb::JobState)>
 }
 
 pub const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// The stable reason (`google.rpc.ErrorInfo`) of a refusal; empty if none.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+/// The fields a refusal names as bad (`google.rpc.BadRequest`), in order.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

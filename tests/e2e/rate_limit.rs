@@ -2,7 +2,7 @@
 //! are spaced evenly whatever the concurrency, the limit is kept with the
 //! job, and SetJobRateLimit changes it while the job runs.
 
-use super::harness::{Options, SECS, StoreKind, spawn_app_with};
+use super::harness::{Options, SECS, StoreKind, bad_fields, spawn_app_with};
 use jobvisor::pb::{self, JobState};
 use std::time::Duration;
 use tonic::Code;
@@ -153,13 +153,6 @@ async fn rate_changed_on(store: StoreKind) {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .unwrap()
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
-    assert_eq!(fields, ["rate_limit"]);
+    assert_eq!(bad_fields(&status), ["rate_limit"]);
     app.stop().await;
 }
