@@ -355,6 +355,20 @@ pub async fn go(
     job
 }
 
+/// Cancels a running job as its supervisor would: it ends CANCELLED now.
+pub async fn cancel(store: &Arc<dyn Store>, id: JobId) -> Job {
+    use jobvisor::domain::{Effect as E, JobState as S};
+    go(store, id, S::Running, S::Cancelling, vec![E::Interrupt]).await;
+    go(
+        store,
+        id,
+        S::Cancelling,
+        S::Cancelled,
+        vec![E::CancelRemaining, E::End],
+    )
+    .await
+}
+
 pub fn is_not_found(result: Result<impl std::fmt::Debug, StoreError>, id: JobId) {
     match result {
         Err(StoreError::NotFound(got)) => assert_eq!(got, id),

@@ -86,22 +86,7 @@ pub async fn concurrency_changes_are_recorded(store: Arc<dyn Store>) {
     );
     consistent(&store, job.id).await;
     // Not once the job has ended.
-    go(
-        &store,
-        job.id,
-        S::Running,
-        S::Cancelling,
-        vec![E::Interrupt],
-    )
-    .await;
-    go(
-        &store,
-        job.id,
-        S::Cancelling,
-        S::Cancelled,
-        vec![E::CancelRemaining, E::End],
-    )
-    .await;
+    cancel(&store, job.id).await;
     match store
         .set_concurrency(job.id, 3, &provenance("", "", ""))
         .await
@@ -235,22 +220,7 @@ pub async fn rate_limit_changes_are_recorded(store: Arc<dyn Store>) {
     assert_eq!(unlimited.policy.start_interval(), None);
     consistent(&store, job.id).await;
     // Not once the job has ended.
-    go(
-        &store,
-        job.id,
-        S::Running,
-        S::Cancelling,
-        vec![E::Interrupt],
-    )
-    .await;
-    go(
-        &store,
-        job.id,
-        S::Cancelling,
-        S::Cancelled,
-        vec![E::CancelRemaining, E::End],
-    )
-    .await;
+    cancel(&store, job.id).await;
     let before = get(&store, job.id).await;
     match store
         .set_rate_limit(job.id, per_minute, &provenance("", "ops", "r-3"))

@@ -13,19 +13,6 @@ use std::sync::Arc;
 use Effect as E;
 use JobState as S;
 
-/// Cancels a running job: it ends CANCELLED now.
-async fn end(store: &Arc<dyn Store>, id: JobId) -> Job {
-    go(store, id, S::Running, S::Cancelling, vec![E::Interrupt]).await;
-    go(
-        store,
-        id,
-        S::Cancelling,
-        S::Cancelled,
-        vec![E::CancelRemaining, E::End],
-    )
-    .await
-}
-
 /// Everything a caller can read of a job.
 async fn everything(store: &Arc<dyn Store>, id: JobId) -> (Job, Vec<String>, usize) {
     let items = items(store, id)
@@ -53,7 +40,7 @@ pub async fn an_ended_job_is_deleted_with_all_it_holds(store: Arc<dyn Store>) {
         .await
     );
     claim(&store, other.id, 1).await;
-    let ended = end(&store, job.id).await;
+    let ended = cancel(&store, job.id).await;
     let others_before = everything(&store, other.id).await;
 
     let deleted = store.delete_job(job.id).await.expect("delete_job");
@@ -131,7 +118,7 @@ pub async fn the_retention_deletes_the_oldest_ended_jobs_in_batches(store: Arc<d
     let mut ended = Vec::new();
     for _ in 0..3 {
         let job = create(&store, &spec(3)).await;
-        ended.push(end(&store, job.id).await.id);
+        ended.push(cancel(&store, job.id).await.id);
     }
     let live = create(&store, &spec(3)).await;
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
@@ -152,7 +139,7 @@ pub async fn the_retention_deletes_the_oldest_ended_jobs_in_batches(store: Arc<d
     );
     // 3 items fit in 4, the next job's 3 would not: one job.
     let last = create(&store, &spec(3)).await;
-    let last = end(&store, last.id).await.id;
+    let last = cancel(&store, last.id).await.id;
     assert_eq!(
         store.delete_ended(later, limits(10, 4)).await.unwrap(),
         vec![ended[2]]
