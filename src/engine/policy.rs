@@ -116,8 +116,6 @@ impl ActiveClock {
 pub struct Pacer {
     limiter: governor::DefaultDirectRateLimiter,
     clock: governor::clock::DefaultClock,
-    /// When the wake-up set for the next start fires, if one is set.
-    pub wake_at: Option<Instant>,
 }
 
 /// Starts a rate limit lets through at once, at most.
@@ -133,7 +131,6 @@ impl Pacer {
         Some(Box::new(Pacer {
             limiter: governor::RateLimiter::direct(quota),
             clock: governor::clock::DefaultClock::default(),
-            wake_at: None,
         }))
     }
 

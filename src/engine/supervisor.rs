@@ -103,8 +103,6 @@ pub enum SupervisorMsg {
     Retry,
     /// Check the job's running-time budget.
     Tick,
-    /// The wake-up set for the job's rate limit: the next item may start.
-    Paced,
     /// The job's rate limit was changed (committed); reply once the next
     /// start keeps to it.
     RateLimit {
@@ -112,8 +110,8 @@ pub enum SupervisorMsg {
         reply: RpcReplyPort<()>,
     },
     /// The wake-up set for this time: retries whose delay has passed may
-    /// be claimed.
-    RetriesDue(Instant),
+    /// be claimed, and the next start under the rate limit may be due.
+    WakeUp(Instant),
     /// Retries waiting in the store when the supervisor started, with how
     /// long each still waits.
     Waiting(Vec<(u32, Duration)>),
@@ -170,7 +168,8 @@ pub struct SupervisorState {
     /// the bound (a retry that waited a second is tens of thousands of
     /// items behind it in a job of short items).
     due: BTreeSet<u32>,
-    /// When the wake-up timer set last fires, if it has not yet.
+    /// When the wake-up timer (for retries due and for the rate limit's
+    /// next start) set last fires, if it has not yet.
     wake_at: Option<Instant>,
     /// When the timer last fired (wake-ups are [`WAKE_SPACING`] apart).
     woke_at: Option<Instant>,
@@ -635,14 +634,7 @@ fn handle_msg(
             set_rate(st, rate);
             let _ = reply.send(());
         }
-        SupervisorMsg::Paced => {
-            if let Some(pacer) = st.pacer.as_mut()
-                && pacer.wake_at.is_some_and(|at| at <= Instant::now())
-            {
-                pacer.wake_at = None;
-            }
-        }
-        SupervisorMsg::RetriesDue(at) => {
+        SupervisorMsg::WakeUp(at) => {
             if st.wake_at == Some(at) {
                 st.wake_at = None;
             }
@@ -870,27 +862,33 @@ fn find_waiting(myself: &ActorRef<SupervisorMsg>, st: &SupervisorState) {
     });
 }
 
-/// The least time between two wake-ups for retries: each wake-up costs a
-/// claim of its own (a job of short items with many retries waiting woke
-/// for nearly every one), and a retry may come this much after its time.
+/// The least time between two wake-ups: each wake-up costs a claim of its
+/// own (a job of short items with many retries waiting woke for nearly
+/// every one), and a retry may come this much after its time. (A rate
+/// limit lets 20 ms' worth of starts through at once, so its pace keeps.)
 const WAKE_SPACING: Duration = Duration::from_millis(20);
 
 /// Sets the wake-up timer for the first retry waiting, unless one is set
 /// for then or earlier.
 fn set_wake_up(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState) {
-    let Some(&(first, _)) = st.waiting.first() else {
-        return;
-    };
+    if let Some(&(first, _)) = st.waiting.first() {
+        wake_up_at(myself, st, first);
+    }
+}
+
+/// Sets the wake-up timer for `at` (or [`WAKE_SPACING`] after the last
+/// wake-up, if later), unless one is set for then or earlier.
+fn wake_up_at(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, at: Instant) {
     let due = match st.woke_at {
-        Some(woke) => first.max(woke + WAKE_SPACING),
-        None => first,
+        Some(woke) => at.max(woke + WAKE_SPACING),
+        None => at,
     };
-    if st.wake_at.is_some_and(|at| at <= due) {
+    if st.wake_at.is_some_and(|set| set <= due) {
         return;
     }
     st.wake_at = Some(due);
     let wait = due.saturating_duration_since(Instant::now());
-    myself.send_after(wait, move || SupervisorMsg::RetriesDue(due));
+    myself.send_after(wait, move || SupervisorMsg::WakeUp(due));
 }
 
 /// Items from `index` up may be pending again: claims look from there,
@@ -1266,11 +1264,7 @@ fn paced(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, want: usize
     match pacer.take(want) {
         Ok(granted) => Some(granted),
         Err(wait) => {
-            let at = Instant::now() + wait;
-            if pacer.wake_at.is_none_or(|set| set > at) {
-                pacer.wake_at = Some(at);
-                myself.send_after(wait, || SupervisorMsg::Paced);
-            }
+            wake_up_at(myself, st, Instant::now() + wait);
             None
         }
     }
