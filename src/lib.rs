@@ -3,7 +3,7 @@
 //!
 //! Layers, one direction: [`api`] (tonic glue) → [`engine`] (actors) →
 //! [`store`] (sqlx) → [`domain`] (pure). [`executor`] holds the per-item
-//! work the engine runs. See DESIGN.md.
+//! work the engine runs. See docs/DESIGN.md.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -177,7 +177,7 @@ mod tests {
     use super::*;
     use JobState as S;
 
-    /// What a caller sees: the DESIGN.md table, cell by cell.
+    /// What a caller sees: the table of calls by state (README, docs/DESIGN.md), cell by cell.
     #[derive(Debug, PartialEq)]
     enum Cell {
         To(JobState),

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Where a job is in its life cycle (see DESIGN.md, "Vocabulary and states").
+/// Where a job is in its life cycle (docs/DESIGN.md, States).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {

@@ -64,7 +64,7 @@ pub struct EngineConfig {
     /// How long a control call waits for the supervisor to acknowledge.
     pub control_timeout: Duration,
     /// A worker starts its next items while the outcomes of its previous
-    /// ones commit (DESIGN.md, Durability), up to `pipeline_depth` of them:
+    /// ones commit (docs/DESIGN.md, Durability), up to `pipeline_depth` of them:
     /// more throughput for short items; a crash re-runs those too.
     pub pipelined_acks: bool,
     /// Outcomes a worker may have committing at once with `pipelined_acks`.
@@ -245,7 +245,7 @@ pub struct Adopted {
 
 impl Engine {
     /// Starts the engine on `store`: recovers what a previous process left
-    /// (DESIGN.md, Durability) and resumes every RUNNING job.
+    /// (docs/DESIGN.md, Durability) and resumes every RUNNING job.
     pub async fn start(
         store: Arc<dyn Store>,
         registry: Registry,
@@ -446,7 +446,7 @@ impl Engine {
         Ok(job)
     }
 
-    /// Applies a client's control call; see the table in DESIGN.md. Like
+    /// Applies a client's control call; see the table in docs/DESIGN.md, States. Like
     /// `start_job`, it runs to the end (commit, then the supervisor told)
     /// even if the caller gives up.
     pub async fn control(

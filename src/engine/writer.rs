@@ -1,6 +1,6 @@
 //! The group committer: one task that gathers item writes and claims from
 //! every worker and supervisor and commits them in shared transactions
-//! (DESIGN.md, Durability). A caller's future resolves only after its write
+//! (docs/DESIGN.md, Durability). A caller's future resolves only after its write
 //! is committed, so a result counts once it is durable.
 //!
 //! While one transaction commits, the next batch fills up, so batching adds

@@ -2,7 +2,7 @@
 //! ask of durable state; each method is one transaction. Implementations:
 //! [`postgres::PgStore`].
 //!
-//! Rules every implementation keeps (DESIGN.md, Durability):
+//! Rules every implementation keeps (docs/DESIGN.md, Durability):
 //! - a job changes state only from the state the caller saw, and the event
 //!   describing the change is appended in the same transaction;
 //! - every write for a running item is conditional on its lease, so a

@@ -1,4 +1,4 @@
-//! The end-to-end tests DESIGN and the embedded-store issue name, run again
+//! The core end-to-end scenarios run again
 //! on the embedded (SQLite) store: lifecycle, pause/resume/cancel, watch
 //! replay, worker panics and a restart of the server.
 
