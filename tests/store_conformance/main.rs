@@ -10,6 +10,7 @@
 
 mod harness;
 mod postgres_batch_paths;
+mod postgres_code;
 mod postgres_integrity;
 mod postgres_leases;
 mod postgres_pool;

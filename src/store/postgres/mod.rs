@@ -4,6 +4,7 @@
 //! commit of item writes and claims).
 
 mod batch;
+pub mod code;
 mod jobs;
 mod leases;
 mod rows;
@@ -119,15 +120,57 @@ impl PgStore {
         &self.pool
     }
 
+    /// Applies the migrations and then the functions kept as code
+    /// ([`code`]), on one connection holding [`SCHEMA_LOCK`]: several
+    /// servers starting at once do both once, in order.
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/postgres")
-            .run(&self.pool)
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(SCHEMA_LOCK)
+            .execute(&mut *conn)
             .await
-            .map_err(|e| match e {
-                sqlx::migrate::MigrateError::Execute(e) => db_error(e),
-                other => StoreError::Internal(format!("migration failed: {other}")),
-            })
+            .map_err(db_error)?;
+        let result = migrate_locked(&mut conn).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(SCHEMA_LOCK)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // The session is gone, and its lock with it; do not hand the
+            // connection back to the pool in an unknown state.
+            conn.detach();
+        }
+        result
     }
+}
+
+/// The advisory lock held while the schema and the functions change.
+pub const SCHEMA_LOCK: i64 = 0x6a6f_6276_5f73_6368; // "jobv_sch"
+
+/// The migrations, then the functions. The caller holds [`SCHEMA_LOCK`].
+async fn migrate_locked(conn: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    // `run_direct` on the connection itself: `run(&mut *conn)` goes through
+    // `Acquire`, whose lifetime the compiler then cannot prove general
+    // enough for the server's start-up future to be `Send`.
+    sqlx::migrate!("migrations/postgres")
+        .run_direct(None, &mut *conn, false)
+        .await
+        .map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => db_error(e),
+            other => StoreError::Internal(format!("migration failed: {other}")),
+        })?;
+    match code::apply(conn).await.map_err(db_error)? {
+        code::Applied::Current => {}
+        code::Applied::Updated { from } => {
+            tracing::info!(?from, to = code::VERSION, "database functions updated")
+        }
+        code::Applied::Newer { held } => tracing::warn!(
+            held,
+            ours = code::VERSION,
+            "the database holds a newer server's functions: left as they are"
+        ),
+    }
+    Ok(())
 }
 
 /// Whether a failed sqlx call may succeed later. Connection loss, pool

@@ -1,0 +1,23 @@
+-- jobvisor_items_job_exists: inserted items belong to an existing job,
+-- checked once per INSERT statement (trigger items_job_exists, migration
+-- 0008) instead of a foreign key checked per item.
+CREATE OR REPLACE FUNCTION jobvisor_items_job_exists() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    missing uuid;
+BEGIN
+    PERFORM 1 FROM jobs AS j
+    WHERE j.id IN (SELECT DISTINCT n.job_id FROM new_items AS n)
+    ORDER BY j.id FOR KEY SHARE;
+    SELECT n.job_id INTO missing
+    FROM (SELECT DISTINCT job_id FROM new_items) AS n
+    WHERE NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = n.job_id)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE foreign_key_violation USING
+            MESSAGE = format('items of job %s, which does not exist', missing),
+            TABLE = 'items';
+    END IF;
+    RETURN NULL;
+END;
+$$;

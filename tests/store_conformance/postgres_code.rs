@@ -1,0 +1,169 @@
+//! The PL/pgSQL functions kept as code (src/store/postgres/sql/, applied at
+//! start-up by `store::postgres::code`): a database made by the migrations
+//! up to 0014, when the functions still lived in migrations, upgrades with
+//! nothing lost and the same functions; a second start changes nothing; an
+//! older server leaves a newer one's functions alone.
+
+use crate::harness::on_empty_database;
+use jobvisor::store::postgres::{PgConfig, PgStore, code};
+use sqlx::{Connection, PgConnection};
+
+/// Every function of the schema, as PostgreSQL prints its definition.
+const FUNCTIONS: &str = "SELECT string_agg(pg_get_functiondef(p.oid), E'\\n' \
+     ORDER BY p.oid::regprocedure::text) \
+     FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace \
+     WHERE n.nspname = 'public'";
+
+/// The rows of the tables that hold jobs, as text, in a fixed order.
+const ROWS: &str = "SELECT concat_ws(E'\\n', \
+     (SELECT string_agg(j::text, E'\\n' ORDER BY j.id) FROM jobs AS j), \
+     (SELECT string_agg(i::text, E'\\n' ORDER BY i.job_id, i.idx) FROM items AS i), \
+     (SELECT string_agg(e::text, E'\\n' ORDER BY e.job_id, e.seq) FROM job_events AS e), \
+     (SELECT string_agg(p::text, E'\\n' ORDER BY p.job_id, p.n) FROM job_pauses AS p))";
+
+async fn text(conn: &mut PgConnection, query: &'static str) -> String {
+    sqlx::query_scalar::<_, Option<String>>(query)
+        .fetch_one(conn)
+        .await
+        .expect(query)
+        .unwrap_or_default()
+}
+
+async fn held_version(conn: &mut PgConnection) -> (i32, String) {
+    sqlx::query_as("SELECT version, digest FROM jobvisor_code")
+        .fetch_one(conn)
+        .await
+        .expect("the version of the functions")
+}
+
+/// A paused job of three items as a server at migration 0014 left it: one
+/// succeeded, one with a checkpoint, one waiting for a retry; a pause.
+const JOB_AT_0014: &str = "
+INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels,
+                  request_id, total_items, succeeded_items, last_seq, created_at,
+                  started_at, updated_at, policy)
+VALUES ('5e1f3a52-8d0c-4c7e-9a39-4f7c2a0d1b11', 'old', 'sleep', 'paused', 2, 3,
+        '{\"duration_ms\":\"5\"}', '{\"team\":\"video\"}', 'req-1', 3, 1, 2,
+        now(), now(), now(), '{\"rate_limit\":10,\"rate_period_ms\":1000}');
+INSERT INTO items (job_id, idx, state, attempts, payload, checkpoint, last_error, result, retry_at)
+VALUES ('5e1f3a52-8d0c-4c7e-9a39-4f7c2a0d1b11', 0, 2, 1, 'a', NULL, NULL, 'done', NULL),
+       ('5e1f3a52-8d0c-4c7e-9a39-4f7c2a0d1b11', 1, 0, 1, 'b', '\\x6672616d653d3132'::bytea, NULL, NULL, NULL),
+       ('5e1f3a52-8d0c-4c7e-9a39-4f7c2a0d1b11', 2, 0, 1, 'c', NULL, 'boom', NULL, now() + interval '1 hour');
+INSERT INTO job_pauses (job_id, n, mode, reason, requested_at, paused_at)
+SELECT '5e1f3a52-8d0c-4c7e-9a39-4f7c2a0d1b11', 1, 'graceful', 'maintenance', now(), now();
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_database_at_0014_upgrades_with_nothing_lost() {
+    on_empty_database(|url| async move {
+        let mut conn = PgConnection::connect(&url).await.expect("connect");
+        sqlx::migrate!("migrations/postgres")
+            .run_to(14, &mut conn)
+            .await
+            .expect("migrate to 0014");
+        sqlx::raw_sql(JOB_AT_0014)
+            .execute(&mut conn)
+            .await
+            .expect("a job as 0014 stored it");
+        let functions = text(&mut conn, FUNCTIONS).await;
+        let rows = text(&mut conn, ROWS).await;
+        assert!(functions.contains("jobvisor_write_batch"), "{functions}");
+        assert!(rows.contains("maintenance"), "{rows}");
+
+        let store = PgStore::connect(&PgConfig::new(url.clone()))
+            .await
+            .expect("the new server's start-up");
+        assert_eq!(
+            text(&mut conn, FUNCTIONS).await,
+            functions,
+            "the functions changed"
+        );
+        assert_eq!(text(&mut conn, ROWS).await, rows, "the stored jobs changed");
+        assert_eq!(
+            held_version(&mut conn).await,
+            (code::VERSION, code::DIGEST.to_string())
+        );
+        let job = jobvisor::store::Store::get_job(
+            &store,
+            "5e1f3a52-8d0c-4c7e-9a39-4f7c2a0d1b11".parse().unwrap(),
+        )
+        .await
+        .expect("the old job reads");
+        assert_eq!(job.counts.total, 3);
+        assert_eq!(job.counts.succeeded, 1);
+        drop(store);
+
+        // A second start finds them current and rewrites nothing.
+        let before: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT applied_at FROM jobvisor_code")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        PgStore::connect(&PgConfig::new(url))
+            .await
+            .expect("start again");
+        let after: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT applied_at FROM jobvisor_code")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(before, after, "a second start applied the functions again");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_older_server_leaves_newer_functions_alone() {
+    on_empty_database(|url| async move {
+        PgStore::connect(&PgConfig::new(url.clone()))
+            .await
+            .expect("first start");
+        let mut conn = PgConnection::connect(&url).await.expect("connect");
+        // A newer server's function, and its version.
+        sqlx::raw_sql(
+            "CREATE OR REPLACE FUNCTION jobvisor_jobs_deleted() RETURNS trigger
+             LANGUAGE plpgsql AS $$ BEGIN /* newer */ RETURN NULL; END; $$;
+             UPDATE jobvisor_code SET version = version + 1, digest = 'newer';",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        PgStore::connect(&PgConfig::new(url.clone()))
+            .await
+            .expect("the older server starts");
+        let body: String = sqlx::query_scalar(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'jobvisor_jobs_deleted'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert!(
+            body.contains("newer"),
+            "an older server replaced it: {body}"
+        );
+        assert_eq!(held_version(&mut conn).await.0, code::VERSION + 1);
+
+        // The same version with other contents (a development build) is
+        // applied again.
+        sqlx::query("UPDATE jobvisor_code SET version = $1, digest = 'other'")
+            .bind(code::VERSION)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        PgStore::connect(&PgConfig::new(url))
+            .await
+            .expect("start again");
+        let body: String = sqlx::query_scalar(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'jobvisor_jobs_deleted'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert!(!body.contains("newer"), "{body}");
+        assert_eq!(
+            held_version(&mut conn).await,
+            (code::VERSION, code::DIGEST.to_string())
+        );
+    })
+    .await
+}
