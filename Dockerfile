@@ -11,9 +11,14 @@ WORKDIR /src
 # Dependencies first, against placeholder sources, so that a change to src/
 # rebuilds only jobvisor itself. The build needs no system packages: protoc
 # is vendored (build.rs), SQLite is bundled, ring builds with the image's gcc.
+# The workspace's other members (test support and tools, not built here)
+# only need their manifests and an empty library for cargo to load it.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY crates/testkit/Cargo.toml crates/testkit/
+COPY crates/tools/Cargo.toml crates/tools/
 COPY proto proto
-RUN mkdir src \
+RUN mkdir -p src crates/testkit/src crates/tools/src \
+ && touch crates/testkit/src/lib.rs crates/tools/src/lib.rs \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && cargo build --release --locked \

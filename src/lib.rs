@@ -7,8 +7,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod bench;
-pub mod chaos;
 pub mod cli;
 pub mod domain;
 pub mod engine;

@@ -1,7 +1,7 @@
 //! The Python example (`examples/python/client.py`), with stubs generated
 //! by grpcio-tools, against a real server on the embedded store.
 
-use jobvisor::chaos::process::{ServerProcess, ServerSpec, free_port};
+use jobvisor_testkit::process::{ServerProcess, ServerSpec, free_port};
 use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 fn repo(path: &str) -> PathBuf {

@@ -6,34 +6,18 @@
 //! change. After each: no item lost, none completed twice (the job's
 //! counters match its items, one success each).
 
-use jobvisor::{
-    chaos::process::{ServerProcess, ServerSpec, free_port},
-    pb::{self, job_service_client::JobServiceClient},
+use jobvisor::pb::{self, job_service_client::JobServiceClient};
+use jobvisor_testkit::{
+    db::{admin, admin_url, with_database},
+    process::{ServerProcess, ServerSpec, free_port},
 };
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::{Executor, PgPool};
 use std::{
     net::SocketAddr,
     path::PathBuf,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 use tonic::transport::Channel;
-
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-async fn admin() -> PgConnection {
-    let url = admin_url();
-    match PgConnection::connect(&url).await {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "PostgreSQL is not reachable at {url} ({e}).\n\
-             Start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n\
-             or point DATABASE_URL at a running server."
-        ),
-    }
-}
 
 /// Three (or more) replicas on one fresh database.
 struct Replicas {
@@ -59,7 +43,7 @@ impl Replicas {
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
             .await
             .expect("create the test database");
-        let url = jobvisor::chaos::with_database(&admin_url(), &db);
+        let url = with_database(&admin_url(), &db);
         let logs = tempfile::Builder::new()
             .prefix("jv-replicas-")
             .tempdir()

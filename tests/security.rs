@@ -7,13 +7,13 @@ use jobvisor::{
         auth::{Permission, Tokens, new_token},
         guard::GuardConfig,
     },
-    chaos::{
-        self,
-        process::{ServerProcess, ServerSpec, free_port},
-    },
     executor::{Registry, exec::CommandPolicy},
     pb::{self, job_service_client::JobServiceClient},
     server::{ServerConfig, TlsFiles, serve},
+};
+use jobvisor_testkit::{
+    db::{admin_url, with_database},
+    process::{ServerProcess, ServerSpec, free_port},
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use sqlx::{Connection, Executor};
@@ -29,11 +29,6 @@ use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
-
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
 
 async fn new_database() -> String {
     let name = format!(
@@ -71,7 +66,7 @@ struct App {
 impl App {
     async fn start(tls: Option<TlsFiles>, guard: GuardConfig, registry: Registry) -> App {
         let database = new_database().await;
-        let mut config = ServerConfig::new(chaos::with_database(&admin_url(), &database));
+        let mut config = ServerConfig::new(with_database(&admin_url(), &database));
         config.tls = tls;
         config.guard = guard;
         config.shutdown_grace = Duration::from_secs(3);
@@ -737,7 +732,7 @@ async fn sighup_reloads_tokens_without_dropping_streams() {
     let spec = ServerSpec {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
         addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
-        database_url: chaos::with_database(&admin_url(), &database),
+        database_url: with_database(&admin_url(), &database),
         args: vec!["--auth-tokens".into(), path.display().to_string()],
         log: log.clone(),
         env: vec![],
@@ -836,7 +831,7 @@ async fn passwords_and_tokens_stay_out_of_logs_and_events() {
     let password = "pw-s3cr3t-8842";
     // Trust authentication ignores the password, so it only has to be kept
     // secret, not checked.
-    let url = chaos::with_database(&admin_url(), &database)
+    let url = with_database(&admin_url(), &database)
         .replace("postgres@", &format!("postgres:{password}@"));
     let log = dir.path().join("server.log");
     let spec = ServerSpec {
@@ -893,7 +888,7 @@ async fn passwords_and_tokens_stay_out_of_logs_and_events() {
 
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.len() > 200, "the server logged something: {logs}");
-    let mut db = sqlx::PgConnection::connect(&chaos::with_database(&admin_url(), &database))
+    let mut db = sqlx::PgConnection::connect(&with_database(&admin_url(), &database))
         .await
         .unwrap();
     let events: Vec<String> = sqlx::query_scalar("SELECT body::text FROM job_events")

@@ -2,12 +2,10 @@
 //! caller's trace, Prometheus metrics that match the job, JSON logs that
 //! carry the job id, and the liveness health service.
 
-use jobvisor::{
-    chaos::{
-        self,
-        process::{ServerProcess, ServerSpec, free_port},
-    },
-    pb::{self, job_service_client::JobServiceClient},
+use jobvisor::pb::{self, job_service_client::JobServiceClient};
+use jobvisor_testkit::{
+    db::{admin_url, with_database},
+    process::{ServerProcess, ServerSpec, free_port},
 };
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -95,11 +93,6 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
     })
 }
 
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 /// A fresh database and a server process on it.
 struct Server {
     process: ServerProcess,
@@ -125,7 +118,7 @@ impl Server {
         let spec = ServerSpec {
             binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
             addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
-            database_url: chaos::with_database(&admin_url(), &database),
+            database_url: with_database(&admin_url(), &database),
             args: args.iter().map(|a| a.to_string()).collect(),
             log: log.path().to_path_buf(),
             env: env

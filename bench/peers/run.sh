@@ -3,7 +3,7 @@
 # worked with C in flight) through graphile-worker (its defaults and its
 # perf-test settings), pg-boss, pgqueuer and apalis-postgres, each in its
 # own fresh database on the same PostgreSQL, then through jobvisor
-# (`jobvisor bench peer`); prints one table. See bench/peers/README.md.
+# (`jobvisor-bench peer`); prints one table. See bench/peers/README.md.
 #
 #   bench/peers/run.sh [--items N] [--concurrency C] [--peers "LIST"]
 #                      [--jobvisor PATH] [--workdir DIR] [--keep]
@@ -36,7 +36,8 @@ usage: bench/peers/run.sh [options]
   --peers "LIST"     peers to run, space-separated (env PEERS, default:
                      "$ALL_PEERS");
                      jobvisor always runs last (SKIP_JOBVISOR=1 to leave it out)
-  --jobvisor PATH    jobvisor binary (env JOBVISOR, default target/release/jobvisor)
+  --jobvisor PATH    jobvisor server binary (env JOBVISOR, default target/release/jobvisor);
+                     the bench runner is the jobvisor-bench beside it
   --workdir DIR      install/build into DIR and keep it, so that a later run
                      reuses the installs and the apalis build (env WORKDIR;
                      default: a new temp directory, removed at the end)
@@ -101,7 +102,9 @@ if wants apalis; then
   have cargo || die "cargo not found: apalis is built from crates.io (install Rust from rustup.rs), or leave apalis out of --peers"
 fi
 if [ "${SKIP_JOBVISOR:-0}" != 1 ]; then
-  [ -x "$JOBVISOR" ] || die "jobvisor binary not found at $JOBVISOR: build it (cargo build --release) or pass --jobvisor PATH / JOBVISOR=PATH"
+  [ -x "$JOBVISOR" ] || die "jobvisor binary not found at $JOBVISOR: build it (cargo build --release --workspace) or pass --jobvisor PATH / JOBVISOR=PATH"
+  JOBVISOR_BENCH="$(dirname "$JOBVISOR")/jobvisor-bench"
+  [ -x "$JOBVISOR_BENCH" ] || die "jobvisor-bench not found beside $JOBVISOR: build it (cargo build --release --workspace)"
 fi
 pg_admin -c 'select 1' >/dev/null 2>&1 \
   || die "cannot connect to PostgreSQL at $ADMIN_URL (set DATABASE_URL)"
@@ -320,9 +323,9 @@ if [ "${SKIP_JOBVISOR:-0}" != 1 ]; then
     flags=()
     [ "$mode" = jobvisor-pipelined ] && flags=(--pipelined-acks)
     ORDER+=("$mode")
-    say "$mode: $JOBVISOR bench ${flags[*]} peer --items $ITEMS --concurrency $CONCURRENCY"
+    say "$mode: $JOBVISOR_BENCH ${flags[*]} peer --items $ITEMS --concurrency $CONCURRENCY"
     rc=0
-    timeout -k 10 "$PEER_TIMEOUT" "$JOBVISOR" bench "${flags[@]}" peer --json --items "$ITEMS" --concurrency "$CONCURRENCY" \
+    JOBVISOR_BIN="$JOBVISOR" timeout -k 10 "$PEER_TIMEOUT" "$JOBVISOR_BENCH" "${flags[@]}" peer --json --items "$ITEMS" --concurrency "$CONCURRENCY" \
       --database-url "$ADMIN_URL" >"$RESULTS/$mode.json" 2>"$RESULTS/$mode.log" || rc=$?
     if [ "$rc" != 0 ] || [ -z "$(json_field "$RESULTS/$mode.json" items_per_second)" ]; then
       tail -n 20 "$RESULTS/$mode.log" >&2

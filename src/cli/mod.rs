@@ -1,8 +1,6 @@
 //! The `jobvisor` command line: `serve` runs the service; the other
 //! subcommands are a client of any running server.
 
-mod bench;
-mod chaos;
 mod client;
 mod output;
 mod serve;
@@ -52,11 +50,6 @@ enum Command {
     Items(client::ItemsArgs),
     /// Make bearer tokens for a server's --auth-tokens file.
     Token(token::TokenArgs),
-    /// Run the benchmark scenarios (fresh database, real server process).
-    Bench(bench::BenchArgs),
-    /// Run a job through a real server while killing it, draining it,
-    /// restarting its database and cutting its sessions; print a verdict.
-    Chaos(chaos::ChaosArgs),
     /// Follow a job until it ends: a progress bar on a terminal, JSON lines
     /// otherwise. Exit code: 0 succeeded, 3 failed, 4 cancelled.
     Watch(client::WatchArgs),
@@ -80,8 +73,6 @@ pub async fn run() -> ExitCode {
         Command::List(args) => client::list(args).await,
         Command::Items(args) => client::items(args).await,
         Command::Watch(args) => client::watch(args).await,
-        Command::Chaos(args) => chaos::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
         Command::Token(args) => token::run(args),
     };
     match result {

@@ -3,23 +3,17 @@
 //! checked: no item lost, none completed twice, every re-execution from
 //! the checkpoint the store held.
 
-use jobvisor::{
-    chaos::{
-        self, ChaosConfig, Fault,
-        process::{ServerProcess, ServerSpec, free_port},
-    },
-    pb::{self, job_service_client::JobServiceClient},
+use jobvisor::pb::{self, job_service_client::JobServiceClient};
+use jobvisor_testkit::{
+    db::admin_url,
+    process::{ServerProcess, ServerSpec, free_port},
 };
+use jobvisor_tools::chaos::{self, ChaosConfig, Fault};
 use std::{
     net::SocketAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
-
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
 
 fn config(items: u32, schedule: &[(Fault, u32)], seed: u64) -> ChaosConfig {
     ChaosConfig {

@@ -8,115 +8,18 @@ use jobvisor::{
     pb::{self, job_service_client::JobServiceClient},
     server::{ServerConfig, serve},
 };
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::PgPool;
 use std::{
     sync::Once,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
-/// Where the tests find PostgreSQL: `DATABASE_URL`, or the local default.
-pub fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+pub use jobvisor_testkit::db::TestDb;
 
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let root = base.rsplit_once('/').map(|(r, _)| r).unwrap_or(base);
-    format!("{root}/{db}{query}")
-}
-
+/// The prefix of the e2e tests' databases.
 const PREFIX: &str = "jv_test_";
-
-/// Connects to the admin database or fails the test with how to fix it.
-pub async fn admin() -> PgConnection {
-    let url = admin_url();
-    match PgConnection::connect(&url).await {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "PostgreSQL is not reachable at {url} ({e}).\n\
-             Start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n\
-             or point DATABASE_URL at a running server."
-        ),
-    }
-}
-
-/// A database created for one test.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn create() -> TestDb {
-        sweep_stale().await;
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let name = format!(
-            "{PREFIX}{secs}_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let mut admin = admin().await;
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await
-            .expect("create the test database");
-        TestDb {
-            url: with_database(&admin_url(), &name),
-            name,
-        }
-    }
-
-    pub async fn drop_db(&self) {
-        let mut admin = admin().await;
-        let _ = admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .await;
-    }
-}
-
-/// Drops test databases left by runs that died more than an hour ago.
-async fn sweep_stale() {
-    static ONCE: Once = Once::new();
-    let mut first = false;
-    ONCE.call_once(|| first = true);
-    if !first {
-        return;
-    }
-    let mut admin = admin().await;
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'jv_test_%'")
-            .fetch_all(&mut admin)
-            .await
-            .unwrap_or_default();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    for name in names {
-        let born: Option<u64> = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|s| s.parse().ok());
-        if born.is_some_and(|b| now.saturating_sub(b) > 3600) {
-            let _ = admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .await;
-        }
-    }
-}
 
 pub fn init_logs() {
     static ONCE: Once = Once::new();
@@ -193,7 +96,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(options: Options) -> TestApp {
     init_logs();
     let (db, dir) = match options.store {
-        StoreKind::Postgres => (TestDb::create().await, None),
+        StoreKind::Postgres => (TestDb::create(PREFIX).await, None),
         StoreKind::Embedded => {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("jobvisor.db").display().to_string();
@@ -343,7 +246,7 @@ impl TestApp {
         self.shutdown_server().await;
         if let Some(pool) = &self.pool {
             pool.close().await;
-            self.db.drop_db().await;
+            let _ = self.db.drop_db().await;
         }
     }
 

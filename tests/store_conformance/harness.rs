@@ -13,84 +13,18 @@ use jobvisor::{
         sqlite::SqliteStore,
     },
 };
-use sqlx::{Connection, Executor, PgConnection};
+use jobvisor_testkit::db::TestDb;
 use std::{
     collections::BTreeMap,
     future::Future,
     panic::{AssertUnwindSafe, resume_unwind},
-    sync::{Arc, Once},
-    time::{SystemTime, UNIX_EPOCH},
+    sync::Arc,
 };
 
 // ---------------------------------------------------------------- stores
 
-/// Where the suite finds PostgreSQL: `DATABASE_URL`, or the local default.
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// `url` pointing at database `db` instead (query string kept).
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let root = base.rsplit_once('/').map(|(r, _)| r).unwrap_or(base);
-    format!("{root}/{db}{query}")
-}
-
+/// The prefix of the suite's databases.
 const PREFIX: &str = "jv_conf_";
-
-/// Connects to the admin database or fails the test saying how to fix it:
-/// a suite that cannot reach PostgreSQL must never pass silently.
-async fn admin() -> PgConnection {
-    let url = admin_url();
-    match PgConnection::connect(&url).await {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "PostgreSQL is not reachable at {url} ({e}).\n\
-             Start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n\
-             or point DATABASE_URL at a running server."
-        ),
-    }
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Drops the databases of runs that died more than an hour ago.
-async fn sweep_stale(admin: &mut PgConnection) {
-    static ONCE: Once = Once::new();
-    let mut first = false;
-    ONCE.call_once(|| first = true);
-    if !first {
-        return;
-    }
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'jv\\_conf\\_%'")
-            .fetch_all(&mut *admin)
-            .await
-            .unwrap_or_default();
-    let now = unix_seconds();
-    for name in names {
-        let born: Option<u64> = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split('_').next())
-            .and_then(|s| s.parse().ok());
-        if born.is_some_and(|b| now.saturating_sub(b) > 3600) {
-            let _ = admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .await;
-        }
-    }
-}
 
 /// Runs `scenario` against a migrated PgStore on a database of its own,
 /// dropped afterwards whether the scenario passed or not.
@@ -125,24 +59,11 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut admin = admin().await;
-    sweep_stale(&mut admin).await;
-    let name = format!(
-        "{PREFIX}{}_{}",
-        unix_seconds(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .expect("create the test database");
-    let url = with_database(&admin_url(), &name);
-    let result = AssertUnwindSafe(scenario(url)).catch_unwind().await;
-    let dropped = admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
+    let db = TestDb::create(PREFIX).await;
+    let result = AssertUnwindSafe(scenario(db.url.clone()))
+        .catch_unwind()
         .await;
+    let dropped = db.drop_db().await;
     if let Err(panic) = result {
         resume_unwind(panic);
     }

@@ -16,7 +16,7 @@
 //!     ends when every handler has run, the worker has been stopped
 //!     gracefully (which flushes the pending acks) and the database shows
 //!     N rows 'Done'. Prints the result JSON line (same keys as
-//!     `jobvisor bench peer`).
+//!     `jobvisor-bench peer`).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};

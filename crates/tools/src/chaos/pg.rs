@@ -41,7 +41,7 @@ impl ThrowawayPostgres {
         let dir = tempfile::Builder::new().prefix("jv-pg-").tempdir()?;
         let as_postgres = rustix::process::geteuid().is_root();
         let pg = ThrowawayPostgres {
-            port: super::process::free_port()?,
+            port: jobvisor_testkit::process::free_port()?,
             dir,
             bin,
             as_postgres,

@@ -1,4 +1,4 @@
-//! `jobvisor bench`: the performance scenarios of the benchmark suite,
+//! `jobvisor-bench`: the performance scenarios of the benchmark suite,
 //! each against a fresh database and a real server process (so its memory
 //! is its own), printing a table row and a JSON line per scenario.
 //!
@@ -11,14 +11,12 @@ pub mod calls;
 pub mod prom;
 pub mod scenarios;
 
-use crate::{
-    chaos::{
-        self,
-        process::{ServerProcess, ServerSpec, free_port},
-    },
-    pb::{self, job_service_client::JobServiceClient},
-};
 use anyhow::Context as _;
+use jobvisor::pb::{self, job_service_client::JobServiceClient};
+use jobvisor_testkit::{
+    db,
+    process::{ServerProcess, ServerSpec, free_port},
+};
 use serde::Serialize;
 use sqlx::{Connection, Executor, PgConnection, PgPool, postgres::PgPoolOptions};
 use std::{
@@ -83,7 +81,7 @@ impl Database {
             .await?;
         Ok(Database {
             admin_url: admin_url.to_string(),
-            url: chaos::with_database(admin_url, &name),
+            url: db::with_database(admin_url, &name),
             name,
         })
     }
@@ -580,9 +578,10 @@ impl Context {
     }
 }
 
-/// Where the `jobvisor` binary to benchmark is: this one.
+/// Where the `jobvisor` binary to benchmark is: the one built beside this
+/// one, or `JOBVISOR_BIN`.
 pub fn this_binary() -> anyhow::Result<PathBuf> {
-    Ok(std::env::current_exe()?)
+    jobvisor_testkit::server_binary()
 }
 
 /// A table row: a label and a latency summary.

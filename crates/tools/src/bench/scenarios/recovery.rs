@@ -19,12 +19,10 @@
 //!   after the database's clock read just before the restart (polled
 //!   every `poll`).
 
-use crate::{
-    bench::{Env, Setup, SleepJob, connect, get_job, jobs_claiming, met, start_many},
-    chaos::process::ServerProcess,
-};
+use crate::bench::{Env, Setup, SleepJob, connect, get_job, jobs_claiming, met, start_many};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use jobvisor_testkit::process::ServerProcess;
 use serde::Serialize;
 use sqlx::PgPool;
 use std::{

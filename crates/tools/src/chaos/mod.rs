@@ -1,5 +1,5 @@
 //! Fault injection against real processes: the chaos runner behind
-//! `jobvisor chaos`, and the building blocks the crash tests use.
+//! `jobvisor-chaos`, and the building blocks the crash tests use.
 //!
 //! A run starts a real `jobvisor serve` process, starts one job whose items
 //! run a small shell program that logs every execution, and inflicts a
@@ -11,12 +11,14 @@
 
 pub mod audit;
 pub mod pg;
-pub mod process;
 
-use crate::pb::{self, job_service_client::JobServiceClient};
 use anyhow::{Context, bail};
 use audit::{ExecutionAudit, Snapshot};
-use process::{ServerProcess, ServerSpec};
+use jobvisor::pb::{self, job_service_client::JobServiceClient};
+use jobvisor_testkit::{
+    db::with_database,
+    process::{ServerProcess, ServerSpec},
+};
 use sqlx::{Connection, Executor, PgConnection};
 use std::{
     collections::BTreeMap,
@@ -214,16 +216,6 @@ impl Database {
     }
 }
 
-/// `url` pointing at database `db`.
-pub fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let root = base.rsplit_once('/').map(|(r, _)| r).unwrap_or(base);
-    format!("{root}/{db}{query}")
-}
-
 /// Runs the job under the fault schedule and returns the verdict.
 pub async fn run(config: &ChaosConfig) -> anyhow::Result<Verdict> {
     let started = Instant::now();
@@ -274,7 +266,7 @@ async fn run_on(
     let exec_log = work.path().join("executions.log");
     let spec = ServerSpec {
         binary: config.binary.clone(),
-        addr: SocketAddr::from(([127, 0, 0, 1], process::free_port()?)),
+        addr: SocketAddr::from(([127, 0, 0, 1], jobvisor_testkit::process::free_port()?)),
         database_url: database.url(),
         args: vec![
             "--allow-exec".into(),
@@ -377,7 +369,7 @@ async fn run_on(
             bail!(
                 "the job did not end within {:?}; server log:\n{}",
                 config.timeout,
-                process::tail(&spec.log)
+                jobvisor_testkit::process::tail(&spec.log)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

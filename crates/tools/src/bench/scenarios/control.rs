@@ -358,7 +358,7 @@ impl Load {
     }
 }
 
-fn items_ended(job: &crate::pb::Job) -> u64 {
+fn items_ended(job: &jobvisor::pb::Job) -> u64 {
     job.counts
         .as_ref()
         .map(|c| c.succeeded + c.failed + c.cancelled)

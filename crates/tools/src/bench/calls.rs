@@ -3,8 +3,8 @@
 //! jobs with the time until the job is CANCELLED.
 
 use super::{Client, Rng, SleepJob, Summary, row};
-use crate::pb;
 use anyhow::Context as _;
+use jobvisor::pb;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 

@@ -1,14 +1,15 @@
-//! `jobvisor bench`: runs the benchmark scenarios against a fresh database
+//! `jobvisor-bench`: runs the benchmark scenarios against a fresh database
 //! and a real server process, and prints a table and one JSON line each.
 
-use crate::bench::{self, median, scenarios};
 use anyhow::Context as _;
-use clap::{Args, Subcommand};
+use clap::{Parser, Subcommand};
+use jobvisor_tools::bench::{self, median, scenarios};
 use serde_json::json;
 use std::process::ExitCode;
 
-#[derive(Debug, Args)]
-pub struct BenchArgs {
+#[derive(Debug, Parser)]
+#[command(name = "jobvisor-bench", version, about)]
+struct BenchArgs {
     #[command(subcommand)]
     scenario: Scenario,
     /// PostgreSQL to create the benchmark databases in.
@@ -61,7 +62,7 @@ enum Scenario {
     },
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let binary = bench::this_binary()?;
     let server_args: Vec<&str> = if args.pipelined_acks {
         vec!["--pipelined-acks"]
@@ -210,5 +211,16 @@ fn bench_setup(
         admin_url: database_url.to_string(),
         server_args: server_args.iter().map(|a| a.to_string()).collect(),
         progress: !json,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(BenchArgs::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

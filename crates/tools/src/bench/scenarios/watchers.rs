@@ -19,14 +19,12 @@
 //! records only a timestamp and a sequence per message, but it runs on the
 //! same cores as the server and PostgreSQL, which the report says.
 
-use crate::{
-    bench::{
-        Client, Env, Setup, SleepJob, Summary, calls, connect, cpu_seconds, get_job, header,
-        is_terminal, median, met, poll_job, row, system_time,
-    },
-    pb::{self, job_event::Kind},
+use crate::bench::{
+    Client, Env, Setup, SleepJob, Summary, calls, connect, cpu_seconds, get_job, header,
+    is_terminal, median, met, poll_job, row, system_time,
 };
 use anyhow::Context as _;
+use jobvisor::pb::{self, job_event::Kind};
 use serde::Serialize;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::{sync::mpsc, task::JoinSet};

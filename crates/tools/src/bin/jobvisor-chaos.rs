@@ -1,12 +1,13 @@
-//! `jobvisor chaos`: runs one job through a real server process while
+//! `jobvisor-chaos`: runs one job through a real server process while
 //! inflicting faults, and prints a one-line verdict (see `crate::chaos`).
 
-use crate::chaos::{self, ChaosConfig, Fault};
-use clap::Args;
+use clap::Parser;
+use jobvisor_tools::chaos::{self, ChaosConfig, Fault};
 use std::{process::ExitCode, time::Duration};
 
-#[derive(Debug, Args)]
-pub struct ChaosArgs {
+#[derive(Debug, Parser)]
+#[command(name = "jobvisor-chaos", version, about)]
+struct ChaosArgs {
     /// Items in the job.
     #[arg(long, default_value_t = 2000)]
     items: u32,
@@ -55,7 +56,7 @@ fn parse_schedule(raw: &str) -> Result<Schedule, String> {
     chaos::parse_schedule(raw).map(Schedule)
 }
 
-pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
+async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -63,7 +64,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(1)
     });
     let config = ChaosConfig {
-        binary: std::env::current_exe()?,
+        binary: jobvisor_testkit::server_binary()?,
         items: args.items,
         concurrency: args.concurrency,
         steps: args.steps,
@@ -99,4 +100,15 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(ChaosArgs::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
