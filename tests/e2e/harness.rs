@@ -253,7 +253,7 @@ async fn start_server(
         .with("gate", gate.clone().with_log(executions.clone()))
         .with("panicky", Panicky)
         .with("flaky", flaky.clone())
-        .with_exec(jobvisor::executor::exec::CommandPolicy::Any);
+        .with_exec(jobvisor::executor::exec::ExecExecutor::new(&Default::default()).expect("exec"));
     let mut config = match options.store {
         StoreKind::Postgres => ServerConfig::new(db_url),
         StoreKind::Embedded => ServerConfig::embedded(db_url),
