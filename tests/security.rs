@@ -7,7 +7,10 @@ use jobvisor::{
         auth::{Permission, Tokens, new_token},
         guard::GuardConfig,
     },
-    executor::{Registry, exec::CommandPolicy},
+    executor::{
+        Registry,
+        exec::{CommandPolicy, ExecExecutor, ExecSettings},
+    },
     pb::{self, job_service_client::JobServiceClient},
     server::{ServerConfig, TlsFiles, serve},
 };
@@ -699,8 +702,13 @@ async fn exec_is_off_unless_enabled_and_limited_to_its_commands() {
     );
     app.finish().await;
 
-    let registry =
-        Registry::with_builtins().with_exec(CommandPolicy::Only(vec!["/bin/true".into()]));
+    let registry = Registry::with_builtins().with_exec(
+        ExecExecutor::new(&ExecSettings {
+            commands: CommandPolicy::Only(vec!["/bin/true".into()]),
+            ..ExecSettings::default()
+        })
+        .unwrap(),
+    );
     let app = App::start(None, GuardConfig::default(), registry).await;
     let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
         .await

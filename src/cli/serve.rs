@@ -4,7 +4,10 @@
 
 use crate::api::{auth::Tokens, guard::GuardConfig};
 use crate::{
-    executor::{Registry, exec::CommandPolicy},
+    executor::{
+        Registry,
+        exec::{CommandPolicy, ExecExecutor, ExecSettings, ExecSetupError},
+    },
     server, telemetry,
 };
 use anyhow::Context;
@@ -96,10 +99,35 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBVISOR_ALLOW_EXEC")]
     allow_exec: bool,
 
-    /// With --allow-exec: only these commands may be run (comma-separated,
-    /// as written in the job's `command` param). Empty: any command.
+    /// With --allow-exec: only these commands may be run (comma-separated
+    /// names or absolute paths). Each name is resolved on the server's PATH
+    /// at start-up, and jobs run that absolute path. Empty: any command.
     #[arg(long, env = "JOBVISOR_EXEC_COMMANDS", value_delimiter = ',')]
     exec_commands: Vec<String>,
+
+    /// With --allow-exec: the server's environment variables programs get
+    /// (comma-separated names; empty: none). Programs never get the rest
+    /// of the server's environment. PATH is always given: the server's,
+    /// without relative entries.
+    #[arg(
+        long,
+        env = "JOBVISOR_EXEC_ENV_PASS",
+        value_delimiter = ',',
+        default_value = "HOME,LANG,LC_ALL,TMPDIR,TZ"
+    )]
+    exec_env_pass: Vec<String>,
+
+    /// With --allow-exec: variables jobs may set in their `env` although
+    /// they change which program runs or what code it loads (PATH, LD_*,
+    /// PYTHONPATH, …; refused otherwise). Comma-separated.
+    #[arg(long, env = "JOBVISOR_EXEC_ALLOW_ENV", value_delimiter = ',')]
+    exec_allow_env: Vec<String>,
+
+    /// With --allow-exec: programs run under this directory. A job's `cwd`
+    /// must lie inside it (a relative one is taken from it); without `cwd`
+    /// a program runs in it. Unset: a `cwd` must be an absolute path.
+    #[arg(long, env = "JOBVISOR_EXEC_CWD_ROOT")]
+    exec_cwd_root: Option<PathBuf>,
 
     /// Where to serve Prometheus metrics (`http://ADDR/metrics`), or `off`.
     #[arg(
@@ -271,11 +299,65 @@ impl ServeArgs {
         };
         Ok(config)
     }
+
+    /// The `exec` executor, if enabled, with the commands resolved now.
+    fn exec(&self) -> anyhow::Result<Option<ExecExecutor>> {
+        if !self.allow_exec {
+            for (set, flag) in [
+                (
+                    !self.exec_commands.is_empty(),
+                    "--exec-commands (JOBVISOR_EXEC_COMMANDS)",
+                ),
+                (
+                    !self.exec_allow_env.is_empty(),
+                    "--exec-allow-env (JOBVISOR_EXEC_ALLOW_ENV)",
+                ),
+                (
+                    self.exec_cwd_root.is_some(),
+                    "--exec-cwd-root (JOBVISOR_EXEC_CWD_ROOT)",
+                ),
+            ] {
+                if set {
+                    anyhow::bail!("{flag} needs --allow-exec");
+                }
+            }
+            return Ok(None);
+        }
+        let commands: Vec<String> = self
+            .exec_commands
+            .iter()
+            .filter(|c| !c.trim().is_empty())
+            .cloned()
+            .collect();
+        let settings = ExecSettings {
+            commands: if commands.is_empty() {
+                CommandPolicy::Any
+            } else {
+                CommandPolicy::Only(commands)
+            },
+            env_pass: self.exec_env_pass.clone(),
+            allow_env: self.exec_allow_env.clone(),
+            cwd_root: self.exec_cwd_root.clone(),
+        };
+        match ExecExecutor::new(&settings) {
+            Ok(exec) => Ok(Some(exec)),
+            Err(e @ ExecSetupError::Command { .. }) => {
+                anyhow::bail!("--exec-commands (JOBVISOR_EXEC_COMMANDS): {e}")
+            }
+            Err(e @ ExecSetupError::CwdRoot { .. }) => {
+                anyhow::bail!("--exec-cwd-root (JOBVISOR_EXEC_CWD_ROOT): {e}")
+            }
+        }
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let telemetry = telemetry::init(args.log_format)?;
     let config = args.config()?;
+    let mut registry = Registry::with_builtins();
+    if let Some(exec) = args.exec()? {
+        registry = registry.with_exec(exec);
+    }
     if args.metrics_listen != "off" {
         let addr: SocketAddr = args.metrics_listen.parse().map_err(|_| {
             anyhow::anyhow!(
@@ -301,17 +383,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 args.listen
             )
         })?;
-    let mut registry = Registry::with_builtins();
-    if args.allow_exec {
-        let policy = if args.exec_commands.is_empty() {
-            CommandPolicy::Any
-        } else {
-            CommandPolicy::Only(args.exec_commands.clone())
-        };
-        registry = registry.with_exec(policy);
-    } else if !args.exec_commands.is_empty() {
-        anyhow::bail!("--exec-commands (JOBVISOR_EXEC_COMMANDS) needs --allow-exec");
-    }
     let result = server::serve(config, registry, listener, shutdown_signal()).await;
     telemetry.shutdown();
     result

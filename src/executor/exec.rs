@@ -18,6 +18,13 @@
 //! pause, a cancel or a shutdown the process group gets SIGTERM, then
 //! SIGKILL after `kill_grace`; the item keeps its last checkpoint. The
 //! group is killed too if the worker running it dies.
+//!
+//! What the server allows (programs, environment, working directory) is
+//! in [`policy`]; a program never sees the server's own environment.
+
+mod policy;
+
+pub use policy::{CommandPolicy, DEFAULT_ENV_PASS, ExecSettings, ExecSetupError, is_refused_env};
 
 use super::{
     Executor, ItemContext, ItemError, ItemHandler, Params, PrepareError,
@@ -25,6 +32,7 @@ use super::{
 };
 use crate::domain::FieldViolation;
 use async_trait::async_trait;
+use policy::Confinement;
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -53,20 +61,29 @@ const KNOWN: &[&str] = &[
 /// children may hold the pipes open).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// Which programs a server lets `exec` run.
-#[derive(Debug, Clone, Default)]
-pub enum CommandPolicy {
-    /// Any program.
-    #[default]
-    Any,
-    /// Only these commands (as written in the `command` param).
-    Only(Vec<String>),
+/// The longest `kill_grace`: a program that ignores SIGTERM holds its
+/// job in PAUSING or CANCELLING at most this long.
+pub const MAX_KILL_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// The longest `timeout` of one attempt.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The `exec` executor, with what its server allows.
+#[derive(Debug, Clone)]
+pub struct ExecExecutor {
+    confinement: Arc<Confinement>,
 }
 
-/// The `exec` executor.
-#[derive(Debug, Clone, Default)]
-pub struct ExecExecutor {
-    pub policy: CommandPolicy,
+impl ExecExecutor {
+    /// Applies the operator's settings, reading the server's environment
+    /// now: the allowed commands are resolved on its `PATH`, the passed
+    /// variables' values kept. Fails if a setting cannot be used.
+    pub fn new(settings: &ExecSettings) -> Result<ExecExecutor, ExecSetupError> {
+        let confinement = Confinement::new(settings, &|name| std::env::var_os(name))?;
+        Ok(ExecExecutor {
+            confinement: Arc::new(confinement),
+        })
+    }
 }
 
 /// A job's parsed `exec` params.
@@ -74,7 +91,8 @@ pub struct ExecExecutor {
 pub struct Exec {
     pub command: String,
     pub args: Vec<String>,
-    pub cwd: Option<PathBuf>,
+    /// As given; [`ExecExecutor`] checks it against the server's rules.
+    pub cwd: Option<String>,
     pub env: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
     pub kill_grace: Duration,
@@ -111,10 +129,20 @@ impl Exec {
                 })
             }
         };
-        let cwd = p.get("cwd").map(PathBuf::from);
-        let mut duration = |key: &str, default: Option<Duration>| match p.get(key) {
+        let cwd = p.get("cwd").map(String::from);
+        let mut duration = |key: &str, default: Option<Duration>, max: Duration| match p.get(key) {
             None => default,
             Some(raw) => match humantime::parse_duration(raw.trim()) {
+                Ok(d) if d > max => {
+                    p.invalid(
+                        key,
+                        format!(
+                            "{raw:?} is longer than the limit of {}",
+                            humantime::format_duration(max)
+                        ),
+                    );
+                    default
+                }
                 Ok(d) if !d.is_zero() => Some(d),
                 _ => {
                     p.invalid(key, format!("{raw:?} is not a duration like 30s or 5m"));
@@ -122,9 +150,9 @@ impl Exec {
                 }
             },
         };
-        let timeout = duration("timeout", None);
-        let kill_grace =
-            duration("kill_grace", Some(Duration::from_secs(5))).unwrap_or(Duration::from_secs(5));
+        let timeout = duration("timeout", None, MAX_TIMEOUT);
+        let kill_grace = duration("kill_grace", Some(Duration::from_secs(5)), MAX_KILL_GRACE)
+            .unwrap_or(Duration::from_secs(5));
         let permanent_exit_codes = match p.get("permanent_exit_codes") {
             None => vec![100],
             Some(raw) => raw
@@ -163,17 +191,41 @@ impl Executor for ExecExecutor {
         params: &BTreeMap<String, String>,
     ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
         let exec = Exec::parse(params)?;
-        if let CommandPolicy::Only(allowed) = &self.policy
-            && !allowed.contains(&exec.command)
-        {
-            return Err(PrepareError::Forbidden(format!(
-                "command {:?} is not allowed on this server; allowed: {}",
-                exec.command,
-                allowed.join(", ")
-            )));
+        let program = self
+            .confinement
+            .program(&exec.command)
+            .map_err(PrepareError::Forbidden)?;
+        let mut bad = self.confinement.check_env(&exec.env);
+        let cwd = self
+            .confinement
+            .cwd(exec.cwd.as_deref())
+            .unwrap_or_else(|v| {
+                bad.push(v);
+                None
+            });
+        if !bad.is_empty() {
+            return Err(PrepareError::Invalid(bad));
         }
-        Ok(Arc::new(exec))
+        Ok(Arc::new(Launch {
+            exec,
+            program,
+            cwd,
+            confinement: self.confinement.clone(),
+        }))
     }
+}
+
+/// A job's program, checked against its server's rules: what each item
+/// runs.
+#[derive(Debug)]
+struct Launch {
+    exec: Exec,
+    /// What is executed: an allowed command's absolute path, or (any
+    /// command allowed) the command as given, looked up on the `PATH` the
+    /// program gets.
+    program: PathBuf,
+    cwd: Option<PathBuf>,
+    confinement: Arc<Confinement>,
 }
 
 /// Kills the process group when dropped, unless told the process is gone:
@@ -206,12 +258,19 @@ enum Stop {
 }
 
 #[async_trait]
-impl ItemHandler for Exec {
+impl ItemHandler for Launch {
     async fn run(&self, ctx: &mut ItemContext) -> Result<(), ItemError> {
-        let mut command = Command::new(&self.command);
+        let exec = &self.exec;
+        let mut command = Command::new(&self.program);
         command
-            .args(&self.args)
-            .envs(&self.env)
+            // The program sees the name it was asked for, as if looked up.
+            .arg0(&exec.command)
+            .args(&exec.args)
+            // Nothing of the server's own environment (its database URL,
+            // its tokens) unless the operator passes it.
+            .env_clear()
+            .envs(self.confinement.base_env().iter().map(|(k, v)| (k, v)))
+            .envs(&exec.env)
             .env("JOBVISOR_ITEM", ctx.payload())
             .env("JOBVISOR_ITEM_INDEX", ctx.index().to_string())
             .env("JOBVISOR_ATTEMPT", ctx.attempt().to_string())
@@ -232,7 +291,7 @@ impl ItemHandler for Exec {
             command.current_dir(cwd);
         }
         let mut child = command.spawn().map_err(|e| {
-            let what = format!("cannot run {:?}: {e}", self.command);
+            let what = format!("cannot run {:?}: {e}", exec.command);
             match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
                     ItemError::Permanent(what)
@@ -257,8 +316,8 @@ impl ItemHandler for Exec {
         }
         let mut stdout = child.stdout.take().map(|s| BufReader::new(s).lines());
         let mut stderr = child.stderr.take().map(|s| BufReader::new(s).lines());
-        let mut tail = LogTail::new(self.log_tail_bytes);
-        let timeout_at = self.timeout.map(|t| Instant::now() + t);
+        let mut tail = LogTail::new(exec.log_tail_bytes);
+        let timeout_at = exec.timeout.map(|t| Instant::now() + t);
         let mut kill_at: Option<Instant> = None;
         let mut stopped: Option<Stop> = None;
         let mut status: Option<ExitStatus> = None;
@@ -305,13 +364,13 @@ impl ItemHandler for Exec {
                 _ = ctx.stopped(), if stopped.is_none() && status.is_none() => {
                     stopped = Some(Stop::Requested);
                     guard.signal(rustix::process::Signal::TERM);
-                    kill_at = Some(Instant::now() + self.kill_grace);
+                    kill_at = Some(Instant::now() + exec.kill_grace);
                 }
                 _ = tokio::time::sleep_until(timeout_at.unwrap_or_else(far)),
                     if timeout_at.is_some() && stopped.is_none() && status.is_none() => {
                     stopped = Some(Stop::TimedOut);
                     guard.signal(rustix::process::Signal::TERM);
-                    kill_at = Some(Instant::now() + self.kill_grace);
+                    kill_at = Some(Instant::now() + exec.kill_grace);
                 }
                 _ = tokio::time::sleep_until(kill_at.unwrap_or_else(far)), if kill_at.is_some() => {
                     guard.signal(rustix::process::Signal::KILL);
@@ -328,7 +387,7 @@ impl ItemHandler for Exec {
                 .await
                 .map_err(|e| ItemError::Retryable(format!("waiting for the program: {e}")))?,
         };
-        self.outcome(status, stopped, &tail)
+        exec.outcome(status, stopped, &tail)
     }
 }
 
@@ -435,10 +494,35 @@ mod tests {
     }
 
     #[test]
+    fn durations_are_bounded() {
+        let bad = Exec::parse(&params(&[
+            ("command", "sleep"),
+            ("kill_grace", "100000000000days"),
+            ("timeout", "31days"),
+        ]))
+        .unwrap_err();
+        let fields: Vec<_> = bad.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["params[timeout]", "params[kill_grace]"]);
+        assert!(bad[1].description.contains("10m"), "{}", bad[1].description);
+        let ok = Exec::parse(&params(&[
+            ("command", "sleep"),
+            ("kill_grace", "10m"),
+            ("timeout", "30days"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (ok.kill_grace, ok.timeout),
+            (MAX_KILL_GRACE, Some(MAX_TIMEOUT))
+        );
+    }
+
+    #[test]
     fn the_command_policy_is_enforced() {
-        let exec = ExecExecutor {
-            policy: CommandPolicy::Only(vec!["/usr/bin/true".into()]),
-        };
+        let exec = ExecExecutor::new(&ExecSettings {
+            commands: CommandPolicy::Only(vec!["/usr/bin/true".into()]),
+            ..ExecSettings::default()
+        })
+        .unwrap();
         assert!(
             exec.prepare(&params(&[("command", "/usr/bin/true")]))
                 .is_ok()
@@ -446,6 +530,17 @@ mod tests {
         match exec.prepare(&params(&[("command", "rm")])) {
             Err(PrepareError::Forbidden(why)) => assert!(why.contains("not allowed"), "{why}"),
             _ => panic!("rm must be forbidden"),
+        }
+        match exec.prepare(&params(&[
+            ("command", "/usr/bin/true"),
+            ("env", r#"{"LD_PRELOAD":"/tmp/x.so"}"#),
+            ("cwd", "relative"),
+        ])) {
+            Err(PrepareError::Invalid(bad)) => {
+                let fields: Vec<_> = bad.iter().map(|v| v.field.as_str()).collect();
+                assert_eq!(fields, ["params[env]", "params[cwd]"]);
+            }
+            _ => panic!("LD_PRELOAD and a relative cwd must be refused"),
         }
     }
 }

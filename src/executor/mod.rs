@@ -292,10 +292,10 @@ impl Registry {
         Registry::empty().with("sleep", sleep::SleepExecutor)
     }
 
-    /// Adds `exec`, which runs programs on the server's host, limited by
-    /// `policy`. Servers enable it explicitly (`--allow-exec`).
-    pub fn with_exec(self, policy: exec::CommandPolicy) -> Self {
-        self.with("exec", exec::ExecExecutor { policy })
+    /// Adds `exec`, which runs programs on the server's host within what
+    /// its settings allow. Servers enable it explicitly (`--allow-exec`).
+    pub fn with_exec(self, exec: exec::ExecExecutor) -> Self {
+        self.with("exec", exec)
     }
 
     /// Adds (or replaces) an executor under `name`.

@@ -18,9 +18,6 @@ use tonic::transport::Channel;
 
 pub use jobvisor_testkit::db::TestDb;
 
-/// The prefix of the e2e tests' databases.
-const PREFIX: &str = "jv_test_";
-
 pub fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -96,7 +93,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(options: Options) -> TestApp {
     init_logs();
     let (db, dir) = match options.store {
-        StoreKind::Postgres => (TestDb::create(PREFIX).await, None),
+        StoreKind::Postgres => (TestDb::create().await, None),
         StoreKind::Embedded => {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("jobvisor.db").display().to_string();
@@ -156,7 +153,7 @@ async fn start_server(
         .with("gate", gate.clone().with_log(executions.clone()))
         .with("panicky", Panicky)
         .with("flaky", flaky.clone())
-        .with_exec(jobvisor::executor::exec::CommandPolicy::Any);
+        .with_exec(jobvisor::executor::exec::ExecExecutor::new(&Default::default()).expect("exec"));
     let mut config = match options.store {
         StoreKind::Postgres => ServerConfig::new(db_url),
         StoreKind::Embedded => ServerConfig::embedded(db_url),
@@ -246,7 +243,7 @@ impl TestApp {
         self.shutdown_server().await;
         if let Some(pool) = &self.pool {
             pool.close().await;
-            let _ = self.db.drop_db().await;
+            self.db.drop_db().await;
         }
     }
 

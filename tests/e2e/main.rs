@@ -8,6 +8,7 @@ mod discovery;
 mod embedded;
 mod errors;
 mod exec;
+mod exec_confinement;
 mod executors;
 mod hammer;
 mod harness;

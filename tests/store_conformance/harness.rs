@@ -59,11 +59,11 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let db = TestDb::create(PREFIX).await;
+    let db = TestDb::create_with_prefix(PREFIX).await;
     let result = AssertUnwindSafe(scenario(db.url.clone()))
         .catch_unwind()
         .await;
-    let dropped = db.drop_db().await;
+    let dropped = db.try_drop().await;
     if let Err(panic) = result {
         resume_unwind(panic);
     }

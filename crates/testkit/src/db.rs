@@ -54,8 +54,13 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates an empty database (not migrated).
-    pub async fn create(prefix: &str) -> TestDb {
+    /// Creates an empty database (not migrated), named `jv_test_…`.
+    pub async fn create() -> TestDb {
+        TestDb::create_with_prefix("jv_test_").await
+    }
+
+    /// Creates an empty database (not migrated), named `<prefix>…`.
+    pub async fn create_with_prefix(prefix: &str) -> TestDb {
         let mut admin = admin().await;
         sweep_stale(&mut admin, prefix).await;
         let name = format!(
@@ -73,8 +78,14 @@ impl TestDb {
         }
     }
 
+    /// Drops the database, closing the sessions still on it; a failure is
+    /// left for the next run's sweep.
+    pub async fn drop_db(&self) {
+        let _ = self.try_drop().await;
+    }
+
     /// Drops the database, closing the sessions still on it.
-    pub async fn drop_db(&self) -> Result<(), sqlx::Error> {
+    pub async fn try_drop(&self) -> Result<(), sqlx::Error> {
         let mut admin = admin().await;
         admin
             .execute(sqlx::AssertSqlSafe(format!(
