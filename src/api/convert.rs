@@ -4,7 +4,7 @@
 use crate::{
     domain::{
         EventBody, FieldViolation, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobPolicy,
-        JobState, NewJob, PauseMode, PauseRecord, RateLimit,
+        JobState, NewJob, PauseMode, PauseRecord, RateLimit, check_labels,
         page::{ItemCursor, JobCursor},
         spec::{MAX_REASON_CHARS, MAX_REQUEST_ID_CHARS, optional_text},
     },
@@ -390,6 +390,17 @@ pub fn pause_mode_from(value: i32, bad: &mut Vec<FieldViolation>) -> PauseMode {
     }
 }
 
+/// A label selector (ListJobs, ControlJobs), checked as a job's labels
+/// are.
+pub fn selector(
+    labels: std::collections::HashMap<String, String>,
+    bad: &mut Vec<FieldViolation>,
+) -> BTreeMap<String, String> {
+    let labels = labels.into_iter().collect();
+    check_labels("labels", &labels, bad);
+    labels
+}
+
 /// A control call's reason and request id.
 pub fn reason_and_request_id(
     reason: &str,
@@ -434,7 +445,7 @@ pub fn job_query(r: pb::ListJobsRequest) -> Result<JobQuery, Vec<FieldViolation>
     checked(
         Some(JobQuery {
             states,
-            labels: r.labels.into_iter().collect(),
+            labels: selector(r.labels, &mut bad),
             limit: page_size(r.page_size, JOBS_PAGE),
             after,
         }),

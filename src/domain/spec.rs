@@ -184,7 +184,7 @@ impl JobSpec {
             n => n,
         };
         check_map("params", &input.params, MAX_PARAM_VALUE_BYTES, &mut bad);
-        check_map("labels", &input.labels, MAX_LABEL_VALUE_CHARS, &mut bad);
+        check_labels("labels", &input.labels, &mut bad);
         let request_id = optional_text(
             "request_id",
             &input.request_id,
@@ -423,6 +423,13 @@ fn check_items(items: &[String], limits: &Limits, bad: &mut Vec<FieldViolation>)
             ),
         ));
     }
+}
+
+/// Labels, a job's or a selector's (ListJobs, ControlJobs): the same
+/// keys, values and limits, so that a selector can name any label a job
+/// can carry and nothing a store would refuse.
+pub fn check_labels(field: &str, labels: &BTreeMap<String, String>, bad: &mut Vec<FieldViolation>) {
+    check_map(field, labels, MAX_LABEL_VALUE_CHARS, bad);
 }
 
 fn check_map(

@@ -426,3 +426,66 @@ fn a_bad_retention_is_refused() {
     serve_refuses("--retention", "500ms", "at least 1s");
     serve_refuses("--retention", "a month", "invalid value");
 }
+
+/// A label selector (ListJobs, ControlJobs) is checked as a job's labels
+/// are: a NUL, a bad key, a value past 256 characters are named, never
+/// sent to the store (a NUL made PostgreSQL fail: INTERNAL).
+#[tokio::test]
+async fn label_selectors_are_checked_as_labels_are() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let job = app.start(app.job("sleep", 1, 1, &[("duration_ms", "60000")])).await;
+    let selector = |k: &str, v: &str| [(k.to_string(), v.to_string())].into();
+    let cases: Vec<(std::collections::HashMap<String, String>, &str)> = vec![
+        (selector("team", "a\0b"), "labels[team]"),
+        (selector("team", &"v".repeat(1024 * 1024)), "labels[team]"),
+        (selector("team", &"v".repeat(257)), "labels[team]"),
+        (selector("bad key", "v"), "labels[bad key]"),
+        (selector("t\0", "v"), "labels[t\0]"),
+    ];
+    for (labels, field) in cases {
+        let listed = client
+            .list_jobs(pb::ListJobsRequest {
+                labels: labels.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(listed.code(), Code::InvalidArgument, "{listed:?}");
+        assert_eq!(bad_fields(&listed), [field]);
+        for action in [
+            pb::ControlAction::Pause,
+            pb::ControlAction::Resume,
+            pb::ControlAction::Cancel,
+        ] {
+            let controlled = client
+                .control_jobs(pb::ControlJobsRequest {
+                    action: action as i32,
+                    labels: labels.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(controlled.code(), Code::InvalidArgument, "{controlled:?}");
+            assert_eq!(bad_fields(&controlled), [field]);
+        }
+    }
+    // The limits are a job's: the longest label value a job may carry
+    // selects it.
+    let long = "v".repeat(256);
+    let mut labelled = app.job("sleep", 1, 1, &[("duration_ms", "60000")]);
+    labelled.labels = selector("team", &long);
+    let labelled = app.start(labelled).await;
+    let listed = client
+        .list_jobs(pb::ListJobsRequest {
+            labels: selector("team", &long),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = listed.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, [labelled.id.as_str()]);
+    assert_eq!(app.get(&job.id).await.state, JobState::Running as i32);
+    app.stop().await;
+}
