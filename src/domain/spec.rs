@@ -15,12 +15,39 @@ pub struct FieldViolation {
 }
 
 impl FieldViolation {
+    /// A violation as a caller will read it. A field name that holds the
+    /// caller's input (a map key: `labels[…]`) is cut to [`MAX_ECHO_CHARS`]
+    /// and a description to [`MAX_DESCRIPTION_CHARS`]: an error that
+    /// repeated a megabyte of input whole would be larger than the request,
+    /// and larger than the trailers gRPC clients accept.
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
         FieldViolation {
-            field: field.into(),
-            description: description.into(),
+            field: cut(field.into(), MAX_ECHO_CHARS),
+            description: cut(description.into(), MAX_DESCRIPTION_CHARS),
         }
     }
+}
+
+/// Most characters of a caller's value an error repeats.
+pub const MAX_ECHO_CHARS: usize = 64;
+/// Longest description of a violation (ours are far shorter: only a
+/// value repeated in one is ever cut).
+const MAX_DESCRIPTION_CHARS: usize = 200;
+
+/// `text`, or its first `max` characters and "…".
+fn cut(mut text: String, max: usize) -> String {
+    if let Some((at, _)) = text.char_indices().nth(max) {
+        text.truncate(at);
+        text.push('…');
+    }
+    text
+}
+
+/// A caller's value as an error repeats it: quoted, and cut to
+/// [`MAX_ECHO_CHARS`] characters.
+pub fn echo(value: &str) -> String {
+    let shown = cut(value.to_string(), MAX_ECHO_CHARS);
+    format!("{shown:?}")
 }
 
 /// How much work one call may create. The defaults are the API contract's.
@@ -507,6 +534,19 @@ mod tests {
 
     fn fields(r: Result<JobSpec, Vec<FieldViolation>>) -> Vec<String> {
         r.unwrap_err().into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn echoed_input_is_cut_short() {
+        let long = "é".repeat(10_000);
+        let v = FieldViolation::new(format!("labels[{long}]"), format!("bad: {}", echo(&long)));
+        assert_eq!(v.field.chars().count(), MAX_ECHO_CHARS + 1);
+        assert!(v.field.starts_with("labels[éé") && v.field.ends_with('…'));
+        assert_eq!(echo(&long).chars().count(), MAX_ECHO_CHARS + 3);
+        assert!(v.description.chars().count() <= MAX_DESCRIPTION_CHARS + 1);
+        let short = FieldViolation::new("labels[team]", "is required");
+        assert_eq!((short.field.as_str(), short.description.as_str()), ("labels[team]", "is required"));
+        assert_eq!(echo("abc"), "\"abc\"");
     }
 
     #[test]

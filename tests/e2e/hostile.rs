@@ -362,6 +362,64 @@ async fn watch_job_refuses_bad_requests_as_the_other_methods_do() {
     app.stop().await;
 }
 
+/// An error repeats at most a short prefix of what the caller sent: a
+/// 10 KB job id made a 20 KB trailer that grpcio's client refuses, an
+/// 8 MiB one a 19 MB header. Every field's value, every map key.
+#[tokio::test]
+async fn errors_repeat_only_a_short_prefix_of_bad_input() {
+    use tonic_types::StatusExt as _;
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let small = |status: &tonic::Status| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().len() < 2048, "message of {} bytes", status.message().len());
+        assert!(status.details().len() < 4096, "details of {} bytes", status.details().len());
+        let violations = status.get_details_bad_request().expect("bad fields").field_violations;
+        assert!(!violations.is_empty() && violations.len() <= 10);
+        for v in violations {
+            assert!(v.field.chars().count() <= 65, "{}", v.field);
+            assert!(v.description.chars().count() <= 201, "{}", v.description);
+        }
+    };
+    for len in [10 * 1024, 8 * 1024 * 1024] {
+        let id = "x".repeat(len);
+        let status = client
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap_err();
+        small(&status);
+        assert!(status.message().contains("is not a UUID"), "{}", status.message());
+        assert!(status.message().contains('…'), "{}", status.message());
+        let status = client
+            .control_jobs(pb::ControlJobsRequest {
+                action: pb::ControlAction::Cancel as i32,
+                job_ids: vec![id.clone(); 3],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        small(&status);
+    }
+    // Long keys, and more bad entries than an error lists.
+    let mut request = app.job("sleep", 1, 1, &[]);
+    request.labels = (0..64)
+        .map(|i| (format!("{i} {}", "k".repeat(100 * 1024)), "v".into()))
+        .collect();
+    request.params = [("p".repeat(1024 * 1024), "v".to_string())].into();
+    let status = client.start_job(request).await.unwrap_err();
+    small(&status);
+    assert!(status.message().contains("more bad fields"), "{}", status.message());
+    let status = client
+        .list_jobs(pb::ListJobsRequest {
+            labels: [("k".repeat(1024 * 1024), "v".repeat(1024 * 1024))].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    small(&status);
+    app.stop().await;
+}
+
 /// Sends and receives raw bytes as gRPC messages.
 #[derive(Clone, Default)]
 struct RawCodec;
