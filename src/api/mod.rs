@@ -3,6 +3,7 @@
 //! answer; errors become statuses in [`status`] only. No SQL here.
 
 pub mod auth;
+pub mod codec;
 pub mod conn;
 pub mod convert;
 pub mod guard;
