@@ -61,6 +61,7 @@ proptest! {
         let limits = Limits { max_items: 10, max_item_bytes: 64, ..Limits::default() };
         let input = NewJob {
             name, executor, items, concurrency, params, labels, max_attempts, request_id,
+            request_scope: String::new(),
             timeout_ms, pause_after_failures, pause_on_failure_ratio, failure_window,
             retry_delay_ms, retry_delay_max_ms, start_paused, resume_at, rate_limit,
             rate_period_ms,

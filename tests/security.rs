@@ -753,6 +753,56 @@ async fn a_scoped_selector_naming_another_scope_selects_nothing() {
     app.finish().await;
 }
 
+/// StartJob's request ids belong to the caller's scope: another team's
+/// key is neither refused (which would tell that it exists) nor found.
+#[tokio::test]
+async fn request_ids_are_not_shared_across_scopes() {
+    use Permission::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, tokens) = token_file(
+        &dir,
+        &[
+            ("video-ci", &[Read, Start, Control], &[("team", "video")]),
+            ("audio-ci", &[Read, Start, Control], &[("team", "audio")]),
+        ],
+    );
+    let guard = GuardConfig {
+        tokens: Some(Arc::new(Tokens::load(&path).unwrap())),
+        ..GuardConfig::default()
+    };
+    let app = App::start(None, guard, Registry::with_builtins()).await;
+    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
+        .await
+        .unwrap();
+    let mut client = JobServiceClient::new(channel);
+    let (video, audio) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
+    let keyed = || pb::StartJobRequest {
+        request_id: "nightly-2026-12-07".into(),
+        ..gate_job(&BTreeMap::new())
+    };
+    let mut started = Vec::new();
+    for token in [video, audio] {
+        let job = client
+            .start_job(with_token(keyed(), token))
+            .await
+            .unwrap_or_else(|s| panic!("each team's first use of the key starts a job: {s:?}"))
+            .into_inner();
+        started.push(job);
+    }
+    assert_ne!(started[0].id, started[1].id);
+    assert_eq!(started[1].labels.get("team").map(String::as_str), Some("audio"));
+    // A retry within each scope is that scope's job.
+    for (token, first) in [video, audio].into_iter().zip(&started) {
+        let again = client
+            .start_job(with_token(keyed(), token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.id, first.id);
+    }
+    app.finish().await;
+}
+
 #[tokio::test]
 async fn rate_and_concurrency_limits_trip_and_recover() {
     let guard = GuardConfig {

@@ -413,6 +413,7 @@ pub fn new_job(r: pb::StartJobRequest, bad: &mut Vec<FieldViolation>) -> NewJob 
         labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
         max_attempts: r.max_attempts,
         request_id: r.request_id,
+        request_scope: String::new(),
     }
 }
 

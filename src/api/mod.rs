@@ -167,6 +167,8 @@ impl JobService for JobApi {
         if !violations.is_empty() {
             return Err(bad(violations));
         }
+        // Its request ids are its scope's alone.
+        input.request_scope = crate::domain::request_scope(&who.scope);
         // A scoped caller's jobs carry its scope labels.
         for (key, value) in &who.scope {
             match input.labels.get(key) {

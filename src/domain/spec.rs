@@ -93,6 +93,9 @@ pub struct NewJob {
     pub labels: BTreeMap<String, String>,
     pub max_attempts: u32,
     pub request_id: String,
+    /// Whose request ids `request_id` is one of (see
+    /// [`JobSpec::request_scope`]).
+    pub request_scope: String,
     /// Running-time budget in milliseconds (0: none).
     pub timeout_ms: u64,
     /// Pause after this many failed attempts in a row (0: never).
@@ -161,8 +164,23 @@ pub struct JobSpec {
     pub labels: BTreeMap<String, String>,
     pub max_attempts: u32,
     pub request_id: Option<String>,
+    /// The callers among whom `request_id` is unique: the label scope of
+    /// the caller that started the job ([`request_scope`]), empty for an
+    /// unscoped one. A caller in another scope never meets the key, not
+    /// even as a refusal that would tell it the key exists.
+    pub request_scope: String,
     pub policy: JobPolicy,
     pub start: StartAs,
+}
+
+/// The request-id scope of a caller with these scope labels: empty for
+/// none, else the labels as one canonical text (sorted, JSON-quoted, so
+/// two different scopes never read the same).
+pub fn request_scope(scope: &BTreeMap<String, String>) -> String {
+    if scope.is_empty() {
+        return String::new();
+    }
+    serde_json::to_string(scope).unwrap_or_default()
 }
 
 impl JobSpec {
@@ -242,6 +260,7 @@ impl JobSpec {
             labels: input.labels,
             max_attempts,
             request_id,
+            request_scope: input.request_scope,
             policy,
             start,
         })

@@ -109,6 +109,22 @@ where
     F: FnOnce(Arc<PgStore>) -> Fut,
     Fut: Future<Output = ()>,
 {
+    on_postgres_database(|url| async move {
+        let store = PgStore::connect(&PgConfig::new(url))
+            .await
+            .expect("connect to the test database and migrate");
+        scenario(Arc::new(store)).await;
+    })
+    .await
+}
+
+/// Runs `scenario` with the URL of an empty database of its own (not
+/// migrated), dropped afterwards whether the scenario passed or not.
+pub async fn on_postgres_database<F, Fut>(scenario: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut admin = admin().await;
     sweep_stale(&mut admin).await;
     let name = format!(
@@ -121,14 +137,7 @@ where
         .await
         .expect("create the test database");
     let url = with_database(&admin_url(), &name);
-    let result = AssertUnwindSafe(async {
-        let store = PgStore::connect(&PgConfig::new(url))
-            .await
-            .expect("connect to the test database and migrate");
-        scenario(Arc::new(store)).await;
-    })
-    .catch_unwind()
-    .await;
+    let result = AssertUnwindSafe(scenario(url)).catch_unwind().await;
     let dropped = admin
         .execute(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
@@ -169,6 +178,7 @@ pub fn spec(n: usize) -> JobSpec {
         labels: BTreeMap::new(),
         max_attempts: 3,
         request_id: None,
+        request_scope: String::new(),
         policy: Default::default(),
         start: Default::default(),
     }
