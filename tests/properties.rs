@@ -14,8 +14,8 @@ use jobvisor::{
     executor::protocol::parse_line,
     pb,
 };
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 use std::collections::BTreeMap;
 
 fn text() -> impl Strategy<Value = String> {
@@ -210,18 +210,29 @@ proptest! {
     }
 }
 
-/// Every method of the service, with whether `bytes` decode as its request.
-const METHODS: [(&str, fn(&[u8]) -> bool); 13] = [
+/// Whether bytes decode as a method's request message.
+type Decodes = fn(&[u8]) -> bool;
+
+/// Every method of the service, with whether bytes decode as its request.
+const METHODS: [(&str, Decodes); 13] = [
     ("StartJob", |b| pb::StartJobRequest::decode(b).is_ok()),
     ("GetJob", |b| pb::GetJobRequest::decode(b).is_ok()),
     ("ListJobs", |b| pb::ListJobsRequest::decode(b).is_ok()),
-    ("ListJobItems", |b| pb::ListJobItemsRequest::decode(b).is_ok()),
+    ("ListJobItems", |b| {
+        pb::ListJobItemsRequest::decode(b).is_ok()
+    }),
     ("PauseJob", |b| pb::PauseJobRequest::decode(b).is_ok()),
     ("ResumeJob", |b| pb::ResumeJobRequest::decode(b).is_ok()),
     ("CancelJob", |b| pb::CancelJobRequest::decode(b).is_ok()),
-    ("RetryFailedItems", |b| pb::RetryFailedItemsRequest::decode(b).is_ok()),
-    ("SetJobConcurrency", |b| pb::SetJobConcurrencyRequest::decode(b).is_ok()),
-    ("SetJobRateLimit", |b| pb::SetJobRateLimitRequest::decode(b).is_ok()),
+    ("RetryFailedItems", |b| {
+        pb::RetryFailedItemsRequest::decode(b).is_ok()
+    }),
+    ("SetJobConcurrency", |b| {
+        pb::SetJobConcurrencyRequest::decode(b).is_ok()
+    }),
+    ("SetJobRateLimit", |b| {
+        pb::SetJobRateLimitRequest::decode(b).is_ok()
+    }),
     ("DeleteJob", |b| pb::DeleteJobRequest::decode(b).is_ok()),
     ("ControlJobs", |b| pb::ControlJobsRequest::decode(b).is_ok()),
     ("WatchJob", |b| pb::WatchJobRequest::decode(b).is_ok()),
@@ -235,7 +246,10 @@ fn frame() -> impl Strategy<Value = Vec<u8>> {
         executor: "sleep".into(),
         items: vec!["a".into(), "b".into()],
         labels: [("team".to_string(), "video".to_string())].into(),
-        timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        timeout: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
         ..Default::default()
     }
     .encode_to_vec();
@@ -324,11 +338,13 @@ fn raw_frames_are_refused_as_invalid_arguments_by_the_real_server() {
 async fn raw_call(channel: &tonic::transport::Channel, method: &str, body: Vec<u8>) -> tonic::Code {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::try_from(format!("/jobvisor.v1.JobService/{method}"))
-        .unwrap();
+    let path =
+        http::uri::PathAndQuery::try_from(format!("/jobvisor.v1.JobService/{method}")).unwrap();
     let request = tonic::Request::new(body);
     let result = if method == "WatchJob" {
-        grpc.server_streaming(request, path, RawCodec).await.map(|_| ())
+        grpc.server_streaming(request, path, RawCodec)
+            .await
+            .map(|_| ())
     } else {
         grpc.unary(request, path, RawCodec).await.map(|_| ())
     };

@@ -742,10 +742,19 @@ async fn a_scoped_selector_naming_another_scope_selects_nothing() {
         .await
         .unwrap()
         .into_inner();
-    let cancelled: Vec<&str> = response.outcomes.iter().map(|o| o.job_id.as_str()).collect();
+    let cancelled: Vec<&str> = response
+        .outcomes
+        .iter()
+        .map(|o| o.job_id.as_str())
+        .collect();
     assert_eq!(cancelled, [jobs[0].1.as_str()]);
     let untouched = client
-        .get_job(with_token(pb::GetJobRequest { job_id: jobs[1].1.clone() }, audio))
+        .get_job(with_token(
+            pb::GetJobRequest {
+                job_id: jobs[1].1.clone(),
+            },
+            audio,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -790,7 +799,10 @@ async fn request_ids_are_not_shared_across_scopes() {
         started.push(job);
     }
     assert_ne!(started[0].id, started[1].id);
-    assert_eq!(started[1].labels.get("team").map(String::as_str), Some("audio"));
+    assert_eq!(
+        started[1].labels.get("team").map(String::as_str),
+        Some("audio")
+    );
     // A retry within each scope is that scope's job.
     for (token, first) in [video, audio].into_iter().zip(&started) {
         let again = client

@@ -396,11 +396,7 @@ impl JobService for JobApi {
                 Err(status) => outcomes.push(outcome_error(id, &status)),
             }
         }
-        let labels = if selected {
-            who.narrow(selector)
-        } else {
-            None
-        };
+        let labels = if selected { who.narrow(selector) } else { None };
         let provenance = Provenance {
             reason,
             requested_by: by,

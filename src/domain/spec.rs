@@ -564,7 +564,10 @@ mod tests {
         assert_eq!(echo(&long).chars().count(), MAX_ECHO_CHARS + 3);
         assert!(v.description.chars().count() <= MAX_DESCRIPTION_CHARS + 1);
         let short = FieldViolation::new("labels[team]", "is required");
-        assert_eq!((short.field.as_str(), short.description.as_str()), ("labels[team]", "is required"));
+        assert_eq!(
+            (short.field.as_str(), short.description.as_str()),
+            ("labels[team]", "is required")
+        );
         assert_eq!(echo("abc"), "\"abc\"");
     }
 

@@ -434,7 +434,9 @@ fn a_bad_retention_is_refused() {
 async fn label_selectors_are_checked_as_labels_are() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let job = app.start(app.job("sleep", 1, 1, &[("duration_ms", "60000")])).await;
+    let job = app
+        .start(app.job("sleep", 1, 1, &[("duration_ms", "60000")]))
+        .await;
     let selector = |k: &str, v: &str| [(k.to_string(), v.to_string())].into();
     let cases: Vec<(std::collections::HashMap<String, String>, &str)> = vec![
         (selector("team", "a\0b"), "labels[team]"),

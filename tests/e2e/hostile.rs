@@ -377,14 +377,20 @@ const METHODS: [&str; 13] = [
 ];
 
 /// Sends `body` as the one message of a call to `method`; the status.
-async fn raw_call(channel: &tonic::transport::Channel, method: &str, body: Vec<u8>) -> tonic::Status {
+async fn raw_call(
+    channel: &tonic::transport::Channel,
+    method: &str,
+    body: Vec<u8>,
+) -> tonic::Status {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::try_from(format!("/jobvisor.v1.JobService/{method}"))
-        .unwrap();
+    let path =
+        http::uri::PathAndQuery::try_from(format!("/jobvisor.v1.JobService/{method}")).unwrap();
     let request = tonic::Request::new(body);
     let result = if method == "WatchJob" {
-        grpc.server_streaming(request, path, RawCodec).await.map(|_| ())
+        grpc.server_streaming(request, path, RawCodec)
+            .await
+            .map(|_| ())
     } else {
         grpc.unary(request, path, RawCodec).await.map(|_| ())
     };
@@ -399,12 +405,24 @@ async fn malformed_messages_are_invalid_arguments_for_every_method() {
     let app = spawn_app().await;
     let channel = super::harness::connect(app.addr).await;
     // A varint that never ends, a length past the end, a wire type 7.
-    let garbage: [&[u8]; 3] = [&[0xff, 0xff, 0xff, 0x0f, 0x08], &[0x0a, 0x7f, 0x61], &[0x0f]];
+    let garbage: [&[u8]; 3] = [
+        &[0xff, 0xff, 0xff, 0x0f, 0x08],
+        &[0x0a, 0x7f, 0x61],
+        &[0x0f],
+    ];
     for method in METHODS {
         for bytes in garbage {
             let status = raw_call(&channel, method, bytes.to_vec()).await;
-            assert_eq!(status.code(), Code::InvalidArgument, "{method} {bytes:?}: {status:?}");
-            assert!(status.message().contains("protobuf"), "{}", status.message());
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{method} {bytes:?}: {status:?}"
+            );
+            assert!(
+                status.message().contains("protobuf"),
+                "{}",
+                status.message()
+            );
             assert_eq!(super::harness::bad_fields(&status), ["message"]);
         }
     }
@@ -442,9 +460,20 @@ async fn errors_repeat_only_a_short_prefix_of_bad_input() {
     let mut client = app.client.clone();
     let small = |status: &tonic::Status| {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert!(status.message().len() < 2048, "message of {} bytes", status.message().len());
-        assert!(status.details().len() < 4096, "details of {} bytes", status.details().len());
-        let violations = status.get_details_bad_request().expect("bad fields").field_violations;
+        assert!(
+            status.message().len() < 2048,
+            "message of {} bytes",
+            status.message().len()
+        );
+        assert!(
+            status.details().len() < 4096,
+            "details of {} bytes",
+            status.details().len()
+        );
+        let violations = status
+            .get_details_bad_request()
+            .expect("bad fields")
+            .field_violations;
         assert!(!violations.is_empty() && violations.len() <= 10);
         for v in violations {
             assert!(v.field.chars().count() <= 65, "{}", v.field);
@@ -458,7 +487,11 @@ async fn errors_repeat_only_a_short_prefix_of_bad_input() {
             .await
             .unwrap_err();
         small(&status);
-        assert!(status.message().contains("is not a UUID"), "{}", status.message());
+        assert!(
+            status.message().contains("is not a UUID"),
+            "{}",
+            status.message()
+        );
         assert!(status.message().contains('…'), "{}", status.message());
         let status = client
             .control_jobs(pb::ControlJobsRequest {
@@ -478,7 +511,11 @@ async fn errors_repeat_only_a_short_prefix_of_bad_input() {
     request.params = [("p".repeat(1024 * 1024), "v".to_string())].into();
     let status = client.start_job(request).await.unwrap_err();
     small(&status);
-    assert!(status.message().contains("more bad fields"), "{}", status.message());
+    assert!(
+        status.message().contains("more bad fields"),
+        "{}",
+        status.message()
+    );
     let status = client
         .list_jobs(pb::ListJobsRequest {
             labels: [("k".repeat(1024 * 1024), "v".repeat(1024 * 1024))].into(),

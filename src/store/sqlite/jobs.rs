@@ -35,16 +35,15 @@ pub(super) async fn create_job(
     // others find its job.
     let mut tx = begin_write(pool).await?;
     if let Some(key) = &spec.request_id {
-        let found: Option<(uuid::Uuid, Option<Vec<u8>>)> =
-            sqlx::query_as(
-                "SELECT id, request_fingerprint FROM jobs \
+        let found: Option<(uuid::Uuid, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT id, request_fingerprint FROM jobs \
                  WHERE request_scope = ?1 AND request_id = ?2",
-            )
-            .bind(&spec.request_scope)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        )
+        .bind(&spec.request_scope)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
         if let Some((existing, stored)) = found {
             if stored.as_deref() != Some(fingerprint.as_slice()) {
                 return Err(StoreError::RequestIdReused(key.clone()));

@@ -153,7 +153,10 @@ pub async fn request_ids_are_unique_within_a_scope(store: Arc<dyn Store>) {
     let unscoped = keyed("", "audio");
     let first = store.create_job(JobId::new(), &video).await.expect("video");
     let other = store.create_job(JobId::new(), &audio).await.expect("audio");
-    let third = store.create_job(JobId::new(), &unscoped).await.expect("unscoped");
+    let third = store
+        .create_job(JobId::new(), &unscoped)
+        .await
+        .expect("unscoped");
     assert!(first.created && other.created && third.created);
     assert_ne!(first.job.id, other.job.id);
     assert_ne!(other.job.id, third.job.id);
