@@ -16,7 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let well_known = protoc_bin_vendored::include_path()?;
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // A request that does not decode is the caller's mistake:
+    // INVALID_ARGUMENT (src/api/codec.rs), not prost's INTERNAL.
     tonic_prost_build::configure()
+        .codec_path("crate::api::codec::ProtoCodec")
         .file_descriptor_set_path(out_dir.join("jobvisor_descriptor.bin"))
         .compile_with_config(
             config,

@@ -1,7 +1,9 @@
 //! Property tests over everything that parses caller input: job requests,
-//! page tokens, deadlines, the exec line protocol and token files. Nothing
-//! may panic, and what is accepted keeps its invariants. (cargo fuzz needs
-//! a nightly toolchain this machine does not have; these run in CI.)
+//! label selectors, Durations, page tokens, deadlines, the exec line
+//! protocol, token files, and raw bytes sent as a gRPC message to the real
+//! server. Nothing may panic, and what is accepted keeps its invariants.
+//! (cargo fuzz needs a nightly toolchain this machine does not have; these
+//! run in CI.)
 
 use jobvisor::{
     api::{auth::Tokens, convert, limits::grpc_timeout},
@@ -13,6 +15,7 @@ use jobvisor::{
     pb,
 };
 use proptest::prelude::*;
+use prost::Message;
 use std::collections::BTreeMap;
 
 fn text() -> impl Strategy<Value = String> {
@@ -61,6 +64,7 @@ proptest! {
         let limits = Limits { max_items: 10, max_item_bytes: 64, ..Limits::default() };
         let input = NewJob {
             name, executor, items, concurrency, params, labels, max_attempts, request_id,
+            request_scope: String::new(),
             timeout_ms, pause_after_failures, pause_on_failure_ratio, failure_window,
             retry_delay_ms, retry_delay_max_ms, start_paused, resume_at, rate_limit,
             rate_period_ms,
@@ -110,6 +114,64 @@ proptest! {
         }
     }
 
+    /// A selector is refused exactly when the same map as a job's labels
+    /// would be: one check, with a job's limits.
+    #[test]
+    fn selectors_are_checked_as_labels_are(labels in map()) {
+        let mut bad = Vec::new();
+        let selector = convert::selector(labels.clone().into_iter().collect(), &mut bad);
+        prop_assert_eq!(&selector, &labels);
+        let mut as_labels = Vec::new();
+        jobvisor::domain::check_labels("labels", &labels, &mut as_labels);
+        prop_assert_eq!(&bad, &as_labels);
+        if bad.is_empty() {
+            prop_assert!(labels.len() <= 64);
+            for (k, v) in &labels {
+                prop_assert!(!k.is_empty() && k.chars().count() <= 128 && !k.contains('\0'));
+                prop_assert!(v.len() <= 256 && !v.contains('\0'));
+            }
+        }
+        for v in &bad {
+            prop_assert!(v.field.starts_with("labels"), "field {}", v.field);
+            prop_assert!(v.field.chars().count() <= 65);
+        }
+        let listed = convert::job_query(pb::ListJobsRequest {
+            labels: labels.into_iter().collect(),
+            ..Default::default()
+        });
+        prop_assert_eq!(listed.is_ok(), bad.is_empty());
+    }
+
+    /// A Duration is taken exactly, in whole milliseconds, or refused
+    /// naming its field: never carried over, wrapped or rounded.
+    #[test]
+    fn durations_are_exact_or_refused(
+        seconds in prop_oneof![-2i64..100_000, any::<i64>()],
+        nanos in prop_oneof![Just(0i32), (0i32..1000).prop_map(|ms| ms * 1_000_000), any::<i32>()],
+    ) {
+        let mut bad = Vec::new();
+        let d = prost_types::Duration { seconds, nanos };
+        let ms = convert::duration_ms("retry_delay", &Some(d), &mut bad);
+        match bad.as_slice() {
+            [] => {
+                prop_assert!(seconds >= 0 && (0..1_000_000_000).contains(&nanos));
+                prop_assert_eq!(nanos % 1_000_000, 0);
+                prop_assert_eq!(
+                    i128::from(ms),
+                    i128::from(seconds) * 1000 + i128::from(nanos / 1_000_000)
+                );
+            }
+            [v] => {
+                prop_assert_eq!(v.field.as_str(), "retry_delay");
+                let valid = seconds >= 0 && (0..1_000_000_000).contains(&nanos)
+                    && nanos % 1_000_000 == 0
+                    && seconds.checked_mul(1000).is_some();
+                prop_assert!(!valid, "{d:?} refused: {}", v.description);
+            }
+            more => prop_assert!(false, "one field, one violation: {more:?}"),
+        }
+    }
+
     #[test]
     fn list_requests_never_panic(token in text(), states in prop::collection::vec(any::<i32>(), 0..5), size in any::<u32>()) {
         let jobs = convert::job_query(pb::ListJobsRequest { page_size: size, page_token: token.clone(), states: states.clone(), labels: Default::default() });
@@ -145,5 +207,190 @@ proptest! {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), &json).unwrap();
         let _ = Tokens::load(file.path());
+    }
+}
+
+/// Whether bytes decode as a method's request message.
+type Decodes = fn(&[u8]) -> bool;
+
+/// Every method of the service, with whether bytes decode as its request.
+const METHODS: [(&str, Decodes); 13] = [
+    ("StartJob", |b| pb::StartJobRequest::decode(b).is_ok()),
+    ("GetJob", |b| pb::GetJobRequest::decode(b).is_ok()),
+    ("ListJobs", |b| pb::ListJobsRequest::decode(b).is_ok()),
+    ("ListJobItems", |b| {
+        pb::ListJobItemsRequest::decode(b).is_ok()
+    }),
+    ("PauseJob", |b| pb::PauseJobRequest::decode(b).is_ok()),
+    ("ResumeJob", |b| pb::ResumeJobRequest::decode(b).is_ok()),
+    ("CancelJob", |b| pb::CancelJobRequest::decode(b).is_ok()),
+    ("RetryFailedItems", |b| {
+        pb::RetryFailedItemsRequest::decode(b).is_ok()
+    }),
+    ("SetJobConcurrency", |b| {
+        pb::SetJobConcurrencyRequest::decode(b).is_ok()
+    }),
+    ("SetJobRateLimit", |b| {
+        pb::SetJobRateLimitRequest::decode(b).is_ok()
+    }),
+    ("DeleteJob", |b| pb::DeleteJobRequest::decode(b).is_ok()),
+    ("ControlJobs", |b| pb::ControlJobsRequest::decode(b).is_ok()),
+    ("WatchJob", |b| pb::WatchJobRequest::decode(b).is_ok()),
+];
+
+/// Message bodies: random bytes, and real requests broken by a flipped
+/// byte, a cut, or a string field that is not UTF-8.
+fn frame() -> impl Strategy<Value = Vec<u8>> {
+    let request = pb::StartJobRequest {
+        name: "n".into(),
+        executor: "sleep".into(),
+        items: vec!["a".into(), "b".into()],
+        labels: [("team".to_string(), "video".to_string())].into(),
+        timeout: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let len = request.len();
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64),
+        (0..len, any::<u8>()).prop_map({
+            let request = request.clone();
+            move |(at, byte)| {
+                let mut broken = request.clone();
+                broken[at] ^= byte | 1;
+                broken
+            }
+        }),
+        (0..len).prop_map({
+            let request = request.clone();
+            move |at| request[..at].to_vec()
+        }),
+        (1u8..16, prop::collection::vec(0x80u8..=0xff, 1..8)).prop_map(|(field, bytes)| {
+            let mut out = vec![field << 3 | 2, bytes.len() as u8];
+            out.extend(bytes);
+            out
+        }),
+    ]
+}
+
+/// Raw bytes sent as the message of any method to the real server: what
+/// does not decode is INVALID_ARGUMENT, nothing is INTERNAL or UNKNOWN,
+/// and the server serves on.
+#[test]
+fn raw_frames_are_refused_as_invalid_arguments_by_the_real_server() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = jobvisor::server::ServerConfig::embedded(dir.path().join("jobvisor.db"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (channel, server) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(jobvisor::server::serve(
+            config,
+            jobvisor::executor::Registry::with_builtins(),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(channel) => break channel,
+                Err(e) if std::time::Instant::now() > deadline => panic!("no server: {e}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        (channel, server)
+    });
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(256);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases));
+    runner
+        .run(&(0..METHODS.len(), frame()), |(m, bytes)| {
+            let (method, decodes) = METHODS[m];
+            let code = rt.block_on(raw_call(&channel, method, bytes.clone()));
+            prop_assert!(
+                !matches!(code, tonic::Code::Internal | tonic::Code::Unknown),
+                "{method} {bytes:?}: {code:?}"
+            );
+            if !decodes(&bytes) {
+                prop_assert_eq!(code, tonic::Code::InvalidArgument, "{} {:?}", method, bytes);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let still = rt.block_on(raw_call(&channel, "ListJobs", Vec::new()));
+    assert_eq!(still, tonic::Code::Ok, "the server serves on");
+    let _ = stop.send(());
+    rt.block_on(async {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), server).await;
+    });
+}
+
+/// Sends `body` as the one message of a call to `method`; the answer's code.
+async fn raw_call(channel: &tonic::transport::Channel, method: &str, body: Vec<u8>) -> tonic::Code {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path =
+        http::uri::PathAndQuery::try_from(format!("/jobvisor.v1.JobService/{method}")).unwrap();
+    let request = tonic::Request::new(body);
+    let result = if method == "WatchJob" {
+        grpc.server_streaming(request, path, RawCodec)
+            .await
+            .map(|_| ())
+    } else {
+        grpc.unary(request, path, RawCodec).await.map(|_| ())
+    };
+    result.err().map_or(tonic::Code::Ok, |s| s.code())
+}
+
+/// Sends and receives raw bytes as gRPC messages.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let bytes = src.copy_to_bytes(src.remaining());
+        Ok(Some(bytes.to_vec()))
     }
 }

@@ -311,6 +311,28 @@ fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
     request
 }
 
+/// ControlJobs' actions, each called by [`every_rpc`] (named by the
+/// action: `CONTROL_ACTION_PAUSE`, …).
+const BULK_ACTIONS: [pb::ControlAction; 3] = [
+    pb::ControlAction::Pause,
+    pb::ControlAction::Resume,
+    pb::ControlAction::Cancel,
+];
+
+/// A ControlJobs call on one job as the code a call on that job alone
+/// would have: its outcome's error, or OK.
+fn outcome_code(response: &pb::ControlJobsResponse) -> Code {
+    let [outcome] = response.outcomes.as_slice() else {
+        panic!("one job named, one outcome: {response:?}");
+    };
+    match outcome.error_code.as_str() {
+        "" => Code::Ok,
+        "NotFound" => Code::NotFound,
+        "FailedPrecondition" => Code::FailedPrecondition,
+        other => panic!("unexpected outcome {other}: {outcome:?}"),
+    }
+}
+
 /// Calls every RPC of the service with `token`; returns each one's code.
 async fn every_rpc(
     client: &mut JobServiceClient<Channel>,
@@ -423,6 +445,25 @@ async fn every_rpc(
                 .map(|_| ()),
         ),
     ));
+    for action in BULK_ACTIONS {
+        let response = client
+            .control_jobs(with_token(
+                pb::ControlJobsRequest {
+                    action: action as i32,
+                    job_ids: vec![id.clone()],
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await;
+        out.push((
+            action.as_str_name(),
+            match response {
+                Ok(response) => outcome_code(&response.into_inner()),
+                Err(status) => status.code(),
+            },
+        ));
+    }
     out.push((
         "CancelJob",
         code(
@@ -598,6 +639,177 @@ async fn scoped_tokens_see_and_touch_only_their_teams_jobs() {
         ),
         ("video-ci", "window", "r-1")
     );
+    app.finish().await;
+}
+
+/// ControlJobs by labels: a scoped token's selector that names another
+/// value of a scope label selects nothing, for every action. (The scope
+/// used to overwrite the caller's value, so `team=audio` from a video
+/// token acted on every video job.)
+#[tokio::test]
+async fn a_scoped_selector_naming_another_scope_selects_nothing() {
+    use Permission::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, tokens) = token_file(
+        &dir,
+        &[
+            ("video-ci", &[Read, Start, Control], &[("team", "video")]),
+            ("audio-ci", &[Read, Start, Control], &[("team", "audio")]),
+        ],
+    );
+    let guard = GuardConfig {
+        tokens: Some(Arc::new(Tokens::load(&path).unwrap())),
+        ..GuardConfig::default()
+    };
+    let app = App::start(None, guard, Registry::with_builtins()).await;
+    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
+        .await
+        .unwrap();
+    let mut client = JobServiceClient::new(channel);
+    let (video, audio) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
+    let mut jobs = Vec::new();
+    for token in [video, audio] {
+        let job = client
+            .start_job(with_token(gate_job(&BTreeMap::new()), token))
+            .await
+            .unwrap()
+            .into_inner();
+        jobs.push((token, job.id));
+    }
+    let selector = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let conflicting = [
+        (video, selector(&[("team", "audio")])),
+        (video, selector(&[("team", "nonexistent")])),
+        (video, selector(&[("team", "audio"), ("env", "prod")])),
+        (audio, selector(&[("team", "video")])),
+        (audio, selector(&[("team", "nonexistent")])),
+    ];
+    // Resume first: on a running job it would be refused (an outcome),
+    // so each action shows whether anything was selected.
+    for action in [
+        pb::ControlAction::Resume,
+        pb::ControlAction::Pause,
+        pb::ControlAction::Cancel,
+    ] {
+        for (token, labels) in &conflicting {
+            let response = client
+                .control_jobs(with_token(
+                    pb::ControlJobsRequest {
+                        action: action as i32,
+                        labels: labels.clone(),
+                        reason: "probe".into(),
+                        ..Default::default()
+                    },
+                    *token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                response.outcomes.is_empty(),
+                "{} with {labels:?} selected {:?}",
+                action.as_str_name(),
+                response.outcomes
+            );
+        }
+    }
+    for (token, id) in &jobs {
+        let job = client
+            .get_job(with_token(pb::GetJobRequest { job_id: id.clone() }, *token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(job.state, pb::JobState::Running as i32, "{job:?}");
+        assert!(job.pauses.is_empty(), "{:?}", job.pauses);
+    }
+    // The selector of its own scope still works, and only there.
+    let response = client
+        .control_jobs(with_token(
+            pb::ControlJobsRequest {
+                action: pb::ControlAction::Cancel as i32,
+                labels: selector(&[("team", "video")]),
+                ..Default::default()
+            },
+            video,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let cancelled: Vec<&str> = response
+        .outcomes
+        .iter()
+        .map(|o| o.job_id.as_str())
+        .collect();
+    assert_eq!(cancelled, [jobs[0].1.as_str()]);
+    let untouched = client
+        .get_job(with_token(
+            pb::GetJobRequest {
+                job_id: jobs[1].1.clone(),
+            },
+            audio,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(untouched.state, pb::JobState::Running as i32);
+    app.finish().await;
+}
+
+/// StartJob's request ids belong to the caller's scope: another team's
+/// key is neither refused (which would tell that it exists) nor found.
+#[tokio::test]
+async fn request_ids_are_not_shared_across_scopes() {
+    use Permission::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, tokens) = token_file(
+        &dir,
+        &[
+            ("video-ci", &[Read, Start, Control], &[("team", "video")]),
+            ("audio-ci", &[Read, Start, Control], &[("team", "audio")]),
+        ],
+    );
+    let guard = GuardConfig {
+        tokens: Some(Arc::new(Tokens::load(&path).unwrap())),
+        ..GuardConfig::default()
+    };
+    let app = App::start(None, guard, Registry::with_builtins()).await;
+    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
+        .await
+        .unwrap();
+    let mut client = JobServiceClient::new(channel);
+    let (video, audio) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
+    let keyed = || pb::StartJobRequest {
+        request_id: "nightly-2026-12-07".into(),
+        ..gate_job(&BTreeMap::new())
+    };
+    let mut started = Vec::new();
+    for token in [video, audio] {
+        let job = client
+            .start_job(with_token(keyed(), token))
+            .await
+            .unwrap_or_else(|s| panic!("each team's first use of the key starts a job: {s:?}"))
+            .into_inner();
+        started.push(job);
+    }
+    assert_ne!(started[0].id, started[1].id);
+    assert_eq!(
+        started[1].labels.get("team").map(String::as_str),
+        Some("audio")
+    );
+    // A retry within each scope is that scope's job.
+    for (token, first) in [video, audio].into_iter().zip(&started) {
+        let again = client
+            .start_job(with_token(keyed(), token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.id, first.id);
+    }
     app.finish().await;
 }
 

@@ -101,6 +101,24 @@ impl Caller {
         self.scope.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 
+    /// A label selector narrowed to the caller's scope: the selector with
+    /// the scope's labels added, or `None` when it asks for another value
+    /// of a scope label, which none of the caller's jobs carries (the
+    /// scope never overrides what the caller asked for).
+    pub fn narrow(&self, selector: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+        let mut narrowed = selector;
+        for (key, value) in &self.scope {
+            match narrowed.get(key) {
+                Some(asked) if asked != value => return None,
+                Some(_) => {}
+                None => {
+                    narrowed.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        Some(narrowed)
+    }
+
     /// The name to record with a control call, if the caller has one.
     pub fn identity(&self) -> Option<String> {
         (self.via != Via::Nobody).then(|| self.name.clone())
@@ -244,6 +262,33 @@ mod tests {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), text).unwrap();
         f
+    }
+
+    #[test]
+    fn a_selector_is_narrowed_to_the_scope_and_never_overridden_by_it() {
+        let video = Caller {
+            scope: [("team".to_string(), "video".to_string())].into(),
+            ..Caller::anyone()
+        };
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            video.narrow(labels(&[("env", "prod")])),
+            Some(labels(&[("env", "prod"), ("team", "video")]))
+        );
+        assert_eq!(
+            video.narrow(labels(&[("team", "video")])),
+            Some(labels(&[("team", "video")]))
+        );
+        assert_eq!(video.narrow(labels(&[("team", "audio")])), None);
+        assert_eq!(
+            Caller::anyone().narrow(labels(&[("team", "audio")])),
+            Some(labels(&[("team", "audio")]))
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::{
     domain::{
         EventBody, FieldViolation, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobPolicy,
-        JobState, NewJob, PauseMode, PauseRecord, RateLimit,
+        JobState, NewJob, PauseMode, PauseRecord, RateLimit, check_labels,
         page::{ItemCursor, JobCursor},
         spec::{MAX_REASON_CHARS, MAX_REQUEST_ID_CHARS, optional_text},
     },
@@ -97,21 +97,54 @@ fn duration(ms: u64) -> prost_types::Duration {
     }
 }
 
-/// A request's duration field as milliseconds (unset: 0); a negative one
-/// is a violation.
+/// A request's duration field as milliseconds (unset: 0). A Duration
+/// that is not valid protobuf (nanos beyond a second, seconds and nanos of
+/// opposite signs), a negative one, and one finer than a millisecond (the
+/// resolution every duration field is kept at) are violations: nothing is
+/// carried over, rounded or clamped behind the caller's back.
 pub fn duration_ms(
     field: &str,
     d: &Option<prost_types::Duration>,
     bad: &mut Vec<FieldViolation>,
 ) -> u64 {
     let Some(d) = d else { return 0 };
-    match std::time::Duration::try_from(*d) {
-        Ok(d) => d.as_millis().min(u64::MAX as u128) as u64,
-        Err(_) => {
-            bad.push(FieldViolation::new(field, "must not be negative"));
+    match checked_duration_ms(d) {
+        Ok(ms) => ms,
+        Err(why) => {
+            bad.push(FieldViolation::new(field, why));
             0
         }
     }
+}
+
+fn checked_duration_ms(d: &prost_types::Duration) -> Result<u64, String> {
+    const NANOS_PER_MS: i32 = 1_000_000;
+    if !(-999_999_999..=999_999_999).contains(&d.nanos) {
+        return Err(format!(
+            "nanos is {}; it must be between 0 and 999999999 (whole seconds go in seconds)",
+            d.nanos
+        ));
+    }
+    if (d.seconds > 0 && d.nanos < 0) || (d.seconds < 0 && d.nanos > 0) {
+        return Err(format!(
+            "seconds ({}) and nanos ({}) have opposite signs: not a valid Duration",
+            d.seconds, d.nanos
+        ));
+    }
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err("must not be negative".into());
+    }
+    if d.nanos % NANOS_PER_MS != 0 {
+        return Err(format!(
+            "has {} ns beyond a whole millisecond; durations are kept in milliseconds",
+            d.nanos % NANOS_PER_MS
+        ));
+    }
+    u64::try_from(d.seconds)
+        .ok()
+        .and_then(|s| s.checked_mul(1000))
+        .and_then(|ms| ms.checked_add((d.nanos / NANOS_PER_MS) as u64))
+        .ok_or_else(|| format!("{} seconds is too long", d.seconds))
 }
 
 /// A request's timestamp field; an invalid one is a violation.
@@ -121,7 +154,14 @@ pub fn timestamp_from(
     bad: &mut Vec<FieldViolation>,
 ) -> Option<DateTime<Utc>> {
     let t = t.as_ref()?;
-    match DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32) {
+    if !(0..=999_999_999).contains(&t.nanos) {
+        bad.push(FieldViolation::new(
+            field,
+            format!("nanos is {}; it must be between 0 and 999999999", t.nanos),
+        ));
+        return None;
+    }
+    match DateTime::from_timestamp(t.seconds, t.nanos as u32) {
         Some(t) => Some(t),
         None => {
             bad.push(FieldViolation::new(field, "is not a valid time"));
@@ -373,6 +413,7 @@ pub fn new_job(r: pb::StartJobRequest, bad: &mut Vec<FieldViolation>) -> NewJob 
         labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
         max_attempts: r.max_attempts,
         request_id: r.request_id,
+        request_scope: String::new(),
     }
 }
 
@@ -388,6 +429,17 @@ pub fn pause_mode_from(value: i32, bad: &mut Vec<FieldViolation>) -> PauseMode {
             PauseMode::Graceful
         }
     }
+}
+
+/// A label selector (ListJobs, ControlJobs), checked as a job's labels
+/// are.
+pub fn selector(
+    labels: std::collections::HashMap<String, String>,
+    bad: &mut Vec<FieldViolation>,
+) -> BTreeMap<String, String> {
+    let labels = labels.into_iter().collect();
+    check_labels("labels", &labels, bad);
+    labels
 }
 
 /// A control call's reason and request id.
@@ -434,7 +486,7 @@ pub fn job_query(r: pb::ListJobsRequest) -> Result<JobQuery, Vec<FieldViolation>
     checked(
         Some(JobQuery {
             states,
-            labels: r.labels.into_iter().collect(),
+            labels: selector(r.labels, &mut bad),
             limit: page_size(r.page_size, JOBS_PAGE),
             after,
         }),
@@ -472,4 +524,39 @@ pub fn item_query(r: pb::ListJobItemsRequest) -> Result<ItemQuery, Vec<FieldViol
         after,
     });
     checked(query, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(seconds: i64, nanos: i32) -> Result<u64, String> {
+        let mut bad = Vec::new();
+        let ms = duration_ms(
+            "timeout",
+            &Some(prost_types::Duration { seconds, nanos }),
+            &mut bad,
+        );
+        match bad.pop() {
+            None => Ok(ms),
+            Some(v) => {
+                assert_eq!(v.field, "timeout");
+                Err(v.description)
+            }
+        }
+    }
+
+    #[test]
+    fn durations_are_taken_exactly_or_refused() {
+        assert_eq!(ms(1, 500_000_000), Ok(1500));
+        assert_eq!(ms(0, 1_000_000), Ok(1));
+        assert_eq!(ms(0, 0), Ok(0));
+        assert!(ms(1, 2_000_000_000).unwrap_err().contains("nanos"));
+        assert!(ms(1, -5).unwrap_err().contains("opposite signs"));
+        assert!(ms(-1, 0).unwrap_err().contains("negative"));
+        assert!(ms(0, -5_000_000).unwrap_err().contains("negative"));
+        assert!(ms(0, 1).unwrap_err().contains("milliseconds"));
+        assert!(ms(1, 999_999).unwrap_err().contains("milliseconds"));
+        assert!(ms(i64::MAX, 0).unwrap_err().contains("too long"));
+    }
 }

@@ -3,6 +3,7 @@
 //! answer; errors become statuses in [`status`] only. No SQL here.
 
 pub mod auth;
+pub mod codec;
 pub mod conn;
 pub mod convert;
 pub mod guard;
@@ -166,6 +167,8 @@ impl JobService for JobApi {
         if !violations.is_empty() {
             return Err(bad(violations));
         }
+        // Its request ids are its scope's alone.
+        input.request_scope = crate::domain::request_scope(&who.scope);
         // A scoped caller's jobs carry its scope labels.
         for (key, value) in &who.scope {
             match input.labels.get(key) {
@@ -207,11 +210,9 @@ impl JobService for JobApi {
         let who = caller(&request);
         let mut query = convert::job_query(request.into_inner()).map_err(bad)?;
         // A scoped caller lists only its jobs.
-        for (key, value) in &who.scope {
-            if query.labels.get(key).is_some_and(|v| v != value) {
-                return Ok(Response::new(pb::ListJobsResponse::default()));
-            }
-            query.labels.insert(key.clone(), value.clone());
+        match who.narrow(std::mem::take(&mut query.labels)) {
+            Some(labels) => query.labels = labels,
+            None => return Ok(Response::new(pb::ListJobsResponse::default())),
         }
         let page = self.engine.list_jobs(&query).await?;
         Ok(Response::new(pb::ListJobsResponse {
@@ -367,7 +368,9 @@ impl JobService for JobApi {
                 ids.push(id);
             }
         }
-        if r.job_ids.is_empty() && r.labels.is_empty() {
+        let selected = !r.labels.is_empty();
+        let selector = convert::selector(r.labels, &mut violations);
+        if r.job_ids.is_empty() && !selected {
             violations.push(FieldViolation::new(
                 "labels",
                 "give job_ids and/or labels: which jobs to change",
@@ -382,8 +385,9 @@ impl JobService for JobApi {
         let (reason, request_id) =
             convert::reason_and_request_id(&r.reason, &r.request_id, &mut violations);
         let control = convert::checked(control, violations).map_err(bad)?;
-        // A scoped caller selects within its scope, and named jobs outside
-        // it do not exist for it.
+        // A scoped caller selects within its scope (a selector naming
+        // another value of a scope label selects nothing), and named jobs
+        // outside it do not exist for it.
         let mut outcomes = Vec::new();
         let mut visible = Vec::new();
         for id in ids {
@@ -392,12 +396,7 @@ impl JobService for JobApi {
                 Err(status) => outcomes.push(outcome_error(id, &status)),
             }
         }
-        let labels = (!r.labels.is_empty()).then(|| {
-            let mut labels: std::collections::BTreeMap<String, String> =
-                r.labels.into_iter().collect();
-            labels.extend(who.scope.clone());
-            labels
-        });
+        let labels = if selected { who.narrow(selector) } else { None };
         let provenance = Provenance {
             reason,
             requested_by: by,

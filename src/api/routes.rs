@@ -120,7 +120,8 @@ where
         )));
     }
     let (parts, body) = request.into_parts();
-    let decoder = tonic_prost::ProstCodec::<pb::JobEvent, pb::WatchJobRequest>::default().decoder();
+    let decoder =
+        super::codec::ProtoCodec::<pb::JobEvent, pb::WatchJobRequest>::default().decoder();
     let mut messages = pin!(Streaming::new_request(decoder, body, None, Some(limit)));
     let message = messages
         .try_next()

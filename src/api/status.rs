@@ -3,7 +3,10 @@
 //! `google.rpc.BadRequest` naming each field. Internal causes are logged,
 //! never sent: a client sees no SQL.
 
-use crate::{domain::FieldViolation, engine::EngineError};
+use crate::{
+    domain::{FieldViolation, spec::echo},
+    engine::EngineError,
+};
 use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -11,16 +14,29 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The `domain` of every ErrorInfo we send.
 pub const ERROR_DOMAIN: &str = "jobvisor";
 
-/// INVALID_ARGUMENT naming every bad field.
+/// Most bad fields a status names: with each violation's own length
+/// bounded (see [`FieldViolation::new`]), the message and details stay a
+/// few kilobytes, within what gRPC clients accept in trailers.
+const MAX_VIOLATIONS: usize = 10;
+
+/// INVALID_ARGUMENT naming the bad fields (the first [`MAX_VIOLATIONS`],
+/// and how many more there are).
 pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
+    let shown = &violations[..violations.len().min(MAX_VIOLATIONS)];
     let mut details = ErrorDetails::new();
-    for v in violations {
+    for v in shown {
         details.add_bad_request_violation(v.field.clone(), v.description.clone());
     }
-    let summary: Vec<String> = violations
+    let mut summary: Vec<String> = shown
         .iter()
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect();
+    if violations.len() > shown.len() {
+        summary.push(format!(
+            "and {} more bad fields",
+            violations.len() - shown.len()
+        ));
+    }
     Status::with_error_details(
         Code::InvalidArgument,
         format!("invalid request: {}", summary.join("; ")),
@@ -76,7 +92,10 @@ impl From<EngineError> for Status {
             }
             EngineError::RequestIdReused(key) => with_reason(
                 Code::AlreadyExists,
-                format!("request id {key:?} was already used for a different request"),
+                format!(
+                    "request id {} was already used for a different request",
+                    echo(&key)
+                ),
                 "REQUEST_ID_REUSED",
                 HashMap::from([("request_id".into(), key)]),
             ),

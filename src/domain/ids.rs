@@ -33,7 +33,7 @@ impl FromStr for JobId {
         }
         Uuid::parse_str(s)
             .map(JobId)
-            .map_err(|_| format!("{s:?} is not a UUID"))
+            .map_err(|_| format!("{} is not a UUID", super::spec::echo(s)))
     }
 }
 

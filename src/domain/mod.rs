@@ -13,5 +13,7 @@ pub use event::{EventBody, JobEvent};
 pub use ids::JobId;
 pub use job::{Backoff, Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance, RateLimit};
 pub use machine::{Command, Decision, Effect, Refusal, decide, deletable};
-pub use spec::{FieldViolation, JobSpec, Limits, NewJob, StartAs, parse_rate};
+pub use spec::{
+    FieldViolation, JobSpec, Limits, NewJob, StartAs, check_labels, parse_rate, request_scope,
+};
 pub use state::{ItemState, JobState, PauseMode};

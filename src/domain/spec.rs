@@ -15,12 +15,39 @@ pub struct FieldViolation {
 }
 
 impl FieldViolation {
+    /// A violation as a caller will read it. A field name that holds the
+    /// caller's input (a map key: `labels[…]`) is cut to [`MAX_ECHO_CHARS`]
+    /// and a description to [`MAX_DESCRIPTION_CHARS`]: an error that
+    /// repeated a megabyte of input whole would be larger than the request,
+    /// and larger than the trailers gRPC clients accept.
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
         FieldViolation {
-            field: field.into(),
-            description: description.into(),
+            field: cut(field.into(), MAX_ECHO_CHARS),
+            description: cut(description.into(), MAX_DESCRIPTION_CHARS),
         }
     }
+}
+
+/// Most characters of a caller's value an error repeats.
+pub const MAX_ECHO_CHARS: usize = 64;
+/// Longest description of a violation (ours are far shorter: only a
+/// value repeated in one is ever cut).
+const MAX_DESCRIPTION_CHARS: usize = 200;
+
+/// `text`, or its first `max` characters and "…".
+fn cut(mut text: String, max: usize) -> String {
+    if let Some((at, _)) = text.char_indices().nth(max) {
+        text.truncate(at);
+        text.push('…');
+    }
+    text
+}
+
+/// A caller's value as an error repeats it: quoted, and cut to
+/// [`MAX_ECHO_CHARS`] characters.
+pub fn echo(value: &str) -> String {
+    let shown = cut(value.to_string(), MAX_ECHO_CHARS);
+    format!("{shown:?}")
 }
 
 /// How much work one call may create. The defaults are the API contract's.
@@ -66,6 +93,9 @@ pub struct NewJob {
     pub labels: BTreeMap<String, String>,
     pub max_attempts: u32,
     pub request_id: String,
+    /// Whose request ids `request_id` is one of (see
+    /// [`JobSpec::request_scope`]).
+    pub request_scope: String,
     /// Running-time budget in milliseconds (0: none).
     pub timeout_ms: u64,
     /// Pause after this many failed attempts in a row (0: never).
@@ -134,8 +164,23 @@ pub struct JobSpec {
     pub labels: BTreeMap<String, String>,
     pub max_attempts: u32,
     pub request_id: Option<String>,
+    /// The callers among whom `request_id` is unique: the label scope of
+    /// the caller that started the job ([`request_scope`]), empty for an
+    /// unscoped one. A caller in another scope never meets the key, not
+    /// even as a refusal that would tell it the key exists.
+    pub request_scope: String,
     pub policy: JobPolicy,
     pub start: StartAs,
+}
+
+/// The request-id scope of a caller with these scope labels: empty for
+/// none, else the labels as one canonical text (sorted, JSON-quoted, so
+/// two different scopes never read the same).
+pub fn request_scope(scope: &BTreeMap<String, String>) -> String {
+    if scope.is_empty() {
+        return String::new();
+    }
+    serde_json::to_string(scope).unwrap_or_default()
 }
 
 impl JobSpec {
@@ -184,7 +229,7 @@ impl JobSpec {
             n => n,
         };
         check_map("params", &input.params, MAX_PARAM_VALUE_BYTES, &mut bad);
-        check_map("labels", &input.labels, MAX_LABEL_VALUE_CHARS, &mut bad);
+        check_labels("labels", &input.labels, &mut bad);
         let request_id = optional_text(
             "request_id",
             &input.request_id,
@@ -215,6 +260,7 @@ impl JobSpec {
             labels: input.labels,
             max_attempts,
             request_id,
+            request_scope: input.request_scope,
             policy,
             start,
         })
@@ -425,6 +471,13 @@ fn check_items(items: &[String], limits: &Limits, bad: &mut Vec<FieldViolation>)
     }
 }
 
+/// Labels, a job's or a selector's (ListJobs, ControlJobs): the same
+/// keys, values and limits, so that a selector can name any label a job
+/// can carry and nothing a store would refuse.
+pub fn check_labels(field: &str, labels: &BTreeMap<String, String>, bad: &mut Vec<FieldViolation>) {
+    check_map(field, labels, MAX_LABEL_VALUE_CHARS, bad);
+}
+
 fn check_map(
     field: &str,
     map: &BTreeMap<String, String>,
@@ -500,6 +553,22 @@ mod tests {
 
     fn fields(r: Result<JobSpec, Vec<FieldViolation>>) -> Vec<String> {
         r.unwrap_err().into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn echoed_input_is_cut_short() {
+        let long = "é".repeat(10_000);
+        let v = FieldViolation::new(format!("labels[{long}]"), format!("bad: {}", echo(&long)));
+        assert_eq!(v.field.chars().count(), MAX_ECHO_CHARS + 1);
+        assert!(v.field.starts_with("labels[éé") && v.field.ends_with('…'));
+        assert_eq!(echo(&long).chars().count(), MAX_ECHO_CHARS + 3);
+        assert!(v.description.chars().count() <= MAX_DESCRIPTION_CHARS + 1);
+        let short = FieldViolation::new("labels[team]", "is required");
+        assert_eq!(
+            (short.field.as_str(), short.description.as_str()),
+            ("labels[team]", "is required")
+        );
+        assert_eq!(echo("abc"), "\"abc\"");
     }
 
     #[test]

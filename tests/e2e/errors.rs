@@ -426,3 +426,169 @@ fn a_bad_retention_is_refused() {
     serve_refuses("--retention", "500ms", "at least 1s");
     serve_refuses("--retention", "a month", "invalid value");
 }
+
+/// A label selector (ListJobs, ControlJobs) is checked as a job's labels
+/// are: a NUL, a bad key, a value past 256 characters are named, never
+/// sent to the store (a NUL made PostgreSQL fail: INTERNAL).
+#[tokio::test]
+async fn label_selectors_are_checked_as_labels_are() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let job = app
+        .start(app.job("sleep", 1, 1, &[("duration_ms", "60000")]))
+        .await;
+    let selector = |k: &str, v: &str| [(k.to_string(), v.to_string())].into();
+    let cases: Vec<(std::collections::HashMap<String, String>, &str)> = vec![
+        (selector("team", "a\0b"), "labels[team]"),
+        (selector("team", &"v".repeat(1024 * 1024)), "labels[team]"),
+        (selector("team", &"v".repeat(257)), "labels[team]"),
+        (selector("bad key", "v"), "labels[bad key]"),
+        (selector("t\0", "v"), "labels[t\0]"),
+    ];
+    for (labels, field) in cases {
+        let listed = client
+            .list_jobs(pb::ListJobsRequest {
+                labels: labels.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(listed.code(), Code::InvalidArgument, "{listed:?}");
+        assert_eq!(bad_fields(&listed), [field]);
+        for action in [
+            pb::ControlAction::Pause,
+            pb::ControlAction::Resume,
+            pb::ControlAction::Cancel,
+        ] {
+            let controlled = client
+                .control_jobs(pb::ControlJobsRequest {
+                    action: action as i32,
+                    labels: labels.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(controlled.code(), Code::InvalidArgument, "{controlled:?}");
+            assert_eq!(bad_fields(&controlled), [field]);
+        }
+    }
+    // The limits are a job's: the longest label value a job may carry
+    // selects it.
+    let long = "v".repeat(256);
+    let mut labelled = app.job("sleep", 1, 1, &[("duration_ms", "60000")]);
+    labelled.labels = selector("team", &long);
+    let labelled = app.start(labelled).await;
+    let listed = client
+        .list_jobs(pb::ListJobsRequest {
+            labels: selector("team", &long),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = listed.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, [labelled.id.as_str()]);
+    assert_eq!(app.get(&job.id).await.state, JobState::Running as i32);
+    app.stop().await;
+}
+
+/// A protobuf Duration that is not valid, negative, or finer than the
+/// millisecond every duration field keeps is refused, naming the field;
+/// it used to be carried over (1 s + 2e9 ns stored as 3 s), wrapped
+/// (-5 ns as 999 ms) or rounded (1 ns as 1 s).
+#[tokio::test]
+async fn bad_durations_are_refused_not_rounded() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let d = |seconds, nanos| Some(prost_types::Duration { seconds, nanos });
+    let valid = app.job("sleep", 1, 1, &[("duration_ms", "60000")]);
+    let cases = [
+        (d(1, 2_000_000_000), "nanos is 2000000000"),
+        (d(1, -5), "opposite signs"),
+        (d(-1, 0), "negative"),
+        (d(0, 1), "milliseconds"),
+        (d(2, 500_000), "milliseconds"),
+    ];
+    for (duration, why) in &cases {
+        let requests = [
+            (
+                "timeout",
+                pb::StartJobRequest {
+                    timeout: *duration,
+                    ..valid.clone()
+                },
+            ),
+            (
+                "retry_delay",
+                pb::StartJobRequest {
+                    retry_delay: *duration,
+                    ..valid.clone()
+                },
+            ),
+            (
+                "rate_period",
+                pb::StartJobRequest {
+                    rate_limit: 1,
+                    rate_period: *duration,
+                    ..valid.clone()
+                },
+            ),
+        ];
+        for (field, request) in requests {
+            let status = client.start_job(request).await.unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert_eq!(bad_fields(&status), [field], "{duration:?}");
+            assert!(status.message().contains(why), "{}", status.message());
+        }
+    }
+    assert_eq!(jobs_stored(&app).await, 0);
+
+    let job = app.start(valid).await;
+    for (duration, why) in &cases {
+        let status = client
+            .pause_job(pb::PauseJobRequest {
+                job_id: job.id.clone(),
+                drain_timeout: *duration,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&status), ["drain_timeout"], "{status:?}");
+        assert!(status.message().contains(why), "{}", status.message());
+        let status = client
+            .set_job_rate_limit(pb::SetJobRateLimitRequest {
+                job_id: job.id.clone(),
+                rate_limit: 5,
+                rate_period: *duration,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&status), ["rate_period"], "{status:?}");
+    }
+    // A Timestamp's nanos too (they were clamped at 0).
+    for nanos in [-1, 1_000_000_000] {
+        let status = client
+            .pause_job(pb::PauseJobRequest {
+                job_id: job.id.clone(),
+                resume_at: Some(prost_types::Timestamp {
+                    seconds: 4_000_000_000,
+                    nanos,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&status), ["resume_at"], "{status:?}");
+    }
+    let unchanged = app.get(&job.id).await;
+    assert_eq!(unchanged.state, JobState::Running as i32);
+    assert_eq!(unchanged.policy.unwrap().rate_limit, 0);
+
+    // Whole milliseconds are taken as they are.
+    let mut exact = app.job("sleep", 1, 1, &[("duration_ms", "60000")]);
+    exact.timeout = d(1, 500_000_000);
+    let exact = app.start(exact).await;
+    assert_eq!(exact.policy.unwrap().timeout, d(1, 500_000_000));
+    app.stop().await;
+}

@@ -99,6 +99,7 @@ pub fn spec(n: usize) -> JobSpec {
         labels: BTreeMap::new(),
         max_attempts: 3,
         request_id: None,
+        request_scope: String::new(),
         policy: Default::default(),
         start: Default::default(),
     }

@@ -16,6 +16,7 @@ mod postgres_leases;
 mod postgres_pool;
 mod scenarios;
 mod sqlite_only;
+mod upgrades;
 
 /// One test per store for each `module::scenario`. Multi-threaded
 /// runtimes, so concurrent calls in a scenario really race. Scenarios
@@ -64,6 +65,7 @@ conformance! {
     both: [
         jobs::create_and_get_round_trip_every_field,
         jobs::create_is_idempotent_by_request_id,
+        jobs::request_ids_are_unique_within_a_scope,
         jobs::concurrent_creates_with_one_key_make_one_job,
         jobs::events_append_and_page,
         jobs::ping_answers,

@@ -26,7 +26,7 @@ pub(super) async fn create_job(
 ) -> Result<Created, StoreError> {
     let fingerprint = spec.fingerprint();
     if let Some(key) = &spec.request_id
-        && let Some(found) = find_by_request_id(pool, key, &fingerprint).await?
+        && let Some(found) = find_by_request_id(pool, spec, key, &fingerprint).await?
     {
         return Ok(found);
     }
@@ -34,10 +34,10 @@ pub(super) async fn create_job(
     let mut tx = pool.begin().await.map_err(db_error)?;
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
-         request_id, request_fingerprint, total_items, last_seq, created_at, started_at, \
-         updated_at, policy) \
-         VALUES ($1, $2, $3, $12, $4, $5, $6, $7, $8, $9, $10, 1, now(), now(), now(), $11) \
-         ON CONFLICT (request_id) DO NOTHING",
+         request_id, request_scope, request_fingerprint, total_items, last_seq, created_at, \
+         started_at, updated_at, policy) \
+         VALUES ($1, $2, $3, $12, $4, $5, $6, $7, $8, $13, $9, $10, 1, now(), now(), now(), $11) \
+         ON CONFLICT (request_scope, request_id) DO NOTHING",
     )
     .bind(id.0)
     .bind(&spec.name)
@@ -51,6 +51,7 @@ pub(super) async fn create_job(
     .bind(spec.items.len() as i64)
     .bind(Json(&spec.policy))
     .bind(state.as_str())
+    .bind(&spec.request_scope)
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;
@@ -58,7 +59,7 @@ pub(super) async fn create_job(
         // A concurrent call with the same request id won the race.
         drop(tx);
         let key = spec.request_id.as_deref().unwrap_or_default();
-        return find_by_request_id(pool, key, &fingerprint)
+        return find_by_request_id(pool, spec, key, &fingerprint)
             .await?
             .ok_or_else(|| StoreError::Internal("request id vanished".into()));
     }
@@ -99,19 +100,22 @@ pub(super) async fn create_job(
     Ok(Created { job, created: true })
 }
 
-/// The job an earlier call with this request id created, if the request
-/// was the same; `RequestIdReused` if it was not.
+/// The job an earlier call with this request id in the spec's scope
+/// created, if the request was the same; `RequestIdReused` if it was not.
 async fn find_by_request_id(
     pool: &PgPool,
+    spec: &JobSpec,
     key: &str,
     fingerprint: &[u8],
 ) -> Result<Option<Created>, StoreError> {
-    let found: Option<(uuid::Uuid, Option<Vec<u8>>)> =
-        sqlx::query_as("SELECT id, request_fingerprint FROM jobs WHERE request_id = $1")
-            .bind(key)
-            .fetch_optional(pool)
-            .await
-            .map_err(db_error)?;
+    let found: Option<(uuid::Uuid, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT id, request_fingerprint FROM jobs WHERE request_scope = $1 AND request_id = $2",
+    )
+    .bind(&spec.request_scope)
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_error)?;
     let Some((id, stored)) = found else {
         return Ok(None);
     };

@@ -35,12 +35,15 @@ pub(super) async fn create_job(
     // others find its job.
     let mut tx = begin_write(pool).await?;
     if let Some(key) = &spec.request_id {
-        let found: Option<(uuid::Uuid, Option<Vec<u8>>)> =
-            sqlx::query_as("SELECT id, request_fingerprint FROM jobs WHERE request_id = ?1")
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?;
+        let found: Option<(uuid::Uuid, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT id, request_fingerprint FROM jobs \
+                 WHERE request_scope = ?1 AND request_id = ?2",
+        )
+        .bind(&spec.request_scope)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
         if let Some((existing, stored)) = found {
             if stored.as_deref() != Some(fingerprint.as_slice()) {
                 return Err(StoreError::RequestIdReused(key.clone()));
@@ -58,9 +61,9 @@ pub(super) async fn create_job(
     let at = micros(now());
     sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
-         request_id, request_fingerprint, total_items, last_seq, created_at, started_at, \
-         updated_at, policy) \
-         VALUES (?1, ?2, ?3, ?13, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?11, ?11, ?12)",
+         request_id, request_scope, request_fingerprint, total_items, last_seq, created_at, \
+         started_at, updated_at, policy) \
+         VALUES (?1, ?2, ?3, ?13, ?4, ?5, ?6, ?7, ?8, ?14, ?9, ?10, 1, ?11, ?11, ?11, ?12)",
     )
     .bind(id.0)
     .bind(&spec.name)
@@ -75,6 +78,7 @@ pub(super) async fn create_job(
     .bind(at)
     .bind(serde_json::to_string(&spec.policy).map_err(|e| StoreError::Internal(e.to_string()))?)
     .bind(state.as_str())
+    .bind(&spec.request_scope)
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;

@@ -138,6 +138,44 @@ pub async fn create_is_idempotent_by_request_id(store: Arc<dyn Store>) {
     assert_eq!(consistent(&store, first.job.id).await.last_seq, 1);
 }
 
+/// A request id is unique within a scope: another scope's use of it is
+/// neither found nor refused, and each scope retries to its own job.
+pub async fn request_ids_are_unique_within_a_scope(store: Arc<dyn Store>) {
+    let keyed = |scope: &str, team: &str| {
+        let mut s = spec(2);
+        s.request_id = Some("nightly".into());
+        s.request_scope = scope.into();
+        s.labels = labels(&[("team", team)]);
+        s
+    };
+    let video = keyed(r#"{"team":"video"}"#, "video");
+    let audio = keyed(r#"{"team":"audio"}"#, "audio");
+    let unscoped = keyed("", "audio");
+    let first = store.create_job(JobId::new(), &video).await.expect("video");
+    let other = store.create_job(JobId::new(), &audio).await.expect("audio");
+    let third = store
+        .create_job(JobId::new(), &unscoped)
+        .await
+        .expect("unscoped");
+    assert!(first.created && other.created && third.created);
+    assert_ne!(first.job.id, other.job.id);
+    assert_ne!(other.job.id, third.job.id);
+    assert_eq!(other.job.request_id.as_deref(), Some("nightly"));
+    for (spec, created) in [(&video, &first), (&audio, &other), (&unscoped, &third)] {
+        let again = store.create_job(JobId::new(), spec).await.expect("retry");
+        assert!(!again.created);
+        assert_eq!(again.job.id, created.job.id);
+    }
+    // Within a scope, a different request with the key is still refused.
+    let mut changed = audio.clone();
+    changed.name = "another".into();
+    match store.create_job(JobId::new(), &changed).await {
+        Err(StoreError::RequestIdReused(key)) => assert_eq!(key, "nightly"),
+        other => panic!("expected RequestIdReused, got {other:?}"),
+    }
+    assert_eq!(all_jobs(&store, JobQuery::default()).await.len(), 3);
+}
+
 pub async fn concurrent_creates_with_one_key_make_one_job(store: Arc<dyn Store>) {
     let mut s = spec(50);
     s.request_id = Some("race-1".into());
