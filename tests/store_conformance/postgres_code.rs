@@ -14,12 +14,43 @@ const FUNCTIONS: &str = "SELECT string_agg(pg_get_functiondef(p.oid), E'\\n' \
      FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace \
      WHERE n.nspname = 'public'";
 
-/// The rows of the tables that hold jobs, as text, in a fixed order.
-const ROWS: &str = "SELECT concat_ws(E'\\n', \
-     (SELECT string_agg(j::text, E'\\n' ORDER BY j.id) FROM jobs AS j), \
-     (SELECT string_agg(i::text, E'\\n' ORDER BY i.job_id, i.idx) FROM items AS i), \
-     (SELECT string_agg(e::text, E'\\n' ORDER BY e.job_id, e.seq) FROM job_events AS e), \
-     (SELECT string_agg(p::text, E'\\n' ORDER BY p.job_id, p.n) FROM job_pauses AS p))";
+/// The rows of the tables that hold jobs, as JSON objects, in a fixed order.
+const ROWS: [&str; 4] = [
+    "SELECT to_jsonb(j) FROM jobs AS j ORDER BY j.id",
+    "SELECT to_jsonb(i) FROM items AS i ORDER BY i.job_id, i.idx",
+    "SELECT to_jsonb(e) FROM job_events AS e ORDER BY e.job_id, e.seq",
+    "SELECT to_jsonb(p) FROM job_pauses AS p ORDER BY p.job_id, p.n",
+];
+
+async fn rows(conn: &mut PgConnection) -> Vec<Vec<serde_json::Value>> {
+    let mut tables = Vec::new();
+    for query in ROWS {
+        tables.push(
+            sqlx::query_scalar::<_, serde_json::Value>(query)
+                .fetch_all(&mut *conn)
+                .await
+                .expect(query),
+        );
+    }
+    tables
+}
+
+/// Every row `before` had is still there with every value it had (later
+/// migrations may add columns).
+fn kept(before: &[Vec<serde_json::Value>], after: &[Vec<serde_json::Value>]) {
+    for (query, (old, new)) in ROWS.iter().zip(before.iter().zip(after)) {
+        assert_eq!(old.len(), new.len(), "{query}: rows lost or added");
+        for (old, new) in old.iter().zip(new) {
+            for (column, value) in old.as_object().expect("a row") {
+                assert_eq!(
+                    new.get(column),
+                    Some(value),
+                    "{query}: {column} changed in {new}"
+                );
+            }
+        }
+    }
+}
 
 async fn text(conn: &mut PgConnection, query: &'static str) -> String {
     sqlx::query_scalar::<_, Option<String>>(query)
@@ -66,9 +97,9 @@ async fn postgres_a_database_at_0014_upgrades_with_nothing_lost() {
             .await
             .expect("a job as 0014 stored it");
         let functions = text(&mut conn, FUNCTIONS).await;
-        let rows = text(&mut conn, ROWS).await;
+        let before = rows(&mut conn).await;
         assert!(functions.contains("jobvisor_write_batch"), "{functions}");
-        assert!(rows.contains("maintenance"), "{rows}");
+        assert_eq!(before[3].len(), 1, "the pause");
 
         let store = PgStore::connect(&PgConfig::new(url.clone()))
             .await
@@ -78,7 +109,7 @@ async fn postgres_a_database_at_0014_upgrades_with_nothing_lost() {
             functions,
             "the functions changed"
         );
-        assert_eq!(text(&mut conn, ROWS).await, rows, "the stored jobs changed");
+        kept(&before, &rows(&mut conn).await);
         assert_eq!(
             held_version(&mut conn).await,
             (code::VERSION, code::DIGEST.to_string())
