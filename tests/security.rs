@@ -327,8 +327,8 @@ fn outcome_code(response: &pb::ControlJobsResponse) -> Code {
     };
     match outcome.error_code.as_str() {
         "" => Code::Ok,
-        "NotFound" => Code::NotFound,
-        "FailedPrecondition" => Code::FailedPrecondition,
+        "NOT_FOUND" => Code::NotFound,
+        "FAILED_PRECONDITION" => Code::FailedPrecondition,
         other => panic!("unexpected outcome {other}: {outcome:?}"),
     }
 }

@@ -139,7 +139,7 @@ fn outcome_error(id: JobId, status: &Status) -> pb::ControlOutcome {
     pb::ControlOutcome {
         job_id: id.to_string(),
         job: None,
-        error_code: format!("{:?}", status.code()),
+        error_code: status::code_name(status.code()).to_string(),
         error_message: status.message().to_string(),
     }
 }

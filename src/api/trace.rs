@@ -53,29 +53,6 @@ fn is_server_error(code: i32) -> bool {
     matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
-fn code_name(code: i32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "CANCELLED",
-        2 => "UNKNOWN",
-        3 => "INVALID_ARGUMENT",
-        4 => "DEADLINE_EXCEEDED",
-        5 => "NOT_FOUND",
-        6 => "ALREADY_EXISTS",
-        7 => "PERMISSION_DENIED",
-        8 => "RESOURCE_EXHAUSTED",
-        9 => "FAILED_PRECONDITION",
-        10 => "ABORTED",
-        11 => "OUT_OF_RANGE",
-        12 => "UNIMPLEMENTED",
-        13 => "INTERNAL",
-        14 => "UNAVAILABLE",
-        15 => "DATA_LOSS",
-        16 => "UNAUTHENTICATED",
-        _ => "UNKNOWN",
-    }
-}
-
 /// Records the outcome of an RPC on its span and in the metrics, once.
 struct Outcome {
     span: Span,
@@ -97,7 +74,7 @@ impl Outcome {
             return true;
         }
         self.recorded = true;
-        let name = code_name(code);
+        let name = super::status::code_name(tonic::Code::from(code));
         self.span.record("rpc.response.status_code", name);
         if is_server_error(code) {
             self.span.record("otel.status_code", "ERROR");

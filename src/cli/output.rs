@@ -7,15 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
-pub fn code_name(code: tonic::Code) -> String {
-    format!("{code:?}").chars().fold(String::new(), |mut s, c| {
-        if c.is_uppercase() && !s.is_empty() {
-            s.push('_');
-        }
-        s.push(c.to_ascii_uppercase());
-        s
-    })
-}
+pub use crate::api::status::code_name;
 
 fn job_state_name(value: i32) -> String {
     pb::JobState::try_from(value)

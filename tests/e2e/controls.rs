@@ -225,7 +225,7 @@ async fn bulk_control_by_label_and_id_reports_each_job() {
     assert_eq!(answer.outcomes.len(), 4);
     for outcome in &answer.outcomes {
         if outcome.job_id == unknown {
-            assert_eq!(outcome.error_code, "NotFound");
+            assert_eq!(outcome.error_code, "NOT_FOUND");
         } else {
             assert!(video.contains(&outcome.job_id));
             let job = outcome.job.as_ref().unwrap();
