@@ -32,8 +32,9 @@ pub struct ServeArgs {
     db_max_connections: u32,
 
     /// How long a call waits for a free database connection before failing
-    /// with UNAVAILABLE.
-    #[arg(long, env = "JOBVISOR_DB_ACQUIRE_TIMEOUT", default_value = "5s",
+    /// with UNAVAILABLE: while the database is down, the most a call that
+    /// needs it takes.
+    #[arg(long, env = "JOBVISOR_DB_ACQUIRE_TIMEOUT", default_value = "3s",
           value_parser = humantime::parse_duration)]
     db_acquire_timeout: Duration,
 
@@ -348,5 +349,32 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> server::ServerConfig {
+        let args = std::iter::once("serve").chain(args.iter().copied());
+        Cli::try_parse_from(args).unwrap().serve.config().unwrap()
+    }
+
+    /// The README promises UNAVAILABLE within 3 s while the database is
+    /// down: the wait for a connection is what takes that long.
+    #[test]
+    fn a_call_waits_at_most_3s_for_a_connection_by_default() {
+        let database = config(&["--database-url", "postgres://localhost/x"]).database;
+        assert_eq!(database.acquire_timeout, Duration::from_secs(3));
+        let library = crate::store::postgres::PgConfig::new("postgres://localhost/x");
+        assert_eq!(library.acquire_timeout, database.acquire_timeout);
     }
 }
