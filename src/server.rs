@@ -12,6 +12,7 @@ use crate::{
         limits::LimitsLayer,
         routes::JobRoutes,
         trace::TraceLayer,
+        watch_caps::WatchCaps,
     },
     engine::{ClusterConfig, Engine, EngineConfig},
     executor::Registry,
@@ -53,6 +54,11 @@ pub struct ServerConfig {
     /// Threads of the engine's own runtime (see [`serve`]); `None`: half
     /// the cores, at least one.
     pub engine_threads: Option<usize>,
+    /// WatchJob streams open at once, on the whole server.
+    pub max_watch_streams: usize,
+    /// WatchJob streams open at once for one caller (its name, or its
+    /// address when anonymous).
+    pub max_watch_streams_per_caller: usize,
 }
 
 /// PEM files for TLS.
@@ -103,6 +109,8 @@ impl ServerConfig {
             tls: None,
             cluster: None,
             engine_threads: None,
+            max_watch_streams: 4096,
+            max_watch_streams_per_caller: 1024,
         }
     }
 }
@@ -168,7 +176,12 @@ async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let engine_runtime = EngineRuntime::start(config.engine_threads)?;
-    let (engine_config, cluster) = (config.engine.clone(), config.cluster.clone());
+    let (mut engine_config, cluster) = (config.engine.clone(), config.cluster.clone());
+    // A quarter of the pool for the watch streams' reads (one at least):
+    // a semaphore over the one pool rather than a pool of their own, so
+    // the database sees no more connections than configured and the
+    // embedded store is bounded alike.
+    engine_config.watch_reads = (config.database.max_connections as usize / 4).max(1);
     let (engine, adopted) = engine_runtime
         .handle()
         .spawn(async move {
@@ -216,7 +229,14 @@ async fn serve_on(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let jobs = JobRoutes::new(JobApi::new(engine.clone()), config.max_request_bytes);
+    let jobs = JobRoutes::new(
+        JobApi::new(engine.clone()),
+        config.max_request_bytes,
+        WatchCaps::new(
+            config.max_watch_streams,
+            config.max_watch_streams_per_caller,
+        ),
+    );
 
     let draining = {
         let (engine, health, grace) = (engine.clone(), health.clone(), config.shutdown_grace);

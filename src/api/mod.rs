@@ -10,6 +10,7 @@ pub mod limits;
 pub mod routes;
 pub mod status;
 pub mod trace;
+pub mod watch_caps;
 
 use crate::{
     domain::{FieldViolation, JobId, Provenance},

@@ -78,6 +78,28 @@ pub struct ServeArgs {
           value_parser = humantime::parse_duration)]
     watch_window: Duration,
 
+    /// WatchJob streams open at once on this server; one more is refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "JOBVISOR_MAX_WATCH_STREAMS", default_value_t = 4096)]
+    max_watch_streams: usize,
+
+    /// WatchJob streams open at once for one caller (its token or
+    /// certificate name, or its address without one); one more is refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "JOBVISOR_MAX_WATCH_STREAMS_PER_CALLER",
+        default_value_t = 1024
+    )]
+    max_watch_streams_per_caller: usize,
+
+    /// A WatchJob stream whose client reads nothing for this long while
+    /// newer events are stored ends with RESOURCE_EXHAUSTED (the client
+    /// watches again from its last sequence).
+    #[arg(long, env = "JOBVISOR_WATCH_STALL_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    watch_stall_timeout: Duration,
+
     /// Delete ended jobs (SUCCEEDED, FAILED, CANCELLED) this long after
     /// they ended, with their items, events and pause history, e.g. 30d.
     /// Without it, ended jobs are kept until a DeleteJob call.
@@ -199,6 +221,20 @@ impl ServeArgs {
                 humantime::format_duration(self.watch_window)
             );
         }
+        if self.max_watch_streams == 0 {
+            anyhow::bail!("--max-watch-streams (JOBVISOR_MAX_WATCH_STREAMS) must be at least 1");
+        }
+        if self.max_watch_streams_per_caller == 0 {
+            anyhow::bail!(
+                "--max-watch-streams-per-caller (JOBVISOR_MAX_WATCH_STREAMS_PER_CALLER) must be at least 1"
+            );
+        }
+        if self.watch_stall_timeout < Duration::from_secs(1) {
+            anyhow::bail!(
+                "--watch-stall-timeout (JOBVISOR_WATCH_STALL_TIMEOUT) must be at least 1s, got {}",
+                humantime::format_duration(self.watch_stall_timeout)
+            );
+        }
         if let Some(retention) = self.retention {
             if retention < Duration::from_secs(1) {
                 anyhow::bail!(
@@ -220,6 +256,9 @@ impl ServeArgs {
         config.engine.pipeline_depth = self.pipeline_depth;
         config.engine.watch_window = self.watch_window;
         config.engine.retention = self.retention;
+        config.engine.watch_stall = self.watch_stall_timeout;
+        config.max_watch_streams = self.max_watch_streams;
+        config.max_watch_streams_per_caller = self.max_watch_streams_per_caller;
         config.engine_threads = self.engine_threads.map(usize::from);
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(server::TlsFiles {
