@@ -2,6 +2,7 @@
 //! its request (naming bad fields), calls the engine, and converts the
 //! answer; errors become statuses in [`status`] only. No SQL here.
 
+pub mod accept;
 pub mod auth;
 pub mod conn;
 pub mod convert;

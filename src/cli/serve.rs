@@ -132,6 +132,13 @@ pub struct ServeArgs {
     )]
     metrics_listen: String,
 
+    /// How long a new connection has to finish its handshakes (TLS, if
+    /// configured, and HTTP/2: the client's preface and first SETTINGS
+    /// frame) before it is closed.
+    #[arg(long, env = "JOBVISOR_HANDSHAKE_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+
     /// TLS certificate (PEM) for the gRPC port. With --tls-key.
     #[arg(long, env = "JOBVISOR_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -235,6 +242,12 @@ impl ServeArgs {
                 humantime::format_duration(self.watch_stall_timeout)
             );
         }
+        if self.handshake_timeout < Duration::from_millis(100) {
+            anyhow::bail!(
+                "--handshake-timeout (JOBVISOR_HANDSHAKE_TIMEOUT) must be at least 100ms, got {}",
+                humantime::format_duration(self.handshake_timeout)
+            );
+        }
         if let Some(retention) = self.retention {
             if retention < Duration::from_secs(1) {
                 anyhow::bail!(
@@ -257,6 +270,7 @@ impl ServeArgs {
         config.engine.watch_window = self.watch_window;
         config.engine.retention = self.retention;
         config.engine.watch_stall = self.watch_stall_timeout;
+        config.handshake_timeout = self.handshake_timeout;
         config.max_watch_streams = self.max_watch_streams;
         config.max_watch_streams_per_caller = self.max_watch_streams_per_caller;
         config.engine_threads = self.engine_threads.map(usize::from);

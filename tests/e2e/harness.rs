@@ -150,6 +150,8 @@ pub struct Options {
     pub retention: Option<Duration>,
     /// `serve --watch-stall-timeout`.
     pub watch_stall: Duration,
+    /// `serve --handshake-timeout`.
+    pub handshake_timeout: Duration,
     /// `serve --max-watch-streams` and `--max-watch-streams-per-caller`.
     pub max_watch_streams: usize,
     pub max_watch_streams_per_caller: usize,
@@ -166,6 +168,7 @@ impl Default for Options {
             pipelined_acks: false,
             retention: None,
             watch_stall: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
             max_watch_streams: 4096,
             max_watch_streams_per_caller: 1024,
         }
@@ -275,6 +278,7 @@ async fn start_server(
     config.engine.pipelined_acks = options.pipelined_acks;
     config.engine.retention = options.retention;
     config.engine.watch_stall = options.watch_stall;
+    config.handshake_timeout = options.handshake_timeout;
     config.max_watch_streams = options.max_watch_streams;
     config.max_watch_streams_per_caller = options.max_watch_streams_per_caller;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
