@@ -6,12 +6,12 @@
 
 use crate::{
     api::{
-        JobApi,
-        conn::GatheringStream,
+        JobApi, accept,
         guard::{GuardConfig, GuardLayer},
         limits::LimitsLayer,
         routes::JobRoutes,
         trace::TraceLayer,
+        watch_caps::WatchCaps,
     },
     engine::{ClusterConfig, Engine, EngineConfig},
     executor::Registry,
@@ -23,10 +23,8 @@ use crate::{
     },
 };
 use anyhow::Context as _;
-use futures::TryStreamExt as _;
 use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 /// Everything `serve` needs to know.
@@ -53,6 +51,14 @@ pub struct ServerConfig {
     /// Threads of the engine's own runtime (see [`serve`]); `None`: half
     /// the cores, at least one.
     pub engine_threads: Option<usize>,
+    /// How long a new connection has for its TLS (if any) and HTTP/2
+    /// handshakes before it is closed.
+    pub handshake_timeout: Duration,
+    /// WatchJob streams open at once, on the whole server.
+    pub max_watch_streams: usize,
+    /// WatchJob streams open at once for one caller (its name, or its
+    /// address when anonymous).
+    pub max_watch_streams_per_caller: usize,
 }
 
 /// PEM files for TLS.
@@ -65,20 +71,18 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    fn server_config(&self) -> anyhow::Result<ServerTlsConfig> {
+    fn acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
         let read = |path: &PathBuf, what: &str| {
             std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
         };
-        let identity = Identity::from_pem(
-            read(&self.cert, "the TLS certificate (--tls-cert)")?,
-            read(&self.key, "the TLS key (--tls-key)")?,
-        );
-        let mut config = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.client_ca {
-            let ca = read(ca, "the client CA (--tls-client-ca)")?;
-            config = config.client_ca_root(Certificate::from_pem(ca));
-        }
-        Ok(config)
+        let cert = read(&self.cert, "the TLS certificate (--tls-cert)")?;
+        let key = read(&self.key, "the TLS key (--tls-key)")?;
+        let ca = match &self.client_ca {
+            Some(ca) => Some(read(ca, "the client CA (--tls-client-ca)")?),
+            None => None,
+        };
+        accept::tls_acceptor(&cert, &key, ca.as_deref())
+            .map_err(|why| anyhow::anyhow!("invalid TLS configuration: {why}"))
     }
 }
 
@@ -103,6 +107,9 @@ impl ServerConfig {
             tls: None,
             cluster: None,
             engine_threads: None,
+            handshake_timeout: Duration::from_secs(10),
+            max_watch_streams: 4096,
+            max_watch_streams_per_caller: 1024,
         }
     }
 }
@@ -168,7 +175,12 @@ async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let engine_runtime = EngineRuntime::start(config.engine_threads)?;
-    let (engine_config, cluster) = (config.engine.clone(), config.cluster.clone());
+    let (mut engine_config, cluster) = (config.engine.clone(), config.cluster.clone());
+    // A quarter of the pool for the watch streams' reads (one at least):
+    // a semaphore over the one pool rather than a pool of their own, so
+    // the database sees no more connections than configured and the
+    // embedded store is bounded alike.
+    engine_config.watch_reads = (config.database.max_connections as usize / 4).max(1);
     let (engine, adopted) = engine_runtime
         .handle()
         .spawn(async move {
@@ -216,7 +228,14 @@ async fn serve_on(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let jobs = JobRoutes::new(JobApi::new(engine.clone()), config.max_request_bytes);
+    let jobs = JobRoutes::new(
+        JobApi::new(engine.clone()),
+        config.max_request_bytes,
+        WatchCaps::new(
+            config.max_watch_streams,
+            config.max_watch_streams_per_caller,
+        ),
+    );
 
     let draining = {
         let (engine, health, grace) = (engine.clone(), health.clone(), config.shutdown_grace);
@@ -233,13 +252,8 @@ async fn serve_on(
         }
     };
 
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder
-            .tls_config(tls.server_config()?)
-            .context("invalid TLS configuration")?;
-    }
-    builder
+    let tls = config.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(TraceLayer)
         .layer(GuardLayer::new(config.guard.clone()))
@@ -249,18 +263,22 @@ async fn serve_on(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(jobs)
-        // The builder's `tcp_nodelay` applies only to listeners it binds
-        // itself: set it on ours, or Nagle holds the second frame of each
-        // answer until the client's delayed ACK (~40 ms per call). Each
-        // connection gathers small frames into one write (`api::conn`).
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map_ok(GatheringStream::new),
-            draining,
-        )
-        .await?;
+        .add_service(jobs);
+    // Connections are accepted here (`api::accept`), TLS included, so that
+    // one that never finishes its handshakes is closed.
+    let timeout = config.handshake_timeout;
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(accept::tls(listener, tls, timeout), draining)
+                .await?
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(accept::plain(listener, timeout), draining)
+                .await?
+        }
+    }
     Ok(())
 }
 

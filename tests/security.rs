@@ -1,4 +1,5 @@
-//! Security: TLS and mTLS, bearer tokens and permissions, label scopes,
+//! Security: TLS and mTLS (and the handshake timeout), bearer tokens and
+//! permissions, label scopes,
 //! token reload on SIGHUP, rate limits, the exec switch, and secrets kept
 //! out of logs and the event log.
 
@@ -68,11 +69,22 @@ struct App {
 
 impl App {
     async fn start(tls: Option<TlsFiles>, guard: GuardConfig, registry: Registry) -> App {
+        App::start_with(tls, guard, registry, |_| {}).await
+    }
+
+    /// [`App::start`], with `adjust` changing the rest of the configuration.
+    async fn start_with(
+        tls: Option<TlsFiles>,
+        guard: GuardConfig,
+        registry: Registry,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> App {
         let database = new_database().await;
         let mut config = ServerConfig::new(with_database(&admin_url(), &database));
         config.tls = tls;
         config.guard = guard;
         config.shutdown_grace = Duration::from_secs(3);
+        adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -160,6 +172,90 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Reads until the server closes the connection (`true`), or `within`
+/// passes with it open (`false`).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 4096];
+    let until_closed = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, until_closed).await.is_ok()
+}
+
+#[tokio::test]
+async fn tls_connections_that_never_finish_their_handshakes_are_closed() {
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject as _};
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = Pki::new("server-ca");
+    let (cert, key) = server_ca.leaf("jobvisor");
+    let tls = TlsFiles {
+        cert: write(&dir, "server.pem", &cert),
+        key: write(&dir, "server.key", &key),
+        client_ca: None,
+    };
+    let app = App::start_with(
+        Some(tls),
+        GuardConfig::default(),
+        Registry::with_builtins(),
+        |config| config.handshake_timeout = Duration::from_secs(1),
+    )
+    .await;
+    let trusting = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&server_ca.ca_pem))
+        .domain_name("localhost");
+    let https = format!("https://localhost:{}", app.addr.port());
+    let channel = connect(
+        Endpoint::from_shared(https)
+            .unwrap()
+            .tls_config(trusting)
+            .unwrap(),
+    )
+    .await
+    .expect("a client trusting the CA connects");
+    assert_eq!(probe(channel.clone()).await, Code::NotFound);
+
+    // No TLS handshake at all.
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // TLS, then no HTTP/2 preface.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            rustls::pki_types::CertificateDer::from_pem_slice(server_ca.ca_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut quiet = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("the TLS handshake");
+
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)).await,
+        "a connection without a TLS handshake is still open"
+    );
+    assert!(
+        closed_within(&mut quiet, Duration::from_secs(5)).await,
+        "a TLS connection without an HTTP/2 handshake is still open"
+    );
+    // The client that finished its handshakes goes on.
+    assert_eq!(probe(channel).await, Code::NotFound);
+    app.finish().await;
 }
 
 #[tokio::test]

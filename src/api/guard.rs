@@ -221,6 +221,10 @@ where
             }
         };
         request.extensions_mut().insert(caller);
+        // WatchJob's stream caps count per caller the same way.
+        request
+            .extensions_mut()
+            .insert(super::watch_caps::CallerKey(key));
         let call = self.inner.call(request);
         Box::pin(async move {
             let response = call.await;

@@ -2,6 +2,7 @@
 //! its request (naming bad fields), calls the engine, and converts the
 //! answer; errors become statuses in [`status`] only. No SQL here.
 
+pub mod accept;
 pub mod auth;
 pub mod codec;
 pub mod conn;
@@ -11,6 +12,7 @@ pub mod limits;
 pub mod routes;
 pub mod status;
 pub mod trace;
+pub mod watch_caps;
 
 use crate::{
     domain::{FieldViolation, JobId, Provenance},

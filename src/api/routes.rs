@@ -15,12 +15,18 @@
 //! protobuf encoding of `pb::JobEvent`, and the stream ends with
 //! `grpc-status` trailers.
 //!
+//! Each stream takes a place of [`WatchCaps`] before anything is read for
+//! it, and gives it back when its body is dropped.
+//!
 //! The request is read with tonic's own decoder (size limit included), and
 //! errors before the stream starts are trailers-only responses, as tonic
 //! makes them, so the layers around the service see what they see for any
 //! other call.
 
-use super::{JobApi, convert};
+use super::{
+    JobApi, convert,
+    watch_caps::{CallerKey, WatchCaps, WatchSlot},
+};
 use crate::{
     engine::{EngineError, SharedEvent, WatchBatch},
     pb::{self, job_service_server::JobServiceServer},
@@ -54,17 +60,21 @@ pub struct JobRoutes {
     api: Arc<JobApi>,
     generated: JobServiceServer<JobApi>,
     max_request_bytes: usize,
+    /// The WatchJob streams open, and how many may be.
+    caps: Arc<WatchCaps>,
 }
 
 impl JobRoutes {
-    /// `max_request_bytes` limits every request message, WatchJob's too.
-    pub fn new(api: JobApi, max_request_bytes: usize) -> Self {
+    /// `max_request_bytes` limits every request message, WatchJob's too;
+    /// `caps` the WatchJob streams open at once.
+    pub fn new(api: JobApi, max_request_bytes: usize, caps: Arc<WatchCaps>) -> Self {
         let api = Arc::new(api);
         JobRoutes {
             generated: JobServiceServer::from_arc(api.clone())
                 .max_decoding_message_size(max_request_bytes),
             api,
             max_request_bytes,
+            caps,
         }
     }
 }
@@ -91,20 +101,37 @@ where
             return self.generated.call(request);
         }
         let (api, limit) = (self.api.clone(), self.max_request_bytes);
+        let slot = self.caps.open(&caller_key(&request));
         Box::pin(async move {
-            Ok(watch_job(&api, request, limit)
-                .await
-                .unwrap_or_else(Status::into_http))
+            let answer = match slot {
+                Ok(slot) => watch_job(&api, request, limit, slot).await,
+                Err(refused) => Err(refused),
+            };
+            Ok(answer.unwrap_or_else(Status::into_http))
         })
     }
 }
 
+/// Who a stream counts against: what the guard found, or the peer's
+/// address (a server without the guard layer).
+fn caller_key<B>(request: &http::Request<B>) -> String {
+    let extensions = request.extensions();
+    if let Some(CallerKey(key)) = extensions.get::<CallerKey>() {
+        return key.clone();
+    }
+    extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+        .map_or_else(|| "anyone".to_string(), |addr| addr.ip().to_string())
+}
+
 /// Reads the request as tonic does for a call with one request message,
-/// then answers with a [`WatchBody`].
+/// then answers with a [`WatchBody`], which holds the stream's `slot`.
 async fn watch_job<B>(
     api: &JobApi,
     request: http::Request<B>,
     limit: usize,
+    slot: WatchSlot,
 ) -> Result<http::Response<tonic::body::Body>, Status>
 where
     B: http_body::Body + Send + 'static,
@@ -133,6 +160,7 @@ where
     let mut response = http::Response::new(tonic::body::Body::new(WatchBody {
         batches: Box::pin(batches),
         ended: false,
+        _slot: slot,
     }));
     response
         .headers_mut()
@@ -148,6 +176,9 @@ type Batches = Pin<Box<dyn Stream<Item = Result<WatchBatch, EngineError>> + Send
 struct WatchBody {
     batches: Batches,
     ended: bool,
+    /// The stream's place among those open, given back when the body is
+    /// dropped.
+    _slot: WatchSlot,
 }
 
 impl http_body::Body for WatchBody {

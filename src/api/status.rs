@@ -138,6 +138,17 @@ impl From<EngineError> for Status {
                 "JOB_CONTENDED",
                 HashMap::from([("job_id".into(), id.to_string())]),
             ),
+            EngineError::Lagging { sent, stalled } => with_reason(
+                Code::ResourceExhausted,
+                format!(
+                    "this WatchJob stream fell behind: its client read nothing for {} s while \
+                     newer events were stored (--watch-stall-timeout). Every event up to \
+                     sequence {sent} was sent: watch again with from_sequence {sent}",
+                    stalled.as_secs()
+                ),
+                "WATCH_LAGGING",
+                HashMap::from([("from_sequence".into(), sent.to_string())]),
+            ),
             EngineError::Internal(why) => {
                 tracing::error!(%why, "internal error");
                 Status::internal("internal error; see the server log")

@@ -35,8 +35,9 @@ pub struct ServeArgs {
     db_max_connections: u32,
 
     /// How long a call waits for a free database connection before failing
-    /// with UNAVAILABLE.
-    #[arg(long, env = "JOBVISOR_DB_ACQUIRE_TIMEOUT", default_value = "5s",
+    /// with UNAVAILABLE: while the database is down, the most a call that
+    /// needs it takes.
+    #[arg(long, env = "JOBVISOR_DB_ACQUIRE_TIMEOUT", default_value = "3s",
           value_parser = humantime::parse_duration)]
     db_acquire_timeout: Duration,
 
@@ -79,6 +80,28 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBVISOR_WATCH_WINDOW", default_value = "20ms",
           value_parser = humantime::parse_duration)]
     watch_window: Duration,
+
+    /// WatchJob streams open at once on this server; one more is refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "JOBVISOR_MAX_WATCH_STREAMS", default_value_t = 4096)]
+    max_watch_streams: usize,
+
+    /// WatchJob streams open at once for one caller (its token or
+    /// certificate name, or its address without one); one more is refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "JOBVISOR_MAX_WATCH_STREAMS_PER_CALLER",
+        default_value_t = 1024
+    )]
+    max_watch_streams_per_caller: usize,
+
+    /// A WatchJob stream whose client reads nothing for this long while
+    /// newer events are stored ends with RESOURCE_EXHAUSTED (the client
+    /// watches again from its last sequence).
+    #[arg(long, env = "JOBVISOR_WATCH_STALL_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    watch_stall_timeout: Duration,
 
     /// Delete ended jobs (SUCCEEDED, FAILED, CANCELLED) this long after
     /// they ended, with their items, events and pause history, e.g. 30d.
@@ -136,6 +159,13 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:9464"
     )]
     metrics_listen: String,
+
+    /// How long a new connection has to finish its handshakes (TLS, if
+    /// configured, and HTTP/2: the client's preface and first SETTINGS
+    /// frame) before it is closed.
+    #[arg(long, env = "JOBVISOR_HANDSHAKE_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
 
     /// TLS certificate (PEM) for the gRPC port. With --tls-key.
     #[arg(long, env = "JOBVISOR_TLS_CERT", requires = "tls_key")]
@@ -226,6 +256,26 @@ impl ServeArgs {
                 humantime::format_duration(self.watch_window)
             );
         }
+        if self.max_watch_streams == 0 {
+            anyhow::bail!("--max-watch-streams (JOBVISOR_MAX_WATCH_STREAMS) must be at least 1");
+        }
+        if self.max_watch_streams_per_caller == 0 {
+            anyhow::bail!(
+                "--max-watch-streams-per-caller (JOBVISOR_MAX_WATCH_STREAMS_PER_CALLER) must be at least 1"
+            );
+        }
+        if self.watch_stall_timeout < Duration::from_secs(1) {
+            anyhow::bail!(
+                "--watch-stall-timeout (JOBVISOR_WATCH_STALL_TIMEOUT) must be at least 1s, got {}",
+                humantime::format_duration(self.watch_stall_timeout)
+            );
+        }
+        if self.handshake_timeout < Duration::from_millis(100) {
+            anyhow::bail!(
+                "--handshake-timeout (JOBVISOR_HANDSHAKE_TIMEOUT) must be at least 100ms, got {}",
+                humantime::format_duration(self.handshake_timeout)
+            );
+        }
         if let Some(retention) = self.retention {
             if retention < Duration::from_secs(1) {
                 anyhow::bail!(
@@ -247,6 +297,10 @@ impl ServeArgs {
         config.engine.pipeline_depth = self.pipeline_depth;
         config.engine.watch_window = self.watch_window;
         config.engine.retention = self.retention;
+        config.engine.watch_stall = self.watch_stall_timeout;
+        config.handshake_timeout = self.handshake_timeout;
+        config.max_watch_streams = self.max_watch_streams;
+        config.max_watch_streams_per_caller = self.max_watch_streams_per_caller;
         config.engine_threads = self.engine_threads.map(usize::from);
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(server::TlsFiles {
@@ -419,5 +473,32 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> server::ServerConfig {
+        let args = std::iter::once("serve").chain(args.iter().copied());
+        Cli::try_parse_from(args).unwrap().serve.config().unwrap()
+    }
+
+    /// The README promises UNAVAILABLE within 3 s while the database is
+    /// down: the wait for a connection is what takes that long.
+    #[test]
+    fn a_call_waits_at_most_3s_for_a_connection_by_default() {
+        let database = config(&["--database-url", "postgres://localhost/x"]).database;
+        assert_eq!(database.acquire_timeout, Duration::from_secs(3));
+        let library = crate::store::postgres::PgConfig::new("postgres://localhost/x");
+        assert_eq!(library.acquire_timeout, database.acquire_timeout);
     }
 }

@@ -332,18 +332,34 @@ pub struct Hub {
     /// cancellation token, whose lock all of them would take at every
     /// wake-up).
     closed: AtomicBool,
+    /// Store reads the watch streams may run at once (see
+    /// [`Hub::watch_read`]).
+    reads: tokio::sync::Semaphore,
 }
 
 impl Hub {
     /// A hub that wakes a job's watchers at most once per `window` (zero:
-    /// at every new sequence).
-    pub fn new(window: Duration) -> Arc<Self> {
+    /// at every new sequence), whose watchers run at most `reads` store
+    /// reads at once.
+    pub fn new(window: Duration, reads: usize) -> Arc<Self> {
         Arc::new(Hub {
             channels: Mutex::default(),
             in_flight: Mutex::default(),
             window,
             closed: AtomicBool::new(false),
+            reads: tokio::sync::Semaphore::new(reads.max(1)),
         })
+    }
+
+    /// Runs a watch stream's store read once one of the `reads` places is
+    /// free. A hundred streams replaying a long history at once would
+    /// otherwise take every database connection, and control calls and
+    /// readiness would wait behind them; here they queue among
+    /// themselves.
+    pub async fn watch_read<T>(&self, read: impl Future<Output = T>) -> T {
+        // Never closed, so acquiring cannot fail.
+        let _place = self.reads.acquire().await.ok();
+        read.await
     }
 
     /// Ends every watch stream: sets the flag they check, then wakes them.
@@ -633,7 +649,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn commits_within_a_window_wake_the_watchers_once() {
-        let hub = Hub::new(Duration::from_millis(20));
+        let hub = Hub::new(Duration::from_millis(20), 1);
         let job = JobId::new();
         let (mut rx, _tail) = hub.subscribe(pulse(job, 0));
         // The first new sequence: woken at once.
@@ -672,7 +688,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let hub = Hub::new(Duration::from_millis(20));
+        let hub = Hub::new(Duration::from_millis(20), 1);
         let job = JobId::new();
         let (mut rx, _tail) = watchers.block_on(async { hub.subscribe(pulse(job, 0)) });
         let engine = tokio::runtime::Builder::new_current_thread()
@@ -694,7 +710,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_change_of_state_wakes_the_watchers_at_once() {
-        let hub = Hub::new(Duration::from_millis(20));
+        let hub = Hub::new(Duration::from_millis(20), 1);
         let job = JobId::new();
         let (mut rx, _tail) = hub.subscribe(pulse(job, 0));
         hub.publish(pulse(job, 1));
@@ -725,7 +741,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_zero_window_wakes_at_every_new_sequence() {
-        let hub = Hub::new(Duration::ZERO);
+        let hub = Hub::new(Duration::ZERO, 1);
         let job = JobId::new();
         let (mut rx, _tail) = hub.subscribe(pulse(job, 0));
         for seq in 1..=3 {

@@ -72,6 +72,14 @@ pub struct EngineConfig {
     /// Ended jobs older than this are deleted (none: kept until a
     /// DeleteJob call).
     pub retention: Option<Duration>,
+    /// Store reads WatchJob streams may run at once, all streams together
+    /// (their snapshots, replay pages and polls): the rest of the
+    /// database connections stay for control calls and readiness.
+    pub watch_reads: usize,
+    /// A WatchJob stream whose client took nothing for this long while
+    /// newer events were stored ends with RESOURCE_EXHAUSTED; the client
+    /// watches again from its last sequence.
+    pub watch_stall: Duration,
 }
 
 impl EngineConfig {
@@ -98,6 +106,8 @@ impl Default for EngineConfig {
             pipelined_acks: false,
             pipeline_depth: 32,
             retention: None,
+            watch_reads: 4,
+            watch_stall: Duration::from_secs(30),
         }
     }
 }
@@ -122,6 +132,10 @@ pub enum EngineError {
     /// Too many concurrent changes to one job; the caller may retry.
     #[error("job {0} is changing too fast; retry")]
     Contended(JobId),
+    /// A WatchJob stream's client took nothing for `stalled` while newer
+    /// events were stored; everything up to sequence `sent` went out.
+    #[error("watch stream fell behind after sequence {sent}")]
+    Lagging { sent: u64, stalled: Duration },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -273,7 +287,7 @@ impl Engine {
         config: EngineConfig,
         cluster: Option<Arc<Cluster>>,
     ) -> Result<(Engine, Adopted), EngineError> {
-        let hub = Hub::new(config.watch_window);
+        let hub = Hub::new(config.watch_window, config.watch_reads);
         let abort = CancellationToken::new();
         let book = cluster.as_ref().map(|c| c.book.clone());
         let writer = Writer::start(store.clone(), hub.clone(), abort.clone(), book.clone());

@@ -7,13 +7,21 @@
 //! covers writers in other processes. So a slow watcher is refilled from
 //! the store (never skipped), and a watcher never slows the job: the job
 //! does not wait for anybody's stream.
+//!
+//! What a stream costs while its client does not read is bounded: a batch
+//! holds about [`BATCH_BYTES`] at most (the frame HTTP/2 keeps until the
+//! client makes room), its store reads queue for one of the hub's few
+//! places ([`Hub::watch_read`](super::Hub::watch_read)), and a stream
+//! whose client took nothing for `watch_stall` while newer events were
+//! stored ends with [`EngineError::Lagging`] (the client watches again
+//! from its last sequence).
 
 use super::{
     Engine, EngineError,
     hub::{EventBatch, SharedEvent, Tail},
 };
 use crate::{
-    domain::{ItemCounts, Job, JobId, JobState},
+    domain::{EventBody, ItemCounts, Job, JobEvent, JobId, JobState},
     store::Pulse,
 };
 use chrono::{DateTime, Utc};
@@ -25,8 +33,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Stored events read per query.
+/// Stored events read per query, at most.
 const PAGE: u32 = 500;
+/// About the most a batch of events holds (as [`approx_bytes`] counts),
+/// unless one event alone is larger: a client that does not read keeps
+/// one batch waiting in the server, not a page of 500 large events.
+const BATCH_BYTES: usize = 128 * 1024;
+/// The largest a stored event gets, about (an item's error is at most
+/// 8 KiB): the first page of a stream is sized for events this large.
+const EVENT_BYTES: usize = 9 * 1024;
 /// How often a stream re-reads the store even without a local pulse (for
 /// jobs run by another process).
 const POLL: Duration = Duration::from_secs(1);
@@ -141,7 +156,7 @@ impl Engine {
     ) -> Result<impl Stream<Item = Result<WatchBatch, EngineError>> + Send + 'static, EngineError>
     {
         self.check_open()?;
-        let job = self.get_job(id).await?;
+        let job = self.rt.hub.watch_read(self.get_job(id)).await?;
         // Boxed: the stream moves it from one batch's future to the next.
         let watcher = Box::new(Watcher::new(self.clone(), job, from_seq));
         Ok(futures::stream::unfold(
@@ -175,6 +190,12 @@ struct Watcher {
     looked: u64,
     /// The terminal event was sent.
     ended: bool,
+    /// Events to read per query: as many as fit in [`BATCH_BYTES`], judged
+    /// by the largest of the last batch.
+    limit: u32,
+    /// When the last batch was handed to the client's stream: the next
+    /// call comes when the client has made room for more.
+    handed: Option<Instant>,
     sent_counts: ItemCounts,
     sent_partial: f64,
     rate: Rate,
@@ -210,6 +231,8 @@ impl Watcher {
             cursor: from_seq,
             looked: 0,
             ended: false,
+            limit: (BATCH_BYTES / EVENT_BYTES) as u32,
+            handed: None,
             sent_partial: 0.0,
             rate,
             next_progress: now,
@@ -221,12 +244,35 @@ impl Watcher {
     }
 
     /// The next messages to send; `None` once the terminal event was sent.
+    /// A stream whose client took nothing for `watch_stall` (the time since
+    /// the last batch was handed over) while newer events were stored
+    /// fails with [`EngineError::Lagging`] instead.
     async fn next(&mut self) -> Result<Option<WatchBatch>, EngineError> {
+        if let Some(handed) = self.handed.take() {
+            let stalled = handed.elapsed();
+            let stored = self.pulses.borrow().last_seq.max(self.known.last_seq);
+            if stalled >= self.engine.rt.config.watch_stall && stored > self.cursor && !self.ended {
+                return Err(EngineError::Lagging {
+                    sent: self.cursor,
+                    stalled,
+                });
+            }
+        }
+        let batch = self.produce().await?;
+        if batch.is_some() {
+            self.handed = Some(Instant::now());
+        }
+        Ok(batch)
+    }
+
+    /// [`Watcher::next`] without the check for a client behind.
+    async fn produce(&mut self) -> Result<Option<WatchBatch>, EngineError> {
         if let Some(job) = self.snapshot.take() {
             return Ok(Some(WatchBatch::One(WatchItem::Snapshot(job))));
         }
         let id = self.id;
         let store = &self.engine.rt.store;
+        let hub = &self.engine.rt.hub;
         loop {
             if self.ended {
                 return Ok(None);
@@ -239,19 +285,27 @@ impl Watcher {
             if self.cursor < self.known.last_seq && self.looked < self.known.last_seq {
                 let shared = self
                     .tail
-                    .after(self.cursor, self.known.last_seq, PAGE, |after, limit| {
-                        store.events_after(id, after, limit)
-                    })
+                    .after(
+                        self.cursor,
+                        self.known.last_seq,
+                        self.limit,
+                        |after, limit| hub.watch_read(store.events_after(id, after, limit)),
+                    )
                     .await?;
                 let batch = match shared {
                     Some(batch) => batch,
                     None => Arc::new(EventBatch::new(
-                        (store.events_after(id, self.cursor, PAGE).await?)
+                        (hub.watch_read(store.events_after(id, self.cursor, self.limit))
+                            .await?)
                             .into_iter()
                             .map(|event| Arc::new(SharedEvent::new(event)))
                             .collect(),
                     )),
                 };
+                let batch = within_budget(batch);
+                if !batch.events().is_empty() {
+                    self.limit = page_for(batch.events());
+                }
                 // Up to the terminal event, if it is there (the batch
                 // ends with it).
                 if let Some(last) = batch.events().last() {
@@ -312,7 +366,7 @@ impl Watcher {
                             self.last_pulse = Instant::now();
                         }
                         if self.last_pulse.elapsed() >= POLL {
-                            let job = self.engine.get_job(id).await?;
+                            let job = hub.watch_read(self.engine.get_job(id)).await?;
                             self.known = Pulse::of(&job);
                         }
                     }
@@ -334,6 +388,67 @@ impl Watcher {
             }
         }
     }
+}
+
+/// About how many bytes an event takes on the wire: its text, and a
+/// little for the rest.
+fn approx_bytes(event: &JobEvent) -> usize {
+    let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    64 + match &event.body {
+        EventBody::StateChanged {
+            reason,
+            requested_by,
+            request_id,
+            ..
+        } => text(reason) + text(requested_by) + text(request_id),
+        EventBody::ItemFailed { error, .. } => error.len(),
+        EventBody::WorkerRestarted { reason, .. } => reason.len(),
+        EventBody::ConcurrencyChanged {
+            requested_by,
+            request_id,
+            ..
+        }
+        | EventBody::RateLimitChanged {
+            requested_by,
+            request_id,
+            ..
+        } => text(requested_by) + text(request_id),
+        EventBody::OwnerChanged {
+            owner,
+            previous_owner,
+            ..
+        } => owner.len() + text(previous_owner),
+    }
+}
+
+/// The batch, or as much of it as fits in [`BATCH_BYTES`] (one event at
+/// least): the rest is read again for the next batch.
+fn within_budget(batch: Arc<EventBatch>) -> Arc<EventBatch> {
+    let events = batch.events();
+    let mut total = 0;
+    let fits = events
+        .iter()
+        .take_while(|event| {
+            total += approx_bytes(event);
+            total <= BATCH_BYTES
+        })
+        .count()
+        .max(1);
+    if fits >= events.len() {
+        return batch;
+    }
+    Arc::new(EventBatch::new(events[..fits].to_vec()))
+}
+
+/// Events to read next: as many as fit in [`BATCH_BYTES`] if they are as
+/// large as the largest of `last`.
+fn page_for(last: &[Arc<SharedEvent>]) -> u32 {
+    let largest = last
+        .iter()
+        .map(|e| approx_bytes(e))
+        .max()
+        .unwrap_or(EVENT_BYTES);
+    u32::try_from(BATCH_BYTES / largest.max(1)).map_or(PAGE, |n| n.clamp(1, PAGE))
 }
 
 /// The next tick of a period that ticked at `last`; one period after
@@ -373,6 +488,44 @@ fn progress_of(pulse: &Pulse, in_flight_fraction: f64, rate: &mut Rate) -> Progr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failure(seq: u64, error_bytes: usize) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent::new(JobEvent {
+            seq,
+            at: Utc::now(),
+            body: EventBody::ItemFailed {
+                index: 0,
+                attempt: 1,
+                error: "e".repeat(error_bytes),
+                will_retry: true,
+                retry_at: None,
+            },
+        }))
+    }
+
+    #[test]
+    fn a_batch_of_large_events_is_cut_to_the_budget_and_the_next_page_sized_for_them() {
+        let large: Vec<_> = (1..=500).map(|seq| failure(seq, 8000)).collect();
+        let cut = within_budget(Arc::new(EventBatch::new(large.clone())));
+        let bytes: usize = cut.events().iter().map(|e| approx_bytes(e)).sum();
+        assert!(bytes <= BATCH_BYTES, "{bytes} bytes");
+        assert_eq!(cut.events().len(), BATCH_BYTES / 8064);
+        assert_eq!(page_for(cut.events()), (BATCH_BYTES / 8064) as u32);
+        // One event larger than the budget still goes, alone.
+        let huge = within_budget(Arc::new(EventBatch::new(vec![failure(1, 2 * BATCH_BYTES)])));
+        assert_eq!(huge.events().len(), 1);
+        assert_eq!(page_for(huge.events()), 1);
+        // Small events: a batch that fits is kept as it is (still shared),
+        // and pages are full ones.
+        let small = Arc::new(EventBatch::new(
+            (1..=500).map(|seq| failure(seq, 10)).collect(),
+        ));
+        assert!(Arc::ptr_eq(&within_budget(small.clone()), &small));
+        assert_eq!(page_for(small.events()), PAGE);
+        // The first page of a stream fits events of the largest size.
+        let first = (BATCH_BYTES / EVENT_BYTES) * approx_bytes(&failure(1, 8 * 1024));
+        assert!(first <= BATCH_BYTES, "a first page of {first} bytes");
+    }
 
     #[test]
     fn a_tick_on_time_comes_one_period_later_and_a_missed_one_is_skipped() {

@@ -48,6 +48,13 @@ pub struct Options {
     pub pipelined_acks: bool,
     /// `serve --retention`.
     pub retention: Option<Duration>,
+    /// `serve --watch-stall-timeout`.
+    pub watch_stall: Duration,
+    /// `serve --handshake-timeout`.
+    pub handshake_timeout: Duration,
+    /// `serve --max-watch-streams` and `--max-watch-streams-per-caller`.
+    pub max_watch_streams: usize,
+    pub max_watch_streams_per_caller: usize,
 }
 
 impl Default for Options {
@@ -60,6 +67,10 @@ impl Default for Options {
             max_request_bytes: 64 * 1024 * 1024,
             pipelined_acks: false,
             retention: None,
+            watch_stall: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_watch_streams: 4096,
+            max_watch_streams_per_caller: 1024,
         }
     }
 }
@@ -166,6 +177,10 @@ async fn start_server(
     config.max_request_bytes = options.max_request_bytes;
     config.engine.pipelined_acks = options.pipelined_acks;
     config.engine.retention = options.retention;
+    config.engine.watch_stall = options.watch_stall;
+    config.handshake_timeout = options.handshake_timeout;
+    config.max_watch_streams = options.max_watch_streams;
+    config.max_watch_streams_per_caller = options.max_watch_streams_per_caller;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();

@@ -570,3 +570,61 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(bytes.to_vec()))
     }
 }
+
+/// What an HTTP/2 client sends first, then its (empty) SETTINGS frame.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// Reads until the server closes the connection (`true`), or `within`
+/// passes with it open (`false`).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let until_closed = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, until_closed).await.is_ok()
+}
+
+#[tokio::test]
+async fn connections_that_never_finish_the_http2_handshake_are_closed() {
+    let app = spawn_app_with(Options {
+        handshake_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    // Silent, half a preface, the preface without SETTINGS, the preface
+    // and half a SETTINGS frame.
+    let mut half_settings = PREFACE.to_vec();
+    half_settings.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3]);
+    let mut stalled = Vec::new();
+    for sent in [&b""[..], &PREFACE[..10], PREFACE, &half_settings] {
+        for _ in 0..5 {
+            let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+            stream.write_all(sent).await.unwrap();
+            stalled.push(stream);
+        }
+    }
+    // A client that finished its handshake stays connected while idle.
+    let mut finished = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    finished.write_all(PREFACE).await.unwrap();
+    finished.write_all(EMPTY_SETTINGS).await.unwrap();
+
+    for (n, stream) in stalled.iter_mut().enumerate() {
+        assert!(
+            closed_within(stream, Duration::from_secs(5)).await,
+            "connection {n} is still open past the handshake timeout"
+        );
+    }
+    assert!(
+        !closed_within(&mut finished, Duration::from_millis(500)).await,
+        "a connection that finished its handshake was closed"
+    );
+    // The server goes on serving.
+    let job = app.start(app.job("sleep", 1, 1, &[])).await;
+    app.get(&job.id).await;
+}

@@ -18,4 +18,5 @@ mod panics;
 mod rate_limit;
 mod retry_delay;
 mod scheduled;
+mod slow_readers;
 mod watch;

@@ -347,7 +347,19 @@ async fn one_run(
     opts: &WatchersOptions,
     watchers: u32,
 ) -> anyhow::Result<(Run, Streams)> {
-    let env = Env::start_setup(setup, &[], false).await?;
+    // All the streams come from this one client: the server's stream
+    // limits must let them all in.
+    let (total, per_caller) = (
+        watchers.max(4096).to_string(),
+        watchers.max(1024).to_string(),
+    );
+    let limits = [
+        "--max-watch-streams",
+        total.as_str(),
+        "--max-watch-streams-per-caller",
+        per_caller.as_str(),
+    ];
+    let env = Env::start_setup(setup, &limits, false).await?;
     let result = run_on(&env, job, opts, watchers).await;
     env.finish().await;
     result
