@@ -504,3 +504,103 @@ async fn an_unknown_propagator_is_refused_at_start_up() {
         "{stderr}"
     );
 }
+
+/// Runs one `exec` item whose program reports what it finds in the
+/// variables `shown` as its result, `[A] [B]…`.
+async fn exec_result(server: &Server, shown: &[&str]) -> (pb::Job, String) {
+    let script = shown
+        .iter()
+        .map(|v| format!("[${v}]"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let request = pb::StartJobRequest {
+        name: "child-trace".into(),
+        executor: "exec".into(),
+        items: vec!["one".into()],
+        params: [
+            ("command".to_string(), "/bin/sh".to_string()),
+            (
+                "args".into(),
+                serde_json::json!(["-c", format!("echo \"@result {script}\"")]).to_string(),
+            ),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let mut client = server.client().await;
+    let job = run_job(&mut client, tonic::Request::new(request)).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let items = client
+        .list_job_items(pb::ListJobItemsRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    (job, items[0].result.clone())
+}
+
+/// The program an item runs gets the item's trace context: the trace is
+/// the item's and the parent span is the item's span, as exported, so the
+/// program's own spans sit under it. In the format OTEL_PROPAGATORS names.
+#[tokio::test]
+async fn exec_programs_get_their_items_trace_context() {
+    let collector = Collector::default();
+    let server = traced_server(&collector, None, &["--allow-exec"]).await;
+    let (job, result) = exec_result(&server, &["TRACEPARENT", "B3"]).await;
+    let item = collector
+        .wait_for("for the item", |s| {
+            s.name == "item" && attribute(s, "job_id").as_deref() == Some(job.id.as_str())
+        })
+        .await;
+    let (trace, span) = (hex(&item.trace_id), hex(&item.span_id));
+    assert_eq!(result, format!("[00-{trace}-{span}-01] []"));
+    server.stop().await;
+
+    let collector = Collector::default();
+    let server = traced_server(&collector, Some("b3multi,b3"), &["--allow-exec"]).await;
+    let (job, result) = exec_result(
+        &server,
+        &[
+            "X_B3_TRACEID",
+            "X_B3_SPANID",
+            "X_B3_SAMPLED",
+            "B3",
+            "TRACEPARENT",
+        ],
+    )
+    .await;
+    let item = collector
+        .wait_for("for the item", |s| {
+            s.name == "item" && attribute(s, "job_id").as_deref() == Some(job.id.as_str())
+        })
+        .await;
+    let (trace, span) = (hex(&item.trace_id), hex(&item.span_id));
+    assert_eq!(
+        result,
+        format!("[{trace}] [{span}] [1] [{trace}-{span}-1] []")
+    );
+    server.stop().await;
+}
+
+/// Without tracing there is no context to pass, and a program never gets
+/// one the server itself inherited: it would name an unrelated trace.
+#[tokio::test]
+async fn exec_programs_get_no_stale_trace_context() {
+    let server = Server::start(
+        &["--allow-exec"],
+        &[
+            (
+                "TRACEPARENT",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            ),
+            ("TRACESTATE", "vendor=x".into()),
+        ],
+    )
+    .await;
+    let (_, result) = exec_result(&server, &["TRACEPARENT", "TRACESTATE"]).await;
+    assert_eq!(result, "[] []");
+    server.stop().await;
+}
