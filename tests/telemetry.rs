@@ -419,6 +419,9 @@ async fn traced_server(collector: &Collector, propagators: Option<&str>, args: &
     Server::start(args, &env).await
 }
 
+/// Request metadata: header names and values.
+type Headers = Vec<(&'static str, String)>;
+
 /// The span of a ListJobs call made with `headers`, as exported.
 async fn list_jobs_span(
     server: &Server,
@@ -452,7 +455,7 @@ async fn calls_join_the_callers_trace_in_the_configured_format() {
         ("x-b3-spanid", parent_id.to_string()),
         ("x-b3-sampled", "1".to_string()),
     ];
-    let cases: Vec<(&str, Vec<(&'static str, String)>, bool)> = vec![
+    let cases: Vec<(&str, Headers, bool)> = vec![
         ("b3", vec![b3.clone()], true),
         ("b3multi", b3multi.to_vec(), true),
         // B3's readers take both forms, the single header first.
