@@ -3,14 +3,19 @@
 //! only use values that exist, guards sit where they must, and the image
 //! runs the binary as the chart's non-root user. [`rendered`] renders the
 //! chart with Helm's own library and checks the manifests against
-//! Kubernetes' schemas and against the server they deploy (the settings it
-//! reads and accepts, health service names, ports, selectors).
+//! Kubernetes' schemas, [`switches`] that each value switches its part, and
+//! [`agreement`] that they agree with the server they deploy (the settings
+//! it reads and accepts, health service names, ports, selectors).
 //!
 //! Not checked: that the image builds (no Docker daemon), and that the
 //! chart installs and runs on a cluster.
 
+#[path = "deploy/agreement.rs"]
+mod agreement;
 #[path = "deploy/rendered.rs"]
 mod rendered;
+#[path = "deploy/switches.rs"]
+mod switches;
 
 use regex::Regex;
 use serde_json::Value;
