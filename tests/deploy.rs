@@ -1,14 +1,22 @@
 //! The deployment artefacts — the Helm chart in `helm/jobvisor` and the
-//! `Dockerfile` — checked without helm or docker: the YAML parses, the
-//! values match their schema, templates only use values that exist, and
-//! the chart agrees with the server it deploys (settings it reads, health
-//! service names, ports, a grace period that outlasts the drain) and with
-//! the image (non-root user, entrypoint, exposed ports).
+//! `Dockerfile`: the YAML parses, the values match their schema, templates
+//! only use values that exist, guards sit where they must, and the image
+//! runs the binary as the chart's non-root user. [`rendered`] renders the
+//! chart with Helm's own library and checks the manifests against
+//! Kubernetes' schemas, [`switches`] that each value switches its part, and
+//! [`agreement`] that they agree with the server they deploy (the settings
+//! it reads and accepts, health service names, ports, selectors).
 //!
-//! Rendering the templates and building the image need helm and docker,
-//! which CI does not have; these checks catch what a reviewer would.
+//! Not checked: that the image builds (no Docker daemon), and that the
+//! chart installs and runs on a cluster.
 
-use clap::CommandFactory;
+#[path = "deploy/agreement.rs"]
+mod agreement;
+#[path = "deploy/rendered.rs"]
+mod rendered;
+#[path = "deploy/switches.rs"]
+mod switches;
+
 use regex::Regex;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -416,118 +424,6 @@ fn the_grace_period_outlasts_the_prestop_sleep_and_the_drain() {
     );
 }
 
-/// Every setting the chart gives the container is one `jobvisor serve`
-/// reads: a renamed flag must not leave the chart setting nothing.
-#[test]
-fn the_chart_only_sets_variables_jobvisor_serve_reads() {
-    let cli = jobvisor::cli::Cli::command();
-    let serve = cli.find_subcommand("serve").expect("a serve subcommand");
-    let read: BTreeSet<String> = serve
-        .get_arguments()
-        .filter_map(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned())
-        .collect();
-    let env_name = Regex::new(r"-\s+name:\s+(JOBVISOR_[A-Z0-9_]+|DATABASE_URL)\b").unwrap();
-    let mut set: Vec<String> = env_name
-        .captures_iter(&template("deployment.yaml"))
-        .map(|c| c[1].to_string())
-        .collect();
-    for (_, values) in ci_values() {
-        for var in values["extraEnv"].as_array().into_iter().flatten() {
-            set.extend(var["name"].as_str().map(String::from));
-        }
-    }
-    for expected in [
-        "JOBVISOR_LISTEN",
-        "JOBVISOR_METRICS_LISTEN",
-        "JOBVISOR_LOG_FORMAT",
-        "JOBVISOR_SHUTDOWN_GRACE",
-        "DATABASE_URL",
-    ] {
-        assert!(
-            set.iter().any(|s| s == expected),
-            "deployment.yaml should set {expected}"
-        );
-    }
-    for name in set
-        .iter()
-        .filter(|n| n.starts_with("JOBVISOR_") || *n == "DATABASE_URL")
-    {
-        assert!(
-            read.contains(name),
-            "the chart sets {name}, which `jobvisor serve` does not read"
-        );
-    }
-}
-
-#[test]
-fn probes_ask_the_servers_health_services_on_the_grpc_port() {
-    let deployment = template("deployment.yaml");
-    let probe =
-        Regex::new(r#"(?m)^\s+(\w+)Probe:\n\s+grpc:\n\s+port: (\d+)\n\s+service: (.*)$"#).unwrap();
-    let probes: Vec<(String, String, String)> = probe
-        .captures_iter(&deployment)
-        .map(|c| (c[1].to_string(), c[2].to_string(), c[3].trim().to_string()))
-        .collect();
-    let liveness = jobvisor::server::LIVENESS.to_string();
-    let expected = [
-        ("startup".to_string(), "50051".to_string(), liveness.clone()),
-        ("liveness".to_string(), "50051".to_string(), liveness),
-        (
-            "readiness".to_string(),
-            "50051".to_string(),
-            r#""""#.to_string(),
-        ),
-    ];
-    assert_eq!(probes, expected, "deployment.yaml: the gRPC probes");
-    assert!(
-        deployment.contains("containerPort: 50051")
-            && deployment.contains(r#"value: "0.0.0.0:50051""#)
-    );
-    assert!(
-        deployment.contains("containerPort: 9464")
-            && deployment.contains(r#"value: "0.0.0.0:9464""#)
-    );
-}
-
-/// The Service's ports lead to the container's, and the ServiceMonitor
-/// scrapes one of them at /metrics.
-#[test]
-fn service_ports_match_the_containers() {
-    let container_port = Regex::new(r"- name: (\w+)\n\s+containerPort: (\d+)").unwrap();
-    let container: BTreeSet<(String, String)> = container_port
-        .captures_iter(&template("deployment.yaml"))
-        .map(|c| (c[1].to_string(), c[2].to_string()))
-        .collect();
-    let service_port =
-        Regex::new(r"- name: (\w+)\n\s+port: (\d+)\n\s+targetPort: (\w+)\n\s+protocol: TCP\n\s+appProtocol: (\w+)").unwrap();
-    let service = template("service.yaml");
-    let ports: Vec<_> = service_port.captures_iter(&service).collect();
-    assert_eq!(ports.len(), 2, "service.yaml: the grpc and metrics ports");
-    for port in &ports {
-        assert_eq!(
-            port[1], port[3],
-            "service.yaml: port {} targets a port of another name",
-            &port[1]
-        );
-        assert!(
-            container.contains(&(port[3].to_string(), port[2].to_string())),
-            "service.yaml: port {} {} matches no container port in deployment.yaml ({container:?})",
-            &port[1],
-            &port[2]
-        );
-        let protocol = if &port[1] == "grpc" { "grpc" } else { "http" };
-        assert_eq!(
-            &port[4], protocol,
-            "service.yaml: appProtocol of port {}",
-            &port[1]
-        );
-    }
-    assert!(service.contains("type: ClusterIP"));
-    let monitor = template("servicemonitor.yaml");
-    assert!(monitor.contains("- port: metrics") && monitor.contains("path: /metrics"));
-}
-
 #[test]
 fn pods_run_locked_down_by_default() {
     let values = values();
@@ -878,6 +774,18 @@ fn the_schema_refuses_bad_values() {
         ),
         ("a retention of no time", json!({"retention": "0d"})),
         ("a retention under a second", json!({"retention": "500ms"})),
+        (
+            "an exec command with a comma (the server splits on them)",
+            json!({"exec": {"enabled": true, "commands": ["python3,perl"]}}),
+        ),
+        (
+            "exec commands as a string",
+            json!({"exec": {"commands": "python3"}}),
+        ),
+        (
+            "an unknown propagator",
+            json!({"otel": {"propagators": "tracecontext,zipkin"}}),
+        ),
     ];
     for (what, over) in refused {
         let values = values_with(over.clone());
@@ -899,6 +807,9 @@ fn the_schema_refuses_bad_values() {
         json!({"retention": ""}),
         json!({"retention": "30d"}),
         json!({"retention": "12h"}),
+        json!({"exec": {"enabled": true, "commands": ["python3", "/opt/bin/encode"]}}),
+        json!({"otel": {"propagators": "b3multi"}}),
+        json!({"otel": {"propagators": "tracecontext,baggage,b3"}}),
     ];
     for over in accepted {
         let values = values_with(over.clone());
@@ -944,5 +855,47 @@ fn the_lease_timeout_pattern_agrees_with_the_server() {
             pattern.is_match(v) && server_accepts(v),
             "{v:?} should be accepted"
         );
+    }
+}
+
+/// Every OTEL_PROPAGATORS the schema accepts is one the server accepts.
+#[test]
+fn the_propagators_pattern_agrees_with_the_server() {
+    let schema: Value =
+        serde_json::from_str(&read(&repo("helm/jobvisor/values.schema.json"))).unwrap();
+    let pattern = schema["properties"]["otel"]["properties"]["propagators"]["pattern"]
+        .as_str()
+        .expect("otel.propagators has a pattern");
+    let pattern = Regex::new(pattern).unwrap();
+    let server_accepts = |v: &str| jobvisor::telemetry::propagation::from_setting(Some(v)).is_ok();
+    let candidates = [
+        "",
+        "tracecontext",
+        "baggage",
+        "b3",
+        "b3multi",
+        "none",
+        "tracecontext,baggage",
+        "tracecontext,baggage,b3multi",
+        "b3,b3multi",
+        "zipkin",
+        "jaeger",
+        "b3,",
+        ",b3",
+        "b3 ,b3multi",
+        "none,b3",
+        "B3",
+        "xray",
+    ];
+    for v in candidates {
+        if pattern.is_match(v) {
+            assert!(
+                server_accepts(v),
+                "the schema accepts propagators {v:?}, the server does not"
+            );
+        }
+    }
+    for v in ["", "b3", "b3multi", "tracecontext,baggage", "none"] {
+        assert!(pattern.is_match(v) && server_accepts(v), "{v:?}");
     }
 }

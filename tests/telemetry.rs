@@ -399,3 +399,204 @@ async fn metrics_match_the_job_and_logs_carry_its_id() {
         assert!(in_fields || in_span, "{line}");
     }
 }
+
+/// A server exporting to `collector`, with `OTEL_PROPAGATORS` set to
+/// `propagators` (unset when `None`) and `args`.
+async fn traced_server(collector: &Collector, propagators: Option<&str>, args: &[&str]) -> Server {
+    let otlp = collector.start().await;
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+    ];
+    env.extend(propagators.map(|p| ("OTEL_PROPAGATORS", p.to_string())));
+    Server::start(args, &env).await
+}
+
+/// Request metadata: header names and values.
+type Headers = Vec<(&'static str, String)>;
+
+/// The span of a ListJobs call made with `headers`, as exported.
+async fn list_jobs_span(
+    server: &Server,
+    collector: &Collector,
+    headers: &[(&'static str, String)],
+) -> Span {
+    let mut client = server.client().await;
+    let mut request = tonic::Request::new(pb::ListJobsRequest::default());
+    for (name, value) in headers {
+        request.metadata_mut().insert(*name, value.parse().unwrap());
+    }
+    client.list_jobs(request).await.unwrap();
+    collector
+        .wait_for("for ListJobs", |s| {
+            s.name == "jobvisor.v1.JobService/ListJobs"
+        })
+        .await
+}
+
+/// OTEL_PROPAGATORS picks the formats a call's trace context is read in:
+/// B3 (one header or several) joins the caller's trace when asked for, and
+/// a format not asked for (or `none`) starts a trace of its own.
+#[tokio::test]
+async fn calls_join_the_callers_trace_in_the_configured_format() {
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let traceparent = ("traceparent", format!("00-{trace_id}-{parent_id}-01"));
+    let b3 = ("b3", format!("{trace_id}-{parent_id}-1"));
+    let b3multi = [
+        ("x-b3-traceid", trace_id.to_string()),
+        ("x-b3-spanid", parent_id.to_string()),
+        ("x-b3-sampled", "1".to_string()),
+    ];
+    let cases: Vec<(&str, Headers, bool)> = vec![
+        ("b3", vec![b3.clone()], true),
+        ("b3multi", b3multi.to_vec(), true),
+        // B3's readers take both forms, the single header first.
+        ("b3multi", vec![b3.clone()], true),
+        ("tracecontext,b3", vec![b3.clone()], true),
+        ("b3", vec![traceparent.clone()], false),
+        ("none", vec![traceparent.clone(), b3.clone()], false),
+    ];
+    for (propagators, headers, joins) in cases {
+        let collector = Collector::default();
+        let server = traced_server(&collector, Some(propagators), &[]).await;
+        let span = list_jobs_span(&server, &collector, &headers).await;
+        let what = format!("OTEL_PROPAGATORS={propagators} with {headers:?}");
+        if joins {
+            assert_eq!(hex(&span.trace_id), trace_id, "{what}: the caller's trace");
+            assert_eq!(
+                hex(&span.parent_span_id),
+                parent_id,
+                "{what}: the caller's span"
+            );
+        } else {
+            assert_ne!(hex(&span.trace_id), trace_id, "{what}: a trace of its own");
+            assert!(span.parent_span_id.is_empty(), "{what}: a root span");
+        }
+        server.stop().await;
+    }
+}
+
+/// A propagator the server does not know stops it at start-up, with a
+/// message naming the setting and the name.
+#[tokio::test]
+async fn an_unknown_propagator_is_refused_at_start_up() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobvisor"))
+        .arg("serve")
+        .env("OTEL_PROPAGATORS", "tracecontext,zipkin")
+        .env("JOBVISOR_LISTEN", "127.0.0.1:0")
+        .env("JOBVISOR_METRICS_LISTEN", "off")
+        .env("DATABASE_URL", admin_url())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), output)
+        .await
+        .expect("the server should refuse to start, not serve")
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("OTEL_PROPAGATORS") && stderr.contains("\"zipkin\""),
+        "{stderr}"
+    );
+}
+
+/// Runs one `exec` item whose program reports what it finds in the
+/// variables `shown` as its result, `[A] [B]…`.
+async fn exec_result(server: &Server, shown: &[&str]) -> (pb::Job, String) {
+    let script = shown
+        .iter()
+        .map(|v| format!("[${v}]"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let request = pb::StartJobRequest {
+        name: "child-trace".into(),
+        executor: "exec".into(),
+        items: vec!["one".into()],
+        params: [
+            ("command".to_string(), "/bin/sh".to_string()),
+            (
+                "args".into(),
+                serde_json::json!(["-c", format!("echo \"@result {script}\"")]).to_string(),
+            ),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let mut client = server.client().await;
+    let job = run_job(&mut client, tonic::Request::new(request)).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let items = client
+        .list_job_items(pb::ListJobItemsRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    (job, items[0].result.clone())
+}
+
+/// The program an item runs gets the item's trace context: the trace is
+/// the item's and the parent span is the item's span, as exported, so the
+/// program's own spans sit under it. In the format OTEL_PROPAGATORS names.
+#[tokio::test]
+async fn exec_programs_get_their_items_trace_context() {
+    let collector = Collector::default();
+    let server = traced_server(&collector, None, &["--allow-exec"]).await;
+    let (job, result) = exec_result(&server, &["TRACEPARENT", "B3"]).await;
+    let item = collector
+        .wait_for("for the item", |s| {
+            s.name == "item" && attribute(s, "job_id").as_deref() == Some(job.id.as_str())
+        })
+        .await;
+    let (trace, span) = (hex(&item.trace_id), hex(&item.span_id));
+    assert_eq!(result, format!("[00-{trace}-{span}-01] []"));
+    server.stop().await;
+
+    let collector = Collector::default();
+    let server = traced_server(&collector, Some("b3multi,b3"), &["--allow-exec"]).await;
+    let (job, result) = exec_result(
+        &server,
+        &[
+            "X_B3_TRACEID",
+            "X_B3_SPANID",
+            "X_B3_SAMPLED",
+            "B3",
+            "TRACEPARENT",
+        ],
+    )
+    .await;
+    let item = collector
+        .wait_for("for the item", |s| {
+            s.name == "item" && attribute(s, "job_id").as_deref() == Some(job.id.as_str())
+        })
+        .await;
+    let (trace, span) = (hex(&item.trace_id), hex(&item.span_id));
+    assert_eq!(
+        result,
+        format!("[{trace}] [{span}] [1] [{trace}-{span}-1] []")
+    );
+    server.stop().await;
+}
+
+/// Without tracing there is no context to pass, and a program never gets
+/// one the server itself inherited: it would name an unrelated trace.
+#[tokio::test]
+async fn exec_programs_get_no_stale_trace_context() {
+    let server = Server::start(
+        &["--allow-exec"],
+        &[
+            (
+                "TRACEPARENT",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            ),
+            ("TRACESTATE", "vendor=x".into()),
+        ],
+    )
+    .await;
+    let (_, result) = exec_result(&server, &["TRACEPARENT", "TRACESTATE"]).await;
+    assert_eq!(result, "[] []");
+    server.stop().await;
+}

@@ -4,7 +4,9 @@
 //! - the item on stdin (then stdin is closed), and in `JOBVISOR_ITEM`;
 //! - `JOBVISOR_ITEM_INDEX`, `JOBVISOR_ATTEMPT` (from 1), `JOBVISOR_JOB_ID`,
 //!   and `JOBVISOR_CHECKPOINT` with the last saved checkpoint (absent when
-//!   there is none), so a resumed item continues where it stopped.
+//!   there is none), so a resumed item continues where it stopped;
+//! - with tracing on, the item's trace context in `TRACEPARENT` (and
+//!   `TRACESTATE`; `B3` or `X_B3_*` with `OTEL_PROPAGATORS=b3`/`b3multi`).
 //!
 //! What it reports, one line each on stdout (see [`super::protocol`]):
 //! `@checkpoint <text>`, `@progress <fraction>` or `@progress <done>/<total>`,
@@ -289,6 +291,14 @@ impl ItemHandler for Launch {
         }
         if let Some(cwd) = &self.cwd {
             command.current_dir(cwd);
+        }
+        // The item's trace context (TRACEPARENT…), so the program's own
+        // spans join the item's trace; never one inherited from the server.
+        for (name, value) in crate::telemetry::propagation::current_span_environment() {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
         }
         let mut child = command.spawn().map_err(|e| {
             let what = format!("cannot run {:?}: {e}", exec.command);

@@ -8,8 +8,14 @@
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME`,
 //!   `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER[_ARG]`…). With no
 //!   endpoint set (or `OTEL_SDK_DISABLED=true`) no tracing layer is
-//!   installed at all: no cost.
+//!   installed at all: no cost. Calls join their caller's trace in the
+//!   formats `OTEL_PROPAGATORS` names (W3C trace context and baggage by
+//!   default, B3 on request), and the programs `exec` runs get their
+//!   item's trace context in `TRACEPARENT` (see [`propagation`]).
 //! - Metrics: Prometheus exposition at `http://<--metrics-listen>/metrics`.
+
+mod b3;
+pub mod propagation;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use opentelemetry::trace::TracerProvider as _;
@@ -75,11 +81,12 @@ fn tracer_provider() -> anyhow::Result<Option<SdkTracerProvider>> {
 }
 
 /// Installs logging (and tracing export when configured). A second call
-/// does nothing.
+/// does nothing. Refuses an `OTEL_PROPAGATORS` it does not know.
 pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
+    let propagators = std::env::var("OTEL_PROPAGATORS").ok();
+    opentelemetry::global::set_text_map_propagator(propagation::from_setting(
+        propagators.as_deref(),
+    )?);
     let filter = || {
         EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,ractor=warn"))
