@@ -77,7 +77,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        println!(
+        say!(
             "# {} cores, PostgreSQL {} ({})",
             context.cores,
             context.postgres,
@@ -102,7 +102,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
                 if !args.json {
-                    println!(
+                    say!(
                         "throughput: {} items, concurrency {}: start {:.3}s, run {:.3}s, {:.0} items/s end to end ({:.0}/s after start), peak RSS {:.1} MiB",
                         r.items,
                         r.concurrency,
@@ -124,7 +124,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                         .total_cmp(&(b.items_per_second - median(&rates)).abs())
                 })
                 .expect("at least one run");
-            println!(
+            say!(
                 "{}",
                 json!({"scenario": "throughput", "runs": results.len(), "median": best,
                        "all_items_per_second": rates, "context": context})
@@ -166,7 +166,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 &server_args,
             )
             .await?;
-            println!(
+            say!(
                 "{}",
                 json!({"system": if args.pipelined_acks { "jobvisor-pipelined" } else { "jobvisor" },
                        "items": items, "concurrency": concurrency,
@@ -189,10 +189,10 @@ fn report(
 ) {
     if !json {
         for line in human {
-            println!("{line}");
+            say!("{line}");
         }
     }
-    println!(
+    say!(
         "{}",
         json!({"scenario": scenario, "result": result, "context": context})
     );

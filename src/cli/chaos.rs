@@ -81,18 +81,18 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let verdict = chaos::run(&config).await?;
-    println!("{}", verdict.line());
+    say!("{}", verdict.line());
     for (code, took) in &verdict.drains {
-        println!("  SIGTERM drain: exit {code:?} in {took:.2?}");
+        say!("  SIGTERM drain: exit {code:?} in {took:.2?}");
     }
     for (code, took) in &verdict.outage_calls {
-        println!("  call during database outage: {code} after {took:.2?}");
+        say!("  call during database outage: {code} after {took:.2?}");
     }
     for problem in &verdict.problems {
-        println!("  problem: {problem}");
+        say!("  problem: {problem}");
     }
     if let Some(dir) = &verdict.kept {
-        println!("  server log and execution log kept in {}", dir.display());
+        say!("  server log and execution log kept in {}", dir.display());
     }
     Ok(if verdict.passed() {
         ExitCode::SUCCESS

@@ -194,22 +194,24 @@ fn counts_text(c: &Option<pb::ItemCounts>) -> String {
 
 pub fn print_job(j: &pb::Job, json: bool) {
     if json {
-        println!("{}", job_json(j));
+        say!("{}", job_json(j));
         return;
     }
-    println!("id:        {}", j.id);
-    println!("name:      {}", j.name);
-    println!("state:     {}", job_state_name(j.state));
-    println!(
+    say!("id:        {}", j.id);
+    say!("name:      {}", j.name);
+    say!("state:     {}", job_state_name(j.state));
+    say!(
         "executor:  {} (concurrency {}, max attempts {})",
-        j.executor, j.concurrency, j.max_attempts
+        j.executor,
+        j.concurrency,
+        j.max_attempts
     );
-    println!("items:     {}", counts_text(&j.counts));
+    say!("items:     {}", counts_text(&j.counts));
     for line in j.policy.as_ref().map(policy_lines).unwrap_or_default() {
-        println!("{line}");
+        say!("{line}");
     }
     if !j.last_error.is_empty() {
-        println!("error:     {}", j.last_error);
+        say!("error:     {}", j.last_error);
     }
     for p in &j.pauses {
         let reason = if p.reason.is_empty() {
@@ -228,7 +230,7 @@ pub fn print_job(j: &pb::Job, json: bool) {
             (None, Some(at)) if paused_now => format!("resumes by itself at {at}"),
             _ => "resumed -".into(),
         };
-        println!(
+        say!(
             "paused:    {} at {}{}, {}",
             pause_mode_name(p.mode).to_lowercase(),
             time(&p.request_time).as_str().unwrap_or("?"),
@@ -241,19 +243,22 @@ pub fn print_job(j: &pb::Job, json: bool) {
 pub fn print_jobs(page: &pb::ListJobsResponse, json: bool) {
     if json {
         let jobs: Vec<Value> = page.jobs.iter().map(job_json).collect();
-        println!(
+        say!(
             "{}",
             json!({"jobs": jobs, "next_page_token": page.next_page_token})
         );
         return;
     }
-    println!(
+    say!(
         "{:<36}  {:<10}  {:>9}  {:>9}  NAME",
-        "ID", "STATE", "DONE", "TOTAL"
+        "ID",
+        "STATE",
+        "DONE",
+        "TOTAL"
     );
     for j in &page.jobs {
         let c = j.counts.unwrap_or_default();
-        println!(
+        say!(
             "{:<36}  {:<10}  {:>9}  {:>9}  {}",
             j.id,
             job_state_name(j.state),
@@ -263,7 +268,7 @@ pub fn print_jobs(page: &pb::ListJobsResponse, json: bool) {
         );
     }
     if !page.next_page_token.is_empty() {
-        println!("(more: --page-token {})", page.next_page_token);
+        say!("(more: --page-token {})", page.next_page_token);
     }
 }
 
@@ -281,15 +286,18 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
                        "retry_time": time(&i.retry_time)})
             })
             .collect();
-        println!(
+        say!(
             "{}",
             json!({"items": items, "next_page_token": page.next_page_token})
         );
         return;
     }
-    println!(
+    say!(
         "{:>7}  {:<9}  {:>8}  {:<12}  PAYLOAD / ERROR",
-        "INDEX", "STATE", "ATTEMPTS", "CHECKPOINT"
+        "INDEX",
+        "STATE",
+        "ATTEMPTS",
+        "CHECKPOINT"
     );
     for i in &page.items {
         let checkpoint: String = String::from_utf8_lossy(&i.checkpoint)
@@ -305,7 +313,7 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
         if let Some(at) = time(&i.retry_time).as_str() {
             error.push_str(&format!("  (retry at {at})"));
         }
-        println!(
+        say!(
             "{:>7}  {:<9}  {:>8}  {:<12}  {}{}",
             i.index,
             item_state_name(i.state),
@@ -316,14 +324,14 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
         );
     }
     if !page.next_page_token.is_empty() {
-        println!("(more: --page-token {})", page.next_page_token);
+        say!("(more: --page-token {})", page.next_page_token);
     }
 }
 
 pub fn print_outcomes(answer: &pb::ControlJobsResponse, json: bool) {
     for o in &answer.outcomes {
         if json {
-            println!(
+            say!(
                 "{}",
                 json!({"job_id": o.job_id, "state": o.job.as_ref().map(|j| job_state_name(j.state)),
                        "error_code": o.error_code, "error_message": o.error_message})
@@ -334,11 +342,13 @@ pub fn print_outcomes(answer: &pb::ControlJobsResponse, json: bool) {
                 .as_ref()
                 .map(|j| job_state_name(j.state))
                 .unwrap_or_default();
-            println!("{}  {state}", o.job_id);
+            say!("{}  {state}", o.job_id);
         } else {
-            println!(
+            say!(
                 "{}  refused: {} {}",
-                o.job_id, o.error_code, o.error_message
+                o.job_id,
+                o.error_code,
+                o.error_message
             );
         }
     }
@@ -402,7 +412,7 @@ impl WatchView {
     /// Prints a line without breaking the bar.
     pub fn note(&mut self, line: &str) {
         if self.json {
-            println!("{}", json!({"note": line}));
+            say!("{}", json!({"note": line}));
         } else {
             match &self.bar {
                 Some(bar) => bar.println(line),
@@ -416,7 +426,7 @@ impl WatchView {
         use pb::job_event::Kind;
         let Some(kind) = &event.kind else { return None };
         if self.json {
-            println!("{}", event_json(event));
+            say!("{}", event_json(event));
         }
         match kind {
             Kind::Snapshot(job) => {

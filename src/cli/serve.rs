@@ -4,6 +4,7 @@
 
 use crate::api::{auth::Tokens, guard::GuardConfig};
 use crate::{
+    engine::host_name,
     executor::{Registry, exec::CommandPolicy},
     server, telemetry,
 };
@@ -253,11 +254,14 @@ impl ServeArgs {
                 Some(id) => id.trim().to_string(),
                 None => format!("{}:{}", host_name(), self.listen.port()),
             };
+            config.engine.runner.server = replica.clone();
             let mut cluster = crate::engine::ClusterConfig::new(replica);
             cluster.lease_timeout = self.lease_timeout;
             config.cluster = Some(cluster);
         } else if self.replica_id.is_some() {
             anyhow::bail!("--replica-id (JOBVISOR_REPLICA_ID) needs --multi-replica");
+        } else {
+            config.engine.runner.server = format!("{}:{}", host_name(), self.listen.port());
         }
         config.guard = GuardConfig {
             tokens: match &self.auth_tokens {
@@ -315,14 +319,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let result = server::serve(config, registry, listener, shutdown_signal()).await;
     telemetry.shutdown();
     result
-}
-
-/// This host's name (the pod name on Kubernetes).
-fn host_name() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Reloads the token file on every SIGHUP; a bad file keeps the old one.

@@ -28,7 +28,7 @@ pub use writer::{WriteError, Writer};
 use crate::{
     domain::{
         Command, Decision, FieldViolation, Item, Job, JobId, JobSpec, JobState, Limits, NewJob,
-        PauseMode, Provenance, Refusal, decide,
+        PauseMode, Provenance, Refusal, Runner, decide,
         page::{ItemCursor, JobCursor},
     },
     executor::{ItemHandler, PrepareError, Registry},
@@ -72,6 +72,27 @@ pub struct EngineConfig {
     /// Ended jobs older than this are deleted (none: kept until a
     /// DeleteJob call).
     pub retention: Option<Duration>,
+    /// This server, as GetJob names it as the runner of its live jobs
+    /// (single-server mode; a replica's jobs name their lease holder).
+    pub runner: Runner,
+}
+
+/// This process as a runner of jobs, named `server`, started now.
+pub fn this_process(server: impl Into<String>) -> Runner {
+    Runner {
+        server: server.into(),
+        host: host_name(),
+        pid: std::process::id(),
+        since: chrono::Utc::now(),
+    }
+}
+
+/// This host's name (the pod name on Kubernetes).
+pub fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl EngineConfig {
@@ -98,6 +119,7 @@ impl Default for EngineConfig {
             pipelined_acks: false,
             pipeline_depth: 32,
             retention: None,
+            runner: this_process(host_name()),
         }
     }
 }

@@ -7,6 +7,7 @@ mod batch;
 mod jobs;
 mod leases;
 mod rows;
+pub mod runner_lock;
 
 use super::{ItemQuery, JobQuery, Page, Store, StoreError};
 use crate::domain::{
@@ -35,6 +36,9 @@ pub struct PgConfig {
     /// Several replicas share the database: committed job changes are
     /// announced with NOTIFY (multi-replica mode).
     pub announce_changes: bool,
+    /// The `application_name` of every session: names this server in
+    /// `pg_stat_activity` (see [`runner_lock::application_name`]).
+    pub application_name: String,
 }
 
 /// The URL with its password replaced, for anything that prints it.
@@ -59,6 +63,7 @@ impl std::fmt::Debug for PgConfig {
             .field("acquire_timeout", &self.acquire_timeout)
             .field("writer_connections", &self.writer_connections)
             .field("announce_changes", &self.announce_changes)
+            .field("application_name", &self.application_name)
             .finish()
     }
 }
@@ -71,6 +76,7 @@ impl PgConfig {
             acquire_timeout: Duration::from_secs(3),
             writer_connections: 2,
             announce_changes: false,
+            application_name: "jobvisor".into(),
         }
     }
 }
@@ -88,11 +94,7 @@ impl PgStore {
     /// embedded migrations. Migrations take a PostgreSQL advisory lock, so
     /// several servers starting at once apply them once.
     pub async fn connect(config: &PgConfig) -> Result<PgStore, StoreError> {
-        let mut options = PgConnectOptions::from_str(&config.url)
-            .map_err(|e| StoreError::Internal(format!("invalid database URL: {}", redact(&e))))?
-            .application_name("jobvisor")
-            .log_statements(tracing::log::LevelFilter::Trace)
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        let mut options = connect_options(config)?;
         if config.announce_changes {
             // Read by the jobs_changed trigger (migrations/postgres/0005).
             options = options.options([("jobvisor.notify", "on")]);
@@ -128,6 +130,15 @@ impl PgStore {
                 other => StoreError::Internal(format!("migration failed: {other}")),
             })
     }
+}
+
+/// The options of every connection of `config`.
+fn connect_options(config: &PgConfig) -> Result<PgConnectOptions, StoreError> {
+    Ok(PgConnectOptions::from_str(&config.url)
+        .map_err(|e| StoreError::Internal(format!("invalid database URL: {}", redact(&e))))?
+        .application_name(&config.application_name)
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
 }
 
 /// Whether a failed sqlx call may succeed later. Connection loss, pool
