@@ -109,6 +109,22 @@ where
     F: FnOnce(Arc<PgStore>) -> Fut,
     Fut: Future<Output = ()>,
 {
+    on_postgres_database(|url| async move {
+        let store = PgStore::connect(&PgConfig::new(url))
+            .await
+            .expect("connect to the test database and migrate");
+        scenario(Arc::new(store)).await;
+    })
+    .await
+}
+
+/// Runs `scenario` with the URL of a fresh database (not migrated),
+/// dropped afterwards.
+pub async fn on_postgres_database<F, Fut>(scenario: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut admin = admin().await;
     sweep_stale(&mut admin).await;
     let name = format!(
@@ -121,14 +137,7 @@ where
         .await
         .expect("create the test database");
     let url = with_database(&admin_url(), &name);
-    let result = AssertUnwindSafe(async {
-        let store = PgStore::connect(&PgConfig::new(url))
-            .await
-            .expect("connect to the test database and migrate");
-        scenario(Arc::new(store)).await;
-    })
-    .catch_unwind()
-    .await;
+    let result = AssertUnwindSafe(scenario(url)).catch_unwind().await;
     let dropped = admin
         .execute(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"

@@ -13,6 +13,7 @@ mod postgres_batch_paths;
 mod postgres_integrity;
 mod postgres_leases;
 mod postgres_pool;
+mod postgres_runner_lock;
 mod scenarios;
 mod sqlite_only;
 
