@@ -94,6 +94,10 @@ pub fn job_json(j: &pb::Job) -> Value {
         "can_pause": j.can_pause, "can_resume": j.can_resume, "can_cancel": j.can_cancel,
         "last_error": j.last_error, "last_sequence": j.last_sequence,
         "request_id": j.request_id, "policy": policy_json(j.policy.as_ref()),
+        "owner": j.owner.as_ref().map(|o| json!({
+            "server": o.server, "host": o.host, "pid": o.pid,
+            "since_time": time(&o.since_time),
+        })),
     })
 }
 
@@ -184,6 +188,27 @@ fn rate_words(limit: u32, period: &Option<prost_types::Duration>) -> String {
     )
 }
 
+/// `host:port (host h, pid 42) since T`: who runs a live job.
+fn owner_text(o: &pb::JobOwner) -> String {
+    let mut process = Vec::new();
+    if !o.host.is_empty() {
+        process.push(format!("host {}", o.host));
+    }
+    if o.pid != 0 {
+        process.push(format!("pid {}", o.pid));
+    }
+    let process = if process.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", process.join(", "))
+    };
+    let since = time(&o.since_time)
+        .as_str()
+        .map(|t| format!(" since {t}"))
+        .unwrap_or_default();
+    format!("{}{process}{since}", o.server)
+}
+
 fn counts_text(c: &Option<pb::ItemCounts>) -> String {
     let c = c.unwrap_or_default();
     format!(
@@ -207,6 +232,9 @@ pub fn print_job(j: &pb::Job, json: bool) {
         j.max_attempts
     );
     say!("items:     {}", counts_text(&j.counts));
+    if let Some(owner) = &j.owner {
+        say!("owner:     {}", owner_text(owner));
+    }
     for line in j.policy.as_ref().map(policy_lines).unwrap_or_default() {
         say!("{line}");
     }
@@ -637,6 +665,29 @@ mod tests {
             json!("2026-12-07T06:00:00+00:00")
         );
         assert_eq!(json["pauses"][0]["resume_time"], Value::Null);
+    }
+
+    #[test]
+    fn the_owner_of_a_live_job_is_shown_with_its_process() {
+        let owner = pb::JobOwner {
+            server: "db-1:50051".into(),
+            host: "db-1".into(),
+            pid: 4242,
+            since_time: Some(prost_types::Timestamp {
+                seconds: 1_796_623_200,
+                nanos: 0,
+            }),
+        };
+        assert_eq!(
+            owner_text(&owner),
+            "db-1:50051 (host db-1, pid 4242) since 2026-12-07T06:00:00+00:00"
+        );
+        let job = pb::Job {
+            owner: Some(owner),
+            ..Default::default()
+        };
+        assert_eq!(job_json(&job)["owner"]["pid"], json!(4242));
+        assert_eq!(job_json(&pb::Job::default())["owner"], Value::Null);
     }
 
     #[test]

@@ -710,6 +710,22 @@ impl Engine {
         Ok(self.rt.store.get_job(id).await?)
     }
 
+    /// Who runs `job` (none unless it is RUNNING, PAUSING or CANCELLING):
+    /// this server in single-server mode (which alone runs the jobs of
+    /// its store), the lease holder in multi-replica mode.
+    pub async fn runner_of(&self, job: &Job) -> Result<Option<Runner>, EngineError> {
+        if !matches!(
+            job.state,
+            JobState::Running | JobState::Pausing | JobState::Cancelling
+        ) {
+            return Ok(None);
+        }
+        match &self.cluster {
+            Some(cluster) => Ok(cluster.leases.runner(job.id).await?),
+            None => Ok(Some(self.rt.config.runner.running_since(job.created_at))),
+        }
+    }
+
     pub async fn list_jobs(&self, query: &JobQuery) -> Result<Page<Job, JobCursor>, EngineError> {
         Ok(self.rt.store.list_jobs(query).await?)
     }
