@@ -240,8 +240,9 @@ async fn take(
         }
         let holders = holders(conn).await?;
         let own = current_name(conn).await?;
-        let only_ours = holders.iter().all(|h| h.name == own);
-        if !holders.is_empty() && !(again && only_ours) && Instant::now() >= deadline {
+        // Our own previous session still excludes the others: wait for it.
+        let ours = again && holders.iter().all(|h| process(&h.name) == process(&own));
+        if !holders.is_empty() && !ours && Instant::now() >= deadline {
             return Err(RunnerLockError::Held { mode, holders });
         }
         tokio::time::sleep(TICK).await;
@@ -277,6 +278,13 @@ async fn check_others(
     }
 }
 
+/// The `PID@HOST` of a server's `application_name`: sessions of one
+/// process (a server restarted within a process, e.g. when embedded, or
+/// its own earlier sessions) are never "another server".
+fn process(name: &str) -> Option<&str> {
+    name.split(' ').nth(2)
+}
+
 async fn current_name(conn: &mut PgConnection) -> Result<String, StoreError> {
     sqlx::query_scalar("SELECT current_setting('application_name')")
         .fetch_one(&mut *conn)
@@ -286,7 +294,7 @@ async fn current_name(conn: &mut PgConnection) -> Result<String, StoreError> {
 
 /// The sessions holding the lock, one line per server.
 async fn holders(conn: &mut PgConnection) -> Result<Vec<Holder>, StoreError> {
-    let rows: Vec<(Option<String>, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let rows: Vec<HolderRow> = sqlx::query_as(
         "SELECT coalesce(a.application_name, ''), min(host(a.client_addr)), \
              min(a.backend_start) \
          FROM pg_locks AS l LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid \
@@ -303,14 +311,16 @@ async fn holders(conn: &mut PgConnection) -> Result<Vec<Holder>, StoreError> {
     Ok(rows.into_iter().map(holder).collect())
 }
 
-/// Sessions of other servers that `mode` excludes: any other server's for
-/// a single server, single servers' for a replica.
+/// Sessions of other servers (other processes, see [`process`]) that
+/// `mode` excludes: any other server's for a single server, single
+/// servers' for a replica.
 async fn others(conn: &mut PgConnection, mode: RunnerMode) -> Result<Vec<Holder>, StoreError> {
-    let rows: Vec<(Option<String>, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let rows: Vec<HolderRow> = sqlx::query_as(
         "SELECT application_name, min(host(client_addr)), min(backend_start) \
          FROM pg_stat_activity \
          WHERE datname = current_database() \
-           AND application_name <> current_setting('application_name') \
+           AND split_part(application_name, ' ', 3) \
+               <> split_part(current_setting('application_name'), ' ', 3) \
            AND (application_name LIKE 'jobvisor serve %' \
                 OR ($1 AND application_name LIKE 'jobvisor replica %')) \
          GROUP BY 1 ORDER BY 1",
@@ -322,9 +332,10 @@ async fn others(conn: &mut PgConnection, mode: RunnerMode) -> Result<Vec<Holder>
     Ok(rows.into_iter().map(holder).collect())
 }
 
-fn holder(
-    (name, client, backend_start): (Option<String>, Option<String>, Option<DateTime<Utc>>),
-) -> Holder {
+/// `application_name`, client address, backend start.
+type HolderRow = (Option<String>, Option<String>, Option<DateTime<Utc>>);
+
+fn holder((name, client, backend_start): HolderRow) -> Holder {
     Holder {
         name: name.unwrap_or_default(),
         client,
@@ -362,7 +373,6 @@ mod tests {
     #[test]
     fn the_key_is_never_a_migration_lock_key() {
         // sqlx's keys are 0x3d32ad9e × a CRC-32: even.
-        assert_eq!(RUNNER_LOCK_KEY % 2, 1);
-        assert!(RUNNER_LOCK_KEY > 0);
+        const { assert!(RUNNER_LOCK_KEY % 2 == 1 && RUNNER_LOCK_KEY > 0) };
     }
 }
