@@ -24,7 +24,8 @@ pub struct ServeArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 
-    /// Where the embedded store keeps its file (without --database-url).
+    /// Where the embedded store keeps its file (without --database-url);
+    /// one server at a time (the directory is locked).
     #[arg(long, env = "JOBVISOR_DATA_DIR", default_value = "./jobvisor-data")]
     data_dir: PathBuf,
 
@@ -154,7 +155,9 @@ pub struct ServeArgs {
     /// Several replicas share the PostgreSQL database: each live job is
     /// owned by one replica through a lease, control calls reach the owner
     /// wherever they land, and a replica that dies has its jobs adopted by
-    /// the others after --lease-timeout. Every replica needs it.
+    /// the others after --lease-timeout. Every server on the database needs
+    /// it: a server without it runs every job alone, and is refused beside
+    /// replicas (as they are beside it).
     #[arg(long, env = "JOBVISOR_MULTI_REPLICA")]
     multi_replica: bool,
 
