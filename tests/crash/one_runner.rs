@@ -339,3 +339,81 @@ async fn a_taken_metrics_port_names_the_setting_that_picks_another() {
         "{stderr}"
     );
 }
+
+/// A server whose lock connection is cut while another server takes the
+/// lock stops at once (exit non-zero), and runs nothing more.
+#[tokio::test]
+async fn a_server_that_lost_the_runner_lock_to_another_stops_at_once() {
+    use jobvisor::store::postgres::runner_lock::RUNNER_LOCK_KEY;
+    use sqlx::{ConnectOptions, postgres::PgConnectOptions};
+    use std::str::FromStr;
+    let name = format!("jv_lost_lock_{}", std::process::id());
+    let url = fresh_database(&name).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let spec = spec(&url, None, log.clone());
+    let mut server = ServerProcess::start(&spec).await.unwrap();
+    let job = connect(spec.addr)
+        .await
+        .start_job(sleep_job(40, 300))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_succeeded(spec.addr, &job.id, 2).await;
+
+    // Cut every session of the server, and take the lock first.
+    let mut usurper = PgConnectOptions::from_str(&url)
+        .unwrap()
+        .application_name("jobvisor serve 1@usurper 2026-12-07T01:47:02Z")
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name LIKE $1",
+    )
+    .bind(format!("jobvisor serve {}@%", server.pid()))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let took = async {
+        while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+            .bind(RUNNER_LOCK_KEY)
+            .fetch_one(&mut usurper)
+            .await
+            .unwrap()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), took)
+        .await
+        .expect("the usurper takes the lock");
+
+    let status = server
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .unwrap()
+        .expect("the server stops");
+    assert!(!status.success(), "{status}");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("lost the runner lock"), "{said}");
+    assert!(said.contains("1@usurper"), "{said}");
+    // It runs nothing more: the items stay as it left them.
+    let snapshot = "SELECT count(*) FILTER (WHERE state = 2), max(updated_at)::text \
+                    FROM items WHERE job_id = $1::uuid";
+    let before: (i64, Option<String>) = sqlx::query_as(snapshot)
+        .bind(&job.id)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let after: (i64, Option<String>) = sqlx::query_as(snapshot)
+        .bind(&job.id)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    assert!(before.0 < 40, "the job did not run to its end elsewhere");
+}
