@@ -115,6 +115,12 @@ impl ServerConfig {
 /// checkpoint and are committed (within the grace period), and the
 /// function returns. Jobs stay RUNNING in the store.
 ///
+/// One runner per job (docs/DESIGN.md): on PostgreSQL the server takes
+/// the runner lock before the engine adopts a job, and returns an error
+/// if another server's mode excludes it, or, later, if it lost the lock
+/// to another server (the engine is dropped then, at once); the embedded
+/// store's data directory is locked before its file is opened.
+///
 /// The engine (its actors, the group committer, and the work of StartJob
 /// and the control calls) runs on a runtime of its own, started here and
 /// stopped when this returns; the gRPC connections, and with them every
