@@ -18,8 +18,11 @@ use crate::{
     pb::{self, job_service_server::JobServiceServer},
     store::{
         Leases, Store,
-        postgres::{PgConfig, PgStore, redacted},
-        sqlite::SqliteStore,
+        postgres::{
+            PgConfig, PgStore, redacted,
+            runner_lock::{RUNNER_LOCK_KEY, RunnerLock, RunnerMode, application_name},
+        },
+        sqlite::{SqliteStore, dir_lock::DirLock},
     },
 };
 use anyhow::Context as _;
@@ -119,6 +122,12 @@ impl ServerConfig {
 /// checkpoint and are committed (within the grace period), and the
 /// function returns. Jobs stay RUNNING in the store.
 ///
+/// One runner per job (docs/DESIGN.md): on PostgreSQL the server takes
+/// the runner lock before the engine adopts a job, and returns an error
+/// if another server's mode excludes it, or, later, if it lost the lock
+/// to another server (the engine is dropped then, at once); the embedded
+/// store's data directory is locked before its file is opened.
+///
 /// The engine (its actors, the group committer, and the work of StartJob
 /// and the control calls) runs on a runtime of its own, started here and
 /// stopped when this returns; the gRPC connections, and with them every
@@ -131,28 +140,51 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (store, leases): (Arc<dyn Store>, Option<Arc<dyn Leases>>) = match &config.embedded {
+    match &config.embedded {
         Some(_) if config.cluster.is_some() => anyhow::bail!(
             "multi-replica mode (--multi-replica) needs PostgreSQL (--database-url / \
              DATABASE_URL): the embedded store serves one process only"
         ),
         Some(path) => {
             tracing::info!(path = %path.display(), "store: embedded (SQLite)");
-            (Arc::new(SqliteStore::open(path).await?), None)
+            // Before the file is opened: one process per data directory.
+            let dir = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => std::path::Path::new("."),
+            };
+            let _lock = DirLock::take(dir, config.engine.runner.since)?;
+            let store = Arc::new(SqliteStore::open(path).await?);
+            serve_on(config, store, None, registry, listener, shutdown).await
         }
         None => {
             tracing::info!(url = %redacted(&config.database.url), "store: PostgreSQL");
+            let mode = match config.cluster {
+                Some(_) => RunnerMode::Replica,
+                None => RunnerMode::Single,
+            };
             let mut database = config.database.clone();
             database.announce_changes = config.cluster.is_some();
+            database.application_name = application_name(mode, &config.engine.runner);
             let store = Arc::new(PgStore::connect(&database).await?);
+            // Before the engine adopts a single job: a server that may not
+            // run them stops here (docs/DESIGN.md, "One runner per job").
+            let lock = RunnerLock::acquire(&database, mode).await?;
+            tracing::info!(key = RUNNER_LOCK_KEY, ?mode, "runner lock taken");
             let leases: Option<Arc<dyn Leases>> = match config.cluster {
                 Some(_) => Some(store.clone()),
                 None => None,
             };
-            (store, leases)
+            tokio::select! {
+                result = serve_on(config, store, leases, registry, listener, shutdown) => result,
+                lost = lock.hold() => {
+                    tracing::error!(error = %lost, "runner lock lost: stopping at once");
+                    Err(anyhow::Error::new(lost).context(
+                        "this server lost the runner lock and stopped running jobs",
+                    ))
+                }
+            }
         }
-    };
-    serve_on(config, store, leases, registry, listener, shutdown).await
+    }
 }
 
 /// [`serve`] on a store of the caller's choosing.

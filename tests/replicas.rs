@@ -103,6 +103,11 @@ impl Replicas {
         std::fs::read_to_string(&self.specs[i].log).unwrap_or_default()
     }
 
+    /// The process id of replica `i`.
+    fn pid(&self, i: usize) -> u32 {
+        self.servers[i].as_ref().expect("replica running").pid()
+    }
+
     /// The replica whose lease on `job` is valid now.
     async fn owner(&self, job: &str) -> Option<usize> {
         let owner: Option<String> = sqlx::query_scalar(
@@ -276,6 +281,13 @@ async fn control_calls_reach_the_owner_wherever_they_land() {
     let mut at_other = r.client(other).await;
     let mut at_third = r.client(third).await;
     wait_progress(&mut at_owner, &job.id, 4).await;
+
+    // GetJob on any replica names the lease holder and its process.
+    let shown = get(&mut at_third, &job.id).await.owner.expect("an owner");
+    assert_eq!(shown.server, name(owner));
+    assert_eq!(shown.pid, r.pid(owner));
+    assert!(!shown.host.is_empty());
+    assert!(shown.since_time.is_some());
 
     // Pause through a replica that does not own the job.
     let asked = Instant::now();

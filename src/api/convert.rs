@@ -4,7 +4,7 @@
 use crate::{
     domain::{
         EventBody, FieldViolation, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobPolicy,
-        JobState, NewJob, PauseMode, PauseRecord, RateLimit, check_labels,
+        JobState, NewJob, PauseMode, PauseRecord, RateLimit, Runner, check_labels,
         page::{ItemCursor, JobCursor},
         spec::{MAX_REASON_CHARS, MAX_REQUEST_ID_CHARS, optional_text},
     },
@@ -244,6 +244,17 @@ pub fn job(j: &Job) -> pb::Job {
         last_sequence: j.last_seq,
         request_id: j.request_id.clone().unwrap_or_default(),
         policy: Some(policy(&j.policy)),
+        owner: None,
+    }
+}
+
+/// The runner of a live job (GetJob only).
+pub fn owner(r: &Runner) -> pb::JobOwner {
+    pb::JobOwner {
+        server: r.server.clone(),
+        host: r.host.clone(),
+        pid: r.pid,
+        since_time: Some(timestamp(r.since)),
     }
 }
 

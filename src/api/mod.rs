@@ -202,7 +202,11 @@ impl JobService for JobApi {
         if !caller(&request).sees(&job.labels) {
             return Err(EngineError::NotFound(id).into());
         }
-        Ok(Response::new(convert::job(&job)))
+        let owner = self.engine.runner_of(&job).await?;
+        Ok(Response::new(pb::Job {
+            owner: owner.as_ref().map(convert::owner),
+            ..convert::job(&job)
+        }))
     }
 
     async fn list_jobs(

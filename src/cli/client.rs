@@ -432,7 +432,7 @@ pub async fn delete(args: JobArgs) -> anyhow::Result<ExitCode> {
         .job
         .ok_or_else(|| anyhow::anyhow!("the server deleted the job but did not return it"))?;
     if !args.conn.json {
-        println!("deleted:");
+        say!("deleted:");
     }
     output::print_job(&job, args.conn.json);
     Ok(ExitCode::SUCCESS)

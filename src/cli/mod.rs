@@ -1,6 +1,8 @@
 //! The `jobvisor` command line: `serve` runs the service; the other
 //! subcommands are a client of any running server.
 
+#[macro_use]
+mod stdout;
 mod client;
 mod output;
 mod serve;

@@ -86,6 +86,10 @@ pub fn job_json(j: &pb::Job) -> Value {
         "can_pause": j.can_pause, "can_resume": j.can_resume, "can_cancel": j.can_cancel,
         "last_error": j.last_error, "last_sequence": j.last_sequence,
         "request_id": j.request_id, "policy": policy_json(j.policy.as_ref()),
+        "owner": j.owner.as_ref().map(|o| json!({
+            "server": o.server, "host": o.host, "pid": o.pid,
+            "since_time": time(&o.since_time),
+        })),
     })
 }
 
@@ -176,6 +180,27 @@ fn rate_words(limit: u32, period: &Option<prost_types::Duration>) -> String {
     )
 }
 
+/// `host:port (host h, pid 42) since T`: who runs a live job.
+fn owner_text(o: &pb::JobOwner) -> String {
+    let mut process = Vec::new();
+    if !o.host.is_empty() {
+        process.push(format!("host {}", o.host));
+    }
+    if o.pid != 0 {
+        process.push(format!("pid {}", o.pid));
+    }
+    let process = if process.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", process.join(", "))
+    };
+    let since = time(&o.since_time)
+        .as_str()
+        .map(|t| format!(" since {t}"))
+        .unwrap_or_default();
+    format!("{}{process}{since}", o.server)
+}
+
 fn counts_text(c: &Option<pb::ItemCounts>) -> String {
     let c = c.unwrap_or_default();
     format!(
@@ -186,22 +211,27 @@ fn counts_text(c: &Option<pb::ItemCounts>) -> String {
 
 pub fn print_job(j: &pb::Job, json: bool) {
     if json {
-        println!("{}", job_json(j));
+        say!("{}", job_json(j));
         return;
     }
-    println!("id:        {}", j.id);
-    println!("name:      {}", j.name);
-    println!("state:     {}", job_state_name(j.state));
-    println!(
+    say!("id:        {}", j.id);
+    say!("name:      {}", j.name);
+    say!("state:     {}", job_state_name(j.state));
+    say!(
         "executor:  {} (concurrency {}, max attempts {})",
-        j.executor, j.concurrency, j.max_attempts
+        j.executor,
+        j.concurrency,
+        j.max_attempts
     );
-    println!("items:     {}", counts_text(&j.counts));
+    say!("items:     {}", counts_text(&j.counts));
+    if let Some(owner) = &j.owner {
+        say!("owner:     {}", owner_text(owner));
+    }
     for line in j.policy.as_ref().map(policy_lines).unwrap_or_default() {
-        println!("{line}");
+        say!("{line}");
     }
     if !j.last_error.is_empty() {
-        println!("error:     {}", j.last_error);
+        say!("error:     {}", j.last_error);
     }
     for p in &j.pauses {
         let reason = if p.reason.is_empty() {
@@ -220,7 +250,7 @@ pub fn print_job(j: &pb::Job, json: bool) {
             (None, Some(at)) if paused_now => format!("resumes by itself at {at}"),
             _ => "resumed -".into(),
         };
-        println!(
+        say!(
             "paused:    {} at {}{}, {}",
             pause_mode_name(p.mode).to_lowercase(),
             time(&p.request_time).as_str().unwrap_or("?"),
@@ -233,19 +263,22 @@ pub fn print_job(j: &pb::Job, json: bool) {
 pub fn print_jobs(page: &pb::ListJobsResponse, json: bool) {
     if json {
         let jobs: Vec<Value> = page.jobs.iter().map(job_json).collect();
-        println!(
+        say!(
             "{}",
             json!({"jobs": jobs, "next_page_token": page.next_page_token})
         );
         return;
     }
-    println!(
+    say!(
         "{:<36}  {:<10}  {:>9}  {:>9}  NAME",
-        "ID", "STATE", "DONE", "TOTAL"
+        "ID",
+        "STATE",
+        "DONE",
+        "TOTAL"
     );
     for j in &page.jobs {
         let c = j.counts.unwrap_or_default();
-        println!(
+        say!(
             "{:<36}  {:<10}  {:>9}  {:>9}  {}",
             j.id,
             job_state_name(j.state),
@@ -255,7 +288,7 @@ pub fn print_jobs(page: &pb::ListJobsResponse, json: bool) {
         );
     }
     if !page.next_page_token.is_empty() {
-        println!("(more: --page-token {})", page.next_page_token);
+        say!("(more: --page-token {})", page.next_page_token);
     }
 }
 
@@ -273,15 +306,18 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
                        "retry_time": time(&i.retry_time)})
             })
             .collect();
-        println!(
+        say!(
             "{}",
             json!({"items": items, "next_page_token": page.next_page_token})
         );
         return;
     }
-    println!(
+    say!(
         "{:>7}  {:<9}  {:>8}  {:<12}  PAYLOAD / ERROR",
-        "INDEX", "STATE", "ATTEMPTS", "CHECKPOINT"
+        "INDEX",
+        "STATE",
+        "ATTEMPTS",
+        "CHECKPOINT"
     );
     for i in &page.items {
         let checkpoint: String = String::from_utf8_lossy(&i.checkpoint)
@@ -297,7 +333,7 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
         if let Some(at) = time(&i.retry_time).as_str() {
             error.push_str(&format!("  (retry at {at})"));
         }
-        println!(
+        say!(
             "{:>7}  {:<9}  {:>8}  {:<12}  {}{}",
             i.index,
             item_state_name(i.state),
@@ -308,14 +344,14 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
         );
     }
     if !page.next_page_token.is_empty() {
-        println!("(more: --page-token {})", page.next_page_token);
+        say!("(more: --page-token {})", page.next_page_token);
     }
 }
 
 pub fn print_outcomes(answer: &pb::ControlJobsResponse, json: bool) {
     for o in &answer.outcomes {
         if json {
-            println!(
+            say!(
                 "{}",
                 json!({"job_id": o.job_id, "state": o.job.as_ref().map(|j| job_state_name(j.state)),
                        "error_code": o.error_code, "error_message": o.error_message})
@@ -326,11 +362,13 @@ pub fn print_outcomes(answer: &pb::ControlJobsResponse, json: bool) {
                 .as_ref()
                 .map(|j| job_state_name(j.state))
                 .unwrap_or_default();
-            println!("{}  {state}", o.job_id);
+            say!("{}  {state}", o.job_id);
         } else {
-            println!(
+            say!(
                 "{}  refused: {} {}",
-                o.job_id, o.error_code, o.error_message
+                o.job_id,
+                o.error_code,
+                o.error_message
             );
         }
     }
@@ -394,7 +432,7 @@ impl WatchView {
     /// Prints a line without breaking the bar.
     pub fn note(&mut self, line: &str) {
         if self.json {
-            println!("{}", json!({"note": line}));
+            say!("{}", json!({"note": line}));
         } else {
             match &self.bar {
                 Some(bar) => bar.println(line),
@@ -408,7 +446,7 @@ impl WatchView {
         use pb::job_event::Kind;
         let Some(kind) = &event.kind else { return None };
         if self.json {
-            println!("{}", event_json(event));
+            say!("{}", event_json(event));
         }
         match kind {
             Kind::Snapshot(job) => {
@@ -619,6 +657,29 @@ mod tests {
             json!("2026-12-07T06:00:00+00:00")
         );
         assert_eq!(json["pauses"][0]["resume_time"], Value::Null);
+    }
+
+    #[test]
+    fn the_owner_of_a_live_job_is_shown_with_its_process() {
+        let owner = pb::JobOwner {
+            server: "db-1:50051".into(),
+            host: "db-1".into(),
+            pid: 4242,
+            since_time: Some(prost_types::Timestamp {
+                seconds: 1_796_623_200,
+                nanos: 0,
+            }),
+        };
+        assert_eq!(
+            owner_text(&owner),
+            "db-1:50051 (host db-1, pid 4242) since 2026-12-07T06:00:00+00:00"
+        );
+        let job = pb::Job {
+            owner: Some(owner),
+            ..Default::default()
+        };
+        assert_eq!(job_json(&job)["owner"]["pid"], json!(4242));
+        assert_eq!(job_json(&pb::Job::default())["owner"], Value::Null);
     }
 
     #[test]

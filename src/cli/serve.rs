@@ -4,6 +4,7 @@
 
 use crate::api::{auth::Tokens, guard::GuardConfig};
 use crate::{
+    engine::host_name,
     executor::{
         Registry,
         exec::{CommandPolicy, ExecExecutor, ExecSettings, ExecSetupError},
@@ -26,7 +27,8 @@ pub struct ServeArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
 
-    /// Where the embedded store keeps its file (without --database-url).
+    /// Where the embedded store keeps its file (without --database-url);
+    /// one server at a time (the directory is locked).
     #[arg(long, env = "JOBVISOR_DATA_DIR", default_value = "./jobvisor-data")]
     data_dir: PathBuf,
 
@@ -211,7 +213,9 @@ pub struct ServeArgs {
     /// Several replicas share the PostgreSQL database: each live job is
     /// owned by one replica through a lease, control calls reach the owner
     /// wherever they land, and a replica that dies has its jobs adopted by
-    /// the others after --lease-timeout. Every replica needs it.
+    /// the others after --lease-timeout. Every server on the database needs
+    /// it: a server without it runs every job alone, and is refused beside
+    /// replicas (as they are beside it).
     #[arg(long, env = "JOBVISOR_MULTI_REPLICA")]
     multi_replica: bool,
 
@@ -335,11 +339,14 @@ impl ServeArgs {
                 Some(id) => id.trim().to_string(),
                 None => format!("{}:{}", host_name(), self.listen.port()),
             };
+            config.engine.runner.server = replica.clone();
             let mut cluster = crate::engine::ClusterConfig::new(replica);
             cluster.lease_timeout = self.lease_timeout;
             config.cluster = Some(cluster);
         } else if self.replica_id.is_some() {
             anyhow::bail!("--replica-id (JOBVISOR_REPLICA_ID) needs --multi-replica");
+        } else {
+            config.engine.runner.server = format!("{}:{}", host_name(), self.listen.port());
         }
         config.guard = GuardConfig {
             tokens: match &self.auth_tokens {
@@ -440,14 +447,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let result = server::serve(config, registry, listener, shutdown_signal()).await;
     telemetry.shutdown();
     result
-}
-
-/// This host's name (the pod name on Kubernetes).
-fn host_name() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Reloads the token file on every SIGHUP; a bad file keeps the old one.

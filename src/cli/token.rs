@@ -45,8 +45,8 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
         scope,
     } = args.command;
     let (token, entry) = new_token(&name, &permissions, &scope.into_iter().collect());
-    println!("token (give it to the caller; it is not stored anywhere): {token}");
-    println!("entry for the token file's \"tokens\" list:");
-    println!("{}", serde_json::to_string_pretty(&entry)?);
+    say!("token (give it to the caller; it is not stored anywhere): {token}");
+    say!("entry for the token file's \"tokens\" list:");
+    say!("{}", serde_json::to_string_pretty(&entry)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ pub mod ids;
 pub mod job;
 pub mod machine;
 pub mod page;
+pub mod runner;
 pub mod spec;
 pub mod state;
 
@@ -13,6 +14,7 @@ pub use event::{EventBody, JobEvent};
 pub use ids::JobId;
 pub use job::{Backoff, Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance, RateLimit};
 pub use machine::{Command, Decision, Effect, Refusal, decide, deletable};
+pub use runner::Runner;
 pub use spec::{
     FieldViolation, JobSpec, Limits, NewJob, StartAs, check_labels, parse_rate, request_scope,
 };

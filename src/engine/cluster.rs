@@ -15,7 +15,7 @@
 
 use super::{Engine, EngineError, manager::ManagerMsg, supervisor::SupervisorMsg};
 use crate::{
-    domain::{Job, JobId, JobState},
+    domain::{Job, JobId, JobState, Runner},
     store::{
         BatchFence, Lease, Leases, Pulse,
         leases::{Census, JobChange, Message, Notice},
@@ -297,7 +297,11 @@ impl Engine {
     /// heartbeat and the listener running until shutdown.
     pub(super) async fn join_cluster(&self) -> Result<usize, EngineError> {
         let cluster = self.cluster().expect("multi-replica mode").clone();
-        cluster.leases.join(cluster.me(), cluster.ttl()).await?;
+        let me = Runner {
+            server: cluster.me().to_string(),
+            ..self.rt.config.runner.clone()
+        };
+        cluster.leases.join(&me, cluster.ttl()).await?;
         let notices = cluster.leases.listen().await?;
         self.refresh_census(&cluster).await;
         let adopted = self.adopt_share(&cluster).await;

@@ -28,7 +28,7 @@ pub use writer::{WriteError, Writer};
 use crate::{
     domain::{
         Command, Decision, FieldViolation, Item, Job, JobId, JobSpec, JobState, Limits, NewJob,
-        PauseMode, Provenance, Refusal, decide,
+        PauseMode, Provenance, Refusal, Runner, decide,
         page::{ItemCursor, JobCursor},
     },
     executor::{ItemHandler, PrepareError, Registry},
@@ -80,6 +80,27 @@ pub struct EngineConfig {
     /// newer events were stored ends with RESOURCE_EXHAUSTED; the client
     /// watches again from its last sequence.
     pub watch_stall: Duration,
+    /// This server, as GetJob names it as the runner of its live jobs
+    /// (single-server mode; a replica's jobs name their lease holder).
+    pub runner: Runner,
+}
+
+/// This process as a runner of jobs, named `server`, started now.
+pub fn this_process(server: impl Into<String>) -> Runner {
+    Runner {
+        server: server.into(),
+        host: host_name(),
+        pid: std::process::id(),
+        since: chrono::Utc::now(),
+    }
+}
+
+/// This host's name (the pod name on Kubernetes).
+pub fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl EngineConfig {
@@ -108,6 +129,7 @@ impl Default for EngineConfig {
             retention: None,
             watch_reads: 4,
             watch_stall: Duration::from_secs(30),
+            runner: this_process(host_name()),
         }
     }
 }
@@ -700,6 +722,22 @@ impl Engine {
 
     pub async fn get_job(&self, id: JobId) -> Result<Job, EngineError> {
         Ok(self.rt.store.get_job(id).await?)
+    }
+
+    /// Who runs `job` (none unless it is RUNNING, PAUSING or CANCELLING):
+    /// this server in single-server mode (which alone runs the jobs of
+    /// its store), the lease holder in multi-replica mode.
+    pub async fn runner_of(&self, job: &Job) -> Result<Option<Runner>, EngineError> {
+        if !matches!(
+            job.state,
+            JobState::Running | JobState::Pausing | JobState::Cancelling
+        ) {
+            return Ok(None);
+        }
+        match &self.cluster {
+            Some(cluster) => Ok(cluster.leases.runner(job.id).await?),
+            None => Ok(Some(self.rt.config.runner.running_since(job.created_at))),
+        }
     }
 
     pub async fn list_jobs(&self, query: &JobQuery) -> Result<Page<Job, JobCursor>, EngineError> {

@@ -10,7 +10,7 @@
 //! job can change nothing for it. Expiry is judged by the database's clock.
 
 use super::{Lease, StoreError};
-use crate::domain::{ItemCounts, Job, JobId, JobState, RateLimit};
+use crate::domain::{ItemCounts, Job, JobId, JobState, RateLimit, Runner};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -100,8 +100,9 @@ pub enum Notice {
 /// The lease operations of a store that several replicas can share.
 #[async_trait]
 pub trait Leases: Send + Sync + 'static {
-    /// Registers `me` as up and taking jobs (again, after a restart).
-    async fn join(&self, me: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Registers `me` (its id is `me.server`) as up and taking jobs
+    /// (again, after a restart), with its host and pid.
+    async fn join(&self, me: &Runner, ttl: Duration) -> Result<(), StoreError>;
 
     /// Renews `me`'s heartbeat (registering it if needed) and every lease
     /// of `me` that has not expired; returns those leases.
@@ -124,6 +125,10 @@ pub trait Leases: Send + Sync + 'static {
 
     /// The valid owner of `job`, if any.
     async fn owner(&self, job: JobId) -> Result<Option<String>, StoreError>;
+
+    /// The valid owner of `job` with its host and pid, since it took the
+    /// lease (GetJob shows it).
+    async fn runner(&self, job: JobId) -> Result<Option<Runner>, StoreError>;
 
     /// Up to `limit` orphans (see [`Orphan`]), those naming `me` first,
     /// skipping `running` (jobs `me` runs already).

@@ -141,7 +141,14 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
         .set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZES)?
         .install()
-        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr} (--metrics-listen): {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot serve metrics on {addr}: {e}. Another process (another jobvisor \
+                 server on this machine?) may hold that port: pick another address with \
+                 --metrics-listen (JOBVISOR_METRICS_LISTEN), e.g. 127.0.0.1:{}, or `off`",
+                addr.port().wrapping_add(1)
+            )
+        })?;
     crate::metrics::describe();
     Ok(())
 }

@@ -3,6 +3,8 @@
 //! checked: no item lost, none completed twice, every re-execution from
 //! the checkpoint the store held.
 
+mod one_runner;
+
 use jobvisor::pb::{self, job_service_client::JobServiceClient};
 use jobvisor_testkit::{
     db::admin_url,

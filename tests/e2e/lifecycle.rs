@@ -181,3 +181,24 @@ pub async fn a_restarted_server_adopts_running_jobs_on(store: StoreKind) {
     assert_eq!(second.db.url, db_url);
     second.stop().await;
 }
+
+/// GetJob names the server that runs a live job (this one: a single
+/// server runs every job of its store), and nobody once it has ended.
+#[tokio::test]
+async fn get_job_names_the_server_that_runs_a_live_job() {
+    let app = spawn_app().await;
+    let job = app
+        .start(app.job("sleep", 4, 1, &[("duration_ms", "300"), ("steps", "3")]))
+        .await;
+    let live = app.get(&job.id).await;
+    let owner = live.owner.expect("a running job has an owner");
+    assert_eq!(owner.pid, std::process::id());
+    assert!(!owner.host.is_empty() && !owner.server.is_empty());
+    let since = owner.since_time.unwrap();
+    assert!(since.seconds >= live.create_time.unwrap().seconds);
+    // Only GetJob says it: the answer of StartJob does not.
+    assert!(job.owner.is_none());
+    let done = app.wait_for(&job.id, JobState::Succeeded, SECS(30)).await;
+    assert!(app.get(&done.id).await.owner.is_none());
+    app.stop().await;
+}

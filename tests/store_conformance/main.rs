@@ -14,6 +14,7 @@ mod postgres_code;
 mod postgres_integrity;
 mod postgres_leases;
 mod postgres_pool;
+mod postgres_runner_lock;
 mod scenarios;
 mod sqlite_only;
 mod upgrades;

@@ -17,6 +17,16 @@ use std::{sync::Arc, time::Duration};
 
 const TTL: Duration = Duration::from_secs(30);
 
+/// Replica `id`, as it registers itself.
+fn replica(id: &str) -> jobvisor::domain::Runner {
+    jobvisor::domain::Runner {
+        server: id.into(),
+        host: format!("host-{id}"),
+        pid: 4242,
+        since: chrono::Utc::now(),
+    }
+}
+
 fn fence(owner: &str, job: jobvisor::domain::JobId, epoch: i64) -> BatchFence {
     BatchFence {
         owner: Arc::from(owner),
@@ -29,8 +39,8 @@ async fn postgres_a_lease_is_taken_once_and_writes_under_an_old_one_are_refused(
     on_postgres_store(|pg: Arc<PgStore>| async move {
         let store: Arc<dyn Store> = pg.clone();
         let job = create(&store, &spec(6)).await;
-        pg.join("a", TTL).await.unwrap();
-        pg.join("b", TTL).await.unwrap();
+        pg.join(&replica("a"), TTL).await.unwrap();
+        pg.join(&replica("b"), TTL).await.unwrap();
 
         let (a, _) = pg.take_over(job.id, "a", TTL).await.unwrap().expect("free");
         assert_eq!(a.epoch, 1);
@@ -39,6 +49,12 @@ async fn postgres_a_lease_is_taken_once_and_writes_under_an_old_one_are_refused(
             "b cannot take a valid lease of a"
         );
         assert_eq!(pg.owner(job.id).await.unwrap().as_deref(), Some("a"));
+        // The runner GetJob shows: the holder, its process, since it took it.
+        let runner = pg.runner(job.id).await.unwrap().expect("a runner");
+        assert_eq!(
+            (runner.server.as_str(), runner.host.as_str(), runner.pid),
+            ("a", "host-a", 4242)
+        );
 
         // a claims two items under its lease.
         let out = store
@@ -58,6 +74,7 @@ async fn postgres_a_lease_is_taken_once_and_writes_under_an_old_one_are_refused(
         // a's lease expires (released here); b takes the job over: the
         // epoch moves on and a's items are pending again, attempt given back.
         pg.release("a", &[(job.id, a.epoch)]).await.unwrap();
+        assert_eq!(pg.runner(job.id).await.unwrap(), None, "a released lease");
         let (b, taken) = pg
             .take_over(job.id, "b", TTL)
             .await
@@ -154,8 +171,8 @@ async fn postgres_heartbeats_renew_what_is_held_and_orphans_are_found() {
         let mine = create(&store, &spec(2)).await;
         let theirs = create(&store, &spec(2)).await;
         let nobodys = create(&store, &spec(2)).await;
-        pg.join("a", TTL).await.unwrap();
-        pg.join("b", TTL).await.unwrap();
+        pg.join(&replica("a"), TTL).await.unwrap();
+        pg.join(&replica("b"), TTL).await.unwrap();
         let (lease, _) = pg.take_over(mine.id, "a", TTL).await.unwrap().unwrap();
         pg.take_over(theirs.id, "b", TTL).await.unwrap().unwrap();
 
@@ -217,7 +234,7 @@ async fn postgres_a_batch_in_rounds_is_fenced_in_every_round() {
     on_postgres_store(|pg: Arc<PgStore>| async move {
         let store: Arc<dyn Store> = pg.clone();
         let job = create(&store, &spec(4)).await;
-        pg.join("a", TTL).await.unwrap();
+        pg.join(&replica("a"), TTL).await.unwrap();
         let (a, _) = pg.take_over(job.id, "a", TTL).await.unwrap().unwrap();
         let fence_a = fence("a", job.id, a.epoch);
         let in_rounds = |lease: i64| Batch {
@@ -289,7 +306,7 @@ async fn postgres_a_retry_waits_under_a_lease_too() {
     on_postgres_store(|pg: Arc<PgStore>| async move {
         let store: Arc<dyn Store> = pg.clone();
         let job = create(&store, &spec(3)).await;
-        pg.join("a", TTL).await.unwrap();
+        pg.join(&replica("a"), TTL).await.unwrap();
         let (a, _) = pg.take_over(job.id, "a", TTL).await.unwrap().expect("free");
         let under_a = fence("a", job.id, a.epoch);
         let batch = |writes, claims| Batch { writes, claims };

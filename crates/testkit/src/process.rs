@@ -177,6 +177,21 @@ impl ServerProcess {
         }
     }
 
+    /// Waits up to `within` for the process to exit by itself: its status,
+    /// or none if it still runs.
+    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGSTOP / SIGCONT: freeze and thaw the process (a zombie owner).
     pub fn freeze(&self, frozen: bool) -> anyhow::Result<()> {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).context("server pid")?;

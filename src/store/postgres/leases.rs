@@ -13,13 +13,14 @@ use super::{
     rows::{self, job_state},
 };
 use crate::{
-    domain::{EventBody, ItemCounts, Job, JobId, JobState, RateLimit},
+    domain::{EventBody, ItemCounts, Job, JobId, JobState, RateLimit, Runner},
     store::{
         Lease, Leases, StoreError,
         leases::{Census, Held, JobChange, Message, Notice, Orphan, ReplicaLoad},
     },
 };
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::{Row, postgres::PgListener};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::mpsc;
@@ -35,15 +36,18 @@ const LIVE: &str = "('running', 'pausing', 'cancelling')";
 
 #[async_trait]
 impl Leases for PgStore {
-    async fn join(&self, me: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn join(&self, me: &Runner, ttl: Duration) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO replicas (id, started_at, heartbeat_at, expires_at, draining) \
-             VALUES ($1, now(), now(), now() + make_interval(secs => $2), false) \
+            "INSERT INTO replicas (id, started_at, heartbeat_at, expires_at, draining, host, pid) \
+             VALUES ($1, now(), now(), now() + make_interval(secs => $2), false, $3, $4) \
              ON CONFLICT (id) DO UPDATE SET started_at = now(), heartbeat_at = now(), \
-                 expires_at = EXCLUDED.expires_at, draining = false",
+                 expires_at = EXCLUDED.expires_at, draining = false, \
+                 host = EXCLUDED.host, pid = EXCLUDED.pid",
         )
-        .bind(me)
+        .bind(&me.server)
         .bind(ttl.as_secs_f64())
+        .bind(&me.host)
+        .bind(i32::try_from(me.pid).unwrap_or(0))
         .execute(&self.pool)
         .await
         .map_err(db_error)?;
@@ -196,6 +200,24 @@ impl Leases for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)
+    }
+
+    async fn runner(&self, job: JobId) -> Result<Option<Runner>, StoreError> {
+        let row: Option<(String, DateTime<Utc>, Option<String>, Option<i32>)> = sqlx::query_as(
+            "SELECT l.owner, l.acquired_at, r.host, r.pid \
+             FROM job_leases AS l LEFT JOIN replicas AS r ON r.id = l.owner \
+             WHERE l.job_id = $1 AND l.expires_at > now()",
+        )
+        .bind(job.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(row.map(|(server, since, host, pid)| Runner {
+            server,
+            host: host.unwrap_or_default(),
+            pid: pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+            since,
+        }))
     }
 
     async fn orphans(

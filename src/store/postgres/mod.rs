@@ -8,6 +8,7 @@ pub mod code;
 mod jobs;
 mod leases;
 mod rows;
+pub mod runner_lock;
 
 use super::{ItemQuery, JobQuery, Page, Store, StoreError};
 use crate::domain::{
@@ -36,6 +37,9 @@ pub struct PgConfig {
     /// Several replicas share the database: committed job changes are
     /// announced with NOTIFY (multi-replica mode).
     pub announce_changes: bool,
+    /// The `application_name` of every session: names this server in
+    /// `pg_stat_activity` (see [`runner_lock::application_name`]).
+    pub application_name: String,
 }
 
 /// The URL with its password replaced, for anything that prints it.
@@ -60,6 +64,7 @@ impl std::fmt::Debug for PgConfig {
             .field("acquire_timeout", &self.acquire_timeout)
             .field("writer_connections", &self.writer_connections)
             .field("announce_changes", &self.announce_changes)
+            .field("application_name", &self.application_name)
             .finish()
     }
 }
@@ -72,6 +77,7 @@ impl PgConfig {
             acquire_timeout: Duration::from_secs(3),
             writer_connections: 2,
             announce_changes: false,
+            application_name: "jobvisor".into(),
         }
     }
 }
@@ -89,11 +95,7 @@ impl PgStore {
     /// embedded migrations. Migrations take a PostgreSQL advisory lock, so
     /// several servers starting at once apply them once.
     pub async fn connect(config: &PgConfig) -> Result<PgStore, StoreError> {
-        let mut options = PgConnectOptions::from_str(&config.url)
-            .map_err(|e| StoreError::Internal(format!("invalid database URL: {}", redact(&e))))?
-            .application_name("jobvisor")
-            .log_statements(tracing::log::LevelFilter::Trace)
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        let mut options = connect_options(config)?;
         if config.announce_changes {
             // Read by the jobs_changed trigger (migrations/postgres/0005).
             options = options.options([("jobvisor.notify", "on")]);
@@ -144,8 +146,10 @@ impl PgStore {
     }
 }
 
-/// The advisory lock held while the schema and the functions change.
-pub const SCHEMA_LOCK: i64 = 0x6a6f_6276_5f73_6368; // "jobv_sch"
+/// The advisory lock held while the schema and the functions change:
+/// "jobv_sch" with the low bit set, so it is odd and never sqlx's own
+/// migration lock (0x3d32ad9e times a CRC, always even).
+pub const SCHEMA_LOCK: i64 = 0x6a6f_6276_5f73_6369;
 
 /// The migrations, then the functions. The caller holds [`SCHEMA_LOCK`].
 async fn migrate_locked(conn: &mut sqlx::PgConnection) -> Result<(), StoreError> {
@@ -171,6 +175,15 @@ async fn migrate_locked(conn: &mut sqlx::PgConnection) -> Result<(), StoreError>
         ),
     }
     Ok(())
+}
+
+/// The options of every connection of `config`.
+fn connect_options(config: &PgConfig) -> Result<PgConnectOptions, StoreError> {
+    Ok(PgConnectOptions::from_str(&config.url)
+        .map_err(|e| StoreError::Internal(format!("invalid database URL: {}", redact(&e))))?
+        .application_name(&config.application_name)
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
 }
 
 /// Whether a failed sqlx call may succeed later. Connection loss, pool

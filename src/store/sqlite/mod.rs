@@ -15,6 +15,7 @@
 
 mod batch;
 mod codec;
+pub mod dir_lock;
 mod jobs;
 mod reads;
 mod recovery;

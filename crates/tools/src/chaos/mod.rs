@@ -558,7 +558,7 @@ async fn inflict(
             }
             sqlx::query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE application_name = 'jobvisor' AND datname = current_database()",
+                 WHERE application_name LIKE 'jobvisor%' AND datname = current_database()",
             )
             .execute(&mut *db)
             .await?;
