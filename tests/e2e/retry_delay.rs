@@ -96,21 +96,6 @@ pub async fn a_retry_waits_for_its_delay_while_the_other_items_go_on_on(store: S
     let policy = job.policy.expect("the job's policy");
     assert_eq!(policy.retry_delay, Some(ms(800)));
     assert_eq!(policy.retry_delay_max, Some(ms(1000)));
-    // The other 59 items end while item 5 waits, pending, for its retry
-    // (it runs for 20 ms between its waits of about a second).
-    app.eventually(
-        "every other item done, item 5 waiting",
-        SECS(20),
-        || async {
-            let waiting = item(&app, &job.id, 5).await;
-            app.get(&job.id).await.counts.unwrap().succeeded == 59
-                && waiting.state == pb::ItemState::Pending as i32
-                && waiting.retry_time.is_some()
-                && (1..=2).contains(&waiting.attempts)
-        },
-    )
-    .await;
-
     let events = app.watch_all(&job.id, 0, SECS(30)).await;
     let done = app.get(&job.id).await;
     assert_eq!(done.state, JobState::Failed as i32);
@@ -121,6 +106,26 @@ pub async fn a_retry_waits_for_its_delay_while_the_other_items_go_on_on(store: S
         vec![1, 2, 3]
     );
     assert_eq!(attempts[2].2, None, "the last attempt is not retried");
+    // The other items went on while item 5 waited for its retry: they all
+    // succeeded, and some between its first failure and its second. (How
+    // many depends on the machine's speed, not on the engine: a moment
+    // when all 59 are done and item 5 still waits need not come on a
+    // loaded machine, where 59 items may take longer than its three
+    // attempts.)
+    let items = app.items(&job.id).await;
+    let ended: Vec<Time> = items
+        .iter()
+        .filter(|i| i.index != 5)
+        .inspect(|i| assert_eq!(i.state, pb::ItemState::Succeeded as i32, "{i:?}"))
+        .map(|i| time(&i.update_time).expect("an ended item's time"))
+        .collect();
+    assert_eq!(ended.len(), 59);
+    assert!(
+        ended
+            .iter()
+            .any(|t| *t > attempts[0].1 && *t < attempts[1].1),
+        "no other item ended while item 5 waited for its retry: {attempts:?}, {ended:?}"
+    );
     // 0.8 s, then 1.6 capped at 1 s; each lengthened by up to a fifth.
     for (k, wait) in [(0, 800), (1, 1000)] {
         let promised = gap(attempts[k].1, attempts[k].2.expect("the retry's time"));
