@@ -123,13 +123,13 @@ impl From<EngineError> for Status {
                 "REQUEST_ID_REUSED",
                 HashMap::from([("request_id".into(), key)]),
             ),
-            EngineError::Unavailable(why) => {
-                tracing::warn!(%why, "unavailable");
-                let message = if why.contains("shutting down") || why.contains("acknowledge") {
-                    why
-                } else {
-                    "the job store is unavailable; retry later".into()
-                };
+            EngineError::StoreUnavailable(cause) => {
+                tracing::warn!(error = %cause, "unavailable");
+                Status::unavailable("the job store is unavailable; retry later")
+            }
+            EngineError::ShuttingDown(message) => Status::unavailable(message),
+            EngineError::NotApplied(message) => {
+                tracing::warn!(%message, "unavailable");
                 Status::unavailable(message)
             }
             EngineError::Contended(id) => with_reason(
@@ -149,6 +149,10 @@ impl From<EngineError> for Status {
                 "WATCH_LAGGING",
                 HashMap::from([("from_sequence".into(), sent.to_string())]),
             ),
+            EngineError::Store(cause) => {
+                tracing::error!(error = %cause, "store failed");
+                Status::internal("internal error; see the server log")
+            }
             EngineError::Internal(why) => {
                 tracing::error!(%why, "internal error");
                 Status::internal("internal error; see the server log")

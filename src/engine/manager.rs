@@ -3,7 +3,7 @@
 //! crashes (reading the job again from the store), and shuts them all down.
 
 use super::{
-    Runtime,
+    EngineError, Runtime,
     supervisor::{JobSupervisor, SupervisorArgs, SupervisorMsg},
 };
 use crate::{
@@ -30,7 +30,7 @@ pub enum ManagerMsg {
         start: Option<opentelemetry::trace::SpanContext>,
         /// Multi-replica mode: the lease the job runs under.
         lease: Option<Lease>,
-        reply: RpcReplyPort<Result<ActorRef<SupervisorMsg>, String>>,
+        reply: RpcReplyPort<Result<ActorRef<SupervisorMsg>, EngineError>>,
     },
     /// The job's lease is lost: stop its supervisor at once, writing
     /// nothing (whatever it still tries is refused by the store).
@@ -234,12 +234,12 @@ async fn supervise(
     handler: Arc<dyn ItemHandler>,
     start: Option<opentelemetry::trace::SpanContext>,
     lease: Option<Lease>,
-) -> Result<ActorRef<SupervisorMsg>, String> {
+) -> Result<ActorRef<SupervisorMsg>, EngineError> {
     if let Some(existing) = live(st, job.id) {
         return Ok(existing);
     }
     if st.shutting_down {
-        return Err("the server is shutting down".into());
+        return Err(EngineError::ShuttingDown("the server is shutting down"));
     }
     let id = job.id;
     let epoch = lease.as_ref().map(|l| l.epoch);
@@ -252,7 +252,9 @@ async fn supervise(
     };
     let (supervisor, _) = Actor::spawn_linked(None, JobSupervisor, args, myself.get_cell())
         .await
-        .map_err(|e| format!("could not start the job's supervisor: {e}"))?;
+        .map_err(|e| {
+            EngineError::NotApplied(format!("could not start the job's supervisor: {e}"))
+        })?;
     st.supervisors.insert(id, supervisor.clone());
     st.by_actor.insert(supervisor.get_id(), (id, epoch));
     Ok(supervisor)

@@ -9,6 +9,9 @@
 //! supervisor, which acknowledges once it has taken effect.
 
 mod cluster;
+mod config;
+mod control;
+mod error;
 mod hub;
 mod manager;
 mod policy;
@@ -20,6 +23,9 @@ mod worker;
 mod writer;
 
 pub use cluster::ClusterConfig;
+pub use config::{EngineConfig, host_name, this_process};
+pub use control::{BULK_LIMIT, Control, Pause};
+pub use error::EngineError;
 pub use hub::{EventBatch, Hub, SharedEvent};
 pub use watch::{Progress, WatchBatch, WatchItem};
 pub use worker::outcome_write;
@@ -27,14 +33,15 @@ pub use writer::{WriteError, Writer};
 
 use crate::{
     domain::{
-        Command, Decision, FieldViolation, Item, Job, JobId, JobSpec, JobState, Limits, NewJob,
-        PauseMode, Provenance, Refusal, Runner, decide,
+        Decision, FieldViolation, Item, Job, JobId, JobSpec, JobState, NewJob, Provenance, Refusal,
+        Runner, decide,
         page::{ItemCursor, JobCursor},
     },
     executor::{ItemHandler, PrepareError, Registry},
     store::{ItemQuery, JobQuery, Leases, Page, Pulse, Store, StoreError, TransitionWrite},
 };
 use cluster::{Book, Cluster};
+use control::control_metrics;
 use futures::StreamExt as _;
 use manager::{JobManager, ManagerArgs, ManagerMsg};
 use opentelemetry::trace::TraceContextExt as _;
@@ -45,202 +52,6 @@ use supervisor::SupervisorMsg;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-
-/// Settings of the engine.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// How much work one StartJob may create.
-    pub limits: Limits,
-    /// Worker restarts a job tolerates within `restart_window`; one more
-    /// fails the job.
-    pub restart_budget: u32,
-    pub restart_window: Duration,
-    /// How often WatchJob streams send progress, at most.
-    pub progress_interval: Duration,
-    /// WatchJob streams are woken for new events at most once per window,
-    /// and send what it gathered in one frame: a little latency for much
-    /// less work per event when many watch a busy job.
-    pub watch_window: Duration,
-    /// How long a control call waits for the supervisor to acknowledge.
-    pub control_timeout: Duration,
-    /// A worker starts its next items while the outcomes of its previous
-    /// ones commit (docs/DESIGN.md, Durability), up to `pipeline_depth` of them:
-    /// more throughput for short items; a crash re-runs those too.
-    pub pipelined_acks: bool,
-    /// Outcomes a worker may have committing at once with `pipelined_acks`.
-    pub pipeline_depth: u32,
-    /// Ended jobs older than this are deleted (none: kept until a
-    /// DeleteJob call).
-    pub retention: Option<Duration>,
-    /// Store reads WatchJob streams may run at once, all streams together
-    /// (their snapshots, replay pages and polls): the rest of the
-    /// database connections stay for control calls and readiness.
-    pub watch_reads: usize,
-    /// A WatchJob stream whose client took nothing for this long while
-    /// newer events were stored ends with RESOURCE_EXHAUSTED; the client
-    /// watches again from its last sequence.
-    pub watch_stall: Duration,
-    /// This server, as GetJob names it as the runner of its live jobs
-    /// (single-server mode; a replica's jobs name their lease holder).
-    pub runner: Runner,
-}
-
-/// This process as a runner of jobs, named `server`, started now.
-pub fn this_process(server: impl Into<String>) -> Runner {
-    Runner {
-        server: server.into(),
-        host: host_name(),
-        pid: std::process::id(),
-        since: chrono::Utc::now(),
-    }
-}
-
-/// This host's name (the pod name on Kubernetes).
-pub fn host_name() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-}
-
-impl EngineConfig {
-    /// Outcomes a worker may have committing while it runs its next items:
-    /// 0 unless `pipelined_acks`.
-    pub fn outstanding_per_worker(&self) -> u32 {
-        if self.pipelined_acks {
-            self.pipeline_depth.clamp(1, 64)
-        } else {
-            0
-        }
-    }
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            limits: Limits::default(),
-            restart_budget: 5,
-            restart_window: Duration::from_secs(60),
-            progress_interval: Duration::from_millis(500),
-            watch_window: Duration::from_millis(20),
-            control_timeout: Duration::from_secs(5),
-            pipelined_acks: false,
-            pipeline_depth: 32,
-            retention: None,
-            watch_reads: 4,
-            watch_stall: Duration::from_secs(30),
-            runner: this_process(host_name()),
-        }
-    }
-}
-
-/// Why an engine call failed. The API maps each to a gRPC status.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("invalid request")]
-    InvalidArgument(Vec<FieldViolation>),
-    /// Well-formed, but not allowed on this server.
-    #[error("permission denied: {0}")]
-    PermissionDenied(String),
-    #[error("job {0} not found")]
-    NotFound(JobId),
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    #[error("request id {0:?} was already used for a different request")]
-    RequestIdReused(String),
-    /// The store cannot be reached, or the server is shutting down.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// Too many concurrent changes to one job; the caller may retry.
-    #[error("job {0} is changing too fast; retry")]
-    Contended(JobId),
-    /// A WatchJob stream's client took nothing for `stalled` while newer
-    /// events were stored; everything up to sequence `sent` went out.
-    #[error("watch stream fell behind after sequence {sent}")]
-    Lagging { sent: u64, stalled: Duration },
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl From<StoreError> for EngineError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(id) => EngineError::NotFound(id),
-            StoreError::RequestIdReused(key) => EngineError::RequestIdReused(key),
-            StoreError::Unavailable(why) => EngineError::Unavailable(why),
-            other => EngineError::Internal(other.to_string()),
-        }
-    }
-}
-
-/// A control call a client may make.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    Pause(Pause),
-    Resume,
-    Cancel,
-    RetryFailed,
-}
-
-/// How to pause.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Pause {
-    pub mode: PauseMode,
-    /// A graceful pause turns immediate after this long.
-    pub drain_timeout: Option<Duration>,
-    /// The job resumes by itself at this time (kept across restarts).
-    pub resume_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-impl Control {
-    /// A plain pause in `mode`.
-    pub fn pause(mode: PauseMode) -> Control {
-        Control::Pause(Pause {
-            mode,
-            ..Pause::default()
-        })
-    }
-
-    fn command(self) -> Command {
-        match self {
-            Control::Pause(pause) => Command::Pause(pause.mode),
-            Control::Resume => Command::Resume,
-            Control::Cancel => Command::Cancel,
-            Control::RetryFailed => Command::RetryFailed,
-        }
-    }
-}
-
-/// Most jobs one ControlJobs call may touch.
-pub const BULK_LIMIT: usize = 10_000;
-
-/// Counts a committed control call and how long it took to take effect.
-fn control_metrics(from: JobState, job: &Job, asked: std::time::Instant) {
-    use crate::metrics::{control_effect, job_control, job_finished, pause_lasted};
-    match job.state {
-        // The supervisor has acknowledged: claims have stopped.
-        JobState::Pausing => {
-            job_control("jobvisor_jobs_paused_total");
-            control_effect("pause", asked.elapsed());
-        }
-        JobState::Running if matches!(from, JobState::Pausing | JobState::Paused) => {
-            job_control("jobvisor_jobs_resumed_total");
-            if let Some(pause) = job.pauses.last()
-                && let (Some(resumed), requested) = (pause.resumed_at, pause.requested_at)
-            {
-                pause_lasted((resumed - requested).to_std().unwrap_or_default());
-            }
-        }
-        JobState::Cancelling => job_control("jobvisor_jobs_cancelled_total"),
-        // Cancelled at once (it was paused): nothing was running.
-        JobState::Cancelled => {
-            job_control("jobvisor_jobs_cancelled_total");
-            control_effect("cancel", asked.elapsed());
-            job_finished("cancelled");
-        }
-        _ => {}
-    }
-}
 
 /// What every actor of the engine shares.
 pub struct Runtime {
@@ -802,9 +613,7 @@ impl Engine {
 
     fn check_open(&self) -> Result<(), EngineError> {
         if self.closing.is_cancelled() {
-            Err(EngineError::Unavailable(
-                "the server is shutting down".into(),
-            ))
+            Err(EngineError::ShuttingDown("the server is shutting down"))
         } else {
             Ok(())
         }
@@ -900,8 +709,8 @@ impl Engine {
             .await;
         match result {
             Ok(ractor::rpc::CallResult::Success(Ok(supervisor))) => Ok(supervisor),
-            Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(EngineError::Unavailable(e)),
-            Ok(_) | Err(_) => Err(EngineError::Unavailable(
+            Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(e),
+            Ok(_) | Err(_) => Err(EngineError::NotApplied(
                 "the job manager is not answering".into(),
             )),
         }
@@ -983,14 +792,14 @@ impl Engine {
                 }
                 Ok(ractor::rpc::CallResult::SenderError) | Err(_) => return Ok(()),
                 Ok(ractor::rpc::CallResult::Timeout) => {
-                    return Err(EngineError::Unavailable(format!(
+                    return Err(EngineError::NotApplied(format!(
                         "job {} did not acknowledge the change in time; it is {} in the store",
                         job.id, job.state
                     )));
                 }
             }
         }
-        Err(EngineError::Unavailable(format!(
+        Err(EngineError::NotApplied(format!(
             "no supervisor could take job {}",
             job.id
         )))

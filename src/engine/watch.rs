@@ -325,8 +325,8 @@ impl Watcher {
             // The engine closing wakes every watcher (the hub's flag is
             // set before the wake-up, so none waits past it).
             if self.engine.rt.hub.is_closed() {
-                return Err(EngineError::Unavailable(
-                    "the server is shutting down; reconnect with your last sequence".into(),
+                return Err(EngineError::ShuttingDown(
+                    "the server is shutting down; reconnect with your last sequence",
                 ));
             }
             tokio::select! {
