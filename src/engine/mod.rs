@@ -659,25 +659,18 @@ impl Engine {
                 .map(Some),
             Err(reason) => {
                 tracing::error!(job_id = %job.id, %reason, "failing the job");
-                let write = TransitionWrite {
-                    from: job.state,
-                    to: JobState::Failed,
-                    effects: vec![
-                        crate::domain::Effect::ReleaseRunning,
-                        crate::domain::Effect::End,
-                    ],
-                    provenance: Provenance::system(reason),
-                    pause_mode: None,
-                    resume_at: None,
-                };
-                let failed = match &lease {
-                    Some(lease) => self.rt.store.transition_fenced(job.id, &write, lease).await,
-                    None => self.rt.store.transition(job.id, &write).await,
-                };
-                match failed {
-                    Ok(job) => self.publish(&job),
-                    Err(StoreError::Conflict { .. } | StoreError::Fenced(_)) => {}
-                    Err(e) => return Err(e.into()),
+                if let Some(write) =
+                    TransitionWrite::decided(job.state, crate::domain::Command::Fail, &reason)
+                {
+                    let failed = match &lease {
+                        Some(lease) => self.rt.store.transition_fenced(job.id, &write, lease).await,
+                        None => self.rt.store.transition(job.id, &write).await,
+                    };
+                    match failed {
+                        Ok(job) => self.publish(&job),
+                        Err(StoreError::Conflict { .. } | StoreError::Fenced(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 if let Some(lease) = lease {
                     self.supervisor_ended(job.id, Some(lease.epoch));

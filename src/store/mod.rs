@@ -16,8 +16,8 @@ pub mod sqlite;
 pub use leases::Leases;
 
 use crate::domain::{
-    Effect, EventBody, Item, ItemCounts, ItemState, Job, JobEvent, JobId, JobSpec, JobState,
-    PauseMode, Provenance, RateLimit,
+    Command, Decision, Effect, EventBody, Item, ItemCounts, ItemState, Job, JobEvent, JobId,
+    JobSpec, JobState, PauseMode, Provenance, RateLimit, decide,
     page::{ItemCursor, JobCursor},
 };
 use async_trait::async_trait;
@@ -91,6 +91,37 @@ pub struct TransitionWrite {
     pub pause_mode: Option<PauseMode>,
     /// With `Effect::OpenPause`: when the job resumes by itself.
     pub resume_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl TransitionWrite {
+    /// What the state machine decides for a command the system gives
+    /// (no caller: no pause mode, no resume time), with its reason; none
+    /// when the decision changes nothing or refuses.
+    pub fn decided(state: JobState, command: Command, reason: &str) -> Option<TransitionWrite> {
+        match decide(state, command) {
+            Ok(Decision::Transition { from, to, effects }) => Some(TransitionWrite {
+                from,
+                to,
+                effects,
+                provenance: Provenance::system(reason),
+                pause_mode: None,
+                resume_at: None,
+            }),
+            Ok(Decision::NoOp { .. }) | Err(_) => None,
+        }
+    }
+
+    /// How a job found PAUSING or CANCELLING at start-up settles, in
+    /// either store: as when its supervisor saw it drained (its running
+    /// items were released already). None for the other states.
+    pub fn recovered(state: JobState) -> Option<TransitionWrite> {
+        match state {
+            JobState::Pausing | JobState::Cancelling => {
+                TransitionWrite::decided(state, Command::Drained, "recovered after a restart")
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The reason recorded for a job created PAUSED.

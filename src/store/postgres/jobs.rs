@@ -568,30 +568,15 @@ pub(super) async fn recover(pool: &PgPool) -> Result<Recovery, StoreError> {
         match state {
             JobState::Running => recovery.running.push(id),
             JobState::Paused => recovery.paused.push(id),
-            JobState::Pausing | JobState::Cancelling => {
-                let (to, effects) = if state == JobState::Pausing {
-                    (JobState::Paused, vec![Effect::MarkPaused])
-                } else {
-                    (
-                        JobState::Cancelled,
-                        vec![Effect::CancelRemaining, Effect::End],
-                    )
-                };
-                let write = TransitionWrite {
-                    from: state,
-                    to,
-                    effects,
-                    provenance: Provenance::system("recovered after a restart"),
-                    pause_mode: None,
-                    resume_at: None,
-                };
-                match transition(pool, id, &write).await {
-                    Ok(_) => recovery.settled.push((id, to)),
-                    Err(StoreError::Conflict { .. }) => {}
-                    Err(e) => return Err(e),
+            state => {
+                if let Some(write) = TransitionWrite::recovered(state) {
+                    match transition(pool, id, &write).await {
+                        Ok(_) => recovery.settled.push((id, write.to)),
+                        Err(StoreError::Conflict { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
-            _ => {}
         }
     }
     Ok(recovery)

@@ -11,7 +11,7 @@ use super::{
     jobs::{current_state, release_running_items, transition},
 };
 use crate::{
-    domain::{Effect, JobId, JobState, Provenance},
+    domain::{JobId, JobState},
     store::{Recovery, StoreError, TransitionWrite},
 };
 use sqlx::{SqliteConnection, SqlitePool};
@@ -60,30 +60,15 @@ pub(super) async fn recover(pool: &SqlitePool) -> Result<Recovery, StoreError> {
         match state {
             JobState::Running => recovery.running.push(id),
             JobState::Paused => recovery.paused.push(id),
-            JobState::Pausing | JobState::Cancelling => {
-                let (to, effects) = if state == JobState::Pausing {
-                    (JobState::Paused, vec![Effect::MarkPaused])
-                } else {
-                    (
-                        JobState::Cancelled,
-                        vec![Effect::CancelRemaining, Effect::End],
-                    )
-                };
-                let write = TransitionWrite {
-                    from: state,
-                    to,
-                    effects,
-                    provenance: Provenance::system("recovered after a restart"),
-                    pause_mode: None,
-                    resume_at: None,
-                };
-                match transition(pool, id, &write).await {
-                    Ok(_) => recovery.settled.push((id, to)),
-                    Err(StoreError::Conflict { .. }) => {}
-                    Err(e) => return Err(e),
+            state => {
+                if let Some(write) = TransitionWrite::recovered(state) {
+                    match transition(pool, id, &write).await {
+                        Ok(_) => recovery.settled.push((id, write.to)),
+                        Err(StoreError::Conflict { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
-            _ => {}
         }
     }
     Ok(recovery)
