@@ -127,7 +127,7 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{state::RETRY_AFTER, testing::*};
+    use super::super::{settle::RETRY_AFTER, testing::*};
     use super::*;
     use crate::{
         domain::{JobPolicy, RateLimit},

@@ -3,7 +3,10 @@
 //! concurrency changes, and replaced when one dies (within a restart
 //! budget, [`RestartBudget`], whose decision is the core's).
 
-use super::{SupervisorMsg, SupervisorState, state::Workers};
+use super::{
+    SupervisorMsg, SupervisorState,
+    state::{Core, Workers},
+};
 use crate::{
     domain::JobId,
     engine::{
@@ -273,9 +276,41 @@ impl SupervisorState {
     }
 }
 
+/// The restart budget's decisions.
+impl Core {
+    /// A worker died at `now` running the item at `index`, if any: counts
+    /// it against the restart budget, and fails the job once it is spent.
+    /// Returns the restarts within the window.
+    pub fn worker_died(&mut self, now: Instant, index: Option<u32>, error: &str) -> u32 {
+        let restarts = self.restarts.record(now);
+        if self.restarts.spent() {
+            self.failing = Some(format!(
+                "restart budget exhausted: {restarts} worker restarts within {}; last: {}",
+                humantime::format_duration(self.restarts.window()),
+                match index {
+                    Some(i) => format!("item {i}: {error}"),
+                    None => error.to_string(),
+                }
+            ));
+        }
+        restarts
+    }
+
+    /// Whether a worker that died is replaced.
+    pub fn replaces_workers(&self) -> bool {
+        !self.state.is_terminal() && self.in_charge()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::action::Action;
+    use super::super::testing::*;
     use super::*;
+    use crate::{
+        domain::{Command, JobState},
+        executor::StopReason,
+    };
 
     #[test]
     fn the_budget_counts_deaths_within_the_window() {
@@ -289,5 +324,34 @@ mod tests {
         // Eleven seconds on, the first two are out of the window.
         assert_eq!(b.record(t0 + Duration::from_secs(12)), 2);
         assert!(!b.spent());
+    }
+
+    #[test]
+    fn the_restart_budget_spent_fails_the_job() {
+        let mut c = core(JobState::Running);
+        let now = Instant::now();
+        assert_eq!(c.worker_died(now, Some(1), "panic"), 1);
+        assert_eq!(c.worker_died(now, None, "panic"), 2);
+        assert!(c.failing.is_none(), "two restarts are within a budget of 2");
+        // Restarts out of the window no longer count.
+        let later = now + Duration::from_secs(61);
+        assert_eq!(c.worker_died(later, Some(1), "panic"), 1);
+        c.worker_died(later, Some(1), "panic");
+        assert_eq!(c.worker_died(later, Some(7), "boom"), 3);
+        let why = c.failing.clone().expect("the budget is spent");
+        assert!(why.contains("3 worker restarts within 1m"), "{why}");
+        assert!(why.ends_with("last: item 7: boom"), "{why}");
+        assert!(c.replaces_workers());
+        let actions = next(&mut c, IDLE, later);
+        assert!(matches!(
+            &actions[..],
+            [
+                Action::Signal(Some(StopReason::Shutdown)),
+                Action::Settle {
+                    command: Command::Fail,
+                    ..
+                }
+            ]
+        ));
     }
 }

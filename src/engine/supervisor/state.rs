@@ -7,17 +7,10 @@
 use super::{action::Action, claims::Claims, pool::RestartBudget};
 use crate::{
     domain::{JobId, JobPolicy, JobState, PauseMode, RateLimit},
-    engine::{
-        policy::{ActiveClock, Breaker, Pacer},
-        worker::Finished,
-    },
+    engine::policy::{ActiveClock, Breaker, Pacer},
     executor::StopReason,
-    store::StoreError,
 };
-use std::time::{Duration, Instant};
-
-/// How long after a store call failed it is tried again.
-pub(super) const RETRY_AFTER: Duration = Duration::from_millis(500);
+use std::time::Duration;
 
 /// What the supervisor is doing, apart from the job's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +90,7 @@ pub(super) struct Core {
     /// A pause the breaker asked for, to commit.
     pub auto_pause: Option<String>,
     /// Pauses the job when too many attempts fail.
-    breaker: Breaker,
+    pub(super) breaker: Breaker,
     /// Running time so far (paused time not counted) and its budget.
     clock: ActiveClock,
     timeout: Option<Duration>,
@@ -228,122 +221,6 @@ impl Core {
         !matches!(self.phase, Phase::ShuttingDown | Phase::Stopped)
     }
 
-    /// The claim out failed.
-    pub fn claim_failed(&mut self, out: &mut Vec<Action>) {
-        self.claims.failed();
-        self.back_off(out);
-    }
-
-    /// A worker's item ended (its outcome committed, or not). Returns
-    /// whether a worker waiting for an answer is held until the breaker's
-    /// pause is committed.
-    pub fn done(
-        &mut self,
-        index: u32,
-        finished: &Finished,
-        took: Duration,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) -> bool {
-        self.claims.item_time.observe(took);
-        let tripped = match finished {
-            Finished::Succeeded => self.breaker.record(false, None),
-            Finished::Failed { error, .. } => self.breaker.record(true, Some(error)),
-            _ => None,
-        };
-        if let Some(reason) = tripped
-            && self.state == JobState::Running
-            && self.auto_pause.is_none()
-        {
-            tracing::warn!(job_id = %self.job, %reason, "pausing the job");
-            self.auto_pause = Some(reason);
-        }
-        match finished {
-            // Failed for good (the worker said so, and the store agrees:
-            // it fails an item the worker calls permanent): nothing goes
-            // back to pending. Lowering the claims' bound to it would make
-            // the next claim walk every item since, which after a retry's
-            // wait is far.
-            Finished::Succeeded | Finished::Cancelled | Finished::Failed { retry: None, .. } => {}
-            // Pending again once its delay has passed.
-            Finished::Failed {
-                retry: Some(wait), ..
-            } if !wait.is_zero() => self.wait(Some(index), now + *wait, out),
-            // The item may be pending again.
-            Finished::Failed { .. } | Finished::Released | Finished::LeaseLost => {
-                self.claims.pending_again(index);
-            }
-            Finished::NotCommitted(e) => {
-                if self.in_charge() {
-                    self.failing = Some(format!(
-                        "the outcome of item {index} could not be stored: {e}"
-                    ));
-                }
-            }
-        }
-        self.auto_pause.is_some()
-    }
-
-    /// The supervisor's own transition (or release of orphans) came back.
-    /// Returns whether the job read was applied (it is news).
-    pub fn settled(
-        &mut self,
-        result: Result<Committed, StoreError>,
-        workers: &impl Workers,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) -> bool {
-        self.phase = match self.phase {
-            Phase::Settling { backoff: true } => Phase::Backoff,
-            Phase::Settling { backoff: false } => Phase::Active,
-            other => other,
-        };
-        if self.auto_pause.is_none() {
-            // The breaker's pause is committed (or failed): the workers
-            // held for it go on (to find the queue closed).
-            out.push(Action::ReleaseHeld);
-        }
-        match result {
-            Ok(job) => {
-                // Our own transition released whatever was still claimed
-                // (PAUSED) or ended the job.
-                out.push(Action::DrainQueue);
-                self.apply_job(job, out)
-            }
-            Err(e) => {
-                self.store_error(e, workers, now, out);
-                false
-            }
-        }
-    }
-
-    /// A fresh read of the job came back. Returns whether it was applied.
-    pub fn refreshed(
-        &mut self,
-        result: Result<Committed, StoreError>,
-        workers: &impl Workers,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) -> bool {
-        match result {
-            Ok(job) => self.apply_job(job, out),
-            Err(e) => {
-                self.store_error(e, workers, now, out);
-                false
-            }
-        }
-    }
-
-    /// The retry timer fired: try again what failed.
-    pub fn retry(&mut self) {
-        self.phase = match self.phase {
-            Phase::Backoff => Phase::Active,
-            Phase::Settling { .. } => Phase::Settling { backoff: false },
-            other => other,
-        };
-        self.claims.exhausted = false;
-    }
-
     /// Fails the job once its running time (paused time not counted) is
     /// over its budget; otherwise checks again later.
     pub fn tick(&mut self, out: &mut Vec<Action>) {
@@ -379,133 +256,14 @@ impl Core {
         });
     }
 
-    /// The wake-up set for `at` fired at `now`.
-    pub fn woken(&mut self, at: Instant, now: Instant, out: &mut Vec<Action>) {
-        out.extend(self.claims.woken(at, now).map(Action::WakeUpAt));
-    }
-
-    /// Retries the store holds, with how long each still waits.
-    pub fn found_waiting(
-        &mut self,
-        found: Vec<(u32, Duration)>,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        for (index, wait) in found {
-            self.wait(Some(index), now + wait, out);
-        }
-    }
-
     /// The pool now has `concurrency` workers (or is shrinking to them).
     pub fn resized(&mut self, concurrency: u32) {
         self.concurrency = concurrency;
     }
 
-    /// A worker died at `now` running the item at `index`, if any: counts
-    /// it against the restart budget, and fails the job once it is spent.
-    /// Returns the restarts within the window.
-    pub fn worker_died(&mut self, now: Instant, index: Option<u32>, error: &str) -> u32 {
-        let restarts = self.restarts.record(now);
-        if self.restarts.spent() {
-            self.failing = Some(format!(
-                "restart budget exhausted: {restarts} worker restarts within {}; last: {}",
-                humantime::format_duration(self.restarts.window()),
-                match index {
-                    Some(i) => format!("item {i}: {error}"),
-                    None => error.to_string(),
-                }
-            ));
-        }
-        restarts
-    }
-
-    /// Whether a worker that died is replaced.
-    pub fn replaces_workers(&self) -> bool {
-        !self.state.is_terminal() && self.in_charge()
-    }
-
-    /// A store call failed with `e`.
-    pub fn store_error(
-        &mut self,
-        e: StoreError,
-        workers: &impl Workers,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        match e {
-            // Someone else changed the job: find out what it is now.
-            StoreError::Conflict { .. } => out.push(Action::Refresh),
-            // Items went back to pending meanwhile: claim them. Items still
-            // running with nothing in flight here were claimed by a batch
-            // whose commit we never heard of (connection lost during
-            // COMMIT): they are ours and nobody runs them, so put them
-            // back.
-            StoreError::NotFinished {
-                running, retry_in, ..
-            } => {
-                match retry_in {
-                    // Every pending item waits for its retry (the store
-                    // knows of waits this supervisor did not start: before
-                    // a restart, or on another replica): look again when
-                    // the first ends.
-                    Some(wait) => self.wait(None, now + wait, out),
-                    None => self.claims.pending_again(0),
-                }
-                if running > 0
-                    && workers.in_flight() == 0
-                    && workers.queued() == 0
-                    && self.claims.out.is_none()
-                {
-                    tracing::warn!(job_id = %self.job, "releasing items claimed by a lost commit");
-                    self.settling();
-                    out.push(Action::ReleaseOrphans);
-                }
-            }
-            StoreError::NotFound(_) => {
-                tracing::error!(job_id = %self.job, "job vanished from the store; stopping");
-                out.push(Action::Exit("job not found".into()));
-            }
-            // Another replica owns the job now.
-            StoreError::Fenced(_) => out.push(Action::LeaseLost),
-            e => {
-                tracing::warn!(job_id = %self.job, error = %e, "store call failed; will retry");
-                self.back_off(out);
-            }
-        }
-    }
-
-    /// A store call failed: wait before trying again (once).
-    fn back_off(&mut self, out: &mut Vec<Action>) {
-        let next = match self.phase {
-            Phase::Active => Phase::Backoff,
-            Phase::Settling { backoff: false } => Phase::Settling { backoff: true },
-            // Already waiting, or no longer claiming or committing.
-            Phase::Backoff
-            | Phase::Settling { backoff: true }
-            | Phase::ShuttingDown
-            | Phase::Stopped => return,
-        };
-        self.phase = next;
-        out.push(Action::RetryAfter(RETRY_AFTER));
-    }
-
-    /// A transition of its own goes out.
-    pub(super) fn settling(&mut self) {
-        self.phase = match self.phase {
-            Phase::Active => Phase::Settling { backoff: false },
-            Phase::Backoff => Phase::Settling { backoff: true },
-            other => other,
-        };
-    }
-
-    /// The item at `index` (none: any item) may be claimed again at `until`.
-    fn wait(&mut self, index: Option<u32>, until: Instant, out: &mut Vec<Action>) {
-        out.extend(self.claims.wait(until, index).map(Action::WakeUpAt));
-    }
-
     /// Adopts a job as committed, unless what we know is newer. Returns
     /// whether it was adopted.
-    fn apply_job(&mut self, job: Committed, out: &mut Vec<Action>) -> bool {
+    pub(super) fn apply_job(&mut self, job: Committed, out: &mut Vec<Action>) -> bool {
         if job.seq < self.state_seq {
             return false;
         }
@@ -569,9 +327,9 @@ pub(super) trait Workers {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{claims::WAKE_SPACING, testing::*};
+    use super::super::testing::*;
     use super::*;
-    use crate::{domain::Command, engine::worker::Finished};
+    use std::time::Instant;
 
     #[test]
     fn an_immediate_pause_or_a_drain_deadline_interrupts_the_items() {
@@ -620,93 +378,6 @@ mod tests {
     }
 
     #[test]
-    fn the_restart_budget_spent_fails_the_job() {
-        let mut c = core(JobState::Running);
-        let now = Instant::now();
-        assert_eq!(c.worker_died(now, Some(1), "panic"), 1);
-        assert_eq!(c.worker_died(now, None, "panic"), 2);
-        assert!(c.failing.is_none(), "two restarts are within a budget of 2");
-        // Restarts out of the window no longer count.
-        let later = now + Duration::from_secs(61);
-        assert_eq!(c.worker_died(later, Some(1), "panic"), 1);
-        c.worker_died(later, Some(1), "panic");
-        assert_eq!(c.worker_died(later, Some(7), "boom"), 3);
-        let why = c.failing.clone().expect("the budget is spent");
-        assert!(why.contains("3 worker restarts within 1m"), "{why}");
-        assert!(why.ends_with("last: item 7: boom"), "{why}");
-        assert!(c.replaces_workers());
-        let actions = next(&mut c, IDLE, later);
-        assert!(matches!(
-            &actions[..],
-            [
-                Action::Signal(Some(StopReason::Shutdown)),
-                Action::Settle {
-                    command: Command::Fail,
-                    ..
-                }
-            ]
-        ));
-    }
-
-    #[test]
-    fn store_errors_refresh_back_off_or_give_up() {
-        let mut c = core(JobState::Running);
-        let now = Instant::now();
-        let job = c.job;
-        let error = |c: &mut Core, e| act(|out| c.store_error(e, &IDLE, now, out));
-        let conflict = StoreError::Conflict {
-            expected: JobState::Running,
-            current: JobState::Paused,
-        };
-        assert_eq!(error(&mut c, conflict), [Action::Refresh]);
-        assert_eq!(error(&mut c, StoreError::Fenced(job)), [Action::LeaseLost]);
-        assert_eq!(
-            error(&mut c, StoreError::NotFound(job)),
-            [Action::Exit("job not found".into())]
-        );
-        let down = || StoreError::Unavailable("refused".into());
-        assert_eq!(error(&mut c, down()), [Action::RetryAfter(RETRY_AFTER)]);
-        assert_eq!(c.phase, Phase::Backoff);
-        assert_eq!(error(&mut c, down()), [], "a timer runs already");
-        assert_eq!(next(&mut c, IDLE, now), [], "nothing is claimed meanwhile");
-        c.retry();
-        assert_eq!(next(&mut c, IDLE, now), [Action::Dispatch, claim(0, 4)]);
-    }
-
-    #[test]
-    fn a_refused_finish_looks_again_or_releases_orphans() {
-        let mut c = core(JobState::Running);
-        let now = Instant::now();
-        exhausted(&mut c, now);
-        next(&mut c, IDLE, now);
-        let refused = |running, retry_in| StoreError::NotFinished {
-            pending: 1,
-            running,
-            retry_in,
-        };
-        // Every pending item waits: look again when the first may start.
-        let wait = Duration::from_secs(2);
-        let actions = act(|out| {
-            c.settled(Err(refused(0, Some(wait))), &IDLE, now, out);
-        });
-        assert_eq!(actions, [Action::ReleaseHeld, Action::WakeUpAt(now + wait)]);
-        assert_eq!(next(&mut c, IDLE, now), [Action::Dispatch]);
-        c.woken(now + wait, now + wait, &mut Vec::new());
-        assert!(c.claims.may_find());
-        // Items running that nobody here runs: put back.
-        let mut c = core(JobState::Running);
-        exhausted(&mut c, now);
-        let actions = act(|out| c.store_error(refused(2, None), &IDLE, now, out));
-        assert_eq!(actions, [Action::ReleaseOrphans]);
-        assert_eq!(c.phase, Phase::Settling { backoff: false });
-        // Not while an item is in flight here.
-        let mut c = core(JobState::Running);
-        let actions = act(|out| c.store_error(refused(2, None), &ONE_BUSY, now, out));
-        assert_eq!(actions, []);
-        assert!(c.claims.may_find());
-    }
-
-    #[test]
     fn a_lost_lease_stops_everything_at_once() {
         let mut c = core(JobState::Running);
         let actions = act(|out| c.abandon(out));
@@ -721,48 +392,6 @@ mod tests {
             ]
         );
         assert_eq!(next(&mut c, IDLE, Instant::now()), []);
-    }
-
-    #[test]
-    fn the_breaker_pauses_the_job_and_holds_the_failed_worker() {
-        let policy = JobPolicy {
-            pause_after_failures: Some(2),
-            ..JobPolicy::default()
-        };
-        let mut c = core_with(JobState::Running, policy);
-        let now = Instant::now();
-        let failed = Finished::Failed {
-            retry: None,
-            error: "bad".into(),
-        };
-        assert!(!c.done(1, &failed, Duration::ZERO, now, &mut Vec::new()));
-        assert!(c.done(2, &failed, Duration::ZERO, now, &mut Vec::new()));
-        let actions = next(&mut c, IDLE, now);
-        let [
-            Action::Settle {
-                from,
-                command,
-                reason,
-            },
-        ] = &actions[..]
-        else {
-            panic!("{actions:?}");
-        };
-        assert_eq!(
-            (*from, *command),
-            (JobState::Running, Command::Pause(PauseMode::Graceful))
-        );
-        assert!(reason.contains("2 failed attempts in a row"), "{reason}");
-        // Committed: the held workers go on (to a closed queue).
-        let pausing = committed(JobState::Pausing, 6);
-        let actions = act(|out| {
-            c.settled(Ok(pausing), &IDLE, now, out);
-        });
-        assert_eq!(actions[0], Action::ReleaseHeld);
-        assert!(actions.contains(&Action::OpenQueue(false)));
-        // A resume clears the breaker: one failure does not trip it.
-        c.changed(JobState::Running, 7, false, &mut Vec::new());
-        assert!(!c.done(3, &failed, Duration::ZERO, now, &mut Vec::new()));
     }
 
     #[test]
@@ -821,120 +450,5 @@ mod tests {
         assert_eq!(act(|out| spent.tick(out)), []);
         let why = spent.failing.clone().expect("timed out");
         assert!(why.starts_with("timeout: the job ran for 1m 1s"), "{why}");
-    }
-
-    #[test]
-    fn wake_ups_for_retries_are_spaced() {
-        let mut c = core(JobState::Running);
-        let now = Instant::now();
-        c.woken(now, now, &mut Vec::new());
-        let failed = Finished::Failed {
-            retry: Some(Duration::from_millis(1)),
-            error: "x".into(),
-        };
-        let actions = act(|out| {
-            c.done(1, &failed, Duration::ZERO, now, out);
-        });
-        assert_eq!(actions, [Action::WakeUpAt(now + WAKE_SPACING)]);
-    }
-    /// What happens to the core in a test of its phases.
-    #[derive(Debug, Clone, Copy)]
-    enum Event {
-        /// A store call failed on an unreachable store.
-        StoreDown,
-        /// Its own transition came back, committed.
-        Settled,
-        /// The retry timer fired.
-        Retry,
-        Shutdown,
-        Abandon,
-    }
-
-    #[test]
-    fn every_phase_answers_every_event() {
-        use Event::*;
-        use Phase::*;
-        let settling = Settling { backoff: false };
-        let settling_backoff = Settling { backoff: true };
-        // (phase, event, phase after, whether a retry timer is set)
-        let table = [
-            (Active, StoreDown, Backoff, true),
-            (Active, Settled, Active, false),
-            (Active, Retry, Active, false),
-            (Active, Shutdown, ShuttingDown, false),
-            (Active, Abandon, Stopped, false),
-            (Backoff, StoreDown, Backoff, false),
-            (Backoff, Settled, Backoff, false),
-            (Backoff, Retry, Active, false),
-            (Backoff, Shutdown, ShuttingDown, false),
-            (Backoff, Abandon, Stopped, false),
-            (settling, StoreDown, settling_backoff, true),
-            (settling, Settled, Active, false),
-            (settling, Retry, settling, false),
-            (settling, Shutdown, ShuttingDown, false),
-            (settling, Abandon, Stopped, false),
-            (settling_backoff, StoreDown, settling_backoff, false),
-            (settling_backoff, Settled, Backoff, false),
-            (settling_backoff, Retry, settling, false),
-            (settling_backoff, Shutdown, ShuttingDown, false),
-            (settling_backoff, Abandon, Stopped, false),
-            (ShuttingDown, StoreDown, ShuttingDown, false),
-            (ShuttingDown, Settled, ShuttingDown, false),
-            (ShuttingDown, Retry, ShuttingDown, false),
-            (ShuttingDown, Shutdown, ShuttingDown, false),
-            (ShuttingDown, Abandon, Stopped, false),
-            (Stopped, StoreDown, Stopped, false),
-            (Stopped, Settled, Stopped, false),
-            (Stopped, Retry, Stopped, false),
-            (Stopped, Shutdown, ShuttingDown, false),
-            (Stopped, Abandon, Stopped, false),
-        ];
-        let now = Instant::now();
-        for (phase, event, after, timer) in table {
-            let mut c = core(JobState::Running);
-            c.phase = phase;
-            let actions = act(|out| match event {
-                StoreDown => c.store_error(StoreError::Unavailable("down".into()), &IDLE, now, out),
-                Settled => {
-                    c.settled(Ok(committed(JobState::Running, 6)), &IDLE, now, out);
-                }
-                Retry => c.retry(),
-                Shutdown => c.shutdown(out),
-                Abandon => c.abandon(out),
-            });
-            assert_eq!(c.phase, after, "{phase:?} then {event:?}");
-            assert_eq!(
-                actions.contains(&Action::RetryAfter(RETRY_AFTER)),
-                timer,
-                "{phase:?} then {event:?}: {actions:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn only_an_active_core_decides_and_a_shutdown_decides_its_end() {
-        use Phase::*;
-        let now = Instant::now();
-        for phase in [
-            Backoff,
-            Settling { backoff: false },
-            Settling { backoff: true },
-            Stopped,
-        ] {
-            let mut c = core(JobState::Running);
-            c.phase = phase;
-            c.failing = Some("broken".into());
-            assert_eq!(next(&mut c, IDLE, now), [], "{phase:?}");
-            assert_eq!(c.failing.as_deref(), Some("broken"), "kept for later");
-        }
-        // An ended job's supervisor stops, unless it answers a shutdown.
-        let mut c = core(JobState::Succeeded);
-        c.phase = Settling { backoff: true };
-        assert_eq!(
-            next(&mut c, IDLE, now),
-            [Action::Exit("job succeeded".into())]
-        );
-        c.phase = ShuttingDown;
-        assert_eq!(next(&mut c, IDLE, now), [Action::FinishShutdown]);
     }
 }
