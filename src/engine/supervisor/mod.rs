@@ -14,9 +14,9 @@
 //! Its decisions are data: each message goes to the pure core
 //! ([`state::Core`], its phase one [`state::Phase`]), which returns
 //! [`action::Action`]s; after every message the core decides what comes
-//! next (`plan.rs`). This actor only carries the actions out: the claims
-//! and commits (`io.rs`), the workers (`pool.rs`), timers, signals and the
-//! work queue.
+//! next (`plan.rs`). This actor only carries the actions out
+//! (`perform.rs`): the claims and commits (`io.rs`), the workers
+//! (`pool.rs`), timers, signals and the work queue.
 
 mod action;
 mod claims;

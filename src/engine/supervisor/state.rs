@@ -1,8 +1,11 @@
 //! The supervisor's core: what it knows of its job, as plain data, and how
 //! each message changes that. Every method takes the time it needs as an
 //! argument and returns what to do as [`Action`]s; nothing here touches
-//! an actor, a timer or the store, so it is tested without either.
-//! `plan.rs` holds the decision taken after every message (`Core::next`).
+//! an actor, a timer or the store, so it is tested without them. Here:
+//! the state, the phase, and the job's state changes (a caller's, a
+//! notice's, its own); `items.rs`, `settle.rs` and `pool.rs` hold the
+//! core's answers to items, to the store and to dead workers, and
+//! `plan.rs` the decision taken after every message (`Core::next`).
 
 use super::{action::Action, claims::Claims, pool::RestartBudget};
 use crate::{
