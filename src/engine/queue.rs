@@ -76,10 +76,6 @@ impl WorkQueue {
         self.lock().items.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Removes every waiting item.
     pub fn drain(&self) -> Vec<ClaimedItem> {
         self.lock().items.drain(..).collect()
