@@ -1,9 +1,11 @@
 //! Security: TLS and mTLS (and the handshake timeout), bearer tokens and
-//! permissions, label scopes,
-//! token reload on SIGHUP, rate limits, the exec switch, and secrets kept
-//! out of logs and the event log.
+//! permissions, label scopes, token reload on SIGHUP, rate limits, the exec
+//! switch, and secrets kept out of logs and the event log. Servers in this
+//! process come from the e2e harness (its TLS, guard and registry
+//! options); each test dials its own connections, plaintext or TLS, to
+//! see what the server lets through.
 
-use super::harness::{Options, TestApp, TestDb, spawn_app_with};
+use super::harness::{Options, TestApp, TestDb, endpoint, spawn_app_with};
 use jobvisor::{
     api::{
         auth::{Permission, Tokens, new_token},
@@ -567,9 +569,7 @@ async fn every_rpc_needs_a_valid_token_with_its_permission() {
         ..GuardConfig::default()
     };
     let app = start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel.clone());
     let admin = tokens[0].as_str();
     let job = client
@@ -634,9 +634,7 @@ async fn scoped_tokens_see_and_touch_only_their_teams_jobs() {
         ..GuardConfig::default()
     };
     let app = start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let (video, data) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
 
@@ -721,9 +719,7 @@ async fn a_scoped_selector_naming_another_scope_selects_nothing() {
         ..GuardConfig::default()
     };
     let app = start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let (video, audio) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
     let mut jobs = Vec::new();
@@ -837,9 +833,7 @@ async fn request_ids_are_not_shared_across_scopes() {
         ..GuardConfig::default()
     };
     let app = start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let (video, audio) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
     let keyed = || pb::StartJobRequest {
@@ -880,9 +874,7 @@ async fn rate_and_concurrency_limits_trip_and_recover() {
         ..GuardConfig::default()
     };
     let app = start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let mut limited = None;
     for _ in 0..20 {
@@ -911,18 +903,14 @@ async fn rate_and_concurrency_limits_trip_and_recover() {
         ..GuardConfig::default()
     };
     let app = start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut big = gate_job(&BTreeMap::new());
     big.items = (0..200_000).map(|i| i.to_string()).collect();
     let mut starter = JobServiceClient::new(channel.clone());
     let start = tokio::spawn(async move { starter.start_job(big).await.map(|_| ()) });
     // Another connection from the same caller (the same address).
     drop(channel);
-    let other = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let other = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(other);
     let mut turned_away = false;
     let mut tries = 0;
@@ -953,9 +941,7 @@ async fn rate_and_concurrency_limits_trip_and_recover() {
 #[tokio::test]
 async fn exec_is_off_unless_enabled_and_limited_to_its_commands() {
     let app = start(None, GuardConfig::default(), Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let exec = |command: &str| pb::StartJobRequest {
         name: "x".into(),
@@ -981,9 +967,7 @@ async fn exec_is_off_unless_enabled_and_limited_to_its_commands() {
         .unwrap(),
     );
     let app = start(None, GuardConfig::default(), registry).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     client
         .start_job(exec("/bin/true"))
@@ -1018,9 +1002,7 @@ async fn sighup_reloads_tokens_without_dropping_streams() {
         cwd: None,
     };
     let server = ServerProcess::start(&spec).await.unwrap();
-    let channel = connect(Endpoint::from_shared(format!("http://{}", spec.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(spec.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let ops = Some(first[0].as_str());
     let job = client
@@ -1124,9 +1106,7 @@ async fn passwords_and_tokens_stay_out_of_logs_and_events() {
         cwd: None,
     };
     let mut server = ServerProcess::start(&spec).await.unwrap();
-    let channel = connect(Endpoint::from_shared(format!("http://{}", spec.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(spec.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let token = Some(tokens[0].as_str());
     let mut request = gate_job(&BTreeMap::new());
