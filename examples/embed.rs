@@ -5,7 +5,7 @@
 //!     cargo run --example embed
 //!     jobvisor start --name shout --executor uppercase --item hello --item world --watch
 //!
-//! The test `tests/embedding.rs` runs this very file's `registry()`.
+//! The test `tests/e2e/embedding.rs` runs this very file's `registry()`.
 
 use jobvisor::{
     executor::{Executor, ItemContext, ItemError, ItemHandler, Params, PrepareError, Registry},

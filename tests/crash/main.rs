@@ -1,13 +1,15 @@
 //! Crash tests: the real `jobvisor` binary, killed (SIGKILL), drained
-//! (SIGTERM), its database restarted and its sessions terminated — then
-//! checked: no item lost, none completed twice, every re-execution from
-//! the checkpoint the store held.
+//! (SIGTERM), its database restarted and its sessions terminated — alone
+//! or as one of several replicas ([`replicas`]) — then checked: no item
+//! lost, none completed twice, every re-execution from the checkpoint the
+//! store held.
 
 mod one_runner;
+mod replicas;
 
 use jobvisor::pb::{self, job_service_client::JobServiceClient};
 use jobvisor_testkit::{
-    db::admin_url,
+    db::{TestDb, admin_url},
     process::{ServerProcess, ServerSpec, free_port},
 };
 use jobvisor_tools::chaos::{self, ChaosConfig, Fault};
@@ -407,28 +409,9 @@ async fn the_embedded_store_survives_a_kill() {
 /// items end once each, and the failing item has exactly its attempts.
 #[tokio::test]
 async fn a_kill_while_a_retry_waits_keeps_the_wait() {
-    use sqlx::{Connection, Executor};
-    let admin = admin_url();
-    let name = format!("jv_crash_retry_{}", std::process::id());
-    let mut pg_admin = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot reach PostgreSQL at {admin} ({e}); start it with \
-             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-            )
-        });
-    pg_admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name}"
-        )))
-        .await
-        .unwrap();
-    pg_admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    use sqlx::Connection;
+    let db = TestDb::create_with_prefix("jv_crash_retry_").await;
+    let url = db.url.clone();
     let log = tempfile::NamedTempFile::new().unwrap();
     let spec = ServerSpec {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
@@ -513,10 +496,5 @@ async fn a_kill_while_a_retry_waits_keeps_the_wait() {
     assert!(failed_at[2] - failed_at[1] >= 3.0, "{failed_at:?}");
     drop(pg);
     drop(_server);
-    pg_admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .await
-        .unwrap();
+    db.try_drop().await.unwrap();
 }

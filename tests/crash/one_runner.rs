@@ -4,10 +4,13 @@
 //! undisturbed; after the first is killed, a new server continues the job.
 //! And the command line ends quietly when its reader goes away.
 
-use super::{admin_url, connect, wait_end};
+use super::{connect, wait_end};
 use jobvisor::pb;
-use jobvisor_testkit::process::{ServerProcess, ServerSpec, free_port};
-use sqlx::{Connection, Executor, PgConnection};
+use jobvisor_testkit::{
+    db::TestDb,
+    process::{ServerProcess, ServerSpec, free_port},
+};
+use sqlx::{Connection, PgConnection};
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -18,21 +21,6 @@ use std::{
     },
     time::{Duration, Instant},
 };
-
-/// A fresh database named `name`; its URL.
-async fn fresh_database(name: &str) -> String {
-    let admin = admin_url();
-    let mut pg = PgConnection::connect(&admin).await.unwrap();
-    pg.execute(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .await
-    .unwrap();
-    pg.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
-}
 
 fn spec(database_url: &str, cwd: Option<PathBuf>, log: PathBuf) -> ServerSpec {
     ServerSpec {
@@ -122,8 +110,8 @@ async fn wait_succeeded(addr: SocketAddr, id: &str, n: u64) -> u64 {
 
 #[tokio::test]
 async fn a_second_server_on_one_database_refuses_to_start_and_the_first_runs_on() {
-    let name = format!("jv_one_runner_{}", std::process::id());
-    let url = fresh_database(&name).await;
+    let db = TestDb::create_with_prefix("jv_one_runner_").await;
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let first_spec = spec(&url, None, dir.path().join("first.log"));
     let second_spec = spec(&url, None, dir.path().join("second.log"));
@@ -203,6 +191,8 @@ async fn a_second_server_on_one_database_refuses_to_start_and_the_first_runs_on(
         attempts.iter().all(|(_, a, s)| *a == 1 && *s == 2),
         "{attempts:?}"
     );
+    drop((pg, _first));
+    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -345,8 +335,8 @@ async fn a_server_that_lost_the_runner_lock_to_another_stops_at_once() {
     use jobvisor::store::postgres::runner_lock::RUNNER_LOCK_KEY;
     use sqlx::{ConnectOptions, postgres::PgConnectOptions};
     use std::str::FromStr;
-    let name = format!("jv_lost_lock_{}", std::process::id());
-    let url = fresh_database(&name).await;
+    let db = TestDb::create_with_prefix("jv_lost_lock_").await;
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
     let spec = spec(&url, None, log.clone());
@@ -414,4 +404,6 @@ async fn a_server_that_lost_the_runner_lock_to_another_stops_at_once() {
         .unwrap();
     assert_eq!(before, after);
     assert!(before.0 < 40, "the job did not run to its end elsewhere");
+    drop((usurper, admin));
+    db.drop_db().await;
 }

@@ -4,9 +4,10 @@
 
 use super::executors::{Executions, Flaky, Gate, Panicky, Recording};
 use jobvisor::{
+    api::guard::GuardConfig,
     executor::Registry,
     pb::{self, job_service_client::JobServiceClient},
-    server::{ServerConfig, serve},
+    server::{ServerConfig, TlsFiles, serve},
 };
 use sqlx::PgPool;
 use std::{
@@ -14,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 pub use jobvisor_testkit::db::TestDb;
 
@@ -27,7 +28,6 @@ pub fn init_logs() {
     });
 }
 
-/// Tweaks for one test's server.
 /// Which store the server runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum StoreKind {
@@ -37,6 +37,7 @@ pub enum StoreKind {
     Embedded,
 }
 
+/// Tweaks for one test's server.
 #[derive(Clone)]
 pub struct Options {
     pub store: StoreKind,
@@ -55,6 +56,16 @@ pub struct Options {
     /// `serve --max-watch-streams` and `--max-watch-streams-per-caller`.
     pub max_watch_streams: usize,
     pub max_watch_streams_per_caller: usize,
+    /// `serve --tls-cert`, `--tls-key` and `--tls-client-ca`.
+    pub tls: Option<TlsFiles>,
+    /// How the harness's own client reaches a TLS server: the CA it
+    /// trusts, the name it expects, and (under mTLS) its certificate.
+    pub client_tls: Option<ClientTlsConfig>,
+    /// Tokens, permissions and rate limits (`serve --auth-tokens`, …).
+    pub guard: GuardConfig,
+    /// The server's executors, instead of the test executors (`recording`,
+    /// `gate`, `panicky`, `flaky`) beside the built-ins and `exec`.
+    pub registry: Option<Registry>,
 }
 
 impl Default for Options {
@@ -71,6 +82,10 @@ impl Default for Options {
             handshake_timeout: Duration::from_secs(10),
             max_watch_streams: 4096,
             max_watch_streams_per_caller: 1024,
+            tls: None,
+            client_tls: None,
+            guard: GuardConfig::default(),
+            registry: None,
         }
     }
 }
@@ -159,12 +174,16 @@ async fn start_server(
     gate: &Gate,
     flaky: &Flaky,
 ) -> Running {
-    let registry = Registry::with_builtins()
-        .with("recording", Recording::new(executions.clone()))
-        .with("gate", gate.clone().with_log(executions.clone()))
-        .with("panicky", Panicky)
-        .with("flaky", flaky.clone())
-        .with_exec(jobvisor::executor::exec::ExecExecutor::new(&Default::default()).expect("exec"));
+    let registry = options.registry.clone().unwrap_or_else(|| {
+        Registry::with_builtins()
+            .with("recording", Recording::new(executions.clone()))
+            .with("gate", gate.clone().with_log(executions.clone()))
+            .with("panicky", Panicky)
+            .with("flaky", flaky.clone())
+            .with_exec(
+                jobvisor::executor::exec::ExecExecutor::new(&Default::default()).expect("exec"),
+            )
+    });
     let mut config = match options.store {
         StoreKind::Postgres => ServerConfig::new(db_url),
         StoreKind::Embedded => ServerConfig::embedded(db_url),
@@ -181,13 +200,33 @@ async fn start_server(
     config.handshake_timeout = options.handshake_timeout;
     config.max_watch_streams = options.max_watch_streams;
     config.max_watch_streams_per_caller = options.max_watch_streams_per_caller;
+    config.tls = options.tls.clone();
+    config.guard = options.guard.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(config, registry, listener, async {
         let _ = rx.await;
     }));
-    (connect(addr).await, addr, tx, server)
+    let endpoint = match &options.client_tls {
+        None => endpoint(addr),
+        Some(tls) => tls_endpoint(addr, tls.clone()),
+    };
+    (connect_to(endpoint).await, addr, tx, server)
+}
+
+/// A plaintext endpoint of the server at `addr`.
+pub fn endpoint(addr: std::net::SocketAddr) -> Endpoint {
+    Endpoint::from_shared(format!("http://{addr}")).unwrap()
+}
+
+/// A TLS endpoint of the server at `addr`, by the name `localhost` (the
+/// name its test certificates carry).
+pub fn tls_endpoint(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Endpoint {
+    Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
 }
 
 /// Shuts the server down gracefully and starts a new one on the same
@@ -211,9 +250,14 @@ pub async fn restart(mut app: TestApp) -> TestApp {
 
 /// Connects, waiting for the server to listen and migrate.
 pub async fn connect(addr: std::net::SocketAddr) -> Channel {
+    connect_to(endpoint(addr)).await
+}
+
+/// [`connect`], through `endpoint` (plaintext or TLS).
+pub async fn connect_to(endpoint: Endpoint) -> Channel {
+    let addr = endpoint.uri().clone();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
         match endpoint.connect().await {
             Ok(ch) => {
                 // The port is bound before the store is ready: wait until

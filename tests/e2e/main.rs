@@ -1,11 +1,15 @@
-//! End-to-end tests: the real server on an ephemeral port, a fresh
-//! PostgreSQL database per test, the generated gRPC client.
+//! End-to-end tests, one binary: the real server on an ephemeral port (in
+//! this process through `harness`, or as the `jobvisor` binary where a
+//! test needs a process: signals, logs, OTLP, the Python example), a fresh
+//! PostgreSQL database per test, the generated gRPC client. Also the
+//! property tests of everything that parses caller input.
 
 mod control;
 mod controls;
 mod deletion;
 mod discovery;
 mod embedded;
+mod embedding;
 mod errors;
 mod exec;
 mod exec_confinement;
@@ -15,8 +19,12 @@ mod harness;
 mod hostile;
 mod lifecycle;
 mod panics;
+mod properties;
+mod python;
 mod rate_limit;
 mod retry_delay;
 mod scheduled;
+mod security;
 mod slow_readers;
+mod telemetry;
 mod watch;

@@ -8,20 +8,20 @@
 
 use jobvisor::pb::{self, job_service_client::JobServiceClient};
 use jobvisor_testkit::{
-    db::{admin, admin_url, with_database},
+    db::TestDb,
     process::{ServerProcess, ServerSpec, free_port},
 };
-use sqlx::{Executor, PgPool};
+use sqlx::PgPool;
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 use tonic::transport::Channel;
 
 /// Three (or more) replicas on one fresh database.
 struct Replicas {
-    db: String,
+    db: TestDb,
     specs: Vec<ServerSpec>,
     servers: Vec<Option<ServerProcess>>,
     pool: PgPool,
@@ -30,20 +30,8 @@ struct Replicas {
 
 impl Replicas {
     async fn start(n: usize, lease_timeout: &str) -> Replicas {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let db = format!(
-            "jv_test_{secs}_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        admin()
-            .await
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-            .await
-            .expect("create the test database");
-        let url = with_database(&admin_url(), &db);
+        let db = TestDb::create().await;
+        let url = db.url.clone();
         let logs = tempfile::Builder::new()
             .prefix("jv-replicas-")
             .tempdir()
@@ -175,13 +163,7 @@ impl Replicas {
             }
         }
         self.pool.close().await;
-        let _ = admin()
-            .await
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db
-            )))
-            .await;
+        self.db.drop_db().await;
     }
 }
 

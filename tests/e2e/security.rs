@@ -1,8 +1,11 @@
 //! Security: TLS and mTLS (and the handshake timeout), bearer tokens and
-//! permissions, label scopes,
-//! token reload on SIGHUP, rate limits, the exec switch, and secrets kept
-//! out of logs and the event log.
+//! permissions, label scopes, token reload on SIGHUP, rate limits, the exec
+//! switch, and secrets kept out of logs and the event log. Servers in this
+//! process come from the e2e harness (its TLS, guard and registry
+//! options); each test dials its own connections, plaintext or TLS, to
+//! see what the server lets through.
 
+use super::harness::{Options, TestApp, TestDb, endpoint, spawn_app_with};
 use jobvisor::{
     api::{
         auth::{Permission, Tokens, new_token},
@@ -13,14 +16,11 @@ use jobvisor::{
         exec::{CommandPolicy, ExecExecutor, ExecSettings},
     },
     pb::{self, job_service_client::JobServiceClient},
-    server::{ServerConfig, TlsFiles, serve},
+    server::TlsFiles,
 };
-use jobvisor_testkit::{
-    db::{admin_url, with_database},
-    process::{ServerProcess, ServerSpec, free_port},
-};
+use jobvisor_testkit::process::{ServerProcess, ServerSpec, free_port};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use sqlx::{Connection, Executor};
+use sqlx::Connection;
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -28,84 +28,38 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
-use tokio::{net::TcpListener, sync::oneshot};
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-async fn new_database() -> String {
-    let name = format!(
-        "jv_test_sec_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
-    let mut admin = sqlx::PgConnection::connect(&admin_url())
-        .await
-        .expect("PostgreSQL must be running (see the README)");
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    name
+/// A server in this process with this TLS, guard and registry, on a
+/// fresh database; `client_tls` is how the harness's own client reaches it
+/// when it serves TLS.
+async fn start(
+    tls: Option<(TlsFiles, ClientTlsConfig)>,
+    guard: GuardConfig,
+    registry: Registry,
+) -> TestApp {
+    start_with(tls, guard, registry, Options::default()).await
 }
 
-async fn drop_database(name: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
-        let _ = admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .await;
-    }
-}
-
-/// A server in this process, with its own database.
-struct App {
-    addr: SocketAddr,
-    database: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl App {
-    async fn start(tls: Option<TlsFiles>, guard: GuardConfig, registry: Registry) -> App {
-        App::start_with(tls, guard, registry, |_| {}).await
-    }
-
-    /// [`App::start`], with `adjust` changing the rest of the configuration.
-    async fn start_with(
-        tls: Option<TlsFiles>,
-        guard: GuardConfig,
-        registry: Registry,
-        adjust: impl FnOnce(&mut ServerConfig),
-    ) -> App {
-        let database = new_database().await;
-        let mut config = ServerConfig::new(with_database(&admin_url(), &database));
-        config.tls = tls;
-        config.guard = guard;
-        config.shutdown_grace = Duration::from_secs(3);
-        adjust(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(config, registry, listener, async {
-            let _ = rx.await;
-        }));
-        App {
-            addr,
-            database,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn finish(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
-        drop_database(&self.database).await;
-    }
+/// [`start`], with the rest of the harness's options from `options`.
+async fn start_with(
+    tls: Option<(TlsFiles, ClientTlsConfig)>,
+    guard: GuardConfig,
+    registry: Registry,
+    options: Options,
+) -> TestApp {
+    let (tls, client_tls) = tls.unzip();
+    spawn_app_with(Options {
+        tls,
+        client_tls,
+        guard,
+        registry: Some(registry),
+        ..options
+    })
+    .await
 }
 
 /// Retries until the server answers (it binds before it is ready).
@@ -201,16 +155,19 @@ async fn tls_connections_that_never_finish_their_handshakes_are_closed() {
         key: write(&dir, "server.key", &key),
         client_ca: None,
     };
-    let app = App::start_with(
-        Some(tls),
-        GuardConfig::default(),
-        Registry::with_builtins(),
-        |config| config.handshake_timeout = Duration::from_secs(1),
-    )
-    .await;
     let trusting = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&server_ca.ca_pem))
         .domain_name("localhost");
+    let app = start_with(
+        Some((tls, trusting.clone())),
+        GuardConfig::default(),
+        Registry::with_builtins(),
+        Options {
+            handshake_timeout: Duration::from_secs(1),
+            ..Options::default()
+        },
+    )
+    .await;
     let https = format!("https://localhost:{}", app.addr.port());
     let channel = connect(
         Endpoint::from_shared(https)
@@ -255,7 +212,7 @@ async fn tls_connections_that_never_finish_their_handshakes_are_closed() {
     );
     // The client that finished its handshakes goes on.
     assert_eq!(probe(channel).await, Code::NotFound);
-    app.finish().await;
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -269,16 +226,16 @@ async fn tls_clients_need_the_right_ca_and_mtls_a_certificate() {
         key: write(&dir, "server.key", &key),
         client_ca: None,
     };
-    let app = App::start(
-        Some(tls.clone()),
+    let trusting = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&server_ca.ca_pem))
+        .domain_name("localhost");
+    let app = start(
+        Some((tls.clone(), trusting.clone())),
         GuardConfig::default(),
         Registry::with_builtins(),
     )
     .await;
     let https = format!("https://localhost:{}", app.addr.port());
-    let trusting = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&server_ca.ca_pem))
-        .domain_name("localhost");
     let channel = connect(
         Endpoint::from_shared(https.clone())
             .unwrap()
@@ -310,14 +267,22 @@ async fn tls_clients_need_the_right_ca_and_mtls_a_certificate() {
         refused.is_err(),
         "an untrusted server certificate is refused"
     );
-    app.finish().await;
+    app.stop().await;
 
     // mTLS: the server wants a certificate from the client CA.
     let tls = TlsFiles {
         client_ca: Some(write(&dir, "client-ca.pem", &client_ca.ca_pem)),
         ..tls
     };
-    let app = App::start(Some(tls), GuardConfig::default(), Registry::with_builtins()).await;
+    // The harness's own client has a certificate of its own.
+    let (cert, key) = client_ca.leaf("harness");
+    let harness = trusting.clone().identity(Identity::from_pem(cert, key));
+    let app = start(
+        Some((tls, harness)),
+        GuardConfig::default(),
+        Registry::with_builtins(),
+    )
+    .await;
     let https = format!("https://localhost:{}", app.addr.port());
     let anonymous = Endpoint::from_shared(https.clone())
         .unwrap()
@@ -359,7 +324,7 @@ async fn tls_clients_need_the_right_ca_and_mtls_a_certificate() {
         "{:?}",
         paused.pauses
     );
-    app.finish().await;
+    app.stop().await;
 }
 
 fn gate_job(labels: &BTreeMap<String, String>) -> pb::StartJobRequest {
@@ -603,10 +568,8 @@ async fn every_rpc_needs_a_valid_token_with_its_permission() {
         tokens: Some(Arc::new(Tokens::load(&path).unwrap())),
         ..GuardConfig::default()
     };
-    let app = App::start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let app = start(None, guard, Registry::with_builtins()).await;
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel.clone());
     let admin = tokens[0].as_str();
     let job = client
@@ -652,7 +615,7 @@ async fn every_rpc_needs_a_valid_token_with_its_permission() {
         })
         .await
         .expect("health needs no token");
-    app.finish().await;
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -670,10 +633,8 @@ async fn scoped_tokens_see_and_touch_only_their_teams_jobs() {
         tokens: Some(Arc::new(Tokens::load(&path).unwrap())),
         ..GuardConfig::default()
     };
-    let app = App::start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let app = start(None, guard, Registry::with_builtins()).await;
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let (video, data) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
 
@@ -735,7 +696,7 @@ async fn scoped_tokens_see_and_touch_only_their_teams_jobs() {
         ),
         ("video-ci", "window", "r-1")
     );
-    app.finish().await;
+    app.stop().await;
 }
 
 /// ControlJobs by labels: a scoped token's selector that names another
@@ -757,10 +718,8 @@ async fn a_scoped_selector_naming_another_scope_selects_nothing() {
         tokens: Some(Arc::new(Tokens::load(&path).unwrap())),
         ..GuardConfig::default()
     };
-    let app = App::start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let app = start(None, guard, Registry::with_builtins()).await;
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let (video, audio) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
     let mut jobs = Vec::new();
@@ -853,7 +812,7 @@ async fn a_scoped_selector_naming_another_scope_selects_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(untouched.state, pb::JobState::Running as i32);
-    app.finish().await;
+    app.stop().await;
 }
 
 /// StartJob's request ids belong to the caller's scope: another team's
@@ -873,10 +832,8 @@ async fn request_ids_are_not_shared_across_scopes() {
         tokens: Some(Arc::new(Tokens::load(&path).unwrap())),
         ..GuardConfig::default()
     };
-    let app = App::start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let app = start(None, guard, Registry::with_builtins()).await;
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let (video, audio) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()));
     let keyed = || pb::StartJobRequest {
@@ -906,7 +863,7 @@ async fn request_ids_are_not_shared_across_scopes() {
             .into_inner();
         assert_eq!(again.id, first.id);
     }
-    app.finish().await;
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -916,10 +873,8 @@ async fn rate_and_concurrency_limits_trip_and_recover() {
         rate_burst: 5,
         ..GuardConfig::default()
     };
-    let app = App::start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let app = start(None, guard, Registry::with_builtins()).await;
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let mut limited = None;
     for _ in 0..20 {
@@ -939,7 +894,7 @@ async fn rate_and_concurrency_limits_trip_and_recover() {
         .list_jobs(pb::ListJobsRequest::default())
         .await
         .expect("it recovers");
-    app.finish().await;
+    app.stop().await;
 
     // One request at a time per caller: a second one while a big StartJob
     // is being stored is turned away, and accepted once it is done.
@@ -947,19 +902,15 @@ async fn rate_and_concurrency_limits_trip_and_recover() {
         concurrent_per_caller: 1,
         ..GuardConfig::default()
     };
-    let app = App::start(None, guard, Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let app = start(None, guard, Registry::with_builtins()).await;
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut big = gate_job(&BTreeMap::new());
     big.items = (0..200_000).map(|i| i.to_string()).collect();
     let mut starter = JobServiceClient::new(channel.clone());
     let start = tokio::spawn(async move { starter.start_job(big).await.map(|_| ()) });
     // Another connection from the same caller (the same address).
     drop(channel);
-    let other = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let other = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(other);
     let mut turned_away = false;
     let mut tries = 0;
@@ -984,15 +935,13 @@ async fn rate_and_concurrency_limits_trip_and_recover() {
         .list_jobs(pb::ListJobsRequest::default())
         .await
         .expect("accepted again");
-    app.finish().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn exec_is_off_unless_enabled_and_limited_to_its_commands() {
-    let app = App::start(None, GuardConfig::default(), Registry::with_builtins()).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let app = start(None, GuardConfig::default(), Registry::with_builtins()).await;
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let exec = |command: &str| pb::StartJobRequest {
         name: "x".into(),
@@ -1008,7 +957,7 @@ async fn exec_is_off_unless_enabled_and_limited_to_its_commands() {
         "{}",
         status.message()
     );
-    app.finish().await;
+    app.stop().await;
 
     let registry = Registry::with_builtins().with_exec(
         ExecExecutor::new(&ExecSettings {
@@ -1017,10 +966,8 @@ async fn exec_is_off_unless_enabled_and_limited_to_its_commands() {
         })
         .unwrap(),
     );
-    let app = App::start(None, GuardConfig::default(), registry).await;
-    let channel = connect(Endpoint::from_shared(format!("http://{}", app.addr)).unwrap())
-        .await
-        .unwrap();
+    let app = start(None, GuardConfig::default(), registry).await;
+    let channel = connect(endpoint(app.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     client
         .start_job(exec("/bin/true"))
@@ -1033,7 +980,7 @@ async fn exec_is_off_unless_enabled_and_limited_to_its_commands() {
         "{}",
         status.message()
     );
-    app.finish().await;
+    app.stop().await;
 }
 
 /// Token reload on SIGHUP, with the real binary: a new token works at once,
@@ -1043,21 +990,19 @@ async fn sighup_reloads_tokens_without_dropping_streams() {
     use Permission::*;
     let dir = tempfile::tempdir().unwrap();
     let (path, first) = token_file(&dir, &[("ops", &[Admin], &[])]);
-    let database = new_database().await;
+    let database = TestDb::create().await;
     let log = dir.path().join("server.log");
     let spec = ServerSpec {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
         addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
-        database_url: with_database(&admin_url(), &database),
+        database_url: database.url.clone(),
         args: vec!["--auth-tokens".into(), path.display().to_string()],
         log: log.clone(),
         env: vec![],
         cwd: None,
     };
     let server = ServerProcess::start(&spec).await.unwrap();
-    let channel = connect(Endpoint::from_shared(format!("http://{}", spec.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(spec.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let ops = Some(first[0].as_str());
     let job = client
@@ -1135,7 +1080,7 @@ async fn sighup_reloads_tokens_without_dropping_streams() {
     .expect("the pause reaches the old stream");
     assert_eq!(paused.requested_by, "oncall");
     drop(server);
-    drop_database(&database).await;
+    database.drop_db().await;
 }
 
 /// Secrets never reach the logs or the event log.
@@ -1143,11 +1088,12 @@ async fn sighup_reloads_tokens_without_dropping_streams() {
 async fn passwords_and_tokens_stay_out_of_logs_and_events() {
     let dir = tempfile::tempdir().unwrap();
     let (path, tokens) = token_file(&dir, &[("ops", &[Permission::Admin], &[])]);
-    let database = new_database().await;
+    let database = TestDb::create().await;
     let password = "pw-s3cr3t-8842";
     // Trust authentication ignores the password, so it only has to be kept
     // secret, not checked.
-    let url = with_database(&admin_url(), &database)
+    let url = database
+        .url
         .replace("postgres@", &format!("postgres:{password}@"));
     let log = dir.path().join("server.log");
     let spec = ServerSpec {
@@ -1160,9 +1106,7 @@ async fn passwords_and_tokens_stay_out_of_logs_and_events() {
         cwd: None,
     };
     let mut server = ServerProcess::start(&spec).await.unwrap();
-    let channel = connect(Endpoint::from_shared(format!("http://{}", spec.addr)).unwrap())
-        .await
-        .unwrap();
+    let channel = connect(endpoint(spec.addr)).await.unwrap();
     let mut client = JobServiceClient::new(channel);
     let token = Some(tokens[0].as_str());
     let mut request = gate_job(&BTreeMap::new());
@@ -1204,9 +1148,7 @@ async fn passwords_and_tokens_stay_out_of_logs_and_events() {
 
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.len() > 200, "the server logged something: {logs}");
-    let mut db = sqlx::PgConnection::connect(&with_database(&admin_url(), &database))
-        .await
-        .unwrap();
+    let mut db = sqlx::PgConnection::connect(&database.url).await.unwrap();
     let events: Vec<String> = sqlx::query_scalar("SELECT body::text FROM job_events")
         .fetch_all(&mut db)
         .await
@@ -1220,5 +1162,5 @@ async fn passwords_and_tokens_stay_out_of_logs_and_events() {
         );
     }
     drop(db);
-    drop_database(&database).await;
+    database.drop_db().await;
 }

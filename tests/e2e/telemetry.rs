@@ -4,7 +4,7 @@
 
 use jobvisor::pb::{self, job_service_client::JobServiceClient};
 use jobvisor_testkit::{
-    db::{admin_url, with_database},
+    db::{TestDb, admin_url},
     process::{ServerProcess, ServerSpec, free_port},
 };
 use opentelemetry_proto::tonic::{
@@ -15,7 +15,6 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value::Value,
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
-use sqlx::{Connection, Executor};
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -97,28 +96,18 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 struct Server {
     process: ServerProcess,
     addr: SocketAddr,
-    database: String,
+    database: TestDb,
     log: tempfile::NamedTempFile,
 }
 
 impl Server {
     async fn start(args: &[&str], env: &[(&str, String)]) -> Server {
-        let database = format!(
-            "jv_test_tel_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..10]
-        );
-        let mut admin = sqlx::PgConnection::connect(&admin_url())
-            .await
-            .expect("PostgreSQL must be running (see the README)");
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-            .await
-            .unwrap();
+        let database = TestDb::create().await;
         let log = tempfile::NamedTempFile::new().unwrap();
         let spec = ServerSpec {
             binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
             addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
-            database_url: with_database(&admin_url(), &database),
+            database_url: database.url.clone(),
             args: args.iter().map(|a| a.to_string()).collect(),
             log: log.path().to_path_buf(),
             env: env
@@ -147,14 +136,7 @@ impl Server {
 
     async fn stop(mut self) -> String {
         let _ = self.process.terminate(Duration::from_secs(15)).await;
-        if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
-            let _ = admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.database
-                )))
-                .await;
-        }
+        self.database.drop_db().await;
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 }

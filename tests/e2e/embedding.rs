@@ -2,7 +2,7 @@
 //! executor, served by the library, used through the generated client;
 //! and where an embedded executor's code runs.
 
-#[path = "../examples/embed.rs"]
+#[path = "../../examples/embed.rs"]
 #[allow(dead_code)]
 mod embed;
 
