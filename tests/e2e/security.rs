@@ -506,6 +506,37 @@ async fn every_rpc(
                 .map(|_| ()),
         ),
     ));
+    out.push((
+        "SetJobConcurrency",
+        code(
+            client
+                .set_job_concurrency(with_token(
+                    pb::SetJobConcurrencyRequest {
+                        job_id: id.clone(),
+                        concurrency: 3,
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "RetryFailedItems",
+        code(
+            client
+                .retry_failed_items(with_token(
+                    pb::RetryFailedItemsRequest {
+                        job_id: id.clone(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+        ),
+    ));
     for action in BULK_ACTIONS {
         let response = client
             .control_jobs(with_token(
