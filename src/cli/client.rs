@@ -645,8 +645,10 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     .await
 }
 
-/// Streams a job to its end, reconnecting with the last sequence seen when
-/// the stream breaks (server restart, network).
+/// Streams a job to its end. When the stream breaks (a server restart, a
+/// proxy that cut it, a stream that fell behind) it watches again from
+/// the last sequence it showed, with backoff, and says so on stderr: no
+/// event is missed or shown twice.
 async fn follow(
     client: &mut Client,
     job_id: &str,
@@ -656,7 +658,7 @@ async fn follow(
     let json = json || !std::io::stdout().is_terminal();
     let mut view = output::WatchView::new(json);
     let mut last = from_sequence;
-    let mut failures = 0;
+    let mut retries = watch_backoff();
     loop {
         let stream = client
             .watch_job(pb::WatchJobRequest {
@@ -664,50 +666,75 @@ async fn follow(
                 from_sequence: last,
             })
             .await;
-        let mut stream = match stream {
-            Ok(s) => s.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unavailable && failures < 30 => {
-                failures += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+        let broken = match stream {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(event)) => {
+                            retries = watch_backoff();
+                            if !matches!(
+                                event.kind,
+                                Some(
+                                    pb::job_event::Kind::Snapshot(_)
+                                        | pb::job_event::Kind::Progress(_)
+                                )
+                            ) {
+                                last = event.sequence;
+                            }
+                            if let Some(end) = view.show(&event) {
+                                view.finish();
+                                return Ok(end);
+                            }
+                        }
+                        Ok(None) => {
+                            // Ended without a terminal event after our
+                            // sequence: the job had already ended.
+                            view.finish();
+                            return Ok(output::exit_code(view.last_state()));
+                        }
+                        Err(status) => break status,
+                    }
+                }
             }
-            Err(s) => return Err(status_error(s)),
+            Err(status) => status,
         };
-        loop {
-            match stream.message().await {
-                Ok(Some(event)) => {
-                    failures = 0;
-                    if !matches!(
-                        event.kind,
-                        Some(pb::job_event::Kind::Snapshot(_) | pb::job_event::Kind::Progress(_))
-                    ) {
-                        last = event.sequence;
-                    }
-                    if let Some(end) = view.show(&event) {
-                        view.finish();
-                        return Ok(end);
-                    }
-                }
-                Ok(None) => {
-                    // Ended without a terminal event after our sequence:
-                    // the job had already ended.
-                    view.finish();
-                    return Ok(output::exit_code(view.last_state()));
-                }
-                Err(s) if s.code() == tonic::Code::Unavailable && failures < 30 => {
-                    failures += 1;
-                    view.note(&format!(
-                        "stream interrupted ({}); reconnecting",
-                        s.message()
-                    ));
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    break;
-                }
-                Err(s) => {
-                    view.finish();
-                    return Err(status_error(s));
-                }
+        match retries.next().filter(|_| resumable(&broken)) {
+            Some(wait) => {
+                view.note(&format!(
+                    "watch stream interrupted ({}: {}); resuming after sequence {last} in {}",
+                    output::code_name(broken.code()),
+                    broken.message(),
+                    humantime::format_duration(wait)
+                ));
+                tokio::time::sleep(wait).await;
+            }
+            None => {
+                view.finish();
+                return Err(status_error(broken));
             }
         }
     }
+}
+
+/// The waits between a watch's attempts to resume: from half a second,
+/// doubling to at most 10 s, for about five minutes.
+fn watch_backoff() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(35)
+        .build()
+}
+
+/// Whether a broken watch stream is worth resuming: the server or the path
+/// to it failed (restart, drain, a proxy's cut, a stream behind), not the
+/// request.
+fn resumable(status: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    matches!(
+        status.code(),
+        Unavailable | Internal | Unknown | ResourceExhausted | Aborted | Cancelled
+    )
 }

@@ -430,14 +430,12 @@ impl WatchView {
     }
 
     /// Prints a line without breaking the bar.
+    /// A line for the person watching, on stderr (stdout carries only the
+    /// job's events, one JSON line each with `--json`).
     pub fn note(&mut self, line: &str) {
-        if self.json {
-            say!("{}", json!({"note": line}));
-        } else {
-            match &self.bar {
-                Some(bar) => bar.println(line),
-                None => eprintln!("{line}"),
-            }
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
         }
     }
 

@@ -105,6 +105,14 @@ pub struct ServeArgs {
           value_parser = humantime::parse_duration)]
     watch_stall_timeout: Duration,
 
+    /// A WatchJob stream on which nothing was sent for this long (a paused
+    /// job, long items) gets a progress message anyway, so that proxies
+    /// and load balancers that time out idle streams (nginx 60 s, cloud
+    /// load balancers 30–350 s) keep it open.
+    #[arg(long, env = "JOBVISOR_STREAM_KEEPALIVE", default_value = "15s",
+          value_parser = humantime::parse_duration)]
+    stream_keepalive: Duration,
+
     /// Delete ended jobs (SUCCEEDED, FAILED, CANCELLED) this long after
     /// they ended, with their items, events and pause history, e.g. 30d.
     /// Without it, ended jobs are kept until a DeleteJob call.
@@ -274,6 +282,14 @@ impl ServeArgs {
                 humantime::format_duration(self.watch_stall_timeout)
             );
         }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
+            .contains(&self.stream_keepalive)
+        {
+            anyhow::bail!(
+                "--stream-keepalive (JOBVISOR_STREAM_KEEPALIVE) must be from 100ms to 1h, got {}",
+                humantime::format_duration(self.stream_keepalive)
+            );
+        }
         if self.handshake_timeout < Duration::from_millis(100) {
             anyhow::bail!(
                 "--handshake-timeout (JOBVISOR_HANDSHAKE_TIMEOUT) must be at least 100ms, got {}",
@@ -302,6 +318,7 @@ impl ServeArgs {
         config.engine.watch_window = self.watch_window;
         config.engine.retention = self.retention;
         config.engine.watch_stall = self.watch_stall_timeout;
+        config.engine.stream_keepalive = self.stream_keepalive;
         config.handshake_timeout = self.handshake_timeout;
         config.max_watch_streams = self.max_watch_streams;
         config.max_watch_streams_per_caller = self.max_watch_streams_per_caller;

@@ -37,6 +37,9 @@ pub struct EngineConfig {
     /// newer events were stored ends with RESOURCE_EXHAUSTED; the client
     /// watches again from its last sequence.
     pub watch_stall: Duration,
+    /// A WatchJob stream on which nothing was sent for this long gets a
+    /// progress message anyway, so that proxies keep a quiet stream open.
+    pub stream_keepalive: Duration,
     /// This server, as GetJob names it as the runner of its live jobs
     /// (single-server mode; a replica's jobs name their lease holder).
     pub runner: Runner,
@@ -86,6 +89,7 @@ impl Default for EngineConfig {
             retention: None,
             watch_reads: 4,
             watch_stall: Duration::from_secs(30),
+            stream_keepalive: Duration::from_secs(15),
             runner: this_process(host_name()),
         }
     }

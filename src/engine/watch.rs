@@ -196,6 +196,9 @@ struct Watcher {
     /// When the last batch was handed to the client's stream: the next
     /// call comes when the client has made room for more.
     handed: Option<Instant>,
+    /// When the last batch was produced: a progress message keeps a quiet
+    /// stream alive after `stream_keepalive`.
+    sent_at: Instant,
     sent_counts: ItemCounts,
     sent_partial: f64,
     rate: Rate,
@@ -233,6 +236,7 @@ impl Watcher {
             ended: false,
             limit: (BATCH_BYTES / EVENT_BYTES) as u32,
             handed: None,
+            sent_at: Instant::now(),
             sent_partial: 0.0,
             rate,
             next_progress: now,
@@ -261,6 +265,7 @@ impl Watcher {
         let batch = self.produce().await?;
         if batch.is_some() {
             self.handed = Some(Instant::now());
+            self.sent_at = Instant::now();
         }
         Ok(batch)
     }
@@ -377,7 +382,13 @@ impl Watcher {
                             self.known = latest;
                         }
                         let partial = self.engine.rt.hub.in_flight_fraction(id);
-                        if self.known.counts != self.sent_counts || partial != self.sent_partial {
+                        // Sent when the counts moved, and on a quiet stream
+                        // (a paused job, long items) as its keepalive.
+                        let quiet = self.sent_at.elapsed() >= self.engine.rt.config.stream_keepalive;
+                        if self.known.counts != self.sent_counts
+                            || partial != self.sent_partial
+                            || quiet
+                        {
                             self.sent_counts = self.known.counts;
                             self.sent_partial = partial;
                             let item = progress_of(&self.known, partial, &mut self.rate);

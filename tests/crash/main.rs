@@ -6,6 +6,7 @@
 
 mod one_runner;
 mod replicas;
+mod watch_resume;
 
 use jobvisor::pb::{self, job_service_client::JobServiceClient};
 use jobvisor_testkit::{

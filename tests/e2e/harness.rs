@@ -53,6 +53,8 @@ pub struct Options {
     pub watch_stall: Duration,
     /// `serve --handshake-timeout`.
     pub handshake_timeout: Duration,
+    /// `serve --stream-keepalive`.
+    pub stream_keepalive: Duration,
     /// `serve --max-watch-streams` and `--max-watch-streams-per-caller`.
     pub max_watch_streams: usize,
     pub max_watch_streams_per_caller: usize,
@@ -80,6 +82,7 @@ impl Default for Options {
             retention: None,
             watch_stall: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            stream_keepalive: Duration::from_secs(15),
             max_watch_streams: 4096,
             max_watch_streams_per_caller: 1024,
             tls: None,
@@ -197,6 +200,7 @@ async fn start_server(
     config.engine.pipelined_acks = options.pipelined_acks;
     config.engine.retention = options.retention;
     config.engine.watch_stall = options.watch_stall;
+    config.engine.stream_keepalive = options.stream_keepalive;
     config.handshake_timeout = options.handshake_timeout;
     config.max_watch_streams = options.max_watch_streams;
     config.max_watch_streams_per_caller = options.max_watch_streams_per_caller;

@@ -173,3 +173,40 @@ async fn a_stream_ends_unavailable_when_the_server_shuts_down() {
     assert!(status.message().contains("last sequence"), "{status:?}");
     app.stop().await;
 }
+
+/// A stream on a quiet job (paused: nothing changes) still gets a message
+/// at least every `--stream-keepalive`, so that a proxy's idle timeout
+/// does not cut it: a progress message carrying the latest sequence.
+#[tokio::test]
+async fn a_quiet_stream_gets_a_keepalive() {
+    let app = spawn_app_with(Options {
+        stream_keepalive: std::time::Duration::from_millis(300),
+        ..Options::default()
+    })
+    .await;
+    let job = app.start(app.job("gate", 4, 2, &[])).await;
+    app.pause(&job.id, PauseMode::Immediate).await.unwrap();
+    let paused = app.wait_for(&job.id, JobState::Paused, SECS(10)).await;
+    let mut stream = app.open_watch(&job.id, paused.last_sequence).await;
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(first.kind, Some(pb::job_event::Kind::Snapshot(_))));
+    // Nothing happens to the job from here on; messages keep coming.
+    let started = std::time::Instant::now();
+    for n in 0..4 {
+        let next = tokio::time::timeout(SECS(3), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no keepalive {n} within 3 s on a quiet stream"))
+            .unwrap()
+            .expect("the stream goes on");
+        match next.kind {
+            Some(pb::job_event::Kind::Progress(_)) => {
+                assert_eq!(next.sequence, paused.last_sequence, "{next:?}")
+            }
+            other => panic!("a quiet job sent {other:?}"),
+        }
+    }
+    // Four, 300 ms apart at the least (a progress message may come at the
+    // progress interval's next tick after that).
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    app.stop().await;
+}
