@@ -13,7 +13,11 @@
 //! Nothing here decides anything the database does not: two replicas that
 //! race for a job both ask the store, and one of them gets it.
 
-use super::{Engine, EngineError, manager::ManagerMsg, supervisor::SupervisorMsg};
+use super::{
+    Adopted, Engine, EngineError, manager::ManagerMsg, placement::Placement,
+    supervisor::SupervisorMsg,
+};
+use crate::executor::ItemHandler;
 use crate::{
     domain::{Job, JobId, JobState, Runner},
     store::{
@@ -288,15 +292,11 @@ impl Cluster {
 }
 
 impl Engine {
-    fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.as_ref()
-    }
-
     /// Joins the cluster and takes this replica's jobs (its own leases
     /// first, then a share of the jobs nobody owns); then keeps the
     /// heartbeat and the listener running until shutdown.
-    pub(super) async fn join_cluster(&self) -> Result<usize, EngineError> {
-        let cluster = self.cluster().expect("multi-replica mode").clone();
+    async fn join_cluster(&self, cluster: &Arc<Cluster>) -> Result<usize, EngineError> {
+        let cluster = cluster.clone();
         let me = Runner {
             server: cluster.me().to_string(),
             ..self.rt.config.runner.clone()
@@ -569,25 +569,6 @@ impl Engine {
         }
     }
 
-    /// A supervisor ended (its job ended, or it was handed over): the
-    /// lease it ran under is released.
-    pub(super) fn supervisor_ended(&self, job: JobId, epoch: Option<i64>) {
-        let Some(cluster) = self.cluster() else {
-            return;
-        };
-        if self.closing.is_cancelled() {
-            return;
-        }
-        if let Some(epoch) = cluster.book.remove(job, epoch) {
-            let cluster = cluster.clone();
-            tokio::spawn(async move {
-                if let Err(e) = cluster.leases.release(cluster.me(), &[(job, epoch)]).await {
-                    tracing::debug!(job_id = %job, error = %e, "could not release the lease; it will expire");
-                }
-            });
-        }
-    }
-
     async fn listen_loop(
         self,
         cluster: Arc<Cluster>,
@@ -783,13 +764,100 @@ impl Engine {
             tracing::warn!(job_id = %job, error = %e, "could not ask the owner to interrupt");
         }
     }
+}
 
-    /// Graceful shutdown, after the supervisors stopped: gives up every
-    /// lease so the other replicas adopt the jobs now.
-    pub(super) async fn leave_cluster(&self) {
-        let Some(cluster) = self.cluster() else {
+/// Multi-replica placement: a job runs on the replica that holds its
+/// lease; calls taken here reach it through the database.
+pub(super) struct Replicated(pub(super) Arc<Cluster>);
+
+#[async_trait::async_trait]
+impl Placement for Replicated {
+    async fn adopt(&self, engine: &Engine) -> Result<Adopted, EngineError> {
+        // Other replicas may be running jobs: take only this one's share
+        // (its own leases, then jobs nobody owns).
+        let running = engine.join_cluster(&self.0).await?;
+        Ok(Adopted {
+            running,
+            ..Adopted::default()
+        })
+    }
+
+    async fn place_new(
+        &self,
+        engine: &Engine,
+        job: &Job,
+        _handler: Arc<dyn ItemHandler>,
+        start: Option<opentelemetry::trace::SpanContext>,
+    ) -> Result<(), EngineError> {
+        engine.place_new(&self.0, job, start).await
+    }
+
+    async fn tell(
+        &self,
+        engine: &Engine,
+        job: &Job,
+        interrupt: bool,
+        asked: Instant,
+        wait: bool,
+    ) -> Result<(), EngineError> {
+        engine.route(&self.0, job, interrupt, asked, wait).await
+    }
+
+    async fn setting_changed(&self, engine: &Engine, job: &Job) -> Result<(), EngineError> {
+        engine
+            .route(&self.0, job, false, Instant::now(), true)
+            .await
+    }
+
+    async fn interrupt(&self, engine: &Engine, job: JobId) {
+        engine.interrupt_anywhere(&self.0, job).await
+    }
+
+    async fn owner(&self, _engine: &Engine, job: &Job) -> Result<Option<Runner>, EngineError> {
+        Ok(self.0.leases.runner(job.id).await?)
+    }
+
+    fn run_here(&self, job: JobId) -> Option<Option<Lease>> {
+        let book = &self.0.book;
+        Some(Some(Lease {
+            owner: book.owner().clone(),
+            epoch: book.epoch(job)?,
+        }))
+    }
+
+    /// The lease the supervisor ran under is released.
+    fn supervisor_ended(&self, engine: &Engine, job: JobId, epoch: Option<i64>) {
+        if engine.closing.is_cancelled() {
             return;
-        };
+        }
+        if let Some(epoch) = self.0.book.remove(job, epoch) {
+            let cluster = self.0.clone();
+            tokio::spawn(async move {
+                if let Err(e) = cluster.leases.release(cluster.me(), &[(job, epoch)]).await {
+                    tracing::debug!(job_id = %job, error = %e, "could not release the lease; it will expire");
+                }
+            });
+        }
+    }
+
+    async fn readopt(&self, engine: &Engine, job: JobId) {
+        // A new lease (epoch) releases what the old supervisor held.
+        self.0.book_forget(job);
+        if let Err(e) = engine.take(&self.0, job, None).await {
+            tracing::error!(job_id = %job, error = %e, "could not re-adopt the job");
+        }
+    }
+
+    async fn drain(&self) {
+        let cluster = &self.0;
+        if let Err(e) = cluster.leases.drain(cluster.me()).await {
+            tracing::debug!(error = %e, "could not mark the replica draining");
+        }
+    }
+
+    /// Gives up every lease so the other replicas adopt the jobs now.
+    async fn leave(&self) {
+        let cluster = &self.0;
         cluster
             .left
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -799,23 +867,5 @@ impl Engine {
                 tracing::warn!(error = %e, "could not release the leases; they will expire")
             }
         }
-    }
-
-    /// Graceful shutdown begins: take no new jobs.
-    pub(super) async fn drain_cluster(&self) {
-        if let Some(cluster) = self.cluster()
-            && let Err(e) = cluster.leases.drain(cluster.me()).await
-        {
-            tracing::debug!(error = %e, "could not mark the replica draining");
-        }
-    }
-
-    /// The lease this replica holds on `job`, if any.
-    pub(super) fn lease_of(&self, job: JobId) -> Option<Lease> {
-        let cluster = self.cluster()?;
-        Some(Lease {
-            owner: cluster.book.owner().clone(),
-            epoch: cluster.book.epoch(job)?,
-        })
     }
 }

@@ -14,6 +14,7 @@ mod control;
 mod error;
 mod hub;
 mod manager;
+mod placement;
 mod policy;
 mod queue;
 mod retention;
@@ -38,13 +39,16 @@ use crate::{
         page::{ItemCursor, JobCursor},
     },
     executor::{ItemHandler, PrepareError, Registry},
-    store::{ItemQuery, JobQuery, Leases, Page, Pulse, Store, StoreError, TransitionWrite},
+    store::{
+        ItemQuery, JobQuery, JobWriter, Leases, Page, Pulse, Store, StoreError, TransitionWrite,
+    },
 };
-use cluster::{Book, Cluster};
+use cluster::{Book, Cluster, Replicated};
 use control::control_metrics;
 use futures::StreamExt as _;
 use manager::{JobManager, ManagerArgs, ManagerMsg};
 use opentelemetry::trace::TraceContextExt as _;
+use placement::{Placement, Solo};
 use ractor::{Actor, ActorRef};
 use std::collections::BTreeMap;
 use std::{sync::Arc, time::Duration};
@@ -69,8 +73,9 @@ pub struct Engine {
     rt: Arc<Runtime>,
     registry: Arc<Registry>,
     manager: ActorRef<ManagerMsg>,
-    /// Multi-replica mode: leases, heartbeat, routing.
-    cluster: Option<Arc<Cluster>>,
+    /// Where jobs run: here alone, or on the replica holding each one's
+    /// lease (multi-replica mode).
+    placement: Arc<dyn Placement>,
     /// Fires when the server starts shutting down: watch streams end.
     closing: CancellationToken,
     /// Fires when the grace period is over: held writes are dropped.
@@ -147,7 +152,7 @@ impl Engine {
             let slot = slot.clone();
             Arc::new(move |job: JobId, epoch: Option<i64>| {
                 if let Some(engine) = slot.get() {
-                    engine.supervisor_ended(job, epoch);
+                    engine.placement.supervisor_ended(engine, job, epoch);
                 }
             })
         };
@@ -166,7 +171,10 @@ impl Engine {
             rt,
             registry,
             manager,
-            cluster,
+            placement: match cluster {
+                Some(cluster) => Arc::new(Replicated(cluster)),
+                None => Arc::new(Solo),
+            },
             closing: CancellationToken::new(),
             abort,
             tasks: tokio::runtime::Handle::current(),
@@ -179,17 +187,15 @@ impl Engine {
     }
 
     async fn adopt(&self) -> Result<Adopted, EngineError> {
+        self.placement.adopt(self).await
+    }
+
+    /// A single server's start-up: recovers every unfinished job the
+    /// previous process left (docs/DESIGN.md, Durability) and runs the
+    /// RUNNING ones.
+    async fn recover_all(&self) -> Result<Adopted, EngineError> {
         /// Jobs adopted at once (well within the store's pool).
         const ADOPT_IN_FLIGHT: usize = 8;
-        if self.cluster.is_some() {
-            // Other replicas may be running jobs: take only this one's
-            // share (its own leases, then jobs nobody owns).
-            let running = self.join_cluster().await?;
-            return Ok(Adopted {
-                running,
-                ..Adopted::default()
-            });
-        }
         let recovery = self.rt.store.recover().await?;
         // Several jobs at a time (each is a read and a supervisor start):
         // a thousand jobs one after the other would keep the server from
@@ -282,13 +288,7 @@ impl Engine {
                 .span_context()
                 .clone();
             let start = start.is_valid().then_some(start);
-            match self.cluster.clone() {
-                Some(cluster) => self.place_new(&cluster, &job, start).await?,
-                None => {
-                    self.supervise_with(job.clone(), handler, start, None)
-                        .await?;
-                }
-            }
+            self.placement.place_new(self, &job, handler, start).await?;
         }
         Ok(job)
     }
@@ -353,13 +353,9 @@ impl Engine {
                     // Nothing changes, but make sure the supervisor knows
                     // the state: an earlier call may have committed and
                     // then lost its caller before telling it.
-                    match self.cluster.clone() {
-                        Some(cluster) => {
-                            self.route(&cluster, &job, false, std::time::Instant::now(), false)
-                                .await?
-                        }
-                        None => self.notify(&job, false).await?,
-                    }
+                    self.placement
+                        .tell(self, &job, false, std::time::Instant::now(), false)
+                        .await?;
                     if interrupt {
                         self.interrupt(id).await;
                     }
@@ -454,9 +450,8 @@ impl Engine {
             let _ = supervisor
                 .call(tell, Some(self.rt.config.control_timeout))
                 .await;
-        } else if let Some(cluster) = self.cluster.clone() {
-            self.route(&cluster, &job, false, std::time::Instant::now(), true)
-                .await?;
+        } else {
+            self.placement.setting_changed(self, &job).await?;
         }
         Ok(job)
     }
@@ -545,10 +540,7 @@ impl Engine {
         ) {
             return Ok(None);
         }
-        match &self.cluster {
-            Some(cluster) => Ok(cluster.leases.runner(job.id).await?),
-            None => Ok(Some(self.rt.config.runner.running_since(job.created_at))),
-        }
+        self.placement.owner(self, job).await
     }
 
     pub async fn list_jobs(&self, query: &JobQuery) -> Result<Page<Job, JobCursor>, EngineError> {
@@ -590,7 +582,7 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) {
         self.closing.cancel();
         self.rt.hub.close();
-        self.drain_cluster().await;
+        self.placement.drain().await;
         let started = tokio::time::Instant::now();
         let _ = self
             .manager
@@ -601,7 +593,7 @@ impl Engine {
         let rest = grace.saturating_sub(started.elapsed());
         tokio::time::sleep(rest.min(Duration::from_millis(50))).await;
         // Multi-replica mode: the others take the jobs over now.
-        self.leave_cluster().await;
+        self.placement.leave().await;
         self.abort.cancel();
         self.manager.stop(Some("shutdown".into()));
     }
@@ -648,10 +640,9 @@ impl Engine {
         job: Job,
         start: Option<opentelemetry::trace::SpanContext>,
     ) -> Result<Option<ActorRef<SupervisorMsg>>, EngineError> {
-        let lease = self.lease_of(job.id);
-        if self.cluster.is_some() && lease.is_none() {
+        let Some(lease) = self.placement.run_here(job.id) else {
             return Ok(None);
-        }
+        };
         match self.handler(&job) {
             Ok(handler) => self
                 .supervise_with(job, handler, start, lease)
@@ -662,10 +653,9 @@ impl Engine {
                 if let Some(write) =
                     TransitionWrite::decided(job.state, crate::domain::Command::Fail, &reason)
                 {
-                    let failed = match &lease {
-                        Some(lease) => self.rt.store.transition_fenced(job.id, &write, lease).await,
-                        None => self.rt.store.transition(job.id, &write).await,
-                    };
+                    let failed = JobWriter::new(self.rt.store.clone(), job.id, lease.clone())
+                        .transition(&write)
+                        .await;
                     match failed {
                         Ok(job) => self.publish(&job),
                         Err(StoreError::Conflict { .. } | StoreError::Fenced(_)) => {}
@@ -673,7 +663,8 @@ impl Engine {
                     }
                 }
                 if let Some(lease) = lease {
-                    self.supervisor_ended(job.id, Some(lease.epoch));
+                    self.placement
+                        .supervisor_ended(self, job.id, Some(lease.epoch));
                 }
                 Ok(None)
             }
@@ -721,24 +712,16 @@ impl Engine {
             .flatten()
     }
 
-    /// Tells the job's supervisor about a committed change and waits for it
+    /// Tells the job's runner about a committed change and waits for it
     /// to take effect. A job that needs a supervisor and has none (after a
     /// restart, or once its supervisor ended) gets one.
-    async fn notify(&self, job: &Job, interrupt: bool) -> Result<(), EngineError> {
-        self.notify_asked(job, interrupt, std::time::Instant::now())
-            .await
-    }
-
     async fn notify_asked(
         &self,
         job: &Job,
         interrupt: bool,
         asked: std::time::Instant,
     ) -> Result<(), EngineError> {
-        match self.cluster.clone() {
-            Some(cluster) => self.route(&cluster, job, interrupt, asked, true).await,
-            None => self.tell_local(job, interrupt, asked).await,
-        }
+        self.placement.tell(self, job, interrupt, asked, true).await
     }
 
     /// Tells this process's supervisor of the job (starting one if the
@@ -852,10 +835,7 @@ impl Engine {
     }
 
     async fn interrupt(&self, id: JobId) {
-        match self.cluster.clone() {
-            Some(cluster) => self.interrupt_anywhere(&cluster, id).await,
-            None => self.interrupt_local(id).await,
-        }
+        self.placement.interrupt(self, id).await
     }
 
     async fn interrupt_local(&self, id: JobId) {
@@ -872,28 +852,6 @@ impl Engine {
     /// Supervises a job again after its supervisor crashed: the items it
     /// had claimed go back to pending first.
     async fn readopt(&self, id: JobId) {
-        if let Some(cluster) = self.cluster.clone() {
-            // A new lease (epoch) releases what the old supervisor held.
-            cluster.book_forget(id);
-            if let Err(e) = self.take(&cluster, id, None).await {
-                tracing::error!(job_id = %id, error = %e, "could not re-adopt the job");
-            }
-            return;
-        }
-        let result = async {
-            self.rt.store.release_items(id).await?;
-            let job = self.rt.store.get_job(id).await?;
-            if matches!(
-                job.state,
-                JobState::Running | JobState::Pausing | JobState::Cancelling
-            ) {
-                self.supervise(job, None).await?;
-            }
-            Ok::<_, EngineError>(())
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::error!(job_id = %id, error = %e, "could not re-adopt the job");
-        }
+        self.placement.readopt(self, id).await
     }
 }

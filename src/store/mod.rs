@@ -124,6 +124,44 @@ impl TransitionWrite {
     }
 }
 
+/// The store as the runner of one job writes to it: under the job's lease
+/// when it runs under one (multi-replica mode), every write fenced by it;
+/// plainly otherwise. The choice is made here, once, instead of at every
+/// call.
+#[derive(Clone)]
+pub struct JobWriter {
+    store: std::sync::Arc<dyn Store>,
+    job: JobId,
+    lease: Option<Lease>,
+}
+
+impl JobWriter {
+    pub fn new(store: std::sync::Arc<dyn Store>, job: JobId, lease: Option<Lease>) -> Self {
+        JobWriter { store, job, lease }
+    }
+
+    /// [`Store::transition`], fenced by the lease if there is one.
+    pub async fn transition(&self, write: &TransitionWrite) -> Result<Job, StoreError> {
+        match &self.lease {
+            Some(lease) => self.store.transition_fenced(self.job, write, lease).await,
+            None => self.store.transition(self.job, write).await,
+        }
+    }
+
+    /// [`Store::release_items`], fenced by the lease if there is one.
+    pub async fn release_items(&self) -> Result<u64, StoreError> {
+        match &self.lease {
+            Some(lease) => self.store.release_items_fenced(self.job, lease).await,
+            None => self.store.release_items(self.job).await,
+        }
+    }
+
+    /// Reads the job.
+    pub async fn get_job(&self) -> Result<Job, StoreError> {
+        self.store.get_job(self.job).await
+    }
+}
+
 /// The reason recorded for a job created PAUSED.
 pub const STARTED_PAUSED: &str = "started paused";
 

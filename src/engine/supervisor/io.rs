@@ -6,7 +6,9 @@ use super::{SupervisorMsg, SupervisorState};
 use crate::{
     domain::{Command, Decision, EventBody, JobState, Provenance, decide},
     engine::worker::Finished,
-    store::{ClaimRequest, ClaimedItem, ItemWrite, StoreError, TransitionWrite, WriteKind},
+    store::{
+        ClaimRequest, ClaimedItem, ItemWrite, JobWriter, StoreError, TransitionWrite, WriteKind,
+    },
 };
 use ractor::ActorRef;
 use std::time::Duration;
@@ -16,6 +18,12 @@ use std::time::Duration;
 const MAX_WAITING_READ: u32 = 10_000;
 
 impl SupervisorState {
+    /// The store as this job's runner writes to it (under its lease in
+    /// multi-replica mode).
+    fn job_writer(&self) -> JobWriter {
+        JobWriter::new(self.rt.store.clone(), self.core.job, self.lease.clone())
+    }
+
     /// Claims up to `max` of the job's pending items from `from_index`:
     /// its next items from the claims' bound, or the `retries` that are
     /// due (`SupervisorMsg::Claimed`).
@@ -49,14 +57,13 @@ impl SupervisorState {
         command: Command,
         provenance: Provenance,
     ) {
-        let (store, job, me) = (self.rt.store.clone(), self.core.job, myself.clone());
-        let lease = self.lease.clone();
+        let (store, me) = (self.job_writer(), myself.clone());
         tokio::spawn(async move {
             let result = async {
                 let mut provenance = provenance;
                 let command = match command {
                     Command::Finish { .. } => {
-                        let counts = store.get_job(job).await?.counts;
+                        let counts = store.get_job().await?.counts;
                         if counts.failed > 0 {
                             provenance.reason = Some(format!(
                                 "{} of {} items failed",
@@ -87,10 +94,7 @@ impl SupervisorState {
                     pause_mode,
                     resume_at: None,
                 };
-                match &lease {
-                    Some(lease) => store.transition_fenced(job, &write, lease).await,
-                    None => store.transition(job, &write).await,
-                }
+                store.transition(&write).await
             }
             .await;
             let _ = me.cast(SupervisorMsg::Settled(Box::new(result)));
@@ -100,15 +104,10 @@ impl SupervisorState {
     /// Puts back the items claimed by a batch whose commit was never heard
     /// of, then reads the job (`SupervisorMsg::Settled`).
     pub(super) fn release_orphans(&self, myself: &ActorRef<SupervisorMsg>) {
-        let (store, job, me) = (self.rt.store.clone(), self.core.job, myself.clone());
-        let lease = self.lease.clone();
+        let (store, me) = (self.job_writer(), myself.clone());
         tokio::spawn(async move {
-            let released = match &lease {
-                Some(lease) => store.release_items_fenced(job, lease).await,
-                None => store.release_items(job).await,
-            };
-            let result = match released {
-                Ok(_) => store.get_job(job).await,
+            let result = match store.release_items().await {
+                Ok(_) => store.get_job().await,
                 Err(e) => Err(e),
             };
             let _ = me.cast(SupervisorMsg::Settled(Box::new(result)));
