@@ -103,6 +103,14 @@ impl Book {
         self.held().get(&job).map(|e| e.epoch)
     }
 
+    /// The lease this replica holds on `job`, if any.
+    pub fn lease(&self, job: JobId) -> Option<Lease> {
+        Some(Lease {
+            owner: self.owner.clone(),
+            epoch: self.epoch(job)?,
+        })
+    }
+
     pub fn holds(&self, job: JobId) -> bool {
         self.held().contains_key(&job)
     }
@@ -254,41 +262,49 @@ impl Cluster {
             .retain(|_, (tx, at)| tx.receiver_count() > 0 || at.elapsed() < keep);
     }
 
-    /// Where a job without an owner should run: the least loaded replica
-    /// (this one on a tie, or when the census is empty).
+    /// Where a job without an owner should run (see [`pick`]).
     fn pick(&self) -> String {
-        let mut census = self.census.lock().expect("census lock");
-        let me = self.me().to_string();
-        let mine = census
-            .replicas
-            .iter()
-            .find(|r| r.id == me)
-            .map_or(0, |r| r.jobs);
-        let best = census
-            .replicas
-            .iter_mut()
-            .min_by_key(|r| (r.jobs, r.id != me))
-            .filter(|r| r.jobs < mine);
-        match best {
-            Some(r) => {
-                r.jobs += 1;
-                r.id.clone()
-            }
-            None => {
-                if let Some(r) = census.replicas.iter_mut().find(|r| r.id == me) {
-                    r.jobs += 1;
-                }
-                me
-            }
-        }
+        pick(&mut self.census.lock().expect("census lock"), self.me())
     }
 
     /// How many jobs this replica should run for the load to be even.
     fn fair_share(&self) -> usize {
-        let census = self.census.lock().expect("census lock");
-        let replicas = census.replicas.len().max(1) as u64;
-        census.live_jobs.div_ceil(replicas) as usize
+        fair_share(&self.census.lock().expect("census lock"))
     }
+}
+
+/// Where a job without an owner should run: the least loaded replica of
+/// the census (this one, `me`, on a tie or when the census is empty),
+/// counted in at once so that the next pick sees it.
+fn pick(census: &mut Census, me: &str) -> String {
+    let mine = census
+        .replicas
+        .iter()
+        .find(|r| r.id == me)
+        .map_or(0, |r| r.jobs);
+    let best = census
+        .replicas
+        .iter_mut()
+        .min_by_key(|r| (r.jobs, r.id != me))
+        .filter(|r| r.jobs < mine);
+    match best {
+        Some(r) => {
+            r.jobs += 1;
+            r.id.clone()
+        }
+        None => {
+            if let Some(r) = census.replicas.iter_mut().find(|r| r.id == me) {
+                r.jobs += 1;
+            }
+            me.to_string()
+        }
+    }
+}
+
+/// How many jobs each replica should run for the load to be even.
+fn fair_share(census: &Census) -> usize {
+    let replicas = census.replicas.len().max(1) as u64;
+    census.live_jobs.div_ceil(replicas) as usize
 }
 
 impl Engine {
@@ -818,11 +834,7 @@ impl Placement for Replicated {
     }
 
     fn run_here(&self, job: JobId) -> Option<Option<Lease>> {
-        let book = &self.0.book;
-        Some(Some(Lease {
-            owner: book.owner().clone(),
-            epoch: book.epoch(job)?,
-        }))
+        self.0.book.lease(job).map(Some)
     }
 
     /// The lease the supervisor ran under is released.
@@ -867,5 +879,98 @@ impl Placement for Replicated {
                 tracing::warn!(error = %e, "could not release the leases; they will expire")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::leases::ReplicaLoad;
+
+    fn census(live_jobs: u64, loads: &[(&str, u64)]) -> Census {
+        Census {
+            live_jobs,
+            replicas: loads
+                .iter()
+                .map(|(id, jobs)| ReplicaLoad {
+                    id: id.to_string(),
+                    jobs: *jobs,
+                })
+                .collect(),
+        }
+    }
+
+    fn book() -> Book {
+        Book::new("a", mpsc::unbounded_channel().0)
+    }
+
+    #[test]
+    fn a_new_job_goes_to_the_least_loaded_replica_and_counts_at_once() {
+        let mut c = census(9, &[("a", 4), ("b", 2), ("c", 3)]);
+        assert_eq!(pick(&mut c, "a"), "b");
+        assert_eq!(pick(&mut c, "a"), "b", "b had 3, c 3: b comes first");
+        assert_eq!(pick(&mut c, "a"), "c");
+        // Everyone at 4: a tie stays here.
+        assert_eq!(pick(&mut c, "a"), "a");
+        assert_eq!(c.replicas.iter().map(|r| r.jobs).sum::<u64>(), 9 + 4);
+    }
+
+    #[test]
+    fn with_no_census_a_new_job_stays_here() {
+        assert_eq!(pick(&mut Census::default(), "a"), "a");
+        assert_eq!(pick(&mut census(0, &[("b", 0)]), "a"), "a");
+    }
+
+    #[test]
+    fn the_fair_share_rounds_up() {
+        assert_eq!(fair_share(&census(10, &[("a", 0), ("b", 0), ("c", 0)])), 4);
+        assert_eq!(fair_share(&census(9, &[("a", 0), ("b", 0), ("c", 0)])), 3);
+        assert_eq!(fair_share(&census(5, &[])), 5, "alone: every job");
+    }
+
+    #[test]
+    fn a_batch_is_fenced_by_the_epochs_held_and_zero_for_the_others() {
+        let book = book();
+        let (held, other) = (JobId::new(), JobId::new());
+        book.insert(held, 7);
+        let fence = book.fence([held, other, held]);
+        assert_eq!(&*fence.owner, "a");
+        assert_eq!(fence.epochs, vec![(held, 7), (other, 0)]);
+    }
+
+    #[test]
+    fn a_lease_is_forgotten_only_under_its_own_epoch() {
+        let book = book();
+        let job = JobId::new();
+        book.insert(job, 3);
+        assert_eq!(book.remove(job, Some(2)), None, "an older supervisor's end");
+        assert!(book.holds(job));
+        assert_eq!(book.remove(job, Some(3)), Some(3));
+        assert!(!book.holds(job));
+        book.insert(job, 4);
+        assert_eq!(book.remove(job, None), Some(4), "any epoch");
+    }
+
+    #[test]
+    fn a_job_is_taken_once_at_a_time() {
+        let book = book();
+        let job = JobId::new();
+        assert!(book.begin_acquire(job));
+        assert!(!book.begin_acquire(job), "already being taken");
+        book.end_acquire(job);
+        book.insert(job, 1);
+        assert!(!book.begin_acquire(job), "already held");
+    }
+
+    #[test]
+    fn a_replica_runs_a_job_only_under_the_lease_it_holds_and_a_single_server_always() {
+        use super::super::placement::{Placement, Solo};
+        let job = JobId::new();
+        assert_eq!(Solo.run_here(job), Some(None), "a single server: no lease");
+        let book = book();
+        assert_eq!(book.lease(job), None, "not held: another replica runs it");
+        book.insert(job, 5);
+        let lease = book.lease(job).expect("held");
+        assert_eq!((&*lease.owner, lease.epoch), ("a", 5));
     }
 }
