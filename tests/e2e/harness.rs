@@ -528,3 +528,68 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
 }
+
+/// Sends `body` as the one message of a call to `method`, whatever its
+/// bytes (the hostile-input and property tests' malformed messages).
+pub async fn raw_call(
+    channel: &tonic::transport::Channel,
+    method: &str,
+    body: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path =
+        http::uri::PathAndQuery::try_from(format!("/jobvisor.v1.JobService/{method}")).unwrap();
+    let request = tonic::Request::new(body);
+    if method == "WatchJob" {
+        grpc.server_streaming(request, path, RawCodec)
+            .await
+            .map(|_| ())
+    } else {
+        grpc.unary(request, path, RawCodec).await.map(|_| ())
+    }
+}
+
+/// Sends and receives raw bytes as gRPC messages.
+#[derive(Clone, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let bytes = src.copy_to_bytes(src.remaining());
+        Ok(Some(bytes.to_vec()))
+    }
+}

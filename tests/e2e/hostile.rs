@@ -3,7 +3,7 @@
 //! server answers with errors or closes the connection, keeps serving,
 //! and nothing stored is touched.
 
-use super::harness::{Options, SECS, spawn_app, spawn_app_with};
+use super::harness::{Options, RawCodec, SECS, raw_call, spawn_app, spawn_app_with};
 use jobvisor::{
     domain::JobId,
     pb::{self, JobState, PauseMode},
@@ -376,27 +376,6 @@ const METHODS: [&str; 13] = [
     "WatchJob",
 ];
 
-/// Sends `body` as the one message of a call to `method`; the status.
-async fn raw_call(
-    channel: &tonic::transport::Channel,
-    method: &str,
-    body: Vec<u8>,
-) -> tonic::Status {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.unwrap();
-    let path =
-        http::uri::PathAndQuery::try_from(format!("/jobvisor.v1.JobService/{method}")).unwrap();
-    let request = tonic::Request::new(body);
-    let result = if method == "WatchJob" {
-        grpc.server_streaming(request, path, RawCodec)
-            .await
-            .map(|_| ())
-    } else {
-        grpc.unary(request, path, RawCodec).await.map(|_| ())
-    };
-    result.expect_err("a malformed message is refused")
-}
-
 /// Bytes that are not a valid protobuf message, and a string field that
 /// is not UTF-8: INVALID_ARGUMENT, the caller's mistake, for every method
 /// (tonic's own codec says INTERNAL).
@@ -412,7 +391,9 @@ async fn malformed_messages_are_invalid_arguments_for_every_method() {
     ];
     for method in METHODS {
         for bytes in garbage {
-            let status = raw_call(&channel, method, bytes.to_vec()).await;
+            let status = raw_call(&channel, method, bytes.to_vec())
+                .await
+                .expect_err("a malformed message is refused");
             assert_eq!(
                 status.code(),
                 Code::InvalidArgument,
@@ -436,7 +417,9 @@ async fn malformed_messages_are_invalid_arguments_for_every_method() {
         ("WatchJob", 1),
     ] {
         let bytes = vec![field << 3 | 2, 2, 0xff, 0xfe];
-        let status = raw_call(&channel, method, bytes).await;
+        let status = raw_call(&channel, method, bytes)
+            .await
+            .expect_err("a malformed message is refused");
         assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}");
         assert!(status.message().contains("UTF-8"), "{}", status.message());
     }
@@ -525,50 +508,6 @@ async fn errors_repeat_only_a_short_prefix_of_bad_input() {
         .unwrap_err();
     small(&status);
     app.stop().await;
-}
-
-/// Sends and receives raw bytes as gRPC messages.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use bytes::Buf;
-        let bytes = src.copy_to_bytes(src.remaining());
-        Ok(Some(bytes.to_vec()))
-    }
 }
 
 /// What an HTTP/2 client sends first, then its (empty) SETTINGS frame.

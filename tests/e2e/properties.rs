@@ -5,6 +5,7 @@
 //! (cargo fuzz needs a nightly toolchain this machine does not have; these
 //! run in CI.)
 
+use super::harness::raw_call;
 use jobvisor::{
     api::{auth::Tokens, convert, limits::grpc_timeout},
     domain::{
@@ -315,7 +316,7 @@ fn raw_frames_are_refused_as_invalid_arguments_by_the_real_server() {
     runner
         .run(&(0..METHODS.len(), frame()), |(m, bytes)| {
             let (method, decodes) = METHODS[m];
-            let code = rt.block_on(raw_call(&channel, method, bytes.clone()));
+            let code = code_of(rt.block_on(raw_call(&channel, method, bytes.clone())));
             prop_assert!(
                 !matches!(code, tonic::Code::Internal | tonic::Code::Unknown),
                 "{method} {bytes:?}: {code:?}"
@@ -326,7 +327,7 @@ fn raw_frames_are_refused_as_invalid_arguments_by_the_real_server() {
             Ok(())
         })
         .unwrap();
-    let still = rt.block_on(raw_call(&channel, "ListJobs", Vec::new()));
+    let still = code_of(rt.block_on(raw_call(&channel, "ListJobs", Vec::new())));
     assert_eq!(still, tonic::Code::Ok, "the server serves on");
     let _ = stop.send(());
     rt.block_on(async {
@@ -334,63 +335,7 @@ fn raw_frames_are_refused_as_invalid_arguments_by_the_real_server() {
     });
 }
 
-/// Sends `body` as the one message of a call to `method`; the answer's code.
-async fn raw_call(channel: &tonic::transport::Channel, method: &str, body: Vec<u8>) -> tonic::Code {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.unwrap();
-    let path =
-        http::uri::PathAndQuery::try_from(format!("/jobvisor.v1.JobService/{method}")).unwrap();
-    let request = tonic::Request::new(body);
-    let result = if method == "WatchJob" {
-        grpc.server_streaming(request, path, RawCodec)
-            .await
-            .map(|_| ())
-    } else {
-        grpc.unary(request, path, RawCodec).await.map(|_| ())
-    };
-    result.err().map_or(tonic::Code::Ok, |s| s.code())
-}
-
-/// Sends and receives raw bytes as gRPC messages.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use bytes::Buf;
-        let bytes = src.copy_to_bytes(src.remaining());
-        Ok(Some(bytes.to_vec()))
-    }
+/// An answer's code (`Ok` for an answer).
+fn code_of(answer: Result<(), tonic::Status>) -> tonic::Code {
+    answer.err().map_or(tonic::Code::Ok, |s| s.code())
 }
