@@ -1,7 +1,7 @@
 //! The client subcommands: each builds a request, calls the server named
 //! by `--server` / `JOBVISOR_SERVER`, and prints the answer.
 
-use super::output;
+use super::{not_grpc::NotGrpc, output};
 use crate::{
     api::REQUESTED_BY_HEADER,
     pb::{self, job_service_client::JobServiceClient},
@@ -69,7 +69,8 @@ impl tonic::service::Interceptor for Auth {
     }
 }
 
-pub type Client = JobServiceClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+pub type Client =
+    JobServiceClient<tonic::service::interceptor::InterceptedService<NotGrpc<Channel>, Auth>>;
 
 impl Conn {
     async fn client(&self) -> anyhow::Result<Client> {
@@ -114,8 +115,10 @@ impl Conn {
             ),
             None => None,
         };
-        Ok(JobServiceClient::with_interceptor(channel, Auth(auth))
-            .max_decoding_message_size(64 * 1024 * 1024))
+        Ok(
+            JobServiceClient::with_interceptor(NotGrpc(channel), Auth(auth))
+                .max_decoding_message_size(64 * 1024 * 1024),
+        )
     }
 }
 
@@ -131,7 +134,14 @@ fn request<T>(message: T) -> tonic::Request<T> {
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", output::code_name(status.code()), status.message())
+    anyhow::anyhow!("{}", status_text(&status))
+}
+
+/// A failed call in words: the server's code and message, or what a proxy
+/// in between answered instead of gRPC and what to do about it.
+fn status_text(status: &tonic::Status) -> String {
+    super::not_grpc::describe(status)
+        .unwrap_or_else(|| format!("{}: {}", output::code_name(status.code()), status.message()))
 }
 
 fn key_value(raw: &str) -> Result<(String, String), String> {
@@ -702,9 +712,8 @@ async fn follow(
         match retries.next().filter(|_| resumable(&broken)) {
             Some(wait) => {
                 view.note(&format!(
-                    "watch stream interrupted ({}: {}); resuming after sequence {last} in {}",
-                    output::code_name(broken.code()),
-                    broken.message(),
+                    "watch stream interrupted ({}); resuming after sequence {last} in {}",
+                    status_text(&broken),
                     humantime::format_duration(wait)
                 ));
                 tokio::time::sleep(wait).await;

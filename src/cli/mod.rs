@@ -4,6 +4,7 @@
 #[macro_use]
 mod stdout;
 mod client;
+mod not_grpc;
 mod output;
 mod serve;
 mod token;
