@@ -2,9 +2,10 @@
 //! (SIGTERM), its database restarted and its sessions terminated — alone
 //! or as one of several replicas ([`replicas`]) — then checked: no item
 //! lost, none completed twice, every re-execution from the checkpoint the
-//! store held.
+//! store held. Also through a real nginx in front of the server ([`proxy`]).
 
 mod one_runner;
+mod proxy;
 mod replicas;
 mod watch_resume;
 

@@ -1,11 +1,13 @@
 //! What jobvisor's test suites and its tools share, written once: fresh
-//! PostgreSQL databases ([`db`]) and real `jobvisor serve` processes
-//! ([`process`]). The in-process server harness stays with the end-to-end
-//! tests (`tests/e2e/harness.rs`), which are its only users.
+//! PostgreSQL databases ([`db`]), real `jobvisor serve` processes
+//! ([`process`]) and a real nginx in front of one ([`proxy`]). The
+//! in-process server harness stays with the end-to-end tests
+//! (`tests/e2e/harness.rs`), which are its only users.
 #![forbid(unsafe_code)]
 
 pub mod db;
 pub mod process;
+pub mod proxy;
 
 /// The `jobvisor` server binary beside the running executable (the tools
 /// and the tests are built into the same target directory), or

@@ -1,0 +1,372 @@
+//! Through a real proxy: Debian's nginx with `grpc_pass` in front of the
+//! real server process, as jobvisor is often deployed. The job lifecycle
+//! works through it; a watch on a quiet (paused) job outlives the proxy's
+//! read timeout because the server's keepalive Progress messages keep it
+//! busy (and is cut without them); the CLI names a proxy's refusal (413,
+//! 502) instead of a gRPC protocol error.
+
+use jobvisor::pb::{self, job_event::Kind, job_service_client::JobServiceClient};
+use jobvisor_testkit::{
+    db::TestDb,
+    process::{ServerProcess, ServerSpec, free_port},
+    proxy::{Proxy, ProxySpec},
+};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+use tonic::transport::Channel;
+
+/// A server with `args` on a fresh database.
+async fn server(db: &TestDb, log: &tempfile::NamedTempFile, args: &[&str]) -> ServerProcess {
+    let spec = ServerSpec {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
+        addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
+        database_url: db.url.clone(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        log: log.path().to_path_buf(),
+        env: vec![],
+        cwd: None,
+    };
+    ServerProcess::start(&spec).await.unwrap()
+}
+
+/// nginx in front of `upstream`; the test fails (never skips) without it.
+async fn proxy(spec: ProxySpec) -> Proxy {
+    Proxy::start(&spec)
+        .await
+        .unwrap_or_else(|e| panic!("cannot run the proxy: {e:#}"))
+}
+
+fn sleep_job(items: u32, ms: u32, concurrency: u32) -> pb::StartJobRequest {
+    pb::StartJobRequest {
+        name: "proxied".into(),
+        executor: "sleep".into(),
+        items: (0..items).map(|i| format!("item-{i}")).collect(),
+        concurrency,
+        params: [
+            ("duration_ms".to_string(), ms.to_string()),
+            ("steps".into(), "5".into()),
+        ]
+        .into(),
+        ..Default::default()
+    }
+}
+
+async fn get(client: &mut JobServiceClient<Channel>, id: &str) -> pb::Job {
+    client
+        .get_job(pb::GetJobRequest {
+            job_id: id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits (at most 20 s) until the job is in `state`.
+async fn wait_state(client: &mut JobServiceClient<Channel>, id: &str, state: pb::JobState) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = get(client, id).await;
+        if job.state == state as i32 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not {state:?}: {job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pause_now(client: &mut JobServiceClient<Channel>, id: &str) {
+    client
+        .pause_job(pb::PauseJobRequest {
+            job_id: id.to_string(),
+            mode: pb::PauseMode::Immediate as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_state(client, id, pb::JobState::Paused).await;
+}
+
+#[tokio::test]
+async fn the_job_lifecycle_works_through_nginx() {
+    let db = TestDb::create().await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = server(&db, &log, &[]).await;
+    let nginx = proxy(ProxySpec::new(server.addr)).await;
+    let mut client = super::connect(nginx.addr).await;
+
+    // Start, pause, resume, cancel, get: every call through nginx.
+    let job = client
+        .start_job(sleep_job(200, 200, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    pause_now(&mut client, &job.id).await;
+    client
+        .resume_job(pb::ResumeJobRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_state(&mut client, &job.id, pb::JobState::Running).await;
+    client
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.id.clone(),
+            reason: "enough".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_state(&mut client, &job.id, pb::JobState::Cancelled).await;
+    // A second job runs to the end behind the proxy.
+    let second = client
+        .start_job(sleep_job(10, 20, 4))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = super::wait_end(client.clone(), second.id.clone()).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32);
+    assert_eq!(done.counts.unwrap().succeeded, 10);
+    // The same answer as straight from the server.
+    let direct = get(&mut super::connect(server.addr).await, &job.id).await;
+    assert_eq!(get(&mut client, &job.id).await, direct);
+    drop(nginx);
+    drop(server);
+    db.drop_db().await;
+}
+
+/// What a watch through the proxy saw in `quiet` on a paused job.
+struct Quiet {
+    /// Keepalive Progress messages received.
+    progress: usize,
+    /// Stored events' sequences received.
+    stored: Vec<u64>,
+    /// The longest time without a message, after the first.
+    longest_gap: Duration,
+    /// How the stream broke, and when, if it did.
+    broke: Option<(String, Duration)>,
+}
+
+/// Reads a watch stream on a paused job for `quiet`.
+async fn watch_quietly(stream: &mut tonic::Streaming<pb::JobEvent>, quiet: Duration) -> Quiet {
+    let started = Instant::now();
+    let mut seen = Quiet {
+        progress: 0,
+        stored: Vec::new(),
+        longest_gap: Duration::ZERO,
+        broke: None,
+    };
+    let mut last: Option<Instant> = None;
+    while let Some(left) = quiet.checked_sub(started.elapsed()) {
+        match tokio::time::timeout(left, stream.message()).await {
+            Err(_) => break,
+            Ok(Ok(Some(event))) => {
+                if let Some(last) = last {
+                    seen.longest_gap = seen.longest_gap.max(last.elapsed());
+                }
+                last = Some(Instant::now());
+                match event.kind {
+                    Some(Kind::Progress(_)) => seen.progress += 1,
+                    Some(Kind::Snapshot(_)) => {}
+                    _ => seen.stored.push(event.sequence),
+                }
+            }
+            Ok(Ok(None)) => {
+                seen.broke = Some(("ended".into(), started.elapsed()));
+                break;
+            }
+            Ok(Err(status)) => {
+                seen.broke = Some((format!("{status}"), started.elapsed()));
+                break;
+            }
+        }
+    }
+    seen
+}
+
+/// A watch on a paused job, through nginx with `grpc_read_timeout 2s`,
+/// for 5 s: the server's keepalive Progress every 500 ms keeps it open,
+/// and after the resume it goes on to the job's end with every stored
+/// event once, in order.
+#[tokio::test]
+async fn a_watch_on_a_paused_job_outlives_the_proxy_s_read_timeout() {
+    let db = TestDb::create().await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = server(&db, &log, &["--stream-keepalive", "500ms"]).await;
+    let mut spec = ProxySpec::new(server.addr);
+    spec.read_timeout = Duration::from_secs(2);
+    let nginx = proxy(spec).await;
+    let mut client = super::connect(nginx.addr).await;
+    let job = client
+        .start_job(sleep_job(30, 50, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    pause_now(&mut client, &job.id).await;
+
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest {
+            job_id: job.id.clone(),
+            from_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let quiet = watch_quietly(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(
+        quiet.broke,
+        None,
+        "the proxy cut the stream; nginx: {}",
+        nginx.logs()
+    );
+    println!(
+        "{} keepalive Progress messages in 5 s, at most {:?} apart",
+        quiet.progress, quiet.longest_gap
+    );
+    // Sent on the server's progress tick once 500 ms were quiet: about one
+    // a second, always well inside the proxy's 2 s.
+    assert!(quiet.progress >= 3, "keepalives: {}", quiet.progress);
+    assert!(
+        quiet.longest_gap < Duration::from_millis(1800),
+        "{:?}",
+        quiet.longest_gap
+    );
+
+    client
+        .resume_job(pb::ResumeJobRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut stored = quiet.stored;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .expect("the job ends")
+        .unwrap_or_else(|e| panic!("the stream broke after the resume: {e}"))
+    {
+        if !matches!(event.kind, Some(Kind::Progress(_) | Kind::Snapshot(_))) {
+            stored.push(event.sequence);
+        }
+    }
+    let done = get(&mut client, &job.id).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32);
+    assert_eq!(
+        stored,
+        (1..=done.last_sequence).collect::<Vec<_>>(),
+        "gap-free and once each"
+    );
+    drop(nginx);
+    drop(server);
+    db.drop_db().await;
+}
+
+/// The failure the keepalive prevents, shown real: with the server's
+/// keepalive at an hour, the same proxy cuts the same quiet watch after
+/// its 2 s read timeout.
+#[tokio::test]
+async fn without_keepalives_the_proxy_cuts_a_quiet_watch() {
+    let db = TestDb::create().await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = server(&db, &log, &["--stream-keepalive", "1h"]).await;
+    let mut spec = ProxySpec::new(server.addr);
+    spec.read_timeout = Duration::from_secs(2);
+    let nginx = proxy(spec).await;
+    let mut client = super::connect(nginx.addr).await;
+    let job = client
+        .start_job(sleep_job(30, 50, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    pause_now(&mut client, &job.id).await;
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest {
+            job_id: job.id.clone(),
+            from_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let quiet = watch_quietly(&mut stream, Duration::from_secs(8)).await;
+    let (how, after) = quiet.broke.expect("the proxy cut the quiet stream");
+    println!("cut after {after:?}: {how}");
+    assert!(after >= Duration::from_millis(1500), "{after:?}: {how}");
+    assert_eq!(quiet.progress, 0);
+    drop(nginx);
+    drop(server);
+    db.drop_db().await;
+}
+
+/// Runs the CLI with `args` against `server`: its exit code and stderr.
+async fn cli(server: SocketAddr, args: &[&str]) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobvisor"))
+        .args(args)
+        .arg("--server")
+        .arg(format!("http://{server}"))
+        .env_remove("JOBVISOR_SERVER")
+        .env_remove("JOBVISOR_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// nginx's 413 (a request over `client_max_body_size`) and its 502 (no
+/// server behind it) reach the user as what they are, with what to do,
+/// not as a gRPC protocol error about compression flags.
+#[tokio::test]
+async fn the_cli_names_a_proxy_s_refusal() {
+    let db = TestDb::create().await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = server(&db, &log, &[]).await;
+    let mut spec = ProxySpec::new(server.addr);
+    spec.client_max_body_size = "64k".into();
+    let nginx = proxy(spec).await;
+
+    // 20,000 generated item names: about 200 KB.
+    let (code, stderr) = cli(nginx.addr, &["start", "--name", "big", "--count", "20000"]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the proxy refused the request with HTTP 413 (Payload Too Large)")
+            && stderr.contains("client_max_body_size")
+            && stderr.contains("send fewer items per call"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("compression flag"), "{stderr}");
+    // Nothing was started.
+    let page = super::connect(server.addr)
+        .await
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.jobs.is_empty(), "{page:?}");
+    // A small start goes through the same proxy.
+    let (code, stderr) = cli(nginx.addr, &["start", "--name", "small", "--count", "3"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Nothing behind the proxy: its 502, for any command.
+    let mut spec = ProxySpec::new(SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())));
+    spec.client_max_body_size = "64k".into();
+    let orphan = proxy(spec).await;
+    let (code, stderr) = cli(
+        orphan.addr,
+        &["get", "00000000-0000-0000-0000-000000000000"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the proxy answered HTTP 502 (Bad Gateway)")
+            && stderr.contains("is the server running?"),
+        "{stderr}"
+    );
+    drop((nginx, orphan));
+    drop(server);
+    db.drop_db().await;
+}
