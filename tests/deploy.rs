@@ -567,9 +567,9 @@ fn the_chart_holds_only_chart_files() {
     }
 }
 
-/// Without multi-replica mode each server adopts every unfinished job at
-/// start-up, so two of them on one database would run the same jobs: the
-/// template refuses to render several pods or an autoscaler.
+/// Without multi-replica mode one server runs a database's jobs alone (a
+/// second refuses to start beside it), so several pods would crash-loop:
+/// the template refuses to render several pods or an autoscaler.
 #[test]
 fn without_multi_replica_the_chart_refuses_several_pods() {
     let deployment = template("deployment.yaml");
