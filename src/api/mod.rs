@@ -164,6 +164,7 @@ impl JobService for JobApi {
         request: Request<pb::StartJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let who = caller(&request);
+        let validate_only = request.get_ref().validate_only;
         let mut violations = Vec::new();
         let mut input = convert::new_job(request.into_inner(), &mut violations);
         if !violations.is_empty() {
@@ -184,6 +185,14 @@ impl JobService for JobApi {
                     input.labels.insert(key.clone(), value.clone());
                 }
             }
+        }
+        if validate_only {
+            // Nothing stored: the job as it would start, without an id.
+            let job = self.engine.validate_job(input).await?;
+            return Ok(Response::new(pb::Job {
+                id: String::new(),
+                ..convert::job(&job)
+            }));
         }
         let job = self.engine.start_job(input).await?;
         record_job(job.id);

@@ -187,6 +187,10 @@ pub struct StartArgs {
     /// Follow the job after starting it, like `jobvisor watch`.
     #[arg(long)]
     watch: bool,
+    /// Check the job as the server would start it (fields, executor and
+    /// params, permissions, limits) and store nothing; print it.
+    #[arg(long, conflicts_with = "watch")]
+    dry_run: bool,
     /// Fail the job once it has run this long (paused time not counted).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
@@ -286,10 +290,18 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
             rate_period: args.rate_period.map(proto_duration),
             start_paused: args.paused,
             resume_at: args.resume_at,
+            validate_only: args.dry_run,
         }))
         .await
         .map_err(status_error)?
         .into_inner();
+    if args.dry_run {
+        if !args.conn.json {
+            say!("dry run: the job would start as below; nothing was stored");
+        }
+        output::print_job(&job, args.conn.json);
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.watch {
         return follow(&mut client, &job.id, 0, args.conn.json).await;
     }

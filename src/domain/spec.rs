@@ -183,7 +183,52 @@ pub fn request_scope(scope: &BTreeMap<String, String>) -> String {
     serde_json::to_string(scope).unwrap_or_default()
 }
 
+/// The reason recorded for a job created PAUSED.
+pub const STARTED_PAUSED: &str = "started paused";
+
 impl JobSpec {
+    /// The job this spec would store if it started `now` (a dry run's
+    /// answer): no id, no event yet.
+    pub fn preview(&self, now: chrono::DateTime<chrono::Utc>) -> super::Job {
+        let state = self.start.state();
+        let paused = state == super::JobState::Paused;
+        super::Job {
+            id: super::JobId(uuid::Uuid::nil()),
+            name: self.name.clone(),
+            executor: self.executor.clone(),
+            state,
+            counts: super::ItemCounts {
+                total: self.items.len() as u64,
+                ..super::ItemCounts::default()
+            },
+            concurrency: self.concurrency,
+            max_attempts: self.max_attempts,
+            params: self.params.clone(),
+            labels: self.labels.clone(),
+            policy: self.policy.clone(),
+            request_id: self.request_id.clone(),
+            created_at: now,
+            started_at: Some(now),
+            updated_at: now,
+            ended_at: None,
+            pauses: paused
+                .then(|| super::PauseRecord {
+                    mode: super::PauseMode::Graceful,
+                    reason: Some(STARTED_PAUSED.into()),
+                    requested_by: None,
+                    request_id: None,
+                    requested_at: now,
+                    paused_at: Some(now),
+                    resumed_at: None,
+                    resume_at: self.start.resume_at(),
+                })
+                .into_iter()
+                .collect(),
+            last_error: None,
+            last_seq: 0,
+        }
+    }
+
     /// Checks every field of `input` against `limits`.
     pub fn parse(input: NewJob, limits: &Limits) -> Result<JobSpec, Vec<FieldViolation>> {
         let mut bad = Vec::new();

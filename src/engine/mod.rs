@@ -250,26 +250,18 @@ impl Engine {
             .map_err(|e| EngineError::Internal(format!("{what} task failed: {e}")))?
     }
 
+    /// Checks a job as StartJob would (fields, limits, executor and
+    /// params) and stores nothing: the job as it would start (a dry run,
+    /// `validate_only`).
+    pub async fn validate_job(&self, input: NewJob) -> Result<Job, EngineError> {
+        self.check_open()?;
+        let (spec, _handler) = self.checked(input)?;
+        Ok(spec.preview(chrono::Utc::now()))
+    }
+
     async fn start_job_inner(&self, input: NewJob) -> Result<Job, EngineError> {
         self.check_open()?;
-        let spec = JobSpec::parse(input.clone(), &self.rt.config.limits);
-        let prepared = self.registry.prepare(&input.executor, &input.params);
-        let (spec, handler) = match (spec, prepared) {
-            (Ok(spec), Ok(handler)) => (spec, handler),
-            (_, Err(PrepareError::Forbidden(why))) => {
-                return Err(EngineError::PermissionDenied(why));
-            }
-            (spec, prepared) => {
-                let mut bad = spec.err().unwrap_or_default();
-                // An empty executor is already reported by the spec.
-                if !input.executor.is_empty()
-                    && let Err(PrepareError::Invalid(more)) = prepared
-                {
-                    bad.extend(more);
-                }
-                return Err(EngineError::InvalidArgument(bad));
-            }
-        };
+        let (spec, handler) = self.checked(input)?;
         let created = self.rt.store.create_job(JobId::new(), &spec).await?;
         let job = created.job;
         if created.created {
@@ -291,6 +283,27 @@ impl Engine {
             self.placement.place_new(self, &job, handler, start).await?;
         }
         Ok(job)
+    }
+
+    /// A job's spec checked and its executor prepared, or every bad field
+    /// (or the executor's refusal).
+    fn checked(&self, input: NewJob) -> Result<(JobSpec, Arc<dyn ItemHandler>), EngineError> {
+        let spec = JobSpec::parse(input.clone(), &self.rt.config.limits);
+        let prepared = self.registry.prepare(&input.executor, &input.params);
+        match (spec, prepared) {
+            (Ok(spec), Ok(handler)) => Ok((spec, handler)),
+            (_, Err(PrepareError::Forbidden(why))) => Err(EngineError::PermissionDenied(why)),
+            (spec, prepared) => {
+                let mut bad = spec.err().unwrap_or_default();
+                // An empty executor is already reported by the spec.
+                if !input.executor.is_empty()
+                    && let Err(PrepareError::Invalid(more)) = prepared
+                {
+                    bad.extend(more);
+                }
+                Err(EngineError::InvalidArgument(bad))
+            }
+        }
     }
 
     /// Applies a client's control call; see the table in docs/DESIGN.md, States. Like

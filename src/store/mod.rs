@@ -162,8 +162,7 @@ impl JobWriter {
     }
 }
 
-/// The reason recorded for a job created PAUSED.
-pub const STARTED_PAUSED: &str = "started paused";
+pub use crate::domain::spec::STARTED_PAUSED;
 
 /// A new job's first event: created RUNNING, or PAUSED.
 pub fn started_event(spec: &JobSpec) -> EventBody {

@@ -8,6 +8,7 @@ mod control;
 mod controls;
 mod deletion;
 mod discovery;
+mod dry_run;
 mod embedded;
 mod embedding;
 mod errors;

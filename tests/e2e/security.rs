@@ -412,6 +412,22 @@ async fn every_rpc(
                 .map(|_| ()),
         ),
     ));
+    // A dry run needs the permission a start does.
+    out.push((
+        "StartJob",
+        code(
+            client
+                .start_job(with_token(
+                    pb::StartJobRequest {
+                        validate_only: true,
+                        ..gate_job(&BTreeMap::new())
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+        ),
+    ));
     out.push((
         "GetJob",
         code(
