@@ -76,7 +76,9 @@ where
                 },
                 None => call.await?,
             };
-            Ok(name_the_size_limit(response, limit))
+            Ok(name_a_malformed_request(name_the_size_limit(
+                response, limit,
+            )))
         })
     }
 }
@@ -100,6 +102,50 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// Turns tonic's INTERNAL for a request whose framing is malformed (a body
+/// with no message, a message cut short) into INVALID_ARGUMENT, as for any
+/// other malformed request: the caller's fault, not the server's. tonic
+/// says which only in its message text: `hostile.rs` sends both, so a
+/// tonic that words them otherwise fails there.
+fn name_a_malformed_request<B: Default>(response: Response<B>) -> Response<B> {
+    const MALFORMED: [&str; 2] = [
+        "Missing request message.",
+        "Unexpected EOF decoding stream.",
+    ];
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() != Code::Internal || !MALFORMED.contains(&status.message()) {
+        return response;
+    }
+    let what = if status.message().starts_with("Missing") {
+        "the request has no message"
+    } else {
+        "the request's message is cut short"
+    };
+    rewrite(
+        response,
+        Status::invalid_argument(format!("malformed request: {what}")),
+    )
+}
+
+/// `status` in place of the trailers-only answer `response`, keeping the
+/// other headers tonic set.
+fn rewrite<B: Default>(response: Response<B>, status: Status) -> Response<B> {
+    let mut rewritten = status.into_http::<B>();
+    for (name, value) in response.headers() {
+        if !name.as_str().starts_with("grpc-") {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str("application/grpc") {
+        rewritten
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, v);
+    }
+    rewritten
+}
+
 /// Turns tonic's OUT_OF_RANGE "message too large" into RESOURCE_EXHAUSTED
 /// naming the setting.
 fn name_the_size_limit<B: Default>(response: Response<B>, limit: usize) -> Response<B> {
@@ -115,23 +161,13 @@ fn name_the_size_limit<B: Default>(response: Response<B>, limit: usize) -> Respo
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
         .unwrap_or("?");
-    let mut rewritten = Status::resource_exhausted(format!(
-        "request too large: {found} bytes; the server's limit is {limit} bytes \
-         (--max-request-bytes); split the work into several calls"
-    ))
-    .into_http::<B>();
-    // Keep any other headers tonic set.
-    for (name, value) in response.headers() {
-        if !name.as_str().starts_with("grpc-") {
-            rewritten.headers_mut().insert(name.clone(), value.clone());
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str("application/grpc") {
-        rewritten
-            .headers_mut()
-            .insert(http::header::CONTENT_TYPE, v);
-    }
-    rewritten
+    rewrite(
+        response,
+        Status::resource_exhausted(format!(
+            "request too large: {found} bytes; the server's limit is {limit} bytes \
+             (--max-request-bytes); split the work into several calls"
+        )),
+    )
 }
 
 #[cfg(test)]

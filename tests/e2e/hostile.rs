@@ -567,3 +567,53 @@ async fn connections_that_never_finish_the_http2_handshake_are_closed() {
     let job = app.start(app.job("sleep", 1, 1, &[])).await;
     app.get(&job.id).await;
 }
+
+/// A request body with no message at all, or with a message cut short,
+/// is malformed input too: INVALID_ARGUMENT for every method, never
+/// INTERNAL (tonic's own word for both).
+#[tokio::test]
+async fn requests_framed_wrong_are_invalid_arguments_for_every_method() {
+    use tower::Service as _;
+    let app = spawn_app().await;
+    let channel = super::harness::connect(app.addr).await;
+    // No message; a 5-byte prefix announcing 100 bytes, then 3.
+    let bodies: [(&str, &str); 2] = [
+        ("", "has no message"),
+        ("\u{0}\u{0}\u{0}\u{0}\u{64}abc", "is cut short"),
+    ];
+    for method in METHODS {
+        for (body, says) in bodies {
+            let request = http::Request::builder()
+                .method("POST")
+                .uri(format!(
+                    "http://{}/jobvisor.v1.JobService/{method}",
+                    app.addr
+                ))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(tonic::body::Body::new(body.to_string()))
+                .unwrap();
+            let mut service = channel.clone();
+            futures::future::poll_fn(|cx| service.poll_ready(cx))
+                .await
+                .unwrap();
+            let response = service.call(request).await.unwrap();
+            let status = tonic::Status::from_header_map(response.headers())
+                .unwrap_or_else(|| panic!("{method}: a trailers-only answer"));
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{method} with a body that {says}: {status:?}"
+            );
+            assert!(status.message().contains(says), "{method}: {status:?}");
+        }
+    }
+    // The server serves on.
+    let listed = app
+        .client
+        .clone()
+        .list_jobs(jobvisor::pb::ListJobsRequest::default())
+        .await;
+    assert!(listed.is_ok(), "{listed:?}");
+    app.stop().await;
+}
