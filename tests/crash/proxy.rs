@@ -187,15 +187,22 @@ async fn watch_quietly(stream: &mut tonic::Streaming<pb::JobEvent>, quiet: Durat
     seen
 }
 
-/// A watch on a paused job, through nginx with `grpc_read_timeout 2s`,
-/// for 5 s: the server's keepalive Progress every 500 ms keeps it open,
-/// and after the resume it goes on to the job's end with every stored
-/// event once, in order.
-#[tokio::test]
-async fn a_watch_on_a_paused_job_outlives_the_proxy_s_read_timeout() {
+/// A paused job watched through nginx with `grpc_read_timeout 2s`, its
+/// server started with `--stream-keepalive keepalive`.
+struct QuietWatch {
+    db: TestDb,
+    _log: tempfile::NamedTempFile,
+    server: ServerProcess,
+    nginx: Proxy,
+    client: JobServiceClient<Channel>,
+    job: pb::Job,
+    stream: tonic::Streaming<pb::JobEvent>,
+}
+
+async fn quiet_watch(keepalive: &str) -> QuietWatch {
     let db = TestDb::create().await;
     let log = tempfile::NamedTempFile::new().unwrap();
-    let server = server(&db, &log, &["--stream-keepalive", "500ms"]).await;
+    let server = server(&db, &log, &["--stream-keepalive", keepalive]).await;
     let mut spec = ProxySpec::new(server.addr);
     spec.read_timeout = Duration::from_secs(2);
     let nginx = proxy(spec).await;
@@ -206,8 +213,7 @@ async fn a_watch_on_a_paused_job_outlives_the_proxy_s_read_timeout() {
         .unwrap()
         .into_inner();
     pause_now(&mut client, &job.id).await;
-
-    let mut stream = client
+    let stream = client
         .watch_job(pb::WatchJobRequest {
             job_id: job.id.clone(),
             from_sequence: 0,
@@ -215,6 +221,32 @@ async fn a_watch_on_a_paused_job_outlives_the_proxy_s_read_timeout() {
         .await
         .unwrap()
         .into_inner();
+    QuietWatch {
+        db,
+        _log: log,
+        server,
+        nginx,
+        client,
+        job,
+        stream,
+    }
+}
+
+/// A watch on a paused job, through nginx with `grpc_read_timeout 2s`,
+/// for 5 s: the server's keepalive Progress every 500 ms keeps it open,
+/// and after the resume it goes on to the job's end with every stored
+/// event once, in order.
+#[tokio::test]
+async fn a_watch_on_a_paused_job_outlives_the_proxy_s_read_timeout() {
+    let QuietWatch {
+        db,
+        _log,
+        server,
+        nginx,
+        mut client,
+        job,
+        mut stream,
+    } = quiet_watch("500ms").await;
     let quiet = watch_quietly(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(
         quiet.broke,
@@ -269,27 +301,15 @@ async fn a_watch_on_a_paused_job_outlives_the_proxy_s_read_timeout() {
 /// its 2 s read timeout.
 #[tokio::test]
 async fn without_keepalives_the_proxy_cuts_a_quiet_watch() {
-    let db = TestDb::create().await;
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let server = server(&db, &log, &["--stream-keepalive", "1h"]).await;
-    let mut spec = ProxySpec::new(server.addr);
-    spec.read_timeout = Duration::from_secs(2);
-    let nginx = proxy(spec).await;
-    let mut client = super::connect(nginx.addr).await;
-    let job = client
-        .start_job(sleep_job(30, 50, 2))
-        .await
-        .unwrap()
-        .into_inner();
-    pause_now(&mut client, &job.id).await;
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: job.id.clone(),
-            from_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let QuietWatch {
+        db,
+        _log,
+        server,
+        nginx,
+        client: _,
+        job: _,
+        mut stream,
+    } = quiet_watch("1h").await;
     let quiet = watch_quietly(&mut stream, Duration::from_secs(8)).await;
     let (how, after) = quiet.broke.expect("the proxy cut the quiet stream");
     println!("cut after {after:?}: {how}");
