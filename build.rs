@@ -23,7 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("jobvisor_descriptor.bin"))
         .compile_with_config(
             config,
-            &[PathBuf::from("proto/jobvisor/v1/jobvisor.proto")],
+            &[
+                PathBuf::from("proto/jobvisor/v1/jobvisor.proto"),
+                PathBuf::from("proto/jobvisor/v1/worker.proto"),
+            ],
             &[PathBuf::from("proto"), well_known],
         )?;
     Ok(())

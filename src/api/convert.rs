@@ -245,6 +245,7 @@ pub fn job(j: &Job) -> pb::Job {
         request_id: j.request_id.clone().unwrap_or_default(),
         policy: Some(policy(&j.policy)),
         owner: None,
+        waiting_for: String::new(),
     }
 }
 

@@ -214,6 +214,7 @@ impl JobService for JobApi {
         let owner = self.engine.runner_of(&job).await?;
         Ok(Response::new(pb::Job {
             owner: owner.as_ref().map(convert::owner),
+            waiting_for: self.engine.waiting_for(&job).unwrap_or_default(),
             ..convert::job(&job)
         }))
     }
@@ -231,7 +232,14 @@ impl JobService for JobApi {
         }
         let page = self.engine.list_jobs(&query).await?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: page.rows.iter().map(convert::job).collect(),
+            jobs: page
+                .rows
+                .iter()
+                .map(|job| pb::Job {
+                    waiting_for: self.engine.waiting_for(job).unwrap_or_default(),
+                    ..convert::job(job)
+                })
+                .collect(),
             next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
         }))
     }

@@ -38,7 +38,7 @@ use crate::{
         Runner, decide,
         page::{ItemCursor, JobCursor},
     },
-    executor::{ItemHandler, PrepareError, Registry},
+    executor::{ItemHandler, JobInfo, PrepareError, Registry},
     store::{
         ItemQuery, JobQuery, JobWriter, Leases, Page, Pulse, Store, StoreError, TransitionWrite,
     },
@@ -289,7 +289,14 @@ impl Engine {
     /// (or the executor's refusal).
     fn checked(&self, input: NewJob) -> Result<(JobSpec, Arc<dyn ItemHandler>), EngineError> {
         let spec = JobSpec::parse(input.clone(), &self.rt.config.limits);
-        let prepared = self.registry.prepare(&input.executor, &input.params);
+        let prepared = self.registry.prepare(
+            &input.executor,
+            &JobInfo {
+                name: &input.name,
+                labels: &input.labels,
+                params: &input.params,
+            },
+        );
         match (spec, prepared) {
             (Ok(spec), Ok(handler)) => Ok((spec, handler)),
             (_, Err(PrepareError::Forbidden(why))) => Err(EngineError::PermissionDenied(why)),
@@ -628,9 +635,26 @@ impl Engine {
         self.rt.hub.publish(Pulse::of(job));
     }
 
+    /// What a RUNNING job of a remote executor waits for, when no
+    /// connected worker serves it (within its labels).
+    pub fn waiting_for(&self, job: &Job) -> Option<String> {
+        let hub = self.registry.remote()?;
+        (job.state == JobState::Running
+            && hub.serves(&job.executor)
+            && hub.no_worker_for(&job.executor, &job.labels))
+        .then(|| crate::executor::remote::waiting_for(&job.executor))
+    }
+
     fn handler(&self, job: &Job) -> Result<Arc<dyn ItemHandler>, String> {
         self.registry
-            .prepare(&job.executor, &job.params)
+            .prepare(
+                &job.executor,
+                &JobInfo {
+                    name: &job.name,
+                    labels: &job.labels,
+                    params: &job.params,
+                },
+            )
             .map_err(|e| {
                 let why = match e {
                     PrepareError::Forbidden(why) => why,

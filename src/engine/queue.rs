@@ -5,8 +5,12 @@
 //! closes it (under the same lock workers take items with) before it
 //! acknowledges a pause or a cancel, so no item starts after either call
 //! has returned.
+//!
+//! A job of a remote executor also keeps here the worker slots (seats) it
+//! was granted: a worker takes an item only together with a seat, so an
+//! item starts only where a worker has room for it.
 
-use crate::store::ClaimedItem;
+use crate::{executor::remote::Seat, store::ClaimedItem};
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
@@ -41,6 +45,8 @@ pub struct WorkQueue {
 struct Inner {
     open: bool,
     items: VecDeque<ClaimedItem>,
+    /// Remote executors: each item starts in one of these.
+    seats: Option<Vec<Seat>>,
 }
 
 impl WorkQueue {
@@ -48,15 +54,29 @@ impl WorkQueue {
         self.inner.lock().expect("work queue lock")
     }
 
+    /// A queue whose items each need a seat to start (remote executors).
+    pub fn with_seats() -> Self {
+        WorkQueue {
+            inner: Mutex::new(Inner {
+                seats: Some(Vec::new()),
+                ..Inner::default()
+            }),
+        }
+    }
+
     pub fn push(&self, items: impl IntoIterator<Item = ClaimedItem>) {
         self.lock().items.extend(items);
     }
 
-    /// Takes the next item into `current`, if the queue is open and not
-    /// empty; both under one lock, so a closed queue hands out nothing.
-    pub fn take_into(&self, current: &Current) -> Option<ClaimedItem> {
+    /// Takes the next item into `current` (with a seat, if items need
+    /// one), if the queue is open and not empty; under one lock, so a
+    /// closed queue hands out nothing.
+    pub fn take_into(&self, current: &Current) -> Option<(ClaimedItem, Option<Seat>)> {
         let mut inner = self.lock();
-        if !inner.open {
+        if !inner.open || inner.items.is_empty() {
+            return None;
+        }
+        if inner.seats.as_ref().is_some_and(Vec::is_empty) {
             return None;
         }
         let mut slot = current.lock().expect("current item lock");
@@ -64,8 +84,40 @@ impl WorkQueue {
             return None;
         }
         let item = inner.items.pop_front()?;
+        let seat = inner.seats.as_mut().and_then(Vec::pop);
         slot.running = Some(item.clone());
-        Some(item)
+        Some((item, seat))
+    }
+
+    /// Keeps a seat granted to the job.
+    pub fn add_seat(&self, seat: Seat) {
+        if let Some(seats) = self.lock().seats.as_mut() {
+            seats.push(seat);
+        }
+    }
+
+    /// Seats held and not yet used; `None` when items need none.
+    pub fn seats(&self) -> Option<usize> {
+        self.lock().seats.as_ref().map(Vec::len)
+    }
+
+    /// Removes the seats beyond `keep`, to be dropped (given back) by the
+    /// caller once the lock is released.
+    pub fn trim_seats(&self, keep: usize) -> Vec<Seat> {
+        match self.lock().seats.as_mut() {
+            Some(seats) if seats.len() > keep => seats.split_off(keep),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Items a worker could start now: waiting, and with a seat if they
+    /// need one.
+    pub fn ready(&self) -> usize {
+        let inner = self.lock();
+        match &inner.seats {
+            Some(seats) => inner.items.len().min(seats.len()),
+            None => inner.items.len(),
+        }
     }
 
     pub fn set_open(&self, open: bool) {
@@ -101,15 +153,15 @@ mod tests {
         let queue = WorkQueue::default();
         let current = Current::default();
         queue.push([item(1), item(2)]);
-        assert_eq!(queue.take_into(&current), None, "closed at first");
+        assert!(queue.take_into(&current).is_none(), "closed at first");
         queue.set_open(true);
-        assert_eq!(queue.take_into(&current).map(|i| i.index), Some(1));
+        assert_eq!(queue.take_into(&current).map(|(i, _)| i.index), Some(1));
         assert_eq!(
             current.lock().unwrap().running.as_ref().map(|i| i.index),
             Some(1)
         );
         queue.set_open(false);
-        assert_eq!(queue.take_into(&current), None);
+        assert!(queue.take_into(&current).is_none());
         assert_eq!(queue.drain().len(), 1);
     }
 }

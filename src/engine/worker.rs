@@ -114,9 +114,9 @@ async fn work(state: &mut WorkerArgs) {
     // the committer commits in the order it was handed writes).
     let depth = state.pipeline_depth as usize;
     let mut outstanding: VecDeque<Outcome> = VecDeque::new();
-    while let Some(item) = state.queue.take_into(&state.current) {
+    while let Some((item, seat)) = state.queue.take_into(&state.current) {
         let started = std::time::Instant::now();
-        let outcome = run_item(state, item, started).await;
+        let outcome = run_item(state, item, seat, started).await;
         if depth == 0 {
             settle(state, outcome).await;
             continue;
@@ -220,7 +220,12 @@ impl CheckpointSink for LeasedSink {
 }
 
 /// Runs one attempt of an item and queues its outcome for the store.
-async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Instant) -> Outcome {
+async fn run_item(
+    args: &WorkerArgs,
+    item: ClaimedItem,
+    seat: Option<crate::executor::remote::Seat>,
+    started: std::time::Instant,
+) -> Outcome {
     // Each attempt is a trace of its own (a job outlives any call), linked
     // to the call that started the job.
     // At debug level under a target of its own: the trace exporter takes
@@ -246,7 +251,8 @@ async fn run_item(args: &WorkerArgs, item: ClaimedItem, started: std::time::Inst
         args.stop.clone(),
         sink,
     )
-    .with_progress(args.in_flight.clone());
+    .with_progress(args.in_flight.clone())
+    .with_seat(seat);
     let result = args.handler.run(&mut ctx).instrument(span.clone()).await;
     args.in_flight.clear(item.index);
     // The reason the handler saw, if it saw one: a resume may have cleared
@@ -336,6 +342,10 @@ pub fn outcome_write(result: Result<(), ItemError>, stop: Option<StopReason>) ->
             permanent: false,
             retry_after: Duration::ZERO,
         },
+        // Handed back untried (a remote worker draining): pending again,
+        // the attempt not counted, unless the job is being cancelled.
+        (Err(ItemError::Handback(_)), Some(StopReason::Cancel)) => WriteKind::Cancelled,
+        (Err(ItemError::Handback(_)), _) => WriteKind::Released { refund: true },
         (Err(ItemError::Interrupted), None) => WriteKind::Failed {
             error: "the executor stopped the item without being asked to".into(),
             permanent: false,

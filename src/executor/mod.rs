@@ -11,6 +11,7 @@
 
 pub mod exec;
 pub mod protocol;
+pub mod remote;
 pub mod sleep;
 
 use crate::domain::{FieldViolation, JobId};
@@ -26,6 +27,21 @@ pub trait Executor: Send + Sync + 'static {
         &self,
         params: &BTreeMap<String, String>,
     ) -> Result<Arc<dyn ItemHandler>, PrepareError>;
+
+    /// Like [`Executor::prepare`], for an executor that needs more of the
+    /// job than its params (a remote executor: its labels, which limit
+    /// the workers that may take its items). By default, `prepare`.
+    fn prepare_job(&self, job: &JobInfo<'_>) -> Result<Arc<dyn ItemHandler>, PrepareError> {
+        self.prepare(job.params)
+    }
+}
+
+/// What an executor is told of the job it prepares a handler for.
+#[derive(Debug, Clone, Copy)]
+pub struct JobInfo<'a> {
+    pub name: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub params: &'a BTreeMap<String, String>,
 }
 
 /// Why a job's executor cannot be prepared.
@@ -48,6 +64,14 @@ impl From<Vec<FieldViolation>> for PrepareError {
 pub trait ItemHandler: Send + Sync + 'static {
     /// Processes one item. `Ok` means the item succeeded.
     async fn run(&self, ctx: &mut ItemContext) -> Result<(), ItemError>;
+
+    /// A handler whose items run in remote workers: its job's supervisor
+    /// asks for worker slots (seats) before it claims items, and each item
+    /// starts with one ([`ItemContext::take_seat`]). `None` for handlers
+    /// that run items here.
+    fn remote(&self) -> Option<&remote::RemoteHandler> {
+        None
+    }
 }
 
 /// How an item attempt ended, when it did not succeed.
@@ -63,6 +87,11 @@ pub enum ItemError {
     /// checkpoint is kept.
     #[error("interrupted")]
     Interrupted,
+    /// Given back without a result (a remote worker that drains, or lost
+    /// before it got the item): the item goes back to pending and the
+    /// attempt does not count.
+    #[error("handed back: {0}")]
+    Handback(String),
 }
 
 /// Why the items in flight are asked to stop.
@@ -117,6 +146,8 @@ pub struct ItemContext {
     progress: Option<Arc<dyn ProgressSink>>,
     result: Option<String>,
     retry_after: Option<Duration>,
+    /// The worker slot this attempt runs in (remote executors).
+    seat: Option<remote::Seat>,
 }
 
 /// The longest wait a handler may ask for before the next attempt: as
@@ -157,7 +188,20 @@ impl ItemContext {
             progress: None,
             result: None,
             retry_after: None,
+            seat: None,
         }
+    }
+
+    /// Runs this attempt in a remote worker's slot.
+    pub fn with_seat(mut self, seat: Option<remote::Seat>) -> Self {
+        self.seat = seat;
+        self
+    }
+
+    /// The remote worker slot reserved for this attempt, if any (taken
+    /// once).
+    pub fn take_seat(&mut self) -> Option<remote::Seat> {
+        self.seat.take()
     }
 
     /// Sends this item's progress reports to `sink`.
@@ -267,6 +311,8 @@ impl ItemContext {
 #[derive(Clone, Default)]
 pub struct Registry {
     executors: BTreeMap<String, Arc<dyn Executor>>,
+    /// The worker sessions remote executors hand items to.
+    remote: Option<Arc<remote::hub::WorkerHub>>,
 }
 
 /// Built-in executors a server has not enabled, and how to enable them.
@@ -314,7 +360,7 @@ impl Registry {
     pub fn prepare(
         &self,
         name: &str,
-        params: &BTreeMap<String, String>,
+        job: &JobInfo<'_>,
     ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
         let Some(executor) = self.executors.get(name) else {
             if let Some((_, why)) = DISABLED.iter().find(|(n, _)| *n == name) {
@@ -328,7 +374,29 @@ impl Registry {
                 ),
             )]));
         };
-        executor.prepare(params)
+        executor.prepare_job(job)
+    }
+
+    /// Adds a remote executor for each of the hub's names; a name already
+    /// taken by a built-in executor is refused.
+    pub fn with_remote(mut self, hub: Arc<remote::hub::WorkerHub>) -> Result<Self, String> {
+        for name in &hub.config().executors {
+            if self.executors.contains_key(name) || DISABLED.iter().any(|(n, _)| n == name) {
+                return Err(format!(
+                    "--remote-executor {name}: {name:?} is an executor built into this server; \
+                     name remote executors otherwise"
+                ));
+            }
+            let executor = remote::RemoteExecutor::new(hub.clone(), name);
+            self.executors.insert(name.clone(), Arc::new(executor));
+        }
+        self.remote = Some(hub);
+        Ok(self)
+    }
+
+    /// The worker hub, when this server has remote executors.
+    pub fn remote(&self) -> Option<&Arc<remote::hub::WorkerHub>> {
+        self.remote.as_ref()
     }
 }
 

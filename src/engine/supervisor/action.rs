@@ -49,4 +49,7 @@ pub(super) enum Action {
     StopWorkers(&'static str),
     /// Stop the supervisor.
     Exit(String),
+    /// Remote executors: hold this many worker slots in all (asked of the
+    /// worker hub; seats beyond it are given back).
+    Seats(u32),
 }

@@ -136,6 +136,8 @@ pub enum SupervisorMsg {
     /// The server is shutting down: stop items at their next checkpoint,
     /// leave the job as it is in the store, reply, exit.
     Shutdown(RpcReplyPort<()>),
+    /// Remote executors: the worker hub granted a worker's slot.
+    Seated(crate::executor::remote::Seat),
 }
 
 /// The actor's state: the pure core, and what carries its actions out.
@@ -169,6 +171,8 @@ pub struct SupervisorState {
     backoff: Backoff,
     /// Actions decided and not yet carried out (kept for its room).
     actions: Vec<Action>,
+    /// Remote executors: how the worker hub hands this job its seats.
+    deliver: Option<crate::executor::remote::hub::Deliver>,
 }
 
 pub struct JobSupervisor;
@@ -208,13 +212,26 @@ impl Actor for JobSupervisor {
             seq: job.last_seq,
             interrupt: false,
         };
+        let remote = handler.remote().is_some();
+        let deliver: Option<crate::executor::remote::hub::Deliver> = remote.then(|| {
+            let me = myself.clone();
+            let deliver = move |seat| {
+                // A supervisor gone drops the seat: it goes back.
+                let _ = me.cast(SupervisorMsg::Seated(seat));
+            };
+            Arc::new(deliver) as crate::executor::remote::hub::Deliver
+        });
         let mut st = SupervisorState {
             core: Core::new(job.id, at, job.concurrency, &job.policy, active, settings),
             executor: job.executor.clone(),
             handler,
             rt,
             pool: Pool::default(),
-            queue: Arc::new(WorkQueue::default()),
+            queue: Arc::new(if remote {
+                WorkQueue::with_seats()
+            } else {
+                WorkQueue::default()
+            }),
             stop,
             in_flight,
             shutdown: None,
@@ -225,6 +242,7 @@ impl Actor for JobSupervisor {
             max_attempts: job.max_attempts,
             backoff: job.policy.backoff(),
             actions: Vec::new(),
+            deliver,
         };
         st.queue.set_open(job.state == JobState::Running);
         for _ in 0..job.concurrency {
@@ -259,6 +277,11 @@ impl Actor for JobSupervisor {
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         st.rt.hub.unregister_in_flight(st.core.job);
+        if let Some(remote) = st.handler.remote() {
+            remote.forget(st.core.job);
+        }
+        // Seats still held go back.
+        drop(st.queue.trim_seats(0));
         Ok(())
     }
 
@@ -460,6 +483,7 @@ impl SupervisorState {
                 self.core.shutdown(out);
                 self.perform(myself);
             }
+            SupervisorMsg::Seated(seat) => self.queue.add_seat(seat),
         }
         None
     }

@@ -107,6 +107,13 @@ impl SupervisorState {
             Action::FinishShutdown => self.finish_shutdown(myself),
             Action::StopWorkers(reason) => myself.stop_children(Some(reason.into())),
             Action::Exit(reason) => myself.stop(Some(reason)),
+            Action::Seats(want) => {
+                if let (Some(remote), Some(deliver)) = (self.handler.remote(), &self.deliver) {
+                    remote.want(self.core.job, want, deliver);
+                }
+                // Dropped here, outside the queue's lock: given back.
+                drop(self.queue.trim_seats(want as usize));
+            }
         }
     }
 }

@@ -12,6 +12,10 @@ use std::time::Instant;
 impl Core {
     /// What to do next, given the pool's state and the time.
     pub fn next(&mut self, workers: &impl Workers, now: Instant, out: &mut Vec<Action>) {
+        if self.state != JobState::Running || self.phase != Phase::Active {
+            // Only a running job starts items: it holds no worker slots.
+            self.ask_seats(workers, 0, out);
+        }
         match self.phase {
             Phase::ShuttingDown => {
                 if workers.in_flight() == 0 && self.claims.out.is_none() {
@@ -68,9 +72,9 @@ impl Core {
             return;
         }
         let busy = workers.in_flight();
-        let idle = workers.slots().saturating_sub(busy);
+        let mut idle = workers.slots().saturating_sub(busy);
         // A job with a rate limit claims only what may start now.
-        let ahead = if self.claims.item_time.fast() && self.pacer.is_none() {
+        let mut ahead = if self.claims.item_time.fast() && self.pacer.is_none() {
             // A claim lands one commit after it is asked for, and each
             // worker ends an item per commit (pipelined: up to
             // `pipeline_depth`): keep two commits' worth claimed ahead.
@@ -83,6 +87,20 @@ impl Core {
             0
         };
         let waiting = workers.queued();
+        if let Some(seats) = workers.seats() {
+            // A remote executor: ask for a worker slot per idle worker
+            // (only for the items claimed, once nothing more is pending),
+            // and claim only for the slots granted, never ahead: an item
+            // is claimed once a worker has room for it.
+            let want = if self.claims.may_find() {
+                idle
+            } else {
+                waiting.min(idle)
+            };
+            self.ask_seats(workers, want, out);
+            idle = idle.min(seats);
+            ahead = 0;
+        }
         let want = (idle + ahead).saturating_sub(waiting);
         // Claim for idle workers at once; top up the read-ahead in rounds,
         // not an item at a time.
@@ -111,6 +129,19 @@ impl Core {
                 "every item ended".into(),
                 out,
             );
+        }
+    }
+
+    /// Remote executors: asks the worker hub for `want` seats in all, when
+    /// that changed or seats beyond it are held (given back).
+    fn ask_seats(&mut self, workers: &impl Workers, want: usize, out: &mut Vec<Action>) {
+        let Some(held) = workers.seats() else {
+            return;
+        };
+        let want = want as u32;
+        if self.seats_asked != Some(want) || held > want as usize {
+            self.seats_asked = Some(want);
+            out.push(Action::Seats(want));
         }
     }
 

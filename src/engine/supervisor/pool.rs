@@ -78,7 +78,7 @@ impl Pool {
     /// Wakes idle workers while items wait; an awake worker keeps taking
     /// items by itself until the queue is closed or empty.
     pub fn dispatch(&mut self, queue: &WorkQueue, job: JobId) {
-        let mut waiting = queue.len();
+        let mut waiting = queue.ready();
         for slot in self.slots.iter_mut() {
             if waiting == 0 {
                 break;
@@ -113,6 +113,10 @@ impl Workers for View<'_> {
 
     fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    fn seats(&self) -> Option<usize> {
+        self.queue.seats()
     }
 }
 

@@ -102,6 +102,8 @@ pub(super) struct Core {
     pub(super) pacer: Option<Box<Pacer>>,
     pub restarts: RestartBudget,
     pub(super) settings: Settings,
+    /// Remote executors: the seats last asked of the worker hub.
+    pub(super) seats_asked: Option<u32>,
 }
 
 impl Core {
@@ -131,6 +133,7 @@ impl Core {
             pacer: Pacer::new(policy),
             restarts: RestartBudget::new(settings.restart_window, settings.restart_budget),
             settings,
+            seats_asked: None,
         }
     }
 
@@ -326,6 +329,11 @@ pub(super) trait Workers {
     fn slots(&self) -> usize;
     /// Claimed items no worker took yet.
     fn queued(&self) -> usize;
+    /// Remote executors: the worker slots granted and not yet used
+    /// (`None`: items run here and need none).
+    fn seats(&self) -> Option<usize> {
+        None
+    }
 }
 
 #[cfg(test)]
