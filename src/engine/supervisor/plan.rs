@@ -169,6 +169,91 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn a_remote_job_asks_a_seat_per_idle_worker_and_claims_only_for_the_seats_it_holds() {
+        let mut c = core(JobState::Running);
+        let now = Instant::now();
+        // No worker slot yet: ask for one per idle worker, claim nothing.
+        assert_eq!(
+            next(&mut c, remote(0, 0, 0), now),
+            [Action::Dispatch, Action::Seats(4)]
+        );
+        // Asked already: nothing new, however often it looks.
+        assert_eq!(next(&mut c, remote(0, 0, 0), now), [Action::Dispatch]);
+        // Two granted: two items claimed, for them only.
+        assert_eq!(
+            next(&mut c, remote(0, 0, 2), now),
+            [Action::Dispatch, claim(0, 2)]
+        );
+        c.claims.claimed(2, Some(1));
+        // Both items wait for a worker to take them with their seats.
+        assert_eq!(next(&mut c, remote(0, 2, 2), now), [Action::Dispatch]);
+        // Taken: two busy, two idle workers want seats (still four asked
+        // of the hub in all, counting the two it granted and were used).
+        assert_eq!(
+            next(&mut c, remote(2, 0, 0), now),
+            [Action::Dispatch, Action::Seats(2)]
+        );
+    }
+
+    #[test]
+    fn a_remote_job_never_claims_ahead_even_for_fast_items() {
+        let mut c = core(JobState::Running);
+        let now = Instant::now();
+        c.claims.item_time.observe(Duration::from_millis(1));
+        assert!(c.claims.item_time.fast());
+        // A local job of fast items claims two commits' worth ahead…
+        let mut local = core(JobState::Running);
+        local.claims.item_time.observe(Duration::from_millis(1));
+        assert_eq!(
+            next(&mut local, IDLE, now),
+            [Action::Dispatch, claim(0, 12)]
+        );
+        // …a remote one only an item per seat: no hoarding.
+        assert_eq!(
+            next(&mut c, remote(0, 0, 3), now),
+            [Action::Dispatch, Action::Seats(4), claim(0, 3)]
+        );
+    }
+
+    #[test]
+    fn a_remote_job_that_stops_running_gives_its_seats_back() {
+        let now = Instant::now();
+        for state in [
+            JobState::Pausing,
+            JobState::Paused,
+            JobState::Cancelling,
+            JobState::Succeeded,
+        ] {
+            let mut c = core(state);
+            let actions = next(&mut c, remote(0, 0, 2), now);
+            assert_eq!(actions.first(), Some(&Action::Seats(0)), "{state}");
+            // Given back (none held now): nothing more to ask.
+            let again = next(&mut c, remote(0, 0, 0), now);
+            assert!(!again.contains(&Action::Seats(0)), "{state}: {again:?}");
+        }
+    }
+
+    #[test]
+    fn a_remote_job_with_nothing_left_to_claim_wants_seats_only_for_its_queued_items() {
+        let mut c = core(JobState::Running);
+        let now = Instant::now();
+        assert_eq!(
+            next(&mut c, remote(0, 0, 4), now),
+            [Action::Dispatch, Action::Seats(4), claim(0, 4)]
+        );
+        // Only one item was left.
+        c.claims.claimed(1, Some(0));
+        c.claims.send(4);
+        c.claims.claimed(0, None);
+        assert!(!c.claims.may_find());
+        // One queued, four seats: three go back.
+        assert_eq!(
+            next(&mut c, remote(0, 1, 4), now),
+            [Action::Dispatch, Action::Seats(1)]
+        );
+    }
+
+    #[test]
     fn running_claims_for_idle_workers_one_claim_at_a_time() {
         let mut c = core(JobState::Running);
         let now = Instant::now();
@@ -193,6 +278,7 @@ mod tests {
             in_flight: 2,
             slots: 4,
             queued: 2,
+            seats: None,
         };
         assert_eq!(next(&mut c, fed, now), [Action::Dispatch]);
     }
@@ -211,6 +297,7 @@ mod tests {
             in_flight: 4,
             slots: 4,
             queued: 7,
+            seats: None,
         };
         assert_eq!(next(&mut c, topped, now), [Action::Dispatch]);
         // 2 are: a round is a quarter of the read-ahead.

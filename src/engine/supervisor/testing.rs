@@ -14,6 +14,8 @@ pub struct Pool {
     pub in_flight: usize,
     pub slots: usize,
     pub queued: usize,
+    /// Remote executors: the worker slots held (`None`: items run here).
+    pub seats: Option<usize>,
 }
 
 impl Workers for Pool {
@@ -26,6 +28,9 @@ impl Workers for Pool {
     fn queued(&self) -> usize {
         self.queued
     }
+    fn seats(&self) -> Option<usize> {
+        self.seats
+    }
 }
 
 /// Four workers, none busy, nothing queued.
@@ -33,6 +38,7 @@ pub const IDLE: Pool = Pool {
     in_flight: 0,
     slots: 4,
     queued: 0,
+    seats: None,
 };
 
 /// Four workers, one of them running an item.
@@ -40,7 +46,19 @@ pub const ONE_BUSY: Pool = Pool {
     in_flight: 1,
     slots: 4,
     queued: 0,
+    seats: None,
 };
+
+/// Four workers of a remote executor's job: `in_flight` busy, `queued`
+/// items claimed, `seats` worker slots held.
+pub fn remote(in_flight: usize, queued: usize, seats: usize) -> Pool {
+    Pool {
+        in_flight,
+        slots: 4,
+        queued,
+        seats: Some(seats),
+    }
+}
 
 /// The engine's settings in tests: a restart budget of 2 a minute.
 pub const SETTINGS: Settings = Settings {

@@ -413,7 +413,12 @@ impl WorkerHub {
                     s.worker = hello.worker_name.clone();
                     s.draining = false;
                     s.free = hello.slots;
-                    s.slots = (s.items.len() as u32 + hello.slots).min(MAX_SLOTS);
+                    // The slots it had in all: its items it still runs
+                    // (and any revoked but not yet credited) are not free.
+                    s.slots = s
+                        .slots
+                        .max(s.items.len() as u32 + hello.slots)
+                        .min(MAX_SLOTS);
                     (id, resumed)
                 }
                 None => {
@@ -873,5 +878,176 @@ impl Drop for Seat {
         {
             hub.give_back(self.session, self.stream, self.job);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    fn hello(slots: u32) -> Hello {
+        Hello {
+            worker_name: "w".into(),
+            executors: vec!["ocr".into()],
+            slots,
+            build_id: String::new(),
+            resume: None,
+            held: Vec::new(),
+        }
+    }
+
+    fn hub() -> Arc<WorkerHub> {
+        WorkerHub::new(RemoteConfig {
+            executors: vec!["ocr".into()],
+            ..RemoteConfig::default()
+        })
+    }
+
+    /// A job's demand: the seats it was granted land in the returned list.
+    fn job(
+        hub: &WorkerHub,
+        want: u32,
+        labels: &[(&str, &str)],
+    ) -> (JobId, Arc<StdMutex<Vec<Seat>>>) {
+        let id = JobId::new();
+        let got = Arc::new(StdMutex::new(Vec::new()));
+        let sink = got.clone();
+        let deliver: Deliver = Arc::new(move |seat| sink.lock().unwrap().push(seat));
+        let labels = Arc::new(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        hub.want(id, &Arc::from("ocr"), &labels, want, &deliver);
+        (id, got)
+    }
+
+    fn item(index: u32) -> AssignItem {
+        AssignItem {
+            index,
+            payload: String::new(),
+            attempt: 1,
+            checkpoint: None,
+            params: Arc::default(),
+            job_name: Arc::from("j"),
+            executor: Arc::from("ocr"),
+        }
+    }
+
+    #[test]
+    fn seats_go_to_the_jobs_in_turn_and_never_beyond_what_they_want() {
+        let hub = hub();
+        let (a, got_a) = job(&hub, 10, &[]);
+        let (b, got_b) = job(&hub, 1, &[]);
+        let _w = hub.attach(hello(5), Identity::default()).unwrap();
+        assert_eq!(got_b.lock().unwrap().len(), 1, "b wanted one");
+        assert_eq!(got_a.lock().unwrap().len(), 4, "a the rest");
+        // A seat given back goes to whoever still wants one: a, once b
+        // is gone.
+        hub.forget(b);
+        let seat = got_b.lock().unwrap().pop();
+        drop(seat);
+        assert_eq!(got_a.lock().unwrap().len(), 5);
+        hub.forget(a);
+    }
+
+    #[test]
+    fn a_scoped_worker_s_slots_go_only_to_jobs_within_its_scope() {
+        let hub = hub();
+        let (_, other) = job(&hub, 2, &[("team", "video")]);
+        let (_, mine) = job(&hub, 2, &[("team", "audio"), ("tier", "x")]);
+        let scope = Identity {
+            name: "audio".into(),
+            scope: [("team".to_string(), "audio".to_string())].into(),
+        };
+        let _w = hub.attach(hello(4), scope).unwrap();
+        assert_eq!(mine.lock().unwrap().len(), 2);
+        assert!(other.lock().unwrap().is_empty());
+        assert!(hub.no_worker_for("ocr", &[("team".to_string(), "video".to_string())].into()));
+    }
+
+    #[tokio::test]
+    async fn an_assignment_routes_the_workers_messages_until_its_outcome() {
+        let hub = hub();
+        let (first, got) = job(&hub, 1, &[]);
+        let mut w = hub.attach(hello(1), Identity::default()).unwrap();
+        let seat = got.lock().unwrap().pop().unwrap();
+        let (token, mut inbox, _) = seat.assign(item(3)).unwrap();
+        assert!(
+            matches!(w.outbound.recv().await, Some(ToWorker::Assign(a)) if a[0].token == token)
+        );
+        hub.route(w.session, token, ItemMsg::Progress(0.5)).unwrap();
+        hub.route(w.session, token, ItemMsg::Succeeded { result: "r".into() })
+            .unwrap();
+        assert_eq!(inbox.recv().await, Some(ItemMsg::Progress(0.5)));
+        assert!(matches!(
+            inbox.recv().await,
+            Some(ItemMsg::Succeeded { .. })
+        ));
+        // Ended: anything more for it is refused.
+        let refused = hub.route(w.session, token, ItemMsg::Stopped).unwrap_err();
+        assert_eq!(refused.reason, "UNKNOWN_TOKEN");
+        // The slot stays in use until the worker credits it.
+        hub.forget(first);
+        let (_, more) = job(&hub, 1, &[]);
+        assert!(more.lock().unwrap().is_empty());
+        hub.credit(w.session, 1).unwrap();
+        assert_eq!(more.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_seat_granted_before_a_stream_broke_is_void_after_the_worker_resumes() {
+        let hub = hub();
+        let (_, got) = job(&hub, 1, &[]);
+        let w = hub.attach(hello(1), Identity::default()).unwrap();
+        let stale = got.lock().unwrap().pop().unwrap();
+        hub.detach(w.session, w.stream, "test");
+        let resumed = hub
+            .attach(
+                Hello {
+                    resume: Some(w.session),
+                    ..hello(1)
+                },
+                Identity::default(),
+            )
+            .unwrap();
+        assert_eq!(resumed.session, w.session);
+        // The stale seat sends nothing (the resumed worker counted its
+        // free slots afresh)…
+        assert!(stale.assign(item(0)).is_err());
+        // …and, used up, it no longer counts: the resumed worker's free
+        // slot goes to the job.
+        hub.credit(resumed.session, 1).ok();
+        assert_eq!(got.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn credits_are_bounded() {
+        let hub = hub();
+        let w = hub.attach(hello(MAX_SLOTS), Identity::default()).unwrap();
+        let refused = hub.credit(w.session, 1).unwrap_err();
+        assert_eq!(refused.reason, "INVALID");
+        assert!(refused.message.contains("at most 1024"), "{refused:?}");
+        assert_eq!(hub.credit(w.session, 0).unwrap_err().reason, "INVALID");
+    }
+
+    #[test]
+    fn a_worker_may_serve_only_remote_executors() {
+        let hub = hub();
+        let err = hub
+            .attach(
+                Hello {
+                    executors: vec!["sleep".into()],
+                    ..hello(1)
+                },
+                Identity::default(),
+            )
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, HelloError::NotRemote(why) if why.contains("--remote-executor sleep"))
+        );
     }
 }
