@@ -1,8 +1,8 @@
 //! End-to-end tests, one binary: the real server on an ephemeral port (in
 //! this process through `harness`, or as the `jobvisor` binary where a
-//! test needs a process: signals, logs, OTLP, the Python example), a fresh
-//! PostgreSQL database per test, the generated gRPC client. Also the
-//! property tests of everything that parses caller input.
+//! test needs a process: signals, logs, OTLP, the Python and Node
+//! examples), a fresh PostgreSQL database per test, the generated gRPC
+//! client. Also the property tests of everything that parses caller input.
 
 mod control;
 mod controls;
@@ -19,6 +19,7 @@ mod hammer;
 mod harness;
 mod hostile;
 mod lifecycle;
+mod node;
 mod panics;
 mod properties;
 mod python;
