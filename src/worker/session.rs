@@ -246,10 +246,9 @@ pub(super) async fn run(
                         st.on_message(message);
                     }
                     Ok(None) => break "the server ended the stream".to_string(),
-                    Err(status) => match classify(status) {
-                        Failure::Fatal(e) => return Err(e),
-                        Failure::Retry(why) => break why,
-                    },
+                    // Whatever ended an open session, the worker resumes
+                    // it: a refusal for good shows at the next hello.
+                    Err(status) => break status_text(&status),
                 },
                 Some(event) = inbox.recv() => st.on_event(event),
                 Some(done) = st.tasks.join_next() => st.on_done(done),
@@ -351,8 +350,8 @@ async fn close(inbound: &mut tonic::Streaming<pb::WorkResponse>) {
     .await;
 }
 
-/// A stream error: the refusals that reconnecting cannot cure end the
-/// worker; anything else (the server restarting or shutting down, the
+/// An error opening a stream: the refusals that reconnecting cannot cure
+/// end the worker; anything else (the server restarting or shutting down, the
 /// network, a proxy) is retried.
 fn classify(status: tonic::Status) -> Failure {
     use tonic::Code::*;
@@ -373,11 +372,15 @@ fn classify(status: tonic::Status) -> Failure {
                 }
             ),
         }),
-        _ => Failure::Retry(if message.is_empty() {
-            format!("{code:?}")
-        } else {
-            format!("{code:?}: {message}")
-        }),
+        _ => Failure::Retry(status_text(&status)),
+    }
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {}", status.code(), status.message())
     }
 }
 
