@@ -391,9 +391,12 @@ async fn a_broken_connection_is_resumed_and_the_items_in_flight_continue() {
 /// `retry` fails once asking for a wait, `fail` fails for good, `panic`
 /// panics once. Any param is refused.
 struct Outcomes {
-    /// When each attempt started and ended, by payload.
-    times: Arc<Mutex<Vec<(String, u32, Instant, Instant)>>>,
+    /// When each attempt started and ended.
+    times: Arc<Mutex<Vec<Attempt>>>,
 }
+
+/// One attempt of one item: its payload, its number, its start and end.
+type Attempt = (String, u32, Instant, Instant);
 
 #[async_trait::async_trait]
 impl ItemHandler for Outcomes {
