@@ -405,10 +405,12 @@ impl State {
                     return None;
                 }
             }
+            // Once, when the lease of a broken stream runs out while
+            // draining (then the check above lets the worker go).
             let give_up = self
                 .broken_at
                 .map(|at| at + self.lease)
-                .filter(|_| self.draining);
+                .filter(|at| self.draining && *at > Instant::now());
             tokio::select! {
                 result = &mut fut => return Some(result),
                 Some(event) = inbox.recv() => self.on_event(event),

@@ -9,7 +9,9 @@
 use super::{
     executors::{Executions, Recording},
     harness::*,
+    security::{Pki, write},
 };
+use jobvisor::server::TlsFiles;
 use jobvisor::{
     api::{
         auth::{Permission, Tokens, new_token},
@@ -21,6 +23,7 @@ use jobvisor::{
 };
 use std::{
     collections::BTreeMap,
+    process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -628,5 +631,119 @@ async fn a_worker_is_refused_for_good_without_the_work_permission_or_for_an_unkn
     );
     worker.connected().await;
     worker.drain(WITHIN).await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_worker_command_connects_over_mtls_with_a_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (Pki::new("server-ca"), Pki::new("client-ca"));
+    let (cert, key) = server_ca.leaf("jobvisor");
+    let tls = TlsFiles {
+        cert: write(&dir, "server.pem", &cert),
+        key: write(&dir, "server.key", &key),
+        client_ca: Some(write(&dir, "client-ca.pem", &client_ca.ca_pem)),
+    };
+    let (cert, key) = client_ca.leaf("harness");
+    let harness = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&server_ca.ca_pem))
+        .domain_name("localhost")
+        .identity(tonic::transport::Identity::from_pem(cert, key));
+    let (work, work_entry) = new_token("worker", &[Permission::Work], &BTreeMap::new());
+    let (admin, admin_entry) = new_token("ops", &[Permission::Admin], &BTreeMap::new());
+    let tokens = write(
+        &dir,
+        "tokens.json",
+        &serde_json::json!({ "tokens": [work_entry, admin_entry] }).to_string(),
+    );
+    let app = spawn_app_with(Options {
+        tls: Some(tls),
+        client_tls: Some(harness),
+        guard: GuardConfig {
+            tokens: Some(Arc::new(Tokens::load(&tokens).unwrap())),
+            ..GuardConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let (cert, key) = client_ca.leaf("worker");
+    let stderr = dir.path().join("worker.log");
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobvisor"))
+        .args(["worker", "--executor", "remote", "--slots", "2", "--server"])
+        .arg(format!("localhost:{}", app.addr.port()))
+        .arg("--ca-cert")
+        .arg(write(&dir, "ca.pem", &server_ca.ca_pem))
+        .arg("--client-cert")
+        .arg(write(&dir, "worker.pem", &cert))
+        .arg("--client-key")
+        .arg(write(&dir, "worker.key", &key))
+        .arg("--token-file")
+        .arg(write(&dir, "token", &format!("{work}\n")))
+        .args(["--", "sh", "-c", "echo \"@result tls-$JOBVISOR_ITEM\""])
+        .env_remove("JOBVISOR_TOKEN")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut request = tonic::Request::new(app.job("remote", 2, 2, &[]));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let job = app
+        .client
+        .clone()
+        .start_job(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = Instant::now() + WITHIN;
+    let items = loop {
+        let mut request = tonic::Request::new(pb::ListJobItemsRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+        let items = app
+            .client
+            .clone()
+            .list_job_items(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        if items
+            .iter()
+            .all(|i| i.state == pb::ItemState::Succeeded as i32)
+        {
+            break items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{items:?}; the worker said:\n{}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for item in items {
+        assert_eq!(item.result, format!("tls-{}", item.payload));
+    }
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        said.contains(&format!(
+            "connected to https://localhost:{}",
+            app.addr.port()
+        )),
+        "{said}"
+    );
+    let pid = rustix::process::Pid::from_raw(worker.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = tokio::time::timeout(WITHIN, worker.wait())
+        .await
+        .expect("the worker drains")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
     app.stop().await;
 }
