@@ -348,6 +348,14 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// Closes every connection and takes no more (the server out of reach).
+    fn refuse(&self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
 impl Drop for Relay {
     fn drop(&mut self) {
         self.cut();
@@ -387,6 +395,34 @@ async fn a_broken_connection_is_resumed_and_the_items_in_flight_continue() {
         "{said:?}"
     );
     worker.drain(WITHIN).await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_reach_the_server_still_drains_and_exits_once_the_lease_is_over() {
+    let app = spawn_app().await;
+    let relay = Relay::start(app.addr).await;
+    let log = Executions::default();
+    let worker = worker(relay.addr, recording(&log), 2).await;
+    let job = app.start(sleepy(&app, 2, 2, 10_000, 100)).await;
+    checkpointed(&app, &job.id, 1).await;
+    relay.refuse();
+    app.eventually("the worker disconnected", WITHIN, || async {
+        worker
+            .statuses()
+            .iter()
+            .any(|s| matches!(s, Status::Reconnecting { in_flight: 2, .. }))
+    })
+    .await;
+    let statuses = worker.statuses.clone();
+    let asked = Instant::now();
+    worker.drain(WITHIN).await.unwrap();
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(3), "lease 1 s; took {took:?}");
+    // The items stopped; their reports could not be sent, and after the
+    // lease they no longer count: the server took them back.
+    assert!(log.all().iter().all(|r| r.outcome == Some("interrupted")));
+    assert_eq!(statuses.lock().unwrap().last(), Some(&Status::Stopped));
     app.stop().await;
 }
 
