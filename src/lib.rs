@@ -3,7 +3,8 @@
 //!
 //! Layers, one direction: [`api`] (tonic glue) → [`engine`] (actors) →
 //! [`store`] (sqlx) → [`domain`] (pure). [`executor`] holds the per-item
-//! work the engine runs. See docs/DESIGN.md.
+//! work the engine runs; [`worker`] is the client side of the worker
+//! protocol, running that work in a process of its own. See docs/DESIGN.md.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod worker;
 
 /// The API as generated from `proto/jobvisor/v1/jobvisor.proto`: messages,
 /// the `JobService` client and server.

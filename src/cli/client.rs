@@ -9,7 +9,7 @@ use crate::{
 use anyhow::{Context, bail};
 use clap::Args;
 use std::{collections::HashMap, io::IsTerminal, process::ExitCode, time::Duration};
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 /// How long a unary call may take before the client gives up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,6 +30,15 @@ pub struct Conn {
     /// Bearer token, for servers that require one.
     #[arg(long, env = "JOBVISOR_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the bearer token (instead of --token, which other
+    /// users of the machine may see in the process list).
+    #[arg(
+        long,
+        env = "JOBVISOR_TOKEN_FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
+    token_file: Option<std::path::PathBuf>,
     /// CA certificate (PEM) to verify the server with (https:// servers).
     #[arg(long, env = "JOBVISOR_CA_CERT", global = true)]
     ca_cert: Option<std::path::PathBuf>,
@@ -73,7 +82,10 @@ pub type Client =
     JobServiceClient<tonic::service::interceptor::InterceptedService<NotGrpc<Channel>, Auth>>;
 
 impl Conn {
-    async fn client(&self) -> anyhow::Result<Client> {
+    /// The server's address, with the TLS settings of --ca-cert and
+    /// --client-cert/--client-key for `https://` servers (a bare
+    /// `host:port` is `https://` when one of them is given).
+    pub(super) fn endpoint(&self) -> anyhow::Result<Endpoint> {
         let tls = self.ca_cert.is_some() || self.client_cert.is_some();
         let url = if self.server.contains("://") {
             self.server.clone()
@@ -103,18 +115,41 @@ impl Conn {
                 .tls_config(config)
                 .context("invalid TLS settings")?;
         }
+        Ok(endpoint)
+    }
+
+    /// The bearer token, from --token or --token-file.
+    pub(super) fn token(&self) -> anyhow::Result<Option<String>> {
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => Ok(Some(token.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+                let token = text.trim();
+                if token.is_empty() {
+                    bail!("--token-file {} is empty", path.display());
+                }
+                Ok(Some(token.to_string()))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        let endpoint = self.endpoint()?;
+        let url = endpoint.uri().to_string().trim_end_matches('/').to_string();
+        let auth = match self.token()? {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .context("the token holds characters that cannot be sent")?,
+            ),
+            None => None,
+        };
         let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("cannot reach the jobvisor server at {url}"))?;
-        let auth = match &self.token {
-            Some(token) => Some(
-                format!("Bearer {token}")
-                    .parse()
-                    .context("--token holds characters that cannot be sent")?,
-            ),
-            None => None,
-        };
         Ok(
             JobServiceClient::with_interceptor(NotGrpc(channel), Auth(auth))
                 .max_decoding_message_size(64 * 1024 * 1024),

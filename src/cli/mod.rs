@@ -8,6 +8,7 @@ mod not_grpc;
 mod output;
 mod serve;
 mod token;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -56,6 +57,42 @@ enum Command {
     /// Follow a job until it ends: a progress bar on a terminal, JSON lines
     /// otherwise. Exit code: 0 succeeded, 3 failed, 4 cancelled.
     Watch(client::WatchArgs),
+    /// Run the items of a server's remote executor on this machine: a
+    /// program per item, in the exec protocol.
+    ///
+    /// Connects to --server, serves --executor NAME (which the server
+    /// declares with `serve --remote-executor NAME`), and runs PROGRAM for
+    /// every item it is given, at most --slots at once. The program is
+    /// this worker's: a job cannot choose another one, nor its arguments.
+    ///
+    /// What the program gets: the item on stdin and in JOBVISOR_ITEM;
+    /// JOBVISOR_ITEM_INDEX, JOBVISOR_ATTEMPT (from 1), JOBVISOR_JOB_ID;
+    /// JOBVISOR_CHECKPOINT, the item's last checkpoint (absent when it has
+    /// none): continue from it. Each of the job's params as
+    /// JOBVISOR_PARAM_<KEY>, the key upper-cased and every character other
+    /// than a letter or digit made `_` (`--param lang=de` gives
+    /// JOBVISOR_PARAM_LANG=de). This worker's environment, without its own
+    /// JOBVISOR_* settings (its token stays here). This worker's working
+    /// directory.
+    ///
+    /// What it reports, one line each on stdout: `@checkpoint <text>`
+    /// (saved on the server before the program reads on), `@progress
+    /// <fraction>` or `@progress <done>/<total>`, `@result <text>`,
+    /// `@retry-after <wait>`. Other output is kept as the item's log tail,
+    /// shown in its error if it fails.
+    ///
+    /// How it ends: exit 0 succeeded; an exit code of
+    /// --permanent-exit-codes (100) failed for good; any other exit or a
+    /// signal is retried. On a pause, a cancel or this worker's drain its
+    /// process group gets SIGTERM, then SIGKILL after --kill-grace; the
+    /// item keeps its last checkpoint.
+    ///
+    /// SIGTERM or Ctrl-C drains: the server sends nothing more, the items
+    /// in flight are stopped (SIGTERM) and go back to pending with their
+    /// checkpoints, and the worker exits once they have. A broken
+    /// connection is retried; the items in flight keep running and are
+    /// reported when it is back. Status lines go to standard error.
+    Worker(worker::WorkerArgs),
 }
 
 /// Parses the command line and runs it.
@@ -77,6 +114,7 @@ pub async fn run() -> ExitCode {
         Command::Items(args) => client::items(args).await,
         Command::Watch(args) => client::watch(args).await,
         Command::Token(args) => token::run(args),
+        Command::Worker(args) => worker::run(args).await,
     };
     match result {
         Ok(code) => code,

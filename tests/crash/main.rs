@@ -2,12 +2,14 @@
 //! (SIGTERM), its database restarted and its sessions terminated — alone
 //! or as one of several replicas ([`replicas`]) — then checked: no item
 //! lost, none completed twice, every re-execution from the checkpoint the
-//! store held. Also through a real nginx in front of the server ([`proxy`]).
+//! store held. Also through a real nginx in front of the server ([`proxy`]),
+//! and remote items in `jobvisor worker` processes ([`workers`]).
 
 mod one_runner;
 mod proxy;
 mod replicas;
 mod watch_resume;
+mod workers;
 
 use jobvisor::pb::{self, job_service_client::JobServiceClient};
 use jobvisor_testkit::{

@@ -24,6 +24,7 @@ mod panics;
 mod properties;
 mod python;
 mod rate_limit;
+mod remote_worker;
 mod retry_delay;
 mod scheduled;
 mod security;

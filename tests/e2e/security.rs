@@ -88,13 +88,16 @@ async fn probe(channel: Channel) -> Code {
     }
 }
 
-struct Pki {
-    ca_pem: String,
+/// A test certificate authority (also the remote worker's mTLS test's).
+pub(super) struct Pki {
+    /// The CA's certificate, for clients and servers to trust.
+    pub(super) ca_pem: String,
+    /// Signs the leaves.
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl Pki {
-    fn new(name: &str) -> Pki {
+    pub(super) fn new(name: &str) -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -112,7 +115,7 @@ impl Pki {
     }
 
     /// A certificate and key for `cn`, valid for localhost.
-    fn leaf(&self, cn: &str) -> (String, String) {
+    pub(super) fn leaf(&self, cn: &str) -> (String, String) {
         let mut params =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -122,7 +125,7 @@ impl Pki {
     }
 }
 
-fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+pub(super) fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
     path
