@@ -232,6 +232,9 @@ pub async fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
 #[derive(Debug, Clone)]
 pub struct SleepJob {
     pub name: String,
+    /// The executor the job names: `sleep`, or a remote executor whose
+    /// workers run the same handler (the remote scenarios).
+    pub executor: String,
     pub items: u32,
     pub concurrency: u32,
     pub duration_ms: u32,
@@ -248,6 +251,7 @@ impl SleepJob {
     pub fn new(name: &str, items: u32, concurrency: u32, duration_ms: u32, steps: u32) -> SleepJob {
         SleepJob {
             name: name.into(),
+            executor: "sleep".into(),
             items,
             concurrency,
             duration_ms,
@@ -256,6 +260,12 @@ impl SleepJob {
             max_attempts: 0,
             retry_delay: None,
         }
+    }
+
+    /// The same job for another executor.
+    pub fn on(mut self, executor: &str) -> SleepJob {
+        self.executor = executor.into();
+        self
     }
 
     pub fn request(&self) -> pb::StartJobRequest {
@@ -269,7 +279,7 @@ impl SleepJob {
         }
         pb::StartJobRequest {
             name: self.name.clone(),
-            executor: "sleep".into(),
+            executor: self.executor.clone(),
             items: (0..self.items).map(|i| format!("item-{i}")).collect(),
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,

@@ -9,10 +9,14 @@
 //!   and what they cost its throughput.
 //! - [`recovery`]: SIGKILL and restart: time to serve, and until every
 //!   running job runs again.
+//! - [`remote`]: remote workers: a worker process's throughput against the
+//!   server's own, assignment and interrupt latency, and redelivery after
+//!   a worker's SIGKILL.
 
 pub mod control;
 pub mod many_jobs;
 pub mod recovery;
+pub mod remote;
 pub mod watchers;
 
 pub use control::control;

@@ -53,6 +53,19 @@ enum Scenario {
     /// SIGKILL of a server running 1,000 jobs and restart: time to serve,
     /// and until every job has an item running again.
     Recovery(scenarios::recovery::RecoveryOptions),
+    /// The same job of no-op items in the server and in a worker process
+    /// (remote executor, as many slots as the job's concurrency): items/s
+    /// of each and the ratio.
+    RemoteThroughput(scenarios::remote::throughput::RemoteThroughputOptions),
+    /// On an idle server: StartJob → the assignment at a worker, and
+    /// PauseJob(IMMEDIATE) / CancelJob → the interrupt at the worker.
+    RemoteLatency(scenarios::remote::latency::RemoteLatencyOptions),
+    /// SIGKILL of a worker process holding an item → the item's assignment
+    /// at another worker.
+    RemoteRedelivery(scenarios::remote::redelivery::RemoteRedeliveryOptions),
+    /// A worker process for the remote scenarios (they start it).
+    #[command(hide = true)]
+    RemoteWorker(scenarios::remote::WorkerOptions),
     /// The peer comparison's workload (bench/peers/run.sh calls this).
     Peer {
         #[arg(long, default_value_t = 20_000)]
@@ -63,6 +76,10 @@ enum Scenario {
 }
 
 async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Scenario::RemoteWorker(opts) = &args.scenario {
+        scenarios::remote::worker_main(opts).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let binary = bench::this_binary()?;
     let server_args: Vec<&str> = if args.pipelined_acks {
         vec!["--pipelined-acks"]
@@ -158,6 +175,19 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let r = scenarios::recovery(&setup, &opts).await?;
             report(args.json, "recovery", &r.human(), &r, &context);
         }
+        Scenario::RemoteThroughput(opts) => {
+            let r = scenarios::remote::throughput(&setup, &opts).await?;
+            report(args.json, "remote-throughput", &r.human(), &r, &context);
+        }
+        Scenario::RemoteLatency(opts) => {
+            let r = scenarios::remote::latency(&setup, &opts).await?;
+            report(args.json, "remote-latency", &r.human(), &r, &context);
+        }
+        Scenario::RemoteRedelivery(opts) => {
+            let r = scenarios::remote::redelivery(&setup, &opts).await?;
+            report(args.json, "remote-redelivery", &r.human(), &r, &context);
+        }
+        Scenario::RemoteWorker(_) => unreachable!("handled above"),
         Scenario::Peer { items, concurrency } => {
             let r = scenarios::throughput(
                 &binary,
