@@ -32,6 +32,10 @@ pub struct RemoteLatency {
     pub start_to_assignment: Summary,
     /// StartJob call → its response.
     pub start_response: Summary,
+    /// The difference of the two above: what the assignment takes after
+    /// the job is stored (its supervisor's start, a seat, the claim's
+    /// commit, the send); negative when it came before the response.
+    pub start_response_to_assignment: Summary,
     /// PauseJob(IMMEDIATE) call → the PAUSE interrupt read by the worker.
     pub pause_to_interrupt: Summary,
     pub pause_response: Summary,
@@ -64,6 +68,10 @@ impl RemoteLatency {
             row("CancelJob → interrupt", &self.cancel_to_interrupt),
             row("ResumeJob → assignment", &self.resume_to_assignment),
             row("StartJob → response", &self.start_response),
+            row(
+                "  then → assignment (difference)",
+                &self.start_response_to_assignment,
+            ),
             row("PauseJob(IMMEDIATE) → response", &self.pause_response),
             row("CancelJob → response", &self.cancel_response),
             format!(
@@ -106,6 +114,13 @@ pub async fn latency(setup: &Setup, opts: &RemoteLatencyOptions) -> anyhow::Resu
             <= TARGET_INTERRUPT_MS,
         start_to_assignment,
         start_response: summary(&s.start_response),
+        start_response_to_assignment: Summary::of_ms(
+            s.start_to_assignment
+                .iter()
+                .zip(&s.start_response)
+                .map(|(a, r)| (a.as_secs_f64() - r.as_secs_f64()) * 1000.0)
+                .collect(),
+        ),
         pause_to_interrupt,
         pause_response: summary(&s.pause_response),
         resume_to_assignment: summary(&s.resume_to_assignment),
