@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RemoteLatencyOptions {
+    /// Rounds (a job each): one sample of every figure per round.
     #[arg(long, default_value_t = 200)]
     pub rounds: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RemoteLatency {
+    /// Rounds made.
     pub rounds: u32,
     /// StartJob call → the assignment read by the worker.
     pub start_to_assignment: Summary,
@@ -38,15 +40,20 @@ pub struct RemoteLatency {
     pub start_response_to_assignment: Summary,
     /// PauseJob(IMMEDIATE) call → the PAUSE interrupt read by the worker.
     pub pause_to_interrupt: Summary,
+    /// PauseJob(IMMEDIATE) call → its response.
     pub pause_response: Summary,
     /// ResumeJob call → the item's assignment read by the worker.
     pub resume_to_assignment: Summary,
     /// CancelJob call → the CANCEL interrupt read by the worker.
     pub cancel_to_interrupt: Summary,
+    /// CancelJob call → its response.
     pub cancel_response: Summary,
+    /// The targets: StartJob → assignment, and each call → interrupt.
     pub target_assignment_p99_ms: f64,
     pub target_interrupt_p99_ms: f64,
+    /// StartJob → assignment's p99 within its target.
     pub assignment_met: bool,
+    /// Both interrupts' p99 within theirs.
     pub interrupt_met: bool,
 }
 

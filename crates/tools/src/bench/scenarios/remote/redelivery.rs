@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RemoteRedeliveryOptions {
+    /// Rounds (a worker process killed in each).
     #[arg(long, default_value_t = 5)]
     pub rounds: u32,
     /// The server's --worker-lease-time.
@@ -29,16 +30,21 @@ pub struct RemoteRedeliveryOptions {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RemoteRedelivery {
+    /// Rounds made.
     pub rounds: u32,
+    /// The server's --worker-lease-time.
     pub lease_seconds: f64,
     /// SIGKILL → the item's assignment at the other worker, every round.
     pub seconds: Vec<f64>,
+    /// Their least, median and greatest.
     pub min_seconds: f64,
     pub median_seconds: f64,
     pub max_seconds: f64,
     /// The same less the lease: the server's own reaction.
     pub max_over_lease_seconds: f64,
+    /// The lease plus 1 s.
     pub target_seconds: f64,
+    /// Every round within the target.
     pub met: bool,
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RemoteThroughputOptions {
+    /// Items of the job.
     #[arg(long, default_value_t = 50_000)]
     pub items: u32,
     /// The job's concurrency, and the worker process's slots.
@@ -52,7 +53,9 @@ pub struct Run {
 /// A pair: the job in the server and in a worker process.
 #[derive(Debug, Clone, Serialize)]
 pub struct Pair {
+    /// The job run by the server's own workers.
     pub in_process: Run,
+    /// The job run by the worker process.
     pub remote: Run,
     /// remote ÷ in-process, of the rates after StartJob.
     pub ratio: f64,
@@ -60,12 +63,17 @@ pub struct Pair {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RemoteThroughput {
+    /// The job: its items and concurrency.
     pub items: u32,
     pub concurrency: u32,
+    /// The worker process's slots (the job's concurrency).
     pub worker_slots: u32,
+    /// Every pair of runs, in order.
     pub pairs: Vec<Pair>,
+    /// The median of the pairs' ratios, against the target.
     pub median_ratio: f64,
     pub target_ratio: f64,
+    /// The median ratio at the target or above.
     pub met: bool,
 }
 
