@@ -369,10 +369,13 @@ fn progress(p: &Progress) -> pb::JobEvent {
 
 pub fn watch_item(w: &WatchItem) -> pb::JobEvent {
     match w {
-        WatchItem::Snapshot(j) => pb::JobEvent {
+        WatchItem::Snapshot(j, waiting) => pb::JobEvent {
             sequence: j.last_seq,
             time: Some(timestamp(Utc::now())),
-            kind: Some(pb::job_event::Kind::Snapshot(job(j))),
+            kind: Some(pb::job_event::Kind::Snapshot(pb::Job {
+                waiting_for: waiting.clone().unwrap_or_default(),
+                ..job(j)
+            })),
         },
         WatchItem::Event(e) => event(e),
         WatchItem::Progress(p) => progress(p),

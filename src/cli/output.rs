@@ -86,6 +86,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "can_pause": j.can_pause, "can_resume": j.can_resume, "can_cancel": j.can_cancel,
         "last_error": j.last_error, "last_sequence": j.last_sequence,
         "request_id": j.request_id, "policy": policy_json(j.policy.as_ref()),
+        "waiting_for": j.waiting_for,
         "owner": j.owner.as_ref().map(|o| json!({
             "server": o.server, "host": o.host, "pid": o.pid,
             "since_time": time(&o.since_time),
@@ -224,6 +225,9 @@ pub fn print_job(j: &pb::Job, json: bool) {
         j.max_attempts
     );
     say!("items:     {}", counts_text(&j.counts));
+    if !j.waiting_for.is_empty() {
+        say!("waiting:   {}", j.waiting_for);
+    }
     if let Some(owner) = &j.owner {
         say!("owner:     {}", owner_text(owner));
     }
@@ -456,6 +460,9 @@ impl WatchView {
                         job.name,
                         job_state_name(job.state)
                     ));
+                    if !job.waiting_for.is_empty() {
+                        self.note(&job.waiting_for);
+                    }
                     self.update(&job.counts, "");
                 }
             }
