@@ -2,10 +2,12 @@
 //! (SIGTERM), its database restarted and its sessions terminated — alone
 //! or as one of several replicas ([`replicas`]) — then checked: no item
 //! lost, none completed twice, every re-execution from the checkpoint the
-//! store held. Also through a real nginx in front of the server ([`proxy`]).
+//! store held. Also through a real nginx in front of the server ([`proxy`]),
+//! and with worker processes of the Python library ([`python_worker`]).
 
 mod one_runner;
 mod proxy;
+mod python_worker;
 mod replicas;
 mod watch_resume;
 

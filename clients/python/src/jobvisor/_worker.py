@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import logging
 import os
@@ -380,7 +381,7 @@ class Worker:
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
-        installed: List[int] = []
+        installed: List[signal.Signals] = []
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
@@ -391,8 +392,8 @@ class Worker:
         try:
             await self.serve()
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            for installed_sig in installed:
+                loop.remove_signal_handler(installed_sig)
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
@@ -717,7 +718,7 @@ class Worker:
                 run.add_done_callback(self._async_runs.discard)
             else:
                 assert self._pool is not None
-                self._pool.submit(lambda task=task: self._run_sync(task))
+                self._pool.submit(functools.partial(self._run_sync, task))
 
     def _saved(self, s: pb.CheckpointSaved) -> None:
         task = self._tasks.get(s.token)
