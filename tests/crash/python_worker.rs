@@ -170,14 +170,9 @@ impl Fixture {
             binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
             addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
             database_url: db.url.clone(),
-            args: [
-                "--remote-executor",
-                EXECUTOR,
-                "--worker-lease-time",
-                "2s",
-            ]
-            .map(String::from)
-            .to_vec(),
+            args: ["--remote-executor", EXECUTOR, "--worker-lease-time", "2s"]
+                .map(String::from)
+                .to_vec(),
             log: dir.path().join("server.log"),
             env: vec![],
             cwd: None,
@@ -255,7 +250,11 @@ fn frame(item: &pb::Item) -> u32 {
 }
 
 /// Waits (at most 20 s) until the job is in `state`.
-async fn wait_state(client: &mut JobServiceClient<Channel>, id: &str, state: pb::JobState) -> pb::Job {
+async fn wait_state(
+    client: &mut JobServiceClient<Channel>,
+    id: &str,
+    state: pb::JobState,
+) -> pb::Job {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let job = get(client, id).await;
@@ -272,7 +271,12 @@ async fn wait_state(client: &mut JobServiceClient<Channel>, id: &str, state: pb:
 
 /// Waits (at most 20 s) until item `index` has a checkpoint of at least
 /// frame `at_least`; returns it.
-async fn wait_frame(client: &mut JobServiceClient<Channel>, id: &str, index: usize, at_least: u32) -> u32 {
+async fn wait_frame(
+    client: &mut JobServiceClient<Channel>,
+    id: &str,
+    index: usize,
+    at_least: u32,
+) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let reached = frame(&items(client, id).await[index]);
@@ -329,7 +333,9 @@ async fn runs_to_success(handler: &[&str]) {
     worker.signal(rustix::process::Signal::TERM);
     let status = worker.exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", worker.output());
-    worker.wait_line("worker exits", Duration::from_secs(1)).await;
+    worker
+        .wait_line("worker exits", Duration::from_secs(1))
+        .await;
     f.finish().await;
 }
 
@@ -392,7 +398,11 @@ async fn an_immediate_pause_stops_the_item_and_another_process_continues_it() {
     let started = second
         .wait_line("started item=0", Duration::from_secs(20))
         .await;
-    assert_eq!(field(&started, "frame"), kept, "continued at the checkpoint");
+    assert_eq!(
+        field(&started, "frame"),
+        kept,
+        "continued at the checkpoint"
+    );
     assert_eq!(field(&started, "attempt"), 1, "{started}");
     let done = super::wait_end(client.clone(), id.clone()).await;
     assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
@@ -424,7 +434,10 @@ async fn a_killed_workers_item_is_taken_over_from_its_checkpoint() {
         .wait_line("started item=0", Duration::from_secs(20))
         .await;
     assert_eq!(field(&started, "attempt"), 2, "{started}");
-    assert!(field(&started, "frame") >= before, "{started} (checkpoint was {before})");
+    assert!(
+        field(&started, "frame") >= before,
+        "{started} (checkpoint was {before})"
+    );
     let done = super::wait_end(client.clone(), id.clone()).await;
     assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
     let item = items(&mut client, &id).await.remove(0);
@@ -492,7 +505,9 @@ async fn sigterm_drains_a_worker_and_its_item_continues_in_the_next() {
     first.signal(rustix::process::Signal::TERM);
     let status = first.exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", first.output());
-    let stopping = first.wait_line("stopping item=0", Duration::from_secs(1)).await;
+    let stopping = first
+        .wait_line("stopping item=0", Duration::from_secs(1))
+        .await;
     assert!(stopping.ends_with("reason=drain"), "{stopping}");
     let item = items(&mut client, &id).await.remove(0);
     assert_eq!(item.state, pb::ItemState::Pending as i32, "{item:?}");

@@ -275,7 +275,13 @@ class Worker:
         self._session_id = ""
         self._connected = False
         self._out: Optional["asyncio.Queue[pb.WorkRequest]"] = None
+        #: How often to ping (from the welcome).
         self._heartbeat = 1.0
+        #: The server's lease time (from the welcome): how long it keeps a
+        #: disconnected worker's items.
+        self._lease_time = 5.0
+        #: How long the current stream may stay silent: the welcome's wait,
+        #: then the lease time.
         self._lease = WELCOME_WITHIN
         self._last_received = 0.0
         self._disconnected_at: Optional[float] = None
@@ -339,8 +345,8 @@ class Worker:
         its own (which then handles signals itself and calls :meth:`stop`)."""
         if self._handler is None:
             raise ValueError("no handler: decorate a function with @worker.handler before running")
-        if self._loop is not None:
-            raise RuntimeError("this worker is already running")
+        if self._loop is not None or self._session_id:
+            raise RuntimeError("a Worker runs once: make a new one")
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         self._drain_started = asyncio.Event()
@@ -354,7 +360,7 @@ class Worker:
                     break
                 if self._draining and self._disconnected_at is not None:
                     gone = self._loop.time() - self._disconnected_at
-                    if gone > self._lease and all(t.done for t in self._tasks.values()):
+                    if gone > self._lease_time and all(t.done for t in self._tasks.values()):
                         log.warning(
                             "drained, but the outcomes of %d item(s) could not be delivered: "
                             "the server gives them back after its lease time",
@@ -648,7 +654,9 @@ class Worker:
             log.warning("session %s was not resumed (the server lost it): new session %s", self._session_id, w.session_id)
         self._session_id = w.session_id
         self._heartbeat = max(0.05, w.heartbeat_interval.ToTimedelta().total_seconds()) if w.HasField("heartbeat_interval") else 1.0
-        self._lease = w.lease_time.ToTimedelta().total_seconds() if w.HasField("lease_time") else 5.0
+        if w.HasField("lease_time"):
+            self._lease_time = w.lease_time.ToTimedelta().total_seconds()
+        self._lease = self._lease_time
         # A little less than the interval asked for, so that a late timer
         # never makes a ping late.
         self._heartbeat *= 0.9
