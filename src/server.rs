@@ -5,6 +5,7 @@
 //! SIGTERM/SIGINT to it.
 
 use crate::{
+    api::workers::WorkerApi,
     api::{
         JobApi, accept,
         guard::{GuardConfig, GuardLayer},
@@ -14,8 +15,11 @@ use crate::{
         watch_caps::WatchCaps,
     },
     engine::{ClusterConfig, Engine, EngineConfig},
-    executor::Registry,
-    pb::{self, job_service_server::JobServiceServer},
+    executor::{
+        Registry,
+        remote::{RemoteConfig, hub::WorkerHub},
+    },
+    pb::{self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer},
     store::{
         Leases, Store,
         postgres::{
@@ -62,6 +66,9 @@ pub struct ServerConfig {
     /// WatchJob streams open at once for one caller (its name, or its
     /// address when anonymous).
     pub max_watch_streams_per_caller: usize,
+    /// Remote executors and the worker protocol's times; no executor
+    /// named: WorkerService refuses every worker.
+    pub remote: RemoteConfig,
 }
 
 /// PEM files for TLS.
@@ -113,6 +120,7 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_watch_streams: 4096,
             max_watch_streams_per_caller: 1024,
+            remote: RemoteConfig::default(),
         }
     }
 }
@@ -206,6 +214,16 @@ async fn serve_on(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Remote executors hand items to the worker sessions of this hub.
+    let mut remote = config.remote.clone();
+    remote.server = match &config.cluster {
+        Some(cluster) => cluster.replica.clone(),
+        None => config.engine.runner.server.clone(),
+    };
+    let hub = WorkerHub::new(remote);
+    let registry = registry
+        .with_remote(hub.clone())
+        .map_err(anyhow::Error::msg)?;
     let engine_runtime = EngineRuntime::start(config.engine_threads)?;
     let (mut engine_config, cluster) = (config.engine.clone(), config.cluster.clone());
     // A quarter of the pool for the watch streams' reads (one at least):
@@ -233,6 +251,7 @@ async fn serve_on(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<JobApi>>().await;
+    health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
     health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_service_status(LIVENESS, ServingStatus::Serving)
@@ -269,8 +288,12 @@ async fn serve_on(
         ),
     );
 
+    let workers = WorkerServiceServer::new(WorkerApi::new(hub.clone()))
+        .max_decoding_message_size(config.max_request_bytes);
+
     let draining = {
         let (engine, health, grace) = (engine.clone(), health.clone(), config.shutdown_grace);
+        let hub = hub.clone();
         async move {
             shutdown.await;
             tracing::info!(?grace, "shutting down: draining jobs");
@@ -279,7 +302,13 @@ async fn serve_on(
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
             health.set_not_serving::<JobServiceServer<JobApi>>().await;
+            health
+                .set_not_serving::<WorkerServiceServer<WorkerApi>>()
+                .await;
             engine.shutdown(grace).await;
+            // The items in remote workers were stopped and reported with
+            // the jobs; the sessions end now.
+            hub.close();
             tracing::info!("jobs drained");
         }
     };
@@ -295,7 +324,8 @@ async fn serve_on(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(jobs);
+        .add_service(jobs)
+        .add_service(workers);
     // Connections are accepted here (`api::accept`), TLS included, so that
     // one that never finishes its handshakes is closed.
     let timeout = config.handshake_timeout;

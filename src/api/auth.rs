@@ -35,6 +35,9 @@ pub enum Permission {
     /// PauseJob, ResumeJob, CancelJob, DeleteJob and the other control
     /// calls.
     Control,
+    /// WorkerService: take the items of jobs (within the token's scope)
+    /// as a worker.
+    Work,
     /// Everything.
     Admin,
 }
@@ -45,6 +48,7 @@ impl Permission {
             Permission::Read => "read",
             Permission::Start => "start",
             Permission::Control => "control",
+            Permission::Work => "work",
             Permission::Admin => "admin",
         }
     }
@@ -52,6 +56,9 @@ impl Permission {
     /// The permission an RPC needs, by its path; `None` for RPCs that
     /// need none (health, reflection) or that this server does not know.
     pub fn for_method(path: &str) -> Option<Permission> {
+        if path.starts_with("/jobvisor.v1.WorkerService/") {
+            return Some(Permission::Work);
+        }
         let method = path.strip_prefix("/jobvisor.v1.JobService/")?;
         Some(match method {
             "GetJob" | "ListJobs" | "ListJobItems" | "WatchJob" => Permission::Read,
@@ -353,5 +360,14 @@ mod tests {
         assert_eq!(p("DeleteJob"), Some(Permission::Control));
         assert_eq!(p("SetJobRateLimit"), Some(Permission::Control));
         assert_eq!(Permission::for_method("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            Permission::for_method("/jobvisor.v1.WorkerService/Work"),
+            Some(Permission::Work)
+        );
+        assert_eq!(
+            Permission::for_method("/jobvisor.v1.WorkerService/Unknown"),
+            Some(Permission::Work),
+            "anything under the worker service needs the permission"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod routes;
 pub mod status;
 pub mod trace;
 pub mod watch_caps;
+pub mod workers;
 
 use crate::{
     domain::{FieldViolation, JobId, Provenance},

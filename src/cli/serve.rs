@@ -119,6 +119,37 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBVISOR_RETENTION", value_parser = humantime::parse_duration)]
     retention: Option<Duration>,
 
+    /// An executor whose items run in worker processes connected over
+    /// WorkerService (`jobvisor worker`, the Python library, any gRPC
+    /// client), e.g. --remote-executor ocr. Repeat it, or separate names
+    /// with commas. A job for it waits, saying so in GetJob, while no
+    /// worker serves it.
+    #[arg(
+        long = "remote-executor",
+        env = "JOBVISOR_REMOTE_EXECUTORS",
+        value_delimiter = ','
+    )]
+    remote_executors: Vec<String>,
+
+    /// How long a remote worker that went silent, or whose stream broke,
+    /// keeps its items before they go back to pending for another worker
+    /// (the lost attempt counts). A worker that reconnects within it
+    /// continues its items.
+    #[arg(long, env = "JOBVISOR_WORKER_LEASE_TIME", default_value = "5s",
+          value_parser = humantime::parse_duration)]
+    worker_lease_time: Duration,
+
+    /// How long a remote worker has to stop an interrupted item (pause,
+    /// cancel, shutdown) before the item is taken from it; whatever it
+    /// sends for the item afterwards is refused.
+    #[arg(long, env = "JOBVISOR_WORKER_INTERRUPT_GRACE", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    worker_interrupt_grace: Duration,
+
+    /// The largest checkpoint a remote worker may save, in bytes.
+    #[arg(long, env = "JOBVISOR_MAX_CHECKPOINT_BYTES", default_value_t = 1024 * 1024)]
+    max_checkpoint_bytes: usize,
+
     /// Threads of the engine's own runtime: its actors, the group
     /// committer, the executors' async code. The gRPC connections (and
     /// every WatchJob stream) run on other threads. Default: half the
@@ -290,6 +321,39 @@ impl ServeArgs {
                 humantime::format_duration(self.stream_keepalive)
             );
         }
+        for name in &self.remote_executors {
+            if name.is_empty()
+                || name.len() > 128
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c))
+            {
+                anyhow::bail!(
+                    "--remote-executor (JOBVISOR_REMOTE_EXECUTORS): {name:?} is not an executor name \
+                     (1 to 128 letters, digits and - _ . : /)"
+                );
+            }
+        }
+        if !(Duration::from_millis(200)..=Duration::from_secs(3600))
+            .contains(&self.worker_lease_time)
+        {
+            anyhow::bail!(
+                "--worker-lease-time (JOBVISOR_WORKER_LEASE_TIME) must be from 200ms to 1h, got {}",
+                humantime::format_duration(self.worker_lease_time)
+            );
+        }
+        if self.worker_interrupt_grace > Duration::from_secs(24 * 3600) {
+            anyhow::bail!(
+                "--worker-interrupt-grace (JOBVISOR_WORKER_INTERRUPT_GRACE) must be at most 24h, got {}",
+                humantime::format_duration(self.worker_interrupt_grace)
+            );
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_checkpoint_bytes) {
+            anyhow::bail!(
+                "--max-checkpoint-bytes (JOBVISOR_MAX_CHECKPOINT_BYTES) must be from 1024 to 67108864, got {}",
+                self.max_checkpoint_bytes
+            );
+        }
         if self.handshake_timeout < Duration::from_millis(100) {
             anyhow::bail!(
                 "--handshake-timeout (JOBVISOR_HANDSHAKE_TIMEOUT) must be at least 100ms, got {}",
@@ -319,6 +383,10 @@ impl ServeArgs {
         config.engine.retention = self.retention;
         config.engine.watch_stall = self.watch_stall_timeout;
         config.engine.stream_keepalive = self.stream_keepalive;
+        config.remote.executors = self.remote_executors.clone();
+        config.remote.lease_time = self.worker_lease_time;
+        config.remote.interrupt_grace = self.worker_interrupt_grace;
+        config.remote.max_checkpoint_bytes = self.max_checkpoint_bytes;
         config.handshake_timeout = self.handshake_timeout;
         config.max_watch_streams = self.max_watch_streams;
         config.max_watch_streams_per_caller = self.max_watch_streams_per_caller;

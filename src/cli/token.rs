@@ -29,7 +29,7 @@ enum TokenCommand {
 
 fn parse_permission(raw: &str) -> Result<Permission, String> {
     serde_json::from_value(serde_json::Value::String(raw.to_string()))
-        .map_err(|_| format!("{raw:?} is not a permission (read, start, control, admin)"))
+        .map_err(|_| format!("{raw:?} is not a permission (read, start, control, work, admin)"))
 }
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {

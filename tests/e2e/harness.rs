@@ -5,7 +5,7 @@
 use super::executors::{Executions, Flaky, Gate, Panicky, Recording};
 use jobvisor::{
     api::guard::GuardConfig,
-    executor::Registry,
+    executor::{Registry, remote::RemoteConfig},
     pb::{self, job_service_client::JobServiceClient},
     server::{ServerConfig, TlsFiles, serve},
 };
@@ -68,6 +68,10 @@ pub struct Options {
     /// The server's executors, instead of the test executors (`recording`,
     /// `gate`, `panicky`, `flaky`) beside the built-ins and `exec`.
     pub registry: Option<Registry>,
+    /// Remote executors (`serve --remote-executor`, by default `remote`)
+    /// and the worker protocol's times (short here: a lease of 1 s, a
+    /// grace of 2 s).
+    pub remote: RemoteConfig,
 }
 
 impl Default for Options {
@@ -89,6 +93,12 @@ impl Default for Options {
             client_tls: None,
             guard: GuardConfig::default(),
             registry: None,
+            remote: RemoteConfig {
+                executors: vec!["remote".into()],
+                lease_time: Duration::from_secs(1),
+                interrupt_grace: Duration::from_secs(2),
+                ..RemoteConfig::default()
+            },
         }
     }
 }
@@ -206,6 +216,7 @@ async fn start_server(
     config.max_watch_streams_per_caller = options.max_watch_streams_per_caller;
     config.tls = options.tls.clone();
     config.guard = options.guard.clone();
+    config.remote = options.remote.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();

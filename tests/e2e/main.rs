@@ -29,3 +29,4 @@ mod security;
 mod slow_readers;
 mod telemetry;
 mod watch;
+mod workers;

@@ -24,6 +24,7 @@ use std::{
     time::Duration,
 };
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// The largest number of slots one session may have.
 pub const MAX_SLOTS: u32 = 1024;
@@ -95,6 +96,9 @@ pub enum CloseReason {
     Silent,
     /// The same session was resumed on another stream.
     Replaced,
+    /// A message could not be read (INVALID_ARGUMENT); the session's
+    /// items wait for the worker to reconnect.
+    Invalid(String),
 }
 
 /// One attempt of one item, as sent to a worker.
@@ -210,6 +214,9 @@ pub enum HelloError {
 
 /// A session attached to a stream.
 pub struct Attached {
+    /// Cancelled when the server ends this stream (shutdown, silence, the
+    /// session resumed elsewhere): its reader stops.
+    pub ended: CancellationToken,
     pub session: u64,
     /// Tells this stream apart from an earlier or later one of the same
     /// session (a resumed session).
@@ -241,6 +248,8 @@ struct Session {
     /// The stream's sender; `None` while the session is detached.
     out: Option<mpsc::UnboundedSender<ToWorker>>,
     stream: u64,
+    /// Ends the current stream's reader.
+    ended: CancellationToken,
     items: HashMap<u64, Route>,
 }
 
@@ -350,6 +359,7 @@ impl WorkerHub {
             }
         }
         let (tx, outbound) = mpsc::unbounded_channel();
+        let ended = CancellationToken::new();
         let mut lost = Vec::new();
         let attached = {
             let mut inner = self.lock();
@@ -370,6 +380,8 @@ impl WorkerHub {
                     if let Some(old) = s.out.take() {
                         let _ = old.send(ToWorker::Close(CloseReason::Replaced));
                     }
+                    s.ended.cancel();
+                    s.ended = ended.clone();
                     let held: BTreeSet<u64> = hello.held.iter().copied().collect();
                     // Items the worker no longer has are lost now.
                     let gone: Vec<u64> = s
@@ -424,6 +436,7 @@ impl WorkerHub {
                             draining: false,
                             out: Some(tx),
                             stream,
+                            ended: ended.clone(),
                             items: HashMap::new(),
                         },
                     );
@@ -431,6 +444,7 @@ impl WorkerHub {
                 }
             };
             Attached {
+                ended,
                 session,
                 stream,
                 outbound,
@@ -557,6 +571,7 @@ impl WorkerHub {
             }
             let s = inner.sessions.remove(&session).expect("checked");
             s.send(ToWorker::Close(CloseReason::Silent));
+            s.ended.cancel();
             if !s.items.is_empty() {
                 tracing::warn!(session, worker = %s.worker, items = s.items.len(), %why,
                     "worker lost; its items go to other workers");
@@ -781,6 +796,7 @@ impl WorkerHub {
         };
         for (_, s) in sessions {
             s.send(ToWorker::Close(CloseReason::ShuttingDown));
+            s.ended.cancel();
             for route in s.items.into_values() {
                 let _ = route
                     .to_handler
