@@ -30,13 +30,19 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 
 import jobvisor
 
 
-def say(*words):
-    print(*words, flush=True)
+_print = threading.Lock()
+
+
+def say(line):
+    """Prints one whole line (handlers run in several threads)."""
+    with _print:
+        print(line, flush=True)
 
 
 def start_frame(item):
@@ -74,7 +80,12 @@ def main():
                     say(f"stopping item={item.index} frame={frame} reason={item.stop_reason.value}")
                     return None
                 frame += 1
-                await item.save_checkpoint(f"frame={frame}".encode())
+                try:
+                    await item.save_checkpoint(f"frame={frame}".encode())
+                except jobvisor.ItemRevoked:
+                    # No longer ours (we were gone past the lease): stop.
+                    say(f"stopping item={item.index} frame={frame - 1} reason=revoked")
+                    return None
                 item.progress(frame / frames)
             say(f"done item={item.index} frames={frames}")
             return f"{item.payload}: {frames} frames"
@@ -91,7 +102,12 @@ def main():
                     say(f"stopping item={item.index} frame={frame} reason={item.stop_reason.value}")
                     return None
                 frame += 1
-                item.save_checkpoint(f"frame={frame}".encode())
+                try:
+                    item.save_checkpoint(f"frame={frame}".encode())
+                except jobvisor.ItemRevoked:
+                    # No longer ours (we were gone past the lease): stop.
+                    say(f"stopping item={item.index} frame={frame - 1} reason=revoked")
+                    return None
                 item.progress(frame / frames)
             say(f"done item={item.index} frames={frames}")
             return f"{item.payload}: {frames} frames"

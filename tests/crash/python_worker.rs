@@ -446,6 +446,47 @@ async fn a_killed_workers_item_is_taken_over_from_its_checkpoint() {
     f.finish().await;
 }
 
+/// A worker frozen (SIGSTOP) past its lease loses its item to the other
+/// worker; thawed, it finds its session gone when it reconnects: the item
+/// is revoked in it (its handler sees `stopping`, reason revoked) and
+/// nothing it had is reported. The item is completed once, by the other.
+#[tokio::test]
+async fn a_frozen_worker_loses_its_item_and_reports_nothing_for_it() {
+    let f = Fixture::start().await;
+    let mut zombie = f.worker("zombie", &["--slots", "1", "--async"]);
+    let mut client = f.client().await;
+    let id = start(&mut client, clips(1, 60, 50, 1)).await;
+    zombie
+        .wait_line("started item=0 attempt=1", Duration::from_secs(20))
+        .await;
+    let mut heir = f.worker("heir", &["--slots", "1"]);
+    heir.wait_line("worker pid=", Duration::from_secs(10)).await;
+    let before = wait_frame(&mut client, &id, 0, 3).await;
+    zombie.signal(rustix::process::Signal::STOP);
+    let started = heir
+        .wait_line("started item=0", Duration::from_secs(20))
+        .await;
+    assert_eq!(field(&started, "attempt"), 2, "{started}");
+    assert!(field(&started, "frame") >= before, "{started}");
+    zombie.signal(rustix::process::Signal::CONT);
+    zombie
+        .wait_line("stopping item=0", Duration::from_secs(20))
+        .await;
+    let done = super::wait_end(client.clone(), id.clone()).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
+    let item = items(&mut client, &id).await.remove(0);
+    assert_eq!((item.attempts, frame(&item)), (2, 60), "{item:?}");
+    assert_eq!(heir.lines("done item=0").len(), 1, "{}", heir.output());
+    let out = zombie.output();
+    assert!(out.contains("reason=revoked"), "{out}");
+    assert!(!out.contains("done item=0"), "{out}");
+    // Still a worker: it drains and exits 0.
+    zombie.signal(rustix::process::Signal::TERM);
+    assert_eq!(zombie.exit(Duration::from_secs(10)).await.code(), Some(0));
+    heir.assert_clean();
+    f.finish().await;
+}
+
 /// A cancel interrupts the running handlers: they see `stopping` with
 /// reason cancel, return, and the items end CANCELLED at once.
 #[tokio::test]
