@@ -20,7 +20,9 @@ how many frames a clip has and how long a frame takes):
 Arguments: the server's address (or JOBVISOR_SERVER, default
 127.0.0.1:50051) and the executor's name (or JOBVISOR_EXECUTOR, default
 frames). Options: --slots N (items at once, default 2), --async (an
-`async def` handler instead of a plain one), --token (or JOBVISOR_TOKEN).
+`async def` handler instead of a plain one), --token (or JOBVISOR_TOKEN),
+--ca-cert (or JOBVISOR_CA_CERT: TLS, verifying the server with this CA),
+--client-cert and --client-key (or JOBVISOR_CLIENT_CERT / _KEY: mTLS).
 
 It prints one line per event (started, stopping, done), for people and for
 the tests that run it.
@@ -63,10 +65,21 @@ def main():
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--async", dest="use_async", action="store_true")
     parser.add_argument("--token", default=os.environ.get("JOBVISOR_TOKEN"))
+    parser.add_argument("--ca-cert", default=os.environ.get("JOBVISOR_CA_CERT"))
+    parser.add_argument("--client-cert", default=os.environ.get("JOBVISOR_CLIENT_CERT"))
+    parser.add_argument("--client-key", default=os.environ.get("JOBVISOR_CLIENT_KEY"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    worker = jobvisor.Worker(args.address, executor=args.executor, slots=args.slots, token=args.token)
+    worker = jobvisor.Worker(
+        args.address,
+        executor=args.executor,
+        slots=args.slots,
+        token=args.token,
+        root_cert=args.ca_cert,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+    )
 
     if args.use_async:
 
@@ -114,7 +127,11 @@ def main():
 
     say(f"worker pid={os.getpid()} serves {args.executor!r} at {args.address} ({'async' if args.use_async else 'threads'})")
     started = time.monotonic()
-    worker.run()
+    try:
+        worker.run()
+    except jobvisor.WorkerError as e:
+        say(f"worker refused: {e}")
+        return 2
     say(f"worker exits after {time.monotonic() - started:.1f} s")
     return 0
 

@@ -163,6 +163,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Fixture {
+        Fixture::start_with(&[]).await
+    }
+
+    /// [`Fixture::start`], with more `serve` arguments.
+    async fn start_with(more: &[String]) -> Fixture {
         require_python();
         let db = TestDb::create_with_prefix("jv_pyworker_").await;
         let dir = tempfile::tempdir().unwrap();
@@ -172,7 +177,9 @@ impl Fixture {
             database_url: db.url.clone(),
             args: ["--remote-executor", EXECUTOR, "--worker-lease-time", "2s"]
                 .map(String::from)
-                .to_vec(),
+                .into_iter()
+                .chain(more.iter().cloned())
+                .collect(),
             log: dir.path().join("server.log"),
             env: vec![],
             cwd: None,
@@ -575,6 +582,65 @@ async fn sigterm_drains_a_worker_and_its_item_continues_in_the_next() {
     assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
     first.assert_clean();
     second.assert_clean();
+    f.finish().await;
+}
+
+/// Tokens: a worker whose token lacks the `work` permission, or that has
+/// none, is refused for good (it does not retry: it exits 2, naming the
+/// error); one whose token has it runs the job.
+#[tokio::test]
+async fn a_worker_needs_a_token_with_the_work_permission() {
+    use jobvisor::api::auth::{Permission, new_token};
+    let scope = Default::default();
+    let (work, work_entry) = new_token("py-worker", &[Permission::Work], &scope);
+    let (read, read_entry) = new_token("reader", &[Permission::Read], &scope);
+    let (admin, admin_entry) = new_token("ops", &[Permission::Admin], &scope);
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        tokens.path(),
+        serde_json::json!({ "tokens": [work_entry, read_entry, admin_entry] }).to_string(),
+    )
+    .unwrap();
+    let f =
+        Fixture::start_with(&["--auth-tokens".into(), tokens.path().display().to_string()]).await;
+
+    for (name, token, code) in [
+        ("reader", read.as_str(), "PERMISSION_DENIED"),
+        ("nobody", "", "UNAUTHENTICATED"),
+    ] {
+        let mut refused = f.worker(name, &["--token", token]);
+        let status = refused.exit(Duration::from_secs(15)).await;
+        assert_eq!(status.code(), Some(2), "{}", refused.output());
+        let line = refused
+            .wait_line("worker refused:", Duration::from_secs(1))
+            .await;
+        assert!(line.contains(code), "{line}");
+    }
+
+    let mut worker = f.worker("w", &["--token", &work]);
+    let mut client = f.client().await;
+    let mut request = tonic::Request::new(clips(3, 2, 10, 3));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let id = client.start_job(request).await.unwrap().into_inner().id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut request = tonic::Request::new(pb::GetJobRequest { job_id: id.clone() });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+        let job = client.get_job(request).await.unwrap().into_inner();
+        if job.end_time.is_some() {
+            assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{job:?}\n{}", worker.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(worker.lines("done ").len(), 3, "{}", worker.output());
+    worker.signal(rustix::process::Signal::TERM);
+    assert_eq!(worker.exit(Duration::from_secs(10)).await.code(), Some(0));
     f.finish().await;
 }
 
