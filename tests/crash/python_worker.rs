@@ -5,10 +5,12 @@
 //! every item succeeded once, never more items in a worker than its
 //! slots; an immediate pause stops an item at its checkpoint and another
 //! process continues it after the resume; a SIGKILLed worker's item is
-//! taken over by another worker from its checkpoint; a cancel reaches the
-//! running handlers; SIGTERM drains a worker, which exits 0 and leaves
-//! its item to another. Plain and `async def` handlers both. And the
-//! library's own tests (`clients/python/tests`), which need no server.
+//! taken over by another worker from its checkpoint, and a frozen one's is
+//! revoked when it comes back; a cancel reaches the running handlers;
+//! SIGTERM drains a worker, which exits 0 and leaves its item to another;
+//! a worker without the `work` permission is refused for good. Plain and
+//! `async def` handlers both. And the library's own tests
+//! (`clients/python/tests`), which need no server.
 
 use super::connect;
 use jobvisor::pb::{self, job_service_client::JobServiceClient};
