@@ -246,6 +246,7 @@ pub fn job(j: &Job) -> pb::Job {
         policy: Some(policy(&j.policy)),
         owner: None,
         waiting_for: String::new(),
+        exclusive: j.exclusive,
     }
 }
 
@@ -429,6 +430,7 @@ pub fn new_job(r: pb::StartJobRequest, bad: &mut Vec<FieldViolation>) -> NewJob 
         max_attempts: r.max_attempts,
         request_id: r.request_id,
         request_scope: String::new(),
+        exclusive: r.exclusive,
     }
 }
 
@@ -504,6 +506,7 @@ pub fn job_query(r: pb::ListJobsRequest) -> Result<JobQuery, Vec<FieldViolation>
             labels: selector(r.labels, &mut bad),
             limit: page_size(r.page_size, JOBS_PAGE),
             after,
+            name: (!r.name.is_empty()).then_some(r.name),
         }),
         bad,
     )

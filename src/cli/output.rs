@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 pub use crate::api::status::code_name;
 
-fn job_state_name(value: i32) -> String {
+pub fn job_state_name(value: i32) -> String {
     pb::JobState::try_from(value)
         .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_string())
         .unwrap_or_else(|_| value.to_string())

@@ -37,6 +37,13 @@ class ItemState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ITEM_STATE_FAILED: _ClassVar[ItemState]
     ITEM_STATE_CANCELLED: _ClassVar[ItemState]
 
+class RunOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_OUTCOME_UNSPECIFIED: _ClassVar[RunOutcome]
+    RUN_OUTCOME_STARTED: _ClassVar[RunOutcome]
+    RUN_OUTCOME_RESUMED: _ClassVar[RunOutcome]
+    RUN_OUTCOME_ALREADY_RUNNING: _ClassVar[RunOutcome]
+
 class ControlAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CONTROL_ACTION_UNSPECIFIED: _ClassVar[ControlAction]
@@ -60,13 +67,17 @@ ITEM_STATE_RUNNING: ItemState
 ITEM_STATE_SUCCEEDED: ItemState
 ITEM_STATE_FAILED: ItemState
 ITEM_STATE_CANCELLED: ItemState
+RUN_OUTCOME_UNSPECIFIED: RunOutcome
+RUN_OUTCOME_STARTED: RunOutcome
+RUN_OUTCOME_RESUMED: RunOutcome
+RUN_OUTCOME_ALREADY_RUNNING: RunOutcome
 CONTROL_ACTION_UNSPECIFIED: ControlAction
 CONTROL_ACTION_PAUSE: ControlAction
 CONTROL_ACTION_RESUME: ControlAction
 CONTROL_ACTION_CANCEL: ControlAction
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("name", "executor", "items", "concurrency", "params", "labels", "max_attempts", "request_id", "timeout", "pause_after_failures", "pause_on_failure_ratio", "failure_window", "retry_delay", "retry_delay_max", "start_paused", "resume_at", "rate_limit", "rate_period", "validate_only")
+    __slots__ = ("name", "executor", "items", "concurrency", "params", "labels", "max_attempts", "request_id", "timeout", "pause_after_failures", "pause_on_failure_ratio", "failure_window", "retry_delay", "retry_delay_max", "start_paused", "resume_at", "rate_limit", "rate_period", "validate_only", "exclusive")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +111,7 @@ class StartJobRequest(_message.Message):
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     RATE_PERIOD_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSIVE_FIELD_NUMBER: _ClassVar[int]
     name: str
     executor: str
     items: _containers.RepeatedScalarFieldContainer[str]
@@ -119,7 +131,24 @@ class StartJobRequest(_message.Message):
     rate_limit: int
     rate_period: _duration_pb2.Duration
     validate_only: bool
-    def __init__(self, name: _Optional[str] = ..., executor: _Optional[str] = ..., items: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_after_failures: _Optional[int] = ..., pause_on_failure_ratio: _Optional[float] = ..., failure_window: _Optional[int] = ..., retry_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_delay_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., start_paused: _Optional[bool] = ..., resume_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rate_limit: _Optional[int] = ..., rate_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    exclusive: bool
+    def __init__(self, name: _Optional[str] = ..., executor: _Optional[str] = ..., items: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_after_failures: _Optional[int] = ..., pause_on_failure_ratio: _Optional[float] = ..., failure_window: _Optional[int] = ..., retry_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_delay_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., start_paused: _Optional[bool] = ..., resume_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rate_limit: _Optional[int] = ..., rate_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validate_only: _Optional[bool] = ..., exclusive: _Optional[bool] = ...) -> None: ...
+
+class RunJobRequest(_message.Message):
+    __slots__ = ("job", "reason")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job: StartJobRequest
+    reason: str
+    def __init__(self, job: _Optional[_Union[StartJobRequest, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RunJobResponse(_message.Message):
+    __slots__ = ("job", "outcome")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    outcome: RunOutcome
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., outcome: _Optional[_Union[RunOutcome, str]] = ...) -> None: ...
 
 class RetryFailedItemsRequest(_message.Message):
     __slots__ = ("job_id", "request_id")
@@ -215,7 +244,7 @@ class DeleteJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "states", "labels")
+    __slots__ = ("page_size", "page_token", "states", "labels", "name")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -227,11 +256,13 @@ class ListJobsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     states: _containers.RepeatedScalarFieldContainer[JobState]
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[JobState, str]]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    name: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., states: _Optional[_Iterable[_Union[JobState, str]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")
@@ -304,7 +335,7 @@ class WatchJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., from_sequence: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "executor", "state", "counts", "concurrency", "max_attempts", "params", "labels", "create_time", "start_time", "update_time", "end_time", "pauses", "can_pause", "can_resume", "can_cancel", "last_error", "last_sequence", "request_id", "policy", "owner", "waiting_for")
+    __slots__ = ("id", "name", "executor", "state", "counts", "concurrency", "max_attempts", "params", "labels", "create_time", "start_time", "update_time", "end_time", "pauses", "can_pause", "can_resume", "can_cancel", "last_error", "last_sequence", "request_id", "policy", "owner", "waiting_for", "exclusive")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -342,6 +373,7 @@ class Job(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSIVE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     executor: str
@@ -365,7 +397,8 @@ class Job(_message.Message):
     policy: JobPolicy
     owner: JobOwner
     waiting_for: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., executor: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., concurrency: _Optional[int] = ..., max_attempts: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pauses: _Optional[_Iterable[_Union[PauseRecord, _Mapping]]] = ..., can_pause: _Optional[bool] = ..., can_resume: _Optional[bool] = ..., can_cancel: _Optional[bool] = ..., last_error: _Optional[str] = ..., last_sequence: _Optional[int] = ..., request_id: _Optional[str] = ..., policy: _Optional[_Union[JobPolicy, _Mapping]] = ..., owner: _Optional[_Union[JobOwner, _Mapping]] = ..., waiting_for: _Optional[str] = ...) -> None: ...
+    exclusive: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., executor: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., concurrency: _Optional[int] = ..., max_attempts: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pauses: _Optional[_Iterable[_Union[PauseRecord, _Mapping]]] = ..., can_pause: _Optional[bool] = ..., can_resume: _Optional[bool] = ..., can_cancel: _Optional[bool] = ..., last_error: _Optional[str] = ..., last_sequence: _Optional[int] = ..., request_id: _Optional[str] = ..., policy: _Optional[_Union[JobPolicy, _Mapping]] = ..., owner: _Optional[_Union[JobOwner, _Mapping]] = ..., waiting_for: _Optional[str] = ..., exclusive: _Optional[bool] = ...) -> None: ...
 
 class JobOwner(_message.Message):
     __slots__ = ("server", "host", "pid", "since_time")

@@ -40,6 +40,11 @@ class JobServiceStub:
                 request_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.StartJobRequest.SerializeToString,
                 response_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.Job.FromString,
                 _registered_method=True)
+        self.RunJob = channel.unary_unary(
+                '/jobvisor.v1.JobService/RunJob',
+                request_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.RunJobRequest.SerializeToString,
+                response_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.RunJobResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/jobvisor.v1.JobService/GetJob',
                 request_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.GetJobRequest.SerializeToString,
@@ -111,6 +116,18 @@ class JobServiceServicer:
         PAUSED until resumed). Returns once the job and all its items are
         stored. With a `request_id`, a retried call returns the job the first
         call created and starts nothing new.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunJob(self, request, context):
+        """Runs the job of a name: starts it (as an exclusive job) if no live
+        job has the name, resumes it if it is PAUSED or PAUSING, and leaves it
+        alone if it is RUNNING; the answer says which. Race-free: two calls at
+        once, through any replicas, make one job. A job of that name being
+        cancelled fails with FAILED_PRECONDITION (JOB_CANCELLING). Needs the
+        `start` permission, and `control` to resume.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -240,6 +257,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.StartJobRequest.FromString,
                     response_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.Job.SerializeToString,
             ),
+            'RunJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunJob,
+                    request_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.RunJobRequest.FromString,
+                    response_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.RunJobResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.GetJobRequest.FromString,
@@ -329,6 +351,33 @@ class JobService:
             '/jobvisor.v1.JobService/StartJob',
             jobvisor_dot_v1_dot_jobvisor__pb2.StartJobRequest.SerializeToString,
             jobvisor_dot_v1_dot_jobvisor__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobvisor.v1.JobService/RunJob',
+            jobvisor_dot_v1_dot_jobvisor__pb2.RunJobRequest.SerializeToString,
+            jobvisor_dot_v1_dot_jobvisor__pb2.RunJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

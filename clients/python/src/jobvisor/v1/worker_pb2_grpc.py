@@ -53,6 +53,13 @@ class WorkerServiceServicer:
         that is not one), FAILED_PRECONDITION (an executor this server does
         not run remotely, or an unsupported protocol version), UNAVAILABLE
         (the server is shutting down: reconnect elsewhere or later).
+
+        A session that started may end with: INVALID_ARGUMENT (a message
+        that could not be read), UNAVAILABLE (shutdown) or a broken
+        connection: reconnect and resume (its items are kept for the lease
+        time); DEADLINE_EXCEEDED (the worker was silent for the lease time:
+        its items went to other workers; reconnect as a new session); ABORTED
+        (the session was resumed on another stream: this one is over).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
