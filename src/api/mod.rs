@@ -25,6 +25,9 @@ use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use tonic::{Request, Response, Status};
 
+/// The items running now that GetJob lists, at most.
+const RUNNING_SHOWN: u32 = 20;
+
 /// Metadata header naming who makes a control call, recorded with it.
 pub const REQUESTED_BY_HEADER: &str = "x-requested-by";
 const MAX_REQUESTED_BY_CHARS: usize = 200;
@@ -282,9 +285,15 @@ impl JobService for JobApi {
             return Err(EngineError::NotFound(id).into());
         }
         let owner = self.engine.runner_of(&job).await?;
+        let running = if job.counts.running > 0 {
+            self.engine.running_items(id, RUNNING_SHOWN).await?
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::Job {
             owner: owner.as_ref().map(convert::owner),
             waiting_for: self.engine.waiting_for(&job).unwrap_or_default(),
+            status: Some(convert::status(&job, &running, chrono::Utc::now())),
             ..convert::job(&job)
         }))
     }

@@ -449,7 +449,8 @@ async fn resolve(client: &mut Client, named: &str) -> anyhow::Result<String> {
 pub struct JobArgs {
     #[command(flatten)]
     conn: Conn,
-    /// The job's id, or the name of a live job.
+    /// The job's id, or the name of a live job (retry and delete, whose
+    /// jobs have ended: its id).
     job_id: String,
 }
 
@@ -601,12 +602,11 @@ pub struct ScaleArgs {
 }
 
 pub async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
-    let job = args
-        .conn
-        .client()
-        .await?
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let job = client
         .set_job_concurrency(request(pb::SetJobConcurrencyRequest {
-            job_id: args.job_id,
+            job_id,
             concurrency: args.concurrency,
             request_id: String::new(),
         }))
@@ -631,12 +631,11 @@ pub struct RateArgs {
 }
 
 pub async fn rate(args: RateArgs) -> anyhow::Result<ExitCode> {
-    let job = args
-        .conn
-        .client()
-        .await?
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let job = client
         .set_job_rate_limit(request(pb::SetJobRateLimitRequest {
-            job_id: args.job_id,
+            job_id,
             rate_limit: args.rate_limit,
             rate_period: args.period.map(proto_duration),
             request_id: String::new(),
@@ -762,12 +761,11 @@ pub struct ItemsArgs {
 }
 
 pub async fn items(args: ItemsArgs) -> anyhow::Result<ExitCode> {
-    let page = args
-        .conn
-        .client()
-        .await?
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let page = client
         .list_job_items(request(pb::ListJobItemsRequest {
-            job_id: args.job_id,
+            job_id,
             page_size: args.page_size,
             page_token: args.page_token,
             states: args.states.iter().map(|s| *s as i32).collect(),

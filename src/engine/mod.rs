@@ -659,6 +659,18 @@ impl Engine {
         Ok(self.rt.store.list_items(query).await?)
     }
 
+    /// The items of job `id` running now, lowest index first, at most
+    /// `limit`.
+    pub async fn running_items(&self, id: JobId, limit: u32) -> Result<Vec<Item>, EngineError> {
+        let query = ItemQuery {
+            job: id,
+            states: vec![crate::domain::ItemState::Running],
+            limit,
+            after: None,
+        };
+        Ok(self.rt.store.list_items(&query).await?.rows)
+    }
+
     /// Whether the store answers (readiness).
     pub async fn ping(&self) -> Result<(), EngineError> {
         Ok(self.rt.store.ping().await?)

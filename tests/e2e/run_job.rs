@@ -292,3 +292,44 @@ async fn the_cli_runs_by_name_and_names_a_live_job_wherever_an_id_goes() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn get_job_shows_time_rate_eta_and_the_items_running_now() {
+    let app = spawn_app().await;
+    let job = app
+        .start(app.job("sleep", 40, 2, &[("duration_ms", "100"), ("steps", "2")]))
+        .await;
+    let server = format!("http://{}", app.addr);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let got = app.get(&job.id).await;
+    let status = got.status.expect("GetJob sets the status");
+    assert!(status.active_time.unwrap().nanos > 0 || status.active_time.unwrap().seconds > 0);
+    assert!(status.items_per_second > 1.0, "{status:?}");
+    assert!(status.eta.is_some(), "{status:?}");
+    assert!(
+        !status.running_items.is_empty() && status.running_items.len() <= 2,
+        "{status:?}"
+    );
+    for item in &status.running_items {
+        assert_eq!(item.state, pb::ItemState::Running as i32);
+        assert!(item.update_time.is_some(), "since when it runs");
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobvisor"))
+        .args(["get", &job.id, "--server", &server])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in ["elapsed:", "rate:", "ETA", "running:   #"] {
+        assert!(stdout.contains(line), "{line} in {stdout}");
+    }
+    // Ended: no ETA, nothing running; the status stays.
+    app.cancel(&job.id).await.unwrap();
+    let ended = app.wait_for(&job.id, JobState::Cancelled, WITHIN).await;
+    let ended = app.get(&ended.id).await.status.unwrap();
+    assert!(
+        ended.eta.is_none() && ended.running_items.is_empty(),
+        "{ended:?}"
+    );
+    app.stop().await;
+}

@@ -335,7 +335,7 @@ class WatchJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., from_sequence: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "executor", "state", "counts", "concurrency", "max_attempts", "params", "labels", "create_time", "start_time", "update_time", "end_time", "pauses", "can_pause", "can_resume", "can_cancel", "last_error", "last_sequence", "request_id", "policy", "owner", "waiting_for", "exclusive")
+    __slots__ = ("id", "name", "executor", "state", "counts", "concurrency", "max_attempts", "params", "labels", "create_time", "start_time", "update_time", "end_time", "pauses", "can_pause", "can_resume", "can_cancel", "last_error", "last_sequence", "request_id", "policy", "owner", "waiting_for", "exclusive", "status")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -374,6 +374,7 @@ class Job(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     EXCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     executor: str
@@ -398,7 +399,20 @@ class Job(_message.Message):
     owner: JobOwner
     waiting_for: str
     exclusive: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., executor: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., concurrency: _Optional[int] = ..., max_attempts: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pauses: _Optional[_Iterable[_Union[PauseRecord, _Mapping]]] = ..., can_pause: _Optional[bool] = ..., can_resume: _Optional[bool] = ..., can_cancel: _Optional[bool] = ..., last_error: _Optional[str] = ..., last_sequence: _Optional[int] = ..., request_id: _Optional[str] = ..., policy: _Optional[_Union[JobPolicy, _Mapping]] = ..., owner: _Optional[_Union[JobOwner, _Mapping]] = ..., waiting_for: _Optional[str] = ..., exclusive: _Optional[bool] = ...) -> None: ...
+    status: JobStatus
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., executor: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., concurrency: _Optional[int] = ..., max_attempts: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pauses: _Optional[_Iterable[_Union[PauseRecord, _Mapping]]] = ..., can_pause: _Optional[bool] = ..., can_resume: _Optional[bool] = ..., can_cancel: _Optional[bool] = ..., last_error: _Optional[str] = ..., last_sequence: _Optional[int] = ..., request_id: _Optional[str] = ..., policy: _Optional[_Union[JobPolicy, _Mapping]] = ..., owner: _Optional[_Union[JobOwner, _Mapping]] = ..., waiting_for: _Optional[str] = ..., exclusive: _Optional[bool] = ..., status: _Optional[_Union[JobStatus, _Mapping]] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("active_time", "items_per_second", "eta", "running_items")
+    ACTIVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ETA_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    active_time: _duration_pb2.Duration
+    items_per_second: float
+    eta: _duration_pb2.Duration
+    running_items: _containers.RepeatedCompositeFieldContainer[Item]
+    def __init__(self, active_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., items_per_second: _Optional[float] = ..., eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., running_items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
 
 class JobOwner(_message.Message):
     __slots__ = ("server", "host", "pid", "since_time")
