@@ -1,0 +1,230 @@
+//! Lending this server's workers to another replica (multi-replica mode):
+//! the lender's side of one `WorkerService.Lend` stream.
+//!
+//! The borrower's jobs become demands in this server's hub, under the
+//! link's id: they take turns with the local jobs for the free slots, and
+//! a scoped worker serves only those within its scope, exactly as for
+//! local jobs. A seat granted to one is kept here under a seat id and
+//! announced; the borrower assigns an item through it (sent to the worker
+//! as a local job's would be) or gives it back. The worker's messages
+//! about the item are relayed to the borrower, whose job owns the item,
+//! and its answers relayed to the worker. When the link ends, its jobs
+//! are forgotten, its seats go back and its items are revoked.
+
+use super::hub::{
+    AssignItem, Assigned, Deliver, DemandKey, Seat, ToWorker, Via, WorkerHub,
+};
+use super::link::FromLender;
+use crate::domain::JobId;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One lending link, seen from the lender.
+pub struct Lending {
+    hub: Arc<WorkerHub>,
+    /// Names the borrower's demands in the hub.
+    link: u64,
+    /// To the borrower.
+    out: mpsc::UnboundedSender<FromLender>,
+    state: Arc<Mutex<LendState>>,
+    /// Cancelled when the link is over: the stream to the borrower ends.
+    pub ended: CancellationToken,
+}
+
+#[derive(Default)]
+struct LendState {
+    /// Set when the link is over: nothing more is granted or assigned.
+    over: bool,
+    /// The last seat id given out.
+    next_seat: u64,
+    /// Seats granted and not yet used or given back.
+    seats: HashMap<u64, Seat>,
+    /// The items assigned through the link, by token.
+    items: HashMap<u64, Via>,
+    /// The borrower's jobs that have a demand here.
+    jobs: BTreeSet<JobId>,
+}
+
+impl Lending {
+    pub fn open(hub: Arc<WorkerHub>, out: mpsc::UnboundedSender<FromLender>) -> Lending {
+        let link = hub.new_link_id();
+        Lending {
+            hub,
+            link,
+            out,
+            state: Arc::default(),
+            ended: CancellationToken::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LendState> {
+        self.state.lock().expect("lending lock")
+    }
+
+    /// The borrower's job wants `seats` seats in all.
+    pub fn want(
+        &self,
+        job: JobId,
+        executor: &str,
+        labels: BTreeMap<String, String>,
+        seats: u32,
+    ) -> Result<(), String> {
+        if !self.hub.serves(executor) {
+            return Err(format!(
+                "executor {executor:?} is not a remote executor of this replica"
+            ));
+        }
+        {
+            let mut st = self.lock();
+            if st.over {
+                return Ok(());
+            }
+            st.jobs.insert(job);
+        }
+        let (state, out) = (self.state.clone(), self.out.clone());
+        // Called by the hub outside its lock; this link's lock is never
+        // held while calling the hub.
+        let deliver: Deliver = Arc::new(move |seat: Seat| {
+            let mut st = state.lock().expect("lending lock");
+            if st.over {
+                drop(st);
+                // The link is over: the seat goes back (dropped unlocked).
+                drop(seat);
+                return;
+            }
+            st.next_seat += 1;
+            let id = st.next_seat;
+            st.seats.insert(id, seat);
+            drop(st);
+            let _ = out.send(FromLender::Granted { job, seat_id: id });
+        });
+        self.hub.want_for(
+            DemandKey {
+                job,
+                link: self.link,
+            },
+            &Arc::from(executor),
+            &Arc::new(labels),
+            seats,
+            &deliver,
+        );
+        Ok(())
+    }
+
+    /// The borrower does not use seat `seat_id`: it goes back.
+    pub fn give_back(&self, seat_id: u64) {
+        let seat = self.lock().seats.remove(&seat_id);
+        drop(seat);
+    }
+
+    /// The borrower's job wants no more seats.
+    pub fn forget(&self, job: JobId) {
+        self.lock().jobs.remove(&job);
+        self.hub.forget_for(DemandKey {
+            job,
+            link: self.link,
+        });
+    }
+
+    /// Sends an item through seat `seat_id`, answers with its token, and
+    /// relays the worker's messages about it until it ends.
+    pub(crate) async fn assign(&self, seat_id: u64, item: AssignItem) {
+        let seat = self.lock().seats.remove(&seat_id);
+        let Some(seat) = seat else {
+            let _ = self.out.send(FromLender::AssignFailed {
+                seat_id,
+                why: format!("seat {seat_id} is not granted to this link (given back, or void)"),
+            });
+            return;
+        };
+        let Assigned {
+            token,
+            mut inbox,
+            worker,
+            via,
+        } = match seat.assign(item).await {
+            Ok(assigned) => assigned,
+            Err(why) => {
+                let _ = self.out.send(FromLender::AssignFailed { seat_id, why });
+                return;
+            }
+        };
+        let over = {
+            let mut st = self.lock();
+            if !st.over {
+                st.items.insert(token, via.clone());
+            }
+            st.over
+        };
+        if over {
+            via.revoke(token, "the replica that owns its job is no longer linked here");
+            return;
+        }
+        let _ = self.out.send(FromLender::Assigned {
+            seat_id,
+            token,
+            worker: worker.to_string(),
+        });
+        let (state, out) = (self.state.clone(), self.out.clone());
+        tokio::spawn(async move {
+            while let Some(msg) = inbox.recv().await {
+                let ends = msg.ends();
+                let _ = out.send(FromLender::Item { token, msg });
+                if ends {
+                    break;
+                }
+            }
+            state.lock().expect("lending lock").items.remove(&token);
+        });
+    }
+
+    /// The borrower's message for the worker about item `token`.
+    pub fn to_worker(&self, token: u64, msg: ToWorker) {
+        let revoke = matches!(msg, ToWorker::Revoked { .. });
+        let via = {
+            let mut st = self.lock();
+            if revoke {
+                st.items.remove(&token)
+            } else {
+                st.items.get(&token).cloned()
+            }
+        };
+        let Some(via) = via else { return };
+        match msg {
+            ToWorker::Revoked { reason, .. } => via.revoke(token, &reason),
+            msg => via.send(token, msg),
+        }
+    }
+
+    /// The link is over: the borrower's jobs are forgotten, its seats go
+    /// back, and its items are revoked.
+    pub fn end(&self) {
+        let (jobs, seats, items) = {
+            let mut st = self.lock();
+            st.over = true;
+            (
+                std::mem::take(&mut st.jobs),
+                std::mem::take(&mut st.seats),
+                std::mem::take(&mut st.items),
+            )
+        };
+        for job in jobs {
+            self.hub.forget_for(DemandKey {
+                job,
+                link: self.link,
+            });
+        }
+        drop(seats);
+        for (token, via) in items {
+            via.revoke(
+                token,
+                "the replica that owns its job is no longer linked here",
+            );
+        }
+        self.ended.cancel();
+    }
+}
