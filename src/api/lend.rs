@@ -38,8 +38,7 @@ use tonic::{
     transport::Endpoint,
 };
 
-pub(super) type LendStream =
-    Pin<Box<dyn Stream<Item = Result<pb::LendResponse, Status>> + Send>>;
+pub(super) type LendStream = Pin<Box<dyn Stream<Item = Result<pb::LendResponse, Status>> + Send>>;
 
 /// The lender's side of one link: reads the borrower's messages until the
 /// stream ends (or one is malformed, which ends it with INVALID_ARGUMENT).
@@ -319,10 +318,7 @@ fn request(msg: ToLender) -> Option<pb::LendRequest> {
         } => In::Want(pb::LendWant {
             job_id: job.to_string(),
             executor: executor.to_string(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             seats,
         }),
         ToLender::GiveBack(seat_id) => In::GiveBack(pb::LendGiveBack { seat_id }),
@@ -340,12 +336,10 @@ fn request(msg: ToLender) -> Option<pb::LendRequest> {
                     token,
                     checkpoint_id,
                 }),
-                ToWorker::Interrupt { tokens, reason } => {
-                    ToKind::Interrupt(pb::WorkerInterrupt {
-                        tokens,
-                        reason: interrupt_reason(reason) as i32,
-                    })
-                }
+                ToWorker::Interrupt { tokens, reason } => ToKind::Interrupt(pb::WorkerInterrupt {
+                    tokens,
+                    reason: interrupt_reason(reason) as i32,
+                }),
                 ToWorker::Revoked { token, reason } => {
                     ToKind::Revoked(pb::WorkerRevoked { token, reason })
                 }
@@ -395,9 +389,9 @@ fn from_lender(msg: pb::LendResponse) -> Result<FromLender, String> {
                 Some(ItemKind::Failed(f)) => ItemMsg::Failed {
                     error: f.error,
                     permanent: f.permanent,
-                    retry_after: f.retry_after.map(|d| {
-                        Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-                    }),
+                    retry_after: f
+                        .retry_after
+                        .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)),
                 },
                 Some(ItemKind::Stopped(_)) => ItemMsg::Stopped,
                 Some(ItemKind::Lost(why)) => ItemMsg::Lost(why),

@@ -440,7 +440,11 @@ impl Engine {
         let executors = hub.live_executors();
         if let Err(e) = cluster
             .leases
-            .advertise(cluster.me(), cluster.config.advertise.as_deref(), &executors)
+            .advertise(
+                cluster.me(),
+                cluster.config.advertise.as_deref(),
+                &executors,
+            )
             .await
         {
             tracing::debug!(error = %e, "cannot advertise this replica's workers");

@@ -715,10 +715,7 @@ impl WorkerHub {
             .sessions
             .values()
             .any(|s| !s.draining && s.serves(executor, labels))
-            && !inner
-                .links
-                .values()
-                .any(|l| l.executors.contains(executor))
+            && !inner.links.values().any(|l| l.executors.contains(executor))
     }
 
     /// The executors served by live (connected, not draining) sessions,
@@ -947,11 +944,7 @@ impl WorkerHub {
                     .filter(|e| self.serves(e))
                     .cloned()
                     .collect();
-                if let Some(entry) = inner
-                    .links
-                    .values_mut()
-                    .find(|e| e.link.peer() == peer.id)
-                {
+                if let Some(entry) = inner.links.values_mut().find(|e| e.link.peer() == peer.id) {
                     entry.executors = executors;
                     continue;
                 }
@@ -992,14 +985,11 @@ impl WorkerHub {
         };
         let deliver = {
             let mut inner = self.lock();
-            inner
-                .demand
-                .get_mut(&DemandKey::local(job))
-                .map(|d| {
-                    d.held += 1;
-                    d.borrowed += 1;
-                    d.deliver.clone()
-                })
+            inner.demand.get_mut(&DemandKey::local(job)).map(|d| {
+                d.held += 1;
+                d.borrowed += 1;
+                d.deliver.clone()
+            })
         };
         match deliver {
             Some(deliver) => deliver(Seat {

@@ -11,9 +11,7 @@
 //! and its answers relayed to the worker. When the link ends, its jobs
 //! are forgotten, its seats go back and its items are revoked.
 
-use super::hub::{
-    AssignItem, Assigned, Deliver, DemandKey, Seat, ToWorker, Via, WorkerHub,
-};
+use super::hub::{AssignItem, Assigned, Deliver, DemandKey, Seat, ToWorker, Via, WorkerHub};
 use super::link::FromLender;
 use crate::domain::JobId;
 use std::{
@@ -161,7 +159,10 @@ impl Lending {
             st.over
         };
         if over {
-            via.revoke(token, "the replica that owns its job is no longer linked here");
+            via.revoke(
+                token,
+                "the replica that owns its job is no longer linked here",
+            );
             return;
         }
         let _ = self.out.send(FromLender::Assigned {
