@@ -1367,6 +1367,154 @@ mod tests {
         assert_eq!(got.lock().unwrap().len(), 1);
     }
 
+    /// A dialer that keeps the links' outboxes instead of connecting.
+    #[derive(Default)]
+    struct Dialed(StdMutex<Vec<(u64, mpsc::UnboundedReceiver<ToLender>)>>);
+
+    impl Dialer for Dialed {
+        fn dial(
+            &self,
+            _hub: Weak<WorkerHub>,
+            link: u64,
+            _address: String,
+            out: mpsc::UnboundedReceiver<ToLender>,
+        ) {
+            self.0.lock().unwrap().push((link, out));
+        }
+    }
+
+    /// A hub that borrows from one peer, "b", lending workers of "ocr".
+    fn borrowing() -> (Arc<WorkerHub>, u64, mpsc::UnboundedReceiver<ToLender>) {
+        let hub = hub();
+        let dialed = Arc::new(Dialed::default());
+        hub.set_dialer(dialed.clone());
+        hub.set_peers(vec![PeerReplica {
+            id: "b".into(),
+            address: "10.0.0.2:50051".into(),
+            executors: vec!["ocr".into(), "not-remote-here".into()],
+        }]);
+        // Listed again: the same link.
+        hub.set_peers(vec![PeerReplica {
+            id: "b".into(),
+            address: "10.0.0.2:50051".into(),
+            executors: vec!["ocr".into()],
+        }]);
+        let (link, out) = dialed.0.lock().unwrap().pop().unwrap();
+        assert!(dialed.0.lock().unwrap().is_empty(), "one link per peer");
+        (hub, link, out)
+    }
+
+    #[tokio::test]
+    async fn a_job_borrows_only_what_local_workers_do_not_grant_and_gives_back_what_it_does_not_use()
+     {
+        let (hub, link, mut out) = borrowing();
+        let _w = hub.attach(hello(1), Identity::default()).unwrap();
+        let (id, got) = job(&hub, 3, &[]);
+        assert_eq!(got.lock().unwrap().len(), 1, "the local slot");
+        assert!(
+            matches!(out.try_recv(), Ok(ToLender::Want { job, seats: 2, .. }) if job == id),
+            "the peer is asked for the rest"
+        );
+        hub.on_lend(
+            link,
+            FromLender::Granted {
+                job: id,
+                seat_id: 7,
+            },
+        );
+        assert_eq!(got.lock().unwrap().len(), 2, "a borrowed seat arrives");
+        assert!(
+            out.try_recv().is_err(),
+            "nothing changed: nothing more asked"
+        );
+        let borrowed = got.lock().unwrap().pop().unwrap();
+        drop(borrowed);
+        assert!(matches!(out.try_recv(), Ok(ToLender::GiveBack(7))));
+        // A grant for a job that wants nothing here goes back at once.
+        hub.on_lend(
+            link,
+            FromLender::Granted {
+                job: JobId::new(),
+                seat_id: 8,
+            },
+        );
+        assert!(matches!(out.try_recv(), Ok(ToLender::GiveBack(8))));
+        hub.forget(id);
+        assert!(matches!(out.try_recv(), Ok(ToLender::Forget(job)) if job == id));
+        assert!(!hub.no_worker_for("ocr", &BTreeMap::new()));
+    }
+
+    #[tokio::test]
+    async fn an_item_on_a_borrowed_seat_is_routed_through_its_link_and_lost_when_the_link_breaks() {
+        let (hub, link, mut out) = borrowing();
+        let (id, got) = job(&hub, 1, &[]);
+        assert!(matches!(
+            out.try_recv(),
+            Ok(ToLender::Want { seats: 1, .. })
+        ));
+        hub.on_lend(
+            link,
+            FromLender::Granted {
+                job: id,
+                seat_id: 1,
+            },
+        );
+        let seat = got.lock().unwrap().pop().unwrap();
+        let assigning = tokio::spawn(seat.assign(item(4)));
+        let Some(ToLender::Assign { seat_id: 1, item }) = out.recv().await else {
+            panic!("the item goes to the lender");
+        };
+        assert_eq!((item.job, item.index), (id, 4));
+        hub.on_lend(
+            link,
+            FromLender::Assigned {
+                seat_id: 1,
+                token: 42,
+                worker: "w".into(),
+            },
+        );
+        let Assigned {
+            token,
+            mut inbox,
+            worker,
+            via,
+        } = assigning.await.unwrap().unwrap();
+        assert_eq!((token, &*worker), (42, "w"));
+        hub.on_lend(
+            link,
+            FromLender::Item {
+                token,
+                msg: ItemMsg::Progress(0.5),
+            },
+        );
+        assert_eq!(inbox.recv().await, Some(ItemMsg::Progress(0.5)));
+        via.send(
+            token,
+            ToWorker::CheckpointSaved {
+                token,
+                checkpoint_id: 3,
+            },
+        );
+        assert!(matches!(
+            out.try_recv(),
+            Ok(ToLender::ToWorker {
+                token: 42,
+                msg: ToWorker::CheckpointSaved {
+                    checkpoint_id: 3,
+                    ..
+                }
+            })
+        ));
+        hub.link_ended(link, "connection reset");
+        assert!(
+            matches!(inbox.recv().await, Some(ItemMsg::Lost(why)) if why.contains("connection reset"))
+        );
+        assert!(
+            hub.no_worker_for("ocr", &BTreeMap::new()),
+            "the link is gone"
+        );
+    }
+
     #[test]
     fn credits_are_bounded() {
         let hub = hub();

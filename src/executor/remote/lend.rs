@@ -229,3 +229,120 @@ impl Lending {
         self.ended.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{
+        StopReason,
+        remote::hub::{Hello, Identity, ItemMsg, RemoteConfig},
+    };
+
+    fn hub() -> Arc<WorkerHub> {
+        WorkerHub::new(RemoteConfig {
+            executors: vec!["ocr".into()],
+            ..RemoteConfig::default()
+        })
+    }
+
+    fn hello(slots: u32) -> Hello {
+        Hello {
+            worker_name: "w".into(),
+            executors: vec!["ocr".into()],
+            slots,
+            build_id: String::new(),
+            resume: None,
+            held: Vec::new(),
+        }
+    }
+
+    fn item() -> AssignItem {
+        AssignItem {
+            index: 2,
+            payload: "p".into(),
+            attempt: 1,
+            checkpoint: None,
+            params: Arc::default(),
+            job_name: Arc::from("j"),
+            executor: Arc::from("ocr"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lent_seat_carries_the_item_to_the_worker_and_its_messages_back() {
+        let hub = hub();
+        let mut w = hub.attach(hello(3), Identity::default()).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let lending = Lending::open(hub.clone(), tx);
+        let job = JobId::new();
+        lending.want(job, "ocr", BTreeMap::new(), 1).unwrap();
+        let Some(FromLender::Granted {
+            job: granted,
+            seat_id,
+        }) = rx.recv().await
+        else {
+            panic!("a seat is granted");
+        };
+        assert_eq!(granted, job);
+        assert!(rx.try_recv().is_err(), "one seat: what the job wanted");
+        lending.assign(seat_id, item()).await;
+        let Some(FromLender::Assigned { token, .. }) = rx.recv().await else {
+            panic!("the item was sent");
+        };
+        assert!(
+            matches!(w.outbound.recv().await, Some(ToWorker::Assign(a)) if a[0].token == token && a[0].job == job)
+        );
+        hub.route(w.session, token, ItemMsg::Progress(0.25))
+            .unwrap();
+        assert!(matches!(
+            rx.recv().await,
+            Some(FromLender::Item { token: t, msg: ItemMsg::Progress(_) }) if t == token
+        ));
+        lending.to_worker(
+            token,
+            ToWorker::Interrupt {
+                tokens: vec![token],
+                reason: StopReason::Pause,
+            },
+        );
+        assert!(matches!(
+            w.outbound.recv().await,
+            Some(ToWorker::Interrupt { .. })
+        ));
+        // A seat used twice is refused.
+        lending.assign(seat_id, item()).await;
+        assert!(matches!(
+            rx.recv().await,
+            Some(FromLender::AssignFailed { .. })
+        ));
+        // The link ends: its item is revoked.
+        lending.end();
+        assert!(
+            matches!(w.outbound.recv().await, Some(ToWorker::Revoked { token: t, .. }) if t == token)
+        );
+        assert!(lending.ended.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_borrower_s_job_gets_seats_only_of_workers_whose_scope_it_is_in() {
+        let hub = hub();
+        let scope = Identity {
+            name: "audio".into(),
+            scope: [("team".to_string(), "audio".to_string())].into(),
+        };
+        let _w = hub.attach(hello(2), scope).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let lending = Lending::open(hub.clone(), tx);
+        let video = [("team".to_string(), "video".to_string())].into();
+        lending.want(JobId::new(), "ocr", video, 2).unwrap();
+        assert!(rx.try_recv().is_err(), "out of the worker's scope");
+        let audio = [("team".to_string(), "audio".to_string())].into();
+        lending.want(JobId::new(), "ocr", audio, 2).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(FromLender::Granted { .. })));
+        assert!(matches!(rx.try_recv(), Ok(FromLender::Granted { .. })));
+        let err = lending
+            .want(JobId::new(), "sleep", BTreeMap::new(), 1)
+            .unwrap_err();
+        assert!(err.contains("not a remote executor"), "{err}");
+    }
+}
