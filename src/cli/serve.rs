@@ -628,4 +628,61 @@ mod tests {
         let library = crate::store::postgres::PgConfig::new("postgres://localhost/x");
         assert_eq!(library.acquire_timeout, database.acquire_timeout);
     }
+
+    fn refused(args: &[&str]) -> String {
+        let args = std::iter::once("serve").chain(args.iter().copied());
+        Cli::try_parse_from(args)
+            .unwrap()
+            .serve
+            .config()
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Where the other replicas borrow this one's workers: the flag, else
+    /// the listen address unless it is unspecified.
+    #[test]
+    fn a_replica_advertises_the_listen_address_unless_told_or_unspecified() {
+        let db = [
+            "--database-url",
+            "postgres://localhost/x",
+            "--multi-replica",
+        ];
+        let advertised = |extra: &[&str]| {
+            let args: Vec<&str> = db.iter().chain(extra).copied().collect();
+            config(&args).cluster.unwrap().advertise
+        };
+        assert_eq!(
+            advertised(&["--listen", "127.0.0.1:7000"]).as_deref(),
+            Some("127.0.0.1:7000")
+        );
+        assert_eq!(
+            advertised(&["--listen", "0.0.0.0:7000", "--insecure"]),
+            None
+        );
+        assert_eq!(
+            advertised(&[
+                "--listen",
+                "0.0.0.0:7000",
+                "--insecure",
+                "--advertise-address",
+                "10.1.2.3:7000"
+            ])
+            .as_deref(),
+            Some("10.1.2.3:7000")
+        );
+        let args: Vec<&str> = db
+            .iter()
+            .chain(&["--advertise-address", "10.1.2.3"])
+            .copied()
+            .collect();
+        assert!(refused(&args).contains("is not a host:port"));
+        let alone = refused(&[
+            "--database-url",
+            "postgres://localhost/x",
+            "--advertise-address",
+            "10.1.2.3:7000",
+        ]);
+        assert!(alone.contains("need --multi-replica"), "{alone}");
+    }
 }

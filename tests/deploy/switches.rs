@@ -157,10 +157,7 @@ fn each_value_switches_its_part_of_the_manifests() {
                 env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"],
                 "status.podIP"
             );
-            assert_eq!(
-                value("JOBVISOR_ADVERTISE_ADDRESS"),
-                Some("$(POD_IP):50051")
-            );
+            assert_eq!(value("JOBVISOR_ADVERTISE_ADDRESS"), Some("$(POD_IP):50051"));
             assert_eq!(
                 deployment["spec"]["strategy"]["rollingUpdate"],
                 json!({"maxSurge": 1, "maxUnavailable": 0})

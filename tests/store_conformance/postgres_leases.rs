@@ -235,7 +235,9 @@ async fn postgres_replicas_that_lend_workers_are_listed_to_the_others() {
             pg.join(&replica(id), TTL).await.unwrap();
         }
         let ocr = ["ocr".to_string(), "asr".to_string()];
-        pg.advertise("a", Some("10.0.0.1:50051"), &ocr).await.unwrap();
+        pg.advertise("a", Some("10.0.0.1:50051"), &ocr)
+            .await
+            .unwrap();
         // No address: it cannot lend. No workers: nothing to lend.
         pg.advertise("b", None, &ocr).await.unwrap();
         pg.advertise("c", Some("10.0.0.3:50051"), &[])
