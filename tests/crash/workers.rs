@@ -46,7 +46,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 /// A server, the script, and the log every program writes.
 struct Setup {
     /// Killed when the test ends, before the rest goes.
-    _servers: Vec<ServerProcess>,
+    servers: Vec<ServerProcess>,
     /// The first server's address (the one most tests use).
     addr: SocketAddr,
     /// Every server's address (replica `i` is `r{i}`).
@@ -116,7 +116,7 @@ impl Setup {
             addr: specs[0].addr,
             addrs: specs.iter().map(|s| s.addr).collect(),
             dir,
-            _servers: servers,
+            servers,
         }
     }
 
@@ -175,7 +175,12 @@ impl Setup {
     }
 
     async fn items(&self, id: &str) -> Vec<pb::Item> {
-        connect(self.addr)
+        self.items_at(0, id).await
+    }
+
+    /// The job's items, as server `i` reads them.
+    async fn items_at(&self, i: usize, id: &str) -> Vec<pb::Item> {
+        connect(self.addrs[i])
             .await
             .list_job_items(pb::ListJobItemsRequest {
                 job_id: id.into(),
@@ -596,9 +601,12 @@ async fn sigterm_drains_a_worker_process_and_its_items_continue_elsewhere_uncoun
     }
 }
 
-/// Three replicas: the job's owner and a worker connected to another one.
-/// Returns the setup, the job, and the replica the worker is connected to.
-async fn job_owned_elsewhere(request: pb::StartJobRequest) -> (Setup, String, WorkerProcess) {
+/// Three replicas: the job's owner and a worker ("A", 2 slots) connected
+/// to the next one. Returns the setup, the job, the owner's index, and
+/// the worker.
+async fn job_owned_elsewhere(
+    request: pb::StartJobRequest,
+) -> (Setup, String, usize, WorkerProcess) {
     let s = Setup::start_replicas(3).await;
     let id = s.start_job(request).await;
     let deadline = Instant::now() + WITHIN;
@@ -618,12 +626,12 @@ async fn job_owned_elsewhere(request: pb::StartJobRequest) -> (Setup, String, Wo
         "no worker anywhere yet: {job:?}"
     );
     let worker = s.worker_at(s.addrs[elsewhere], "A", 2).await;
-    (s, id, worker)
+    (s, id, owner, worker)
 }
 
 #[tokio::test]
 async fn a_worker_connected_to_one_replica_runs_the_items_of_a_job_another_replica_owns() {
-    let (s, id, _worker) = job_owned_elsewhere(s_job(6, 4, 3)).await;
+    let (s, id, _, _worker) = job_owned_elsewhere(s_job(6, 4, 3)).await;
     let job = wait_end(connect(s.addr).await, id.clone()).await;
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
     let log = s.log();
@@ -642,7 +650,7 @@ async fn a_worker_connected_to_one_replica_runs_the_items_of_a_job_another_repli
 #[tokio::test]
 async fn an_immediate_pause_reaches_a_worker_on_another_replica_and_resume_continues_from_the_checkpoint()
  {
-    let (s, id, _worker) = job_owned_elsewhere(s_job(1, 1, 60)).await;
+    let (s, id, _, _worker) = job_owned_elsewhere(s_job(1, 1, 60)).await;
     s.checkpointed(&id, 1, 3).await;
     let asked = Instant::now();
     s.pause(&id, pb::PauseMode::Immediate).await;
@@ -677,6 +685,44 @@ async fn an_immediate_pause_reaches_a_worker_on_another_replica_and_resume_conti
         "the pause not counted, from the checkpoint: {log:?}"
     );
     assert_eq!(of(&log, "end", 0).len(), 1);
+}
+
+#[tokio::test]
+async fn when_the_replica_a_worker_is_lent_from_dies_its_item_runs_again_on_a_worker_elsewhere() {
+    let (mut s, id, owner, _a) = job_owned_elsewhere(s_job(1, 1, 60)).await;
+    let kept = s.checkpointed(&id, 1, 3).await[0].1;
+    let third = (owner + 2) % 3;
+    let _b = s.worker_at(s.addrs[third], "B", 1).await;
+    // The replica worker A is connected to dies: the owner's link to it
+    // breaks, and the item is lost there (its attempt counts).
+    s.servers[(owner + 1) % 3].kill9().unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let again = loop {
+        let on_b: Vec<Line> = of(&s.log(), "start", 0)
+            .into_iter()
+            .filter(|l| l.worker == "B")
+            .collect();
+        if let Some(line) = on_b.first() {
+            break line.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the item did not move to worker B: {}\nowner's log:\n{}",
+            s.log_text(),
+            tail(&s.dir.path().join(if owner == 0 {
+                "server.log".to_string()
+            } else {
+                format!("server-{owner}.log")
+            }))
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(again.attempt, 2, "the lost attempt counts: {again:?}");
+    assert!(again.step >= kept, "from its checkpoint: {again:?}");
+    let job = wait_end(connect(s.addrs[owner]).await, id.clone()).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let item = &s.items_at(owner, &id).await[0];
+    assert_eq!(item.attempts, 2, "{item:?}");
 }
 
 /// A job of the remote executor: `items` items of `steps` steps.
