@@ -443,6 +443,21 @@ impl ServeArgs {
             let mut cluster = crate::engine::ClusterConfig::new(replica);
             cluster.lease_timeout = self.lease_timeout;
             cluster.advertise = match &self.advertise_address {
+                Some(_) if config.tls.is_some() => anyhow::bail!(
+                    "--advertise-address (JOBVISOR_ADVERTISE_ADDRESS) needs a plaintext gRPC port: \
+                     the links between replicas that lend workers are plaintext, and this one \
+                     serves TLS (--tls-cert); leave it out, and the workers connected here \
+                     serve only this replica's jobs"
+                ),
+                None if config.tls.is_some() => {
+                    if !self.remote_executors.is_empty() {
+                        tracing::warn!(
+                            "the links between replicas that lend workers are plaintext and this \
+                             replica serves TLS: the workers connected here serve only its own jobs"
+                        );
+                    }
+                    None
+                }
                 Some(address) => {
                     let address = address.trim();
                     let port = address.rsplit_once(':').map(|(_, p)| p);
@@ -684,5 +699,28 @@ mod tests {
             "10.1.2.3:7000",
         ]);
         assert!(alone.contains("need --multi-replica"), "{alone}");
+        let args: Vec<&str> = db
+            .iter()
+            .chain(&[
+                "--tls-cert",
+                "server.pem",
+                "--tls-key",
+                "server.key",
+                "--advertise-address",
+                "10.1.2.3:7000",
+            ])
+            .copied()
+            .collect();
+        assert!(refused(&args).contains("needs a plaintext gRPC port"));
+        let args: Vec<&str> = db
+            .iter()
+            .chain(&["--tls-cert", "server.pem", "--tls-key", "server.key"])
+            .copied()
+            .collect();
+        assert_eq!(
+            config(&args).cluster.unwrap().advertise,
+            None,
+            "TLS: no lending"
+        );
     }
 }
