@@ -283,7 +283,9 @@ struct Route {
 /// both for a moment while it moves between replicas).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct DemandKey {
+    /// The job that wants seats.
     pub job: JobId,
+    /// 0 for a job of this server; else the lending link it came by.
     pub link: u64,
 }
 
@@ -307,6 +309,7 @@ struct Demand {
 
 /// A borrowing link to another replica, as the hub keeps it.
 struct LinkEntry {
+    /// The link itself (shared with its seats and items).
     link: Arc<Link>,
     /// The executors its workers serve now (its last advertisement).
     executors: BTreeSet<String>,
@@ -1084,8 +1087,11 @@ pub(crate) struct AssignItem {
 /// unused, it goes back.
 pub struct Seat {
     hub: Weak<WorkerHub>,
+    /// The job it was granted to.
     job: JobId,
+    /// Where the slot is.
     kind: SeatKind,
+    /// Assigned (or being assigned): not given back on drop.
     used: bool,
 }
 
@@ -1120,9 +1126,13 @@ impl std::fmt::Debug for Seat {
 /// An item sent to a worker: its token, where the worker's messages about
 /// it arrive, the worker's name, and the way back to the worker.
 pub(crate) struct Assigned {
+    /// The item's fencing token (the worker session's).
     pub token: u64,
+    /// Where the worker's messages about the item arrive.
     pub inbox: mpsc::UnboundedReceiver<ItemMsg>,
+    /// The worker's name, for errors and logs.
     pub worker: Arc<str>,
+    /// The way back to the worker.
     pub via: Via,
 }
 

@@ -23,11 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 /// One lending link, seen from the lender.
 pub struct Lending {
+    /// This server's hub: its workers are the ones lent.
     hub: Arc<WorkerHub>,
     /// Names the borrower's demands in the hub.
     link: u64,
     /// To the borrower.
     out: mpsc::UnboundedSender<FromLender>,
+    /// Seats and items of the link (shared with the hub's deliveries and
+    /// the relays).
     state: Arc<Mutex<LendState>>,
     /// Cancelled when the link is over: the stream to the borrower ends.
     pub ended: CancellationToken,

@@ -103,6 +103,7 @@ pub struct Link {
     peer: String,
     /// To the lender, through the dialer's stream.
     out: mpsc::UnboundedSender<ToLender>,
+    /// What is in flight on the link.
     state: Mutex<LinkState>,
 }
 
