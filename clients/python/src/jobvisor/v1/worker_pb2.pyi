@@ -21,6 +21,129 @@ INTERRUPT_REASON_PAUSE: InterruptReason
 INTERRUPT_REASON_CANCEL: InterruptReason
 INTERRUPT_REASON_SHUTDOWN: InterruptReason
 
+class LendRequest(_message.Message):
+    __slots__ = ("want", "give_back", "assign", "to_worker", "forget")
+    WANT_FIELD_NUMBER: _ClassVar[int]
+    GIVE_BACK_FIELD_NUMBER: _ClassVar[int]
+    ASSIGN_FIELD_NUMBER: _ClassVar[int]
+    TO_WORKER_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
+    want: LendWant
+    give_back: LendGiveBack
+    assign: LendAssign
+    to_worker: LendToWorker
+    forget: LendForget
+    def __init__(self, want: _Optional[_Union[LendWant, _Mapping]] = ..., give_back: _Optional[_Union[LendGiveBack, _Mapping]] = ..., assign: _Optional[_Union[LendAssign, _Mapping]] = ..., to_worker: _Optional[_Union[LendToWorker, _Mapping]] = ..., forget: _Optional[_Union[LendForget, _Mapping]] = ...) -> None: ...
+
+class LendResponse(_message.Message):
+    __slots__ = ("granted", "assigned", "assign_failed", "item_message")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_FIELD_NUMBER: _ClassVar[int]
+    ASSIGN_FAILED_FIELD_NUMBER: _ClassVar[int]
+    ITEM_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    granted: LendGranted
+    assigned: LendAssigned
+    assign_failed: LendAssignFailed
+    item_message: LendItemMessage
+    def __init__(self, granted: _Optional[_Union[LendGranted, _Mapping]] = ..., assigned: _Optional[_Union[LendAssigned, _Mapping]] = ..., assign_failed: _Optional[_Union[LendAssignFailed, _Mapping]] = ..., item_message: _Optional[_Union[LendItemMessage, _Mapping]] = ...) -> None: ...
+
+class LendWant(_message.Message):
+    __slots__ = ("job_id", "executor", "labels", "seats")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SEATS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    executor: str
+    labels: _containers.ScalarMap[str, str]
+    seats: int
+    def __init__(self, job_id: _Optional[str] = ..., executor: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., seats: _Optional[int] = ...) -> None: ...
+
+class LendGiveBack(_message.Message):
+    __slots__ = ("seat_id",)
+    SEAT_ID_FIELD_NUMBER: _ClassVar[int]
+    seat_id: int
+    def __init__(self, seat_id: _Optional[int] = ...) -> None: ...
+
+class LendAssign(_message.Message):
+    __slots__ = ("seat_id", "item")
+    SEAT_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    seat_id: int
+    item: Assignment
+    def __init__(self, seat_id: _Optional[int] = ..., item: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+
+class LendToWorker(_message.Message):
+    __slots__ = ("token", "checkpoint_saved", "interrupt", "revoked", "refused")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SAVED_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    token: int
+    checkpoint_saved: CheckpointSaved
+    interrupt: WorkerInterrupt
+    revoked: WorkerRevoked
+    refused: WorkerRefused
+    def __init__(self, token: _Optional[int] = ..., checkpoint_saved: _Optional[_Union[CheckpointSaved, _Mapping]] = ..., interrupt: _Optional[_Union[WorkerInterrupt, _Mapping]] = ..., revoked: _Optional[_Union[WorkerRevoked, _Mapping]] = ..., refused: _Optional[_Union[WorkerRefused, _Mapping]] = ...) -> None: ...
+
+class LendForget(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class LendGranted(_message.Message):
+    __slots__ = ("job_id", "seat_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SEAT_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    seat_id: int
+    def __init__(self, job_id: _Optional[str] = ..., seat_id: _Optional[int] = ...) -> None: ...
+
+class LendAssigned(_message.Message):
+    __slots__ = ("seat_id", "token", "worker_name")
+    SEAT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WORKER_NAME_FIELD_NUMBER: _ClassVar[int]
+    seat_id: int
+    token: int
+    worker_name: str
+    def __init__(self, seat_id: _Optional[int] = ..., token: _Optional[int] = ..., worker_name: _Optional[str] = ...) -> None: ...
+
+class LendAssignFailed(_message.Message):
+    __slots__ = ("seat_id", "reason")
+    SEAT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    seat_id: int
+    reason: str
+    def __init__(self, seat_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class LendItemMessage(_message.Message):
+    __slots__ = ("token", "checkpoint", "progress", "succeeded", "failed", "stopped", "lost")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    token: int
+    checkpoint: WorkerCheckpoint
+    progress: WorkerProgress
+    succeeded: WorkerSucceeded
+    failed: WorkerFailed
+    stopped: WorkerStopped
+    lost: str
+    def __init__(self, token: _Optional[int] = ..., checkpoint: _Optional[_Union[WorkerCheckpoint, _Mapping]] = ..., progress: _Optional[_Union[WorkerProgress, _Mapping]] = ..., succeeded: _Optional[_Union[WorkerSucceeded, _Mapping]] = ..., failed: _Optional[_Union[WorkerFailed, _Mapping]] = ..., stopped: _Optional[_Union[WorkerStopped, _Mapping]] = ..., lost: _Optional[str] = ...) -> None: ...
+
 class WorkRequest(_message.Message):
     __slots__ = ("hello", "credit", "checkpoint", "progress", "succeeded", "failed", "stopped", "drain", "ping")
     HELLO_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class WorkerServiceStub:
                 request_serializer=jobvisor_dot_v1_dot_worker__pb2.WorkRequest.SerializeToString,
                 response_deserializer=jobvisor_dot_v1_dot_worker__pb2.WorkResponse.FromString,
                 _registered_method=True)
+        self.Lend = channel.stream_stream(
+                '/jobvisor.v1.WorkerService/Lend',
+                request_serializer=jobvisor_dot_v1_dot_worker__pb2.LendRequest.SerializeToString,
+                response_deserializer=jobvisor_dot_v1_dot_worker__pb2.LendResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -65,6 +70,27 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lend(self, request_iterator, context):
+        """Used between the replicas of one deployment (`serve --multi-replica`),
+        not by workers: a replica that owns a job (the borrower) borrows slots
+        of the workers connected to another replica (the lender). One stream
+        per pair of replicas, for all the borrower's jobs. The borrower says
+        how many seats each job wants from the lender (`LendWant`); the lender
+        grants seats of its workers in the same fair turns as its own jobs
+        (a scoped worker only for jobs within its scope); the borrower assigns
+        an item through a granted seat or gives the seat back. The lender
+        relays the worker's messages about the item (`LendItemMessage`), and
+        the borrower's answers and interrupts to the worker (`LendToWorker`):
+        the borrower's job stays the owner of its items. When the stream
+        ends, the lender forgets the borrower's jobs, takes back the seats
+        not used and revokes the items assigned through it; the borrower
+        counts them as lost (their attempt counts) and asks again later.
+        Needs the `work` permission.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -72,6 +98,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Work,
                     request_deserializer=jobvisor_dot_v1_dot_worker__pb2.WorkRequest.FromString,
                     response_serializer=jobvisor_dot_v1_dot_worker__pb2.WorkResponse.SerializeToString,
+            ),
+            'Lend': grpc.stream_stream_rpc_method_handler(
+                    servicer.Lend,
+                    request_deserializer=jobvisor_dot_v1_dot_worker__pb2.LendRequest.FromString,
+                    response_serializer=jobvisor_dot_v1_dot_worker__pb2.LendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -102,6 +133,33 @@ class WorkerService:
             '/jobvisor.v1.WorkerService/Work',
             jobvisor_dot_v1_dot_worker__pb2.WorkRequest.SerializeToString,
             jobvisor_dot_v1_dot_worker__pb2.WorkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lend(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/jobvisor.v1.WorkerService/Lend',
+            jobvisor_dot_v1_dot_worker__pb2.LendRequest.SerializeToString,
+            jobvisor_dot_v1_dot_worker__pb2.LendResponse.FromString,
             options,
             channel_credentials,
             insecure,
