@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Multi-replica mode: several servers share the PostgreSQL database.
     pub cluster: Option<ClusterConfig>,
+    /// Multi-replica mode: the token this replica presents to the others
+    /// when it borrows their workers (`--peer-token`), if they check tokens.
+    pub peer_token: Option<String>,
     /// Threads of the engine's own runtime (see [`serve`]); `None`: half
     /// the cores, at least one.
     pub engine_threads: Option<usize>,
@@ -116,6 +119,7 @@ impl ServerConfig {
             guard: GuardConfig::default(),
             tls: None,
             cluster: None,
+            peer_token: None,
             engine_threads: None,
             handshake_timeout: Duration::from_secs(10),
             max_watch_streams: 4096,
@@ -221,6 +225,12 @@ async fn serve_on(
         None => config.engine.runner.server.clone(),
     };
     let hub = WorkerHub::new(remote);
+    if config.cluster.is_some() {
+        // Jobs of this replica borrow the workers of the others.
+        hub.set_dialer(Arc::new(crate::api::lend::PeerDialer::new(
+            config.peer_token.as_deref(),
+        )?));
+    }
     let registry = registry
         .with_remote(hub.clone())
         .map_err(anyhow::Error::msg)?;

@@ -648,6 +648,8 @@ fn multi_replica_mode_configures_the_server_and_the_rollout() {
         r#"- name: JOBVISOR_MULTI_REPLICA\n\s+value: "true"\n"#,
         r"- name: JOBVISOR_LEASE_TIMEOUT\n\s+value: \{\{ \.Values\.multiReplica\.leaseTimeout \| quote \}\}\n",
         r"- name: JOBVISOR_REPLICA_ID\n\s+valueFrom:\n\s+fieldRef:\n\s+fieldPath: metadata\.name\n",
+        r"- name: POD_IP\n\s+valueFrom:\n\s+fieldRef:\n\s+fieldPath: status\.podIP\n",
+        r#"- name: JOBVISOR_ADVERTISE_ADDRESS\n\s+value: "\$\(POD_IP\):50051"\n"#,
     ] {
         assert!(
             Regex::new(expected).unwrap().is_match(&env.then),
@@ -659,6 +661,8 @@ fn multi_replica_mode_configures_the_server_and_the_rollout() {
         "JOBVISOR_MULTI_REPLICA",
         "JOBVISOR_LEASE_TIMEOUT",
         "JOBVISOR_REPLICA_ID",
+        "POD_IP",
+        "JOBVISOR_ADVERTISE_ADDRESS",
     ] {
         assert_eq!(
             deployment.matches(name).count(),

@@ -62,7 +62,7 @@ impl Permission {
         let method = path.strip_prefix("/jobvisor.v1.JobService/")?;
         Some(match method {
             "GetJob" | "ListJobs" | "ListJobItems" | "WatchJob" => Permission::Read,
-            "StartJob" => Permission::Start,
+            "StartJob" | "RunJob" => Permission::Start,
             _ => Permission::Control,
         })
     }

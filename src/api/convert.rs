@@ -246,6 +246,34 @@ pub fn job(j: &Job) -> pb::Job {
         policy: Some(policy(&j.policy)),
         owner: None,
         waiting_for: String::new(),
+        exclusive: j.exclusive,
+        status: None,
+    }
+}
+
+/// How a job is doing now (GetJob only): its active time, average rate
+/// and ETA, and the items running now.
+pub fn status(j: &Job, running: &[Item], now: chrono::DateTime<Utc>) -> pb::JobStatus {
+    let active = j.active_time(now).to_std().unwrap_or_default();
+    let ended = j.counts.ended();
+    let secs = active.as_secs_f64();
+    let rate = if secs > 0.0 { ended as f64 / secs } else { 0.0 };
+    let left = j.counts.total.saturating_sub(ended);
+    let eta = (rate > 0.0 && !j.state.is_terminal())
+        .then(|| std::time::Duration::from_secs_f64(left as f64 / rate))
+        .map(proto_duration);
+    pb::JobStatus {
+        active_time: Some(proto_duration(active)),
+        items_per_second: rate,
+        eta,
+        running_items: running.iter().map(item).collect(),
+    }
+}
+
+fn proto_duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: (d.subsec_millis() * 1_000_000) as i32,
     }
 }
 
@@ -369,10 +397,13 @@ fn progress(p: &Progress) -> pb::JobEvent {
 
 pub fn watch_item(w: &WatchItem) -> pb::JobEvent {
     match w {
-        WatchItem::Snapshot(j) => pb::JobEvent {
+        WatchItem::Snapshot(j, waiting) => pb::JobEvent {
             sequence: j.last_seq,
             time: Some(timestamp(Utc::now())),
-            kind: Some(pb::job_event::Kind::Snapshot(job(j))),
+            kind: Some(pb::job_event::Kind::Snapshot(pb::Job {
+                waiting_for: waiting.clone().unwrap_or_default(),
+                ..job(j)
+            })),
         },
         WatchItem::Event(e) => event(e),
         WatchItem::Progress(p) => progress(p),
@@ -426,6 +457,7 @@ pub fn new_job(r: pb::StartJobRequest, bad: &mut Vec<FieldViolation>) -> NewJob 
         max_attempts: r.max_attempts,
         request_id: r.request_id,
         request_scope: String::new(),
+        exclusive: r.exclusive,
     }
 }
 
@@ -501,6 +533,7 @@ pub fn job_query(r: pb::ListJobsRequest) -> Result<JobQuery, Vec<FieldViolation>
             labels: selector(r.labels, &mut bad),
             limit: page_size(r.page_size, JOBS_PAGE),
             after,
+            name: (!r.name.is_empty()).then_some(r.name),
         }),
         bad,
     )

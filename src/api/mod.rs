@@ -8,6 +8,7 @@ pub mod codec;
 pub mod conn;
 pub mod convert;
 pub mod guard;
+pub mod lend;
 pub mod limits;
 pub mod routes;
 pub mod status;
@@ -17,13 +18,16 @@ pub mod workers;
 
 use crate::{
     domain::{FieldViolation, JobId, Provenance},
-    engine::{Control, Engine, EngineError, Pause},
+    engine::{Control, Engine, EngineError, Pause, RunOutcome},
     pb::{self, job_service_server::JobService},
 };
 use auth::Caller;
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use tonic::{Request, Response, Status};
+
+/// The items running now that GetJob lists, at most.
+const RUNNING_SHOWN: u32 = 20;
 
 /// Metadata header naming who makes a control call, recorded with it.
 pub const REQUESTED_BY_HEADER: &str = "x-requested-by";
@@ -114,6 +118,35 @@ impl JobApi {
     }
 }
 
+/// A StartJob request as the engine takes it, from `who`: its request ids
+/// are its scope's alone, and a scoped caller's jobs carry its scope's
+/// labels (another value for one of them is refused).
+fn new_job_for(
+    who: &Caller,
+    request: pb::StartJobRequest,
+) -> Result<crate::domain::NewJob, Status> {
+    let mut violations = Vec::new();
+    let mut input = convert::new_job(request, &mut violations);
+    if !violations.is_empty() {
+        return Err(bad(violations));
+    }
+    input.request_scope = crate::domain::request_scope(&who.scope);
+    for (key, value) in &who.scope {
+        match input.labels.get(key) {
+            Some(v) if v != value => {
+                return Err(Status::permission_denied(format!(
+                    "{:?} may only start jobs labelled {key}={value}",
+                    who.name
+                )));
+            }
+            _ => {
+                input.labels.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Ok(input)
+}
+
 /// A pause as asked: graceful unless immediate, with an optional drain
 /// deadline (graceful only) and an optional time to resume by itself.
 fn pause_from(
@@ -166,27 +199,7 @@ impl JobService for JobApi {
     ) -> Result<Response<pb::Job>, Status> {
         let who = caller(&request);
         let validate_only = request.get_ref().validate_only;
-        let mut violations = Vec::new();
-        let mut input = convert::new_job(request.into_inner(), &mut violations);
-        if !violations.is_empty() {
-            return Err(bad(violations));
-        }
-        // Its request ids are its scope's alone.
-        input.request_scope = crate::domain::request_scope(&who.scope);
-        // A scoped caller's jobs carry its scope labels.
-        for (key, value) in &who.scope {
-            match input.labels.get(key) {
-                Some(v) if v != value => {
-                    return Err(Status::permission_denied(format!(
-                        "{:?} may only start jobs labelled {key}={value}",
-                        who.name
-                    )));
-                }
-                _ => {
-                    input.labels.insert(key.clone(), value.clone());
-                }
-            }
-        }
+        let input = new_job_for(&who, request.into_inner())?;
         if validate_only {
             // Nothing stored: the job as it would start, without an id.
             let job = self.engine.validate_job(input).await?;
@@ -198,6 +211,66 @@ impl JobService for JobApi {
         let job = self.engine.start_job(input).await?;
         record_job(job.id);
         Ok(Response::new(convert::job(&job)))
+    }
+
+    async fn run_job(
+        &self,
+        request: Request<pb::RunJobRequest>,
+    ) -> Result<Response<pb::RunJobResponse>, Status> {
+        let who = caller(&request);
+        let requested_by = requested_by(&request);
+        let r = request.into_inner();
+        let Some(job) = r.job else {
+            return Err(bad(vec![FieldViolation::new(
+                "job",
+                "is required: the job to start if none of its name is live",
+            )]));
+        };
+        let dry = job.validate_only;
+        let mut violations = Vec::new();
+        let (reason, request_id) =
+            convert::reason_and_request_id(&r.reason, &job.request_id, &mut violations);
+        if !violations.is_empty() {
+            return Err(bad(violations));
+        }
+        let input = new_job_for(&who, job)?;
+        let provenance = Provenance {
+            reason,
+            requested_by,
+            request_id,
+        };
+        let may_resume = who.may(auth::Permission::Control);
+        let (job, outcome) = match self
+            .engine
+            .run_job(input, may_resume, provenance, dry)
+            .await
+        {
+            // A live job of that name outside the caller's scope: taken,
+            // without saying by which job.
+            Ok((job, _)) if !who.sees(&job.labels) => {
+                return Err(Status::already_exists(
+                    "a live exclusive job of another scope has this name; run this one under another name",
+                ));
+            }
+            Ok(done) => done,
+            Err(e) => return Err(e.into()),
+        };
+        if !dry {
+            record_job(job.id);
+        }
+        let outcome = match outcome {
+            RunOutcome::Started => pb::RunOutcome::Started,
+            RunOutcome::Resumed => pb::RunOutcome::Resumed,
+            RunOutcome::AlreadyRunning => pb::RunOutcome::AlreadyRunning,
+        };
+        let mut job = convert::job(&job);
+        if dry && outcome == pb::RunOutcome::Started {
+            job.id = String::new();
+        }
+        Ok(Response::new(pb::RunJobResponse {
+            job: Some(job),
+            outcome: outcome as i32,
+        }))
     }
 
     async fn get_job(
@@ -213,9 +286,15 @@ impl JobService for JobApi {
             return Err(EngineError::NotFound(id).into());
         }
         let owner = self.engine.runner_of(&job).await?;
+        let running = if job.counts.running > 0 {
+            self.engine.running_items(id, RUNNING_SHOWN).await?
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::Job {
             owner: owner.as_ref().map(convert::owner),
             waiting_for: self.engine.waiting_for(&job).unwrap_or_default(),
+            status: Some(convert::status(&job, &running, chrono::Utc::now())),
             ..convert::job(&job)
         }))
     }

@@ -123,6 +123,16 @@ impl From<EngineError> for Status {
                 "REQUEST_ID_REUSED",
                 HashMap::from([("request_id".into(), key)]),
             ),
+            EngineError::NameTaken { name, job } => with_reason(
+                Code::AlreadyExists,
+                format!(
+                    "job {job} is a live exclusive job named {}: pause, cancel or run it, or start \
+                     this one under another name",
+                    echo(&name)
+                ),
+                "JOB_NAME_TAKEN",
+                HashMap::from([("job_id".into(), job.to_string())]),
+            ),
             EngineError::StoreUnavailable(cause) => {
                 tracing::warn!(error = %cause, "unavailable");
                 Status::unavailable("the job store is unavailable; retry later")

@@ -51,6 +51,15 @@ type WorkStream = Pin<Box<dyn Stream<Item = Result<pb::WorkResponse, Status>> + 
 #[tonic::async_trait]
 impl pb::worker_service_server::WorkerService for WorkerApi {
     type WorkStream = WorkStream;
+    type LendStream = super::lend::LendStream;
+
+    /// Another replica borrows this server's workers (multi-replica mode).
+    async fn lend(
+        &self,
+        request: Request<Streaming<pb::LendRequest>>,
+    ) -> Result<Response<Self::LendStream>, Status> {
+        super::lend::lend(self.hub.clone(), request).await
+    }
 
     async fn work(
         &self,
@@ -368,7 +377,7 @@ fn kind_name(kind: &Option<In>) -> &'static str {
     }
 }
 
-fn duration(d: Duration) -> prost_types::Duration {
+pub(super) fn duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
@@ -390,7 +399,7 @@ fn closed(reason: CloseReason) -> Status {
     }
 }
 
-fn interrupt_reason(reason: StopReason) -> pb::InterruptReason {
+pub(super) fn interrupt_reason(reason: StopReason) -> pb::InterruptReason {
     match reason {
         StopReason::Pause => pb::InterruptReason::Pause,
         StopReason::Cancel => pb::InterruptReason::Cancel,
@@ -426,7 +435,7 @@ fn response(msg: ToWorker) -> pb::WorkResponse {
     pb::WorkResponse { kind: Some(kind) }
 }
 
-fn assignment(a: hub::Assignment) -> pb::Assignment {
+pub(super) fn assignment(a: hub::Assignment) -> pb::Assignment {
     pb::Assignment {
         token: a.token,
         job_id: a.job.to_string(),

@@ -226,6 +226,10 @@ pub struct StartArgs {
     /// params, permissions, limits) and store nothing; print it.
     #[arg(long, conflicts_with = "watch")]
     dry_run: bool,
+    /// The name is unique among live jobs: while one started with
+    /// --exclusive (or by `jobvisor run`) is live, this start is refused.
+    #[arg(long)]
+    exclusive: bool,
     /// Fail the job once it has run this long (paused time not counted).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
@@ -288,7 +292,8 @@ fn parse_when(raw: &str) -> Result<prost_types::Timestamp, String> {
     })
 }
 
-pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
+/// The items `args` names, read from their flags and files.
+fn items_of(args: &StartArgs) -> anyhow::Result<Vec<String>> {
     let mut items = args.items.clone();
     if let Some(path) = &args.items_file {
         let text = if path == "-" {
@@ -304,29 +309,40 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     if items.is_empty() {
         bail!("no items: give --item, --items-file or --count");
     }
+    Ok(items)
+}
+
+/// The StartJob request `args` asks for.
+fn start_request(args: &StartArgs) -> anyhow::Result<pb::StartJobRequest> {
+    Ok(pb::StartJobRequest {
+        name: args.name.clone(),
+        executor: args.executor.clone(),
+        items: items_of(args)?,
+        concurrency: args.concurrency,
+        params: args.params.iter().cloned().collect::<HashMap<_, _>>(),
+        labels: args.labels.iter().cloned().collect::<HashMap<_, _>>(),
+        max_attempts: args.max_attempts,
+        request_id: args.request_id.clone().unwrap_or_default(),
+        timeout: args.timeout.map(proto_duration),
+        pause_after_failures: args.pause_after_failures,
+        pause_on_failure_ratio: args.pause_on_failure_ratio,
+        failure_window: args.failure_window,
+        retry_delay: args.retry_delay.map(proto_duration),
+        retry_delay_max: args.retry_delay_max.map(proto_duration),
+        rate_limit: args.rate_limit,
+        rate_period: args.rate_period.map(proto_duration),
+        start_paused: args.paused,
+        resume_at: args.resume_at,
+        validate_only: args.dry_run,
+        exclusive: args.exclusive,
+    })
+}
+
+pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
+    let start = start_request(&args)?;
     let mut client = args.conn.client().await?;
     let job = client
-        .start_job(request(pb::StartJobRequest {
-            name: args.name,
-            executor: args.executor,
-            items,
-            concurrency: args.concurrency,
-            params: args.params.into_iter().collect::<HashMap<_, _>>(),
-            labels: args.labels.into_iter().collect::<HashMap<_, _>>(),
-            max_attempts: args.max_attempts,
-            request_id: args.request_id.unwrap_or_default(),
-            timeout: args.timeout.map(proto_duration),
-            pause_after_failures: args.pause_after_failures,
-            pause_on_failure_ratio: args.pause_on_failure_ratio,
-            failure_window: args.failure_window,
-            retry_delay: args.retry_delay.map(proto_duration),
-            retry_delay_max: args.retry_delay_max.map(proto_duration),
-            rate_limit: args.rate_limit,
-            rate_period: args.rate_period.map(proto_duration),
-            start_paused: args.paused,
-            resume_at: args.resume_at,
-            validate_only: args.dry_run,
-        }))
+        .start_job(request(start))
         .await
         .map_err(status_error)?
         .into_inner();
@@ -344,11 +360,97 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `jobvisor run`: starts the job of `--name`, or resumes it, or finds it
+/// running (RunJob), and says which.
+pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
+    let start = start_request(&args)?;
+    let mut client = args.conn.client().await?;
+    let answer = client
+        .run_job(request(pb::RunJobRequest {
+            job: Some(start),
+            reason: String::new(),
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let job = answer
+        .job
+        .ok_or_else(|| anyhow::anyhow!("the server answered RunJob without the job"))?;
+    let did = match pb::RunOutcome::try_from(answer.outcome) {
+        Ok(pb::RunOutcome::Started) => "started",
+        Ok(pb::RunOutcome::Resumed) => "resumed",
+        Ok(pb::RunOutcome::AlreadyRunning) => "already running",
+        _ => "unknown outcome",
+    };
+    if !args.conn.json {
+        if args.dry_run {
+            say!("dry run: it would be {did}; nothing changed");
+        } else {
+            say!("{did}:");
+        }
+    }
+    if args.watch && !args.dry_run {
+        return follow(&mut client, &job.id, 0, args.conn.json).await;
+    }
+    if args.conn.json {
+        say!(
+            "{}",
+            serde_json::json!({"outcome": did, "job": output::job_json(&job)})
+        );
+    } else {
+        output::print_job(&job, false);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A job named on the command line: its id, or the name of a live job
+/// (one only: several are listed).
+async fn resolve(client: &mut Client, named: &str) -> anyhow::Result<String> {
+    if uuid::Uuid::parse_str(named).is_ok() {
+        return Ok(named.to_string());
+    }
+    let live = [
+        pb::JobState::Running,
+        pb::JobState::Pausing,
+        pb::JobState::Paused,
+        pb::JobState::Cancelling,
+    ];
+    let page = client
+        .list_jobs(request(pb::ListJobsRequest {
+            page_size: 20,
+            states: live.iter().map(|s| *s as i32).collect(),
+            name: named.to_string(),
+            ..Default::default()
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    match page.jobs.as_slice() {
+        [] => bail!(
+            "{named:?} is neither a job id nor the name of a live job (a name names a job only \
+             while it is RUNNING, PAUSING, PAUSED or CANCELLING; jobvisor list shows the ids)"
+        ),
+        [one] => Ok(one.id.clone()),
+        several => {
+            let list: Vec<String> = several
+                .iter()
+                .map(|j| format!("  {} {}", j.id, output::job_state_name(j.state)))
+                .collect();
+            bail!(
+                "{} live jobs are named {named:?}; name one by its id:\n{}",
+                several.len(),
+                list.join("\n")
+            )
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct JobArgs {
     #[command(flatten)]
     conn: Conn,
-    /// The job's id.
+    /// The job's id, or the name of a live job (retry and delete, whose
+    /// jobs have ended: its id).
     job_id: String,
 }
 
@@ -356,7 +458,7 @@ pub struct JobArgs {
 pub struct PauseArgs {
     #[command(flatten)]
     conn: Conn,
-    /// The job's id.
+    /// The job's id, or the name of a live job.
     job_id: String,
     /// Stop items in flight at their next checkpoint instead of letting
     /// them finish.
@@ -379,12 +481,11 @@ pub async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
     } else {
         pb::PauseMode::Graceful
     };
-    let job = args
-        .conn
-        .client()
-        .await?
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let job = client
         .pause_job(request(pb::PauseJobRequest {
-            job_id: args.job_id,
+            job_id,
             mode: mode as i32,
             reason: args.reason,
             request_id: String::new(),
@@ -399,12 +500,11 @@ pub async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn resume(args: JobArgs) -> anyhow::Result<ExitCode> {
-    let job = args
-        .conn
-        .client()
-        .await?
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let job = client
         .resume_job(request(pb::ResumeJobRequest {
-            job_id: args.job_id,
+            job_id,
             request_id: String::new(),
         }))
         .await
@@ -418,7 +518,7 @@ pub async fn resume(args: JobArgs) -> anyhow::Result<ExitCode> {
 pub struct CancelArgs {
     #[command(flatten)]
     conn: Conn,
-    /// The job's id.
+    /// The job's id, or the name of a live job.
     job_id: String,
     /// Why (recorded in the job's event log).
     #[arg(long, default_value = "")]
@@ -426,12 +526,11 @@ pub struct CancelArgs {
 }
 
 pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
-    let job = args
-        .conn
-        .client()
-        .await?
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let job = client
         .cancel_job(request(pb::CancelJobRequest {
-            job_id: args.job_id,
+            job_id,
             reason: args.reason,
             request_id: String::new(),
         }))
@@ -443,13 +542,10 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn get(args: JobArgs) -> anyhow::Result<ExitCode> {
-    let job = args
-        .conn
-        .client()
-        .await?
-        .get_job(request(pb::GetJobRequest {
-            job_id: args.job_id,
-        }))
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let job = client
+        .get_job(request(pb::GetJobRequest { job_id }))
         .await
         .map_err(status_error)?
         .into_inner();
@@ -499,19 +595,18 @@ pub async fn delete(args: JobArgs) -> anyhow::Result<ExitCode> {
 pub struct ScaleArgs {
     #[command(flatten)]
     conn: Conn,
-    /// The job's id.
+    /// The job's id, or the name of a live job.
     job_id: String,
     /// Items at once from now on.
     concurrency: u32,
 }
 
 pub async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
-    let job = args
-        .conn
-        .client()
-        .await?
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let job = client
         .set_job_concurrency(request(pb::SetJobConcurrencyRequest {
-            job_id: args.job_id,
+            job_id,
             concurrency: args.concurrency,
             request_id: String::new(),
         }))
@@ -526,7 +621,7 @@ pub async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
 pub struct RateArgs {
     #[command(flatten)]
     conn: Conn,
-    /// The job's id.
+    /// The job's id, or the name of a live job.
     job_id: String,
     /// Item starts per --period from now on (0: no limit).
     rate_limit: u32,
@@ -536,12 +631,11 @@ pub struct RateArgs {
 }
 
 pub async fn rate(args: RateArgs) -> anyhow::Result<ExitCode> {
-    let job = args
-        .conn
-        .client()
-        .await?
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let job = client
         .set_job_rate_limit(request(pb::SetJobRateLimitRequest {
-            job_id: args.job_id,
+            job_id,
             rate_limit: args.rate_limit,
             rate_period: args.period.map(proto_duration),
             request_id: String::new(),
@@ -625,6 +719,9 @@ pub struct ListArgs {
     /// Continue from a previous page.
     #[arg(long, default_value = "")]
     page_token: String,
+    /// Only jobs of exactly this name.
+    #[arg(long, default_value = "")]
+    name: String,
 }
 
 pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
@@ -637,6 +734,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
             page_token: args.page_token,
             states: args.states.iter().map(|s| *s as i32).collect(),
             labels: args.labels.into_iter().collect(),
+            name: args.name,
         }))
         .await
         .map_err(status_error)?
@@ -649,7 +747,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 pub struct ItemsArgs {
     #[command(flatten)]
     conn: Conn,
-    /// The job's id.
+    /// The job's id, or the name of a live job.
     job_id: String,
     /// Only items in this state (pending, running, failed…); repeatable.
     #[arg(long = "state", value_parser = output::parse_item_state)]
@@ -663,12 +761,11 @@ pub struct ItemsArgs {
 }
 
 pub async fn items(args: ItemsArgs) -> anyhow::Result<ExitCode> {
-    let page = args
-        .conn
-        .client()
-        .await?
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let page = client
         .list_job_items(request(pb::ListJobItemsRequest {
-            job_id: args.job_id,
+            job_id,
             page_size: args.page_size,
             page_token: args.page_token,
             states: args.states.iter().map(|s| *s as i32).collect(),
@@ -684,7 +781,7 @@ pub async fn items(args: ItemsArgs) -> anyhow::Result<ExitCode> {
 pub struct WatchArgs {
     #[command(flatten)]
     conn: Conn,
-    /// The job's id.
+    /// The job's id, or the name of a live job.
     job_id: String,
     /// Replay events after this sequence (0: the whole history).
     #[arg(long, default_value_t = 0)]
@@ -693,13 +790,8 @@ pub struct WatchArgs {
 
 pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.conn.client().await?;
-    follow(
-        &mut client,
-        &args.job_id,
-        args.from_sequence,
-        args.conn.json,
-    )
-    .await
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    follow(&mut client, &job_id, args.from_sequence, args.conn.json).await
 }
 
 /// Streams a job to its end. When the stream breaks (a server restart, a

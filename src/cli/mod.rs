@@ -28,6 +28,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Start a job.
     Start(client::StartArgs),
+    /// Run the job of --name: start it if no job of that name is live,
+    /// resume it if it is paused, or say it is already running. One job
+    /// per name, however many run at once.
+    Run(client::StartArgs),
     /// Pause a job (graceful unless --immediate).
     Pause(client::PauseArgs),
     /// Resume a paused job.
@@ -101,6 +105,7 @@ pub async fn run() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::Start(args) => client::start(args).await,
+        Command::Run(args) => client::run(args).await,
         Command::Pause(args) => client::pause(args).await,
         Command::Resume(args) => client::resume(args).await,
         Command::Cancel(args) => client::cancel(args).await,

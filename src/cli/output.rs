@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 pub use crate::api::status::code_name;
 
-fn job_state_name(value: i32) -> String {
+pub fn job_state_name(value: i32) -> String {
     pb::JobState::try_from(value)
         .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_string())
         .unwrap_or_else(|_| value.to_string())
@@ -86,6 +86,17 @@ pub fn job_json(j: &pb::Job) -> Value {
         "can_pause": j.can_pause, "can_resume": j.can_resume, "can_cancel": j.can_cancel,
         "last_error": j.last_error, "last_sequence": j.last_sequence,
         "request_id": j.request_id, "policy": policy_json(j.policy.as_ref()),
+        "waiting_for": j.waiting_for,
+        "exclusive": j.exclusive,
+        "status": j.status.as_ref().map(|s| json!({
+            "active_seconds": s.active_time.as_ref().map(|d| d.seconds),
+            "items_per_second": s.items_per_second,
+            "eta_seconds": s.eta.as_ref().map(|d| d.seconds),
+            "running_items": s.running_items.iter().map(|i| json!({
+                "index": i.index, "payload": i.payload, "attempts": i.attempts,
+                "since": time(&i.update_time),
+            })).collect::<Vec<_>>(),
+        })),
         "owner": j.owner.as_ref().map(|o| json!({
             "server": o.server, "host": o.host, "pid": o.pid,
             "since_time": time(&o.since_time),
@@ -209,6 +220,62 @@ fn counts_text(c: &Option<pb::ItemCounts>) -> String {
     )
 }
 
+/// A protobuf duration, to the second, as people read it (`3m 12s`).
+fn human_seconds(d: &Option<prost_types::Duration>) -> Option<String> {
+    let d = d.as_ref()?;
+    let secs = u64::try_from(d.seconds).ok()?;
+    Some(humantime::format_duration(std::time::Duration::from_secs(secs)).to_string())
+}
+
+/// GetJob's status: time, rate and ETA, the items running now, and where
+/// the failed ones are.
+fn status_lines(j: &pb::Job, s: &pb::JobStatus) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(active) = human_seconds(&s.active_time) {
+        lines.push(format!("elapsed:   {active} (time paused not counted)"));
+    }
+    if s.items_per_second > 0.0 {
+        let eta = human_seconds(&s.eta)
+            .map(|eta| format!("; ETA {eta}"))
+            .unwrap_or_default();
+        lines.push(format!(
+            "rate:      {:.2} items/s on average{eta}",
+            s.items_per_second
+        ));
+    }
+    let now = chrono::Utc::now();
+    for (n, item) in s.running_items.iter().enumerate() {
+        let since = item
+            .update_time
+            .as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+            .map(|t| {
+                let secs = (now - t).num_seconds().max(0) as u64;
+                humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+            })
+            .unwrap_or_else(|| "?".into());
+        let label = if n == 0 { "running:  " } else { "          " };
+        let payload: String = item.payload.chars().take(60).collect();
+        lines.push(format!(
+            "{label} #{} {payload} (attempt {}, for {since})",
+            item.index,
+            item.attempts.max(1)
+        ));
+    }
+    let counts = j.counts.unwrap_or_default();
+    let shown = s.running_items.len() as u64;
+    if counts.running > shown && shown > 0 {
+        lines.push(format!("           … and {} more", counts.running - shown));
+    }
+    if counts.failed > 0 {
+        lines.push(format!(
+            "failed:    {} items: jobvisor items {} --state failed",
+            counts.failed, j.id
+        ));
+    }
+    lines
+}
+
 pub fn print_job(j: &pb::Job, json: bool) {
     if json {
         say!("{}", job_json(j));
@@ -224,6 +291,14 @@ pub fn print_job(j: &pb::Job, json: bool) {
         j.max_attempts
     );
     say!("items:     {}", counts_text(&j.counts));
+    if !j.waiting_for.is_empty() {
+        say!("waiting:   {}", j.waiting_for);
+    }
+    if let Some(status) = &j.status {
+        for line in status_lines(j, status) {
+            say!("{line}");
+        }
+    }
     if let Some(owner) = &j.owner {
         say!("owner:     {}", owner_text(owner));
     }
@@ -456,6 +531,9 @@ impl WatchView {
                         job.name,
                         job_state_name(job.state)
                     ));
+                    if !job.waiting_for.is_empty() {
+                        self.note(&job.waiting_for);
+                    }
                     self.update(&job.counts, "");
                 }
             }

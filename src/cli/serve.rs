@@ -273,6 +273,21 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBVISOR_REPLICA_ID")]
     replica_id: Option<String>,
 
+    /// With --multi-replica: the host:port where the other replicas reach
+    /// this one's gRPC port, to borrow the slots of the workers connected
+    /// here for the jobs they own (on Kubernetes, the pod IP). Default: the
+    /// --listen address, unless it is unspecified (0.0.0.0, ::): then the
+    /// workers connected here serve only this replica's jobs.
+    #[arg(long, env = "JOBVISOR_ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
+
+    /// With --multi-replica: the token this replica presents to the others
+    /// when it borrows their workers, if they check tokens (--auth-tokens);
+    /// it needs the `work` permission. Links between replicas are
+    /// plaintext.
+    #[arg(long, env = "JOBVISOR_PEER_TOKEN", hide_env_values = true)]
+    peer_token: Option<String>,
+
     /// Log format: text (for a terminal) or json.
     #[arg(long, env = "JOBVISOR_LOG_FORMAT", default_value = "text")]
     log_format: telemetry::LogFormat,
@@ -427,7 +442,50 @@ impl ServeArgs {
             config.engine.runner.server = replica.clone();
             let mut cluster = crate::engine::ClusterConfig::new(replica);
             cluster.lease_timeout = self.lease_timeout;
+            cluster.advertise = match &self.advertise_address {
+                Some(_) if config.tls.is_some() => anyhow::bail!(
+                    "--advertise-address (JOBVISOR_ADVERTISE_ADDRESS) needs a plaintext gRPC port: \
+                     the links between replicas that lend workers are plaintext, and this one \
+                     serves TLS (--tls-cert); leave it out, and the workers connected here \
+                     serve only this replica's jobs"
+                ),
+                None if config.tls.is_some() => {
+                    if !self.remote_executors.is_empty() {
+                        tracing::warn!(
+                            "the links between replicas that lend workers are plaintext and this \
+                             replica serves TLS: the workers connected here serve only its own jobs"
+                        );
+                    }
+                    None
+                }
+                Some(address) => {
+                    let address = address.trim();
+                    let port = address.rsplit_once(':').map(|(_, p)| p);
+                    if address.is_empty() || port.is_none_or(|p| p.parse::<u16>().is_err()) {
+                        anyhow::bail!(
+                            "--advertise-address (JOBVISOR_ADVERTISE_ADDRESS) {address:?} is not \
+                             a host:port the other replicas can reach, like 10.1.2.3:50051"
+                        );
+                    }
+                    Some(address.to_string())
+                }
+                None if self.listen.ip().is_unspecified() => {
+                    if !self.remote_executors.is_empty() {
+                        tracing::warn!(listen = %self.listen,
+                            "no --advertise-address (JOBVISOR_ADVERTISE_ADDRESS) and --listen is \
+                             unspecified: the other replicas cannot borrow the workers connected here");
+                    }
+                    None
+                }
+                None => Some(self.listen.to_string()),
+            };
             config.cluster = Some(cluster);
+            config.peer_token = self.peer_token.clone();
+        } else if self.advertise_address.is_some() || self.peer_token.is_some() {
+            anyhow::bail!(
+                "--advertise-address and --peer-token (JOBVISOR_ADVERTISE_ADDRESS, \
+                 JOBVISOR_PEER_TOKEN) need --multi-replica"
+            );
         } else if self.replica_id.is_some() {
             anyhow::bail!("--replica-id (JOBVISOR_REPLICA_ID) needs --multi-replica");
         } else {
@@ -584,5 +642,85 @@ mod tests {
         assert_eq!(database.acquire_timeout, Duration::from_secs(3));
         let library = crate::store::postgres::PgConfig::new("postgres://localhost/x");
         assert_eq!(library.acquire_timeout, database.acquire_timeout);
+    }
+
+    fn refused(args: &[&str]) -> String {
+        let args = std::iter::once("serve").chain(args.iter().copied());
+        Cli::try_parse_from(args)
+            .unwrap()
+            .serve
+            .config()
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Where the other replicas borrow this one's workers: the flag, else
+    /// the listen address unless it is unspecified.
+    #[test]
+    fn a_replica_advertises_the_listen_address_unless_told_or_unspecified() {
+        let db = [
+            "--database-url",
+            "postgres://localhost/x",
+            "--multi-replica",
+        ];
+        let advertised = |extra: &[&str]| {
+            let args: Vec<&str> = db.iter().chain(extra).copied().collect();
+            config(&args).cluster.unwrap().advertise
+        };
+        assert_eq!(
+            advertised(&["--listen", "127.0.0.1:7000"]).as_deref(),
+            Some("127.0.0.1:7000")
+        );
+        assert_eq!(
+            advertised(&["--listen", "0.0.0.0:7000", "--insecure"]),
+            None
+        );
+        assert_eq!(
+            advertised(&[
+                "--listen",
+                "0.0.0.0:7000",
+                "--insecure",
+                "--advertise-address",
+                "10.1.2.3:7000"
+            ])
+            .as_deref(),
+            Some("10.1.2.3:7000")
+        );
+        let args: Vec<&str> = db
+            .iter()
+            .chain(&["--advertise-address", "10.1.2.3"])
+            .copied()
+            .collect();
+        assert!(refused(&args).contains("is not a host:port"));
+        let alone = refused(&[
+            "--database-url",
+            "postgres://localhost/x",
+            "--advertise-address",
+            "10.1.2.3:7000",
+        ]);
+        assert!(alone.contains("need --multi-replica"), "{alone}");
+        let args: Vec<&str> = db
+            .iter()
+            .chain(&[
+                "--tls-cert",
+                "server.pem",
+                "--tls-key",
+                "server.key",
+                "--advertise-address",
+                "10.1.2.3:7000",
+            ])
+            .copied()
+            .collect();
+        assert!(refused(&args).contains("needs a plaintext gRPC port"));
+        let args: Vec<&str> = db
+            .iter()
+            .chain(&["--tls-cert", "server.pem", "--tls-key", "server.key"])
+            .copied()
+            .collect();
+        assert_eq!(
+            config(&args).cluster.unwrap().advertise,
+            None,
+            "TLS: no lending"
+        );
     }
 }

@@ -18,7 +18,7 @@ enum TokenCommand {
         /// The caller's name, recorded with every control call it makes.
         #[arg(long)]
         name: String,
-        /// read, start, control or admin (repeat for more).
+        /// read, start, control, work or admin (repeat for more).
         #[arg(long = "permission", value_parser = parse_permission, required = true)]
         permissions: Vec<Permission>,
         /// Only jobs with this label, key=value (repeat for more).

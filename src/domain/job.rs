@@ -211,6 +211,8 @@ pub struct Job {
     pub last_error: Option<String>,
     /// Sequence of the latest committed event.
     pub last_seq: u64,
+    /// Its name is unique among live exclusive jobs.
+    pub exclusive: bool,
 }
 
 impl Job {

@@ -96,6 +96,8 @@ pub struct NewJob {
     /// Whose request ids `request_id` is one of (see
     /// [`JobSpec::request_scope`]).
     pub request_scope: String,
+    /// The name is unique among live exclusive jobs.
+    pub exclusive: bool,
     /// Running-time budget in milliseconds (0: none).
     pub timeout_ms: u64,
     /// Pause after this many failed attempts in a row (0: never).
@@ -171,6 +173,9 @@ pub struct JobSpec {
     pub request_scope: String,
     pub policy: JobPolicy,
     pub start: StartAs,
+    /// The name is unique among live exclusive jobs (StartJob's
+    /// `exclusive`, RunJob).
+    pub exclusive: bool,
 }
 
 /// The request-id scope of a caller with these scope labels: empty for
@@ -226,6 +231,7 @@ impl JobSpec {
                 .collect(),
             last_error: None,
             last_seq: 0,
+            exclusive: self.exclusive,
         }
     }
 
@@ -308,6 +314,7 @@ impl JobSpec {
             request_scope: input.request_scope,
             policy,
             start,
+            exclusive: input.exclusive,
         })
     }
 
@@ -322,6 +329,7 @@ impl JobSpec {
         };
         field(self.name.as_bytes());
         field(self.executor.as_bytes());
+        field(&[u8::from(self.exclusive)]);
         field(&self.concurrency.to_le_bytes());
         field(&self.max_attempts.to_le_bytes());
         field(

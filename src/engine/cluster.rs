@@ -46,6 +46,9 @@ pub struct ClusterConfig {
     /// How long a control call taken by one replica waits for the owner on
     /// another to apply it before answering anyway.
     pub ack_timeout: Duration,
+    /// Where the other replicas reach this one's WorkerService to borrow
+    /// its workers (host:port); none: they cannot.
+    pub advertise: Option<String>,
 }
 
 impl ClusterConfig {
@@ -54,6 +57,7 @@ impl ClusterConfig {
             replica: replica.into(),
             lease_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(2),
+            advertise: None,
         }
     }
 
@@ -320,6 +324,7 @@ impl Engine {
         cluster.leases.join(&me, cluster.ttl()).await?;
         let notices = cluster.leases.listen().await?;
         self.refresh_census(&cluster).await;
+        self.share_workers(&cluster).await;
         let adopted = self.adopt_share(&cluster).await;
         let lost = cluster
             .lost_rx
@@ -378,6 +383,7 @@ impl Engine {
                 continue;
             }
             self.refresh_census(&cluster).await;
+            self.share_workers(&cluster).await;
             self.adopt_share(&cluster).await;
             self.shed(&cluster).await;
             cluster.prune_acks();
@@ -418,6 +424,43 @@ impl Engine {
                     self.abandon(cluster, job, Some(entry.epoch)).await;
                 }
             }
+        }
+    }
+
+    /// Remote workers across replicas: advertises where this replica is
+    /// reached and the executors its workers serve, and hands the worker
+    /// hub the other replicas that lend theirs.
+    async fn share_workers(&self, cluster: &Cluster) {
+        let Some(hub) = self.registry.remote() else {
+            return;
+        };
+        if hub.config().executors.is_empty() {
+            return;
+        }
+        let executors = hub.live_executors();
+        if let Err(e) = cluster
+            .leases
+            .advertise(
+                cluster.me(),
+                cluster.config.advertise.as_deref(),
+                &executors,
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "cannot advertise this replica's workers");
+        }
+        match cluster.leases.peers(cluster.me()).await {
+            Ok(peers) => hub.set_peers(
+                peers
+                    .into_iter()
+                    .map(|p| crate::executor::remote::link::PeerReplica {
+                        id: p.id,
+                        address: p.address,
+                        executors: p.executors,
+                    })
+                    .collect(),
+            ),
+            Err(e) => tracing::debug!(error = %e, "cannot read the replicas that lend workers"),
         }
     }
 

@@ -13,6 +13,14 @@ pub enum Control {
     RetryFailed,
 }
 
+/// What RunJob did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    Started,
+    Resumed,
+    AlreadyRunning,
+}
+
 /// How to pause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pause {

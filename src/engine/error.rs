@@ -21,6 +21,9 @@ pub enum EngineError {
     Refused(#[from] Refusal),
     #[error("request id {0:?} was already used for a different request")]
     RequestIdReused(String),
+    /// An exclusive job's name is held by a live exclusive job.
+    #[error("a live exclusive job is named {name:?}")]
+    NameTaken { name: String, job: JobId },
     /// The store cannot be reached; the caller may retry.
     #[error("the job store is unavailable")]
     StoreUnavailable(#[source] StoreError),
@@ -53,6 +56,7 @@ impl From<StoreError> for EngineError {
         match e {
             StoreError::NotFound(id) => EngineError::NotFound(id),
             StoreError::RequestIdReused(key) => EngineError::RequestIdReused(key),
+            StoreError::NameTaken { name, job } => EngineError::NameTaken { name, job },
             unavailable @ StoreError::Unavailable(_) => EngineError::StoreUnavailable(unavailable),
             other => EngineError::Store(other),
         }

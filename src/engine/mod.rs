@@ -25,7 +25,7 @@ mod writer;
 
 pub use cluster::ClusterConfig;
 pub use config::{EngineConfig, host_name, this_process};
-pub use control::{BULK_LIMIT, Control, Pause};
+pub use control::{BULK_LIMIT, Control, Pause, RunOutcome};
 pub use error::EngineError;
 pub use hub::{EventBatch, Hub, SharedEvent};
 pub use watch::{Progress, WatchBatch, WatchItem};
@@ -248,6 +248,90 @@ impl Engine {
             .spawn(work.in_current_span())
             .await
             .map_err(|e| EngineError::Internal(format!("{what} task failed: {e}")))?
+    }
+
+    /// RunJob: starts `input` as an exclusive job if no live exclusive job
+    /// has its name, resumes that job if it is PAUSED or PAUSING (when
+    /// `may_resume`), and leaves it alone if it is RUNNING. Race-free: the
+    /// store's unique name among live exclusive jobs decides between two
+    /// calls at once, and the loser looks again. `dry`: decides and does
+    /// nothing.
+    pub async fn run_job(
+        &self,
+        mut input: NewJob,
+        may_resume: bool,
+        provenance: Provenance,
+        dry: bool,
+    ) -> Result<(Job, RunOutcome), EngineError> {
+        self.check_open()?;
+        input.exclusive = true;
+        for _ in 0..8 {
+            let live = self.live_exclusive(input.name.trim()).await?;
+            let Some(job) = live else {
+                if dry {
+                    return Ok((self.validate_job(input).await?, RunOutcome::Started));
+                }
+                match self.start_job(input.clone()).await {
+                    Ok(job) => return Ok((job, RunOutcome::Started)),
+                    // Another call started it first: look again.
+                    Err(EngineError::NameTaken { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            match job.state {
+                JobState::Running => return Ok((job, RunOutcome::AlreadyRunning)),
+                JobState::Paused | JobState::Pausing | JobState::Cancelling => {
+                    if !may_resume {
+                        return Err(EngineError::PermissionDenied(format!(
+                            "job {} named {:?} is {}: resuming it needs the control permission",
+                            job.id, job.name, job.state
+                        )));
+                    }
+                    if dry {
+                        if !job.can_resume() {
+                            return Err(crate::domain::Refusal::NotResumable(job.state).into());
+                        }
+                        return Ok((job, RunOutcome::Resumed));
+                    }
+                    match self
+                        .control(job.id, Control::Resume, provenance.clone())
+                        .await
+                    {
+                        Ok(job) => return Ok((job, RunOutcome::Resumed)),
+                        // CANCELLING: not resumable; say so.
+                        Err(e @ EngineError::Refused(_)) if job.state == JobState::Cancelling => {
+                            return Err(e);
+                        }
+                        // It changed meanwhile (resumed, ended): look again.
+                        Err(EngineError::Refused(_)) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                // Ended meanwhile: the name is free.
+                _ => continue,
+            }
+        }
+        Err(EngineError::Internal(format!(
+            "the job named {:?} kept changing while it was run; try again",
+            input.name
+        )))
+    }
+
+    /// The live exclusive job named `name`, if any.
+    async fn live_exclusive(&self, name: &str) -> Result<Option<Job>, EngineError> {
+        let query = JobQuery {
+            states: vec![
+                JobState::Running,
+                JobState::Pausing,
+                JobState::Paused,
+                JobState::Cancelling,
+            ],
+            name: Some(name.to_string()),
+            limit: 100,
+            ..JobQuery::default()
+        };
+        let page = self.rt.store.list_jobs(&query).await?;
+        Ok(page.rows.into_iter().find(|j| j.exclusive))
     }
 
     /// Checks a job as StartJob would (fields, limits, executor and
@@ -517,6 +601,7 @@ impl Engine {
                 labels,
                 limit: 1000,
                 after: None,
+                name: None,
             };
             loop {
                 let page = self.rt.store.list_jobs(&query).await?;
@@ -572,6 +657,18 @@ impl Engine {
         query: &ItemQuery,
     ) -> Result<Page<Item, ItemCursor>, EngineError> {
         Ok(self.rt.store.list_items(query).await?)
+    }
+
+    /// The items of job `id` running now, lowest index first, at most
+    /// `limit`.
+    pub async fn running_items(&self, id: JobId, limit: u32) -> Result<Vec<Item>, EngineError> {
+        let query = ItemQuery {
+            job: id,
+            states: vec![crate::domain::ItemState::Running],
+            limit,
+            after: None,
+        };
+        Ok(self.rt.store.list_items(&query).await?.rows)
     }
 
     /// Whether the store answers (readiness).

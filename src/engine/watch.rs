@@ -64,7 +64,9 @@ pub struct Progress {
 /// One message of a watch stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchItem {
-    Snapshot(Box<Job>),
+    /// The job as the stream starts, and what it waits for (see
+    /// [`Engine::waiting_for`]).
+    Snapshot(Box<Job>, Option<String>),
     /// Shared with the job's other watchers in this process, encoding
     /// included.
     Event(Arc<SharedEvent>),
@@ -273,7 +275,8 @@ impl Watcher {
     /// [`Watcher::next`] without the check for a client behind.
     async fn produce(&mut self) -> Result<Option<WatchBatch>, EngineError> {
         if let Some(job) = self.snapshot.take() {
-            return Ok(Some(WatchBatch::One(WatchItem::Snapshot(job))));
+            let waiting = self.engine.waiting_for(&job);
+            return Ok(Some(WatchBatch::One(WatchItem::Snapshot(job, waiting))));
         }
         let id = self.id;
         let store = &self.engine.rt.store;

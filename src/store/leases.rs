@@ -44,6 +44,18 @@ pub struct Census {
     pub replicas: Vec<ReplicaLoad>,
 }
 
+/// Another live replica that lends its workers' slots: where to reach it
+/// and the executors it has live worker sessions for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its replica id.
+    pub id: String,
+    /// Where it serves WorkerService (host:port).
+    pub address: String,
+    /// The executors its connected workers serve (sorted).
+    pub executors: Vec<String>,
+}
+
 /// A live job that has no valid owner (never owned, released, or its
 /// owner's lease expired), or whose lease names this replica although it
 /// does not run it (left by a previous run of this replica, or assigned to
@@ -138,6 +150,19 @@ pub trait Leases: Send + Sync + 'static {
         running: &[JobId],
         limit: u32,
     ) -> Result<Vec<Orphan>, StoreError>;
+
+    /// Says where the other replicas reach `me` (none: they cannot) and
+    /// the executors it has live worker sessions for (at each heartbeat).
+    async fn advertise(
+        &self,
+        me: &str,
+        address: Option<&str>,
+        worker_executors: &[String],
+    ) -> Result<(), StoreError>;
+
+    /// The other live replicas that can lend: those with an address and
+    /// live worker sessions.
+    async fn peers(&self, me: &str) -> Result<Vec<Peer>, StoreError>;
 
     /// The live replicas and jobs.
     async fn census(&self) -> Result<Census, StoreError>;

@@ -48,6 +48,9 @@ pub enum StoreError {
     /// The job has not ended, so it may not be deleted.
     #[error("job is {0}; only an ended job may be deleted")]
     NotEnded(JobState),
+    /// An exclusive job's name is taken by a live exclusive job.
+    #[error("a live exclusive job is named {name:?}: {job}")]
+    NameTaken { name: String, job: JobId },
     /// AIP-155: the request id was first used for a different request.
     #[error("request id {0:?} was already used for a different request")]
     RequestIdReused(String),
@@ -207,6 +210,8 @@ impl PruneLimits {
 #[derive(Debug, Clone, Default)]
 pub struct JobQuery {
     pub states: Vec<JobState>,
+    /// Only jobs of exactly this name.
+    pub name: Option<String>,
     /// Every label must match exactly.
     pub labels: BTreeMap<String, String>,
     pub limit: u32,

@@ -3,10 +3,12 @@
 //! or as one of several replicas ([`replicas`]) — then checked: no item
 //! lost, none completed twice, every re-execution from the checkpoint the
 //! store held. Also through a real nginx in front of the server ([`proxy`]),
-//! and remote items in `jobvisor worker` processes ([`workers`]).
+//! remote items in `jobvisor worker` processes ([`workers`]), and worker
+//! processes of the Python library ([`python_worker`]).
 
 mod one_runner;
 mod proxy;
+mod python_worker;
 mod replicas;
 mod watch_resume;
 mod workers;

@@ -4,7 +4,10 @@
 //! an immediate pause, a cancel and a drain stop the running programs; a
 //! paused item continues from its checkpoint on another worker process; a
 //! SIGKILLed worker's items are taken over from their checkpoints within
-//! the lease; a graceful pause lets the items in flight finish.
+//! the lease; a graceful pause lets the items in flight finish. With
+//! three replicas (`--multi-replica`), a worker connected to one replica
+//! runs the items of a job another replica owns, and an immediate pause
+//! reaches it there.
 
 use super::{connect, wait_end};
 use jobvisor::pb;
@@ -43,8 +46,11 @@ const WITHIN: Duration = Duration::from_secs(20);
 /// A server, the script, and the log every program writes.
 struct Setup {
     /// Killed when the test ends, before the rest goes.
-    _server: ServerProcess,
+    servers: Vec<ServerProcess>,
+    /// The first server's address (the one most tests use).
     addr: SocketAddr,
+    /// Every server's address (replica `i` is `r{i}`).
+    addrs: Vec<SocketAddr>,
     /// The script, its log, the server's and the workers' output.
     dir: tempfile::TempDir,
     _db: TestDb,
@@ -52,15 +58,19 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
+        Setup::start_replicas(0).await
+    }
+
+    /// One server, or `replicas` servers in multi-replica mode (ids `r0`,
+    /// `r1`, …; leases of 3 s, so they find each other's workers within a
+    /// second).
+    async fn start_replicas(replicas: usize) -> Setup {
         let db = TestDb::create().await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("item.sh"), SCRIPT).unwrap();
         std::fs::write(dir.path().join("work.log"), "").unwrap();
-        let spec = ServerSpec {
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
-            database_url: db.url.clone(),
-            args: [
+        let spec = |i: usize| {
+            let mut args = [
                 "--remote-executor",
                 "remote",
                 "--worker-lease-time",
@@ -69,26 +79,58 @@ impl Setup {
                 "2s",
             ]
             .map(String::from)
-            .to_vec(),
-            log: dir.path().join("server.log"),
-            env: vec![],
-            cwd: None,
+            .to_vec();
+            if replicas > 0 {
+                args.extend(
+                    [
+                        "--multi-replica",
+                        "--lease-timeout",
+                        "3s",
+                        "--replica-id",
+                        &format!("r{i}"),
+                    ]
+                    .map(String::from),
+                );
+            }
+            ServerSpec {
+                binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
+                addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
+                database_url: db.url.clone(),
+                args,
+                log: dir.path().join(if i == 0 {
+                    "server.log".to_string()
+                } else {
+                    format!("server-{i}.log")
+                }),
+                env: vec![],
+                cwd: None,
+            }
         };
-        let server = ServerProcess::start(&spec).await.unwrap();
+        let specs: Vec<ServerSpec> = (0..replicas.max(1)).map(spec).collect();
+        // The first applies the migrations; the others start together.
+        let mut servers = vec![ServerProcess::start(&specs[0]).await.unwrap()];
+        let rest = futures::future::join_all(specs[1..].iter().map(ServerProcess::start)).await;
+        servers.extend(rest.into_iter().map(Result::unwrap));
         Setup {
             _db: db,
-            addr: spec.addr,
+            addr: specs[0].addr,
+            addrs: specs.iter().map(|s| s.addr).collect(),
             dir,
-            _server: server,
+            servers,
         }
     }
 
     /// A `jobvisor worker` process tagged `tag` in the log, connected.
     async fn worker(&self, tag: &str, slots: u32) -> WorkerProcess {
+        self.worker_at(self.addr, tag, slots).await
+    }
+
+    /// A `jobvisor worker` process connected to the server at `addr`.
+    async fn worker_at(&self, addr: SocketAddr, tag: &str, slots: u32) -> WorkerProcess {
         let stderr = self.dir.path().join(format!("worker-{tag}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_jobvisor"))
             .args(["worker", "--server"])
-            .arg(format!("http://{}", self.addr))
+            .arg(format!("http://{addr}"))
             .args(["--executor", "remote", "--slots", &slots.to_string()])
             .args(["--kill-grace", "2s", "--", "sh"])
             .arg(self.dir.path().join("item.sh"))
@@ -133,7 +175,12 @@ impl Setup {
     }
 
     async fn items(&self, id: &str) -> Vec<pb::Item> {
-        connect(self.addr)
+        self.items_at(0, id).await
+    }
+
+    /// The job's items, as server `i` reads them.
+    async fn items_at(&self, i: usize, id: &str) -> Vec<pb::Item> {
+        connect(self.addrs[i])
             .await
             .list_job_items(pb::ListJobItemsRequest {
                 job_id: id.into(),
@@ -551,5 +598,141 @@ async fn sigterm_drains_a_worker_process_and_its_items_continue_elsewhere_uncoun
             "a drain does not count the attempt: {log:?}"
         );
         assert!(last.step >= step, "{log:?}");
+    }
+}
+
+/// Three replicas: the job's owner and a worker ("A", 2 slots) connected
+/// to the next one. Returns the setup, the job, the owner's index, and
+/// the worker.
+async fn job_owned_elsewhere(
+    request: pb::StartJobRequest,
+) -> (Setup, String, usize, WorkerProcess) {
+    let s = Setup::start_replicas(3).await;
+    let id = s.start_job(request).await;
+    let deadline = Instant::now() + WITHIN;
+    let owner = loop {
+        let job = s.get(&id).await;
+        if let Some(owner) = job.owner.clone().filter(|o| !o.server.is_empty()) {
+            break owner.server;
+        }
+        assert!(Instant::now() < deadline, "the job has no owner: {job:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let owner: usize = owner.trim_start_matches('r').parse().unwrap();
+    let elsewhere = (owner + 1) % 3;
+    let job = s.get(&id).await;
+    assert!(
+        job.waiting_for.contains("waiting for a worker"),
+        "no worker anywhere yet: {job:?}"
+    );
+    let worker = s.worker_at(s.addrs[elsewhere], "A", 2).await;
+    (s, id, owner, worker)
+}
+
+#[tokio::test]
+async fn a_worker_connected_to_one_replica_runs_the_items_of_a_job_another_replica_owns() {
+    let (s, id, _, _worker) = job_owned_elsewhere(s_job(6, 4, 3)).await;
+    let job = wait_end(connect(s.addr).await, id.clone()).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let log = s.log();
+    for index in 0..6 {
+        let starts = of(&log, "start", index);
+        let ends = of(&log, "end", index);
+        assert_eq!((starts.len(), ends.len()), (1, 1), "item {index}: {log:?}");
+        assert_eq!(ends[0].step, 3);
+    }
+    for item in s.items(&id).await {
+        assert_eq!(item.result, format!("done-{}", item.payload));
+        assert_eq!(item.attempts, 1, "{item:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_immediate_pause_reaches_a_worker_on_another_replica_and_resume_continues_from_the_checkpoint()
+ {
+    let (s, id, _, _worker) = job_owned_elsewhere(s_job(1, 1, 60)).await;
+    s.checkpointed(&id, 1, 3).await;
+    let asked = Instant::now();
+    s.pause(&id, pb::PauseMode::Immediate).await;
+    s.wait_state(&id, pb::JobState::Paused).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "the program stopped at once: {:?}",
+        asked.elapsed()
+    );
+    s.wait_logged("stopped", 1).await;
+    let kept: u32 = std::str::from_utf8(&s.items(&id).await[0].checkpoint)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kept >= 3);
+    connect(s.addr)
+        .await
+        .resume_job(pb::ResumeJobRequest {
+            job_id: id.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let job = wait_end(connect(s.addr).await, id.clone()).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let log = s.log();
+    let starts = of(&log, "start", 0);
+    assert_eq!(starts.len(), 2, "{log:?}");
+    assert_eq!(
+        (starts[1].attempt, starts[1].step),
+        (1, kept),
+        "the pause not counted, from the checkpoint: {log:?}"
+    );
+    assert_eq!(of(&log, "end", 0).len(), 1);
+}
+
+#[tokio::test]
+async fn when_the_replica_a_worker_is_lent_from_dies_its_item_runs_again_on_a_worker_elsewhere() {
+    let (mut s, id, owner, _a) = job_owned_elsewhere(s_job(1, 1, 60)).await;
+    let kept = s.checkpointed(&id, 1, 3).await[0].1;
+    let third = (owner + 2) % 3;
+    let _b = s.worker_at(s.addrs[third], "B", 1).await;
+    // The replica worker A is connected to dies: the owner's link to it
+    // breaks, and the item is lost there (its attempt counts).
+    s.servers[(owner + 1) % 3].kill9().unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let again = loop {
+        let on_b: Vec<Line> = of(&s.log(), "start", 0)
+            .into_iter()
+            .filter(|l| l.worker == "B")
+            .collect();
+        if let Some(line) = on_b.first() {
+            break line.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the item did not move to worker B: {}\nowner's log:\n{}",
+            s.log_text(),
+            tail(&s.dir.path().join(if owner == 0 {
+                "server.log".to_string()
+            } else {
+                format!("server-{owner}.log")
+            }))
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(again.attempt, 2, "the lost attempt counts: {again:?}");
+    assert!(again.step >= kept, "from its checkpoint: {again:?}");
+    let job = wait_end(connect(s.addrs[owner]).await, id.clone()).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let item = &s.items_at(owner, &id).await[0];
+    assert_eq!(item.attempts, 2, "{item:?}");
+}
+
+/// A job of the remote executor: `items` items of `steps` steps.
+fn s_job(items: u32, concurrency: u32, steps: u32) -> pb::StartJobRequest {
+    pb::StartJobRequest {
+        name: "remote-script".into(),
+        executor: "remote".into(),
+        items: (0..items).map(|i| format!("item-{i}")).collect(),
+        concurrency,
+        params: [("steps".to_string(), steps.to_string())].into(),
+        ..Default::default()
     }
 }

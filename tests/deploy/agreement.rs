@@ -13,11 +13,15 @@ use std::{
     ffi::OsStr,
 };
 
+/// The pod IP a cluster would give the pod.
+const POD_IP: &str = "10.42.0.17";
+
 /// A rendered variable's value, with what a cluster would put there for
 /// a `valueFrom` (the checks below need a value to parse).
 fn value_of(name: &str, var: &Value, values: &Value) -> String {
     if let Some(value) = var["value"].as_str() {
-        return value.to_string();
+        // Kubernetes expands $(POD_IP) from the variable before it.
+        return value.replace("$(POD_IP)", POD_IP);
     }
     let from = &var["valueFrom"];
     if let Some(secret) = from.get("secretKeyRef") {
@@ -28,6 +32,10 @@ fn value_of(name: &str, var: &Value, values: &Value) -> String {
         assert_eq!(secret["name"], values["database"]["existingSecret"]);
         assert_eq!(secret["key"], values["database"]["secretKey"]);
         return "postgres://jobvisor@postgres:5432/jobvisor".into();
+    }
+    if name == "POD_IP" {
+        assert_eq!(from["fieldRef"]["fieldPath"], "status.podIP");
+        return POD_IP.into();
     }
     assert_eq!(
         from["fieldRef"]["fieldPath"], "metadata.name",

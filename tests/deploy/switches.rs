@@ -134,6 +134,11 @@ fn each_value_switches_its_part_of_the_manifests() {
         switch("replica id", multi, has("JOBVISOR_REPLICA_ID"));
         switch("lease timeout", multi, has("JOBVISOR_LEASE_TIMEOUT"));
         switch(
+            "advertise address",
+            multi,
+            has("JOBVISOR_ADVERTISE_ADDRESS"),
+        );
+        switch(
             "rolling update",
             multi,
             deployment["spec"]["strategy"]["type"] == "RollingUpdate",
@@ -147,6 +152,12 @@ fn each_value_switches_its_part_of_the_manifests() {
                 env["JOBVISOR_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"],
                 "metadata.name"
             );
+            // The other pods borrow its workers at its pod IP.
+            assert_eq!(
+                env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"],
+                "status.podIP"
+            );
+            assert_eq!(value("JOBVISOR_ADVERTISE_ADDRESS"), Some("$(POD_IP):50051"));
             assert_eq!(
                 deployment["spec"]["strategy"]["rollingUpdate"],
                 json!({"maxSurge": 1, "maxUnavailable": 0})

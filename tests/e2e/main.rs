@@ -26,6 +26,7 @@ mod python;
 mod rate_limit;
 mod remote_worker;
 mod retry_delay;
+mod run_job;
 mod scheduled;
 mod security;
 mod slow_readers;

@@ -68,7 +68,7 @@ proptest! {
             request_scope: String::new(),
             timeout_ms, pause_after_failures, pause_on_failure_ratio, failure_window,
             retry_delay_ms, retry_delay_max_ms, start_paused, resume_at, rate_limit,
-            rate_period_ms,
+            rate_period_ms, exclusive: false,
         };
         match JobSpec::parse(input, &limits) {
             Ok(spec) => {
@@ -175,7 +175,7 @@ proptest! {
 
     #[test]
     fn list_requests_never_panic(token in text(), states in prop::collection::vec(any::<i32>(), 0..5), size in any::<u32>()) {
-        let jobs = convert::job_query(pb::ListJobsRequest { page_size: size, page_token: token.clone(), states: states.clone(), labels: Default::default() });
+        let jobs = convert::job_query(pb::ListJobsRequest { page_size: size, page_token: token.clone(), states: states.clone(), labels: Default::default(), name: String::new() });
         if let Ok(q) = jobs {
             prop_assert!((1..=1000).contains(&q.limit));
         }

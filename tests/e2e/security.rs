@@ -415,6 +415,25 @@ async fn every_rpc(
                 .map(|_| ()),
         ),
     ));
+    // RunJob of a new name starts a job: the start permission.
+    out.push((
+        "RunJob",
+        code(
+            client
+                .run_job(with_token(
+                    pb::RunJobRequest {
+                        job: Some(pb::StartJobRequest {
+                            name: format!("run-{}", uuid::Uuid::new_v4()),
+                            ..gate_job(&BTreeMap::new())
+                        }),
+                        reason: String::new(),
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+        ),
+    ));
     // A dry run needs the permission a start does.
     out.push((
         "StartJob",
@@ -644,7 +663,7 @@ async fn every_rpc_needs_a_valid_token_with_its_permission() {
         assert_eq!(code, expected, "{rpc} with a read token");
     }
     for (rpc, code) in every_rpc(&mut client, Some(&tokens[2]), &job.id).await {
-        let expected = if rpc == "StartJob" {
+        let expected = if rpc == "StartJob" || rpc == "RunJob" {
             Code::Ok
         } else {
             Code::PermissionDenied
@@ -713,7 +732,7 @@ async fn scoped_tokens_see_and_touch_only_their_teams_jobs() {
         .into_inner();
     assert!(listed.jobs.is_empty());
     for (rpc, code) in every_rpc(&mut client, data, &job.id).await {
-        if rpc != "StartJob" && rpc != "ListJobs" {
+        if rpc != "StartJob" && rpc != "RunJob" && rpc != "ListJobs" {
             assert_eq!(code, Code::NotFound, "{rpc} across teams");
         }
     }

@@ -232,6 +232,26 @@ async fn a_job_waits_visibly_until_a_worker_connects_and_claims_nothing_before()
         "{waiting:?}"
     );
     assert_eq!(waiting.counts.unwrap().running, 0, "nothing claimed");
+    let mut watch = app.open_watch(&job.id, 0).await;
+    let first = watch.message().await.unwrap().unwrap();
+    let Some(pb::job_event::Kind::Snapshot(snapshot)) = first.kind else {
+        panic!("a watch starts with a snapshot: {first:?}");
+    };
+    assert_eq!(
+        snapshot.waiting_for, waiting.waiting_for,
+        "WatchJob says so too"
+    );
+    let listed = app
+        .client
+        .clone()
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.jobs[0].waiting_for, waiting.waiting_for,
+        "and ListJobs"
+    );
     let mut worker = RawWorker::connect(&app, hello(2)).await;
     let first = worker.assignment().await;
     let second = worker.assignment().await;

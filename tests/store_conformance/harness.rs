@@ -102,6 +102,7 @@ pub fn spec(n: usize) -> JobSpec {
         request_scope: String::new(),
         policy: Default::default(),
         start: Default::default(),
+        exclusive: false,
     }
 }
 

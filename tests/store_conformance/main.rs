@@ -68,6 +68,7 @@ conformance! {
         jobs::create_is_idempotent_by_request_id,
         jobs::request_ids_are_unique_within_a_scope,
         jobs::concurrent_creates_with_one_key_make_one_job,
+        jobs::an_exclusive_name_is_held_while_its_job_is_live,
         jobs::events_append_and_page,
         jobs::ping_answers,
         listing::list_jobs_filters_by_state_and_labels,

@@ -10,7 +10,7 @@ use jobvisor::{
     domain::{Effect, EventBody, JobState, Provenance},
     store::{
         Batch, BatchFence, Lease, Leases, Store, StoreError, TransitionWrite, WriteKind,
-        postgres::PgStore,
+        leases::Peer, postgres::PgStore,
     },
 };
 use std::{sync::Arc, time::Duration};
@@ -221,6 +221,44 @@ async fn postgres_heartbeats_renew_what_is_held_and_orphans_are_found() {
                 epoch: lease.epoch + 1
             }
         );
+    })
+    .await;
+}
+
+/// Remote workers across replicas: a replica advertises its address and
+/// its workers' executors; the others see it as a peer only while it is
+/// live, reachable and has workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_that_lend_workers_are_listed_to_the_others() {
+    on_postgres_store(|pg: Arc<PgStore>| async move {
+        for id in ["a", "b", "c"] {
+            pg.join(&replica(id), TTL).await.unwrap();
+        }
+        let ocr = ["ocr".to_string(), "asr".to_string()];
+        pg.advertise("a", Some("10.0.0.1:50051"), &ocr)
+            .await
+            .unwrap();
+        // No address: it cannot lend. No workers: nothing to lend.
+        pg.advertise("b", None, &ocr).await.unwrap();
+        pg.advertise("c", Some("10.0.0.3:50051"), &[])
+            .await
+            .unwrap();
+        let peers = pg.peers("c").await.unwrap();
+        assert_eq!(
+            peers,
+            vec![Peer {
+                id: "a".into(),
+                address: "10.0.0.1:50051".into(),
+                executors: vec!["asr".into(), "ocr".into()],
+            }]
+        );
+        assert!(pg.peers("a").await.unwrap().is_empty(), "never itself");
+        // A heartbeat keeps what was advertised; a replica that left is no
+        // peer.
+        pg.heartbeat("a", TTL).await.unwrap();
+        assert_eq!(pg.peers("b").await.unwrap().len(), 1);
+        pg.leave("a").await.unwrap();
+        assert!(pg.peers("b").await.unwrap().is_empty());
     })
     .await;
 }

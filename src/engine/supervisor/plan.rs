@@ -34,6 +34,16 @@ impl Core {
         if self.phase != Phase::Active {
             return;
         }
+        if self.state == JobState::Paused
+            && workers.in_flight() == 0
+            && self.claims.out.is_none()
+            && self.failing.is_none()
+        {
+            // A paused job holds no actors: a resume (or its scheduled
+            // time) starts a supervisor again, as for a job started paused.
+            out.push(Action::Exit("job paused".into()));
+            return;
+        }
         if let Some(reason) = self.failing.take() {
             out.push(Action::Signal(Some(crate::executor::StopReason::Shutdown)));
             self.settle(Command::Fail, reason, out);
@@ -405,7 +415,21 @@ mod tests {
         let actions = act(|out| assert!(c.settled(Ok(paused), &IDLE, now, out)));
         assert!(actions.contains(&Action::DrainQueue), "{actions:?}");
         assert_eq!(c.phase, Phase::Active);
+        // Paused, it holds no actors: the supervisor goes (a resume starts
+        // another).
+        assert_eq!(next(&mut c, IDLE, now), [Action::Exit("job paused".into())]);
+    }
+
+    #[test]
+    fn a_paused_job_s_supervisor_leaves_only_once_nothing_is_out() {
+        let now = Instant::now();
+        let mut c = core(JobState::Paused);
+        // An item still committing, or a claim out: it waits.
+        assert_eq!(next(&mut c, ONE_BUSY, now), []);
+        c.claims.send(4);
         assert_eq!(next(&mut c, IDLE, now), []);
+        c.claims.claimed(0, None);
+        assert_eq!(next(&mut c, IDLE, now), [Action::Exit("job paused".into())]);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! written by the job's worker actors (which own the items) as for any
 //! executor.
 
+use super::link::{Dialer, FromLender, Link, PeerReplica, ToLender};
 use crate::domain::JobId;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
@@ -139,7 +140,7 @@ pub enum ItemMsg {
 
 impl ItemMsg {
     /// Whether the message ends the item's assignment.
-    fn ends(&self) -> bool {
+    pub(crate) fn ends(&self) -> bool {
         matches!(
             self,
             ItemMsg::Succeeded { .. }
@@ -277,6 +278,23 @@ struct Route {
     to_handler: mpsc::UnboundedSender<ItemMsg>,
 }
 
+/// Who wants seats: a job of this server (`link` 0), or a job of another
+/// replica borrowing through the lending link `link` (the same job may be
+/// both for a moment while it moves between replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct DemandKey {
+    /// The job that wants seats.
+    pub job: JobId,
+    /// 0 for a job of this server; else the lending link it came by.
+    pub link: u64,
+}
+
+impl DemandKey {
+    fn local(job: JobId) -> DemandKey {
+        DemandKey { job, link: 0 }
+    }
+}
+
 struct Demand {
     executor: Arc<str>,
     labels: Arc<BTreeMap<String, String>>,
@@ -284,15 +302,31 @@ struct Demand {
     want: u32,
     /// Seats granted and not yet used or given back.
     held: u32,
+    /// Of `held`, those borrowed from other replicas.
+    borrowed: u32,
     deliver: Deliver,
+}
+
+/// A borrowing link to another replica, as the hub keeps it.
+struct LinkEntry {
+    /// The link itself (shared with its seats and items).
+    link: Arc<Link>,
+    /// The executors its workers serve now (its last advertisement).
+    executors: BTreeSet<String>,
+    /// The seats asked of it per job (the last `want` sent).
+    asked: HashMap<JobId, u32>,
 }
 
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<u64, Session>,
-    demand: HashMap<JobId, Demand>,
+    demand: HashMap<DemandKey, Demand>,
     /// The order jobs take turns in.
-    turns: VecDeque<JobId>,
+    turns: VecDeque<DemandKey>,
+    /// Borrowing links to the other replicas, by link id.
+    links: HashMap<u64, LinkEntry>,
+    /// The last link id given out (borrowing and lending links alike).
+    next_link: u64,
     next_session: u64,
     next_stream: u64,
     next_token: u64,
@@ -304,6 +338,10 @@ pub struct WorkerHub {
     config: RemoteConfig,
     inner: Mutex<Inner>,
     me: Weak<WorkerHub>,
+    /// Opens borrowing links to other replicas (multi-replica mode only).
+    dialer: Mutex<Option<Arc<dyn Dialer>>>,
+    /// Cancelled at shutdown: lending links end.
+    closing: CancellationToken,
 }
 
 impl std::fmt::Debug for WorkerHub {
@@ -327,7 +365,20 @@ impl WorkerHub {
                 ..Inner::default()
             }),
             me: me.clone(),
+            dialer: Mutex::new(None),
+            closing: CancellationToken::new(),
         })
+    }
+
+    /// Lets the hub borrow from other replicas, opening links with
+    /// `dialer`.
+    pub fn set_dialer(&self, dialer: Arc<dyn Dialer>) {
+        *self.dialer.lock().expect("dialer lock") = Some(dialer);
+    }
+
+    /// Cancelled when the server shuts down.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
     }
 
     pub fn config(&self) -> &RemoteConfig {
@@ -598,22 +649,35 @@ impl WorkerHub {
         want: u32,
         deliver: &Deliver,
     ) {
+        self.want_for(DemandKey::local(job), executor, labels, want, deliver);
+    }
+
+    /// `want` for a job of this server or of a borrowing replica.
+    pub(crate) fn want_for(
+        &self,
+        key: DemandKey,
+        executor: &Arc<str>,
+        labels: &Arc<BTreeMap<String, String>>,
+        want: u32,
+        deliver: &Deliver,
+    ) {
         {
             let mut inner = self.lock();
-            match inner.demand.get_mut(&job) {
+            match inner.demand.get_mut(&key) {
                 Some(d) => d.want = want,
                 None => {
                     inner.demand.insert(
-                        job,
+                        key,
                         Demand {
                             executor: executor.clone(),
                             labels: labels.clone(),
                             want,
                             held: 0,
+                            borrowed: 0,
                             deliver: deliver.clone(),
                         },
                     );
-                    inner.turns.push_back(job);
+                    inner.turns.push_back(key);
                 }
             }
         }
@@ -622,9 +686,28 @@ impl WorkerHub {
 
     /// The job's supervisor is gone: it wants nothing more.
     pub fn forget(&self, job: JobId) {
+        self.forget_for(DemandKey::local(job));
+    }
+
+    /// `forget` for a job of this server or of a borrowing replica.
+    pub(crate) fn forget_for(&self, key: DemandKey) {
         let mut inner = self.lock();
-        inner.demand.remove(&job);
-        inner.turns.retain(|j| *j != job);
+        inner.demand.remove(&key);
+        inner.turns.retain(|j| *j != key);
+        if key.link == 0 {
+            for entry in inner.links.values_mut() {
+                if entry.asked.remove(&key.job).is_some() {
+                    entry.link.send(ToLender::Forget(key.job));
+                }
+            }
+        }
+    }
+
+    /// A new link id (a lending link names its borrower's demands by it).
+    pub(crate) fn new_link_id(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.next_link += 1;
+        inner.next_link
     }
 
     /// Whether no connected worker serves `executor` for a job with these
@@ -635,6 +718,20 @@ impl WorkerHub {
             .sessions
             .values()
             .any(|s| !s.draining && s.serves(executor, labels))
+            && !inner.links.values().any(|l| l.executors.contains(executor))
+    }
+
+    /// The executors served by live (connected, not draining) sessions,
+    /// sorted: what this replica advertises to the others.
+    pub fn live_executors(&self) -> Vec<String> {
+        let inner = self.lock();
+        let all: BTreeSet<&String> = inner
+            .sessions
+            .values()
+            .filter(|s| s.out.is_some() && !s.draining)
+            .flat_map(|s| s.executors.iter())
+            .collect();
+        all.into_iter().cloned().collect()
     }
 
     /// Connected sessions, and the slots they have in all.
@@ -657,13 +754,14 @@ impl WorkerHub {
                 sessions,
                 demand,
                 turns,
+                links,
                 ..
             } = &mut *inner;
             let mut idle_rounds = 0;
             while idle_rounds < turns.len() {
-                let Some(job) = turns.pop_front() else { break };
-                turns.push_back(job);
-                let Some(d) = demand.get_mut(&job) else {
+                let Some(key) = turns.pop_front() else { break };
+                turns.push_back(key);
+                let Some(d) = demand.get_mut(&key) else {
                     idle_rounds += 1;
                     continue;
                 };
@@ -687,13 +785,17 @@ impl WorkerHub {
                     d.deliver.clone(),
                     Seat {
                         hub: self.me.clone(),
-                        session,
-                        stream: s.stream,
-                        job,
+                        job: key.job,
+                        kind: SeatKind::Local {
+                            session,
+                            stream: s.stream,
+                            key,
+                        },
                         used: false,
                     },
                 ));
             }
+            ask_peers(demand, links);
         }
         for (deliver, seat) in granted {
             deliver(seat);
@@ -701,10 +803,10 @@ impl WorkerHub {
     }
 
     /// A seat given back unused.
-    fn give_back(&self, session: u64, stream: u64, job: JobId) {
+    fn give_back(&self, session: u64, stream: u64, key: DemandKey) {
         {
             let mut inner = self.lock();
-            if let Some(d) = inner.demand.get_mut(&job) {
+            if let Some(d) = inner.demand.get_mut(&key) {
                 d.held = d.held.saturating_sub(1);
             }
             if let Some(s) = inner.sessions.get_mut(&session)
@@ -722,12 +824,13 @@ impl WorkerHub {
         &self,
         session: u64,
         stream: u64,
-        job: JobId,
+        key: DemandKey,
         item: AssignItem,
     ) -> Result<(u64, mpsc::UnboundedReceiver<ItemMsg>, Arc<str>), String> {
+        let job = key.job;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut inner = self.lock();
-        if let Some(d) = inner.demand.get_mut(&job) {
+        if let Some(d) = inner.demand.get_mut(&key) {
             d.held = d.held.saturating_sub(1);
         }
         inner.next_token += 1;
@@ -764,7 +867,7 @@ impl WorkerHub {
     }
 
     /// Sends `msg` to a session, if it is connected.
-    pub(crate) fn send(&self, session: u64, msg: ToWorker) {
+    pub fn send(&self, session: u64, msg: ToWorker) {
         if let Some(s) = self.lock().sessions.get(&session) {
             s.send(msg);
         }
@@ -794,11 +897,18 @@ impl WorkerHub {
 
     /// The server is shutting down: grant nothing more, end every stream.
     pub fn close(&self) {
-        let sessions = {
+        self.closing.cancel();
+        let (sessions, links) = {
             let mut inner = self.lock();
             inner.closed = true;
-            std::mem::take(&mut inner.sessions)
+            (
+                std::mem::take(&mut inner.sessions),
+                std::mem::take(&mut inner.links),
+            )
         };
+        for entry in links.into_values() {
+            entry.link.broke("the server is shutting down");
+        }
         for (_, s) in sessions {
             s.send(ToWorker::Close(CloseReason::ShuttingDown));
             s.ended.cancel();
@@ -810,11 +920,154 @@ impl WorkerHub {
         }
     }
 
+    /// The other replicas that lend workers now (at each heartbeat): opens
+    /// a link to each new one serving an executor of this server; a link
+    /// to a peer no longer listed is asked for nothing more (it stays open
+    /// for the items on it until it breaks).
+    pub fn set_peers(&self, peers: Vec<PeerReplica>) {
+        let Some(dialer) = self.dialer.lock().expect("dialer lock").clone() else {
+            return;
+        };
+        let mut dial = Vec::new();
+        {
+            let mut inner = self.lock();
+            if inner.closed {
+                return;
+            }
+            let listed: BTreeSet<&str> = peers.iter().map(|p| p.id.as_str()).collect();
+            for entry in inner.links.values_mut() {
+                if !listed.contains(entry.link.peer()) {
+                    entry.executors.clear();
+                }
+            }
+            for peer in &peers {
+                let executors: BTreeSet<String> = peer
+                    .executors
+                    .iter()
+                    .filter(|e| self.serves(e))
+                    .cloned()
+                    .collect();
+                if let Some(entry) = inner.links.values_mut().find(|e| e.link.peer() == peer.id) {
+                    entry.executors = executors;
+                    continue;
+                }
+                if executors.is_empty() {
+                    continue;
+                }
+                inner.next_link += 1;
+                let id = inner.next_link;
+                let (tx, rx) = mpsc::unbounded_channel();
+                let link = Arc::new(Link::new(peer.id.clone(), tx));
+                tracing::info!(link = id, peer = %peer.id, address = %peer.address,
+                    executors = ?executors, "borrowing workers from another replica");
+                inner.links.insert(
+                    id,
+                    LinkEntry {
+                        link,
+                        executors,
+                        asked: HashMap::new(),
+                    },
+                );
+                dial.push((id, peer.address.clone(), rx));
+            }
+        }
+        for (id, address, rx) in dial {
+            dialer.dial(self.me.clone(), id, address, rx);
+        }
+        self.grant();
+    }
+
+    /// A message from the lender at the other end of link `link`.
+    pub fn on_lend(&self, link: u64, msg: FromLender) {
+        let Some(l) = self.lock().links.get(&link).map(|e| e.link.clone()) else {
+            return;
+        };
+        let FromLender::Granted { job, seat_id } = msg else {
+            l.on_message(msg);
+            return;
+        };
+        let deliver = {
+            let mut inner = self.lock();
+            inner.demand.get_mut(&DemandKey::local(job)).map(|d| {
+                d.held += 1;
+                d.borrowed += 1;
+                d.deliver.clone()
+            })
+        };
+        match deliver {
+            Some(deliver) => deliver(Seat {
+                hub: self.me.clone(),
+                job,
+                kind: SeatKind::Borrowed { link: l, seat_id },
+                used: false,
+            }),
+            None => l.send(ToLender::GiveBack(seat_id)),
+        }
+    }
+
+    /// Link `link` ended: its seats are void and its items lost; a new
+    /// link is opened at a later heartbeat if the peer still lends.
+    pub fn link_ended(&self, link: u64, why: &str) {
+        let Some(entry) = self.lock().links.remove(&link) else {
+            return;
+        };
+        tracing::warn!(link, peer = %entry.link.peer(), %why,
+            "the link to a lending replica ended; its items are lost");
+        entry.link.broke(why);
+    }
+
+    /// A borrowed seat of `job` was used or given back.
+    fn borrowed_seat_done(&self, job: JobId) {
+        if let Some(d) = self.lock().demand.get_mut(&DemandKey::local(job)) {
+            d.held = d.held.saturating_sub(1);
+            d.borrowed = d.borrowed.saturating_sub(1);
+        }
+    }
+
     /// The job and index of an item a session holds (for logs).
     pub fn held(&self, session: u64, token: u64) -> Option<(JobId, u32)> {
         let inner = self.lock();
         let route = inner.sessions.get(&session)?.items.get(&token)?;
         Some((route.job, route.index))
+    }
+}
+
+/// Asks the lending replicas for what this server's jobs still want after
+/// the local grants: each job's want, less the local seats it holds, split
+/// over the links whose workers serve its executor (a link's share counts
+/// the seats it granted and the job still holds, as the lender counts
+/// them). Only changes are sent.
+fn ask_peers(demand: &HashMap<DemandKey, Demand>, links: &mut HashMap<u64, LinkEntry>) {
+    if links.is_empty() {
+        return;
+    }
+    let mut ids: Vec<u64> = links.keys().copied().collect();
+    ids.sort_unstable();
+    for (key, d) in demand.iter().filter(|(k, _)| k.link == 0) {
+        let serving: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| links[id].executors.contains(&*d.executor))
+            .collect();
+        let local = d.held.saturating_sub(d.borrowed);
+        let shares = super::link::split(d.want.saturating_sub(local), serving.len());
+        for id in &ids {
+            let share = serving
+                .iter()
+                .position(|s| s == id)
+                .map_or(0, |i| shares[i]);
+            let entry = links.get_mut(id).expect("listed");
+            if entry.asked.get(&key.job).copied().unwrap_or(0) == share {
+                continue;
+            }
+            entry.asked.insert(key.job, share);
+            entry.link.send(ToLender::Want {
+                job: key.job,
+                executor: d.executor.clone(),
+                labels: d.labels.clone(),
+                seats: share,
+            });
+        }
     }
 }
 
@@ -829,54 +1082,153 @@ pub(crate) struct AssignItem {
     pub executor: Arc<str>,
 }
 
-/// One free slot of one worker session, granted to a job. Dropped unused,
-/// it goes back to the session.
+/// One free slot of one worker, granted to a job: of a session of this
+/// server, or borrowed from another replica through a link. Dropped
+/// unused, it goes back.
 pub struct Seat {
     hub: Weak<WorkerHub>,
-    session: u64,
-    /// The stream it was granted on: a seat of a stream since broken is
-    /// void (the resumed worker counted its free slots afresh).
-    stream: u64,
+    /// The job it was granted to.
     job: JobId,
+    /// Where the slot is.
+    kind: SeatKind,
+    /// Assigned (or being assigned): not given back on drop.
     used: bool,
+}
+
+/// Where a seat's slot is.
+enum SeatKind {
+    /// A slot of a session of this server.
+    Local {
+        session: u64,
+        /// The stream it was granted on: a seat of a stream since broken
+        /// is void (the resumed worker counted its free slots afresh).
+        stream: u64,
+        /// The demand it was granted to.
+        key: DemandKey,
+    },
+    /// A slot of a worker of another replica, lent through `link`.
+    Borrowed { link: Arc<Link>, seat_id: u64 },
 }
 
 impl std::fmt::Debug for Seat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Seat")
-            .field("session", &self.session)
-            .field("job", &self.job)
-            .finish()
+        let mut d = f.debug_struct("Seat");
+        match &self.kind {
+            SeatKind::Local { session, .. } => d.field("session", session),
+            SeatKind::Borrowed { link, seat_id } => {
+                d.field("peer", &link.peer()).field("seat", seat_id)
+            }
+        };
+        d.field("job", &self.job).finish()
+    }
+}
+
+/// An item sent to a worker: its token, where the worker's messages about
+/// it arrive, the worker's name, and the way back to the worker.
+pub(crate) struct Assigned {
+    /// The item's fencing token (the worker session's).
+    pub token: u64,
+    /// Where the worker's messages about the item arrive.
+    pub inbox: mpsc::UnboundedReceiver<ItemMsg>,
+    /// The worker's name, for errors and logs.
+    pub worker: Arc<str>,
+    /// The way back to the worker.
+    pub via: Via,
+}
+
+/// The way to the worker that holds an item: its session here, or the
+/// link to the replica it is connected to.
+#[derive(Clone)]
+pub(crate) enum Via {
+    Local { hub: Arc<WorkerHub>, session: u64 },
+    Link(Arc<Link>),
+}
+
+impl Via {
+    /// Sends `msg` about item `token` to its worker.
+    pub fn send(&self, token: u64, msg: ToWorker) {
+        match self {
+            Via::Local { hub, session } => hub.send(*session, msg),
+            Via::Link(link) => link.to_worker(token, msg),
+        }
+    }
+
+    /// The item is no longer the worker's: it is told, and later messages
+    /// for it are refused.
+    pub fn revoke(&self, token: u64, reason: &str) {
+        match self {
+            Via::Local { hub, session } => hub.revoke(*session, token, reason),
+            Via::Link(link) => link.revoke(token, reason),
+        }
+    }
+
+    /// The item's handler ended: forget the route.
+    pub fn release(&self, token: u64) {
+        match self {
+            Via::Local { hub, session } => hub.release(*session, token),
+            Via::Link(link) => link.release(token),
+        }
     }
 }
 
 impl Seat {
-    pub fn session(&self) -> u64 {
-        self.session
-    }
-
-    /// Sends the item to the worker; the slot now holds it. Returns the
-    /// item's token, where the worker's messages about it arrive, and the
-    /// worker's name.
-    pub(crate) fn assign(
-        mut self,
-        item: AssignItem,
-    ) -> Result<(u64, mpsc::UnboundedReceiver<ItemMsg>, Arc<str>), String> {
+    /// Sends the item to the worker; the slot now holds it.
+    pub(crate) async fn assign(mut self, item: AssignItem) -> Result<Assigned, String> {
         self.used = true;
         let hub = self
             .hub
             .upgrade()
             .ok_or_else(|| "the server is shutting down".to_string())?;
-        hub.assign(self.session, self.stream, self.job, item)
+        match &self.kind {
+            SeatKind::Local {
+                session,
+                stream,
+                key,
+            } => {
+                let (token, inbox, worker) = hub.assign(*session, *stream, *key, item)?;
+                Ok(Assigned {
+                    token,
+                    inbox,
+                    worker,
+                    via: Via::Local {
+                        hub: hub.clone(),
+                        session: *session,
+                    },
+                })
+            }
+            SeatKind::Borrowed { link, seat_id } => {
+                hub.borrowed_seat_done(self.job);
+                let (token, inbox, worker) = link.assign(*seat_id, self.job, item).await?;
+                Ok(Assigned {
+                    token,
+                    inbox,
+                    worker,
+                    via: Via::Link(link.clone()),
+                })
+            }
+        }
     }
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        if !self.used
-            && let Some(hub) = self.hub.upgrade()
-        {
-            hub.give_back(self.session, self.stream, self.job);
+        if self.used {
+            return;
+        }
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        match &self.kind {
+            SeatKind::Local {
+                session,
+                stream,
+                key,
+            } => hub.give_back(*session, *stream, *key),
+            SeatKind::Borrowed { link, seat_id } => {
+                link.send(ToLender::GiveBack(*seat_id));
+                hub.borrowed_seat_done(self.job);
+                hub.grant();
+            }
         }
     }
 }
@@ -974,7 +1326,9 @@ mod tests {
         let (first, got) = job(&hub, 1, &[]);
         let mut w = hub.attach(hello(1), Identity::default()).unwrap();
         let seat = got.lock().unwrap().pop().unwrap();
-        let (token, mut inbox, _) = seat.assign(item(3)).unwrap();
+        let Assigned {
+            token, mut inbox, ..
+        } = seat.assign(item(3)).await.unwrap();
         assert!(
             matches!(w.outbound.recv().await, Some(ToWorker::Assign(a)) if a[0].token == token)
         );
@@ -1016,11 +1370,159 @@ mod tests {
         assert_eq!(resumed.session, w.session);
         // The stale seat sends nothing (the resumed worker counted its
         // free slots afresh)…
-        assert!(stale.assign(item(0)).is_err());
+        assert!(stale.assign(item(0)).await.is_err());
         // …and, used up, it no longer counts: the resumed worker's free
         // slot goes to the job.
         hub.credit(resumed.session, 1).ok();
         assert_eq!(got.lock().unwrap().len(), 1);
+    }
+
+    /// A dialer that keeps the links' outboxes instead of connecting.
+    #[derive(Default)]
+    struct Dialed(StdMutex<Vec<(u64, mpsc::UnboundedReceiver<ToLender>)>>);
+
+    impl Dialer for Dialed {
+        fn dial(
+            &self,
+            _hub: Weak<WorkerHub>,
+            link: u64,
+            _address: String,
+            out: mpsc::UnboundedReceiver<ToLender>,
+        ) {
+            self.0.lock().unwrap().push((link, out));
+        }
+    }
+
+    /// A hub that borrows from one peer, "b", lending workers of "ocr".
+    fn borrowing() -> (Arc<WorkerHub>, u64, mpsc::UnboundedReceiver<ToLender>) {
+        let hub = hub();
+        let dialed = Arc::new(Dialed::default());
+        hub.set_dialer(dialed.clone());
+        hub.set_peers(vec![PeerReplica {
+            id: "b".into(),
+            address: "10.0.0.2:50051".into(),
+            executors: vec!["ocr".into(), "not-remote-here".into()],
+        }]);
+        // Listed again: the same link.
+        hub.set_peers(vec![PeerReplica {
+            id: "b".into(),
+            address: "10.0.0.2:50051".into(),
+            executors: vec!["ocr".into()],
+        }]);
+        let (link, out) = dialed.0.lock().unwrap().pop().unwrap();
+        assert!(dialed.0.lock().unwrap().is_empty(), "one link per peer");
+        (hub, link, out)
+    }
+
+    #[tokio::test]
+    async fn a_job_borrows_only_what_local_workers_do_not_grant_and_gives_back_what_it_does_not_use()
+     {
+        let (hub, link, mut out) = borrowing();
+        let _w = hub.attach(hello(1), Identity::default()).unwrap();
+        let (id, got) = job(&hub, 3, &[]);
+        assert_eq!(got.lock().unwrap().len(), 1, "the local slot");
+        assert!(
+            matches!(out.try_recv(), Ok(ToLender::Want { job, seats: 2, .. }) if job == id),
+            "the peer is asked for the rest"
+        );
+        hub.on_lend(
+            link,
+            FromLender::Granted {
+                job: id,
+                seat_id: 7,
+            },
+        );
+        assert_eq!(got.lock().unwrap().len(), 2, "a borrowed seat arrives");
+        assert!(
+            out.try_recv().is_err(),
+            "nothing changed: nothing more asked"
+        );
+        let borrowed = got.lock().unwrap().pop().unwrap();
+        drop(borrowed);
+        assert!(matches!(out.try_recv(), Ok(ToLender::GiveBack(7))));
+        // A grant for a job that wants nothing here goes back at once.
+        hub.on_lend(
+            link,
+            FromLender::Granted {
+                job: JobId::new(),
+                seat_id: 8,
+            },
+        );
+        assert!(matches!(out.try_recv(), Ok(ToLender::GiveBack(8))));
+        hub.forget(id);
+        assert!(matches!(out.try_recv(), Ok(ToLender::Forget(job)) if job == id));
+        assert!(!hub.no_worker_for("ocr", &BTreeMap::new()));
+    }
+
+    #[tokio::test]
+    async fn an_item_on_a_borrowed_seat_is_routed_through_its_link_and_lost_when_the_link_breaks() {
+        let (hub, link, mut out) = borrowing();
+        let (id, got) = job(&hub, 1, &[]);
+        assert!(matches!(
+            out.try_recv(),
+            Ok(ToLender::Want { seats: 1, .. })
+        ));
+        hub.on_lend(
+            link,
+            FromLender::Granted {
+                job: id,
+                seat_id: 1,
+            },
+        );
+        let seat = got.lock().unwrap().pop().unwrap();
+        let assigning = tokio::spawn(seat.assign(item(4)));
+        let Some(ToLender::Assign { seat_id: 1, item }) = out.recv().await else {
+            panic!("the item goes to the lender");
+        };
+        assert_eq!((item.job, item.index), (id, 4));
+        hub.on_lend(
+            link,
+            FromLender::Assigned {
+                seat_id: 1,
+                token: 42,
+                worker: "w".into(),
+            },
+        );
+        let Assigned {
+            token,
+            mut inbox,
+            worker,
+            via,
+        } = assigning.await.unwrap().unwrap();
+        assert_eq!((token, &*worker), (42, "w"));
+        hub.on_lend(
+            link,
+            FromLender::Item {
+                token,
+                msg: ItemMsg::Progress(0.5),
+            },
+        );
+        assert_eq!(inbox.recv().await, Some(ItemMsg::Progress(0.5)));
+        via.send(
+            token,
+            ToWorker::CheckpointSaved {
+                token,
+                checkpoint_id: 3,
+            },
+        );
+        assert!(matches!(
+            out.try_recv(),
+            Ok(ToLender::ToWorker {
+                token: 42,
+                msg: ToWorker::CheckpointSaved {
+                    checkpoint_id: 3,
+                    ..
+                }
+            })
+        ));
+        hub.link_ended(link, "connection reset");
+        assert!(
+            matches!(inbox.recv().await, Some(ItemMsg::Lost(why)) if why.contains("connection reset"))
+        );
+        assert!(
+            hub.no_worker_for("ocr", &BTreeMap::new()),
+            "the link is gone"
+        );
     }
 
     #[test]

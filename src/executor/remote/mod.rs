@@ -11,13 +11,15 @@
 //! trail therefore apply to remote items unchanged.
 
 pub mod hub;
+pub mod lend;
+pub mod link;
 
 use super::{
     CheckpointError, Executor, ItemContext, ItemError, ItemHandler, JobInfo, PrepareError,
 };
 use crate::domain::JobId;
 use async_trait::async_trait;
-use hub::{AssignItem, Deliver, ItemMsg, Refusal, ToWorker, WorkerHub};
+use hub::{AssignItem, Assigned, Deliver, ItemMsg, Refusal, ToWorker, Via, WorkerHub};
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 pub use hub::{RemoteConfig, Seat};
@@ -101,14 +103,13 @@ pub fn waiting_for(executor: &str) -> String {
 /// Ends the item's route when the handler ends, however it ends (its
 /// worker actor stopped, say): later messages for it are refused.
 struct RouteGuard<'a> {
-    hub: &'a WorkerHub,
-    session: u64,
+    via: &'a Via,
     token: u64,
 }
 
 impl Drop for RouteGuard<'_> {
     fn drop(&mut self) {
-        self.hub.release(self.session, self.token);
+        self.via.release(self.token);
     }
 }
 
@@ -120,7 +121,6 @@ impl ItemHandler for RemoteHandler {
                 "no worker slot was reserved for the item".into(),
             ));
         };
-        let session = seat.session();
         let item = AssignItem {
             index: ctx.index(),
             payload: ctx.payload().to_string(),
@@ -130,12 +130,13 @@ impl ItemHandler for RemoteHandler {
             job_name: self.job_name.clone(),
             executor: self.executor.clone(),
         };
-        let (token, mut inbox, worker) = seat.assign(item).map_err(ItemError::Handback)?;
-        let _route = RouteGuard {
-            hub: &self.hub,
-            session,
+        let Assigned {
             token,
-        };
+            mut inbox,
+            worker,
+            via,
+        } = seat.assign(item).await.map_err(ItemError::Handback)?;
+        let _route = RouteGuard { via: &via, token };
         let grace = self.hub.config().interrupt_grace;
         let mut revoke_at: Option<tokio::time::Instant> = None;
         loop {
@@ -143,13 +144,13 @@ impl ItemHandler for RemoteHandler {
                 msg = inbox.recv() => match msg {
                     None => return Err(ItemError::Retryable(format!("worker {worker} went away"))),
                     Some(ItemMsg::Checkpoint { id, data }) => match ctx.save_checkpoint(data).await {
-                        Ok(()) => self.hub.send(session, ToWorker::CheckpointSaved { token, checkpoint_id: id }),
+                        Ok(()) => via.send(token, ToWorker::CheckpointSaved { token, checkpoint_id: id }),
                         Err(CheckpointError::LeaseLost) => {
-                            self.hub.revoke(session, token, "the item's lease was lost: another runner has it");
+                            via.revoke(token, "the item's lease was lost: another runner has it");
                             return Err(ItemError::Interrupted);
                         }
-                        Err(CheckpointError::Store(why)) => self.hub.send(
-                            session,
+                        Err(CheckpointError::Store(why)) => via.send(
+                            token,
                             ToWorker::Refused(Refusal {
                                 token,
                                 checkpoint_id: id,
@@ -182,12 +183,11 @@ impl ItemHandler for RemoteHandler {
                 },
                 _ = ctx.stopped(), if revoke_at.is_none() => {
                     let reason = ctx.stop_reason().unwrap_or(crate::executor::StopReason::Shutdown);
-                    self.hub.send(session, ToWorker::Interrupt { tokens: vec![token], reason });
+                    via.send(token, ToWorker::Interrupt { tokens: vec![token], reason });
                     revoke_at = Some(tokio::time::Instant::now() + grace);
                 }
                 _ = sleep_until(revoke_at), if revoke_at.is_some() => {
-                    self.hub.revoke(
-                        session,
+                    via.revoke(
                         token,
                         &format!("it did not stop within {} of the interrupt", human(grace)),
                     );

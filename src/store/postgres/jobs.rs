@@ -35,8 +35,9 @@ pub(super) async fn create_job(
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
          request_id, request_scope, request_fingerprint, total_items, last_seq, created_at, \
-         started_at, updated_at, policy) \
-         VALUES ($1, $2, $3, $12, $4, $5, $6, $7, $8, $13, $9, $10, 1, now(), now(), now(), $11) \
+         started_at, updated_at, policy, exclusive) \
+         VALUES ($1, $2, $3, $12, $4, $5, $6, $7, $8, $13, $9, $10, 1, now(), now(), now(), $11, \
+         $14) \
          ON CONFLICT (request_scope, request_id) DO NOTHING",
     )
     .bind(id.0)
@@ -52,9 +53,16 @@ pub(super) async fn create_job(
     .bind(Json(&spec.policy))
     .bind(state.as_str())
     .bind(&spec.request_scope)
+    .bind(spec.exclusive)
     .execute(&mut *tx)
-    .await
-    .map_err(db_error)?;
+    .await;
+    let inserted = match inserted {
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("jobs_live_exclusive_name") => {
+            drop(tx);
+            return Err(name_taken(pool, &spec.name).await);
+        }
+        other => other.map_err(db_error)?,
+    };
     if inserted.rows_affected() == 0 {
         // A concurrent call with the same request id won the race.
         drop(tx);
@@ -98,6 +106,29 @@ pub(super) async fn create_job(
         .ok_or_else(|| StoreError::Internal("created job vanished".into()))?;
     tx.commit().await.map_err(db_error)?;
     Ok(Created { job, created: true })
+}
+
+/// The live exclusive job that holds `name` (a start lost the race to
+/// it), as an error.
+async fn name_taken(pool: &PgPool, name: &str) -> StoreError {
+    let found: Result<Option<uuid::Uuid>, _> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE name = $1 AND exclusive \
+         AND state IN ('running', 'pausing', 'paused', 'cancelling')",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await;
+    match found {
+        Ok(Some(id)) => StoreError::NameTaken {
+            name: name.to_string(),
+            job: JobId(id),
+        },
+        // Ended meanwhile: the caller may try again.
+        Ok(None) => StoreError::Unavailable(format!(
+            "the live job named {name:?} ended while this one started; try again"
+        )),
+        Err(e) => db_error(e),
+    }
 }
 
 /// The job an earlier call with this request id in the spec's scope

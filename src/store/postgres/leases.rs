@@ -16,7 +16,7 @@ use crate::{
     domain::{EventBody, ItemCounts, Job, JobId, JobState, RateLimit, Runner},
     store::{
         Lease, Leases, StoreError,
-        leases::{Census, Held, JobChange, Message, Notice, Orphan, ReplicaLoad},
+        leases::{Census, Held, JobChange, Message, Notice, Orphan, Peer, ReplicaLoad},
     },
 };
 use async_trait::async_trait;
@@ -248,6 +248,46 @@ impl Leases for PgStore {
             .map(|(job, mine)| Orphan {
                 job: JobId(job),
                 mine,
+            })
+            .collect())
+    }
+
+    async fn advertise(
+        &self,
+        me: &str,
+        address: Option<&str>,
+        worker_executors: &[String],
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE replicas SET address = $2, worker_executors = $3 WHERE id = $1")
+            .bind(me)
+            .bind(address)
+            .bind(worker_executors)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn peers(&self, me: &str) -> Result<Vec<Peer>, StoreError> {
+        let rows: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+            "SELECT id, address, worker_executors FROM replicas \
+             WHERE id <> $1 AND expires_at > now() AND address IS NOT NULL \
+                 AND cardinality(worker_executors) > 0 \
+             ORDER BY id",
+        )
+        .bind(me)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, address, mut executors)| {
+                executors.sort();
+                Peer {
+                    id,
+                    address,
+                    executors,
+                }
             })
             .collect())
     }

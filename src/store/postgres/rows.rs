@@ -20,7 +20,7 @@ macro_rules! job_fields {
          jobs.params, jobs.labels, jobs.policy, jobs.request_id, jobs.total_items, \
          jobs.running_items, jobs.succeeded_items, jobs.failed_items, jobs.cancelled_items, \
          jobs.last_seq, jobs.last_error, jobs.created_at, jobs.started_at, jobs.updated_at, \
-         jobs.ended_at"
+         jobs.ended_at, jobs.exclusive"
     };
 }
 
@@ -112,6 +112,7 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
         pauses: pauses_from_row(row)?,
         last_error: row.try_get("last_error").map_err(get_err)?,
         last_seq: count(row, "last_seq")?,
+        exclusive: row.try_get("exclusive").map_err(get_err)?,
     })
 }
 
@@ -189,6 +190,7 @@ pub(super) async fn list_jobs(
         " WHERE (cardinality($1::text[]) = 0 OR state = ANY($1)) \
            AND labels @> $2 \
            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
+           AND ($6::text IS NULL OR name = $6) \
          ORDER BY created_at DESC, id DESC LIMIT $5"
     ))
     .bind(&states)
@@ -196,6 +198,7 @@ pub(super) async fn list_jobs(
     .bind(q.after.map(|c| c.created_at))
     .bind(q.after.map(|c| c.id.0))
     .bind(limit + 1)
+    .bind(q.name.as_deref())
     .fetch_all(&mut *conn)
     .await
     .map_err(db_error)?;

@@ -57,13 +57,31 @@ pub(super) async fn create_job(
             });
         }
     }
+    if spec.exclusive {
+        // Under the write lock: no other start can take the name now. (The
+        // partial unique index of migration 0018 guards it as well.)
+        let holder: Option<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE name = ?1 AND exclusive = 1 \
+             AND state IN ('running', 'pausing', 'paused', 'cancelling')",
+        )
+        .bind(&spec.name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if let Some(holder) = holder {
+            return Err(StoreError::NameTaken {
+                name: spec.name.clone(),
+                job: JobId(holder),
+            });
+        }
+    }
     let state = spec.start.state();
     let at = micros(now());
     sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
          request_id, request_scope, request_fingerprint, total_items, last_seq, created_at, \
-         started_at, updated_at, policy) \
-         VALUES (?1, ?2, ?3, ?13, ?4, ?5, ?6, ?7, ?8, ?14, ?9, ?10, 1, ?11, ?11, ?11, ?12)",
+         started_at, updated_at, policy, exclusive) \
+         VALUES (?1, ?2, ?3, ?13, ?4, ?5, ?6, ?7, ?8, ?14, ?9, ?10, 1, ?11, ?11, ?11, ?12, ?15)",
     )
     .bind(id.0)
     .bind(&spec.name)
@@ -79,6 +97,7 @@ pub(super) async fn create_job(
     .bind(serde_json::to_string(&spec.policy).map_err(|e| StoreError::Internal(e.to_string()))?)
     .bind(state.as_str())
     .bind(&spec.request_scope)
+    .bind(spec.exclusive)
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;

@@ -106,6 +106,7 @@ pub(super) async fn list_jobs(
                    WHERE have.key = want.key AND have.type = 'text' \
                      AND have.value = want.value)) \
            AND (created_at, id) < (?3, ?4) \
+           AND (?6 IS NULL OR name = ?6) \
          ORDER BY created_at DESC, id DESC LIMIT ?5"
     )))
     .bind(states)
@@ -113,6 +114,7 @@ pub(super) async fn list_jobs(
     .bind(after_at)
     .bind(after_id)
     .bind(limit + 1)
+    .bind(q.name.as_deref())
     .fetch_all(&mut *tx)
     .await
     .map_err(db_error)?;

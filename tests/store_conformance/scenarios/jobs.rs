@@ -5,7 +5,7 @@
 use crate::harness::*;
 use chrono::{Duration, Utc};
 use jobvisor::{
-    domain::{EventBody, ItemCounts, ItemState, JobId, JobState},
+    domain::{EventBody, ItemCounts, ItemState, JobId, JobSpec, JobState},
     store::{JobQuery, Store, StoreError},
 };
 use std::sync::Arc;
@@ -255,4 +255,44 @@ pub async fn events_append_and_page(store: Arc<dyn Store>) {
 
 pub async fn ping_answers(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
+}
+
+pub async fn an_exclusive_name_is_held_while_its_job_is_live(store: Arc<dyn Store>) {
+    let exclusive = |name: &str| JobSpec {
+        name: name.into(),
+        exclusive: true,
+        ..spec(2)
+    };
+    let first = create(&store, &exclusive("nightly")).await;
+    assert!(first.exclusive);
+    match store.create_job(JobId::new(), &exclusive("nightly")).await {
+        Err(StoreError::NameTaken { name, job }) => {
+            assert_eq!((name.as_str(), job), ("nightly", first.id));
+        }
+        other => panic!("expected the name taken, got {other:?}"),
+    }
+    // Jobs that do not ask for it may share the name; others keep theirs.
+    let shared = create(
+        &store,
+        &JobSpec {
+            name: "nightly".into(),
+            ..spec(1)
+        },
+    )
+    .await;
+    assert!(!shared.exclusive);
+    create(&store, &exclusive("weekly")).await;
+    let by_name = store
+        .list_jobs(&JobQuery {
+            name: Some("nightly".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_name.rows.len(), 2, "listed by name");
+    // Ended, it frees the name.
+    cancel(&store, first.id).await;
+    let next = create(&store, &exclusive("nightly")).await;
+    assert_ne!(next.id, first.id);
 }

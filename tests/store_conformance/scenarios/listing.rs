@@ -27,6 +27,7 @@ fn query(states: &[JobState], pairs: &[(&str, &str)]) -> JobQuery {
         labels: labels(pairs),
         limit: 100,
         after: None,
+        name: None,
     }
 }
 
