@@ -100,8 +100,10 @@ impl Core {
         if let Some(seats) = workers.seats() {
             // A remote executor: ask for a worker slot per idle worker
             // (only for the items claimed, once nothing more is pending),
-            // and claim only for the slots granted, never ahead: an item
-            // is claimed once a worker has room for it.
+            // and claim for the slots granted. Ahead, for fast items, only
+            // one item per item in flight: a slot's next item waits in the
+            // queue when its worker frees it, instead of a claim's commit
+            // later; a job that no worker serves claims nothing.
             let want = if self.claims.may_find() {
                 idle
             } else {
@@ -109,7 +111,7 @@ impl Core {
             };
             self.ask_seats(workers, want, out);
             idle = idle.min(seats);
-            ahead = 0;
+            ahead = if ahead > 0 { busy } else { 0 };
         }
         let want = (idle + ahead).saturating_sub(waiting);
         // Claim for idle workers at once; top up the read-ahead in rounds,
@@ -206,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn a_remote_job_never_claims_ahead_even_for_fast_items() {
+    fn a_remote_job_claims_ahead_only_an_item_per_item_in_flight() {
         let mut c = core(JobState::Running);
         let now = Instant::now();
         c.claims.item_time.observe(Duration::from_millis(1));
@@ -218,10 +220,25 @@ mod tests {
             next(&mut local, IDLE, now),
             [Action::Dispatch, claim(0, 12)]
         );
-        // …a remote one only an item per seat: no hoarding.
+        // …a remote one with no item in flight only one per seat: no
+        // worker, no claim, nothing hoarded.
         assert_eq!(
             next(&mut c, remote(0, 0, 3), now),
             [Action::Dispatch, Action::Seats(4), claim(0, 3)]
+        );
+        c.claims.claimed(3, Some(2));
+        // Three in flight, the fourth worker idle with no seat: the three
+        // slots' next items are claimed ahead, nothing more.
+        assert_eq!(
+            next(&mut c, remote(3, 0, 0), now),
+            [Action::Dispatch, Action::Seats(1), claim(3, 3)]
+        );
+        // Slow items: never ahead.
+        let mut slow = core(JobState::Running);
+        slow.claims.item_time.observe(Duration::from_secs(1));
+        assert_eq!(
+            next(&mut slow, remote(3, 0, 0), now),
+            [Action::Dispatch, Action::Seats(1)]
         );
     }
 
