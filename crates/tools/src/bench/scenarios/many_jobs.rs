@@ -14,6 +14,12 @@
 //! one item in flight per job. With PostgreSQL the store is another
 //! process, so the whole server delta counts as the jobs' cost; it is
 //! reported as KiB per live job.
+//!
+//! With `--paused N`, a second part: N more jobs of the same kind, paused
+//! (started paused: they hold no actors, as a job does once a pause has
+//! drained it), VmRSS read again and reported per paused job, and the
+//! control calls measured once more on the running jobs, beside the
+//! paused ones.
 
 use crate::bench::{
     Client, Env, Rng, Setup, SleepJob,
@@ -49,6 +55,10 @@ pub struct ManyJobsOptions {
     /// StartJob calls in flight while starting the jobs.
     #[arg(long, default_value_t = 16)]
     pub in_flight: usize,
+    /// The second part: this many paused jobs beside the running ones
+    /// (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub paused: u32,
 }
 
 /// The jobs kept running: slow items, one at a time.
@@ -101,7 +111,26 @@ pub struct ManyJobs {
     pub many: Calls,
     pub target_kib_per_job: f64,
     pub kib_met: bool,
+    /// The second part, with `--paused`.
+    pub paused: Option<Paused>,
 }
+
+/// Paused jobs beside the running ones.
+#[derive(Debug, Clone, Serialize)]
+pub struct Paused {
+    pub jobs: u32,
+    /// Server VmRSS with the paused jobs too.
+    pub rss_mib: f64,
+    /// (rss − rss with only the running jobs) / paused jobs.
+    pub kib_per_paused_job: f64,
+    pub start_seconds: f64,
+    /// The control calls on the running jobs, the paused ones beside.
+    pub calls: Calls,
+    pub target_kib_per_paused_job: f64,
+    pub kib_met: bool,
+}
+
+const TARGET_PAUSED_KIB: f64 = 1.0;
 
 const TARGET_KIB: f64 = 10.0;
 
@@ -148,6 +177,28 @@ impl ManyJobs {
             met(self.kib_met),
             self.kib_per_job
         ));
+        if let Some(p) = &self.paused {
+            out.push(format!(
+                "  {} paused jobs beside them: server RSS {:.1} MiB, {:.3} KiB per paused job (started in {:.1} s)",
+                p.jobs, p.rss_mib, p.kib_per_paused_job, p.start_seconds
+            ));
+            out.extend(p.calls.rows(&format!(
+                "{} jobs + {} paused:",
+                p.calls.running_jobs, p.jobs
+            )));
+            out.push(format!(
+                "  worst control p99: {:.2} ms with {} paused jobs beside (with {} jobs alone: {:.2} ms)",
+                p.calls.worst_p99(),
+                p.jobs,
+                self.few.running_jobs,
+                self.few.worst_p99()
+            ));
+            out.push(format!(
+                "  target: < {TARGET_PAUSED_KIB} KiB per paused job: {} ({:.3} KiB)",
+                met(p.kib_met),
+                p.kib_per_paused_job
+            ));
+        }
         out
     }
 }
@@ -214,6 +265,34 @@ async fn run(setup: &Setup, env: &Env, opts: &ManyJobsOptions) -> anyhow::Result
 
     setup.note(format!("{} jobs: control calls", opts.jobs));
     let many = measure(&mut client, &ids, opts, &mut rng).await?;
+    let paused = if opts.paused > 0 {
+        setup.note(format!("starting {} paused jobs", opts.paused));
+        let (_, rss_before) = env.rss_mib();
+        let started = Instant::now();
+        let mut held = job.clone();
+        held.name = "many-jobs-paused".into();
+        start_many_paused(&client, &held, opts.paused, opts.in_flight).await?;
+        let start_seconds = started.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, rss_paused) = env.rss_mib();
+        setup.note(format!(
+            "{} jobs and {} paused: control calls",
+            opts.jobs, opts.paused
+        ));
+        let calls = measure(&mut client, &ids, opts, &mut rng).await?;
+        let kib = (rss_paused - rss_before) * 1024.0 / f64::from(opts.paused);
+        Some(Paused {
+            jobs: opts.paused,
+            rss_mib: rss_paused,
+            kib_per_paused_job: kib,
+            start_seconds,
+            calls,
+            target_kib_per_paused_job: TARGET_PAUSED_KIB,
+            kib_met: kib < TARGET_PAUSED_KIB,
+        })
+    } else {
+        None
+    };
     pool.close().await;
 
     let kib_per_job = (rss_all - rss_warm) * 1024.0 / f64::from(opts.jobs);
@@ -232,7 +311,34 @@ async fn run(setup: &Setup, env: &Env, opts: &ManyJobsOptions) -> anyhow::Result
         many,
         target_kib_per_job: TARGET_KIB,
         kib_met: kib_per_job < TARGET_KIB,
+        paused,
     })
+}
+
+/// Starts `count` copies of `job` paused, `in_flight` calls at a time.
+async fn start_many_paused(
+    client: &Client,
+    job: &SleepJob,
+    count: u32,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    let request = jobvisor::pb::StartJobRequest {
+        start_paused: true,
+        ..job.request()
+    };
+    futures::stream::iter(0..count)
+        .map(|_| {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move {
+                client.start_job(request).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(in_flight.max(1))
+        .try_collect()
+        .await
 }
 
 /// Pause/resume rounds on jobs picked at random among `ids`, then cancels
