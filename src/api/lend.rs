@@ -107,6 +107,7 @@ async fn handle(lending: &Lending, msg: pb::LendRequest) -> Result<(), String> {
                 params: Arc::new(item.params.into_iter().collect()),
                 job_name: Arc::from(item.job_name),
                 executor: Arc::from(item.executor),
+                trace_context: item.trace_context.into_iter().collect(),
             };
             lending.assign(a.seat_id, item).await;
             Ok(())

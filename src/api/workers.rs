@@ -450,5 +450,6 @@ pub(super) fn assignment(a: hub::Assignment) -> pb::Assignment {
             .collect(),
         job_name: a.job_name.to_string(),
         executor: a.executor.to_string(),
+        trace_context: a.trace_context.into_iter().collect(),
     }
 }

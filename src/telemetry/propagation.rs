@@ -102,6 +102,26 @@ pub fn child_environment(cx: &Context) -> Vec<(String, Option<String>)> {
     opentelemetry::global::get_text_map_propagator(|propagator| environment(propagator, cx))
 }
 
+/// The propagation headers of the current `tracing` span (an item's span
+/// while its executor runs), with the process-wide propagators, as a
+/// remote worker gets them with its assignment: empty when not traced.
+pub fn current_span_headers() -> std::collections::BTreeMap<String, String> {
+    let cx = tracing::Span::current().context();
+    let mut headers = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&cx, &mut headers)
+    });
+    headers.into_iter().filter(|(_, v)| !v.is_empty()).collect()
+}
+
+/// The trace context that propagation `headers` carry, with the
+/// process-wide propagators (an assignment's `trace_context`).
+pub fn context_from_headers<S: std::hash::BuildHasher>(
+    headers: &std::collections::HashMap<String, String, S>,
+) -> Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(headers))
+}
+
 /// [`child_environment`] for the current `tracing` span (an item's span
 /// while its executor runs).
 pub fn current_span_environment() -> Vec<(String, Option<String>)> {

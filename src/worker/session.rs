@@ -685,6 +685,14 @@ impl State {
         .with_progress(progress);
         let span = tracing::info_span!("item", job_id = %job, index = assignment.index,
             attempt = assignment.attempt, token);
+        // The server's item span is the parent: with tracing on here too,
+        // this attempt's spans (and an exec program's, through its
+        // TRACEPARENT) join the item's trace.
+        if !assignment.trace_context.is_empty() {
+            let parent =
+                crate::telemetry::propagation::context_from_headers(&assignment.trace_context);
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
+        }
         self.tasks
             .spawn(run_item(token, handler, ctx).instrument(span));
         self.items.insert(

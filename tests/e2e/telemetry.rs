@@ -582,3 +582,81 @@ async fn exec_programs_get_no_stale_trace_context() {
     assert_eq!(result, "[] []");
     server.stop().await;
 }
+
+/// A remote worker gets its item's trace context with the assignment: the
+/// trace is the item's and the parent span the item's span, as exported.
+#[tokio::test]
+async fn remote_workers_get_their_items_trace_context() {
+    use jobvisor::pb::{
+        work_request::Kind as In, work_response::Kind as Out,
+        worker_service_client::WorkerServiceClient,
+    };
+    let collector = Collector::default();
+    let server = traced_server(&collector, None, &["--remote-executor", "remote"]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(pb::WorkRequest {
+        kind: Some(In::Hello(pb::WorkerHello {
+            worker_name: "traced".into(),
+            executors: vec!["remote".into()],
+            slots: 1,
+            protocol_version: 1,
+            ..Default::default()
+        })),
+    })
+    .unwrap();
+    let outbound =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut stream = WorkerServiceClient::new(channel)
+        .work(outbound)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        stream.message().await.unwrap().unwrap().kind,
+        Some(Out::Welcome(_))
+    ));
+    let job = server
+        .client()
+        .await
+        .start_job(pb::StartJobRequest {
+            name: "traced-remote".into(),
+            executor: "remote".into(),
+            items: vec!["one".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let assignment = loop {
+        match stream.message().await.unwrap().unwrap().kind {
+            Some(Out::Assignments(mut batch)) => break batch.items.remove(0),
+            _ => continue,
+        }
+    };
+    tx.send(pb::WorkRequest {
+        kind: Some(In::Succeeded(pb::WorkerSucceeded {
+            token: assignment.token,
+            result: String::new(),
+        })),
+    })
+    .unwrap();
+    let item = collector
+        .wait_for("for the item", |s| {
+            s.name == "item" && attribute(s, "job_id").as_deref() == Some(job.id.as_str())
+        })
+        .await;
+    let (trace, span) = (hex(&item.trace_id), hex(&item.span_id));
+    assert_eq!(
+        assignment.trace_context.get("traceparent"),
+        Some(&format!("00-{trace}-{span}-01")),
+        "{:?}",
+        assignment.trace_context
+    );
+    drop(tx);
+    server.stop().await;
+}

@@ -114,6 +114,8 @@ pub struct Assignment {
     pub params: Arc<BTreeMap<String, String>>,
     pub job_name: Arc<str>,
     pub executor: Arc<str>,
+    /// The item's trace context (propagation headers), if traced.
+    pub trace_context: BTreeMap<String, String>,
 }
 
 /// A worker's message about one of its items, routed to the item's
@@ -851,6 +853,7 @@ impl WorkerHub {
             params: item.params,
             job_name: item.job_name,
             executor: item.executor,
+            trace_context: item.trace_context,
         };
         if out.send(ToWorker::Assign(vec![assignment])).is_err() {
             return Err("the worker disconnected before the item was sent".into());
@@ -1080,6 +1083,8 @@ pub(crate) struct AssignItem {
     pub params: Arc<BTreeMap<String, String>>,
     pub job_name: Arc<str>,
     pub executor: Arc<str>,
+    /// The item's trace context (propagation headers), if traced.
+    pub trace_context: BTreeMap<String, String>,
 }
 
 /// One free slot of one worker, granted to a job: of a session of this
@@ -1285,6 +1290,7 @@ mod tests {
             params: Arc::default(),
             job_name: Arc::from("j"),
             executor: Arc::from("ocr"),
+            trace_context: BTreeMap::new(),
         }
     }
 

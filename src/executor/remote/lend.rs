@@ -268,6 +268,7 @@ mod tests {
             params: Arc::default(),
             job_name: Arc::from("j"),
             executor: Arc::from("ocr"),
+            trace_context: Default::default(),
         }
     }
 

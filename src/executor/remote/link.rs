@@ -169,6 +169,7 @@ impl Link {
                 params: item.params,
                 job_name: item.job_name,
                 executor: item.executor,
+                trace_context: item.trace_context,
             },
         });
         match answered.await {

@@ -129,6 +129,8 @@ impl ItemHandler for RemoteHandler {
             params: self.params.clone(),
             job_name: self.job_name.clone(),
             executor: self.executor.clone(),
+            // The handler runs in the item's span.
+            trace_context: crate::telemetry::propagation::current_span_headers(),
         };
         let Assigned {
             token,

@@ -86,6 +86,11 @@ class BaseItem:
         self.checkpoint: Optional[bytes] = a.checkpoint if a.HasField("checkpoint") else None
         #: The job's params.
         self.params: Mapping[str, str] = dict(a.params)
+        #: The item's trace context when the server traces (``traceparent``
+        #: and ``tracestate``, or B3's headers): give it to your tracer's
+        #: propagator to start the item's spans under the server's item span.
+        #: Empty otherwise.
+        self.trace_context: Mapping[str, str] = dict(a.trace_context)
         #: Set when the item should stop: an interrupt (immediate pause,
         #: cancel, server shutdown), this worker draining, or a revocation.
         #: Save a checkpoint and return; see :attr:`stop_reason`.

@@ -285,8 +285,15 @@ class WorkerAssignments(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("token", "job_id", "index", "payload", "attempt", "checkpoint", "params", "job_name", "executor")
+    __slots__ = ("token", "job_id", "index", "payload", "attempt", "checkpoint", "params", "job_name", "executor", "trace_context")
     class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -302,6 +309,7 @@ class Assignment(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     token: int
     job_id: str
     index: int
@@ -311,7 +319,8 @@ class Assignment(_message.Message):
     params: _containers.ScalarMap[str, str]
     job_name: str
     executor: str
-    def __init__(self, token: _Optional[int] = ..., job_id: _Optional[str] = ..., index: _Optional[int] = ..., payload: _Optional[str] = ..., attempt: _Optional[int] = ..., checkpoint: _Optional[bytes] = ..., params: _Optional[_Mapping[str, str]] = ..., job_name: _Optional[str] = ..., executor: _Optional[str] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, token: _Optional[int] = ..., job_id: _Optional[str] = ..., index: _Optional[int] = ..., payload: _Optional[str] = ..., attempt: _Optional[int] = ..., checkpoint: _Optional[bytes] = ..., params: _Optional[_Mapping[str, str]] = ..., job_name: _Optional[str] = ..., executor: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CheckpointSaved(_message.Message):
     __slots__ = ("token", "checkpoint_id")
