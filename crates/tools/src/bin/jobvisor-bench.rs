@@ -63,6 +63,10 @@ enum Scenario {
     /// SIGKILL of a worker process holding an item → the item's assignment
     /// at another worker.
     RemoteRedelivery(scenarios::remote::redelivery::RemoteRedeliveryOptions),
+    /// The same no-op job in the server and in one Python worker process
+    /// (clients/python), and PauseJob(IMMEDIATE) / CancelJob → `stopping`
+    /// seen in the Python handler.
+    PythonWorker(scenarios::remote::python::PythonWorkerOptions),
     /// A worker process for the remote scenarios (they start it).
     #[command(hide = true)]
     RemoteWorker(scenarios::remote::WorkerOptions),
@@ -186,6 +190,10 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Scenario::RemoteRedelivery(opts) => {
             let r = scenarios::remote::redelivery(&setup, &opts).await?;
             report(args.json, "remote-redelivery", &r.human(), &r, &context);
+        }
+        Scenario::PythonWorker(opts) => {
+            let r = scenarios::remote::python(&setup, &opts).await?;
+            report(args.json, "python-worker", &r.human(), &r, &context);
         }
         Scenario::RemoteWorker(_) => unreachable!("handled above"),
         Scenario::Peer { items, concurrency } => {

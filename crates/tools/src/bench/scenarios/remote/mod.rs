@@ -9,6 +9,8 @@
 //!   worker, and PauseJob(IMMEDIATE) / CancelJob → the interrupt at the
 //!   worker holding the item (a worker of the raw protocol in this
 //!   process, [`RawWorker`], so the arrival is timed where it is read).
+//! - [`python`]: throughput and stopping latency of a worker process
+//!   of the Python library (`clients/python`).
 //! - [`redelivery`]: a worker process holding an item is SIGKILLed: time
 //!   until the item's assignment arrives at another worker.
 //!
@@ -16,10 +18,12 @@
 //! [`worker_main`] that runs in it) and the raw worker.
 
 pub mod latency;
+pub mod python;
 pub mod redelivery;
 pub mod throughput;
 
 pub use latency::latency;
+pub use python::python;
 pub use redelivery::redelivery;
 pub use throughput::throughput;
 
@@ -113,7 +117,11 @@ impl ItemHandler for Announced {
     }
 }
 
-/// A worker process (this binary's `remote-worker`), killed if dropped.
+/// How a scenario starts a worker process for the server at an address.
+pub type WorkerCommand = dyn Fn(SocketAddr) -> anyhow::Result<tokio::process::Command> + Sync;
+
+/// A worker process (this binary's `remote-worker`, or the Python one),
+/// killed if dropped.
 pub struct WorkerProcess {
     child: Child,
     /// What it prints: `connected …`, and `item …` with `--announce`.
@@ -123,21 +131,41 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts one for the server at `addr` and waits until it is connected.
     pub async fn start(addr: SocketAddr, slots: u32, announce: bool) -> anyhow::Result<Self> {
+        Self::spawn(Self::command(addr, slots, announce)?).await
+    }
+
+    /// The command of this binary's `remote-worker` for the server at
+    /// `addr`.
+    pub fn command(
+        addr: SocketAddr,
+        slots: u32,
+        announce: bool,
+    ) -> anyhow::Result<tokio::process::Command> {
         let exe = std::env::current_exe().context("finding this binary")?;
         let mut command = tokio::process::Command::new(exe);
         command
             .args(["remote-worker", "--server"])
             .arg(format!("http://{addr}"))
-            .args(["--slots", &slots.to_string()])
+            .args(["--slots", &slots.to_string()]);
+        if announce {
+            command.arg("--announce");
+        }
+        Ok(command)
+    }
+
+    /// Starts `command`, a worker process that prints `connected` once its
+    /// session is open (this binary's or another, e.g. the Python one),
+    /// and waits until it is connected.
+    pub async fn spawn(mut command: tokio::process::Command) -> anyhow::Result<Self> {
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             // Its errors, if any, appear with the bench's.
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if announce {
-            command.arg("--announce");
-        }
-        let mut child = command.spawn().context("starting a worker process")?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting a worker process: {command:?}"))?;
         let stdout = child.stdout.take().context("the worker's stdout")?;
         let mut worker = WorkerProcess {
             child,

@@ -9,7 +9,7 @@
 //! connected (idle) before StartJob. The ratio compares the rates after
 //! StartJob returned (storing the items is the same work either way).
 
-use super::{EXECUTOR, WorkerProcess};
+use super::{EXECUTOR, WorkerCommand, WorkerProcess};
 use crate::bench::{Env, Setup, SleepJob, cpu_seconds, median, met, prom::Histogram, wait_done};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -145,14 +145,16 @@ pub async fn throughput(
         opts.concurrency
     );
     let job = SleepJob::new("remote-throughput", opts.items, opts.concurrency, 0, 1);
+    let slots = opts.concurrency;
+    let worker = move |addr| WorkerProcess::command(addr, slots, false);
     let mut pairs = Vec::new();
     for n in 0..opts.runs.max(1) {
         setup.note(format!("pair {} of {}", n + 1, opts.runs.max(1)));
         let (in_process, remote) = if n % 2 == 0 {
             let local = run(setup, &job, None).await?;
-            (local, run(setup, &job, Some(opts.concurrency)).await?)
+            (local, run(setup, &job, Some(&worker)).await?)
         } else {
-            let remote = run(setup, &job, Some(opts.concurrency)).await?;
+            let remote = run(setup, &job, Some(&worker)).await?;
             (run(setup, &job, None).await?, remote)
         };
         pairs.push(Pair {
@@ -174,21 +176,25 @@ pub async fn throughput(
     })
 }
 
-/// One run on a fresh server: in the server, or (`slots`) in a worker
-/// process with that many slots.
-async fn run(setup: &Setup, job: &SleepJob, slots: Option<u32>) -> anyhow::Result<Run> {
+/// One run on a fresh server: in the server, or (`worker`) in the worker
+/// process that command starts.
+pub(super) async fn run(
+    setup: &Setup,
+    job: &SleepJob,
+    worker: Option<&WorkerCommand>,
+) -> anyhow::Result<Run> {
     let env = Env::start_setup(setup, &["--remote-executor", EXECUTOR], true).await?;
-    let result = run_on(&env, job, slots).await;
+    let result = run_on(&env, job, worker).await;
     env.finish().await;
     result
 }
 
-async fn run_on(env: &Env, job: &SleepJob, slots: Option<u32>) -> anyhow::Result<Run> {
+async fn run_on(env: &Env, job: &SleepJob, worker: Option<&WorkerCommand>) -> anyhow::Result<Run> {
     let mut client = env.client().await?;
-    let (job, worker) = match slots {
-        Some(slots) => (
+    let (job, worker) = match worker {
+        Some(command) => (
             job.clone().on(EXECUTOR),
-            Some(WorkerProcess::start(env.spec.addr, slots, false).await?),
+            Some(WorkerProcess::spawn(command(env.spec.addr)?).await?),
         ),
         None => (job.clone(), None),
     };
