@@ -90,7 +90,9 @@ pub fn counts(c: &ItemCounts) -> pb::ItemCounts {
     }
 }
 
-fn duration(ms: u64) -> prost_types::Duration {
+/// Milliseconds as a protobuf Duration (the resolution every duration
+/// field is kept at).
+pub fn duration(ms: u64) -> prost_types::Duration {
     prost_types::Duration {
         seconds: (ms / 1000) as i64,
         nanos: ((ms % 1000) * 1_000_000) as i32,
@@ -261,19 +263,12 @@ pub fn status(j: &Job, running: &[Item], now: chrono::DateTime<Utc>) -> pb::JobS
     let left = j.counts.total.saturating_sub(ended);
     let eta = (rate > 0.0 && !j.state.is_terminal())
         .then(|| std::time::Duration::from_secs_f64(left as f64 / rate))
-        .map(proto_duration);
+        .map(|d| duration(d.as_millis() as u64));
     pb::JobStatus {
-        active_time: Some(proto_duration(active)),
+        active_time: Some(duration(active.as_millis() as u64)),
         items_per_second: rate,
         eta,
         running_items: running.iter().map(item).collect(),
-    }
-}
-
-fn proto_duration(d: std::time::Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: (d.subsec_millis() * 1_000_000) as i32,
     }
 }
 

@@ -362,6 +362,11 @@ fn checked_hello(h: pb::WorkerHello) -> Result<Hello, Status> {
     })
 }
 
+/// A std Duration as the protobuf one, to the millisecond.
+pub(super) fn duration(d: Duration) -> prost_types::Duration {
+    super::convert::duration(d.as_millis() as u64)
+}
+
 fn kind_name(kind: &Option<In>) -> &'static str {
     match kind {
         None => "an empty message",
@@ -374,13 +379,6 @@ fn kind_name(kind: &Option<In>) -> &'static str {
         Some(In::Stopped(_)) => "a stop",
         Some(In::Drain(_)) => "a drain",
         Some(In::Ping(_)) => "a ping",
-    }
-}
-
-pub(super) fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
     }
 }
 

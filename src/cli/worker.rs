@@ -179,7 +179,7 @@ impl ProgramExecutor {
         let executor = ProgramExecutor { exec, base };
         // The worker's own settings are checked now, not on the first item.
         if let Err(e) = executor.prepare(&BTreeMap::new()) {
-            bail!("cannot run {program}: {}", prepare_error(e));
+            bail!("cannot run {program}: {e}");
         }
         Ok(executor)
     }
@@ -233,17 +233,6 @@ fn param_var(key: &str) -> String {
         }
     }));
     var
-}
-
-fn prepare_error(e: PrepareError) -> String {
-    match e {
-        PrepareError::Invalid(violations) => violations
-            .iter()
-            .map(|v| format!("{}: {}", v.field, v.description))
-            .collect::<Vec<_>>()
-            .join("; "),
-        PrepareError::Forbidden(why) => why,
-    }
 }
 
 #[cfg(test)]

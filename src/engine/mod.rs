@@ -752,17 +752,7 @@ impl Engine {
                     params: &job.params,
                 },
             )
-            .map_err(|e| {
-                let why = match e {
-                    PrepareError::Forbidden(why) => why,
-                    PrepareError::Invalid(bad) => bad
-                        .iter()
-                        .map(|v| format!("{}: {}", v.field, v.description))
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                };
-                format!("executor {:?} cannot run this job: {why}", job.executor)
-            })
+            .map_err(|why| format!("executor {:?} cannot run this job: {why}", job.executor))
     }
 
     /// Makes sure a live supervisor runs `job` (as read from the store);

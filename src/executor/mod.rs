@@ -53,6 +53,22 @@ pub enum PrepareError {
     Forbidden(String),
 }
 
+/// Every problem in one line: `field: what` pairs, or the refusal.
+impl fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PrepareError::Invalid(violations) => {
+                for (n, v) in violations.iter().enumerate() {
+                    let sep = if n == 0 { "" } else { "; " };
+                    write!(f, "{sep}{}: {}", v.field, v.description)?;
+                }
+                Ok(())
+            }
+            PrepareError::Forbidden(why) => f.write_str(why),
+        }
+    }
+}
+
 impl From<Vec<FieldViolation>> for PrepareError {
     fn from(v: Vec<FieldViolation>) -> Self {
         PrepareError::Invalid(v)

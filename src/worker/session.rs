@@ -19,7 +19,7 @@ use crate::{
     domain::JobId,
     executor::{
         CheckpointError, CheckpointSink, Executor, ItemContext, ItemError, ItemHandler,
-        PrepareError, ProgressSink, StopReason,
+        ProgressSink, StopReason,
     },
     pb::{
         self, work_request::Kind as Up, work_response::Kind as Down,
@@ -202,17 +202,10 @@ pub(super) async fn run(
             Some(Ok(opened)) => opened,
             Some(Err(Failure::Fatal(e))) => return Err(e),
             Some(Err(Failure::Retry(why))) => {
-                st.disconnected();
                 let wait = backoff.next().unwrap_or(max_wait);
-                st.status(Status::Reconnecting {
-                    why,
-                    retry_in: wait,
-                    in_flight: st.items.len(),
-                });
-                if st
-                    .pump(&mut inbox, shutdown.as_mut(), tokio::time::sleep(wait))
+                if !st
+                    .reconnect_after(&mut inbox, shutdown.as_mut(), why, wait)
                     .await
-                    .is_none()
                 {
                     return st.stopped();
                 }
@@ -262,17 +255,10 @@ pub(super) async fn run(
                 break "the stream to the server closed".to_string();
             }
         };
-        st.disconnected();
         let wait = backoff.next().unwrap_or(max_wait);
-        st.status(Status::Reconnecting {
-            why,
-            retry_in: wait,
-            in_flight: st.items.len(),
-        });
-        if st
-            .pump(&mut inbox, shutdown.as_mut(), tokio::time::sleep(wait))
+        if !st
+            .reconnect_after(&mut inbox, shutdown.as_mut(), why, wait)
             .await
-            .is_none()
         {
             return st.stopped();
         }
@@ -387,6 +373,27 @@ fn status_text(status: &tonic::Status) -> String {
 impl State {
     /// Runs `fut` while still serving the items (their events, their
     /// ends, the drain). `None` if the worker finished draining meanwhile.
+    /// The stream is gone: says the worker reconnects in `wait`, and
+    /// waits, its items' events handled meanwhile. False if the worker
+    /// is to stop instead (it drained).
+    async fn reconnect_after(
+        &mut self,
+        inbox: &mut mpsc::UnboundedReceiver<Event>,
+        shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
+        why: String,
+        wait: Duration,
+    ) -> bool {
+        self.disconnected();
+        self.status(Status::Reconnecting {
+            why,
+            retry_in: wait,
+            in_flight: self.items.len(),
+        });
+        self.pump(inbox, shutdown, tokio::time::sleep(wait))
+            .await
+            .is_some()
+    }
+
     async fn pump<T>(
         &mut self,
         inbox: &mut mpsc::UnboundedReceiver<Event>,
@@ -732,14 +739,7 @@ impl State {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let handler = executor.prepare(&params).map_err(|e| match e {
-            PrepareError::Invalid(violations) => violations
-                .iter()
-                .map(|v| format!("{}: {}", v.field, v.description))
-                .collect::<Vec<_>>()
-                .join("; "),
-            PrepareError::Forbidden(why) => why,
-        });
+        let handler = executor.prepare(&params).map_err(|e| e.to_string());
         self.forget_idle_handlers();
         self.handlers.insert(
             assignment.job_id.clone(),

@@ -843,26 +843,18 @@ impl WorkerHub {
         let Some(out) = s.out.as_ref().filter(|_| s.stream == stream) else {
             return Err("the worker disconnected before the item was sent".into());
         };
-        let assignment = Assignment {
-            token,
-            job,
-            index: item.index,
-            payload: item.payload,
-            attempt: item.attempt,
-            checkpoint: item.checkpoint,
-            params: item.params,
-            job_name: item.job_name,
-            executor: item.executor,
-            trace_context: item.trace_context,
-        };
-        if out.send(ToWorker::Assign(vec![assignment])).is_err() {
+        let index = item.index;
+        if out
+            .send(ToWorker::Assign(vec![item.into_assignment(token, job)]))
+            .is_err()
+        {
             return Err("the worker disconnected before the item was sent".into());
         }
         s.items.insert(
             token,
             Route {
                 job,
-                index: item.index,
+                index,
                 to_handler: tx,
             },
         );
@@ -1087,6 +1079,54 @@ pub(crate) struct AssignItem {
     pub trace_context: BTreeMap<String, String>,
 }
 
+impl AssignItem {
+    /// The assignment a worker gets for it, under `token`.
+    pub(crate) fn into_assignment(self, token: u64, job: JobId) -> Assignment {
+        Assignment {
+            token,
+            job,
+            index: self.index,
+            payload: self.payload,
+            attempt: self.attempt,
+            checkpoint: self.checkpoint,
+            params: self.params,
+            job_name: self.job_name,
+            executor: self.executor,
+            trace_context: self.trace_context,
+        }
+    }
+
+    /// Item `index` of a job of executor `ocr`, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(index: u32) -> AssignItem {
+        AssignItem {
+            index,
+            payload: String::new(),
+            attempt: 1,
+            checkpoint: None,
+            params: Arc::default(),
+            job_name: Arc::from("j"),
+            executor: Arc::from("ocr"),
+            trace_context: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Hello {
+    /// A worker `w` of executor `ocr` with `slots` slots, for tests.
+    pub(crate) fn for_test(slots: u32) -> Hello {
+        Hello {
+            worker_name: "w".into(),
+            executors: vec!["ocr".into()],
+            slots,
+            build_id: String::new(),
+            resume: None,
+            held: Vec::new(),
+        }
+    }
+}
+
 /// One free slot of one worker, granted to a job: of a session of this
 /// server, or borrowed from another replica through a link. Dropped
 /// unused, it goes back.
@@ -1244,14 +1284,7 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     fn hello(slots: u32) -> Hello {
-        Hello {
-            worker_name: "w".into(),
-            executors: vec!["ocr".into()],
-            slots,
-            build_id: String::new(),
-            resume: None,
-            held: Vec::new(),
-        }
+        Hello::for_test(slots)
     }
 
     fn hub() -> Arc<WorkerHub> {
@@ -1282,16 +1315,7 @@ mod tests {
     }
 
     fn item(index: u32) -> AssignItem {
-        AssignItem {
-            index,
-            payload: String::new(),
-            attempt: 1,
-            checkpoint: None,
-            params: Arc::default(),
-            job_name: Arc::from("j"),
-            executor: Arc::from("ocr"),
-            trace_context: BTreeMap::new(),
-        }
+        AssignItem::for_test(index)
     }
 
     #[test]

@@ -249,26 +249,13 @@ mod tests {
     }
 
     fn hello(slots: u32) -> Hello {
-        Hello {
-            worker_name: "w".into(),
-            executors: vec!["ocr".into()],
-            slots,
-            build_id: String::new(),
-            resume: None,
-            held: Vec::new(),
-        }
+        Hello::for_test(slots)
     }
 
     fn item() -> AssignItem {
         AssignItem {
-            index: 2,
             payload: "p".into(),
-            attempt: 1,
-            checkpoint: None,
-            params: Arc::default(),
-            job_name: Arc::from("j"),
-            executor: Arc::from("ocr"),
-            trace_context: Default::default(),
+            ..AssignItem::for_test(2)
         }
     }
 

@@ -159,18 +159,8 @@ impl Link {
         }
         self.send(ToLender::Assign {
             seat_id,
-            item: Assignment {
-                token: 0,
-                job,
-                index: item.index,
-                payload: item.payload,
-                attempt: item.attempt,
-                checkpoint: item.checkpoint,
-                params: item.params,
-                job_name: item.job_name,
-                executor: item.executor,
-                trace_context: item.trace_context,
-            },
+            // The lender gives it its own token.
+            item: item.into_assignment(0, job),
         });
         match answered.await {
             Ok(Ok((token, worker))) => Ok((token, inbox, worker)),
