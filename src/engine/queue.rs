@@ -39,6 +39,9 @@ impl SlotItems {
 #[derive(Debug, Default)]
 pub struct WorkQueue {
     inner: Mutex<Inner>,
+    /// Items need seats (remote executors): read without the lock, as the
+    /// supervisor's plan asks after every message.
+    remote: bool,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +64,7 @@ impl WorkQueue {
                 seats: Some(Vec::new()),
                 ..Inner::default()
             }),
+            remote: true,
         }
     }
 
@@ -98,6 +102,9 @@ impl WorkQueue {
 
     /// Seats held and not yet used; `None` when items need none.
     pub fn seats(&self) -> Option<usize> {
+        if !self.remote {
+            return None;
+        }
         self.lock().seats.as_ref().map(Vec::len)
     }
 
