@@ -62,7 +62,7 @@ impl Permission {
         let method = path.strip_prefix("/jobvisor.v1.JobService/")?;
         Some(match method {
             "GetJob" | "ListJobs" | "ListJobItems" | "WatchJob" => Permission::Read,
-            "StartJob" | "RunJob" => Permission::Start,
+            "StartJob" | "RunJob" | "AddItems" => Permission::Start,
             _ => Permission::Control,
         })
     }
@@ -356,6 +356,7 @@ mod tests {
         assert_eq!(p("GetJob"), Some(Permission::Read));
         assert_eq!(p("WatchJob"), Some(Permission::Read));
         assert_eq!(p("StartJob"), Some(Permission::Start));
+        assert_eq!(p("AddItems"), Some(Permission::Start));
         assert_eq!(p("PauseJob"), Some(Permission::Control));
         assert_eq!(p("DeleteJob"), Some(Permission::Control));
         assert_eq!(p("SetJobRateLimit"), Some(Permission::Control));

@@ -249,6 +249,7 @@ pub fn job(j: &Job) -> pb::Job {
         owner: None,
         waiting_for: String::new(),
         exclusive: j.exclusive,
+        open: j.open,
         status: None,
     }
 }
@@ -313,6 +314,19 @@ pub fn event(e: &JobEvent) -> pb::JobEvent {
             requested_by: requested_by.clone().unwrap_or_default(),
             request_id: request_id.clone().unwrap_or_default(),
             pause_mode: mode.map_or(pb::PauseMode::Unspecified, pause_mode) as i32,
+        }),
+        EventBody::ItemsAdded {
+            first,
+            count,
+            closed,
+            requested_by,
+            request_id,
+        } => Kind::ItemsAdded(pb::ItemsAdded {
+            first_index: *first,
+            count: *count,
+            closed: *closed,
+            requested_by: requested_by.clone().unwrap_or_default(),
+            request_id: request_id.clone().unwrap_or_default(),
         }),
         EventBody::ItemFailed {
             index,
@@ -453,6 +467,7 @@ pub fn new_job(r: pb::StartJobRequest, bad: &mut Vec<FieldViolation>) -> NewJob 
         request_id: r.request_id,
         request_scope: String::new(),
         exclusive: r.exclusive,
+        open: r.open,
     }
 }
 

@@ -396,6 +396,31 @@ impl JobService for JobApi {
         Ok(Response::new(convert::job(&job)))
     }
 
+    async fn add_items(
+        &self,
+        request: Request<pb::AddItemsRequest>,
+    ) -> Result<Response<pb::AddItemsResponse>, Status> {
+        let requested_by = requested_by(&request);
+        let who = caller(&request);
+        let r = request.into_inner();
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", &r.job_id, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
+        self.visible(&who, id).await?;
+        let input = crate::domain::NewItems {
+            items: r.items,
+            request_id: r.request_id,
+            close: r.close,
+        };
+        let added = self.engine.add_items(id, input, requested_by).await?;
+        Ok(Response::new(pb::AddItemsResponse {
+            job: Some(convert::job(&added.job)),
+            first_index: added.first,
+            added: added.count,
+        }))
+    }
+
     async fn set_job_concurrency(
         &self,
         request: Request<pb::SetJobConcurrencyRequest>,

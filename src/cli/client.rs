@@ -158,7 +158,7 @@ impl Conn {
 }
 
 /// A request with a deadline and the caller's name attached.
-fn request<T>(message: T) -> tonic::Request<T> {
+pub(super) fn request<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(CALL_TIMEOUT);
     let who = std::env::var("USER").unwrap_or_else(|_| "jobvisor-cli".into());
@@ -168,13 +168,13 @@ fn request<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(super) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status_text(&status))
 }
 
 /// A failed call in words: the server's code and message, or what a proxy
 /// in between answered instead of gRPC and what to do about it.
-fn status_text(status: &tonic::Status) -> String {
+pub(super) fn status_text(status: &tonic::Status) -> String {
     super::not_grpc::describe(status)
         .unwrap_or_else(|| format!("{}: {}", output::code_name(status.code()), status.message()))
 }
@@ -195,15 +195,13 @@ pub struct StartArgs {
     /// The executor that processes each item.
     #[arg(long, default_value = "sleep")]
     executor: String,
-    /// An item (repeat for more).
-    #[arg(long = "item")]
-    items: Vec<String>,
-    /// A file with one item per line ("-" for standard input).
+    #[command(flatten)]
+    items: ItemArgs,
+    /// Start the job open: it takes more items (`jobvisor add`) and does not
+    /// end until closed (`jobvisor close`, or `add --close`), however many
+    /// of its items are done. It may then start with no items.
     #[arg(long)]
-    items_file: Option<String>,
-    /// Generate this many items named item-0, item-1, … (for trying things).
-    #[arg(long)]
-    count: Option<u32>,
+    open: bool,
     /// An executor parameter, key=value (repeat for more).
     #[arg(long = "param", value_parser = key_value)]
     params: Vec<(String, String)>,
@@ -292,8 +290,30 @@ fn parse_when(raw: &str) -> Result<prost_types::Timestamp, String> {
     })
 }
 
-/// The items `args` names, read from their flags and files.
-fn items_of(args: &StartArgs) -> anyhow::Result<Vec<String>> {
+/// Where a command's items come from, and how they are sent.
+#[derive(Debug, Args)]
+pub struct ItemArgs {
+    /// An item (repeat for more).
+    #[arg(long = "item")]
+    items: Vec<String>,
+    /// A file with one item per line ("-" for standard input).
+    #[arg(long)]
+    items_file: Option<String>,
+    /// Generate this many items named item-0, item-1, … (for trying things).
+    #[arg(long)]
+    count: Option<u32>,
+    /// Send the items in pages of at most this many bytes (a job's items
+    /// beyond the first page go in AddItems calls, each retried on its own
+    /// and never added twice), so that no request passes a proxy's body
+    /// limit (nginx: 1 MiB by default). At most 4 MiB.
+    #[arg(long, default_value_t = super::pages::DEFAULT_PAGE_BYTES,
+          value_parser = clap::value_parser!(u32).range(1024..=4 * 1024 * 1024))]
+    page_bytes: u32,
+}
+
+/// The items `args` names, read from their flags and files; none is an
+/// error unless `may_be_empty`.
+fn items_of(args: &ItemArgs, may_be_empty: bool) -> anyhow::Result<Vec<String>> {
     let mut items = args.items.clone();
     if let Some(path) = &args.items_file {
         let text = if path == "-" {
@@ -306,18 +326,18 @@ fn items_of(args: &StartArgs) -> anyhow::Result<Vec<String>> {
     if let Some(n) = args.count {
         items.extend((0..n).map(|i| format!("item-{i}")));
     }
-    if items.is_empty() {
+    if items.is_empty() && !may_be_empty {
         bail!("no items: give --item, --items-file or --count");
     }
     Ok(items)
 }
 
-/// The StartJob request `args` asks for.
-fn start_request(args: &StartArgs) -> anyhow::Result<pb::StartJobRequest> {
-    Ok(pb::StartJobRequest {
+/// The StartJob request `args` asks for, with `items`.
+fn start_request(args: &StartArgs, items: Vec<String>) -> pb::StartJobRequest {
+    pb::StartJobRequest {
         name: args.name.clone(),
         executor: args.executor.clone(),
-        items: items_of(args)?,
+        items,
         concurrency: args.concurrency,
         params: args.params.iter().cloned().collect::<HashMap<_, _>>(),
         labels: args.labels.iter().cloned().collect::<HashMap<_, _>>(),
@@ -335,17 +355,45 @@ fn start_request(args: &StartArgs) -> anyhow::Result<pb::StartJobRequest> {
         resume_at: args.resume_at,
         validate_only: args.dry_run,
         exclusive: args.exclusive,
-    })
+        open: args.open,
+    }
 }
 
 pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
-    let start = start_request(&args)?;
+    let items = items_of(&args.items, args.open)?;
+    let pages = super::pages::split(&items, args.items.page_bytes as usize);
     let mut client = args.conn.client().await?;
-    let job = client
-        .start_job(request(start))
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let job = if pages.len() <= 1 || args.dry_run {
+        // One request (a dry run checks the first page only: it stores
+        // nothing, so there is nothing to add to).
+        let first = pages.first().cloned().unwrap_or_default();
+        let mut start = start_request(&args, items[first].to_vec());
+        if pages.len() > 1 {
+            start.open = true;
+        }
+        client
+            .start_job(request(start))
+            .await
+            .map_err(status_error)?
+            .into_inner()
+    } else {
+        let key = args
+            .request_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut start = start_request(&args, items[pages[0].clone()].to_vec());
+        start.open = true;
+        start.request_id = key.clone();
+        let job = super::pages::start(&mut client, start).await?;
+        let upload = super::pages::Upload {
+            job_id: &job.id,
+            items: &items,
+            pages: &pages[1..],
+            key: &key,
+            close: !args.open,
+        };
+        upload.send(&mut client).await?
+    };
     if args.dry_run {
         if !args.conn.json {
             say!("dry run: the job would start as below; nothing was stored");
@@ -363,7 +411,17 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
 /// `jobvisor run`: starts the job of `--name`, or resumes it, or finds it
 /// running (RunJob), and says which.
 pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
-    let start = start_request(&args)?;
+    let items = items_of(&args.items, args.open)?;
+    if super::pages::split(&items, args.items.page_bytes as usize).len() > 1 {
+        bail!(
+            "{} items are more than one request of --page-bytes {}: `jobvisor run` sends its \
+             items in one request; start the job with `jobvisor start --exclusive` (which sends \
+             pages), or raise --page-bytes",
+            items.len(),
+            args.items.page_bytes
+        );
+    }
+    let start = start_request(&args, items);
     let mut client = args.conn.client().await?;
     let answer = client
         .run_job(request(pb::RunJobRequest {
@@ -452,6 +510,63 @@ pub struct JobArgs {
     /// The job's id, or the name of a live job (retry and delete, whose
     /// jobs have ended: its id).
     job_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job's id, or the name of a live job.
+    job_id: String,
+    #[command(flatten)]
+    items: ItemArgs,
+    /// Close the job with the last page: it ends once its items are done.
+    #[arg(long)]
+    close: bool,
+    /// Idempotency key of this addition: running the command again with
+    /// the same key adds no page twice (it goes on where it stopped).
+    #[arg(long)]
+    request_id: Option<String>,
+}
+
+pub async fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
+    let items = items_of(&args.items, args.close)?;
+    let pages = super::pages::split(&items, args.items.page_bytes as usize);
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let key = args
+        .request_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let upload = super::pages::Upload {
+        job_id: &job_id,
+        items: &items,
+        pages: &pages,
+        key: &key,
+        close: args.close,
+    };
+    let job = upload.send(&mut client).await?;
+    output::print_job(&job, args.conn.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn close(args: JobArgs) -> anyhow::Result<ExitCode> {
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let answer = client
+        .add_items(request(pb::AddItemsRequest {
+            job_id,
+            items: Vec::new(),
+            request_id: String::new(),
+            close: true,
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let job = answer
+        .job
+        .ok_or_else(|| anyhow::anyhow!("the server answered AddItems without the job"))?;
+    output::print_job(&job, args.conn.json);
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Args)]
@@ -867,7 +982,7 @@ async fn follow(
 
 /// The waits between a watch's attempts to resume: from half a second,
 /// doubling to at most 10 s, for about five minutes.
-fn watch_backoff() -> impl Iterator<Item = Duration> {
+pub(super) fn watch_backoff() -> impl Iterator<Item = Duration> {
     use backon::BackoffBuilder as _;
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))

@@ -6,6 +6,7 @@ mod stdout;
 mod client;
 mod not_grpc;
 mod output;
+mod pages;
 mod serve;
 mod token;
 mod worker;
@@ -32,6 +33,11 @@ enum Command {
     /// resume it if it is paused, or say it is already running. One job
     /// per name, however many run at once.
     Run(client::StartArgs),
+    /// Add items to a job that has not ended, in pages (AddItems); with
+    /// --close, the last page closes a job started --open.
+    Add(client::AddArgs),
+    /// Close a job started --open: it ends once its items are done.
+    Close(client::JobArgs),
     /// Pause a job (graceful unless --immediate).
     Pause(client::PauseArgs),
     /// Resume a paused job.
@@ -106,6 +112,8 @@ pub async fn run() -> ExitCode {
         Command::Serve(args) => serve::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::Start(args) => client::start(args).await,
         Command::Run(args) => client::run(args).await,
+        Command::Add(args) => client::add(args).await,
+        Command::Close(args) => client::close(args).await,
         Command::Pause(args) => client::pause(args).await,
         Command::Resume(args) => client::resume(args).await,
         Command::Cancel(args) => client::cancel(args).await,

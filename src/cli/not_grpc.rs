@@ -106,8 +106,8 @@ pub fn describe(status: &tonic::Status) -> Option<String> {
     Some(match http {
         H::PAYLOAD_TOO_LARGE => format!(
             "the proxy refused the request with {named}: its request body limit is below \
-             this request's size; raise it (nginx: client_max_body_size) or send fewer items \
-             per call"
+             this request's size; raise it (nginx: client_max_body_size) or send smaller \
+             pages (jobvisor start and add: --page-bytes, 512 KiB by default)"
         ),
         H::BAD_GATEWAY | H::SERVICE_UNAVAILABLE | H::GATEWAY_TIMEOUT => format!(
             "the proxy answered {named}: it could not reach the jobvisor server behind it; \

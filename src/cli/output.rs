@@ -88,6 +88,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "request_id": j.request_id, "policy": policy_json(j.policy.as_ref()),
         "waiting_for": j.waiting_for,
         "exclusive": j.exclusive,
+        "open": j.open,
         "status": j.status.as_ref().map(|s| json!({
             "active_seconds": s.active_time.as_ref().map(|d| d.seconds),
             "items_per_second": s.items_per_second,
@@ -291,6 +292,9 @@ pub fn print_job(j: &pb::Job, json: bool) {
         j.max_attempts
     );
     say!("items:     {}", counts_text(&j.counts));
+    if j.open {
+        say!("open:      takes more items (jobvisor add); ends only once closed (jobvisor close)");
+    }
     if !j.waiting_for.is_empty() {
         say!("waiting:   {}", j.waiting_for);
     }
@@ -573,6 +577,25 @@ impl WatchView {
                     ));
                 }
             }
+            Kind::ItemsAdded(a) => {
+                if !self.json {
+                    let items = match a.count {
+                        0 => String::new(),
+                        1 => format!("item {} added", a.first_index),
+                        n => format!(
+                            "{n} items added ({}–{})",
+                            a.first_index,
+                            a.first_index as u64 + n as u64 - 1
+                        ),
+                    };
+                    let closed = match (a.closed, a.count) {
+                        (false, _) => "",
+                        (true, 0) => "closed: it ends once its items are done",
+                        (true, _) => "; closed",
+                    };
+                    self.note(&format!("#{} {items}{closed}", event.sequence));
+                }
+            }
             Kind::ConcurrencyChanged(c) => {
                 if !self.json {
                     self.note(&format!(
@@ -647,6 +670,9 @@ fn event_json(e: &pb::JobEvent) -> Value {
         Some(Kind::ItemFailed(f)) => json!({"item_failed": {
             "index": f.index, "attempt": f.attempt, "error": f.error, "will_retry": f.will_retry,
             "retry_time": time(&f.retry_time)}}),
+        Some(Kind::ItemsAdded(a)) => json!({"items_added": {
+            "first_index": a.first_index, "count": a.count, "closed": a.closed,
+            "requested_by": a.requested_by, "request_id": a.request_id}}),
         Some(Kind::ConcurrencyChanged(c)) => json!({"concurrency_changed": {
             "from": c.from, "to": c.to, "requested_by": c.requested_by,
             "request_id": c.request_id}}),

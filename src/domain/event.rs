@@ -55,6 +55,17 @@ pub enum EventBody {
         reason: String,
         restarts_in_window: u32,
     },
+    /// Items were added to the job (AddItems), at indexes `first` on; the
+    /// page may also have closed the job.
+    ItemsAdded {
+        first: u32,
+        count: u32,
+        closed: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
     /// A replica took the job over (multi-replica mode).
     OwnerChanged {
         owner: String,
@@ -74,6 +85,7 @@ impl EventBody {
             EventBody::ConcurrencyChanged { .. } => "concurrency_changed",
             EventBody::OwnerChanged { .. } => "owner_changed",
             EventBody::RateLimitChanged { .. } => "rate_limit_changed",
+            EventBody::ItemsAdded { .. } => "items_added",
         }
     }
 

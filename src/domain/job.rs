@@ -213,6 +213,9 @@ pub struct Job {
     pub last_seq: u64,
     /// Its name is unique among live exclusive jobs.
     pub exclusive: bool,
+    /// It waits for more items and does not end until closed (AddItems
+    /// with `close`).
+    pub open: bool,
 }
 
 impl Job {

@@ -85,6 +85,9 @@ pub enum Refusal {
         "a {0} job cannot be deleted: only an ended job can (cancel it and wait for CANCELLED)"
     )]
     NotDeletable(JobState),
+    /// AddItems on a job that is ending or has ended.
+    #[error("a {0} job takes no more items: only a running, pausing or paused job does")]
+    TakesNoItems(JobState),
 }
 
 impl Refusal {
@@ -98,6 +101,7 @@ impl Refusal {
             Refusal::Stale { .. } => "JOB_STATE_CHANGED",
             Refusal::Ended(_) => "JOB_FINISHED",
             Refusal::NotDeletable(_) => "JOB_NOT_DELETABLE",
+            Refusal::TakesNoItems(_) => "JOB_TAKES_NO_ITEMS",
         }
     }
 }
@@ -109,6 +113,16 @@ pub fn deletable(state: JobState) -> Result<(), Refusal> {
         Ok(())
     } else {
         Err(Refusal::NotDeletable(state))
+    }
+}
+
+/// Whether items may be added to a job in `state` (AddItems): while it
+/// runs, pauses or is paused, not once it is being cancelled or has ended
+/// (a FAILED job's items are retried by RetryFailedItems, not added to).
+pub fn growable(state: JobState) -> Result<(), Refusal> {
+    match state {
+        JobState::Running | JobState::Pausing | JobState::Paused => Ok(()),
+        _ => Err(Refusal::TakesNoItems(state)),
     }
 }
 
@@ -262,6 +276,23 @@ mod tests {
         assert_eq!(
             Refusal::NotDeletable(S::Running).reason_code(),
             "JOB_NOT_DELETABLE"
+        );
+    }
+
+    #[test]
+    fn items_may_be_added_until_the_job_ends_or_is_cancelled() {
+        for state in JobState::ALL {
+            let expected = match state {
+                S::Running | S::Pausing | S::Paused => Ok(()),
+                S::Cancelling | S::Cancelled | S::Succeeded | S::Failed => {
+                    Err(Refusal::TakesNoItems(state))
+                }
+            };
+            assert_eq!(growable(state), expected, "AddItems on {state}");
+        }
+        assert_eq!(
+            Refusal::TakesNoItems(S::Cancelling).reason_code(),
+            "JOB_TAKES_NO_ITEMS"
         );
     }
 

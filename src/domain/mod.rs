@@ -13,9 +13,10 @@ pub mod state;
 pub use event::{EventBody, JobEvent};
 pub use ids::JobId;
 pub use job::{Backoff, Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance, RateLimit};
-pub use machine::{Command, Decision, Effect, Refusal, decide, deletable};
+pub use machine::{Command, Decision, Effect, Refusal, decide, deletable, growable};
 pub use runner::Runner;
 pub use spec::{
-    FieldViolation, JobSpec, Limits, NewJob, StartAs, check_labels, parse_rate, request_scope,
+    FieldViolation, ItemPage, JobSpec, Limits, NewItems, NewJob, StartAs, check_labels, parse_rate,
+    request_scope,
 };
 pub use state::{ItemState, JobState, PauseMode};

@@ -98,6 +98,9 @@ pub struct NewJob {
     pub request_scope: String,
     /// The name is unique among live exclusive jobs.
     pub exclusive: bool,
+    /// The job is open: it does not end until a call closes it, and may
+    /// start with no items (they come in pages, [`NewItems`]).
+    pub open: bool,
     /// Running-time budget in milliseconds (0: none).
     pub timeout_ms: u64,
     /// Pause after this many failed attempts in a row (0: never).
@@ -176,6 +179,9 @@ pub struct JobSpec {
     /// The name is unique among live exclusive jobs (StartJob's
     /// `exclusive`, RunJob).
     pub exclusive: bool,
+    /// It does not end until closed (AddItems with `close`), however many
+    /// of its items are done.
+    pub open: bool,
 }
 
 /// The request-id scope of a caller with these scope labels: empty for
@@ -232,6 +238,7 @@ impl JobSpec {
             last_error: None,
             last_seq: 0,
             exclusive: self.exclusive,
+            open: self.open,
         }
     }
 
@@ -253,7 +260,14 @@ impl JobSpec {
         if input.executor.is_empty() {
             bad.push(FieldViolation::new("executor", "is required"));
         }
-        check_items(&input.items, limits, &mut bad);
+        if input.items.is_empty() && !input.open {
+            bad.push(FieldViolation::new(
+                "items",
+                "must hold at least one item (a job started open may start with none)",
+            ));
+        }
+        check_count("items", input.items.len(), limits.max_items, &mut bad);
+        check_each_item(&input.items, limits, &mut bad);
         let concurrency = match input.concurrency {
             0 => 1,
             n if n > limits.max_concurrency => {
@@ -315,6 +329,7 @@ impl JobSpec {
             policy,
             start,
             exclusive: input.exclusive,
+            open: input.open,
         })
     }
 
@@ -356,9 +371,91 @@ impl JobSpec {
                 );
             }
         }
+        if self.open {
+            field(b"open");
+        }
         field(&(self.items.len() as u64).to_le_bytes());
         for item in &self.items {
             field(item.as_bytes());
+        }
+        h.finalize().to_vec()
+    }
+}
+
+/// Most items one AddItems page may hold.
+pub const MAX_PAGE_ITEMS: usize = 100_000;
+/// Most bytes of items (their payloads) one AddItems page may hold: pages
+/// stay small enough for proxies and default client limits.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// An AddItems request as received, before parsing.
+#[derive(Debug, Clone, Default)]
+pub struct NewItems {
+    pub items: Vec<String>,
+    pub request_id: String,
+    /// Close the job with this page: it may end once its items are done.
+    pub close: bool,
+}
+
+/// A page of items to add to a job that has not ended: checked, each item
+/// within the job's limits and the page within [`MAX_PAGE_ITEMS`] and
+/// [`MAX_PAGE_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemPage {
+    pub items: Vec<String>,
+    /// A retried page with the same request id adds nothing again.
+    pub request_id: Option<String>,
+    pub close: bool,
+}
+
+impl ItemPage {
+    /// Checks every field of `input` against `limits`. An empty page is a
+    /// page that only closes the job.
+    pub fn parse(input: NewItems, limits: &Limits) -> Result<ItemPage, Vec<FieldViolation>> {
+        let mut bad = Vec::new();
+        if input.items.is_empty() && !input.close {
+            bad.push(FieldViolation::new(
+                "items",
+                "must hold at least one item (or set close to only close the job)",
+            ));
+        }
+        check_count("items", input.items.len(), MAX_PAGE_ITEMS, &mut bad);
+        let bytes: usize = input.items.iter().map(String::len).sum();
+        if bytes > MAX_PAGE_BYTES {
+            bad.push(FieldViolation::new(
+                "items",
+                format!(
+                    "holds {bytes} bytes of items; a page may hold at most {MAX_PAGE_BYTES} \
+                     (send more pages)"
+                ),
+            ));
+        }
+        check_each_item(&input.items, limits, &mut bad);
+        let request_id = optional_text(
+            "request_id",
+            &input.request_id,
+            MAX_REQUEST_ID_CHARS,
+            &mut bad,
+        );
+        if !bad.is_empty() {
+            return Err(bad);
+        }
+        Ok(ItemPage {
+            items: input.items,
+            request_id,
+            close: input.close,
+        })
+    }
+
+    /// A digest of the page (its items and whether it closes): a request id
+    /// used again with another page is refused (AIP-155).
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update([self.close as u8]);
+        h.update((self.items.len() as u64).to_le_bytes());
+        for item in &self.items {
+            h.update((item.len() as u64).to_le_bytes());
+            h.update(item.as_bytes());
         }
         h.finalize().to_vec()
     }
@@ -479,20 +576,19 @@ fn parse_retry_delays(input: &NewJob, policy: &mut JobPolicy, bad: &mut Vec<Fiel
     policy.retry_delay_max_ms = (max > 0).then_some(max);
 }
 
-fn check_items(items: &[String], limits: &Limits, bad: &mut Vec<FieldViolation>) {
-    if items.is_empty() {
-        bad.push(FieldViolation::new("items", "must hold at least one item"));
-        return;
-    }
-    if items.len() > limits.max_items {
+/// A list of items holds at most `limit`.
+fn check_count(field: &str, count: usize, limit: usize, bad: &mut Vec<FieldViolation>) {
+    if count > limit {
         bad.push(FieldViolation::new(
-            "items",
-            format!(
-                "holds {} items; the limit is {}",
-                items.len(),
-                limits.max_items
-            ),
+            field,
+            format!("holds {count} items; the limit is {limit}"),
         ));
+    }
+}
+
+/// Each item within the size limit and free of NUL characters.
+fn check_each_item(items: &[String], limits: &Limits, bad: &mut Vec<FieldViolation>) {
+    if items.len() > limits.max_items.max(MAX_PAGE_ITEMS) {
         return;
     }
     // Report at most a few oversized items: a million violations would be

@@ -411,8 +411,12 @@ impl Engine {
                         last_seq: h.last_seq,
                         concurrency: h.concurrency,
                         immediate: false,
-                        counts: Default::default(),
+                        counts: crate::domain::ItemCounts {
+                            total: h.total,
+                            ..Default::default()
+                        },
                         rate: Some(h.rate),
+                        open: Some(h.open),
                     })
                     .await;
                 }
@@ -728,6 +732,9 @@ impl Engine {
                     concurrency: change.concurrency,
                     rate: change.rate,
                     interrupt,
+                    // A notice that does not say whether the job is open
+                    // (an earlier version's) closes nothing.
+                    items: Some((change.counts.total, change.open.unwrap_or(true))),
                     reply,
                 },
                 Some(self.rt.config.control_timeout),

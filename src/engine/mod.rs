@@ -504,6 +504,62 @@ impl Engine {
         Err(EngineError::Contended(id))
     }
 
+    /// AddItems: adds a page of items to a job that has not ended (see
+    /// [`Store::add_items`]), then tells its runner, here or on another
+    /// replica (which learns of it from the database), so that it claims
+    /// them or, once closed, may finish. Like `control`, it runs to the
+    /// end even if the caller gives up: a committed page is never left
+    /// unseen by a runner waiting for items.
+    pub async fn add_items(
+        &self,
+        id: JobId,
+        input: crate::domain::NewItems,
+        requested_by: Option<String>,
+    ) -> Result<crate::store::Added, EngineError> {
+        self.check_open()?;
+        let limits = self.rt.config.limits;
+        let page =
+            crate::domain::ItemPage::parse(input, &limits).map_err(EngineError::InvalidArgument)?;
+        let engine = self.clone();
+        self.detached("add items", async move {
+            let store = &engine.rt.store;
+            let max = limits.max_items as u64;
+            let added = match store
+                .add_items(id, &page, max, requested_by.as_deref())
+                .await
+            {
+                Ok(added) => added,
+                Err(StoreError::Conflict { current, .. }) => {
+                    return Err(Refusal::TakesNoItems(current).into());
+                }
+                Err(StoreError::TooManyItems {
+                    total,
+                    adding,
+                    limit,
+                }) => {
+                    return Err(EngineError::InvalidArgument(vec![FieldViolation::new(
+                        "items",
+                        format!(
+                            "holds {adding} items, and the job holds {total}: a job may hold \
+                             at most {limit} (serve --max-items)"
+                        ),
+                    )]));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let (total, open) = (added.job.counts.total, added.job.open);
+            engine
+                .setting_changed(Ok(added.job.clone()), |reply| SupervisorMsg::Grown {
+                    total,
+                    open,
+                    reply,
+                })
+                .await?;
+            Ok(added)
+        })
+        .await
+    }
+
     /// Changes how many items a job runs at once (1 to the limit), while
     /// it runs or is paused; the live supervisor adds workers or lets the
     /// extra ones finish their item and go.

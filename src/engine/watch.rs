@@ -426,6 +426,11 @@ fn approx_bytes(event: &JobEvent) -> usize {
             requested_by,
             request_id,
             ..
+        }
+        | EventBody::ItemsAdded {
+            requested_by,
+            request_id,
+            ..
         } => text(requested_by) + text(request_id),
         EventBody::OwnerChanged {
             owner,

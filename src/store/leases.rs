@@ -26,6 +26,10 @@ pub struct Held {
     pub last_seq: u64,
     pub concurrency: u32,
     pub rate: RateLimit,
+    /// Its items in all (AddItems adds to them).
+    pub total: u64,
+    /// Whether it waits for more items.
+    pub open: bool,
 }
 
 /// A live replica and how many live jobs it owns.
@@ -80,6 +84,9 @@ pub struct JobChange {
     /// The job's rate limit (none: not said, by a replica of an earlier
     /// version).
     pub rate: Option<RateLimit>,
+    /// Whether the job is open (AddItems; none: not said, by a replica of
+    /// an earlier version).
+    pub open: Option<bool>,
 }
 
 /// A message from one replica to the others.

@@ -16,8 +16,8 @@ pub mod sqlite;
 pub use leases::Leases;
 
 use crate::domain::{
-    Command, Decision, Effect, EventBody, Item, ItemCounts, ItemState, Job, JobEvent, JobId,
-    JobSpec, JobState, PauseMode, Provenance, RateLimit, decide,
+    Command, Decision, Effect, EventBody, Item, ItemCounts, ItemPage, ItemState, Job, JobEvent,
+    JobId, JobSpec, JobState, PauseMode, Provenance, RateLimit, decide,
     page::{ItemCursor, JobCursor},
 };
 use async_trait::async_trait;
@@ -45,6 +45,13 @@ pub enum StoreError {
         running: u64,
         retry_in: Option<std::time::Duration>,
     },
+    /// A finish was asked for while the job is open: it waits for more
+    /// items until a call closes it.
+    #[error("job is open: it ends only once closed")]
+    JobOpen,
+    /// A page would take the job past the most items a job may hold.
+    #[error("the job holds {total} items; {adding} more would pass the limit of {limit}")]
+    TooManyItems { total: u64, adding: u64, limit: u64 },
     /// The job has not ended, so it may not be deleted.
     #[error("job is {0}; only an ended job may be deleted")]
     NotEnded(JobState),
@@ -178,6 +185,17 @@ pub fn started_event(spec: &JobSpec) -> EventBody {
         request_id: spec.request_id.clone(),
         pause_mode: paused.then_some(PauseMode::Graceful),
     }
+}
+
+/// What [`Store::add_items`] did: the job as committed, and where the
+/// page's items went (a retried page: where they went the first time).
+#[derive(Debug, Clone)]
+pub struct Added {
+    pub job: Job,
+    /// The index of the page's first item.
+    pub first: u32,
+    /// How many items the page added.
+    pub count: u32,
 }
 
 /// How much one retention batch ([`Store::delete_ended`]) may delete.
@@ -380,6 +398,21 @@ pub trait Store: Send + Sync + 'static {
     async fn list_jobs(&self, query: &JobQuery) -> Result<Page<Job, JobCursor>, StoreError>;
 
     async fn list_items(&self, query: &ItemQuery) -> Result<Page<Item, ItemCursor>, StoreError>;
+
+    /// Adds `page`'s items after the job's last one, with an ItemsAdded
+    /// event, and closes the job if the page says so, all in one commit.
+    /// Only a RUNNING, PAUSING or PAUSED job takes items (otherwise
+    /// `Conflict` with its state); at most `max_items` in all
+    /// (`TooManyItems`). A page whose request id was used before adds
+    /// nothing and answers as it did then, or `RequestIdReused` if it is
+    /// another page.
+    async fn add_items(
+        &self,
+        id: JobId,
+        page: &ItemPage,
+        max_items: u64,
+        requested_by: Option<&str>,
+    ) -> Result<Added, StoreError>;
 
     /// Applies `write` if the job is still in `write.from`, appending a
     /// StateChanged event; `Conflict` with the current state otherwise.

@@ -339,7 +339,8 @@ async fn cli(server: SocketAddr, args: &[&str]) -> (Option<i32>, String) {
 
 /// nginx's 413 (a request over `client_max_body_size`) and its 502 (no
 /// server behind it) reach the user as what they are, with what to do,
-/// not as a gRPC protocol error about compression flags.
+/// not as a gRPC protocol error about compression flags; the same job
+/// started in pages small enough for the proxy goes through it.
 #[tokio::test]
 async fn the_cli_names_a_proxy_s_refusal() {
     let db = TestDb::create().await;
@@ -355,7 +356,7 @@ async fn the_cli_names_a_proxy_s_refusal() {
     assert!(
         stderr.contains("the proxy refused the request with HTTP 413 (Payload Too Large)")
             && stderr.contains("client_max_body_size")
-            && stderr.contains("send fewer items per call"),
+            && stderr.contains("--page-bytes"),
         "{stderr}"
     );
     assert!(!stderr.contains("compression flag"), "{stderr}");
@@ -367,9 +368,45 @@ async fn the_cli_names_a_proxy_s_refusal() {
         .unwrap()
         .into_inner();
     assert!(page.jobs.is_empty(), "{page:?}");
-    // A small start goes through the same proxy.
+    // A small start goes through the same proxy, and so does the big one
+    // in pages small enough for it.
     let (code, stderr) = cli(nginx.addr, &["start", "--name", "small", "--count", "3"]).await;
     assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = cli(
+        nginx.addr,
+        &[
+            "start",
+            "--name",
+            "big",
+            "--count",
+            "20000",
+            "--page-bytes",
+            "32768",
+            "--param",
+            "duration_ms=0",
+            "--param",
+            "steps=1",
+            "--concurrency",
+            "16",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut direct = super::connect(server.addr).await;
+    let big = direct
+        .list_jobs(pb::ListJobsRequest {
+            name: "big".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(big.len(), 1, "{big:?}");
+    let done = super::wait_end(direct.clone(), big[0].id.clone()).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
+    assert_eq!(done.counts.unwrap().succeeded, 20_000);
+    assert!(!done.open);
 
     // Nothing behind the proxy: its 502, for any command.
     let mut spec = ProxySpec::new(SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())));
@@ -387,6 +424,123 @@ async fn the_cli_names_a_proxy_s_refusal() {
         "{stderr}"
     );
     drop((nginx, orphan));
+    drop(server);
+    db.drop_db().await;
+}
+
+/// A page through the proxy retried with its request id (as a client
+/// does when the answer was lost) adds its items once.
+#[tokio::test]
+async fn a_page_retried_through_nginx_is_added_once() {
+    let db = TestDb::create().await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = server(&db, &log, &[]).await;
+    let nginx = proxy(ProxySpec::new(server.addr)).await;
+    let mut client = super::connect(nginx.addr).await;
+    let job = client
+        .start_job(pb::StartJobRequest {
+            open: true,
+            ..sleep_job(1, 0, 4)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let page = pb::AddItemsRequest {
+        job_id: job.id.clone(),
+        items: (1..=1000).map(|i| format!("late-{i}")).collect(),
+        request_id: "page-1".into(),
+        close: false,
+    };
+    for _ in 0..3 {
+        let added = client.add_items(page.clone()).await.unwrap().into_inner();
+        assert_eq!((added.first_index, added.added), (1, 1000));
+        assert_eq!(added.job.unwrap().counts.unwrap().total, 1001);
+    }
+    client
+        .add_items(pb::AddItemsRequest {
+            job_id: job.id.clone(),
+            close: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = super::wait_end(client, job.id.clone()).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
+    assert_eq!(done.counts.unwrap().succeeded, 1001);
+    drop(nginx);
+    drop(server);
+    db.drop_db().await;
+}
+
+/// A job of a million items started with the CLI through nginx's default
+/// 1 MiB body limit: the CLI sends them in pages, and every item runs to
+/// success, once.
+#[tokio::test]
+async fn a_million_item_job_started_in_pages_through_nginx_succeeds_in_full() {
+    const ITEMS: u64 = 1_000_000;
+    let db = TestDb::create().await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let server = server(&db, &log, &["--pipelined-acks"]).await;
+    let nginx = proxy(ProxySpec::new(server.addr)).await;
+    let count = ITEMS.to_string();
+    let (code, stderr) = cli(
+        nginx.addr,
+        &[
+            "start",
+            "--name",
+            "million",
+            "--count",
+            &count,
+            "--param",
+            "duration_ms=0",
+            "--param",
+            "steps=1",
+            "--concurrency",
+            "64",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut client = super::connect(server.addr).await;
+    let jobs = client
+        .list_jobs(pb::ListJobsRequest {
+            name: "million".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let id = jobs[0].id.clone();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let done = loop {
+        let job = get(&mut client, &id).await;
+        if job.end_time.is_some() {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "not done in 4 minutes: {job:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
+    let counts = done.counts.unwrap();
+    assert_eq!((counts.total, counts.succeeded), (ITEMS, ITEMS));
+    // Each item once, in the order given.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let (n, distinct, max_attempts, first, last): (i64, i64, i32, String, String) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT idx), max(attempts), \
+                min(payload) FILTER (WHERE idx = 0), min(payload) FILTER (WHERE idx = $2) \
+         FROM items WHERE job_id = $1::uuid AND state = 2",
+    )
+    .bind(&id)
+    .bind(ITEMS as i32 - 1)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((n, distinct, max_attempts), (ITEMS as i64, ITEMS as i64, 1));
+    assert_eq!((first.as_str(), last.as_str()), ("item-0", "item-999999"));
+    pool.close().await;
+    drop(nginx);
     drop(server);
     db.drop_db().await;
 }

@@ -360,8 +360,9 @@ async fn watch_job_refuses_bad_requests_as_the_other_methods_do() {
 }
 
 /// Every method of the service, by path.
-const METHODS: [&str; 13] = [
+const METHODS: [&str; 14] = [
     "StartJob",
+    "AddItems",
     "GetJob",
     "ListJobs",
     "ListJobItems",

@@ -4,6 +4,7 @@
 //! examples), a fresh PostgreSQL database per test, the generated gRPC
 //! client. Also the property tests of everything that parses caller input.
 
+mod add_items;
 mod control;
 mod controls;
 mod deletion;

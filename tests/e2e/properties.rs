@@ -68,7 +68,7 @@ proptest! {
             request_scope: String::new(),
             timeout_ms, pause_after_failures, pause_on_failure_ratio, failure_window,
             retry_delay_ms, retry_delay_max_ms, start_paused, resume_at, rate_limit,
-            rate_period_ms, exclusive: false,
+            rate_period_ms, exclusive: false, open: false,
         };
         match JobSpec::parse(input, &limits) {
             Ok(spec) => {

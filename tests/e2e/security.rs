@@ -450,6 +450,23 @@ async fn every_rpc(
                 .map(|_| ()),
         ),
     ));
+    // Adding items is starting work: the start permission, in scope.
+    out.push((
+        "AddItems",
+        code(
+            client
+                .add_items(with_token(
+                    pb::AddItemsRequest {
+                        job_id: id.clone(),
+                        items: vec!["late".into()],
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+        ),
+    ));
     out.push((
         "GetJob",
         code(
@@ -663,7 +680,7 @@ async fn every_rpc_needs_a_valid_token_with_its_permission() {
         assert_eq!(code, expected, "{rpc} with a read token");
     }
     for (rpc, code) in every_rpc(&mut client, Some(&tokens[2]), &job.id).await {
-        let expected = if rpc == "StartJob" || rpc == "RunJob" {
+        let expected = if rpc == "StartJob" || rpc == "RunJob" || rpc == "AddItems" {
             Code::Ok
         } else {
             Code::PermissionDenied

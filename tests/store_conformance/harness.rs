@@ -103,6 +103,7 @@ pub fn spec(n: usize) -> JobSpec {
         policy: Default::default(),
         start: Default::default(),
         exclusive: false,
+        open: false,
     }
 }
 

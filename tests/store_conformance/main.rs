@@ -65,6 +65,8 @@ macro_rules! conformance {
 conformance! {
     both: [
         jobs::create_and_get_round_trip_every_field,
+        growing::an_open_job_grows_and_ends_only_once_closed,
+        growing::a_cancelled_job_cancels_its_late_items_and_takes_no_more,
         jobs::create_is_idempotent_by_request_id,
         jobs::request_ids_are_unique_within_a_scope,
         jobs::concurrent_creates_with_one_key_make_one_job,

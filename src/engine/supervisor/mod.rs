@@ -81,7 +81,17 @@ pub enum SupervisorMsg {
         /// The job's rate limit, if the notice said.
         rate: Option<RateLimit>,
         interrupt: bool,
+        /// The job's items in all, and whether it is open, if the notice
+        /// said.
+        items: Option<(u64, bool)>,
         reply: RpcReplyPort<bool>,
+    },
+    /// Items were added to the job, or it was closed (AddItems, committed
+    /// here): it holds `total` items and is `open` or not.
+    Grown {
+        total: u64,
+        open: bool,
+        reply: RpcReplyPort<()>,
     },
     /// Multi-replica mode: the lease is lost; stop at once, writing
     /// nothing more.
@@ -221,8 +231,10 @@ impl Actor for JobSupervisor {
             };
             Arc::new(deliver) as crate::executor::remote::hub::Deliver
         });
+        let mut core = Core::new(job.id, at, job.concurrency, &job.policy, active, settings);
+        (core.total, core.open) = (job.counts.total, job.open);
         let mut st = SupervisorState {
-            core: Core::new(job.id, at, job.concurrency, &job.policy, active, settings),
+            core,
             executor: job.executor.clone(),
             handler,
             rt,
@@ -377,12 +389,18 @@ impl SupervisorState {
                 self.perform(myself);
                 let _ = reply.send(());
             }
+            SupervisorMsg::Grown { total, open, reply } => {
+                self.core.grown(total, open);
+                self.perform(myself);
+                let _ = reply.send(());
+            }
             SupervisorMsg::Observed {
                 state,
                 seq,
                 concurrency,
                 rate,
                 interrupt,
+                items,
                 reply,
             } => {
                 let at = Committed {
@@ -390,7 +408,10 @@ impl SupervisorState {
                     seq,
                     interrupt,
                 };
-                let seen = self.core.observed(at, concurrency, rate, out);
+                let mut seen = self.core.observed(at, concurrency, rate, out);
+                if let Some((total, open)) = items {
+                    seen.changed |= self.core.grown(total, open);
+                }
                 if seen.applied && state == JobState::Cancelling {
                     self.cancel_asked = Some(Instant::now());
                 }

@@ -133,9 +133,10 @@ impl Core {
                 max: claim.max,
                 retries: claim.retries,
             });
-        } else if self.claims.all_taken() && workers.queued() == 0 && busy == 0 {
+        } else if self.claims.all_taken() && workers.queued() == 0 && busy == 0 && !self.open {
             // Whether any item failed is read from the counters when the
-            // transition is committed.
+            // transition is committed. (An open job waits instead, holding
+            // its workers, until items are added or it is closed.)
             self.settle(
                 Command::Finish { any_failed: false },
                 "every item ended".into(),

@@ -112,6 +112,9 @@ impl Core {
                     out.push(Action::ReleaseOrphans);
                 }
             }
+            // The job is open (this supervisor had not heard): it waits
+            // for items, or to be closed, before it finishes.
+            StoreError::JobOpen => self.open = true,
             StoreError::NotFound(_) => {
                 tracing::error!(job_id = %self.job, "job vanished from the store; stopping");
                 out.push(Action::Exit("job not found".into()));

@@ -104,6 +104,11 @@ pub(super) struct Core {
     pub(super) settings: Settings,
     /// Remote executors: the seats last asked of the worker hub.
     pub(super) seats_asked: Option<u32>,
+    /// The job's items in all, as last heard: AddItems adds to them.
+    pub total: u64,
+    /// The job is open: it does not finish until closed, however many of
+    /// its items are done.
+    pub open: bool,
 }
 
 impl Core {
@@ -134,7 +139,29 @@ impl Core {
             restarts: RestartBudget::new(settings.restart_window, settings.restart_budget),
             settings,
             seats_asked: None,
+            total: 0,
+            open: false,
         }
+    }
+
+    /// The job holds `total` items now and is `open` or not (AddItems, as
+    /// committed): claims look again from the first new item, and a
+    /// closed job may finish. Stale news (fewer items, open again after a
+    /// close) changes nothing: items are never taken away, and a closed
+    /// job never opens. Returns whether anything changed.
+    pub fn grown(&mut self, total: u64, open: bool) -> bool {
+        let mut changed = false;
+        if total > self.total {
+            self.claims
+                .pending_again(self.total.min(u32::MAX as u64) as u32);
+            self.total = total;
+            changed = true;
+        }
+        if self.open && !open {
+            self.open = false;
+            changed = true;
+        }
+        changed
     }
 
     /// The workers' stop signal for a job found in `state`.

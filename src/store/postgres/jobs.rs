@@ -7,10 +7,10 @@ use super::{
 };
 use crate::{
     domain::{
-        Effect, EventBody, Job, JobId, JobPolicy, JobSpec, JobState, PauseMode, Provenance,
-        RateLimit,
+        Effect, EventBody, ItemPage, Job, JobId, JobPolicy, JobSpec, JobState, PauseMode,
+        Provenance, RateLimit,
     },
-    store::{Created, Lease, PruneLimits, Recovery, StoreError, TransitionWrite},
+    store::{Added, Created, Lease, PruneLimits, Recovery, StoreError, TransitionWrite},
 };
 use sqlx::{PgConnection, PgPool, types::Json};
 use std::time::Duration;
@@ -35,9 +35,9 @@ pub(super) async fn create_job(
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
          request_id, request_scope, request_fingerprint, total_items, last_seq, created_at, \
-         started_at, updated_at, policy, exclusive) \
+         started_at, updated_at, policy, exclusive, open) \
          VALUES ($1, $2, $3, $12, $4, $5, $6, $7, $8, $13, $9, $10, 1, now(), now(), now(), $11, \
-         $14) \
+         $14, $15) \
          ON CONFLICT (request_scope, request_id) DO NOTHING",
     )
     .bind(id.0)
@@ -54,6 +54,7 @@ pub(super) async fn create_job(
     .bind(state.as_str())
     .bind(&spec.request_scope)
     .bind(spec.exclusive)
+    .bind(spec.open)
     .execute(&mut *tx)
     .await;
     let inserted = match inserted {
@@ -71,19 +72,7 @@ pub(super) async fn create_job(
             .await?
             .ok_or_else(|| StoreError::Internal("request id vanished".into()));
     }
-    for (n, chunk) in spec.items.chunks(INSERT_CHUNK).enumerate() {
-        sqlx::query(
-            "INSERT INTO items (job_id, idx, payload) \
-             SELECT $1, $2 + t.ord - 1, t.payload \
-             FROM UNNEST($3::text[]) WITH ORDINALITY AS t(payload, ord)",
-        )
-        .bind(id.0)
-        .bind((n * INSERT_CHUNK) as i64)
-        .bind(chunk)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-    }
+    insert_items(&mut tx, id, 0, &spec.items).await?;
     if state == JobState::Paused {
         // Paused from the start: a pause record like PauseJob's, already
         // reached, which ResumeJob (or its resume_at) closes.
@@ -106,6 +95,139 @@ pub(super) async fn create_job(
         .ok_or_else(|| StoreError::Internal("created job vanished".into()))?;
     tx.commit().await.map_err(db_error)?;
     Ok(Created { job, created: true })
+}
+
+/// Inserts `items` as the job's items from index `first`.
+async fn insert_items(
+    conn: &mut PgConnection,
+    id: JobId,
+    first: u64,
+    items: &[String],
+) -> Result<(), StoreError> {
+    for (n, chunk) in items.chunks(INSERT_CHUNK).enumerate() {
+        sqlx::query(
+            "INSERT INTO items (job_id, idx, payload) \
+             SELECT $1, $2 + t.ord - 1, t.payload \
+             FROM UNNEST($3::text[]) WITH ORDINALITY AS t(payload, ord)",
+        )
+        .bind(id.0)
+        .bind((first as usize + n * INSERT_CHUNK) as i64)
+        .bind(chunk)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// AddItems: see [`crate::store::Store::add_items`]. The job's row lock
+/// orders pages, finishes and transitions: a page either lands before a
+/// finish (which then finds its items pending and is refused) or finds the
+/// job ended.
+pub(super) async fn add_items(
+    pool: &PgPool,
+    id: JobId,
+    page: &ItemPage,
+    max_items: u64,
+    requested_by: Option<&str>,
+) -> Result<Added, StoreError> {
+    let fingerprint = page.fingerprint();
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    let row: Option<(String, i64, bool)> =
+        sqlx::query_as("SELECT state, total_items, open FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    let Some((state, total, open)) = row else {
+        return Err(StoreError::NotFound(id));
+    };
+    if let Some(key) = &page.request_id {
+        let seen: Option<(i64, i32, Vec<u8>)> = sqlx::query_as(
+            "SELECT first_index, added, fingerprint FROM job_item_pages \
+             WHERE job_id = $1 AND request_id = $2",
+        )
+        .bind(id.0)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if let Some((first, count, stored)) = seen {
+            if stored != fingerprint {
+                return Err(StoreError::RequestIdReused(key.clone()));
+            }
+            let job = rows::fetch_job(&mut tx, id)
+                .await?
+                .ok_or(StoreError::NotFound(id))?;
+            return Ok(Added {
+                job,
+                first: first as u32,
+                count: count as u32,
+            });
+        }
+    }
+    let current = job_state(&state)?;
+    if crate::domain::growable(current).is_err() {
+        return Err(StoreError::Conflict {
+            expected: JobState::Running,
+            current,
+        });
+    }
+    let total = total.max(0) as u64;
+    let adding = page.items.len() as u64;
+    if total + adding > max_items {
+        return Err(StoreError::TooManyItems {
+            total,
+            adding,
+            limit: max_items,
+        });
+    }
+    let closing = page.close && open;
+    if adding > 0 || closing {
+        insert_items(&mut tx, id, total, &page.items).await?;
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET total_items = total_items + $2, open = open AND NOT $3, \
+             last_seq = last_seq + 1, updated_at = now() WHERE id = $1 RETURNING last_seq",
+        )
+        .bind(id.0)
+        .bind(adding as i64)
+        .bind(page.close)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let event = EventBody::ItemsAdded {
+            first: total as u32,
+            count: adding as u32,
+            closed: closing,
+            requested_by: requested_by.map(String::from),
+            request_id: page.request_id.clone(),
+        };
+        insert_event(&mut tx, id, seq, &event).await?;
+    }
+    if let Some(key) = &page.request_id {
+        sqlx::query(
+            "INSERT INTO job_item_pages (job_id, request_id, first_index, added, closed, \
+             fingerprint) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id.0)
+        .bind(key)
+        .bind(total as i64)
+        .bind(adding as i32)
+        .bind(page.close)
+        .bind(&fingerprint)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    }
+    let job = rows::fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(Added {
+        job,
+        first: total as u32,
+        count: adding as u32,
+    })
 }
 
 /// The live exclusive job that holds `name` (a start lost the race to
@@ -334,6 +456,7 @@ fn transition_error(id: JobId, w: &TransitionWrite, e: sqlx::Error) -> StoreErro
             },
             Err(e) => e,
         },
+        Some("JV426") => StoreError::JobOpen,
         Some("JV425") => {
             let mut counts = message.split(' ').map(str::parse::<u64>);
             match (counts.next(), counts.next()) {

@@ -65,8 +65,8 @@ impl Leases for PgStore {
                  UPDATE job_leases SET expires_at = now() + make_interval(secs => $2) \
                  WHERE owner = $1 AND expires_at > now() \
                  RETURNING job_id, epoch) \
-             SELECT r.job_id, r.epoch, j.state, j.last_seq, j.concurrency, \
-                 (j.policy->>'rate_limit')::bigint AS rate_limit, \
+             SELECT r.job_id, r.epoch, j.state, j.last_seq, j.concurrency, j.total_items, \
+                 j.open, (j.policy->>'rate_limit')::bigint AS rate_limit, \
                  (j.policy->>'rate_period_ms')::bigint AS rate_period_ms \
              FROM renewed AS r JOIN jobs AS j ON j.id = r.job_id",
         )
@@ -82,7 +82,10 @@ impl Leases for PgStore {
                 let concurrency: i32 = row.try_get("concurrency").map_err(db_error)?;
                 let limit: Option<i64> = row.try_get("rate_limit").map_err(db_error)?;
                 let period: Option<i64> = row.try_get("rate_period_ms").map_err(db_error)?;
+                let total: i64 = row.try_get("total_items").map_err(db_error)?;
                 Ok(Held {
+                    total: total.max(0) as u64,
+                    open: row.try_get("open").map_err(db_error)?,
                     job: JobId(row.try_get("job_id").map_err(db_error)?),
                     epoch: row.try_get("epoch").map_err(db_error)?,
                     state: job_state(&state)?,
@@ -476,7 +479,8 @@ fn rate_limit(limit: i64, period_ms: i64) -> RateLimit {
 }
 
 /// `id,state,last_seq,concurrency,immediate,total,running,succeeded,failed,cancelled`,
-/// then `rate_limit,rate_period_ms` (migration 0014; absent before).
+/// then `rate_limit,rate_period_ms` (migration 0014; absent before), then
+/// `open` (0 or 1; absent before migration 0020).
 fn parse_change(payload: &str) -> Option<JobChange> {
     let mut parts = payload.split(',');
     let mut next = || parts.next();
@@ -498,6 +502,7 @@ fn parse_change(payload: &str) -> Option<JobChange> {
         (Some(limit), Some(period)) => Some(rate_limit(limit, period)),
         _ => None,
     };
+    let open = number().map(|n| n == 1);
     Some(JobChange {
         job,
         state,
@@ -506,6 +511,7 @@ fn parse_change(payload: &str) -> Option<JobChange> {
         immediate,
         counts,
         rate,
+        open,
     })
 }
 

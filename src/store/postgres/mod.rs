@@ -285,6 +285,16 @@ impl Store for PgStore {
         jobs::transition_fenced(&self.pool, id, write, None).await
     }
 
+    async fn add_items(
+        &self,
+        id: JobId,
+        page: &crate::domain::ItemPage,
+        max_items: u64,
+        requested_by: Option<&str>,
+    ) -> Result<super::Added, StoreError> {
+        jobs::add_items(&self.pool, id, page, max_items, requested_by).await
+    }
+
     async fn set_concurrency(
         &self,
         id: JobId,

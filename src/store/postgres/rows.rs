@@ -20,7 +20,7 @@ macro_rules! job_fields {
          jobs.params, jobs.labels, jobs.policy, jobs.request_id, jobs.total_items, \
          jobs.running_items, jobs.succeeded_items, jobs.failed_items, jobs.cancelled_items, \
          jobs.last_seq, jobs.last_error, jobs.created_at, jobs.started_at, jobs.updated_at, \
-         jobs.ended_at, jobs.exclusive"
+         jobs.ended_at, jobs.exclusive, jobs.open"
     };
 }
 
@@ -113,6 +113,7 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
         last_error: row.try_get("last_error").map_err(get_err)?,
         last_seq: count(row, "last_seq")?,
         exclusive: row.try_get("exclusive").map_err(get_err)?,
+        open: row.try_get("open").map_err(get_err)?,
     })
 }
 

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 pub(super) const JOB_COLUMNS: &str = "id, name, executor, state, concurrency, max_attempts, \
      params, labels, policy, request_id, total_items, running_items, succeeded_items, failed_items, \
      cancelled_items, last_seq, last_error, created_at, started_at, updated_at, ended_at, \
-     exclusive";
+     exclusive, open";
 
 /// The columns [`item_from_row`] reads.
 pub(super) const ITEM_COLUMNS: &str =
@@ -123,6 +123,7 @@ pub(super) fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         last_error: row.try_get("last_error").map_err(db_error)?,
         last_seq: count(row, "last_seq")?,
         exclusive: row.try_get("exclusive").map_err(db_error)?,
+        open: row.try_get("open").map_err(db_error)?,
     })
 }
 

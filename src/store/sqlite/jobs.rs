@@ -11,10 +11,10 @@ use super::{
 };
 use crate::{
     domain::{
-        Effect, EventBody, Job, JobId, JobPolicy, JobSpec, JobState, PauseMode, Provenance,
-        RateLimit,
+        Effect, EventBody, ItemPage, Job, JobId, JobPolicy, JobSpec, JobState, PauseMode,
+        Provenance, RateLimit,
     },
-    store::{Created, PruneLimits, StoreError, TransitionWrite},
+    store::{Added, Created, PruneLimits, StoreError, TransitionWrite},
 };
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
@@ -80,8 +80,9 @@ pub(super) async fn create_job(
     sqlx::query(
         "INSERT INTO jobs (id, name, executor, state, concurrency, max_attempts, params, labels, \
          request_id, request_scope, request_fingerprint, total_items, last_seq, created_at, \
-         started_at, updated_at, policy, exclusive) \
-         VALUES (?1, ?2, ?3, ?13, ?4, ?5, ?6, ?7, ?8, ?14, ?9, ?10, 1, ?11, ?11, ?11, ?12, ?15)",
+         started_at, updated_at, policy, exclusive, open) \
+         VALUES (?1, ?2, ?3, ?13, ?4, ?5, ?6, ?7, ?8, ?14, ?9, ?10, 1, ?11, ?11, ?11, ?12, ?15, \
+         ?16)",
     )
     .bind(id.0)
     .bind(&spec.name)
@@ -98,19 +99,11 @@ pub(super) async fn create_job(
     .bind(state.as_str())
     .bind(&spec.request_scope)
     .bind(spec.exclusive)
+    .bind(spec.open)
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;
-    for (n, chunk) in spec.items.chunks(INSERT_CHUNK).enumerate() {
-        let first = (n * INSERT_CHUNK) as i64;
-        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO items (job_id, idx, payload) ");
-        insert.push_values(chunk.iter().enumerate(), |mut row, (k, payload)| {
-            row.push_bind(id.0)
-                .push_bind(first + k as i64)
-                .push_bind(payload.as_str());
-        });
-        insert.build().execute(&mut *tx).await.map_err(db_error)?;
-    }
+    insert_items(&mut tx, id, 0, &spec.items).await?;
     if state == JobState::Paused {
         // Paused from the start: a pause record like PauseJob's, already
         // reached, which ResumeJob (or its resume_at) closes.
@@ -135,6 +128,133 @@ pub(super) async fn create_job(
         .ok_or_else(|| StoreError::Internal("created job vanished".into()))?;
     tx.commit().await.map_err(db_error)?;
     Ok(Created { job, created: true })
+}
+
+/// Inserts `items` as the job's items from index `first`.
+async fn insert_items(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    first: u64,
+    items: &[String],
+) -> Result<(), StoreError> {
+    for (n, chunk) in items.chunks(INSERT_CHUNK).enumerate() {
+        let first = (first as usize + n * INSERT_CHUNK) as i64;
+        let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO items (job_id, idx, payload) ");
+        insert.push_values(chunk.iter().enumerate(), |mut row, (k, payload)| {
+            row.push_bind(id.0)
+                .push_bind(first + k as i64)
+                .push_bind(payload.as_str());
+        });
+        insert.build().execute(&mut *conn).await.map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// AddItems: see [`crate::store::Store::add_items`]. Under the store's
+/// write lock from the request-id lookup to the commit.
+pub(super) async fn add_items(
+    pool: &SqlitePool,
+    id: JobId,
+    page: &ItemPage,
+    max_items: u64,
+    requested_by: Option<&str>,
+) -> Result<Added, StoreError> {
+    let fingerprint = page.fingerprint();
+    let mut tx = begin_write(pool).await?;
+    let current = current_state(&mut tx, id).await?;
+    if let Some(key) = &page.request_id {
+        let seen: Option<(i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT first_index, added, fingerprint FROM job_item_pages \
+             WHERE job_id = ?1 AND request_id = ?2",
+        )
+        .bind(id.0)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if let Some((first, count, stored)) = seen {
+            if stored != fingerprint {
+                return Err(StoreError::RequestIdReused(key.clone()));
+            }
+            let job = fetch_job(&mut tx, id)
+                .await?
+                .ok_or(StoreError::NotFound(id))?;
+            return Ok(Added {
+                job,
+                first: first as u32,
+                count: count as u32,
+            });
+        }
+    }
+    if crate::domain::growable(current).is_err() {
+        return Err(StoreError::Conflict {
+            expected: JobState::Running,
+            current,
+        });
+    }
+    let (total, open): (i64, bool) =
+        sqlx::query_as("SELECT total_items, open FROM jobs WHERE id = ?1")
+            .bind(id.0)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    let total = total.max(0) as u64;
+    let adding = page.items.len() as u64;
+    if total + adding > max_items {
+        return Err(StoreError::TooManyItems {
+            total,
+            adding,
+            limit: max_items,
+        });
+    }
+    let closing = page.close && open;
+    if adding > 0 || closing {
+        insert_items(&mut tx, id, total, &page.items).await?;
+        let at = micros(now());
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET total_items = total_items + ?2, open = open AND NOT ?3, \
+             last_seq = last_seq + 1, updated_at = ?4 WHERE id = ?1 RETURNING last_seq",
+        )
+        .bind(id.0)
+        .bind(adding as i64)
+        .bind(page.close)
+        .bind(at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let event = EventBody::ItemsAdded {
+            first: total as u32,
+            count: adding as u32,
+            closed: closing,
+            requested_by: requested_by.map(String::from),
+            request_id: page.request_id.clone(),
+        };
+        insert_event(&mut tx, id, seq, at, &event).await?;
+    }
+    if let Some(key) = &page.request_id {
+        sqlx::query(
+            "INSERT INTO job_item_pages (job_id, request_id, first_index, added, closed, \
+             fingerprint) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(id.0)
+        .bind(key)
+        .bind(total as i64)
+        .bind(adding as i64)
+        .bind(page.close)
+        .bind(&fingerprint)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    }
+    let job = fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(Added {
+        job,
+        first: total as u32,
+        count: adding as u32,
+    })
 }
 
 pub(super) async fn insert_event(
@@ -230,6 +350,15 @@ async fn check_finished(
 ) -> Result<(), StoreError> {
     if w.effects.contains(&Effect::ReleaseRunning) {
         return Ok(());
+    }
+    // An open job (AddItems) does not finish until it is closed.
+    let open: bool = sqlx::query_scalar("SELECT open FROM jobs WHERE id = ?1")
+        .bind(id.0)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    if open {
+        return Err(StoreError::JobOpen);
     }
     let (pending, running): (i64, i64) = sqlx::query_as(
         "SELECT total_items - running_items - succeeded_items - failed_items - cancelled_items, \

@@ -159,6 +159,16 @@ impl Store for SqliteStore {
         jobs::transition(&self.write, id, write).await
     }
 
+    async fn add_items(
+        &self,
+        id: JobId,
+        page: &crate::domain::ItemPage,
+        max_items: u64,
+        requested_by: Option<&str>,
+    ) -> Result<crate::store::Added, StoreError> {
+        jobs::add_items(&self.write, id, page, max_items, requested_by).await
+    }
+
     async fn set_concurrency(
         &self,
         id: JobId,

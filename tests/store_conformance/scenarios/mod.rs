@@ -5,6 +5,7 @@
 pub mod claims;
 pub mod control;
 pub mod deletion;
+pub mod growing;
 pub mod in_batch;
 pub mod jobs;
 pub mod listing;

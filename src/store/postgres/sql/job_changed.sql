@@ -19,7 +19,7 @@ BEGIN
         NEW.concurrency, COALESCE(immediate, 0), NEW.total_items, NEW.running_items,
         NEW.succeeded_items, NEW.failed_items, NEW.cancelled_items,
         COALESCE(NEW.policy->>'rate_limit', '0'),
-        COALESCE(NEW.policy->>'rate_period_ms', '0')));
+        COALESCE(NEW.policy->>'rate_period_ms', '0'), NEW.open::integer));
     RETURN NULL;
 END;
 $$;

@@ -31,6 +31,7 @@ DECLARE
     v_state text;
     v_pending bigint;
     v_running bigint;
+    v_open boolean;
     v_seq bigint;
     v_effect text;
 BEGIN
@@ -48,10 +49,14 @@ BEGIN
     END IF;
     -- A job may only finish once no item is pending or running; a fatal
     -- failure (which releases what runs) is not checked.
+    -- An open job (AddItems) does not finish until it is closed.
     IF p_to IN ('succeeded', 'failed') AND NOT ('release_running' = ANY(p_effects)) THEN
         SELECT total_items - running_items - succeeded_items - failed_items - cancelled_items,
-               running_items
-          INTO v_pending, v_running FROM jobs WHERE id = p_id;
+               running_items, open
+          INTO v_pending, v_running, v_open FROM jobs WHERE id = p_id;
+        IF v_open THEN
+            RAISE EXCEPTION USING ERRCODE = 'JV426', MESSAGE = 'job is open';
+        END IF;
         IF v_pending <> 0 OR v_running <> 0 THEN
             RAISE EXCEPTION USING ERRCODE = 'JV425',
                 MESSAGE = GREATEST(v_pending, 0) || ' ' || GREATEST(v_running, 0);

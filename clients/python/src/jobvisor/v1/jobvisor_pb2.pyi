@@ -77,7 +77,7 @@ CONTROL_ACTION_RESUME: ControlAction
 CONTROL_ACTION_CANCEL: ControlAction
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("name", "executor", "items", "concurrency", "params", "labels", "max_attempts", "request_id", "timeout", "pause_after_failures", "pause_on_failure_ratio", "failure_window", "retry_delay", "retry_delay_max", "start_paused", "resume_at", "rate_limit", "rate_period", "validate_only", "exclusive")
+    __slots__ = ("name", "executor", "items", "concurrency", "params", "labels", "max_attempts", "request_id", "timeout", "pause_after_failures", "pause_on_failure_ratio", "failure_window", "retry_delay", "retry_delay_max", "start_paused", "resume_at", "rate_limit", "rate_period", "validate_only", "exclusive", "open")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class StartJobRequest(_message.Message):
     RATE_PERIOD_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     EXCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     executor: str
     items: _containers.RepeatedScalarFieldContainer[str]
@@ -132,7 +133,30 @@ class StartJobRequest(_message.Message):
     rate_period: _duration_pb2.Duration
     validate_only: bool
     exclusive: bool
-    def __init__(self, name: _Optional[str] = ..., executor: _Optional[str] = ..., items: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_after_failures: _Optional[int] = ..., pause_on_failure_ratio: _Optional[float] = ..., failure_window: _Optional[int] = ..., retry_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_delay_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., start_paused: _Optional[bool] = ..., resume_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rate_limit: _Optional[int] = ..., rate_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validate_only: _Optional[bool] = ..., exclusive: _Optional[bool] = ...) -> None: ...
+    open: bool
+    def __init__(self, name: _Optional[str] = ..., executor: _Optional[str] = ..., items: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_attempts: _Optional[int] = ..., request_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pause_after_failures: _Optional[int] = ..., pause_on_failure_ratio: _Optional[float] = ..., failure_window: _Optional[int] = ..., retry_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_delay_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., start_paused: _Optional[bool] = ..., resume_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rate_limit: _Optional[int] = ..., rate_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validate_only: _Optional[bool] = ..., exclusive: _Optional[bool] = ..., open: _Optional[bool] = ...) -> None: ...
+
+class AddItemsRequest(_message.Message):
+    __slots__ = ("job_id", "items", "request_id", "close")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    items: _containers.RepeatedScalarFieldContainer[str]
+    request_id: str
+    close: bool
+    def __init__(self, job_id: _Optional[str] = ..., items: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., close: _Optional[bool] = ...) -> None: ...
+
+class AddItemsResponse(_message.Message):
+    __slots__ = ("job", "first_index", "added")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    first_index: int
+    added: int
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., first_index: _Optional[int] = ..., added: _Optional[int] = ...) -> None: ...
 
 class RunJobRequest(_message.Message):
     __slots__ = ("job", "reason")
@@ -335,7 +359,7 @@ class WatchJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., from_sequence: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "executor", "state", "counts", "concurrency", "max_attempts", "params", "labels", "create_time", "start_time", "update_time", "end_time", "pauses", "can_pause", "can_resume", "can_cancel", "last_error", "last_sequence", "request_id", "policy", "owner", "waiting_for", "exclusive", "status")
+    __slots__ = ("id", "name", "executor", "state", "counts", "concurrency", "max_attempts", "params", "labels", "create_time", "start_time", "update_time", "end_time", "pauses", "can_pause", "can_resume", "can_cancel", "last_error", "last_sequence", "request_id", "policy", "owner", "waiting_for", "exclusive", "status", "open")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -375,6 +399,7 @@ class Job(_message.Message):
     WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     EXCLUSIVE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     executor: str
@@ -400,7 +425,8 @@ class Job(_message.Message):
     waiting_for: str
     exclusive: bool
     status: JobStatus
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., executor: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., concurrency: _Optional[int] = ..., max_attempts: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pauses: _Optional[_Iterable[_Union[PauseRecord, _Mapping]]] = ..., can_pause: _Optional[bool] = ..., can_resume: _Optional[bool] = ..., can_cancel: _Optional[bool] = ..., last_error: _Optional[str] = ..., last_sequence: _Optional[int] = ..., request_id: _Optional[str] = ..., policy: _Optional[_Union[JobPolicy, _Mapping]] = ..., owner: _Optional[_Union[JobOwner, _Mapping]] = ..., waiting_for: _Optional[str] = ..., exclusive: _Optional[bool] = ..., status: _Optional[_Union[JobStatus, _Mapping]] = ...) -> None: ...
+    open: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., executor: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., concurrency: _Optional[int] = ..., max_attempts: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pauses: _Optional[_Iterable[_Union[PauseRecord, _Mapping]]] = ..., can_pause: _Optional[bool] = ..., can_resume: _Optional[bool] = ..., can_cancel: _Optional[bool] = ..., last_error: _Optional[str] = ..., last_sequence: _Optional[int] = ..., request_id: _Optional[str] = ..., policy: _Optional[_Union[JobPolicy, _Mapping]] = ..., owner: _Optional[_Union[JobOwner, _Mapping]] = ..., waiting_for: _Optional[str] = ..., exclusive: _Optional[bool] = ..., status: _Optional[_Union[JobStatus, _Mapping]] = ..., open: _Optional[bool] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("active_time", "items_per_second", "eta", "running_items")
@@ -505,7 +531,7 @@ class Item(_message.Message):
     def __init__(self, index: _Optional[int] = ..., payload: _Optional[str] = ..., state: _Optional[_Union[ItemState, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., checkpoint: _Optional[bytes] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[str] = ..., retry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("sequence", "time", "snapshot", "state_changed", "item_failed", "worker_restarted", "progress", "concurrency_changed", "owner_changed", "rate_limit_changed")
+    __slots__ = ("sequence", "time", "snapshot", "state_changed", "item_failed", "worker_restarted", "progress", "concurrency_changed", "owner_changed", "rate_limit_changed", "items_added")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -516,6 +542,7 @@ class JobEvent(_message.Message):
     CONCURRENCY_CHANGED_FIELD_NUMBER: _ClassVar[int]
     OWNER_CHANGED_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_ADDED_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     snapshot: Job
@@ -526,7 +553,22 @@ class JobEvent(_message.Message):
     concurrency_changed: ConcurrencyChanged
     owner_changed: OwnerChanged
     rate_limit_changed: RateLimitChanged
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[_Union[Job, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., item_failed: _Optional[_Union[ItemFailed, _Mapping]] = ..., worker_restarted: _Optional[_Union[WorkerRestarted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., concurrency_changed: _Optional[_Union[ConcurrencyChanged, _Mapping]] = ..., owner_changed: _Optional[_Union[OwnerChanged, _Mapping]] = ..., rate_limit_changed: _Optional[_Union[RateLimitChanged, _Mapping]] = ...) -> None: ...
+    items_added: ItemsAdded
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[_Union[Job, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., item_failed: _Optional[_Union[ItemFailed, _Mapping]] = ..., worker_restarted: _Optional[_Union[WorkerRestarted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., concurrency_changed: _Optional[_Union[ConcurrencyChanged, _Mapping]] = ..., owner_changed: _Optional[_Union[OwnerChanged, _Mapping]] = ..., rate_limit_changed: _Optional[_Union[RateLimitChanged, _Mapping]] = ..., items_added: _Optional[_Union[ItemsAdded, _Mapping]] = ...) -> None: ...
+
+class ItemsAdded(_message.Message):
+    __slots__ = ("first_index", "count", "closed", "requested_by", "request_id")
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    first_index: int
+    count: int
+    closed: bool
+    requested_by: str
+    request_id: str
+    def __init__(self, first_index: _Optional[int] = ..., count: _Optional[int] = ..., closed: _Optional[bool] = ..., requested_by: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RateLimitChanged(_message.Message):
     __slots__ = ("from_limit", "from_period", "to_limit", "to_period", "requested_by", "request_id")

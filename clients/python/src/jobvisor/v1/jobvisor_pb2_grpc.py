@@ -40,6 +40,11 @@ class JobServiceStub:
                 request_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.StartJobRequest.SerializeToString,
                 response_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.Job.FromString,
                 _registered_method=True)
+        self.AddItems = channel.unary_unary(
+                '/jobvisor.v1.JobService/AddItems',
+                request_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.AddItemsRequest.SerializeToString,
+                response_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.AddItemsResponse.FromString,
+                _registered_method=True)
         self.RunJob = channel.unary_unary(
                 '/jobvisor.v1.JobService/RunJob',
                 request_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.RunJobRequest.SerializeToString,
@@ -116,6 +121,22 @@ class JobServiceServicer:
         PAUSED until resumed). Returns once the job and all its items are
         stored. With a `request_id`, a retried call returns the job the first
         call created and starts nothing new.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddItems(self, request, context):
+        """Adds a page of items to a job that has not ended (RUNNING, PAUSING or
+        PAUSED), after its last item: their indexes follow on, and they run in
+        turn like the others (a paused job runs them once resumed). With
+        `close`, the page also closes a job started `open`; a page of no items
+        with `close` only closes it. Pages hold at most 100,000 items and
+        4 MiB of items, and a job at most `serve --max-items` in all; a page
+        over a limit is refused whole (INVALID_ARGUMENT naming `items`). With
+        a `request_id`, a retried page adds nothing again and answers as the
+        first did. A job being cancelled or ended: FAILED_PRECONDITION
+        (JOB_TAKES_NO_ITEMS). Needs the `start` permission.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +278,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.StartJobRequest.FromString,
                     response_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.Job.SerializeToString,
             ),
+            'AddItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddItems,
+                    request_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.AddItemsRequest.FromString,
+                    response_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.AddItemsResponse.SerializeToString,
+            ),
             'RunJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RunJob,
                     request_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.RunJobRequest.FromString,
@@ -351,6 +377,33 @@ class JobService:
             '/jobvisor.v1.JobService/StartJob',
             jobvisor_dot_v1_dot_jobvisor__pb2.StartJobRequest.SerializeToString,
             jobvisor_dot_v1_dot_jobvisor__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobvisor.v1.JobService/AddItems',
+            jobvisor_dot_v1_dot_jobvisor__pb2.AddItemsRequest.SerializeToString,
+            jobvisor_dot_v1_dot_jobvisor__pb2.AddItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,
