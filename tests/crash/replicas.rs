@@ -775,6 +775,69 @@ async fn a_watcher_on_another_replica_sees_every_event_across_an_owner_change() 
     r.stop().await;
 }
 
+/// Items added through replicas that do not own the job reach its owner:
+/// an open job grows a page through each replica, runs every item once,
+/// and ends when closed through one that does not own it.
+#[tokio::test]
+async fn items_added_through_any_replica_reach_the_owner() {
+    let r = Replicas::start(3, "3s").await;
+    let mut first = r.client(0).await;
+    let job = first
+        .start_job(pb::StartJobRequest {
+            open: true,
+            ..sleep_job("grown", 10, 4, 5, 1)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let owner = r
+        .wait_owner(&job.id, Duration::from_secs(5), |_| true)
+        .await;
+    wait_progress(&mut first, &job.id, 10).await;
+    for (n, replica) in [(owner + 1) % 3, (owner + 2) % 3, owner]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = r.client(replica).await;
+        let page = pb::AddItemsRequest {
+            job_id: job.id.clone(),
+            items: (0..20).map(|k| format!("late-{n}-{k}")).collect(),
+            request_id: format!("page-{n}"),
+            close: false,
+        };
+        let added = client.add_items(page).await.unwrap().into_inner();
+        assert_eq!(added.first_index, 10 + 20 * n as u32);
+        assert_eq!(added.added, 20);
+        wait_progress(&mut client, &job.id, 10 + 20 * (n as u64 + 1)).await;
+        let job = get(&mut client, &job.id).await;
+        assert_eq!(job.state, pb::JobState::Running as i32, "open: {job:?}");
+    }
+    assert_eq!(
+        r.owner(&job.id).await,
+        Some(owner),
+        "the owner kept the job"
+    );
+    let mut other = r.client((owner + 1) % 3).await;
+    other
+        .add_items(pb::AddItemsRequest {
+            job_id: job.id.clone(),
+            close: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = wait_state(
+        &mut other,
+        &job.id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(succeeded(&done), 70);
+    r.assert_consistent(&job.id).await;
+    r.stop().await;
+}
+
 #[test]
 fn the_embedded_store_refuses_multi_replica_mode() {
     let dir = tempfile::tempdir().unwrap();
