@@ -541,7 +541,7 @@ impl Engine {
                         "items",
                         format!(
                             "holds {adding} items, and the job holds {total}: a job may hold \
-                             at most {limit} (serve --max-items)"
+                             at most {limit}"
                         ),
                     )]));
                 }

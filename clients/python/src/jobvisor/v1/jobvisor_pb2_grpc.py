@@ -132,7 +132,7 @@ class JobServiceServicer:
         turn like the others (a paused job runs them once resumed). With
         `close`, the page also closes a job started `open`; a page of no items
         with `close` only closes it. Pages hold at most 100,000 items and
-        4 MiB of items, and a job at most `serve --max-items` in all; a page
+        4 MiB of items, and a job at most 1,000,000 items in all; a page
         over a limit is refused whole (INVALID_ARGUMENT naming `items`). With
         a `request_id`, a retried page adds nothing again and answers as the
         first did. A job being cancelled or ended: FAILED_PRECONDITION
