@@ -7,6 +7,8 @@
 //!   jobs running at once.
 //! - [`watchers`]: event delivery to 1,000 WatchJob streams on one job,
 //!   and what they cost its throughput.
+//! - [`pages`]: a million items sent in pages through nginx, and items
+//!   added to a running job against a job started whole.
 //! - [`recovery`]: SIGKILL and restart: time to serve, and until every
 //!   running job runs again.
 //! - [`remote`]: remote workers: a worker process's throughput against the
@@ -15,12 +17,14 @@
 
 pub mod control;
 pub mod many_jobs;
+pub mod pages;
 pub mod recovery;
 pub mod remote;
 pub mod watchers;
 
 pub use control::control;
 pub use many_jobs::many_jobs;
+pub use pages::pages;
 pub use recovery::recovery;
 pub use watchers::watchers;
 

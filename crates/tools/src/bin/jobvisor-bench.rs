@@ -50,6 +50,10 @@ enum Scenario {
     /// 1,000 WatchJob streams on one running job: delivery latency, gap-free
     /// streams, and the job's throughput with and without them.
     Watchers(scenarios::watchers::WatchersOptions),
+    /// A job of 1,000,000 items started with the CLI in pages through nginx
+    /// (time to the last page), and a job grown by AddItems while it runs
+    /// against the same job started whole (items/s).
+    Pages(scenarios::pages::PagesOptions),
     /// SIGKILL of a server running 1,000 jobs and restart: time to serve,
     /// and until every job has an item running again.
     Recovery(scenarios::recovery::RecoveryOptions),
@@ -174,6 +178,10 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let s = scenarios::watchers::WatchersSummary::of(&pairs);
                 report(args.json, "watchers-summary", &s.human(), &s, &context);
             }
+        }
+        Scenario::Pages(opts) => {
+            let r = scenarios::pages(&setup, &opts).await?;
+            report(args.json, "pages", &r.human(), &r, &context);
         }
         Scenario::Recovery(opts) => {
             let r = scenarios::recovery(&setup, &opts).await?;
