@@ -838,6 +838,77 @@ async fn items_added_through_any_replica_reach_the_owner() {
     r.stop().await;
 }
 
+/// RunJob for one name through different replicas at once makes one job:
+/// one call starts it, the others find it running; paused through one
+/// replica, a run through another resumes it.
+#[tokio::test]
+async fn runs_of_one_name_through_different_replicas_make_one_job() {
+    let r = Replicas::start(3, "3s").await;
+    let request = || pb::RunJobRequest {
+        job: Some(sleep_job("nightly-quotes", 200, 2, 50, 2)),
+        reason: "nightly".into(),
+    };
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(r.client(i).await);
+    }
+    // Two calls through each replica, all at once.
+    let calls = clients.iter().cycle().take(6).map(|c| {
+        let mut c = c.clone();
+        let request = request();
+        async move { c.run_job(request).await.map(|a| a.into_inner()) }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut ids = std::collections::BTreeSet::new();
+    let mut started = 0;
+    for answer in answers {
+        let answer = answer.expect("every run succeeds");
+        ids.insert(answer.job.unwrap().id);
+        match pb::RunOutcome::try_from(answer.outcome).unwrap() {
+            pb::RunOutcome::Started => started += 1,
+            pb::RunOutcome::AlreadyRunning => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(started, 1, "one call started it");
+    assert_eq!(ids.len(), 1, "every call answered the same job");
+    let id = ids.into_iter().next().unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE name = 'nightly-quotes'")
+        .fetch_one(&r.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+
+    // Paused through one replica, resumed by a run through another.
+    clients[0]
+        .pause_job(pb::PauseJobRequest {
+            job_id: id.clone(),
+            mode: pb::PauseMode::Immediate as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_state(
+        &mut clients[1],
+        &id,
+        pb::JobState::Paused,
+        Duration::from_secs(10),
+    )
+    .await;
+    let answer = clients[2].run_job(request()).await.unwrap().into_inner();
+    assert_eq!(answer.outcome, pb::RunOutcome::Resumed as i32);
+    assert_eq!(answer.job.unwrap().id, id);
+    wait_state(
+        &mut clients[1],
+        &id,
+        pb::JobState::Running,
+        Duration::from_secs(10),
+    )
+    .await;
+    r.assert_consistent(&id).await;
+    r.stop().await;
+}
+
 #[test]
 fn the_embedded_store_refuses_multi_replica_mode() {
     let dir = tempfile::tempdir().unwrap();

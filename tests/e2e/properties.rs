@@ -1,4 +1,5 @@
 //! Property tests over everything that parses caller input: job requests,
+//! pages of items,
 //! label selectors, Durations, page tokens, deadlines, the exec line
 //! protocol, token files, and raw bytes sent as a gRPC message to the real
 //! server. Nothing may panic, and what is accepted keeps its invariants.
@@ -9,7 +10,7 @@ use super::harness::raw_call;
 use jobvisor::{
     api::{auth::Tokens, convert, limits::grpc_timeout},
     domain::{
-        JobSpec, Limits, NewJob, StartAs,
+        ItemPage, JobSpec, Limits, NewItems, NewJob, StartAs,
         page::{ItemCursor, JobCursor},
     },
     executor::protocol::parse_line,
@@ -37,6 +38,29 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(
         std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
     ))]
+
+    #[test]
+    fn pages_of_items_are_parsed_or_refused_by_field(
+        items in prop::collection::vec(text(), 0..20),
+        request_id in text(),
+        close in any::<bool>(),
+    ) {
+        let limits = Limits { max_item_bytes: 64, ..Limits::default() };
+        let input = NewItems { items: items.clone(), request_id: request_id.clone(), close };
+        match ItemPage::parse(input, &limits) {
+            Ok(page) => {
+                prop_assert!(close || !page.items.is_empty());
+                prop_assert_eq!(&page.items, &items);
+                prop_assert!(page.items.iter().all(|i| i.len() <= 64 && !i.contains('\0')));
+                prop_assert!(page.request_id.as_ref().is_none_or(|r| !r.is_empty() && r.chars().count() <= 200));
+                prop_assert_eq!(page.fingerprint().len(), 32);
+            }
+            Err(bad) => {
+                prop_assert!(!bad.is_empty());
+                prop_assert!(bad.iter().all(|v| v.field.starts_with("items") || v.field == "request_id"), "{:?}", bad);
+            }
+        }
+    }
 
     #[test]
     fn job_requests_are_parsed_or_refused_by_field(
