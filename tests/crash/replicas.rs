@@ -905,6 +905,21 @@ async fn runs_of_one_name_through_different_replicas_make_one_job() {
         Duration::from_secs(10),
     )
     .await;
+    // Counters checked on a job at rest: cancelled through the third.
+    clients[2]
+        .cancel_job(pb::CancelJobRequest {
+            job_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_state(
+        &mut clients[0],
+        &id,
+        pb::JobState::Cancelled,
+        Duration::from_secs(10),
+    )
+    .await;
     r.assert_consistent(&id).await;
     r.stop().await;
 }
