@@ -18,6 +18,7 @@ mod executors;
 mod hammer;
 mod harness;
 mod hostile;
+mod http;
 mod lifecycle;
 mod node;
 mod panics;
