@@ -58,11 +58,13 @@ impl Answer {
     }
 }
 
-/// A client of the HTTP API at `addr`, with a bearer token or none.
+/// A client of the HTTP API at `addr`, with a bearer token or none, in
+/// plaintext or TLS.
 #[derive(Clone)]
 struct Http {
     addr: SocketAddr,
     token: Option<String>,
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Http {
@@ -70,6 +72,7 @@ impl Http {
         Http {
             addr: app.http_addr.expect("the app serves HTTP"),
             token: None,
+            tls: None,
         }
     }
 
@@ -89,11 +92,26 @@ impl Http {
         body: Option<Vec<u8>>,
     ) -> http::Response<hyper::body::Incoming> {
         let tcp = TcpStream::connect(self.addr).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
+        let mut sender = match &self.tls {
+            None => {
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                        .await
+                        .unwrap();
+                tokio::spawn(connection);
+                sender
+            }
+            Some(tls) => {
+                let name = "localhost".try_into().unwrap();
+                let tls = tls.connect(name, tcp).await.unwrap();
+                let (sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                        .await
+                        .unwrap();
+                tokio::spawn(connection);
+                sender
+            }
+        };
         let mut request = http::Request::builder()
             .method(method)
             .uri(path)
@@ -894,5 +912,121 @@ async fn a_quiet_events_stream_gets_keepalive_comments() {
     .await
     .expect("a keepalive comment on a paused job's stream");
     assert!(comment.comment);
+    app.stop().await;
+}
+
+/// Under TLS with client certificates (mTLS), the HTTP port is served
+/// with the gRPC port's certificate and CA, and the certificate names the
+/// caller, as over gRPC; plaintext does not get through.
+#[tokio::test]
+async fn under_mtls_the_http_api_is_served_in_tls_and_the_certificate_names_the_caller() {
+    use super::security::{Pki, write};
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = Pki::new("server-ca");
+    let client_ca = Pki::new("client-ca");
+    let (cert, key) = server_ca.leaf("jobvisor");
+    let tls = jobvisor::server::TlsFiles {
+        cert: write(&dir, "server.pem", &cert),
+        key: write(&dir, "server.key", &key),
+        client_ca: Some(write(&dir, "client-ca.pem", &client_ca.ca_pem)),
+    };
+    let (client_cert, client_key) = client_ca.leaf("alice");
+    let client_tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&server_ca.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &client_cert,
+            &client_key,
+        ))
+        .domain_name("localhost");
+    let app = spawn_app_with(Options {
+        http: true,
+        tls: Some(tls),
+        client_tls: Some(client_tls),
+        ..Options::default()
+    })
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(server_ca.ca_pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_slice_iter(client_cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let https = Http {
+        tls: Some(tokio_rustls::TlsConnector::from(Arc::new(config))),
+        ..Http::of(&app)
+    };
+    let started = https.post("/v1/jobs", gate_job("tls", 1, json!({}))).await;
+    assert_eq!(started.status, 200, "{:?}", started.json);
+    let id = started.json["id"].as_str().unwrap();
+    let paused = https
+        .post(&format!("/v1/jobs/{id}:pause"), json!({"reason": "tls"}))
+        .await;
+    assert_eq!(paused.status, 200, "{:?}", paused.json);
+    let who = paused.json["pauses"][0]["requestedBy"].as_str().unwrap();
+    assert!(
+        who.contains("CN=alice"),
+        "the certificate names the caller: {who}"
+    );
+
+    // Plaintext against the TLS port: no answer.
+    let mut tcp = TcpStream::connect(app.http_addr.unwrap()).await.unwrap();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tcp.write_all(b"GET /v1/jobs HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(SECS(5), tcp.read_to_end(&mut answer)).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "plaintext got through"
+    );
+    app.gate.open();
+    app.stop().await;
+}
+
+/// A caller over its rate limit gets 429 with a Retry-After, from the
+/// guard both ports share.
+#[tokio::test]
+async fn a_caller_over_its_rate_limit_gets_429_with_retry_after() {
+    let app = spawn_app_with(Options {
+        http: true,
+        guard: GuardConfig {
+            rate_per_second: 1,
+            rate_burst: 2,
+            ..GuardConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let http = Http::of(&app);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(http.get("/v1/jobs").await);
+    }
+    let limited = statuses
+        .iter()
+        .find(|a| a.status == 429)
+        .expect("a call over the limit is refused");
+    assert_eq!(limited.json["error"]["status"], "RESOURCE_EXHAUSTED");
+    assert!(
+        limited.headers.contains_key("retry-after"),
+        "{:?}",
+        limited.headers
+    );
     app.stop().await;
 }
