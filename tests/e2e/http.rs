@@ -1030,3 +1030,85 @@ async fn a_caller_over_its_rate_limit_gets_429_with_retry_after() {
     );
     app.stop().await;
 }
+
+/// A scoped token sees only its team's jobs over HTTP too: another team's
+/// job is not found, lists are filtered, and its jobs get its label.
+#[tokio::test]
+async fn a_scoped_token_sees_and_touches_only_its_teams_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entries = Vec::new();
+    let mut secrets = Vec::new();
+    for (name, scope) in [("video", "video"), ("audio", "audio")] {
+        let scope = BTreeMap::from([("team".to_string(), scope.to_string())]);
+        let (token, entry) = new_token(name, &[Permission::Admin], &scope);
+        secrets.push(token);
+        entries.push(entry);
+    }
+    let path = dir.path().join("tokens.json");
+    std::fs::write(&path, json!({ "tokens": entries }).to_string()).unwrap();
+    let app = spawn_app_with(Options {
+        http: true,
+        guard: GuardConfig {
+            tokens: Some(Arc::new(Tokens::load(&path).unwrap())),
+            ..GuardConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let http = Http::of(&app);
+    let (video, audio) = (http.with_token(&secrets[0]), http.with_token(&secrets[1]));
+    let started = video.post("/v1/jobs", gate_job("v", 1, json!({}))).await;
+    assert_eq!(started.status, 200, "{:?}", started.json);
+    assert_eq!(started.json["labels"]["team"], "video");
+    let id = started.json["id"].as_str().unwrap();
+    let hidden = audio.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!((hidden.status, hidden.reason()), (404, "JOB_NOT_FOUND"));
+    let pause = audio.post(&format!("/v1/jobs/{id}:pause"), json!({})).await;
+    assert_eq!(pause.status, 404);
+    let events = audio.get(&format!("/v1/jobs/{id}/events")).await;
+    assert_eq!(events.status, 404);
+    assert!(
+        audio.get("/v1/jobs").await.json["jobs"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        video.get("/v1/jobs").await.json["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let job = video.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(
+        job.json["pauses"],
+        json!([]),
+        "the refused pause changed nothing"
+    );
+    app.gate.open();
+    app.stop().await;
+}
+
+/// A shutdown ends an open events stream with an error event (as
+/// WatchJob's UNAVAILABLE), and the server stops in time.
+#[tokio::test]
+async fn a_shutdown_ends_the_events_streams_with_an_error_event() {
+    let mut app = http_app().await;
+    let http = Http::of(&app);
+    let job = app.start(app.job("gate", 2, 1, &[])).await;
+    let mut events = http
+        .events(&format!("/v1/jobs/{}/events", job.id), &[])
+        .await;
+    let snapshot = events.next_event(SECS(5)).await.unwrap();
+    assert!(snapshot.data.get("snapshot").is_some());
+    let reader = tokio::spawn(async move { events.rest(SECS(20)).await });
+    app.shutdown_server().await;
+    let rest = reader.await.unwrap();
+    let last = rest.last().expect("an event before the end");
+    assert_eq!(last.kind, "error", "{rest:?}");
+    assert_eq!(last.data["error"]["status"], "UNAVAILABLE");
+    assert_eq!(last.data["error"]["code"], 503);
+    app.gate.open();
+    app.stop().await;
+}
