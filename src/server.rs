@@ -182,7 +182,7 @@ pub async fn serve(
 pub async fn serve_listeners(
     config: ServerConfig,
     registry: Registry,
-    listener: Listeners,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     match &config.embedded {
@@ -199,7 +199,7 @@ pub async fn serve_listeners(
             };
             let _lock = DirLock::take(dir, config.engine.runner.since)?;
             let store = Arc::new(SqliteStore::open(path).await?);
-            serve_on(config, store, None, registry, listener, shutdown).await
+            serve_on(config, store, None, registry, listeners, shutdown).await
         }
         None => {
             tracing::info!(url = %redacted(&config.database.url), "store: PostgreSQL");
@@ -220,7 +220,7 @@ pub async fn serve_listeners(
                 None => None,
             };
             tokio::select! {
-                result = serve_on(config, store, leases, registry, listener, shutdown) => result,
+                result = serve_on(config, store, leases, registry, listeners, shutdown) => result,
                 lost = lock.hold() => {
                     tracing::error!(error = %lost, "runner lock lost: stopping at once");
                     Err(anyhow::Error::new(lost).context(

@@ -52,7 +52,7 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Method, StatusCode, header, request::Parts};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use std::time::Duration;
@@ -279,11 +279,37 @@ async fn unary_answer(response: GrpcResponse) -> Result<Bytes, Status> {
         return Err(status);
     }
     let data = collected.to_bytes();
-    let mut messages = sse::Messages::default();
+    let mut messages = Messages::default();
     messages.push(data);
     match messages.next() {
         Some(message) => Ok(message),
         None => Err(Status::internal("the answer held no message")),
+    }
+}
+
+/// gRPC messages out of a body's bytes: each a 5-byte prefix (not
+/// compressed, big-endian length) and the message.
+#[derive(Default)]
+struct Messages {
+    buf: BytesMut,
+}
+
+impl Messages {
+    fn push(&mut self, data: Bytes) {
+        self.buf.extend_from_slice(&data);
+    }
+
+    /// The next whole message, if it has arrived.
+    fn next(&mut self) -> Option<Bytes> {
+        if self.buf.len() < 5 {
+            return None;
+        }
+        let len = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes")) as usize;
+        if self.buf.len() < 5 + len {
+            return None;
+        }
+        self.buf.advance(5);
+        Some(self.buf.split_to(len).freeze())
     }
 }
 
@@ -419,4 +445,28 @@ async fn no_route() -> Response {
 async fn no_method() -> Response {
     let status = Status::unimplemented("this route does not take this method");
     error::response_with(&status, StatusCode::METHOD_NOT_ALLOWED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_cut_at_their_prefixes_whatever_the_chunks() {
+        let mut framed = Vec::new();
+        for message in [&b"abc"[..], b"", b"defgh"] {
+            framed.push(0);
+            framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            framed.extend_from_slice(message);
+        }
+        let mut messages = Messages::default();
+        let mut got = Vec::new();
+        for chunk in framed.chunks(2) {
+            messages.push(Bytes::copy_from_slice(chunk));
+            while let Some(m) = messages.next() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, vec![&b"abc"[..], b"", b"defgh"]);
+    }
 }

@@ -26,10 +26,10 @@
 //! can tell it to stop. A comment `: keepalive` is sent when nothing else
 //! was for `--stream-keepalive`.
 
-use super::{HttpApi, error, json};
+use super::{HttpApi, Messages, error, json};
 use crate::{domain::FieldViolation, pb};
 use axum::{body::Body, extract::Request, response::Response};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body::Frame;
 use prost::Message as _;
@@ -114,32 +114,6 @@ fn resume_point(parts: &http::request::Parts) -> Result<u64, FieldViolation> {
         }
     }
     Ok(after)
-}
-
-/// gRPC messages out of a body's bytes: each a 5-byte prefix (not
-/// compressed, big-endian length) and the message.
-#[derive(Default)]
-pub struct Messages {
-    buf: BytesMut,
-}
-
-impl Messages {
-    pub fn push(&mut self, data: Bytes) {
-        self.buf.extend_from_slice(&data);
-    }
-
-    /// The next whole message, if it has arrived.
-    pub fn next(&mut self) -> Option<Bytes> {
-        if self.buf.len() < 5 {
-            return None;
-        }
-        let len = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes")) as usize;
-        if self.buf.len() < 5 + len {
-            return None;
-        }
-        self.buf.advance(5);
-        Some(self.buf.split_to(len).freeze())
-    }
 }
 
 type Inner = Pin<Box<dyn http_body::Body<Data = Bytes, Error = Status> + Send>>;
@@ -243,29 +217,5 @@ impl http_body::Body for SseBody {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_are_cut_at_their_prefixes_whatever_the_chunks() {
-        let mut framed = Vec::new();
-        for message in [&b"abc"[..], b"", b"defgh"] {
-            framed.push(0);
-            framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-            framed.extend_from_slice(message);
-        }
-        let mut messages = Messages::default();
-        let mut got = Vec::new();
-        for chunk in framed.chunks(2) {
-            messages.push(Bytes::copy_from_slice(chunk));
-            while let Some(m) = messages.next() {
-                got.push(m);
-            }
-        }
-        assert_eq!(got, vec![&b"abc"[..], b"", b"defgh"]);
     }
 }
