@@ -55,7 +55,7 @@ use axum::{
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Method, StatusCode, header, request::Parts};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 use tower::{Layer as _, Service as _};
@@ -78,6 +78,8 @@ pub struct HttpApi {
     /// An events stream on which nothing was sent for this long gets a
     /// `: keepalive` comment (`--stream-keepalive`).
     keepalive: Duration,
+    /// Stored events' JSON, shared by the events streams.
+    shared_json: Arc<sse::SharedJson>,
 }
 
 /// How a route gives its RPC's fields besides the path's `job_id`.
@@ -102,6 +104,7 @@ impl HttpApi {
             grpc: TraceLayer.layer(guard.layer(limits.layer(jobs))),
             max_body_bytes: limits.max_request_bytes,
             keepalive,
+            shared_json: Arc::default(),
         }
     }
 

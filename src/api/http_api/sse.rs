@@ -20,6 +20,12 @@
 //! sent yet. A client that reconnects with `Last-Event-ID` (browsers do it
 //! by themselves), or `?after=`, gets every stored event after it, once.
 //!
+//! A stored event's JSON is made once for all the streams of this server
+//! ([`SharedJson`]), as its protobuf encoding is for WatchJob's: with a
+//! hundred viewers, converting each event for each of them doubled the
+//! server's CPU over a run (`bench watchers --sse`). A snapshot or progress
+//! message is its stream's own and converted there.
+//!
 //! The stream ends with `event: end` after the job's terminal event, or
 //! `event: error` with the JSON error (a lagging client, a shutdown), so
 //! that a browser's EventSource, which reconnects whenever a stream ends,
@@ -29,16 +35,17 @@
 use super::{HttpApi, Messages, error, json};
 use crate::{domain::FieldViolation, pb};
 use axum::{body::Body, extract::Request, response::Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
 use http_body::Frame;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     convert::Infallible,
     future::Future,
     pin::Pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
@@ -64,7 +71,9 @@ pub async fn events(api: &HttpApi, job: &str, request: Request) -> Response {
     let body = SseBody {
         inner: Box::pin(answer.into_body()),
         messages: Messages::default(),
-        out: VecDeque::new(),
+        out: BytesMut::new(),
+        job: Arc::from(job),
+        shared: api.shared_json.clone(),
         cursor: from,
         desc: json::job_event(),
         keepalive: api.keepalive,
@@ -122,8 +131,12 @@ type Inner = Pin<Box<dyn http_body::Body<Data = Bytes, Error = Status> + Send>>;
 struct SseBody {
     inner: Inner,
     messages: Messages,
-    /// Events made and not yet handed to the connection.
-    out: VecDeque<Bytes>,
+    /// Events made and not yet handed to the connection: one frame.
+    out: BytesMut,
+    /// The job, as the path named it: with the sequence, the key of its
+    /// events' JSON in `shared`.
+    job: Arc<str>,
+    shared: Arc<SharedJson>,
     /// Where a client resumes: the last stored event sent.
     cursor: u64,
     desc: MessageDescriptor,
@@ -133,39 +146,107 @@ struct SseBody {
 }
 
 impl SseBody {
-    /// One message as an SSE event.
-    fn event(&mut self, message: Bytes) -> Bytes {
-        let event = match DynamicMessage::decode(self.desc.clone(), message) {
+    /// Appends one message as an SSE event.
+    fn event(&mut self, message: Bytes) {
+        let event = match pb::JobEvent::decode(message.clone()) {
             Ok(event) => event,
-            Err(e) => return error_event(&Status::internal(format!("undecodable event: {e}"))),
-        };
-        let stored = !(event.has_field_by_number(10) || event.has_field_by_number(14));
-        if stored {
-            let sequence = event
-                .get_field_by_number(1)
-                .and_then(|v| v.as_u64())
-                .unwrap_or(self.cursor);
-            self.cursor = self.cursor.max(sequence);
-        }
-        match json::message_json(&event) {
-            Ok(data) => {
-                let mut out = format!("id: {}\ndata: ", self.cursor).into_bytes();
-                out.extend_from_slice(&data);
-                out.extend_from_slice(b"\n\n");
-                Bytes::from(out)
+            Err(e) => {
+                let status = Status::internal(format!("undecodable event: {e}"));
+                return self.out.extend_from_slice(&error_event(&status));
             }
-            Err(e) => error_event(&Status::internal(format!("unconvertible event: {e}"))),
+        };
+        use pb::job_event::Kind;
+        let own = matches!(
+            event.kind,
+            Some(Kind::Snapshot(_) | Kind::Progress(_)) | None
+        );
+        let to_json = || {
+            DynamicMessage::decode(self.desc.clone(), message)
+                .map_err(|e| e.to_string())
+                .and_then(|event| json::message_json(&event))
+                .map(Bytes::from)
+        };
+        let data = if own {
+            to_json()
+        } else {
+            self.cursor = self.cursor.max(event.sequence);
+            self.shared.get_or_make(&self.job, event.sequence, to_json)
+        };
+        match data {
+            Ok(data) => {
+                self.out
+                    .extend_from_slice(format!("id: {}\ndata: ", self.cursor).as_bytes());
+                self.out.extend_from_slice(&data);
+                self.out.extend_from_slice(b"\n\n");
+            }
+            Err(e) => {
+                let status = Status::internal(format!("unconvertible event: {e}"));
+                self.out.extend_from_slice(&error_event(&status));
+            }
         }
     }
 
     /// The stream's last event: `end` after an OK status, `error` else.
     fn finish(&mut self, status: Option<Status>) {
         self.ended = true;
-        let last = match status {
-            Some(status) if status.code() != Code::Ok => error_event(&status),
-            _ => Bytes::from_static(b"event: end\ndata: {}\n\n"),
-        };
-        self.out.push_back(last);
+        match status {
+            Some(status) if status.code() != Code::Ok => {
+                self.out.extend_from_slice(&error_event(&status))
+            }
+            _ => self.out.extend_from_slice(b"event: end\ndata: {}\n\n"),
+        }
+    }
+}
+
+/// Stored events kept in [`SharedJson`], at most: the last few windows of
+/// a busy job's events, or of a few jobs', for the streams at the tail;
+/// one further behind converts its events again.
+const SHARED_JSON_KEEP: usize = 4096;
+
+/// The JSON of stored events, by job and sequence, made by the first
+/// stream that sends one and taken as it is by the others (a stored event
+/// never changes). The oldest go first.
+#[derive(Debug, Default)]
+pub struct SharedJson {
+    held: Mutex<HeldJson>,
+}
+
+#[derive(Debug, Default)]
+struct HeldJson {
+    by_event: HashMap<(Arc<str>, u64), Bytes>,
+    order: VecDeque<(Arc<str>, u64)>,
+}
+
+impl SharedJson {
+    /// The JSON of `job`'s event `sequence`: held, or made by `make` now.
+    fn get_or_make(
+        &self,
+        job: &Arc<str>,
+        sequence: u64,
+        make: impl FnOnce() -> Result<Bytes, String>,
+    ) -> Result<Bytes, String> {
+        let key = (job.clone(), sequence);
+        if let Some(json) = self
+            .held
+            .lock()
+            .expect("shared JSON lock")
+            .by_event
+            .get(&key)
+        {
+            return Ok(json.clone());
+        }
+        // Made outside the lock: two streams may both make it, once.
+        let json = make()?;
+        let mut held = self.held.lock().expect("shared JSON lock");
+        if held.by_event.insert(key.clone(), json.clone()).is_none() {
+            held.order.push_back(key);
+            while held.order.len() > SHARED_JSON_KEEP {
+                if let Some(oldest) = held.order.pop_front() {
+                    held.by_event.remove(&oldest);
+                }
+            }
+        }
+        Ok(json)
     }
 }
 
@@ -184,10 +265,10 @@ impl http_body::Body for SseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         loop {
-            if let Some(out) = this.out.pop_front() {
+            if !this.out.is_empty() {
                 let next = Instant::now() + this.keepalive;
                 this.timer.as_mut().reset(next);
-                return Poll::Ready(Some(Ok(Frame::data(out))));
+                return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
             }
             if this.ended {
                 return Poll::Ready(None);
@@ -197,8 +278,7 @@ impl http_body::Body for SseBody {
                     Ok(data) => {
                         this.messages.push(data);
                         while let Some(message) = this.messages.next() {
-                            let event = this.event(message);
-                            this.out.push_back(event);
+                            this.event(message);
                         }
                     }
                     Err(frame) => {
@@ -210,12 +290,43 @@ impl http_body::Body for SseBody {
                 Poll::Ready(None) => this.finish(None),
                 Poll::Pending => {
                     if this.timer.as_mut().poll(cx).is_ready() {
-                        this.out.push_back(Bytes::from_static(b": keepalive\n\n"));
+                        this.out.extend_from_slice(b": keepalive\n\n");
                         continue;
                     }
                     return Poll::Pending;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_events_json_is_made_once_and_the_oldest_go_first() {
+        let shared = SharedJson::default();
+        let job: Arc<str> = Arc::from("job");
+        let mut made = 0;
+        for _ in 0..3 {
+            let json = shared
+                .get_or_make(&job, 1, || {
+                    made += 1;
+                    Ok(Bytes::from_static(b"{}"))
+                })
+                .unwrap();
+            assert_eq!(json, "{}");
+        }
+        assert_eq!(made, 1, "made once for every stream");
+        for seq in 2..=(SHARED_JSON_KEEP as u64 + 1) {
+            shared.get_or_make(&job, seq, || Ok(Bytes::new())).unwrap();
+        }
+        let held = shared.held.lock().unwrap();
+        assert_eq!(held.by_event.len(), SHARED_JSON_KEEP);
+        assert!(
+            !held.by_event.contains_key(&(job.clone(), 1)),
+            "the oldest went"
+        );
     }
 }
