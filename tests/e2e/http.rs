@@ -545,6 +545,11 @@ async fn bad_requests_name_what_is_wrong_and_change_nothing() {
         (400, vec!["job_id".to_string()])
     );
     assert_eq!(http.get("/v1/jobs/42").await.status, 400);
+    let undecodable = http.get("/v1/jobs/%FF").await;
+    assert_eq!(
+        (undecodable.status, undecodable.bad_fields()),
+        (400, vec!["job_id".to_string()])
+    );
     let missing = http
         .post(
             &format!("/v1/jobs/{}:pause", uuid::Uuid::new_v4()),

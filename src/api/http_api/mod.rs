@@ -48,7 +48,7 @@ use crate::domain::FieldViolation;
 use axum::{
     Router,
     body::Body,
-    extract::{Path, Request, State},
+    extract::{FromRequestParts, Path, Request, State},
     response::Response,
     routing::{get, post},
 };
@@ -357,6 +357,21 @@ fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
     response
 }
 
+/// The `{job}` of a route's path; a path that does not decode (not
+/// UTF-8) is refused like any bad field, in JSON.
+struct JobPath(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(job)) => Ok(JobPath(job)),
+            Err(rejection) => Err(*bad(FieldViolation::new("job_id", rejection.body_text()))),
+        }
+    }
+}
+
 async fn list_jobs(State(api): State<HttpApi>, request: Request) -> Response {
     api.unary("ListJobs", request, None, Input::Query).await
 }
@@ -373,11 +388,7 @@ async fn control_jobs(State(api): State<HttpApi>, request: Request) -> Response 
     api.unary("ControlJobs", request, None, Input::Body).await
 }
 
-async fn get_job(
-    State(api): State<HttpApi>,
-    Path(job): Path<String>,
-    request: Request,
-) -> Response {
+async fn get_job(State(api): State<HttpApi>, JobPath(job): JobPath, request: Request) -> Response {
     if job.contains(':') {
         return no_method().await;
     }
@@ -386,7 +397,7 @@ async fn get_job(
 
 async fn delete_job(
     State(api): State<HttpApi>,
-    Path(job): Path<String>,
+    JobPath(job): JobPath,
     request: Request,
 ) -> Response {
     if job.contains(':') {
@@ -398,7 +409,7 @@ async fn delete_job(
 
 async fn list_items(
     State(api): State<HttpApi>,
-    Path(job): Path<String>,
+    JobPath(job): JobPath,
     request: Request,
 ) -> Response {
     api.unary("ListJobItems", request, Some(&job), Input::Query)
@@ -417,7 +428,7 @@ const JOB_METHODS: [(&str, &str); 6] = [
 
 async fn job_method(
     State(api): State<HttpApi>,
-    Path(job_verb): Path<String>,
+    JobPath(job_verb): JobPath,
     request: Request,
 ) -> Response {
     let found = job_verb.rsplit_once(':').and_then(|(job, verb)| {
@@ -435,7 +446,7 @@ async fn job_method(
     }
 }
 
-async fn events(State(api): State<HttpApi>, Path(job): Path<String>, request: Request) -> Response {
+async fn events(State(api): State<HttpApi>, JobPath(job): JobPath, request: Request) -> Response {
     sse::events(&api, &job, request).await
 }
 
