@@ -1117,3 +1117,43 @@ async fn a_shutdown_ends_the_events_streams_with_an_error_event() {
     app.gate.open();
     app.stop().await;
 }
+
+/// The events streams count against WatchJob's stream caps: one more than
+/// `--max-watch-streams-per-caller` is refused with 429, and a place
+/// freed by a closed stream is taken again.
+#[tokio::test]
+async fn events_streams_count_against_the_watch_stream_caps() {
+    let app = spawn_app_with(Options {
+        http: true,
+        max_watch_streams_per_caller: 2,
+        ..Options::default()
+    })
+    .await;
+    let http = Http::of(&app);
+    let job = app.start(app.job("gate", 1, 1, &[])).await;
+    let path = format!("/v1/jobs/{}/events", job.id);
+    let first = http.events(&path, &[]).await;
+    let _second = http.events(&path, &[]).await;
+    let third = http.get(&path).await;
+    assert_eq!(third.status, 429, "{:?}", third.json);
+    assert_eq!(third.json["error"]["status"], "RESOURCE_EXHAUSTED");
+    assert!(
+        third.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-watch-streams-per-caller")
+    );
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        let response = http.send("GET", &path, &[], None).await;
+        if response.status() == 200 {
+            again = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a closed stream's place is given back");
+    app.gate.open();
+    app.stop().await;
+}
