@@ -178,15 +178,20 @@ pub fn encode(
     desc: &MessageDescriptor,
     object: Map<String, Value>,
 ) -> Result<Vec<u8>, FieldViolation> {
-    match decode_message(desc, Value::Object(object.clone())) {
+    let object = Value::Object(object);
+    match decode_message(desc, &object) {
         Ok(message) => Ok(message.encode_to_vec()),
-        Err(whole) => Err(bad_member(desc, &object).unwrap_or_else(|| {
-            FieldViolation::new("body", format!("is not a {}: {whole}", desc.name()))
-        })),
+        Err(whole) => Err(object
+            .as_object()
+            .and_then(|object| bad_member(desc, object))
+            .unwrap_or_else(|| {
+                FieldViolation::new("body", format!("is not a {}: {whole}", desc.name()))
+            })),
     }
 }
 
-fn decode_message(desc: &MessageDescriptor, value: Value) -> Result<DynamicMessage, String> {
+/// Read from the JSON as it is (a StartJob's items are not copied).
+fn decode_message(desc: &MessageDescriptor, value: &Value) -> Result<DynamicMessage, String> {
     // Unknown fields are refused (the default, said here because it is
     // the point).
     let options = DeserializeOptions::new().deny_unknown_fields(true);
@@ -198,7 +203,7 @@ fn decode_message(desc: &MessageDescriptor, value: Value) -> Result<DynamicMessa
 fn bad_member(desc: &MessageDescriptor, object: &Map<String, Value>) -> Option<FieldViolation> {
     object.iter().find_map(|(key, value)| {
         let alone = Map::from_iter([(key.clone(), value.clone())]);
-        let why = decode_message(desc, Value::Object(alone)).err()?;
+        let why = decode_message(desc, &Value::Object(alone)).err()?;
         Some(match unknown_name(&why) {
             Some(unknown) if unknown == key => {
                 FieldViolation::new(key.as_str(), format!("is not a field of {}", desc.name()))
