@@ -1,6 +1,8 @@
 //! Runs the service: the store, the engine, and one gRPC port serving
 //! `jobvisor.v1.JobService`, `grpc.health.v1.Health` and server reflection
-//! (v1 and v1alpha), until the shutdown future given as an argument fires.
+//! (v1 and v1alpha), and optionally the HTTP/JSON API on a port of its own
+//! ([`api::http_api`](crate::api::http_api)), until the shutdown future
+//! given as an argument fires.
 //! Tests start it on port 0 with a future of their own; the binary wires
 //! SIGTERM/SIGINT to it.
 
@@ -9,6 +11,7 @@ use crate::{
     api::{
         JobApi, accept,
         guard::{GuardConfig, GuardLayer},
+        http_api::{self, HttpApi},
         limits::LimitsLayer,
         routes::JobRoutes,
         trace::TraceLayer,
@@ -72,6 +75,25 @@ pub struct ServerConfig {
     /// Remote executors and the worker protocol's times; no executor
     /// named: WorkerService refuses every worker.
     pub remote: RemoteConfig,
+}
+
+/// The sockets a server answers on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC: JobService, WorkerService, health, reflection.
+    pub grpc: TcpListener,
+    /// The HTTP/JSON API (`--http-listen`); `None`: not served.
+    pub http: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// gRPC only.
+    pub fn grpc(listener: TcpListener) -> Self {
+        Listeners {
+            grpc: listener,
+            http: None,
+        }
+    }
 }
 
 /// PEM files for TLS.
@@ -152,6 +174,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_listeners(config, registry, Listeners::grpc(listener), shutdown).await
+}
+
+/// [`serve`] on the gRPC port and, if given, the HTTP/JSON API's: the
+/// same calls, handlers, tokens and limits on both.
+pub async fn serve_listeners(
+    config: ServerConfig,
+    registry: Registry,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     match &config.embedded {
         Some(_) if config.cluster.is_some() => anyhow::bail!(
             "multi-replica mode (--multi-replica) needs PostgreSQL (--database-url / \
@@ -166,7 +199,7 @@ pub async fn serve(
             };
             let _lock = DirLock::take(dir, config.engine.runner.since)?;
             let store = Arc::new(SqliteStore::open(path).await?);
-            serve_on(config, store, None, registry, listener, shutdown).await
+            serve_on(config, store, None, registry, listeners, shutdown).await
         }
         None => {
             tracing::info!(url = %redacted(&config.database.url), "store: PostgreSQL");
@@ -187,7 +220,7 @@ pub async fn serve(
                 None => None,
             };
             tokio::select! {
-                result = serve_on(config, store, leases, registry, listener, shutdown) => result,
+                result = serve_on(config, store, leases, registry, listeners, shutdown) => result,
                 lost = lock.hold() => {
                     tracing::error!(error = %lost, "runner lock lost: stopping at once");
                     Err(anyhow::Error::new(lost).context(
@@ -207,7 +240,15 @@ pub async fn serve_with_store(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    serve_on(config, store, None, registry, listener, shutdown).await
+    serve_on(
+        config,
+        store,
+        None,
+        registry,
+        Listeners::grpc(listener),
+        shutdown,
+    )
+    .await
 }
 
 async fn serve_on(
@@ -215,9 +256,13 @@ async fn serve_on(
     store: Arc<dyn Store>,
     leases: Option<Arc<dyn Leases>>,
     registry: Registry,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        grpc: listener,
+        http: http_listener,
+    } = listeners;
     // Remote executors hand items to the worker sessions of this hub.
     let mut remote = config.remote.clone();
     remote.server = match &config.cluster {
@@ -301,6 +346,33 @@ async fn serve_on(
     let workers = WorkerServiceServer::new(WorkerApi::new(hub.clone()))
         .max_decoding_message_size(config.max_request_bytes);
 
+    // One guard for both ports: a caller's rate and concurrency limits
+    // count its calls on either.
+    let guard = GuardLayer::new(config.guard.clone());
+    let limits = LimitsLayer {
+        max_request_bytes: config.max_request_bytes,
+    };
+    let tls = config.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
+    // Stopped once the engine has drained (as the gRPC port stops), or
+    // when this returns, whichever comes first.
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let _http_stopped = http_stop.clone().drop_guard();
+    let mut http_server = match http_listener {
+        Some(http_listener) => {
+            let api = HttpApi::new(jobs.clone(), &guard, limits, config.engine.stream_keepalive);
+            tracing::info!(addr = %http_listener.local_addr()?, tls = tls.is_some(),
+                "HTTP/JSON API serving");
+            Some(tokio::spawn(http_api::serve(
+                http_listener,
+                tls.as_ref().map(http_api::tls_for_http),
+                api.router(),
+                config.handshake_timeout,
+                http_stop.clone(),
+            )))
+        }
+        None => None,
+    };
+
     let draining = {
         let (engine, health, grace) = (engine.clone(), health.clone(), config.shutdown_grace);
         let hub = hub.clone();
@@ -320,17 +392,15 @@ async fn serve_on(
             // the jobs; the sessions end now.
             hub.close();
             tracing::info!("jobs drained");
+            http_stop.cancel();
         }
     };
 
-    let tls = config.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(TraceLayer)
-        .layer(GuardLayer::new(config.guard.clone()))
-        .layer(LimitsLayer {
-            max_request_bytes: config.max_request_bytes,
-        })
+        .layer(guard)
+        .layer(limits)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -350,6 +420,18 @@ async fn serve_on(
                 .serve_with_incoming_shutdown(accept::plain(listener, timeout), draining)
                 .await?
         }
+    }
+    // The HTTP connections finish their answers; the events streams have
+    // ended with the engine.
+    if let Some(server) = http_server.as_mut()
+        && tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .is_err()
+    {
+        tracing::warn!("HTTP/JSON API connections still open after 5 s: closed");
+    }
+    if let Some(server) = http_server {
+        server.abort();
     }
     Ok(())
 }

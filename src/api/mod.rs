@@ -8,6 +8,7 @@ pub mod codec;
 pub mod conn;
 pub mod convert;
 pub mod guard;
+pub mod http_api;
 pub mod lend;
 pub mod limits;
 pub mod routes;

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Start a job.
     Start(client::StartArgs),
     /// Run the job of --name: start it if no job of that name is live,
@@ -109,7 +109,7 @@ enum Command {
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Serve(args) => serve::run(*args).await.map(|_| ExitCode::SUCCESS),
         Command::Start(args) => client::start(args).await,
         Command::Run(args) => client::run(args).await,
         Command::Add(args) => client::add(args).await,

@@ -201,6 +201,14 @@ pub struct ServeArgs {
     )]
     metrics_listen: String,
 
+    /// Where to serve the HTTP/JSON API and its Server-Sent Events
+    /// (`http://ADDR/v1/jobs`), or `off`. The same tokens, permissions and
+    /// limits as gRPC; in TLS when the gRPC port is (the same certificate),
+    /// and like it refused on a non-loopback address in plaintext without
+    /// --insecure.
+    #[arg(long, env = "JOBVISOR_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    http_listen: String,
+
     /// How long a new connection has to finish its handshakes (TLS, if
     /// configured, and HTTP/2: the client's preface and first SETTINGS
     /// frame) before it is closed.
@@ -422,6 +430,18 @@ impl ServeArgs {
                 self.listen
             );
         }
+        if let Some(http) = self.http_addr()?
+            && config.tls.is_none()
+            && !http.ip().is_loopback()
+            && !self.insecure
+        {
+            anyhow::bail!(
+                "refusing to serve the HTTP API in plaintext on {http} (--http-listen, \
+                 JOBVISOR_HTTP_LISTEN): anyone who can reach it could start, pause and cancel \
+                 jobs. Give --tls-cert and --tls-key, --insecure (JOBVISOR_INSECURE) if a mesh \
+                 encrypts and authenticates the traffic, or --http-listen off"
+            );
+        }
         if self.multi_replica {
             if config.embedded.is_some() {
                 anyhow::bail!(
@@ -502,6 +522,20 @@ impl ServeArgs {
             concurrent_per_caller: self.max_concurrent_per_caller,
         };
         Ok(config)
+    }
+
+    /// The HTTP API's address; `None` when it is `off`.
+    fn http_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        if self.http_listen.trim() == "off" {
+            return Ok(None);
+        }
+        self.http_listen.trim().parse().map(Some).map_err(|_| {
+            anyhow::anyhow!(
+                "--http-listen (JOBVISOR_HTTP_LISTEN) {:?} is not an address like \
+                 127.0.0.1:8080, or off",
+                self.http_listen
+            )
+        })
     }
 
     /// The `exec` executor, if enabled, with the commands resolved now.
@@ -587,7 +621,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 args.listen
             )
         })?;
-    let result = server::serve(config, registry, listener, shutdown_signal()).await;
+    let http = match args.http_addr()? {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen on {addr} for the HTTP API (--http-listen, JOBVISOR_HTTP_LISTEN): \
+                 give another address, or `off`"
+            )
+        })?),
+        None => None,
+    };
+    let listeners = server::Listeners {
+        grpc: listener,
+        http,
+    };
+    let result = server::serve_listeners(config, registry, listeners, shutdown_signal()).await;
     telemetry.shutdown();
     result
 }
@@ -652,6 +699,37 @@ mod tests {
             .config()
             .unwrap_err()
             .to_string()
+    }
+
+    /// The HTTP API is on loopback by default, `off` turns it off, and a
+    /// non-loopback address in plaintext needs --insecure, as gRPC does.
+    #[test]
+    fn the_http_api_listens_on_loopback_unless_told_and_refuses_plaintext_elsewhere() {
+        let args = |extra: &[&'static str]| {
+            let args = std::iter::once("serve").chain(extra.iter().copied());
+            Cli::try_parse_from(args).unwrap().serve
+        };
+        let default = args(&[]).http_addr().unwrap().unwrap();
+        assert!(default.ip().is_loopback());
+        assert_ne!(default.port(), 50051);
+        assert_ne!(default.port(), 9464);
+        assert_eq!(args(&["--http-listen", "off"]).http_addr().unwrap(), None);
+        let plain = refused(&["--http-listen", "0.0.0.0:8080"]);
+        assert!(
+            plain.contains("--http-listen") && plain.contains("--insecure"),
+            "{plain}"
+        );
+        config(&["--http-listen", "0.0.0.0:8080", "--insecure"]);
+        config(&[
+            "--http-listen",
+            "0.0.0.0:8080",
+            "--tls-cert",
+            "server.pem",
+            "--tls-key",
+            "server.key",
+        ]);
+        let typo = refused(&["--http-listen", "localhost"]);
+        assert!(typo.contains("is not an address"), "{typo}");
     }
 
     /// Where the other replicas borrow this one's workers: the flag, else

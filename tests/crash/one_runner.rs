@@ -49,6 +49,7 @@ async fn serve_until_exit(spec: &ServerSpec) -> (ExitStatus, String) {
     let run = command
         .args(["serve", "--listen", &spec.addr.to_string()])
         .env("JOBVISOR_METRICS_LISTEN", "off")
+        .env("JOBVISOR_HTTP_LISTEN", "off")
         .env("JOBVISOR_LOG_FORMAT", "text")
         .stdin(Stdio::null())
         .kill_on_drop(true)

@@ -931,6 +931,7 @@ fn the_embedded_store_refuses_multi_replica_mode() {
         .args(["serve", "--multi-replica", "--listen", "127.0.0.1:0"])
         .env_remove("DATABASE_URL")
         .env("JOBVISOR_METRICS_LISTEN", "off")
+        .env("JOBVISOR_HTTP_LISTEN", "off")
         .current_dir(dir.path())
         .output()
         .unwrap();

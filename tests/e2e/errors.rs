@@ -400,6 +400,7 @@ fn serve_refuses(flag: &str, value: &str, expected: &str) {
         .args(["serve", "--listen", "127.0.0.1:0", flag, value])
         .env_remove("DATABASE_URL")
         .env("JOBVISOR_METRICS_LISTEN", "off")
+        .env("JOBVISOR_HTTP_LISTEN", "off")
         .current_dir(dir.path())
         .output()
         .unwrap();

@@ -7,7 +7,7 @@ use jobvisor::{
     api::guard::GuardConfig,
     executor::{Registry, remote::RemoteConfig},
     pb::{self, job_service_client::JobServiceClient},
-    server::{ServerConfig, TlsFiles, serve},
+    server::{Listeners, ServerConfig, TlsFiles, serve_listeners},
 };
 use sqlx::PgPool;
 use std::{
@@ -72,6 +72,9 @@ pub struct Options {
     /// and the worker protocol's times (short here: a lease of 1 s, a
     /// grace of 2 s).
     pub remote: RemoteConfig,
+    /// Serve the HTTP/JSON API too (`serve --http-listen`), on an
+    /// ephemeral port: [`TestApp::http_addr`].
+    pub http: bool,
 }
 
 impl Default for Options {
@@ -99,6 +102,7 @@ impl Default for Options {
                 interrupt_grace: Duration::from_secs(2),
                 ..RemoteConfig::default()
             },
+            http: false,
         }
     }
 }
@@ -107,6 +111,8 @@ impl Default for Options {
 pub struct TestApp {
     pub client: JobServiceClient<Channel>,
     pub addr: std::net::SocketAddr,
+    /// The HTTP/JSON API's address, with [`Options::http`].
+    pub http_addr: Option<std::net::SocketAddr>,
     /// Direct access to the test's PostgreSQL database, for assertions
     /// (`None` on the embedded store; see [`TestApp::pg`]).
     pool: Option<PgPool>,
@@ -148,7 +154,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let executions = Executions::default();
     let gate = Gate::default();
     let flaky = Flaky::default().with_log(executions.clone());
-    let (channel, addr, shutdown, server) =
+    let (channel, (addr, http_addr), shutdown, server) =
         start_server(&db.url, &options, &executions, &gate, &flaky).await;
     let pool = match options.store {
         StoreKind::Postgres => Some(
@@ -161,6 +167,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     TestApp {
         client: JobServiceClient::new(channel),
         addr,
+        http_addr,
         pool,
         db,
         _dir: dir,
@@ -175,7 +182,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 
 type Running = (
     Channel,
-    std::net::SocketAddr,
+    (std::net::SocketAddr, Option<std::net::SocketAddr>),
     oneshot::Sender<()>,
     JoinHandle<anyhow::Result<()>>,
 );
@@ -219,15 +226,24 @@ async fn start_server(
     config.remote = options.remote.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let http = match options.http {
+        true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        false => None,
+    };
+    let http_addr = http.as_ref().map(|l| l.local_addr().unwrap());
+    let listeners = Listeners {
+        grpc: listener,
+        http,
+    };
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(config, registry, listener, async {
+    let server = tokio::spawn(serve_listeners(config, registry, listeners, async {
         let _ = rx.await;
     }));
     let endpoint = match &options.client_tls {
         None => endpoint(addr),
         Some(tls) => tls_endpoint(addr, tls.clone()),
     };
-    (connect_to(endpoint).await, addr, tx, server)
+    (connect_to(endpoint).await, (addr, http_addr), tx, server)
 }
 
 /// A plaintext endpoint of the server at `addr`.
@@ -248,7 +264,7 @@ pub fn tls_endpoint(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Endpoin
 /// database, as a restart of the service would.
 pub async fn restart(mut app: TestApp) -> TestApp {
     app.shutdown_server().await;
-    let (channel, addr, shutdown, server) = start_server(
+    let (channel, (addr, http_addr), shutdown, server) = start_server(
         &app.db.url,
         &app.options,
         &app.executions,
@@ -258,6 +274,7 @@ pub async fn restart(mut app: TestApp) -> TestApp {
     .await;
     app.client = JobServiceClient::new(channel);
     app.addr = addr;
+    app.http_addr = http_addr;
     app.shutdown = Some(shutdown);
     app.server = Some(server);
     app

@@ -19,6 +19,7 @@ mod executors;
 mod hammer;
 mod harness;
 mod hostile;
+mod http;
 mod lifecycle;
 mod node;
 mod panics;

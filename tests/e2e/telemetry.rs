@@ -468,6 +468,7 @@ async fn an_unknown_propagator_is_refused_at_start_up() {
         .env("OTEL_PROPAGATORS", "tracecontext,zipkin")
         .env("JOBVISOR_LISTEN", "127.0.0.1:0")
         .env("JOBVISOR_METRICS_LISTEN", "off")
+        .env("JOBVISOR_HTTP_LISTEN", "off")
         .env("DATABASE_URL", admin_url())
         .kill_on_drop(true)
         .output();

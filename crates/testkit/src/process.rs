@@ -64,6 +64,7 @@ impl ServerProcess {
             .args(&spec.args)
             .env("JOBVISOR_LOG_FORMAT", "text")
             .env("JOBVISOR_METRICS_LISTEN", "off")
+            .env("JOBVISOR_HTTP_LISTEN", "off")
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",

@@ -18,6 +18,11 @@
 //! theirs is reported apart (server send → client receipt). The client
 //! records only a timestamp and a sequence per message, but it runs on the
 //! same cores as the server and PostgreSQL, which the report says.
+//!
+//! With `--sse` the streams are the HTTP API's Server-Sent Events
+//! (`GET /v1/jobs/{id}/events`, one HTTP/1.1 connection each, as a
+//! browser's dashboard opens them) instead of WatchJob: the same feed,
+//! plus the JSON of each message and the HTTP layer.
 
 use crate::bench::{
     Client, Env, Setup, SleepJob, Summary, calls, connect, cpu_seconds, get_job, header,
@@ -25,6 +30,7 @@ use crate::bench::{
 };
 use anyhow::Context as _;
 use jobvisor::pb::{self, job_event::Kind};
+use jobvisor_testkit::process::free_port;
 use serde::Serialize;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::{sync::mpsc, task::JoinSet};
@@ -60,6 +66,10 @@ pub struct WatchersOptions {
     /// by ±15% from one pair to the next on a small machine.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub runs: u32,
+    /// Watch through the HTTP API's Server-Sent Events (one HTTP/1.1
+    /// connection per stream) instead of gRPC WatchJob.
+    #[arg(long)]
+    pub sse: bool,
 }
 
 /// The job watched: no-op items, the failing ones failing on each of
@@ -103,6 +113,8 @@ pub struct Watchers {
     pub attempts: u32,
     pub watchers: u32,
     pub connections: u32,
+    /// The streams were the HTTP API's Server-Sent Events (`--sse`).
+    pub sse: bool,
     pub without: Run,
     pub with: Run,
     /// Items/s with the watchers over items/s without.
@@ -214,9 +226,19 @@ impl Watchers {
                 r.client_cpu_seconds
             )
         };
+        let streams = match self.sse {
+            true => format!(
+                "{} Server-Sent Events streams (HTTP API), one HTTP/1.1 connection each",
+                self.watchers
+            ),
+            false => format!(
+                "{} WatchJob streams over {} HTTP/2 connections",
+                self.watchers, self.connections
+            ),
+        };
         let mut out = vec![format!(
-            "watchers: a job of {} ({} failing on each of {} attempt(s): stored events while it runs); {} WatchJob streams over {} HTTP/2 connections",
-            self.job, self.failing_items, self.attempts, self.watchers, self.connections
+            "watchers: a job of {} ({} failing on each of {} attempt(s): stored events while it runs); {streams}",
+            self.job, self.failing_items, self.attempts
         )];
         out.push(format!("  without watchers: {}", run(&self.without)));
         out.push(format!("  with watchers:    {}", run(&self.with)));
@@ -294,6 +316,7 @@ pub async fn watchers(setup: &Setup, opts: &WatchersOptions) -> anyhow::Result<W
         attempts: opts.attempts,
         watchers: opts.watchers,
         connections: opts.connections,
+        sse: opts.sse,
         without,
         with,
         throughput_ratio: ratio,
@@ -353,14 +376,23 @@ async fn one_run(
         watchers.max(4096).to_string(),
         watchers.max(1024).to_string(),
     );
-    let limits = [
-        "--max-watch-streams",
-        total.as_str(),
-        "--max-watch-streams-per-caller",
-        per_caller.as_str(),
+    let mut args = vec![
+        "--max-watch-streams".to_string(),
+        total,
+        "--max-watch-streams-per-caller".to_string(),
+        per_caller,
     ];
-    let env = Env::start_setup(setup, &limits, false).await?;
-    let result = run_on(&env, job, opts, watchers).await;
+    let http = match opts.sse {
+        true => {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            args.extend(["--http-listen".to_string(), addr.to_string()]);
+            Some(addr)
+        }
+        false => None,
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = Env::start_setup(setup, &args, false).await?;
+    let result = run_on(&env, job, opts, watchers, http).await;
     env.finish().await;
     result
 }
@@ -370,6 +402,7 @@ async fn run_on(
     job: &SleepJob,
     opts: &WatchersOptions,
     watchers: u32,
+    http: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<(Run, Streams)> {
     let mut client = env.client().await?;
     let id = job.start(&mut client).await?.id;
@@ -402,7 +435,11 @@ async fn run_on(
             let (id, ready) = (id.clone(), ready_tx.clone());
             tasks.spawn(async move {
                 let mut out = StreamOutcome::default();
-                if let Err(e) = watch(client, &id, from_seq, ready, &mut out).await {
+                let watched = match http {
+                    Some(addr) => watch_sse(addr, &id, from_seq, ready, &mut out).await,
+                    None => watch(client, &id, from_seq, ready, &mut out).await,
+                };
+                if let Err(e) = watched {
                     out.problem.get_or_insert(format!("{e:#}"));
                 }
                 out
@@ -548,6 +585,138 @@ async fn watch(
     Ok(())
 }
 
+/// [`watch`], through the HTTP API's events stream: each event's `data`
+/// is a JobEvent in JSON.
+async fn watch_sse(
+    addr: std::net::SocketAddr,
+    id: &str,
+    from_seq: u64,
+    ready: mpsc::Sender<Result<(), String>>,
+    out: &mut StreamOutcome,
+) -> anyhow::Result<()> {
+    let opened = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        let request = http::Request::get(format!("/v1/jobs/{id}/events?after={from_seq}"))
+            .header("host", addr.to_string())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "the events stream answered {}",
+            response.status()
+        );
+        let mut events = SseReader {
+            body: response.into_body(),
+            text: String::new(),
+        };
+        let first = events
+            .next()
+            .await?
+            .context("the stream ended before its snapshot")?;
+        anyhow::ensure!(
+            first.get("snapshot").is_some(),
+            "the first event is not the snapshot"
+        );
+        anyhow::Ok(events)
+    }
+    .await;
+    let mut events = match opened {
+        Ok(events) => {
+            let _ = ready.send(Ok(())).await;
+            events
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("{e:#}"))).await;
+            return Err(e);
+        }
+    };
+    drop(ready);
+    let mut next = from_seq + 1;
+    while let Some(event) = events.next().await? {
+        let now = SystemTime::now();
+        let ms = event["time"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| match now.duration_since(SystemTime::from(t)) {
+                Ok(d) => d.as_secs_f64() * 1000.0,
+                Err(e) => -e.duration().as_secs_f64() * 1000.0,
+            });
+        if event.get("progress").is_some() {
+            out.progress_ms.extend(ms);
+            continue;
+        }
+        if let Some(error) = event.get("error") {
+            anyhow::bail!("the stream ended with an error: {error}");
+        }
+        if event.get("snapshot").is_some() {
+            continue;
+        }
+        let sequence: u64 = event["sequence"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .context("an event without a sequence")?;
+        if sequence != next && out.problem.is_none() {
+            out.problem = Some(format!("expected sequence {next}, got {sequence}"));
+        }
+        next = sequence + 1;
+        out.stored_ms.extend(ms);
+        if let Some(to) = event["stateChanged"]["to"].as_str()
+            && matches!(
+                to,
+                "JOB_STATE_SUCCEEDED" | "JOB_STATE_FAILED" | "JOB_STATE_CANCELLED"
+            )
+        {
+            out.terminal = Some(sequence);
+        }
+    }
+    Ok(())
+}
+
+/// Server-Sent Events read from a response body: each event's `data` as
+/// JSON (`event: error` as `{"error": …}`); `None` after `event: end` or
+/// the body's end.
+struct SseReader {
+    body: hyper::body::Incoming,
+    text: String,
+}
+
+impl SseReader {
+    async fn next(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
+        use http_body_util::BodyExt as _;
+        loop {
+            while let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                let mut kind = "";
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(k) = line.strip_prefix("event: ") {
+                        kind = k;
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str::<serde_json::Value>(d)?);
+                    }
+                }
+                match (kind, data) {
+                    ("end", _) => return Ok(None),
+                    ("error", Some(error)) => return Ok(Some(error)),
+                    (_, Some(data)) => return Ok(Some(data)),
+                    // A comment (keepalive).
+                    (_, None) => {}
+                }
+            }
+            let Some(frame) = self.body.frame().await else {
+                return Ok(None);
+            };
+            if let Ok(data) = frame?.into_data() {
+                self.text.push_str(std::str::from_utf8(&data)?);
+            }
+        }
+    }
+}
+
 fn ended(job: &pb::Job) -> u64 {
     job.counts
         .as_ref()
@@ -574,6 +743,7 @@ mod tests {
             attempts: 1,
             watchers: 10,
             connections: 1,
+            sse: false,
             without: run(0, 1000.0),
             with: run(10, 1000.0 * ratio),
             throughput_ratio: ratio,

@@ -1,0 +1,332 @@
+//! WatchJob as Server-Sent Events: `GET /v1/jobs/{job_id}/events`.
+//!
+//! The route calls WatchJob through the gRPC stack like any other route,
+//! so it is the same stream: the job's watchers in this process share one
+//! feed (one read of each new event for all of them, see `engine/hub.rs`),
+//! progress comes at most every `progress_interval` (500 ms), a quiet
+//! stream gets a progress message every `--stream-keepalive`, and the
+//! stream caps, the stall timeout and shutdown apply as they do to gRPC.
+//! Each message becomes one SSE event:
+//!
+//! ```text
+//! id: 42
+//! data: {"sequence":"42","time":"…","stateChanged":{…}}
+//! ```
+//!
+//! `id` is where to resume: the sequence of the last stored event this
+//! stream has sent (or the one it started after). A stored event's `id` is
+//! its own sequence; a snapshot or progress message repeats the last one,
+//! not its own `sequence` field, which may name events this stream has not
+//! sent yet. A client that reconnects with `Last-Event-ID` (browsers do it
+//! by themselves), or `?after=`, gets every stored event after it, once.
+//!
+//! A stored event's JSON is made once for all the streams of this server
+//! ([`SharedJson`]), as its protobuf encoding is for WatchJob's: with a
+//! hundred viewers, converting each event for each of them doubled the
+//! server's CPU over a run (`bench watchers --sse`). A snapshot or progress
+//! message is its stream's own and converted there.
+//!
+//! The stream ends with `event: end` after the job's terminal event, or
+//! `event: error` with the JSON error (a lagging client, a shutdown), so
+//! that a browser's EventSource, which reconnects whenever a stream ends,
+//! can tell it to stop. A comment `: keepalive` is sent when nothing else
+//! was for `--stream-keepalive`.
+
+use super::{HttpApi, Messages, error, json};
+use crate::{domain::FieldViolation, pb};
+use axum::{body::Body, extract::Request, response::Response};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, StatusCode, header};
+use http_body::Frame;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use std::{
+    collections::{HashMap, VecDeque},
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::time::{Instant, Sleep};
+use tonic::{Code, Status};
+
+/// The events of a job, from `Last-Event-ID`, `?after=` or the start.
+pub async fn events(api: &HttpApi, job: &str, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    let from = match resume_point(&parts) {
+        Ok(from) => from,
+        Err(violation) => return *super::bad(violation),
+    };
+    let message = pb::WatchJobRequest {
+        job_id: job.to_string(),
+        from_sequence: from,
+    }
+    .encode_to_vec();
+    let answer = match api.call(&parts, "WatchJob", message).await {
+        Ok(answer) => answer,
+        Err(status) => return error::response(&status),
+    };
+    let body = SseBody {
+        inner: Box::pin(answer.into_body()),
+        messages: Messages::default(),
+        out: BytesMut::new(),
+        job: Arc::from(job),
+        shared: api.shared_json.clone(),
+        cursor: from,
+        desc: json::job_event(),
+        keepalive: api.keepalive,
+        timer: Box::pin(tokio::time::sleep(api.keepalive)),
+        ended: false,
+    };
+    let mut response = Response::new(Body::new(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx would otherwise hold events back in its buffer.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// The sequence to stream after: `Last-Event-ID` (what a browser sends
+/// when it reconnects) over `?after=`, else 0 (the whole history).
+fn resume_point(parts: &http::request::Parts) -> Result<u64, FieldViolation> {
+    if let Some(value) = parts.headers.get("last-event-id") {
+        return value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                FieldViolation::new("Last-Event-ID", "must be an event's sequence (a number)")
+            });
+    }
+    let mut after = 0;
+    for pair in parts.uri.query().unwrap_or("").split('&') {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("", _) => {}
+            ("after", value) => {
+                after = value.parse().map_err(|_| {
+                    FieldViolation::new("after", "must be an event's sequence (a number)")
+                })?;
+            }
+            (name, _) => {
+                return Err(FieldViolation::new(
+                    name,
+                    "is not a query parameter of the events stream (after is)",
+                ));
+            }
+        }
+    }
+    Ok(after)
+}
+
+type Inner = Pin<Box<dyn http_body::Body<Data = Bytes, Error = Status> + Send>>;
+
+/// The events stream's body: the WatchJob answer's messages as SSE events.
+struct SseBody {
+    inner: Inner,
+    messages: Messages,
+    /// Events made and not yet handed to the connection: one frame.
+    out: BytesMut,
+    /// The job, as the path named it: with the sequence, the key of its
+    /// events' JSON in `shared`.
+    job: Arc<str>,
+    shared: Arc<SharedJson>,
+    /// Where a client resumes: the last stored event sent.
+    cursor: u64,
+    desc: MessageDescriptor,
+    keepalive: Duration,
+    timer: Pin<Box<Sleep>>,
+    ended: bool,
+}
+
+impl SseBody {
+    /// Appends one message as an SSE event.
+    fn event(&mut self, message: Bytes) {
+        let event = match pb::JobEvent::decode(message.clone()) {
+            Ok(event) => event,
+            Err(e) => {
+                let status = Status::internal(format!("undecodable event: {e}"));
+                return self.out.extend_from_slice(&error_event(&status));
+            }
+        };
+        use pb::job_event::Kind;
+        let own = matches!(
+            event.kind,
+            Some(Kind::Snapshot(_) | Kind::Progress(_)) | None
+        );
+        let to_json = || {
+            DynamicMessage::decode(self.desc.clone(), message)
+                .map_err(|e| e.to_string())
+                .and_then(|event| json::message_json(&event))
+                .map(Bytes::from)
+        };
+        let data = if own {
+            to_json()
+        } else {
+            self.cursor = self.cursor.max(event.sequence);
+            self.shared.get_or_make(&self.job, event.sequence, to_json)
+        };
+        match data {
+            Ok(data) => {
+                self.out
+                    .extend_from_slice(format!("id: {}\ndata: ", self.cursor).as_bytes());
+                self.out.extend_from_slice(&data);
+                self.out.extend_from_slice(b"\n\n");
+            }
+            Err(e) => {
+                let status = Status::internal(format!("unconvertible event: {e}"));
+                self.out.extend_from_slice(&error_event(&status));
+            }
+        }
+    }
+
+    /// The stream's last event: `end` after an OK status, `error` else.
+    fn finish(&mut self, status: Option<Status>) {
+        self.ended = true;
+        match status {
+            Some(status) if status.code() != Code::Ok => {
+                self.out.extend_from_slice(&error_event(&status))
+            }
+            _ => self.out.extend_from_slice(b"event: end\ndata: {}\n\n"),
+        }
+    }
+}
+
+/// Stored events kept in [`SharedJson`], at most: the last few windows of
+/// a busy job's events, or of a few jobs', for the streams at the tail;
+/// one further behind converts its events again.
+const SHARED_JSON_KEEP: usize = 4096;
+
+/// The JSON of stored events, by job and sequence, made by the first
+/// stream that sends one and taken as it is by the others (a stored event
+/// never changes). The oldest go first.
+#[derive(Debug, Default)]
+pub struct SharedJson {
+    held: Mutex<HeldJson>,
+}
+
+#[derive(Debug, Default)]
+struct HeldJson {
+    by_event: HashMap<(Arc<str>, u64), Bytes>,
+    order: VecDeque<(Arc<str>, u64)>,
+}
+
+impl SharedJson {
+    /// The JSON of `job`'s event `sequence`: held, or made by `make` now.
+    fn get_or_make(
+        &self,
+        job: &Arc<str>,
+        sequence: u64,
+        make: impl FnOnce() -> Result<Bytes, String>,
+    ) -> Result<Bytes, String> {
+        let key = (job.clone(), sequence);
+        if let Some(json) = self
+            .held
+            .lock()
+            .expect("shared JSON lock")
+            .by_event
+            .get(&key)
+        {
+            return Ok(json.clone());
+        }
+        // Made outside the lock: two streams may both make it, once.
+        let json = make()?;
+        let mut held = self.held.lock().expect("shared JSON lock");
+        if held.by_event.insert(key.clone(), json.clone()).is_none() {
+            held.order.push_back(key);
+            while held.order.len() > SHARED_JSON_KEEP {
+                if let Some(oldest) = held.order.pop_front() {
+                    held.by_event.remove(&oldest);
+                }
+            }
+        }
+        Ok(json)
+    }
+}
+
+fn error_event(status: &Status) -> Bytes {
+    let json = error::error_json(status, error::http_status(status.code()));
+    Bytes::from(format!("event: error\ndata: {json}\n\n"))
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        loop {
+            if !this.out.is_empty() {
+                let next = Instant::now() + this.keepalive;
+                this.timer.as_mut().reset(next);
+                return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.messages.push(data);
+                        while let Some(message) = this.messages.next() {
+                            this.event(message);
+                        }
+                    }
+                    Err(frame) => {
+                        let status = frame.trailers_ref().and_then(Status::from_header_map);
+                        this.finish(status);
+                    }
+                },
+                Poll::Ready(Some(Err(status))) => this.finish(Some(status)),
+                Poll::Ready(None) => this.finish(None),
+                Poll::Pending => {
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        this.out.extend_from_slice(b": keepalive\n\n");
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_events_json_is_made_once_and_the_oldest_go_first() {
+        let shared = SharedJson::default();
+        let job: Arc<str> = Arc::from("job");
+        let mut made = 0;
+        for _ in 0..3 {
+            let json = shared
+                .get_or_make(&job, 1, || {
+                    made += 1;
+                    Ok(Bytes::from_static(b"{}"))
+                })
+                .unwrap();
+            assert_eq!(json, "{}");
+        }
+        assert_eq!(made, 1, "made once for every stream");
+        for seq in 2..=(SHARED_JSON_KEEP as u64 + 1) {
+            shared.get_or_make(&job, seq, || Ok(Bytes::new())).unwrap();
+        }
+        let held = shared.held.lock().unwrap();
+        assert_eq!(held.by_event.len(), SHARED_JSON_KEEP);
+        assert!(
+            !held.by_event.contains_key(&(job.clone(), 1)),
+            "the oldest went"
+        );
+    }
+}
