@@ -394,7 +394,12 @@ impl Watcher {
                         {
                             self.sent_counts = self.known.counts;
                             self.sent_partial = partial;
-                            let item = progress_of(&self.known, partial, &mut self.rate);
+                            // Its sequence is the last stored event this
+                            // stream sent, not the newest the hub knows
+                            // of (which may not have been read yet): a
+                            // client that resumes from it misses nothing.
+                            let item =
+                                progress_of(&self.known, self.cursor, partial, &mut self.rate);
                             return Ok(Some(WatchBatch::One(WatchItem::Progress(item))));
                         }
                     }
@@ -487,7 +492,7 @@ impl Drop for Watcher {
     }
 }
 
-fn progress_of(pulse: &Pulse, in_flight_fraction: f64, rate: &mut Rate) -> Progress {
+fn progress_of(pulse: &Pulse, seq: u64, in_flight_fraction: f64, rate: &mut Rate) -> Progress {
     let done = pulse.counts.ended() as f64 + in_flight_fraction;
     let per_second = rate.observe(done);
     let remaining =
@@ -495,7 +500,7 @@ fn progress_of(pulse: &Pulse, in_flight_fraction: f64, rate: &mut Rate) -> Progr
     let eta = (pulse.state == JobState::Running && per_second > 0.0)
         .then(|| Duration::from_secs_f64(remaining / per_second));
     Progress {
-        seq: pulse.last_seq,
+        seq,
         at: Utc::now(),
         counts: pulse.counts,
         in_flight_fraction,

@@ -496,6 +496,20 @@ impl TestApp {
         tokio::time::timeout(within, collect)
             .await
             .expect("the watch stream did not end in time");
+        // A progress message never claims a sequence the stream has not
+        // sent: resuming from it must miss nothing.
+        let mut sent = from;
+        for e in &events {
+            match &e.kind {
+                Some(pb::job_event::Kind::Snapshot(_)) => {}
+                Some(pb::job_event::Kind::Progress(_)) => assert!(
+                    e.sequence <= sent,
+                    "a progress message at {} after stored events up to {sent}",
+                    e.sequence
+                ),
+                _ => sent = e.sequence,
+            }
+        }
         events
     }
 
