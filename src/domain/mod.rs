@@ -16,7 +16,7 @@ pub use job::{Backoff, Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance
 pub use machine::{Command, Decision, Effect, Refusal, decide, deletable, growable};
 pub use runner::Runner;
 pub use spec::{
-    FieldViolation, ItemPage, JobSpec, Limits, NewItems, NewJob, StartAs, check_labels, parse_rate,
-    request_scope,
+    FieldViolation, Growth, ItemPage, JobSpec, Limits, NewItems, NewJob, PageRefusal, StartAs,
+    check_labels, parse_rate, request_scope,
 };
 pub use state::{ItemState, JobState, PauseMode};

@@ -408,6 +408,44 @@ pub struct ItemPage {
     pub close: bool,
 }
 
+/// What a page does to its job (see [`ItemPage::growth`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Growth {
+    /// The index of the page's first item: the job's items before it.
+    pub first: u64,
+    /// The items the page adds.
+    pub adding: u64,
+    /// The page closes an open job.
+    pub closes: bool,
+}
+
+impl Growth {
+    /// Whether the job changes (items, or its open flag): if not, no event.
+    pub fn changes(&self) -> bool {
+        self.adding > 0 || self.closes
+    }
+
+    /// The job's event for the page.
+    pub fn event(&self, page: &ItemPage, requested_by: Option<&str>) -> super::EventBody {
+        super::EventBody::ItemsAdded {
+            first: self.first as u32,
+            count: self.adding as u32,
+            closed: self.closes,
+            requested_by: requested_by.map(String::from),
+            request_id: page.request_id.clone(),
+        }
+    }
+}
+
+/// Why a job takes no page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageRefusal {
+    /// Only a RUNNING, PAUSING or PAUSED job takes items.
+    TakesNoItems(super::JobState),
+    /// The page would take the job past the most items a job may hold.
+    TooManyItems { total: u64, adding: u64, limit: u64 },
+}
+
 impl ItemPage {
     /// Checks every field of `input` against `limits`. An empty page is a
     /// page that only closes the job.
@@ -444,6 +482,33 @@ impl ItemPage {
             items: input.items,
             request_id,
             close: input.close,
+        })
+    }
+
+    /// What the page does to a job in `state` that holds `total` items and
+    /// is `open` or not, at most `max_items` in all: decided here, without
+    /// I/O, for both stores. A page that adds nothing and closes nothing
+    /// (an empty close of a job that is not open) changes nothing.
+    pub fn growth(
+        &self,
+        state: super::JobState,
+        total: u64,
+        open: bool,
+        max_items: u64,
+    ) -> Result<Growth, PageRefusal> {
+        super::growable(state).map_err(|_| PageRefusal::TakesNoItems(state))?;
+        let adding = self.items.len() as u64;
+        if total + adding > max_items {
+            return Err(PageRefusal::TooManyItems {
+                total,
+                adding,
+                limit: max_items,
+            });
+        }
+        Ok(Growth {
+            first: total,
+            adding,
+            closes: self.close && open,
         })
     }
 
@@ -690,6 +755,53 @@ pub fn optional_text(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Every state, open or not, within the limit or past it: what a page
+    /// does, decided without a store.
+    #[test]
+    fn a_page_grows_a_job_that_has_not_ended_within_its_limit() {
+        use crate::domain::JobState;
+        let page = |n: usize, close: bool| ItemPage {
+            items: vec!["x".into(); n],
+            request_id: None,
+            close,
+        };
+        for state in JobState::ALL {
+            let takes = matches!(
+                state,
+                JobState::Running | JobState::Pausing | JobState::Paused
+            );
+            for open in [false, true] {
+                for close in [false, true] {
+                    for n in [0, 3] {
+                        let got = page(n, close).growth(state, 5, open, 8);
+                        if !takes {
+                            assert_eq!(got, Err(PageRefusal::TakesNoItems(state)));
+                            continue;
+                        }
+                        let grows = got.unwrap();
+                        assert_eq!((grows.first, grows.adding), (5, n as u64));
+                        assert_eq!(grows.closes, close && open, "{state:?} {open} {close}");
+                        assert_eq!(grows.changes(), n > 0 || (close && open));
+                    }
+                }
+            }
+            if takes {
+                assert_eq!(
+                    page(4, false).growth(state, 5, true, 8),
+                    Err(PageRefusal::TooManyItems {
+                        total: 5,
+                        adding: 4,
+                        limit: 8
+                    })
+                );
+                assert!(
+                    page(3, false).growth(state, 5, true, 8).is_ok(),
+                    "up to the limit"
+                );
+            }
+        }
+    }
 
     fn valid() -> NewJob {
         NewJob {

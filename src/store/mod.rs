@@ -198,6 +198,27 @@ pub struct Added {
     pub count: u32,
 }
 
+impl From<crate::domain::PageRefusal> for StoreError {
+    fn from(refusal: crate::domain::PageRefusal) -> Self {
+        use crate::domain::PageRefusal as R;
+        match refusal {
+            R::TakesNoItems(current) => StoreError::Conflict {
+                expected: JobState::Running,
+                current,
+            },
+            R::TooManyItems {
+                total,
+                adding,
+                limit,
+            } => StoreError::TooManyItems {
+                total,
+                adding,
+                limit,
+            },
+        }
+    }
+}
+
 /// How much one retention batch ([`Store::delete_ended`]) may delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PruneLimits {

@@ -166,42 +166,20 @@ pub(super) async fn add_items(
             });
         }
     }
-    let current = job_state(&state)?;
-    if crate::domain::growable(current).is_err() {
-        return Err(StoreError::Conflict {
-            expected: JobState::Running,
-            current,
-        });
-    }
-    let total = total.max(0) as u64;
-    let adding = page.items.len() as u64;
-    if total + adding > max_items {
-        return Err(StoreError::TooManyItems {
-            total,
-            adding,
-            limit: max_items,
-        });
-    }
-    let closing = page.close && open;
-    if adding > 0 || closing {
-        insert_items(&mut tx, id, total, &page.items).await?;
+    let grows = page.growth(job_state(&state)?, total.max(0) as u64, open, max_items)?;
+    if grows.changes() {
+        insert_items(&mut tx, id, grows.first, &page.items).await?;
         let seq: i64 = sqlx::query_scalar(
             "UPDATE jobs SET total_items = total_items + $2, open = open AND NOT $3, \
              last_seq = last_seq + 1, updated_at = now() WHERE id = $1 RETURNING last_seq",
         )
         .bind(id.0)
-        .bind(adding as i64)
+        .bind(grows.adding as i64)
         .bind(page.close)
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
-        let event = EventBody::ItemsAdded {
-            first: total as u32,
-            count: adding as u32,
-            closed: closing,
-            requested_by: requested_by.map(String::from),
-            request_id: page.request_id.clone(),
-        };
+        let event = grows.event(page, requested_by);
         insert_event(&mut tx, id, seq, &event).await?;
     }
     if let Some(key) = &page.request_id {
@@ -211,8 +189,8 @@ pub(super) async fn add_items(
         )
         .bind(id.0)
         .bind(key)
-        .bind(total as i64)
-        .bind(adding as i32)
+        .bind(grows.first as i64)
+        .bind(grows.adding as i32)
         .bind(page.close)
         .bind(&fingerprint)
         .execute(&mut *tx)
@@ -225,8 +203,8 @@ pub(super) async fn add_items(
     tx.commit().await.map_err(db_error)?;
     Ok(Added {
         job,
-        first: total as u32,
-        count: adding as u32,
+        first: grows.first as u32,
+        count: grows.adding as u32,
     })
 }
 
