@@ -144,6 +144,8 @@ impl Browser {
         }
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            // A confirmation dialog waits for the test to accept it.
+            "unhandledPromptBehavior": "ignore",
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
@@ -265,7 +267,10 @@ impl Browser {
             .await
             .is_err()
         {
-            assert!(Instant::now() < deadline, "no confirmation dialog");
+            if Instant::now() > deadline {
+                let shot = self.screenshot("no-dialog").await;
+                panic!("no confirmation dialog (see {})", shot.display());
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -442,6 +447,26 @@ async fn pause_and_resume_from_the_page_change_the_job() {
              && document.querySelector('#outcomes').textContent.includes('RUNNING')",
         )
         .await;
+
+    // Scale and pace from the page.
+    browser.type_into("#concurrency-input", "3").await;
+    browser.click("#scale").await;
+    browser.confirm().await;
+    app.eventually("concurrency 3", SECS(10), || async {
+        app.get(&job.id).await.concurrency == 3
+    })
+    .await;
+    browser.type_into("#rate-input", "5").await;
+    browser.type_into("#period-input", "2").await;
+    browser.click("#rate").await;
+    browser.confirm().await;
+    browser
+        .wait_for(
+            "the page to show both changes",
+            "return document.querySelector('#stat-concurrency b').textContent === '3' \
+             && document.querySelector('#events').textContent.includes('rateLimitChanged')",
+        )
+        .await;
     browser.close().await;
     app.stop().await;
 }
@@ -475,6 +500,24 @@ async fn a_bulk_cancel_by_label_cancels_those_jobs_only() {
     }
     assert_eq!(app.get(&b.id).await.state(), JobState::Running);
     browser.screenshot("bulk-cancel").await;
+
+    // The filters go into the URL: running jobs only.
+    browser
+        .js("document.querySelector('#filter-state').value = 'JOB_STATE_RUNNING'; return null")
+        .await;
+    browser.click("#filters button[type=submit]").await;
+    browser
+        .wait_for(
+            "the filtered list",
+            &format!(
+                "return location.search.includes('state=JOB_STATE_RUNNING') \
+                 && document.body.dataset.ready === '1' \
+                 && document.querySelectorAll('#jobs tr[data-job]').length === 1 \
+                 && !!document.querySelector(\"tr[data-job='{}']\")",
+                b.id
+            ),
+        )
+        .await;
     browser.close().await;
     app.stop().await;
 }

@@ -284,8 +284,8 @@ async function jobView(id) {
       stat("total", num(c.total), "count-total"), stat("pending", num(c.pending), "count-pending"),
       stat("running", num(c.running), "count-running"), stat("succeeded", num(c.succeeded), "count-succeeded"),
       stat("failed", num(c.failed), "count-failed"), stat("cancelled", num(c.cancelled), "count-cancelled"),
-      stat("items/s", rate ? Number(rate).toFixed(1) : "—", "rate"), stat("ETA", duration(eta), "eta"),
-      stat("concurrency", job.concurrency || 0, "concurrency"));
+      stat("items/s", rate ? Number(rate).toFixed(1) : "—", "stat-rate"), stat("ETA", duration(eta), "stat-eta"),
+      stat("concurrency", job.concurrency || 0, "stat-concurrency"));
     pauses.replaceChildren(...(job.pauses || []).map((r) => el("tr", {},
       el("td", { text: short(r.mode, "PAUSE_MODE_").toLowerCase() }), el("td", { text: r.reason || "" }),
       el("td", { text: r.requestedBy || "" }), el("td", { text: when(r.requestTime) }),
