@@ -352,6 +352,50 @@ fn gate_job(app: &TestApp, name: &str, team: &str) -> pb::StartJobRequest {
 }
 
 #[tokio::test]
+async fn the_pages_carry_their_policy_and_me_answers_who_calls() {
+    let app = dashboard_app(GuardConfig::default()).await;
+    let http = app.http_addr.unwrap();
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/jobs/0b6a4f8e-0000-4000-8000-000000000000", "text/html"),
+        ("/assets/app.js", "text/javascript"),
+        ("/assets/app.css", "text/css"),
+    ] {
+        let (status, headers, body) = request(http, "GET", path, &[], None).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(!body.is_empty(), "{path}");
+        let content_type = headers["content-type"].to_str().unwrap();
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+    }
+    // The page loads no inline script.
+    let (_, _, page) = request(http, "GET", "/", &[], None).await;
+    let page = String::from_utf8(page.to_vec()).unwrap();
+    assert_eq!(page.matches("<script").count(), 1, "{page}");
+    assert!(page.contains(r#"<script src="/assets/app.js""#), "{page}");
+    // Without tokens, anyone may do anything, and is told so.
+    let (status, _, body) = request(http, "GET", "/v1/me", &[], None).await;
+    assert_eq!(status, 200);
+    let me: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(me["permissions"], json!(["admin"]));
+    assert_eq!(me["authenticated"], false);
+    // Other paths are still the API's JSON 404.
+    let (status, _, body) = request(http, "GET", "/nope", &[], None).await;
+    assert_eq!(status, 404);
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["status"], "NOT_FOUND");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_progress_bar_advances_without_a_reload() {
     let _one = ONE_BROWSER.lock().await;
     let app = dashboard_app(GuardConfig::default()).await;

@@ -419,6 +419,13 @@ async function follow(id, after, onEvent) {
     try {
       const response = await fetch(`/v1/jobs/${encodeURIComponent(id)}/events`, { headers });
       if (response.status === 401) { askForToken(); return; }
+      if (response.status >= 400 && response.status < 500 && response.status !== 429) {
+        // Not found, forbidden, a bad request: trying again will not help.
+        let message = "HTTP " + response.status;
+        try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
+        showError("events: " + message);
+        return;
+      }
       if (!response.ok) throw new Error("events: HTTP " + response.status);
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
