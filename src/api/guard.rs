@@ -62,6 +62,16 @@ impl GuardLayer {
             }),
         }
     }
+
+    /// Who is calling, by the rules every RPC's caller is identified by,
+    /// but with no permission to check (`GET /v1/me`, which the dashboard
+    /// asks to know which buttons to show): with tokens on, a request
+    /// without a valid one is refused, as discovery calls are with
+    /// `--auth-protect-discovery`. It costs no database query, so it is
+    /// not counted against the caller's rate.
+    pub fn whoami<B>(&self, request: &Request<B>) -> Result<Caller, Status> {
+        self.shared.identify_for(request, None, false)
+    }
 }
 
 impl<S> Layer<S> for GuardLayer {
@@ -121,13 +131,25 @@ fn exhausted<B: Default>(message: String, retry_after: Duration) -> Response<B> 
 impl Shared {
     /// Who is calling, or the refusal.
     fn identify<B>(&self, request: &Request<B>) -> Result<Caller, Status> {
+        let required = Permission::for_method(request.uri().path());
+        let open = required.is_none() && !self.config.protect_discovery;
+        self.identify_for(request, required, open)
+    }
+
+    /// Who is calling, if they may do what needs `required`; `open`: a
+    /// request without a valid token is anyone's (health, reflection).
+    fn identify_for<B>(
+        &self,
+        request: &Request<B>,
+        required: Option<Permission>,
+        open: bool,
+    ) -> Result<Caller, Status> {
         let path = request.uri().path();
-        let required = Permission::for_method(path);
         let (subject, _) = peer(request);
         let caller = match &self.config.tokens {
             Some(tokens) => match bearer(request).and_then(|t| tokens.lookup(t)) {
                 Some(caller) => caller,
-                None if required.is_none() && !self.config.protect_discovery => {
+                None if open => {
                     return Ok(Caller::anyone());
                 }
                 None => {

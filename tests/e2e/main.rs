@@ -7,6 +7,7 @@
 mod add_items;
 mod control;
 mod controls;
+mod dashboard;
 mod deletion;
 mod discovery;
 mod dry_run;

@@ -14,6 +14,10 @@
 //! | `POST /v1/jobs/{job_id}:addItems` | AddItems |
 //! | `POST /v1/jobs/{job_id}:pause`, `:resume`, `:cancel`, `:retryFailedItems`, `:setConcurrency`, `:setRateLimit` | PauseJob, ResumeJob, CancelJob, RetryFailedItems, SetJobConcurrency, SetJobRateLimit |
 //! | `GET /v1/jobs/{job_id}/events` (`Last-Event-ID`, `?after=`) | WatchJob |
+//! | `GET /v1/me` | (none: who the caller is and what they may do) |
+//!
+//! The same port serves the dashboard ([`dashboard`]): `GET /`,
+//! `GET /jobs/{job_id}` and `/assets/…`.
 //!
 //! Nothing is written twice. A route turns its path, query and JSON body
 //! into the RPC's protobuf request ([`json`]) and sends it as a gRPC call,
@@ -31,6 +35,7 @@
 //! preflight, which this server never grants), so it cannot make a
 //! browser that reaches this port pause or cancel jobs.
 
+mod dashboard;
 mod error;
 mod json;
 mod listen;
@@ -74,6 +79,8 @@ type GrpcResponse = http::Response<TracedBody<tonic::body::Body>>;
 #[derive(Clone)]
 pub struct HttpApi {
     grpc: Grpc,
+    /// The guard in `grpc`, for `GET /v1/me`.
+    guard: GuardLayer,
     /// The largest request body, in bytes (`--max-request-bytes`).
     max_body_bytes: usize,
     /// An events stream on which nothing was sent for this long gets a
@@ -103,6 +110,7 @@ impl HttpApi {
     ) -> Self {
         HttpApi {
             grpc: TraceLayer.layer(guard.layer(limits.layer(jobs))),
+            guard: guard.clone(),
             max_body_bytes: limits.max_request_bytes,
             keepalive,
             shared_json: Arc::default(),
@@ -121,6 +129,11 @@ impl HttpApi {
             )
             .route("/v1/jobs/{job}/items", get(list_items))
             .route("/v1/jobs/{job}/events", get(events))
+            .route("/v1/me", get(me))
+            .route("/", get(dashboard::page))
+            .route("/jobs/{job}", get(dashboard::page))
+            .route("/assets/app.js", get(dashboard::script))
+            .route("/assets/app.css", get(dashboard::style))
             .fallback(no_route)
             .method_not_allowed_fallback(no_method)
             .with_state(self)
@@ -450,6 +463,29 @@ async fn job_method(
 
 async fn events(State(api): State<HttpApi>, JobPath(job): JobPath, request: Request) -> Response {
     sse::events(&api, &job, request).await
+}
+
+/// `GET /v1/me`: the caller's name, permissions and label scope, as the
+/// guard identifies them (401 without a valid token when tokens are on).
+/// The dashboard shows action buttons only to a caller who may use them.
+async fn me(State(api): State<HttpApi>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    let mut probe = http::Request::new(());
+    *probe.headers_mut() = parts.headers.clone();
+    listen::copy_connection(&parts.extensions, probe.extensions_mut());
+    match api.guard.whoami(&probe) {
+        Ok(caller) => {
+            let permissions: Vec<&str> = caller.permissions.iter().map(|p| p.as_str()).collect();
+            let body = serde_json::json!({
+                "name": caller.name,
+                "permissions": permissions,
+                "scope": caller.scope,
+                "authenticated": caller.via != super::auth::Via::Nobody,
+            });
+            json_response(StatusCode::OK, body.to_string().into_bytes())
+        }
+        Err(status) => error::response(&status),
+    }
 }
 
 async fn no_route() -> Response {

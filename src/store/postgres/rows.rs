@@ -194,6 +194,12 @@ pub(super) async fn list_jobs(
            AND ($6::text IS NULL OR name = $6) \
          ORDER BY created_at DESC, id DESC LIMIT $5"
     ))
+    // Planned with its values each time: the generic plan PostgreSQL
+    // switches a prepared statement to after five runs cannot see that the
+    // filters are empty, and reads every job's pauses before the sort and
+    // the limit (520 ms a page with 100,000 jobs, 0.3 ms planned with its
+    // values; `bench list-jobs`).
+    .persistent(false)
     .bind(&states)
     .bind(Json(labels))
     .bind(q.after.map(|c| c.created_at))

@@ -7,6 +7,8 @@
 //!   jobs running at once.
 //! - [`watchers`]: event delivery to 1,000 WatchJob streams on one job,
 //!   and what they cost its throughput.
+//! - [`list_jobs`]: the dashboard's jobs list (`GET /v1/jobs`) with
+//!   100,000 stored jobs.
 //! - [`pages`]: a million items sent in pages through nginx, and items
 //!   added to a running job against a job started whole.
 //! - [`recovery`]: SIGKILL and restart: time to serve, and until every
@@ -16,6 +18,7 @@
 //!   a worker's SIGKILL.
 
 pub mod control;
+pub mod list_jobs;
 pub mod many_jobs;
 pub mod pages;
 pub mod recovery;
@@ -23,6 +26,7 @@ pub mod remote;
 pub mod watchers;
 
 pub use control::control;
+pub use list_jobs::list_jobs;
 pub use many_jobs::many_jobs;
 pub use pages::pages;
 pub use recovery::recovery;

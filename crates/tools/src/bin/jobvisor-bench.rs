@@ -50,6 +50,9 @@ enum Scenario {
     /// 1,000 WatchJob streams on one running job: delivery latency, gap-free
     /// streams, and the job's throughput with and without them.
     Watchers(scenarios::watchers::WatchersOptions),
+    /// The dashboard's jobs list (GET /v1/jobs, pages of 50) with 100,000
+    /// stored jobs: first page, filtered, next pages; p99 of each.
+    ListJobs(scenarios::list_jobs::ListJobsOptions),
     /// A job of 1,000,000 items started with the CLI in pages through nginx
     /// (time to the last page), and a job grown by AddItems while it runs
     /// against the same job started whole (items/s).
@@ -178,6 +181,10 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let s = scenarios::watchers::WatchersSummary::of(&pairs);
                 report(args.json, "watchers-summary", &s.human(), &s, &context);
             }
+        }
+        Scenario::ListJobs(opts) => {
+            let r = scenarios::list_jobs(&setup, &opts).await?;
+            report(args.json, "list-jobs", &r.human(), &r, &context);
         }
         Scenario::Pages(opts) => {
             let r = scenarios::pages(&setup, &opts).await?;
