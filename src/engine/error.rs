@@ -57,6 +57,19 @@ impl From<StoreError> for EngineError {
             StoreError::NotFound(id) => EngineError::NotFound(id),
             StoreError::RequestIdReused(key) => EngineError::RequestIdReused(key),
             StoreError::NameTaken { name, job } => EngineError::NameTaken { name, job },
+            // A page that would take its job past the item limit: the
+            // caller's `items` are the problem.
+            StoreError::TooManyItems {
+                total,
+                adding,
+                limit,
+            } => EngineError::InvalidArgument(vec![FieldViolation::new(
+                "items",
+                format!(
+                    "holds {adding} items, and the job holds {total}: a job may hold at most \
+                     {limit}"
+                ),
+            )]),
             unavailable @ StoreError::Unavailable(_) => EngineError::StoreUnavailable(unavailable),
             other => EngineError::Store(other),
         }

@@ -532,19 +532,6 @@ impl Engine {
                 Err(StoreError::Conflict { current, .. }) => {
                     return Err(Refusal::TakesNoItems(current).into());
                 }
-                Err(StoreError::TooManyItems {
-                    total,
-                    adding,
-                    limit,
-                }) => {
-                    return Err(EngineError::InvalidArgument(vec![FieldViolation::new(
-                        "items",
-                        format!(
-                            "holds {adding} items, and the job holds {total}: a job may hold \
-                             at most {limit}"
-                        ),
-                    )]));
-                }
                 Err(e) => return Err(e.into()),
             };
             let (total, open) = (added.job.counts.total, added.job.open);
