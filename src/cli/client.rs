@@ -552,19 +552,16 @@ pub async fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
 pub async fn close(args: JobArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.conn.client().await?;
     let job_id = resolve(&mut client, &args.job_id).await?;
-    let answer = client
-        .add_items(request(pb::AddItemsRequest {
-            job_id,
-            items: Vec::new(),
-            request_id: String::new(),
-            close: true,
-        }))
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let job = answer
-        .job
-        .ok_or_else(|| anyhow::anyhow!("the server answered AddItems without the job"))?;
+    // A page of no items that closes, retried like any other page.
+    let key = uuid::Uuid::new_v4().to_string();
+    let upload = super::pages::Upload {
+        job_id: &job_id,
+        items: &[],
+        pages: &[],
+        key: &key,
+        close: true,
+    };
+    let job = upload.send(&mut client).await?;
     output::print_job(&job, args.conn.json);
     Ok(ExitCode::SUCCESS)
 }

@@ -50,20 +50,44 @@ fn varint_len(n: usize) -> usize {
 /// Starts a job open with its first page, retrying a failed call (the
 /// request carries its request id: a retry starts nothing new).
 pub async fn start(client: &mut Client, start: pb::StartJobRequest) -> anyhow::Result<pb::Job> {
+    let hidden = indicatif::ProgressBar::hidden();
+    retried("starting the job", &hidden, || {
+        let (mut client, start) = (client.clone(), start.clone());
+        async move { client.start_job(request(start)).await }
+    })
+    .await
+    .map(tonic::Response::into_inner)
+    .map_err(status_error)
+}
+
+/// Makes `call` until it succeeds or fails for a reason a retry cannot
+/// mend (see [`retryable`]), waiting as a resumed watch does in between
+/// and saying so on stderr (above `bar`).
+async fn retried<T, F, Fut>(
+    what: &str,
+    bar: &indicatif::ProgressBar,
+    mut call: F,
+) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     let mut retries = watch_backoff();
     loop {
-        match client.start_job(request(start.clone())).await {
-            Ok(job) => return Ok(job.into_inner()),
+        match call().await {
+            Ok(answer) => return Ok(answer),
             Err(status) => match retries.next().filter(|_| retryable(&status)) {
                 Some(wait) => {
-                    eprintln!(
-                        "starting the job failed ({}); trying again in {}",
-                        status_text(&status),
-                        humantime::format_duration(wait)
-                    );
+                    bar.suspend(|| {
+                        eprintln!(
+                            "{what} failed ({}); trying again in {}",
+                            status_text(&status),
+                            humantime::format_duration(wait)
+                        )
+                    });
                     tokio::time::sleep(wait).await;
                 }
-                None => return Err(status_error(status)),
+                None => return Err(status),
             },
         }
     }
@@ -135,35 +159,24 @@ impl Upload<'_> {
         first: usize,
         bar: &indicatif::ProgressBar,
     ) -> anyhow::Result<pb::Job> {
-        let mut retries = watch_backoff();
-        loop {
-            match client.add_items(request(add.clone())).await {
-                Ok(answer) => {
-                    return answer.into_inner().job.ok_or_else(|| {
-                        anyhow::anyhow!("the server answered AddItems without the job")
-                    });
-                }
-                Err(status) => match retries.next().filter(|_| retryable(&status)) {
-                    Some(wait) => {
-                        bar.suspend(|| {
-                            eprintln!(
-                                "sending items failed ({}); trying again in {}",
-                                status_text(&status),
-                                humantime::format_duration(wait)
-                            )
-                        });
-                        tokio::time::sleep(wait).await;
-                    }
-                    None => {
-                        bar.abandon();
-                        return Err(status_error(status).context(format!(
-                            "the items from index {first} on were not sent to job {}; to go on, \
-                             run the same command again with --request-id {} (pages already \
-                             sent are not added twice)",
-                            self.job_id, self.key
-                        )));
-                    }
-                },
+        let answer = retried("sending items", bar, || {
+            let (mut client, add) = (client.clone(), add.clone());
+            async move { client.add_items(request(add)).await }
+        })
+        .await;
+        match answer {
+            Ok(answer) => answer
+                .into_inner()
+                .job
+                .ok_or_else(|| anyhow::anyhow!("the server answered AddItems without the job")),
+            Err(status) => {
+                bar.abandon();
+                Err(status_error(status).context(format!(
+                    "the items from index {first} on were not sent to job {}; to go on, run the \
+                     same command again with --request-id {} (pages already sent are not added \
+                     twice)",
+                    self.job_id, self.key
+                )))
             }
         }
     }
