@@ -1,6 +1,7 @@
 //! Pure types and the state machine: no I/O, no async, no database. Every
 //! other layer speaks these types.
 
+pub mod counters;
 pub mod event;
 pub mod ids;
 pub mod job;
@@ -10,6 +11,7 @@ pub mod runner;
 pub mod spec;
 pub mod state;
 
+pub use counters::Counters;
 pub use event::{EventBody, JobEvent};
 pub use ids::JobId;
 pub use job::{Backoff, Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance, RateLimit};

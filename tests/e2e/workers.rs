@@ -176,6 +176,7 @@ impl RawWorker {
         self.send(In::Succeeded(pb::WorkerSucceeded {
             token,
             result: result.into(),
+            ..Default::default()
         }));
         self.send(In::Credit(pb::WorkerCredit { slots: 1 }));
     }
@@ -274,6 +275,7 @@ async fn a_worker_never_holds_more_items_than_its_slots() {
     worker.send(In::Succeeded(pb::WorkerSucceeded {
         token: a.token,
         result: String::new(),
+        ..Default::default()
     }));
     worker.quiet(Duration::from_millis(300)).await;
     worker.send(In::Credit(pb::WorkerCredit { slots: 1 }));
@@ -377,6 +379,7 @@ async fn an_ignored_interrupt_revokes_the_item_and_its_late_result_is_refused() 
     worker.send(In::Succeeded(pb::WorkerSucceeded {
         token: a.token,
         result: "late".into(),
+        ..Default::default()
     }));
     match worker.next().await {
         Out::Refused(r) => {

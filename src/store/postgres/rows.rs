@@ -20,7 +20,7 @@ macro_rules! job_fields {
          jobs.params, jobs.labels, jobs.policy, jobs.request_id, jobs.total_items, \
          jobs.running_items, jobs.succeeded_items, jobs.failed_items, jobs.cancelled_items, \
          jobs.last_seq, jobs.last_error, jobs.created_at, jobs.started_at, jobs.updated_at, \
-         jobs.ended_at, jobs.exclusive, jobs.open"
+         jobs.ended_at, jobs.exclusive, jobs.open, jobs.counters"
     };
 }
 
@@ -114,6 +114,10 @@ pub(super) fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
         last_seq: count(row, "last_seq")?,
         exclusive: row.try_get("exclusive").map_err(get_err)?,
         open: row.try_get("open").map_err(get_err)?,
+        counters: {
+            let Json(value): Json<serde_json::Value> = row.try_get("counters").map_err(get_err)?;
+            crate::domain::counters::from_json(&value)
+        },
     })
 }
 
@@ -242,8 +246,8 @@ pub(super) async fn list_items(
     let after = q.after.map(|c| c.after_index as i64).unwrap_or(-1);
     let limit = q.limit.max(1) as i64;
     let rows = sqlx::query(
-        "SELECT idx, payload, state, attempts, last_error, checkpoint, result, updated_at, \
-                CASE WHEN state = 0 THEN retry_at END AS retry_at \
+        "SELECT idx, payload, state, attempts, last_error, checkpoint, result, skip_reason, \
+                updated_at, CASE WHEN state = 0 THEN retry_at END AS retry_at \
          FROM items \
          WHERE job_id = $1 AND (cardinality($2::int2[]) = 0 OR state = ANY($2)) AND idx > $3 \
          ORDER BY idx LIMIT $4",
@@ -269,6 +273,7 @@ pub(super) async fn list_items(
             last_error: row.try_get("last_error").map_err(db_error)?,
             checkpoint: row.try_get("checkpoint").map_err(db_error)?,
             result: row.try_get("result").map_err(db_error)?,
+            skip_reason: row.try_get("skip_reason").map_err(db_error)?,
             updated_at: row.try_get("updated_at").map_err(db_error)?,
             retry_at: row.try_get("retry_at").map_err(db_error)?,
         });

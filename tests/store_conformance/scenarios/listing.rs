@@ -221,16 +221,7 @@ pub async fn list_items_pages_filters_and_not_found(store: Arc<dyn Store>) {
     let job = create(&store, &spec(10)).await;
     let claimed = claim(&store, job.id, 3).await;
     let lease = claimed[0].lease;
-    assert!(
-        write(
-            &store,
-            job.id,
-            0,
-            lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(write(&store, job.id, 0, lease, WriteKind::succeeded()).await);
     assert!(write(&store, job.id, 1, lease, failed("bad input", true)).await);
     consistent(&store, job.id).await;
 

@@ -4,6 +4,7 @@
 
 pub mod claims;
 pub mod control;
+pub mod counting;
 pub mod deletion;
 pub mod growing;
 pub mod in_batch;
