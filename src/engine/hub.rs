@@ -574,6 +574,27 @@ mod tests {
         moved_to(seq, JobState::Running)
     }
 
+    #[test]
+    fn a_job_holds_a_bounded_set_of_counter_names() {
+        use crate::domain::counters::MAX_JOB_COUNTERS;
+        let names = |range: std::ops::Range<usize>| -> crate::domain::Counters {
+            range.map(|i| (format!("c{i}"), 1)).collect()
+        };
+        // Starts from what the store holds.
+        let live = InFlight::with_counters(&names(0..60));
+        assert_eq!(live.counters().len(), 60);
+        live.reserve(&names(55..64)).unwrap();
+        // Names already there are always fine; one more is refused.
+        live.reserve(&names(0..MAX_JOB_COUNTERS)).unwrap();
+        let err = live.reserve(&names(60..65)).unwrap_err();
+        assert!(err.contains("more than 64 counter names"), "{err}");
+        // Reserved is not counted: only a committed success adds.
+        assert_eq!(live.counters()["c0"], 1);
+        assert!(!live.counters().contains_key("c63"));
+        live.counted(&names(0..2));
+        assert_eq!(live.counters()["c1"], 2);
+    }
+
     /// A change of state from RUNNING.
     fn moved_to(seq: u64, to: JobState) -> JobEvent {
         JobEvent {
