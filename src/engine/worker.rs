@@ -272,7 +272,12 @@ async fn run_item(
         // A job holds a bounded set of counter names: a success that
         // would pass it fails instead, for good (another attempt would
         // report the same names).
-        kind = match args.in_flight.reserve(&counters) {
+        let reserved = if counters.is_empty() {
+            Ok(())
+        } else {
+            args.in_flight.reserve(&counters)
+        };
+        kind = match reserved {
             Ok(()) => WriteKind::Succeeded {
                 result: ctx.take_result(),
                 skip_reason: ctx.take_skip(),
