@@ -190,6 +190,48 @@ pub(super) async fn list_jobs(
         serde_json::to_value(&q.labels).map_err(|e| StoreError::Internal(e.to_string()))?;
     let limit = q.limit.max(1) as i64;
     let mut conn = pool.acquire().await.map_err(db_error)?;
+    if !q.labels.is_empty() {
+        // A label filter: look among the newest jobs that pass the other
+        // filters first, in the order of the page (`jobs_by_creation`). If
+        // they hold the page, those are its jobs, whatever the planner
+        // would guess of the labels' selectivity: it cannot see how common
+        // a label set is (none may be in its statistics), and for a common
+        // one chose the labels' GIN index, read every match (10,000 of
+        // 100,000 jobs) and sorted them: 85 ms a page against 2 ms
+        // (`jobvisor-bench list-jobs`). A rarer label falls through to the
+        // query below, where the index pays.
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT r.id FROM ( \
+                SELECT id, created_at, labels FROM jobs \
+                WHERE (cardinality($1::text[]) = 0 OR state = ANY($1)) \
+                  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
+                  AND ($6::text IS NULL OR name = $6) \
+                ORDER BY created_at DESC, id DESC LIMIT $7) AS r \
+             WHERE r.labels @> $2 ORDER BY r.created_at DESC, r.id DESC LIMIT $5",
+        )
+        .persistent(false)
+        .bind(&states)
+        .bind(Json(&labels))
+        .bind(q.after.map(|c| c.created_at))
+        .bind(q.after.map(|c| c.id.0))
+        .bind(limit + 1)
+        .bind(q.name.as_deref())
+        .bind(LABEL_SCAN)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        if ids.len() as i64 > limit {
+            let rows = sqlx::query(concat!(
+                select_jobs!(),
+                " WHERE jobs.id = ANY($1) ORDER BY created_at DESC, id DESC"
+            ))
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_error)?;
+            return page_of(&rows, limit);
+        }
+    }
     let rows = sqlx::query(concat!(
         select_jobs!(),
         " WHERE (cardinality($1::text[]) = 0 OR state = ANY($1)) \
@@ -213,6 +255,16 @@ pub(super) async fn list_jobs(
     .fetch_all(&mut *conn)
     .await
     .map_err(db_error)?;
+    page_of(&rows, limit)
+}
+
+/// How many of the newest jobs (after the other filters) a label filter
+/// looks among before it asks the labels' index.
+const LABEL_SCAN: i64 = 2_000;
+
+/// A page of at most `limit` jobs from `rows` (one more says there is a
+/// next page).
+fn page_of(rows: &[PgRow], limit: i64) -> Result<Page<Job, JobCursor>, StoreError> {
     let mut jobs = rows
         .iter()
         .map(job_from_row)
