@@ -15,6 +15,7 @@ use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
 };
+use tokio::sync::watch;
 
 /// What a worker holds, shared with its supervisor so a worker that dies
 /// does not take the knowledge of its item with it.
@@ -28,11 +29,35 @@ pub struct SlotItems {
     pub committing: u32,
     /// The slot is being removed (concurrency lowered): take nothing more.
     pub retired: bool,
+    /// The running item's own stop signal (CancelItems cancelled it): made
+    /// by whichever of the worker (as it starts the item) and the
+    /// supervisor (as it stops it) comes first, and dropped when the slot
+    /// takes its next item.
+    pub item_stop: Option<watch::Sender<bool>>,
 }
 
 impl SlotItems {
     pub fn busy(&self) -> bool {
         self.running.is_some() || self.committing > 0
+    }
+
+    /// The running item's stop signal, made if it has none yet.
+    pub fn item_stop(&mut self) -> &watch::Sender<bool> {
+        self.item_stop
+            .get_or_insert_with(|| watch::Sender::new(false))
+    }
+
+    /// Asks the running item to stop if it is one of `indexes` (ascending);
+    /// returns whether it was.
+    pub fn stop_if_running(&mut self, indexes: &[u32]) -> bool {
+        let Some(running) = &self.running else {
+            return false;
+        };
+        if indexes.binary_search(&running.index).is_err() {
+            return false;
+        }
+        self.item_stop().send_replace(true);
+        true
     }
 }
 
@@ -90,6 +115,7 @@ impl WorkQueue {
         let item = inner.items.pop_front()?;
         let seat = inner.seats.as_mut().and_then(Vec::pop);
         slot.running = Some(item.clone());
+        slot.item_stop = None;
         Some((item, seat))
     }
 
@@ -139,6 +165,18 @@ impl WorkQueue {
     pub fn drain(&self) -> Vec<ClaimedItem> {
         self.lock().items.drain(..).collect()
     }
+
+    /// Removes the waiting items of `indexes` (ascending): they were
+    /// cancelled after they were claimed, before any worker took them.
+    /// Returns how many were removed.
+    pub fn remove(&self, indexes: &[u32]) -> usize {
+        let mut inner = self.lock();
+        let before = inner.items.len();
+        inner
+            .items
+            .retain(|item| indexes.binary_search(&item.index).is_err());
+        before - inner.items.len()
+    }
 }
 
 #[cfg(test)]
@@ -170,5 +208,33 @@ mod tests {
         queue.set_open(false);
         assert!(queue.take_into(&current).is_none());
         assert_eq!(queue.drain().len(), 1);
+    }
+
+    #[test]
+    fn cancelled_items_leave_the_queue_and_stop_where_they_run() {
+        let queue = WorkQueue::default();
+        queue.set_open(true);
+        queue.push([item(1), item(2), item(3), item(4)]);
+        let current = Current::default();
+        assert_eq!(queue.take_into(&current).map(|(i, _)| i.index), Some(1));
+        // Item 1 runs; 2 and 4 wait and are dropped; 7 is not here.
+        assert_eq!(queue.remove(&[1, 2, 4, 7]), 2);
+        assert_eq!(queue.len(), 1);
+        let mut slot = current.lock().unwrap();
+        let seen = slot.item_stop().subscribe();
+        assert!(!*seen.borrow());
+        assert!(!slot.stop_if_running(&[2, 3]), "not the running item");
+        assert!(!*seen.borrow());
+        assert!(slot.stop_if_running(&[1, 2]));
+        assert!(*seen.borrow());
+        drop(slot);
+        // The next item starts with no stop asked.
+        assert_eq!(queue.take_into(&current).map(|(i, _)| i.index), Some(3));
+        let mut slot = current.lock().unwrap();
+        assert!(!*slot.item_stop().subscribe().borrow());
+        // Asked before the worker made the signal: it finds it asked.
+        slot.item_stop = None;
+        assert!(slot.stop_if_running(&[3]));
+        assert!(*slot.item_stop().subscribe().borrow());
     }
 }

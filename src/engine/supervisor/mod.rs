@@ -93,6 +93,16 @@ pub enum SupervisorMsg {
         open: bool,
         reply: RpcReplyPort<()>,
     },
+    /// Chosen items of the job were cancelled (CancelItems, committed
+    /// here: the store ended them and cleared their leases). `indexes`:
+    /// those that were running (claimed), to drop from the queue or
+    /// interrupt; `waited`: those that were waiting for a retry, not to be
+    /// waited for. Reply once the interrupts are sent.
+    ItemsCancelled {
+        indexes: Vec<u32>,
+        waited: Vec<u32>,
+        reply: RpcReplyPort<()>,
+    },
     /// Multi-replica mode: the lease is lost; stop at once, writing
     /// nothing more.
     Abandon,
@@ -183,6 +193,9 @@ pub struct SupervisorState {
     actions: Vec<Action>,
     /// Remote executors: how the worker hub hands this job its seats.
     deliver: Option<crate::executor::remote::hub::Deliver>,
+    /// Items cancelled while a claim was out (ascending): that claim may
+    /// have taken them before they were cancelled; they are not queued.
+    cancelled_in_claim: Vec<u32>,
 }
 
 pub struct JobSupervisor;
@@ -255,6 +268,7 @@ impl Actor for JobSupervisor {
             backoff: job.policy.backoff(),
             actions: Vec::new(),
             deliver,
+            cancelled_in_claim: Vec::new(),
         };
         st.queue.set_open(job.state == JobState::Running);
         for _ in 0..job.concurrency {
@@ -389,6 +403,16 @@ impl SupervisorState {
                 self.perform(myself);
                 let _ = reply.send(());
             }
+            SupervisorMsg::ItemsCancelled {
+                indexes,
+                waited,
+                reply,
+            } => {
+                self.items_cancelled(&indexes);
+                self.core.items_cancelled(&waited);
+                self.perform(myself);
+                let _ = reply.send(());
+            }
             SupervisorMsg::Grown { total, open, reply } => {
                 self.core.grown(total, open);
                 self.perform(myself);
@@ -428,10 +452,12 @@ impl SupervisorState {
                 self.core.abandon(out);
                 self.perform(myself);
             }
-            SupervisorMsg::Claimed(Ok(items)) => {
+            SupervisorMsg::Claimed(Ok(mut items)) => {
                 let last = items.last().map(|i| i.index);
                 self.core.claims.claimed(items.len(), last);
                 crate::metrics::items_claimed(&self.executor, items.len());
+                let cancelled = std::mem::take(&mut self.cancelled_in_claim);
+                items.retain(|i| cancelled.binary_search(&i.index).is_err());
                 self.queue.push(items);
             }
             SupervisorMsg::Claimed(Err(e)) => {
@@ -507,6 +533,27 @@ impl SupervisorState {
             SupervisorMsg::Seated(seat) => self.queue.add_seat(seat),
         }
         None
+    }
+}
+
+impl SupervisorState {
+    /// CancelItems cancelled `indexes` (ascending), which were claimed:
+    /// those waiting in the queue leave it, and the workers running the
+    /// others are asked to stop them (their outcomes are refused: the
+    /// store cleared their leases). A claim out now may bring some of
+    /// them: they are dropped when it comes back.
+    fn items_cancelled(&mut self, indexes: &[u32]) {
+        if indexes.is_empty() {
+            return;
+        }
+        let dropped = self.queue.remove(indexes);
+        let stopped = self.pool.stop_items(indexes);
+        if self.core.claims.out.is_some() {
+            self.cancelled_in_claim.extend_from_slice(indexes);
+            self.cancelled_in_claim.sort_unstable();
+            self.cancelled_in_claim.dedup();
+        }
+        tracing::debug!(job_id = %self.core.job, dropped, stopped, "cancelled items stopped");
     }
 }
 

@@ -52,6 +52,20 @@ impl Pool {
         self.slots.iter().filter(|s| s.busy()).count()
     }
 
+    /// Asks the workers running any of `indexes` (ascending) to stop
+    /// them; returns how many were.
+    pub fn stop_items(&self, indexes: &[u32]) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                s.current
+                    .lock()
+                    .expect("current item lock")
+                    .stop_if_running(indexes)
+            })
+            .count()
+    }
+
     /// The slot of the worker `id`, if it is one of ours.
     pub fn position(&self, id: ractor::ActorId) -> Option<usize> {
         self.slots.iter().position(|s| s.worker.get_id() == id)
