@@ -47,13 +47,10 @@ impl SlotItems {
             .get_or_insert_with(|| watch::Sender::new(false))
     }
 
-    /// Asks the running item to stop if it is one of `indexes` (ascending);
-    /// returns whether it was.
-    pub fn stop_if_running(&mut self, indexes: &[u32]) -> bool {
-        let Some(running) = &self.running else {
-            return false;
-        };
-        if indexes.binary_search(&running.index).is_err() {
+    /// Asks the running item to stop if `chosen` chooses it; returns
+    /// whether it did.
+    pub fn stop_if(&mut self, chosen: impl Fn(&ClaimedItem) -> bool) -> bool {
+        if !self.running.as_ref().is_some_and(chosen) {
             return false;
         }
         self.item_stop().send_replace(true);
@@ -166,16 +163,23 @@ impl WorkQueue {
         self.lock().items.drain(..).collect()
     }
 
-    /// Removes the waiting items of `indexes` (ascending): they were
-    /// cancelled after they were claimed, before any worker took them.
-    /// Returns how many were removed.
-    pub fn remove(&self, indexes: &[u32]) -> usize {
+    /// Removes the waiting items `chosen` chooses: they were cancelled
+    /// after they were claimed, before any worker took them. Returns how
+    /// many were removed.
+    pub fn remove_if(&self, chosen: impl Fn(&ClaimedItem) -> bool) -> usize {
         let mut inner = self.lock();
         let before = inner.items.len();
-        inner
-            .items
-            .retain(|item| indexes.binary_search(&item.index).is_err());
+        inner.items.retain(|item| !chosen(item));
         before - inner.items.len()
+    }
+
+    /// The waiting items, by index and lease.
+    pub fn claims(&self) -> Vec<(u32, i64)> {
+        self.lock()
+            .items
+            .iter()
+            .map(|item| (item.index, item.lease))
+            .collect()
     }
 }
 
@@ -218,14 +222,15 @@ mod tests {
         let current = Current::default();
         assert_eq!(queue.take_into(&current).map(|(i, _)| i.index), Some(1));
         // Item 1 runs; 2 and 4 wait and are dropped; 7 is not here.
-        assert_eq!(queue.remove(&[1, 2, 4, 7]), 2);
-        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.claims(), [(2, 1), (3, 1), (4, 1)]);
+        assert_eq!(queue.remove_if(|i| [1, 2, 4, 7].contains(&i.index)), 2);
+        assert_eq!(queue.claims(), [(3, 1)]);
         let mut slot = current.lock().unwrap();
         let seen = slot.item_stop().subscribe();
         assert!(!*seen.borrow());
-        assert!(!slot.stop_if_running(&[2, 3]), "not the running item");
+        assert!(!slot.stop_if(|i| i.index == 2), "not the running item");
         assert!(!*seen.borrow());
-        assert!(slot.stop_if_running(&[1, 2]));
+        assert!(slot.stop_if(|i| i.index == 1));
         assert!(*seen.borrow());
         drop(slot);
         // The next item starts with no stop asked.
@@ -234,7 +239,7 @@ mod tests {
         assert!(!*slot.item_stop().subscribe().borrow());
         // Asked before the worker made the signal: it finds it asked.
         slot.item_stop = None;
-        assert!(slot.stop_if_running(&[3]));
+        assert!(slot.stop_if(|i| i.index == 3));
         assert!(*slot.item_stop().subscribe().borrow());
     }
 }

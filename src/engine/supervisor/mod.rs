@@ -84,6 +84,9 @@ pub enum SupervisorMsg {
         /// The job's items in all, and whether it is open, if the notice
         /// said.
         items: Option<(u64, bool)>,
+        /// The job's cancelled items: more than last heard, CancelItems
+        /// may have cancelled items this supervisor runs.
+        cancelled: u64,
         reply: RpcReplyPort<bool>,
     },
     /// Items were added to the job, or it was closed (AddItems, committed
@@ -103,6 +106,10 @@ pub enum SupervisorMsg {
         waited: Vec<u32>,
         reply: RpcReplyPort<()>,
     },
+    /// Multi-replica mode: items this supervisor had claimed (index and
+    /// lease) are no longer running in the store (CancelItems through
+    /// another replica): stop them, as for `ItemsCancelled`.
+    Gone(Vec<(u32, i64)>),
     /// Multi-replica mode: the lease is lost; stop at once, writing
     /// nothing more.
     Abandon,
@@ -196,6 +203,9 @@ pub struct SupervisorState {
     /// Items cancelled while a claim was out (ascending): that claim may
     /// have taken them before they were cancelled; they are not queued.
     cancelled_in_claim: Vec<u32>,
+    /// Multi-replica mode: the job's cancelled items as last heard (a
+    /// notice with more makes it look for its items cancelled).
+    cancelled_seen: u64,
 }
 
 pub struct JobSupervisor;
@@ -269,6 +279,7 @@ impl Actor for JobSupervisor {
             actions: Vec::new(),
             deliver,
             cancelled_in_claim: Vec::new(),
+            cancelled_seen: job.counts.cancelled,
         };
         st.queue.set_open(job.state == JobState::Running);
         for _ in 0..job.concurrency {
@@ -425,6 +436,7 @@ impl SupervisorState {
                 rate,
                 interrupt,
                 items,
+                cancelled,
                 reply,
             } => {
                 let at = Committed {
@@ -436,6 +448,15 @@ impl SupervisorState {
                 if let Some((total, open)) = items {
                     seen.changed |= self.core.grown(total, open);
                 }
+                if cancelled > self.cancelled_seen {
+                    self.cancelled_seen = cancelled;
+                    seen.changed = true;
+                    // A job being cancelled or ended stops every item
+                    // anyway.
+                    if matches!(state, JobState::Running | JobState::Pausing) {
+                        self.find_gone(myself);
+                    }
+                }
                 if seen.applied && state == JobState::Cancelling {
                     self.cancel_asked = Some(Instant::now());
                 }
@@ -446,6 +467,13 @@ impl SupervisorState {
                         let _ = reply.send(seen.changed);
                     }
                 }
+            }
+            SupervisorMsg::Gone(items) => {
+                let gone = |index: u32, lease: i64| items.contains(&(index, lease));
+                let dropped = self.queue.remove_if(|i| gone(i.index, i.lease));
+                let stopped = self.pool.stop_if(|i| gone(i.index, i.lease));
+                tracing::debug!(job_id = %self.core.job, dropped, stopped,
+                    "items cancelled elsewhere stopped");
             }
             SupervisorMsg::Abandon => {
                 tracing::warn!(job_id = %self.core.job, "lease lost: stopping the job here");
@@ -546,8 +574,9 @@ impl SupervisorState {
         if indexes.is_empty() {
             return;
         }
-        let dropped = self.queue.remove(indexes);
-        let stopped = self.pool.stop_items(indexes);
+        let cancelled = |index: u32| indexes.binary_search(&index).is_ok();
+        let dropped = self.queue.remove_if(|i| cancelled(i.index));
+        let stopped = self.pool.stop_if(|i| cancelled(i.index));
         if self.core.claims.out.is_some() {
             self.cancelled_in_claim.extend_from_slice(indexes);
             self.cancelled_in_claim.sort_unstable();
