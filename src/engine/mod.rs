@@ -551,8 +551,8 @@ impl Engine {
     /// [`Store::cancel_items`]: the store ends them at once, clearing
     /// their leases), then tells its supervisor here, which drops them
     /// from its queue and interrupts those running, or makes sure the
-    /// owner on another replica has seen the change (a cancelled item it
-    /// runs stops at its next checkpoint there: its lease is gone). Like
+    /// owner on another replica has seen the change (it learns of it from
+    /// the database, and looks for its items that were cancelled). Like
     /// `add_items`, it runs to the end even if the caller gives up: a
     /// committed change is never left unseen.
     pub async fn cancel_items(

@@ -489,6 +489,8 @@ impl SupervisorState {
                 self.queue.push(items);
             }
             SupervisorMsg::Claimed(Err(e)) => {
+                // Nothing was claimed: nothing to drop from it.
+                self.cancelled_in_claim.clear();
                 tracing::warn!(job_id = %self.core.job, error = %e, "claim failed");
                 self.core.claim_failed(out);
                 self.perform(myself);
