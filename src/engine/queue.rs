@@ -166,7 +166,7 @@ impl WorkQueue {
     /// Removes the waiting items `chosen` chooses: they were cancelled
     /// after they were claimed, before any worker took them. Returns how
     /// many were removed.
-    pub fn remove_if(&self, chosen: impl Fn(&ClaimedItem) -> bool) -> usize {
+    pub fn remove(&self, chosen: impl Fn(&ClaimedItem) -> bool) -> usize {
         let mut inner = self.lock();
         let before = inner.items.len();
         inner.items.retain(|item| !chosen(item));
@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(queue.take_into(&current).map(|(i, _)| i.index), Some(1));
         // Item 1 runs; 2 and 4 wait and are dropped; 7 is not here.
         assert_eq!(queue.claims(), [(2, 1), (3, 1), (4, 1)]);
-        assert_eq!(queue.remove_if(|i| [1, 2, 4, 7].contains(&i.index)), 2);
+        assert_eq!(queue.remove(|i| [1, 2, 4, 7].contains(&i.index)), 2);
         assert_eq!(queue.claims(), [(3, 1)]);
         let mut slot = current.lock().unwrap();
         let seen = slot.item_stop().subscribe();

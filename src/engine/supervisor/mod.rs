@@ -470,7 +470,7 @@ impl SupervisorState {
             }
             SupervisorMsg::Gone(items) => {
                 let gone = |index: u32, lease: i64| items.contains(&(index, lease));
-                let dropped = self.queue.remove_if(|i| gone(i.index, i.lease));
+                let dropped = self.queue.remove(|i| gone(i.index, i.lease));
                 let stopped = self.pool.stop_if(|i| gone(i.index, i.lease));
                 tracing::debug!(job_id = %self.core.job, dropped, stopped,
                     "items cancelled elsewhere stopped");
@@ -577,7 +577,7 @@ impl SupervisorState {
             return;
         }
         let cancelled = |index: u32| indexes.binary_search(&index).is_ok();
-        let dropped = self.queue.remove_if(|i| cancelled(i.index));
+        let dropped = self.queue.remove(|i| cancelled(i.index));
         let stopped = self.pool.stop_if(|i| cancelled(i.index));
         if self.core.claims.out.is_some() {
             self.cancelled_in_claim.extend_from_slice(indexes);
