@@ -29,6 +29,10 @@ pub fn describe() {
         "jobvisor_items_retried_total",
         "Failed attempts that go back to pending for another attempt, by executor."
     );
+    describe_counter!(
+        "jobvisor_item_counter_total",
+        "The executors' own counters (exec: @count), summed over succeeded items, by executor and counter name."
+    );
     describe_histogram!(
         "jobvisor_item_duration_seconds",
         Unit::Seconds,
@@ -114,6 +118,16 @@ pub fn item_finished(executor: &str, outcome: ItemOutcome, took: Duration) {
     counter!(name, "executor" => executor.to_string()).increment(1);
     histogram!("jobvisor_item_duration_seconds", "executor" => executor.to_string())
         .record(took.as_secs_f64());
+}
+
+/// A success carrying counters was committed: the totals by executor and
+/// counter name (not by job: jobs come and go, executors stay).
+pub fn item_counters(executor: &str, counters: &crate::domain::Counters) {
+    for (name, n) in counters {
+        counter!("jobvisor_item_counter_total",
+            "executor" => executor.to_string(), "counter" => name.clone())
+        .increment((*n).max(0) as u64);
+    }
 }
 
 /// How an item attempt ended, for metrics.

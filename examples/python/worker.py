@@ -24,8 +24,12 @@ frames). Options: --slots N (items at once, default 2), --async (an
 --ca-cert (or JOBVISOR_CA_CERT: TLS, verifying the server with this CA),
 --client-cert and --client-key (or JOBVISOR_CLIENT_CERT / _KEY: mTLS).
 
-It prints one line per event (started, stopping, done), for people and for
-the tests that run it.
+A clip whose name starts with `done:` was processed before: it is skipped
+(it succeeds, marked skipped, without the work). Each finished clip adds its
+frames to the job's `frames` counter.
+
+It prints one line per event (started, stopping, done, skipped), for people
+and for the tests that run it.
 """
 import argparse
 import asyncio
@@ -88,6 +92,12 @@ def main():
             frames, pause = params(item)
             frame = start_frame(item)
             say(f"started item={item.index} attempt={item.attempt} frame={frame} job={item.job_id}")
+            if item.payload.startswith("done:"):
+                # Processed before (its output exists): succeeds, marked
+                # skipped, without doing the work again.
+                item.skip("the clip's output exists")
+                say(f"skipped item={item.index}")
+                return None
             while frame < frames:
                 if await item.wait_stopping(pause):
                     say(f"stopping item={item.index} frame={frame} reason={item.stop_reason.value}")
@@ -101,6 +111,10 @@ def main():
                     return None
                 item.progress(frame / frames)
             say(f"done item={item.index} frames={frames}")
+            # Counted once per clip, by the attempt that finishes it,
+            # whatever attempts came before (counters of attempts that do
+            # not succeed are dropped).
+            item.count("frames", frames)
             return f"{item.payload}: {frames} frames"
 
     else:
@@ -110,6 +124,12 @@ def main():
             frames, pause = params(item)
             frame = start_frame(item)
             say(f"started item={item.index} attempt={item.attempt} frame={frame} job={item.job_id}")
+            if item.payload.startswith("done:"):
+                # Processed before (its output exists): succeeds, marked
+                # skipped, without doing the work again.
+                item.skip("the clip's output exists")
+                say(f"skipped item={item.index}")
+                return None
             while frame < frames:
                 if item.stopping.wait(pause):
                     say(f"stopping item={item.index} frame={frame} reason={item.stop_reason.value}")
@@ -123,6 +143,10 @@ def main():
                     return None
                 item.progress(frame / frames)
             say(f"done item={item.index} frames={frames}")
+            # Counted once per clip, by the attempt that finishes it,
+            # whatever attempts came before (counters of attempts that do
+            # not succeed are dropped).
+            item.count("frames", frames)
             return f"{item.payload}: {frames} frames"
 
     say(f"worker pid={os.getpid()} serves {args.executor!r} at {args.address} ({'async' if args.use_async else 'threads'})")

@@ -251,6 +251,7 @@ pub fn job(j: &Job) -> pb::Job {
         exclusive: j.exclusive,
         open: j.open,
         status: None,
+        counters: j.counters.clone().into_iter().collect(),
     }
 }
 
@@ -294,6 +295,7 @@ pub fn item(i: &Item) -> pb::Item {
         update_time: i.updated_at.map(timestamp),
         result: i.result.clone().unwrap_or_default(),
         retry_time: i.retry_at.map(timestamp),
+        skip_reason: i.skip_reason.clone().unwrap_or_default(),
     }
 }
 
@@ -413,6 +415,7 @@ fn progress(p: &Progress) -> pb::JobEvent {
             items_per_second: p.items_per_second,
             in_flight_fraction: p.in_flight_fraction,
             eta: p.eta.and_then(|d| prost_types::Duration::try_from(d).ok()),
+            counters: p.counters.clone().into_iter().collect(),
         })),
     }
 }

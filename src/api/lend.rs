@@ -194,9 +194,16 @@ fn response(msg: FromLender) -> pb::LendResponse {
                 ItemMsg::Progress(fraction) => {
                     ItemKind::Progress(pb::WorkerProgress { token, fraction })
                 }
-                ItemMsg::Succeeded { result } => {
-                    ItemKind::Succeeded(pb::WorkerSucceeded { token, result })
-                }
+                ItemMsg::Succeeded {
+                    result,
+                    skip_reason,
+                    counters,
+                } => ItemKind::Succeeded(pb::WorkerSucceeded {
+                    token,
+                    result,
+                    skip_reason,
+                    counters: counters.into_iter().collect(),
+                }),
                 ItemMsg::Failed {
                     error,
                     permanent,
@@ -386,7 +393,11 @@ fn from_lender(msg: pb::LendResponse) -> Result<FromLender, String> {
                     data: c.data,
                 },
                 Some(ItemKind::Progress(p)) => ItemMsg::Progress(p.fraction),
-                Some(ItemKind::Succeeded(s)) => ItemMsg::Succeeded { result: s.result },
+                Some(ItemKind::Succeeded(s)) => ItemMsg::Succeeded {
+                    result: s.result,
+                    skip_reason: s.skip_reason,
+                    counters: s.counters.into_iter().collect(),
+                },
                 Some(ItemKind::Failed(f)) => ItemMsg::Failed {
                     error: f.error,
                     permanent: f.permanent,

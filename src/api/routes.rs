@@ -299,6 +299,7 @@ mod tests {
             in_flight_fraction: 0.5,
             items_per_second: 12.0,
             eta: None,
+            counters: [("frames".to_string(), 7)].into(),
         });
         let two = events(&[failed(1), failed(2)]);
         assert_eq!(

@@ -232,7 +232,31 @@ fn handle(
                     ),
                 ));
             }
-            hub.route(session, s.token, ItemMsg::Succeeded { result: s.result })
+            let max = crate::executor::MAX_SKIP_REASON;
+            if s.skip_reason.chars().count() > max {
+                return Err(Refusal::invalid(
+                    s.token,
+                    format!("succeeded.skip_reason is longer than {max} characters"),
+                ));
+            }
+            let mut counters = crate::domain::Counters::new();
+            for (name, n) in &s.counters {
+                if let Err(why) = crate::domain::counters::add_count(&mut counters, name, *n) {
+                    return Err(Refusal::invalid(
+                        s.token,
+                        format!("succeeded.counters[{name}]: {why}"),
+                    ));
+                }
+            }
+            hub.route(
+                session,
+                s.token,
+                ItemMsg::Succeeded {
+                    result: s.result,
+                    skip_reason: s.skip_reason,
+                    counters,
+                },
+            )
         }
         Some(In::Failed(f)) => {
             let retry_after = match &f.retry_after {

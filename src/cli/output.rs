@@ -5,7 +5,7 @@
 use crate::pb;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use std::process::ExitCode;
+use std::{collections::BTreeMap, process::ExitCode};
 
 pub use crate::api::status::code_name;
 
@@ -89,6 +89,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "waiting_for": j.waiting_for,
         "exclusive": j.exclusive,
         "open": j.open,
+        "counters": sorted(&j.counters),
         "status": j.status.as_ref().map(|s| json!({
             "active_seconds": s.active_time.as_ref().map(|d| d.seconds),
             "items_per_second": s.items_per_second,
@@ -103,6 +104,20 @@ pub fn job_json(j: &pb::Job) -> Value {
             "since_time": time(&o.since_time),
         })),
     })
+}
+
+/// Counters in name order (the wire's map has none).
+fn sorted(counters: &std::collections::HashMap<String, i64>) -> BTreeMap<&str, i64> {
+    counters.iter().map(|(k, v)| (k.as_str(), *v)).collect()
+}
+
+/// Counters as words: `faces 3 · frames 120`; empty without any.
+fn counters_text(counters: &std::collections::HashMap<String, i64>) -> String {
+    sorted(counters)
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 /// A duration in seconds, or null when unset.
@@ -292,6 +307,9 @@ pub fn print_job(j: &pb::Job, json: bool) {
         j.max_attempts
     );
     say!("items:     {}", counts_text(&j.counts));
+    if !j.counters.is_empty() {
+        say!("counters:  {}", counters_text(&j.counters));
+    }
     if j.open {
         say!("open:      takes more items (jobvisor add); ends only once closed (jobvisor close)");
     }
@@ -380,7 +398,7 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
                 json!({"index": i.index, "payload": i.payload, "state": item_state_name(i.state),
                        "attempts": i.attempts, "last_error": i.last_error,
                        "checkpoint": String::from_utf8_lossy(&i.checkpoint),
-                       "result": i.result,
+                       "result": i.result, "skip_reason": i.skip_reason,
                        "update_time": time(&i.update_time),
                        "retry_time": time(&i.retry_time)})
             })
@@ -411,6 +429,9 @@ pub fn print_items(page: &pb::ListJobItemsResponse, json: bool) {
         };
         if let Some(at) = time(&i.retry_time).as_str() {
             error.push_str(&format!("  (retry at {at})"));
+        }
+        if !i.skip_reason.is_empty() {
+            error.push_str(&format!("  (skipped: {})", i.skip_reason));
         }
         say!(
             "{:>7}  {:<9}  {:>8}  {:<12}  {}{}",
@@ -656,9 +677,13 @@ impl WatchView {
                         .as_ref()
                         .map(|d| format!(", ETA {}s", d.seconds))
                         .unwrap_or_default();
+                    let counters = match counters_text(&p.counters) {
+                        text if text.is_empty() => text,
+                        text => format!(" · {text}"),
+                    };
                     self.update(
                         &p.counts,
-                        &format!(" · {:.1} items/s{eta}", p.items_per_second),
+                        &format!(" · {:.1} items/s{eta}{counters}", p.items_per_second),
                     );
                 }
             }
@@ -704,7 +729,8 @@ fn event_json(e: &pb::JobEvent) -> Value {
             "released_items": o.released_items}}),
         Some(Kind::Progress(p)) => json!({"progress": {
             "counts": counts_json(&p.counts), "items_per_second": p.items_per_second,
-            "eta_seconds": p.eta.as_ref().map(|d| d.seconds)}}),
+            "eta_seconds": p.eta.as_ref().map(|d| d.seconds),
+            "counters": sorted(&p.counters)}}),
         None => Value::Null,
     };
     json!({"sequence": e.sequence, "time": time(&e.time), "event": body})

@@ -216,6 +216,8 @@ pub struct Job {
     /// It waits for more items and does not end until closed (AddItems
     /// with `close`).
     pub open: bool,
+    /// The executor's own counters, summed over the succeeded items.
+    pub counters: super::Counters,
 }
 
 impl Job {
@@ -253,6 +255,8 @@ pub struct Item {
     pub checkpoint: Option<Vec<u8>>,
     /// What the executor reported for a succeeded item.
     pub result: Option<String>,
+    /// A succeeded item the executor skipped (it was done already): why.
+    pub skip_reason: Option<String>,
     pub updated_at: Option<DateTime<Utc>>,
     /// A pending item waiting for its retry: the time before which it is
     /// not claimed.

@@ -2,6 +2,7 @@
 //! other layer speaks these types.
 
 pub mod cancel;
+pub mod counters;
 pub mod event;
 pub mod ids;
 pub mod job;
@@ -12,6 +13,7 @@ pub mod spec;
 pub mod state;
 
 pub use cancel::{CancelRefusal, ItemSelection, NewSelection};
+pub use counters::Counters;
 pub use event::{EventBody, JobEvent};
 pub use ids::JobId;
 pub use job::{Backoff, Item, ItemCounts, Job, JobPolicy, PauseRecord, Provenance, RateLimit};

@@ -239,6 +239,7 @@ impl JobSpec {
             last_seq: 0,
             exclusive: self.exclusive,
             open: self.open,
+            counters: Default::default(),
         }
     }
 

@@ -284,9 +284,65 @@ impl Channel {
 pub struct InFlight {
     fractions: Mutex<foldhash::HashMap<u32, f32>>,
     state: Mutex<Option<(JobState, u64)>>,
+    counters: Mutex<JobCounters>,
+}
+
+/// A running job's counters as this process committed them, and the names
+/// its items in flight may still add.
+#[derive(Debug, Default)]
+struct JobCounters {
+    /// As committed (read when the job's supervisor started, then summed
+    /// here at each commit of a success that carried counters).
+    committed: crate::domain::Counters,
+    /// Every name committed or about to be (see [`InFlight::reserve`]).
+    names: std::collections::BTreeSet<String>,
 }
 
 impl InFlight {
+    /// A job's in-flight record, starting from its stored counters.
+    pub fn with_counters(counters: &crate::domain::Counters) -> Self {
+        let live = InFlight::default();
+        {
+            let mut c = live.counters.lock().expect("in-flight lock");
+            c.committed = counters.clone();
+            c.names = counters.keys().cloned().collect();
+        }
+        live
+    }
+
+    /// Takes the names of an attempt's counters for the job before its
+    /// success is written; refused (naming the limit) if they would take
+    /// the job past [`crate::domain::counters::MAX_JOB_COUNTERS`] names.
+    pub fn reserve(&self, counters: &crate::domain::Counters) -> Result<(), String> {
+        use crate::domain::counters::MAX_JOB_COUNTERS;
+        let mut c = self.counters.lock().expect("in-flight lock");
+        let new = counters.keys().filter(|n| !c.names.contains(*n)).count();
+        if c.names.len() + new > MAX_JOB_COUNTERS {
+            return Err(format!(
+                "the item's counters would give the job more than {MAX_JOB_COUNTERS} counter \
+                 names (it has {}); counters are for a few totals, not a name per item",
+                c.names.len()
+            ));
+        }
+        c.names.extend(counters.keys().cloned());
+        Ok(())
+    }
+
+    /// A success carrying `counters` was committed.
+    pub fn counted(&self, counters: &crate::domain::Counters) {
+        let mut c = self.counters.lock().expect("in-flight lock");
+        crate::domain::counters::merge(&mut c.committed, counters);
+    }
+
+    /// The job's counters as committed by this process.
+    pub fn counters(&self) -> crate::domain::Counters {
+        self.counters
+            .lock()
+            .expect("in-flight lock")
+            .committed
+            .clone()
+    }
+
     /// Records the job's state as of `seq`, unless a newer one is known.
     pub fn note(&self, state: JobState, seq: u64) {
         let mut known = self.state.lock().expect("in-flight lock");
@@ -472,6 +528,13 @@ impl Hub {
     }
 
     /// How much of its items in flight a job has done (0 if none report).
+    /// The counters of a job this process runs, as it committed them;
+    /// none if it does not run it.
+    pub fn live_counters(&self, job: JobId) -> Option<crate::domain::Counters> {
+        let registry = self.in_flight.lock().expect("hub lock");
+        registry.get(&job).map(|f| f.counters())
+    }
+
     pub fn in_flight_fraction(&self, job: JobId) -> f64 {
         let registry = self.in_flight.lock().expect("hub lock");
         registry.get(&job).map_or(0.0, |f| f.total())
@@ -509,6 +572,27 @@ mod tests {
 
     fn event(seq: u64) -> JobEvent {
         moved_to(seq, JobState::Running)
+    }
+
+    #[test]
+    fn a_job_holds_a_bounded_set_of_counter_names() {
+        use crate::domain::counters::MAX_JOB_COUNTERS;
+        let names = |range: std::ops::Range<usize>| -> crate::domain::Counters {
+            range.map(|i| (format!("c{i}"), 1)).collect()
+        };
+        // Starts from what the store holds.
+        let live = InFlight::with_counters(&names(0..60));
+        assert_eq!(live.counters().len(), 60);
+        live.reserve(&names(55..64)).unwrap();
+        // Names already there are always fine; one more is refused.
+        live.reserve(&names(0..MAX_JOB_COUNTERS)).unwrap();
+        let err = live.reserve(&names(60..65)).unwrap_err();
+        assert!(err.contains("more than 64 counter names"), "{err}");
+        // Reserved is not counted: only a committed success adds.
+        assert_eq!(live.counters()["c0"], 1);
+        assert!(!live.counters().contains_key("c63"));
+        live.counted(&names(0..2));
+        assert_eq!(live.counters()["c1"], 2);
     }
 
     /// A change of state from RUNNING.

@@ -59,6 +59,8 @@ pub struct Progress {
     pub in_flight_fraction: f64,
     pub items_per_second: f64,
     pub eta: Option<Duration>,
+    /// The job's counters, as committed.
+    pub counters: crate::domain::Counters,
 }
 
 /// One message of a watch stream.
@@ -203,6 +205,10 @@ struct Watcher {
     sent_at: Instant,
     sent_counts: ItemCounts,
     sent_partial: f64,
+    /// The job's counters as last read from the store (the snapshot, a
+    /// poll); a job this process runs has newer ones in the hub.
+    read_counters: crate::domain::Counters,
+    sent_counters: crate::domain::Counters,
     rate: Rate,
     /// When the next progress message is due, and the next check for a
     /// job run elsewhere: one timer for both, set to the earlier (a stream
@@ -229,6 +235,8 @@ impl Watcher {
             engine,
             id,
             sent_counts: job.counts,
+            read_counters: job.counters.clone(),
+            sent_counters: job.counters.clone(),
             snapshot: Some(Box::new(job)),
             pulses,
             tail,
@@ -376,6 +384,7 @@ impl Watcher {
                         if self.last_pulse.elapsed() >= POLL {
                             let job = hub.watch_read(self.engine.get_job(id)).await?;
                             self.known = Pulse::of(&job);
+                            self.read_counters = job.counters;
                         }
                     }
                     if progress_due {
@@ -385,21 +394,30 @@ impl Watcher {
                             self.known = latest;
                         }
                         let partial = self.engine.rt.hub.in_flight_fraction(id);
+                        let counters = self
+                            .engine
+                            .rt
+                            .hub
+                            .live_counters(id)
+                            .unwrap_or_else(|| self.read_counters.clone());
                         // Sent when the counts moved, and on a quiet stream
                         // (a paused job, long items) as its keepalive.
                         let quiet = self.sent_at.elapsed() >= self.engine.rt.config.stream_keepalive;
                         if self.known.counts != self.sent_counts
                             || partial != self.sent_partial
+                            || counters != self.sent_counters
                             || quiet
                         {
                             self.sent_counts = self.known.counts;
                             self.sent_partial = partial;
+                            self.sent_counters = counters.clone();
                             // Its sequence is the last stored event this
                             // stream sent, not the newest the hub knows
                             // of (which may not have been read yet): a
                             // client that resumes from it misses nothing.
-                            let item =
+                            let mut item =
                                 progress_of(&self.known, self.cursor, partial, &mut self.rate);
+                            item.counters = counters;
                             return Ok(Some(WatchBatch::One(WatchItem::Progress(item))));
                         }
                     }
@@ -511,6 +529,7 @@ fn progress_of(pulse: &Pulse, seq: u64, in_flight_fraction: f64, rate: &mut Rate
         in_flight_fraction,
         items_per_second: per_second,
         eta,
+        counters: Default::default(),
     }
 }
 

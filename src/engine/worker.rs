@@ -49,6 +49,8 @@ pub struct WorkerArgs {
     pub backoff: Backoff,
     /// The StartJob call's span, which item spans link to.
     pub start: Option<opentelemetry::trace::SpanContext>,
+    /// The job's executor, for metrics.
+    pub executor: Arc<str>,
 }
 
 pub enum WorkerMsg {
@@ -148,6 +150,8 @@ struct Outcome {
     /// The write on its way to the store; none when nothing is written.
     ticket: Option<WriteTicket>,
     started: std::time::Instant,
+    /// A success's counters, counted live and in metrics once committed.
+    counters: crate::domain::Counters,
 }
 
 /// Waits for an outcome's commit, frees the slot and reports to the
@@ -162,6 +166,10 @@ async fn settle(args: &WorkerArgs, outcome: Outcome) {
             Err(WriteError::Closed) => Finished::NotCommitted("the writer has stopped".into()),
         },
     };
+    if finished == Finished::Succeeded && !outcome.counters.is_empty() {
+        args.in_flight.counted(&outcome.counters);
+        crate::metrics::item_counters(&args.executor, &outcome.counters);
+    }
     {
         // The outcome is committed: the item is no longer ours.
         let mut slot = args.current.lock().expect("slot lock");
@@ -268,8 +276,30 @@ async fn run_item(
     // the signal since.
     let stop = ctx.observed_stop().or(*args.stop.borrow());
     let mut kind = outcome_write(result, stop);
+    if matches!(kind, WriteKind::Succeeded { .. }) {
+        let counters = ctx.take_counters();
+        // A job holds a bounded set of counter names: a success that
+        // would pass it fails instead, for good (another attempt would
+        // report the same names).
+        let reserved = if counters.is_empty() {
+            Ok(())
+        } else {
+            args.in_flight.reserve(&counters)
+        };
+        kind = match reserved {
+            Ok(()) => WriteKind::Succeeded {
+                result: ctx.take_result(),
+                skip_reason: ctx.take_skip(),
+                counters,
+            },
+            Err(error) => WriteKind::Failed {
+                error,
+                permanent: true,
+                retry_after: Duration::ZERO,
+            },
+        };
+    }
     match &mut kind {
-        WriteKind::Succeeded { result } => *result = ctx.take_result(),
         // The last attempt's failure is for good: said so, the store need
         // not treat the item as going back to pending (it decides the same
         // from the attempts it counted).
@@ -311,6 +341,10 @@ async fn run_item(
     // (or already ended), and the transition that ends it cancels every
     // item still claimed, this one included (`CancelRemaining`). Writing it
     // first would put a commit between the workers stopping and CANCELLED.
+    let counters = match &kind {
+        WriteKind::Succeeded { counters, .. } if !counters.is_empty() => counters.clone(),
+        _ => Default::default(),
+    };
     let ticket = (kind != WriteKind::Cancelled).then(|| {
         args.writer.submit_write(ItemWrite {
             job: args.job,
@@ -324,6 +358,7 @@ async fn run_item(
         expected,
         ticket,
         started,
+        counters,
     }
 }
 
@@ -331,7 +366,7 @@ async fn run_item(
 /// stop signal was `stop`.
 pub fn outcome_write(result: Result<(), ItemError>, stop: Option<StopReason>) -> WriteKind {
     match (result, stop) {
-        (Ok(()), _) => WriteKind::Succeeded { result: None },
+        (Ok(()), _) => WriteKind::succeeded(),
         (Err(ItemError::Permanent(error)), _) => WriteKind::Failed {
             error,
             permanent: true,
@@ -373,7 +408,7 @@ mod tests {
         use StopReason as S;
         assert_eq!(
             outcome_write(Ok(()), Some(S::Cancel)),
-            WriteKind::Succeeded { result: None }
+            WriteKind::succeeded()
         );
         assert_eq!(
             outcome_write(Err(E::Interrupted), Some(S::Pause)),

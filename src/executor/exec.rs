@@ -358,6 +358,12 @@ impl ItemHandler for Launch {
                         Line::Progress(fraction) => ctx.set_progress(fraction),
                         Line::Result(text) => ctx.set_result(text),
                         Line::RetryAfter(wait) => ctx.set_retry_after(wait),
+                        Line::Skip(why) => ctx.skip(why),
+                        Line::Count(name, n) => {
+                            if let Err(why) = ctx.count(&name, n) {
+                                tail.push(&format!("[jobvisor] {why}: {line}"));
+                            }
+                        }
                         Line::Invalid(why) => tail.push(&format!("[jobvisor] {why}: {line}")),
                         Line::Output => tail.push(&line),
                     },

@@ -164,10 +164,17 @@ pub struct ItemContext {
     sink: Arc<dyn CheckpointSink>,
     progress: Option<Arc<dyn ProgressSink>>,
     result: Option<String>,
+    /// The item was done already: why (see [`ItemContext::skip`]).
+    skip: Option<String>,
+    /// This attempt's counters (see [`ItemContext::count`]).
+    counters: crate::domain::Counters,
     retry_after: Option<Duration>,
     /// The worker slot this attempt runs in (remote executors).
     seat: Option<remote::Seat>,
 }
+
+/// The longest skip reason kept, in characters.
+pub const MAX_SKIP_REASON: usize = crate::domain::spec::MAX_REASON_CHARS;
 
 /// The longest wait a handler may ask for before the next attempt: as
 /// long as a job's own delay may be.
@@ -207,6 +214,8 @@ impl ItemContext {
             sink,
             progress: None,
             result: None,
+            skip: None,
+            counters: crate::domain::Counters::new(),
             retry_after: None,
             seat: None,
         }
@@ -254,6 +263,38 @@ impl ItemContext {
     /// The result set by the handler, if any.
     pub fn take_result(&mut self) -> Option<String> {
         self.result.take()
+    }
+
+    /// Says the item was done already (its output exists, say): if the
+    /// handler then returns `Ok`, the item ends SUCCEEDED, marked skipped
+    /// with `reason` (at most [`MAX_SKIP_REASON`] characters; longer is
+    /// cut). The last call counts.
+    pub fn skip(&mut self, reason: impl Into<String>) {
+        let mut reason: String = reason.into();
+        if let Some((cut, _)) = reason.char_indices().nth(MAX_SKIP_REASON) {
+            reason.truncate(cut);
+        }
+        self.skip = Some(reason);
+    }
+
+    /// The skip reason set by the handler, if any.
+    pub fn take_skip(&mut self) -> Option<String> {
+        self.skip.take()
+    }
+
+    /// Adds `n` to this attempt's counter `name` (frames processed,
+    /// detections found). The job's counters grow by an attempt's counts
+    /// when, and only if, it succeeds, in the commit of its success: a
+    /// retried item counts once. Refused (nothing changes) for a bad name
+    /// (1 to 64 of a-z, 0-9 and _, from a letter), a negative `n`, or a
+    /// 33rd name.
+    pub fn count(&mut self, name: &str, n: i64) -> Result<(), String> {
+        crate::domain::counters::add_count(&mut self.counters, name, n)
+    }
+
+    /// This attempt's counters so far, taken (left empty).
+    pub fn take_counters(&mut self) -> crate::domain::Counters {
+        std::mem::take(&mut self.counters)
     }
 
     /// Asks that, if this attempt fails and the item is retried, the next

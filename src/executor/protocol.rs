@@ -10,6 +10,11 @@
 //! @retry-after <wait>       if this attempt fails and is retried, wait at
 //!                           least this long first: seconds (30, 2.5) or
 //!                           a duration (30s, 2m, 1h 30m); at most a day
+//! @skip <why>               the item was done already: if the program
+//!                           exits 0, it ends SUCCEEDED, marked skipped
+//! @count <name> <n>         add n (a whole number, not negative) to the
+//!                           counter <name> (a-z, 0-9, _): counted for the
+//!                           job if this attempt succeeds
 //! ```
 //! A line starting with `@` that is none of these is kept in the log tail
 //! with a note, so a typo shows up in the item's error instead of vanishing.
@@ -23,6 +28,8 @@ pub enum Line {
     Progress(f32),
     Result(String),
     RetryAfter(std::time::Duration),
+    Skip(String),
+    Count(String, i64),
     /// Looked like a protocol line but was not one.
     Invalid(&'static str),
     /// Ordinary output.
@@ -45,8 +52,27 @@ pub fn parse_line(line: &str) -> Line {
             Some(wait) => Line::RetryAfter(wait),
             None => Line::Invalid("@retry-after takes seconds (30) or a duration (30s, 2m)"),
         },
+        "skip" => match arg.trim() {
+            "" => Line::Invalid("@skip takes a reason (@skip output exists)"),
+            why => Line::Skip(why.to_string()),
+        },
+        "count" => match parse_count(arg) {
+            Some((name, n)) => Line::Count(name, n),
+            None => Line::Invalid("@count takes a name and a whole number (@count frames 120)"),
+        },
         _ => Line::Output,
     }
+}
+
+/// `<name> <n>`, with `n` a whole number; the name and the sign are checked
+/// where the count is added.
+fn parse_count(arg: &str) -> Option<(String, i64)> {
+    let mut words = arg.split_whitespace();
+    let (name, n, rest) = (words.next()?, words.next()?, words.next());
+    if rest.is_some() {
+        return None;
+    }
+    Some((name.to_string(), n.parse().ok()?))
 }
 
 /// Seconds, as HTTP's Retry-After gives them (with a fraction allowed),
@@ -161,6 +187,18 @@ mod tests {
         for bad in ["", "-1", "soon", "NaN", "inf"] {
             let line = format!("@retry-after {bad}");
             assert!(matches!(parse_line(&line), Line::Invalid(_)), "{line}");
+        }
+        assert_eq!(
+            parse_line("@skip out.mp4 exists"),
+            Line::Skip("out.mp4 exists".into())
+        );
+        assert!(matches!(parse_line("@skip "), Line::Invalid(_)));
+        assert_eq!(
+            parse_line("@count frames 120"),
+            Line::Count("frames".into(), 120)
+        );
+        for bad in ["@count frames", "@count frames x", "@count a 1 2", "@count"] {
+            assert!(matches!(parse_line(bad), Line::Invalid(_)), "{bad}");
         }
         assert_eq!(parse_line("hello"), Line::Output);
         assert_eq!(parse_line("@user mentioned"), Line::Output);

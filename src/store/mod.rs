@@ -335,8 +335,14 @@ pub struct ClaimedItem {
 pub enum WriteKind {
     /// Save the executor's checkpoint; the item keeps running.
     Checkpoint(Vec<u8>),
-    /// The item finished, with the executor's result if it gave one.
-    Succeeded { result: Option<String> },
+    /// The item finished, with the executor's result if it gave one;
+    /// `skip_reason` when the executor found it done already; the
+    /// attempt's counters, added to the job's in the same commit.
+    Succeeded {
+        result: Option<String>,
+        skip_reason: Option<String>,
+        counters: crate::domain::Counters,
+    },
     /// The attempt failed. The item is retried unless `permanent` or out
     /// of attempts, in which case it is FAILED. A retry is not claimed
     /// before `retry_after` has passed (from the commit).
@@ -351,6 +357,24 @@ pub enum WriteKind {
     Released { refund: bool },
     /// The item stopped because its job is cancelled.
     Cancelled,
+}
+
+impl WriteKind {
+    /// A success with no result, skip or counters.
+    pub fn succeeded() -> WriteKind {
+        WriteKind::Succeeded {
+            result: None,
+            skip_reason: None,
+            counters: Default::default(),
+        }
+    }
+
+    /// A success that carries a skip reason or counters: the batch's lean
+    /// path for plain successes does not write those.
+    pub fn has_extras(&self) -> bool {
+        matches!(self, WriteKind::Succeeded { skip_reason, counters, .. }
+            if skip_reason.is_some() || !counters.is_empty())
+    }
 }
 
 /// A lease-fenced write for one item.

@@ -918,7 +918,12 @@ async fn run_item(token: u64, handler: Arc<dyn ItemHandler>, mut ctx: ItemContex
                     None,
                 )
             } else {
-                Up::Succeeded(pb::WorkerSucceeded { token, result })
+                Up::Succeeded(pb::WorkerSucceeded {
+                    token,
+                    result,
+                    skip_reason: ctx.take_skip().unwrap_or_default(),
+                    counters: ctx.take_counters().into_iter().collect(),
+                })
             }
         }
         Ok(Err(ItemError::Retryable(error))) => failed(error, false, ctx.retry_after()),

@@ -504,3 +504,78 @@ async fn a_kill_while_a_retry_waits_keeps_the_wait() {
     drop(_server);
     db.try_drop().await.unwrap();
 }
+
+/// Counters of a job's own across a SIGKILL: every item of an exec job
+/// reports `@count frames 3` before it ends; the server is killed with
+/// items in flight and restarted. The items that were running run again
+/// and report again, yet the job's counter is exactly 3 per item: only the
+/// attempt whose success was committed counted.
+#[tokio::test]
+async fn counters_count_each_item_once_across_a_kill() {
+    let db = TestDb::create_with_prefix("jv_crash_counters_").await;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let spec = ServerSpec {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_jobvisor")),
+        addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
+        database_url: db.url.clone(),
+        args: vec!["--allow-exec".into()],
+        log: log.path().to_path_buf(),
+        env: vec![],
+        cwd: None,
+    };
+    let connect = || connect(spec.addr);
+    let mut server = ServerProcess::start(&spec).await.unwrap();
+    // Counts first, then works: a kill during the work leaves counts that
+    // an uncommitted attempt reported.
+    let script =
+        r#"echo "@count frames 1"; echo "@count frames 2"; sleep 0.3; echo "@count items 1""#;
+    let items = 40u32;
+    let job = connect()
+        .await
+        .start_job(pb::StartJobRequest {
+            name: "counted".into(),
+            executor: "exec".into(),
+            items: (0..items).map(|i| format!("item-{i}")).collect(),
+            concurrency: 8,
+            params: [
+                ("command".to_string(), "sh".to_string()),
+                (
+                    "args".into(),
+                    serde_json::to_string(&["-c", script]).unwrap(),
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut client = connect().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = client
+            .get_job(pb::GetJobRequest {
+                job_id: job.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let c = j.counts.unwrap();
+        if c.succeeded >= 10 && c.running > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9().unwrap();
+    let _server = ServerProcess::start(&spec).await.unwrap();
+    let done = wait_end(connect().await, job.id.clone()).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32);
+    assert_eq!(done.counts.unwrap().succeeded, u64::from(items));
+    let counters: std::collections::BTreeMap<_, _> = done.counters.into_iter().collect();
+    let expected = std::collections::BTreeMap::from([
+        ("frames".to_string(), 3 * i64::from(items)),
+        ("items".to_string(), i64::from(items)),
+    ]);
+    assert_eq!(counters, expected, "each item counted once");
+}

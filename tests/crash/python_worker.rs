@@ -338,6 +338,8 @@ async fn runs_to_success(handler: &[&str]) {
         );
     }
     assert_eq!(worker.lines("started ").len(), 12, "{}", worker.output());
+    // Each clip's frames counted once, by the attempt that finished it.
+    assert_eq!(done.counters.get("frames"), Some(&48), "{done:?}");
     worker.assert_clean();
     worker.signal(rustix::process::Signal::TERM);
     let status = worker.exit(Duration::from_secs(10)).await;
@@ -451,6 +453,8 @@ async fn a_killed_workers_item_is_taken_over_from_its_checkpoint() {
     assert_eq!(done.state, pb::JobState::Succeeded as i32, "{done:?}");
     let item = items(&mut client, &id).await.remove(0);
     assert_eq!((item.attempts, frame(&item)), (2, 60), "{item:?}");
+    // Two attempts, one count: only the attempt that succeeded reports.
+    assert_eq!(done.counters.get("frames"), Some(&60), "{done:?}");
     heir.assert_clean();
     f.finish().await;
 }

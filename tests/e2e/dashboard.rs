@@ -515,6 +515,49 @@ async fn pause_and_resume_from_the_page_change_the_job() {
     app.stop().await;
 }
 
+/// The job page shows the executor's counters (as read, then as the
+/// events stream's progress brings them) and why a skipped item was
+/// skipped.
+#[tokio::test]
+async fn counters_and_skips_show_on_the_job_page() {
+    let _one = ONE_BROWSER.lock().await;
+    let app = dashboard_app(GuardConfig::default()).await;
+    let script = r#"case "$JOBVISOR_ITEM" in
+        done) echo "@skip output exists" ;;
+        *) sleep 0.2; echo "@count frames 40" ;;
+      esac"#;
+    let mut request = app.job("exec", 0, 2, &[]);
+    request.items = ["done", "a", "b", "c", "d", "e"].map(String::from).to_vec();
+    request.params = [
+        ("command".to_string(), "sh".to_string()),
+        (
+            "args".into(),
+            serde_json::to_string(&["-c", script]).unwrap(),
+        ),
+    ]
+    .into();
+    let job = app.start(request).await;
+    let browser = Browser::start(&app).await;
+    browser.open(&format!("/jobs/{}", job.id)).await;
+    browser
+        .wait_for(
+            "the counter to reach its total on the page",
+            "const c = document.querySelector('#counter-frames b');              return c !== null && c.textContent === '200'",
+        )
+        .await;
+    browser.open(&format!("/jobs/{}", job.id)).await;
+    browser
+        .wait_for(
+            "the skipped item's reason in the items",
+            "const t = document.querySelector('#items'); \
+             return t !== null && t.textContent.includes('skipped: output exists')",
+        )
+        .await;
+    assert_eq!(app.get(&job.id).await.counters.get("frames"), Some(&200));
+    browser.close().await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_bulk_cancel_by_label_cancels_those_jobs_only() {
     let _one = ONE_BROWSER.lock().await;

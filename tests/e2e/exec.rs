@@ -65,6 +65,58 @@ async fn the_shell_example_runs_every_item_with_checkpoints() {
     app.stop().await;
 }
 
+/// `@skip` and `@count`: a program says an item was done already, and
+/// reports counters of its own; the job sums them over the attempts that
+/// succeeded only, and a bad counter line is named in the item's error.
+#[tokio::test]
+async fn a_program_skips_what_is_done_and_counts_what_it_did() {
+    let app = spawn_app().await;
+    let script = r#"
+        case "$JOBVISOR_ITEM" in
+          done) echo "@skip out/done.mp4 exists"; echo "@count skipped 1" ;;
+          flaky)
+            if [ "$JOBVISOR_ATTEMPT" -lt 2 ]; then echo "@count frames 1000"; exit 1; fi
+            echo "@count frames 7" ;;
+          typo) echo "@count Frames 1"; exit 3 ;;
+          *) echo "@count frames 10"; echo "@count faces 2"; echo "@count frames 3" ;;
+        esac"#;
+    let mut request = exec_job(
+        &app,
+        &["a", "b", "done", "flaky", "typo"],
+        2,
+        &[
+            ("command", "sh".into()),
+            ("args", serde_json::to_string(&["-c", script]).unwrap()),
+        ],
+    );
+    request.max_attempts = 2;
+    let job = app.start(request).await;
+    app.wait_for(&job.id, JobState::Failed, SECS(20)).await;
+    let got = app.get(&job.id).await;
+    let counters: std::collections::BTreeMap<_, _> = got.counters.into_iter().collect();
+    assert_eq!(
+        counters,
+        [("faces", 4), ("frames", 33), ("skipped", 1)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into()
+    );
+    let items = app.items(&job.id).await;
+    let item = |payload: &str| items.iter().find(|i| i.payload == payload).unwrap();
+    assert_eq!(item("done").state, ItemState::Succeeded as i32);
+    assert_eq!(item("done").skip_reason, "out/done.mp4 exists");
+    assert_eq!(item("a").skip_reason, "");
+    assert_eq!(item("flaky").attempts, 2);
+    assert_eq!(item("typo").state, ItemState::Failed as i32);
+    assert!(
+        item("typo")
+            .last_error
+            .contains("counter name \"Frames\" must start with a-z"),
+        "{:?}",
+        item("typo").last_error
+    );
+    app.stop().await;
+}
+
 /// `@retry-after`: a program that hits a rate limit says how long to wait,
 /// and its retry waits that long though the job has no retry delay; a
 /// program that says nothing is retried at once.

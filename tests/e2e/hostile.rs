@@ -138,7 +138,7 @@ async fn a_stale_worker_cannot_complete_or_checkpoint_its_old_item() {
         .write_batch(&Batch {
             writes: vec![
                 stale(WriteKind::Checkpoint(b"stale".to_vec())),
-                stale(WriteKind::Succeeded { result: None }),
+                stale(WriteKind::succeeded()),
             ],
             claims: vec![],
         })
@@ -161,7 +161,7 @@ async fn a_stale_worker_cannot_complete_or_checkpoint_its_old_item() {
                 job: id,
                 index: new.index,
                 lease: new.lease,
-                kind: WriteKind::Succeeded { result: None },
+                kind: WriteKind::succeeded(),
             }],
             claims: vec![],
         })

@@ -444,12 +444,23 @@ impl ItemHandler for Outcomes {
         let payload = ctx.payload().to_string();
         let result = match (payload.as_str(), ctx.attempt()) {
             ("retry", 1) => {
+                // Counted only if the attempt succeeds: this one fails.
+                ctx.count("frames", 1000).unwrap();
                 ctx.set_retry_after(Duration::from_millis(600));
                 Err(ItemError::Retryable("busy, come back later".into()))
             }
             ("fail", _) => Err(ItemError::Permanent("no good, ever".into())),
-            ("panic", 1) => panic!("boom"),
+            ("panic", 1) => {
+                ctx.count("frames", 1000).unwrap();
+                panic!("boom")
+            }
+            ("skip", _) => {
+                ctx.skip("already there");
+                ctx.count("skipped", 1).unwrap();
+                Ok(())
+            }
             _ => {
+                ctx.count("frames", 10).unwrap();
                 ctx.set_result(format!("{payload} done"));
                 Ok(())
             }
@@ -489,7 +500,9 @@ async fn results_failures_retry_waits_panics_and_prepare_errors_reach_the_server
     });
     let worker = worker(app.addr, Arc::new(OutcomesExecutor(outcomes.clone())), 4).await;
     let mut request = app.job("remote", 0, 4, &[]);
-    request.items = ["ok", "retry", "fail", "panic"].map(String::from).to_vec();
+    request.items = ["ok", "retry", "fail", "panic", "skip"]
+        .map(String::from)
+        .to_vec();
     request.max_attempts = 3;
     let job = app.start(request).await;
     app.wait_for(&job.id, pb::JobState::Failed, WITHIN).await;
@@ -515,6 +528,16 @@ async fn results_failures_retry_waits_panics_and_prepare_errors_reach_the_server
     assert_eq!(
         (item("panic").state, item("panic").attempts),
         (pb::ItemState::Succeeded as i32, 2)
+    );
+    // A skip and counters: only the attempts that succeeded count (ok,
+    // retry's second attempt, panic's second attempt).
+    assert_eq!(item("skip").state, pb::ItemState::Succeeded as i32);
+    assert_eq!(item("skip").skip_reason, "already there");
+    assert_eq!(item("ok").skip_reason, "");
+    let counters: BTreeMap<String, i64> = app.get(&job.id).await.counters.into_iter().collect();
+    assert_eq!(
+        counters,
+        BTreeMap::from([("frames".to_string(), 30), ("skipped".to_string(), 1)])
     );
     let times = outcomes.times.lock().unwrap().clone();
     let at = |attempt: u32| {

@@ -643,6 +643,7 @@ async fn remote_workers_get_their_items_trace_context() {
         kind: Some(In::Succeeded(pb::WorkerSucceeded {
             token: assignment.token,
             result: String::new(),
+            ..Default::default()
         })),
     })
     .unwrap();

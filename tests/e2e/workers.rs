@@ -176,6 +176,7 @@ impl RawWorker {
         self.send(In::Succeeded(pb::WorkerSucceeded {
             token,
             result: result.into(),
+            ..Default::default()
         }));
         self.send(In::Credit(pb::WorkerCredit { slots: 1 }));
     }
@@ -274,6 +275,7 @@ async fn a_worker_never_holds_more_items_than_its_slots() {
     worker.send(In::Succeeded(pb::WorkerSucceeded {
         token: a.token,
         result: String::new(),
+        ..Default::default()
     }));
     worker.quiet(Duration::from_millis(300)).await;
     worker.send(In::Credit(pb::WorkerCredit { slots: 1 }));
@@ -377,6 +379,7 @@ async fn an_ignored_interrupt_revokes_the_item_and_its_late_result_is_refused() 
     worker.send(In::Succeeded(pb::WorkerSucceeded {
         token: a.token,
         result: "late".into(),
+        ..Default::default()
     }));
     match worker.next().await {
         Out::Refused(r) => {
@@ -490,10 +493,43 @@ async fn messages_about_items_the_session_does_not_hold_are_refused_and_change_n
         Out::Refused(r) => assert_eq!(r.reason, "UNEXPECTED"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    worker.succeed(a.token, "fine");
+    // A success with a bad counter or an overlong skip reason is refused
+    // whole, naming it: the item is still running, nothing is counted.
+    for (counters, skip, named) in [
+        (vec![("Frames", 1)], "", "succeeded.counters[Frames]"),
+        (vec![("frames", -2)], "", "negative"),
+        (
+            vec![],
+            "x".repeat(1001).leak() as &str,
+            "succeeded.skip_reason",
+        ),
+    ] {
+        worker.send(In::Succeeded(pb::WorkerSucceeded {
+            token: a.token,
+            result: "early".into(),
+            skip_reason: skip.into(),
+            counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }));
+        match worker.next().await {
+            Out::Refused(r) => {
+                assert_eq!(r.reason, "INVALID");
+                assert!(r.message.contains(named), "{r:?}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(app.get(&job.id).await.counts.unwrap().running, 1);
+    worker.send(In::Succeeded(pb::WorkerSucceeded {
+        token: a.token,
+        result: "fine".into(),
+        skip_reason: String::new(),
+        counters: [("frames".to_string(), 12)].into(),
+    }));
+    worker.send(In::Credit(pb::WorkerCredit { slots: 1 }));
     app.wait_for(&job.id, pb::JobState::Succeeded, WITHIN).await;
     let item = &app.items(&job.id).await[0];
     assert_eq!((item.result.as_str(), item.attempts), ("fine", 1));
+    assert_eq!(app.get(&job.id).await.counters.get("frames"), Some(&12));
     app.stop().await;
 }
 

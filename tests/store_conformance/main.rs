@@ -108,6 +108,7 @@ conformance! {
         control::concurrency_changes_are_recorded,
         control::rate_limit_changes_are_recorded,
         control::a_succeeded_items_result_is_kept,
+        counting::successes_carry_skips_and_counters,
         retries::a_retry_waits_for_its_delay,
         retries::a_claim_of_due_retries_takes_only_them,
         deletion::an_ended_job_is_deleted_with_all_it_holds,

@@ -100,7 +100,7 @@ async fn postgres_a_lease_is_taken_once_and_writes_under_an_old_one_are_refused(
                         job.id,
                         claimed[0].index,
                         claimed[0].lease,
-                        WriteKind::Succeeded { result: None },
+                        WriteKind::succeeded(),
                     )],
                     claims: vec![claim_of(job.id, 3)],
                 },
@@ -278,7 +278,7 @@ async fn postgres_a_batch_in_rounds_is_fenced_in_every_round() {
         let in_rounds = |lease: i64| Batch {
             writes: vec![
                 write_of(job.id, 0, lease, WriteKind::Checkpoint(b"half".to_vec())),
-                write_of(job.id, 0, lease, WriteKind::Succeeded { result: None }),
+                write_of(job.id, 0, lease, WriteKind::succeeded()),
                 write_of(job.id, 1, lease, failed("again", false)),
             ],
             claims: vec![claim_of(job.id, 2)],

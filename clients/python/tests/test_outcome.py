@@ -84,6 +84,42 @@ class OutcomeTest(unittest.TestCase):
         f = _outcome.outcome(3, returned="x" * (64 * 1024 + 1)).failed
         self.assertIn("65537 bytes; at most 65536", f.error)
 
+    def test_a_success_carries_its_skip_and_counters_and_other_outcomes_drop_them(self) -> None:
+        done = _outcome.outcome(3, returned=None, skip_reason="exists", counters={"frames": 7}).succeeded
+        self.assertEqual((done.skip_reason, dict(done.counters)), ("exists", {"frames": 7}))
+        plain = _outcome.outcome(3, returned="ok").succeeded
+        self.assertEqual((plain.skip_reason, dict(plain.counters)), ("", {}))
+        failed = _outcome.outcome(3, raised=ValueError("x"), counters={"frames": 7})
+        self.assertEqual(self.kind(failed), "failed")
+        stopped = _outcome.outcome(3, returned=None, stopping=True, counters={"frames": 7})
+        self.assertEqual(self.kind(stopped), "stopped")
+
+    def test_counts_and_skips_are_checked_where_they_are_made(self) -> None:
+        from jobvisor import _item
+        from jobvisor.v1 import worker_pb2 as pb
+
+        item = _item.Item(None, pb.Assignment(token=1, index=0))  # type: ignore[arg-type]
+        item.count("frames", 120)
+        item.count("frames")
+        item.count("faces_2", 0)
+        self.assertEqual(item.counters, {"frames": 121, "faces_2": 0})
+        for bad in ["", "Frames", "2x", "a-b", "x" * 65]:
+            with self.assertRaisesRegex(ValueError, "must start with a-z"):
+                item.count(bad)
+        with self.assertRaisesRegex(ValueError, "negative"):
+            item.count("frames", -1)
+        with self.assertRaisesRegex(ValueError, "not a whole number"):
+            item.count("frames", 1.5)  # type: ignore[arg-type]
+        for i in range(30):
+            item.count(f"c{i}")
+        with self.assertRaisesRegex(ValueError, "at most 32 counters"):
+            item.count("one_more")
+        self.assertEqual(len(item.counters), 32)
+        with self.assertRaisesRegex(ValueError, "needs a reason"):
+            item.skip("")
+        item.skip("exists")
+        self.assertEqual(item.skip_reason, "exists")
+
     def test_bad_arguments_are_named(self) -> None:
         with self.assertRaisesRegex(ValueError, "0 or more seconds"):
             jobvisor.Retry(after=-1)

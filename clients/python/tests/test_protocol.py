@@ -127,6 +127,27 @@ class ProtocolTest(unittest.IsolatedAsyncioTestCase):
         f = (await s.expect("failed")).failed
         self.assertEqual((f.error, f.permanent), ("not a video", True))
 
+    async def test_a_skip_and_counters_ride_on_the_success_only(self) -> None:
+        worker = jobvisor.Worker(self.target, executor="ocr", slots=1)
+
+        @worker.handler
+        def handle(item: jobvisor.Item) -> None:
+            item.count("pages", 3)
+            if item.payload == "old":
+                item.skip("already scanned")
+                return None
+            raise ValueError("torn page")
+
+        s = await self.connect(worker)
+        s.send(assignments=pb.WorkerAssignments(items=[assignment(1, payload="old")]))
+        done = (await s.expect("succeeded")).succeeded
+        self.assertEqual((done.skip_reason, dict(done.counters)), ("already scanned", {"pages": 3}))
+        await s.expect("credit")
+        # A failure reports no counters: the protocol's failure has none.
+        s.send(assignments=pb.WorkerAssignments(items=[assignment(2, payload="new")]))
+        f = (await s.expect("failed")).failed
+        self.assertIn("torn page", f.error)
+
     async def test_an_interrupt_sets_stopping_and_the_item_is_reported_stopped(self) -> None:
         worker = jobvisor.Worker(self.target, executor="ocr", slots=1)
         reasons = []

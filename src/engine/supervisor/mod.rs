@@ -228,7 +228,7 @@ impl Actor for JobSupervisor {
             lease,
         } = args;
         let (stop, _) = watch::channel(Core::initial_stop(job.state));
-        let in_flight = Arc::new(super::hub::InFlight::default());
+        let in_flight = Arc::new(super::hub::InFlight::with_counters(&job.counters));
         in_flight.note(job.state, job.last_seq);
         rt.hub.register_in_flight(job.id, in_flight.clone());
         let settings = Settings {

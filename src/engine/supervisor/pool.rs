@@ -210,6 +210,7 @@ impl SupervisorState {
             max_attempts: self.max_attempts,
             backoff: self.backoff,
             start: self.start.clone(),
+            executor: self.executor.as_str().into(),
         };
         let (worker, _) = Actor::spawn_linked(None, Worker, args, myself.get_cell()).await?;
         Ok(worker)

@@ -129,6 +129,9 @@ pub enum ItemMsg {
     Progress(f32),
     Succeeded {
         result: String,
+        /// Empty: the item ran.
+        skip_reason: String,
+        counters: crate::domain::Counters,
     },
     Failed {
         error: String,
@@ -1363,8 +1366,16 @@ mod tests {
             matches!(w.outbound.recv().await, Some(ToWorker::Assign(a)) if a[0].token == token)
         );
         hub.route(w.session, token, ItemMsg::Progress(0.5)).unwrap();
-        hub.route(w.session, token, ItemMsg::Succeeded { result: "r".into() })
-            .unwrap();
+        hub.route(
+            w.session,
+            token,
+            ItemMsg::Succeeded {
+                result: "r".into(),
+                skip_reason: String::new(),
+                counters: Default::default(),
+            },
+        )
+        .unwrap();
         assert_eq!(inbox.recv().await, Some(ItemMsg::Progress(0.5)));
         assert!(matches!(
             inbox.recv().await,

@@ -162,9 +162,16 @@ impl ItemHandler for RemoteHandler {
                         ),
                     },
                     Some(ItemMsg::Progress(fraction)) => ctx.set_progress(fraction),
-                    Some(ItemMsg::Succeeded { result }) => {
+                    Some(ItemMsg::Succeeded { result, skip_reason, counters }) => {
                         if !result.is_empty() {
                             ctx.set_result(result);
+                        }
+                        if !skip_reason.is_empty() {
+                            ctx.skip(skip_reason);
+                        }
+                        for (name, n) in counters {
+                            // Checked when the worker sent them.
+                            let _ = ctx.count(&name, n);
                         }
                         return Ok(());
                     }

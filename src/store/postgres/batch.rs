@@ -213,13 +213,34 @@ async fn run_round(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for w in &batch.writes {
+    // Skip reasons, and the counters of successes by write position.
+    let mut notes: Vec<Option<&str>> = Vec::with_capacity(n);
+    let (mut count_pos, mut count_names, mut count_values) =
+        (Vec::<i32>::new(), Vec::<&str>::new(), Vec::<i64>::new());
+    for (pos, w) in batch.writes.iter().enumerate() {
+        let mut note = None;
+        if let WriteKind::Succeeded {
+            skip_reason,
+            counters,
+            ..
+        } = &w.kind
+        {
+            note = skip_reason.as_deref();
+            for (name, value) in counters {
+                count_pos.push(pos as i32 + 1);
+                count_names.push(name);
+                count_values.push(*value);
+            }
+        }
+        notes.push(note);
         let mut delay = 0i32;
         let (kind, payload, error, flag): (i16, Option<&[u8]>, Option<String>, bool) = match &w.kind
         {
             WriteKind::Checkpoint(bytes) => (0, Some(bytes), None, false),
             // The text column carries a succeeded item's result.
-            WriteKind::Succeeded { result } => (1, None, result.as_deref().map(clean_error), false),
+            WriteKind::Succeeded { result, .. } => {
+                (1, None, result.as_deref().map(clean_error), false)
+            }
             WriteKind::Failed {
                 error,
                 permanent,
@@ -275,7 +296,7 @@ async fn run_round(
         && batch
             .writes
             .iter()
-            .all(|w| matches!(w.kind, WriteKind::Succeeded { .. }));
+            .all(|w| matches!(w.kind, WriteKind::Succeeded { .. }) && !w.kind.has_extras());
     let query = if successes_only {
         // Its result is already packed.
         sqlx::query("SELECT * FROM jobvisor_write_successes($1, $2, $3, $4, $5, $6, $7, $8, $9)")
@@ -286,7 +307,8 @@ async fn run_round(
     } else {
         match fence {
             None => sqlx::query(packed!(
-                "jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                "jobvisor_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 $14, $15, $16, $17)"
             )),
             Some(fence) => {
                 // Every job the batch touches is fenced; one not listed has
@@ -309,7 +331,8 @@ async fn run_round(
                     .collect();
                 sqlx::query(packed!(
                     "jobvisor_write_batch_fenced($1, $2, $3, \
-                     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                     $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                     $17, $18, $19, $20)"
                 ))
                 .bind(fence.owner.to_string())
                 .bind(fenced)
@@ -325,15 +348,20 @@ async fn run_round(
         .bind(&flags)
         .bind(&delays)
     };
-    let rows = query
+    let mut query = query
         .bind(&claim_jobs)
         .bind(&claim_max)
         .bind(&claim_from)
         .bind(&claim_leases)
-        .bind(&claim_due)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_error)?;
+        .bind(&claim_due);
+    if !successes_only {
+        query = query
+            .bind(&notes)
+            .bind(&count_pos)
+            .bind(&count_names)
+            .bind(&count_values);
+    }
+    let rows = query.fetch_all(&mut *conn).await.map_err(db_error)?;
 
     let mut outcome = BatchOutcome {
         applied: vec![false; n],
@@ -469,7 +497,7 @@ mod tests {
             retries: false,
         };
         let claim = |job| claim_from(job, 0);
-        let ok = WriteKind::Succeeded { result: None };
+        let ok = WriteKind::succeeded();
         let batch = |writes, claims| Batch { writes, claims };
         // Successes and claims: one round.
         let b = batch(vec![write(job, 1, ok.clone())], vec![claim(job)]);

@@ -37,6 +37,8 @@ struct Delta {
     failed: i64,
     cancelled: i64,
     events: Vec<EventBody>,
+    /// The counters of the successes applied.
+    counters: crate::domain::Counters,
 }
 
 pub(super) async fn write_batch(
@@ -106,11 +108,17 @@ async fn apply_write(
             // A checkpoint changes no count: no entry for the job.
             return Ok(done.rows_affected() == 1);
         }
-        WriteKind::Succeeded { result } => {
+        WriteKind::Succeeded {
+            result,
+            skip_reason,
+            counters,
+        } => {
             let done = bind_fence(fenced!(
-                "UPDATE items SET state = 2, lease = NULL, updated_at = ?4, result = ?5 WHERE "
+                "UPDATE items SET state = 2, lease = NULL, updated_at = ?4, result = ?5, \
+                 skip_reason = ?6 WHERE "
             ))
             .bind(result.as_deref().map(clean_error))
+            .bind(skip_reason.as_deref())
             .execute(&mut *conn)
             .await
             .map_err(db_error)?;
@@ -119,6 +127,7 @@ async fn apply_write(
                 let d = deltas.entry(w.job.0).or_default();
                 d.running -= 1;
                 d.succeeded += 1;
+                crate::domain::counters::merge(&mut d.counters, counters);
             }
             hit
         }
@@ -301,6 +310,25 @@ async fn update_jobs(
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?;
+        if !d.counters.is_empty() {
+            // Summed in JSON by SQLite itself, in this transaction.
+            let more = serde_json::to_string(&d.counters)
+                .map_err(|e| StoreError::Internal(format!("counters: {e}")))?;
+            sqlx::query(
+                "UPDATE jobs SET counters = ( \
+                    SELECT json_group_object(key, total) FROM ( \
+                        SELECT key, sum(value) AS total FROM ( \
+                            SELECT key, value FROM json_each(jobs.counters) \
+                            UNION ALL SELECT key, value FROM json_each(?2)) \
+                        GROUP BY key)) \
+                 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(more)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        }
         let state: String = row.try_get("state").map_err(db_error)?;
         let last_seq = count(&row, "last_seq")?;
         let first = last_seq + 1 - d.events.len() as u64;

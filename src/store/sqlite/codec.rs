@@ -19,11 +19,11 @@ use std::collections::BTreeMap;
 pub(super) const JOB_COLUMNS: &str = "id, name, executor, state, concurrency, max_attempts, \
      params, labels, policy, request_id, total_items, running_items, succeeded_items, failed_items, \
      cancelled_items, last_seq, last_error, created_at, started_at, updated_at, ended_at, \
-     exclusive, open";
+     exclusive, open, counters";
 
 /// The columns [`item_from_row`] reads.
-pub(super) const ITEM_COLUMNS: &str =
-    "idx, payload, state, attempts, last_error, checkpoint, result, updated_at, retry_at";
+pub(super) const ITEM_COLUMNS: &str = "idx, payload, state, attempts, last_error, checkpoint, result, updated_at, retry_at, \
+     skip_reason";
 
 pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("corrupt row: {what}"))
@@ -124,6 +124,12 @@ pub(super) fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         last_seq: count(row, "last_seq")?,
         exclusive: row.try_get("exclusive").map_err(db_error)?,
         open: row.try_get("open").map_err(db_error)?,
+        counters: {
+            let text: String = row.try_get("counters").map_err(db_error)?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| corrupt(format!("counters: {e}")))?;
+            crate::domain::counters::from_json(&value)
+        },
     })
 }
 
@@ -144,6 +150,7 @@ pub(super) fn item_from_row(row: &SqliteRow) -> Result<Item, StoreError> {
         last_error: row.try_get("last_error").map_err(db_error)?,
         checkpoint: row.try_get("checkpoint").map_err(db_error)?,
         result: row.try_get("result").map_err(db_error)?,
+        skip_reason: row.try_get("skip_reason").map_err(db_error)?,
         updated_at: optional_time(row, "updated_at")?,
         retry_at: match item_state(state)? {
             ItemState::Pending => optional_time(row, "retry_at")?,

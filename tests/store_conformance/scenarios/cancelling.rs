@@ -113,7 +113,7 @@ pub async fn chosen_items_end_cancelled_and_the_job_finishes_without_them(store:
     let before = get(&store, job.id).await;
     let late = [
         WriteKind::Checkpoint(b"half".to_vec()),
-        WriteKind::Succeeded { result: None },
+        WriteKind::succeeded(),
         failed("late", false),
         WriteKind::Released { refund: true },
     ];
@@ -140,16 +140,7 @@ pub async fn chosen_items_end_cancelled_and_the_job_finishes_without_them(store:
         .expect("cancel the running ones");
     assert_eq!((running.cancelled, running.interrupted), (1, vec![0]));
     assert_eq!(running.job.counts.running, 0);
-    assert!(
-        !write(
-            &store,
-            job.id,
-            0,
-            lease(0),
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(!write(&store, job.id, 0, lease(0), WriteKind::succeeded()).await);
     assert_eq!(
         states(&items(&store, job.id).await),
         [
@@ -188,16 +179,7 @@ pub async fn chosen_items_end_cancelled_and_the_job_finishes_without_them(store:
     let indexes: Vec<u32> = rest.iter().map(|c| c.index).collect();
     assert_eq!(indexes, [3, 4]);
     for c in &rest {
-        assert!(
-            write(
-                &store,
-                job.id,
-                c.index,
-                c.lease,
-                WriteKind::Succeeded { result: None }
-            )
-            .await
-        );
+        assert!(write(&store, job.id, c.index, c.lease, WriteKind::succeeded()).await);
     }
     let ended = decided(
         &store,

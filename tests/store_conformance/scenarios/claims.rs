@@ -102,16 +102,7 @@ pub async fn claims_honour_from_index_and_several_jobs(store: Arc<dyn Store>) {
 
     // Items 0..3 of `a` are done: a claimer that knows it starts at 3.
     for c in &out.claimed[0] {
-        assert!(
-            write(
-                &store,
-                a.id,
-                c.index,
-                c.lease,
-                WriteKind::Succeeded { result: None }
-            )
-            .await
-        );
+        assert!(write(&store, a.id, c.index, c.lease, WriteKind::succeeded()).await);
     }
     let from_three = batch(
         &store,
@@ -234,16 +225,7 @@ pub async fn no_claims_unless_running(store: Arc<dyn Store>) {
 
     let done = create(&store, &spec(1)).await;
     let c = claim(&store, done.id, 1).await;
-    assert!(
-        write(
-            &store,
-            done.id,
-            0,
-            c[0].lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(write(&store, done.id, 0, c[0].lease, WriteKind::succeeded()).await);
     go(&store, done.id, S::Running, S::Succeeded, vec![E::End]).await;
     refused(done.id).await;
 

@@ -102,18 +102,11 @@ pub async fn a_succeeded_items_result_is_kept(store: Arc<dyn Store>) {
     let c = claim(&store, job.id, 2).await;
     let done = WriteKind::Succeeded {
         result: Some("42 frames".into()),
+        skip_reason: None,
+        counters: Default::default(),
     };
     assert!(write(&store, job.id, 0, c[0].lease, done).await);
-    assert!(
-        write(
-            &store,
-            job.id,
-            1,
-            c[1].lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(write(&store, job.id, 1, c[1].lease, WriteKind::succeeded()).await);
     assert_eq!(
         item(&store, job.id, 0).await.result.as_deref(),
         Some("42 frames")

@@ -29,16 +29,7 @@ pub async fn an_ended_job_is_deleted_with_all_it_holds(store: Arc<dyn Store>) {
     let job = create(&store, &keyed).await;
     let other = create(&store, &spec(3)).await;
     let lease = claim(&store, job.id, 2).await[0].lease;
-    assert!(
-        write(
-            &store,
-            job.id,
-            0,
-            lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(write(&store, job.id, 0, lease, WriteKind::succeeded()).await);
     claim(&store, other.id, 1).await;
     let ended = cancel(&store, job.id).await;
     let others_before = everything(&store, other.id).await;

@@ -36,16 +36,7 @@ pub async fn an_open_job_grows_and_ends_only_once_closed(store: Arc<dyn Store>) 
     assert!(job.open);
     let lease = claim(&store, job.id, 2).await[0].lease;
     for i in 0..2 {
-        assert!(
-            write(
-                &store,
-                job.id,
-                i,
-                lease,
-                WriteKind::Succeeded { result: None }
-            )
-            .await
-        );
+        assert!(write(&store, job.id, i, lease, WriteKind::succeeded()).await);
     }
     // Every item done: still no finish, it is open.
     match store.transition(job.id, &finish()).await {
@@ -108,16 +99,7 @@ pub async fn an_open_job_grows_and_ends_only_once_closed(store: Arc<dyn Store>) 
     let indexes: Vec<u32> = claimed.iter().map(|c| c.index).collect();
     assert_eq!(indexes, [2, 3]);
     for c in &claimed {
-        assert!(
-            write(
-                &store,
-                job.id,
-                c.index,
-                c.lease,
-                WriteKind::Succeeded { result: None }
-            )
-            .await
-        );
+        assert!(write(&store, job.id, c.index, c.lease, WriteKind::succeeded()).await);
     }
     let closed = store
         .add_items(job.id, &page(&[], None, true), 5, None)

@@ -75,8 +75,8 @@ pub async fn writes_for_one_item_apply_in_order(store: Arc<dyn Store>) {
         Batch {
             writes: vec![
                 write_of(job.id, 0, lease, WriteKind::Checkpoint(b"last".to_vec())),
-                write_of(job.id, 0, lease, WriteKind::Succeeded { result: None }),
-                write_of(job.id, 1, lease, WriteKind::Succeeded { result: None }),
+                write_of(job.id, 0, lease, WriteKind::succeeded()),
+                write_of(job.id, 1, lease, WriteKind::succeeded()),
                 // Item 1 is no longer running: this one must not apply.
                 write_of(job.id, 1, lease, failed("late", false)),
             ],

@@ -5,6 +5,7 @@
 pub mod cancelling;
 pub mod claims;
 pub mod control;
+pub mod counting;
 pub mod deletion;
 pub mod growing;
 pub mod in_batch;

@@ -146,16 +146,7 @@ pub async fn drained_pause_releases_running_items(store: Arc<dyn Store>) {
     let job = create(&store, &spec(5)).await;
     let claimed = claim(&store, job.id, 3).await;
     let lease = claimed[0].lease;
-    assert!(
-        write(
-            &store,
-            job.id,
-            0,
-            lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(write(&store, job.id, 0, lease, WriteKind::succeeded()).await);
     assert!(
         write(
             &store,
@@ -192,15 +183,6 @@ pub async fn drained_pause_releases_running_items(store: Arc<dyn Store>) {
     }
     assert_eq!(items[1].checkpoint.as_deref(), Some(&b"half"[..]));
     // The old lease is dead.
-    assert!(
-        !write(
-            &store,
-            job.id,
-            1,
-            lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(!write(&store, job.id, 1, lease, WriteKind::succeeded()).await);
     consistent(&store, job.id).await;
 }

@@ -54,16 +54,7 @@ pub async fn recover_releases_and_settles(store: Arc<dyn Store>) {
     .await;
 
     let c = claim(&store, cancelling.id, 2).await;
-    assert!(
-        write(
-            &store,
-            cancelling.id,
-            0,
-            c[0].lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(write(&store, cancelling.id, 0, c[0].lease, WriteKind::succeeded()).await);
     go(
         &store,
         cancelling.id,
@@ -92,16 +83,7 @@ pub async fn recover_releases_and_settles(store: Arc<dyn Store>) {
     .await;
 
     let s = claim(&store, succeeded.id, 1).await;
-    assert!(
-        write(
-            &store,
-            succeeded.id,
-            0,
-            s[0].lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(write(&store, succeeded.id, 0, s[0].lease, WriteKind::succeeded()).await);
     go(&store, succeeded.id, S::Running, S::Succeeded, vec![E::End]).await;
     go(
         &store,
@@ -142,14 +124,7 @@ pub async fn recover_releases_and_settles(store: Arc<dyn Store>) {
     );
     assert_eq!(its[0].checkpoint, Some(b"cp-r".to_vec()));
     assert!(
-        !write(
-            &store,
-            running.id,
-            0,
-            r[0].lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await,
+        !write(&store, running.id, 0, r[0].lease, WriteKind::succeeded()).await,
         "old leases are dead"
     );
 
@@ -239,14 +214,7 @@ pub async fn release_items_puts_running_items_back(store: Arc<dyn Store>) {
     assert_eq!(its[0].last_error.as_deref(), Some("retry me"));
     for index in [1, 2] {
         assert!(
-            !write(
-                &store,
-                job.id,
-                index,
-                lease,
-                WriteKind::Succeeded { result: None }
-            )
-            .await,
+            !write(&store, job.id, index, lease, WriteKind::succeeded()).await,
             "item {index}"
         );
     }

@@ -125,7 +125,7 @@ pub async fn a_retry_waits_for_its_delay(store: Arc<dyn Store>) {
         (2, out.claimed[0][0].lease),
         (3, again[0].lease),
     ] {
-        let ok = WriteKind::Succeeded { result: None };
+        let ok = WriteKind::succeeded();
         assert!(
             write(&store, job.id, index, lease, ok).await,
             "item {index}"
@@ -146,7 +146,7 @@ pub async fn a_retry_waits_for_its_delay(store: Arc<dyn Store>) {
     assert_eq!(refused_finish(&store, job.id).await, (2, 0, None));
     let last = claim(&store, job.id, 10).await;
     assert_eq!(indexes(&last), vec![(4, 1)]);
-    let ok = WriteKind::Succeeded { result: None };
+    let ok = WriteKind::succeeded();
     assert!(write(&store, job.id, 4, last[0].lease, ok).await);
 
     // Only item 1 is left, and it waits: the refusal says for how long.

@@ -31,9 +31,9 @@ pub async fn one_batch_many_jobs(store: Arc<dyn Store>) {
                 write_of(b.id, 0, lb, failed("b0", true)),
                 write_of(a.id, 0, la, failed("a0", false)),
                 write_of(b.id, 1, lb, WriteKind::Checkpoint(b"b1".to_vec())),
-                write_of(a.id, 2, la, WriteKind::Succeeded { result: None }),
+                write_of(a.id, 2, la, WriteKind::succeeded()),
                 write_of(b.id, 2, lb, WriteKind::Cancelled),
-                write_of(a.id, 3, la, WriteKind::Succeeded { result: None }),
+                write_of(a.id, 3, la, WriteKind::succeeded()),
             ],
             claims: vec![claim_of(b.id, 1)],
         },
@@ -138,9 +138,9 @@ pub async fn counters_follow_items_through_a_whole_run(store: Arc<dyn Store>) {
                         .await
                     );
                     consistent(&store, job.id).await;
-                    WriteKind::Succeeded { result: None }
+                    WriteKind::succeeded()
                 }
-                _ => WriteKind::Succeeded { result: None },
+                _ => WriteKind::succeeded(),
             };
             writes.push(write_of(job.id, c.index, c.lease, kind));
         }

@@ -15,16 +15,7 @@ use JobState as S;
 pub async fn cancel_cancels_what_remains(store: Arc<dyn Store>) {
     let job = create(&store, &spec(6)).await;
     let lease = claim(&store, job.id, 3).await[0].lease;
-    assert!(
-        write(
-            &store,
-            job.id,
-            0,
-            lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(write(&store, job.id, 0, lease, WriteKind::succeeded()).await);
 
     let cancelling = go(
         &store,
@@ -66,16 +57,7 @@ pub async fn cancel_cancels_what_remains(store: Arc<dyn Store>) {
         states[1..].iter().all(|s| *s == ItemState::Cancelled),
         "{states:?}"
     );
-    assert!(
-        !write(
-            &store,
-            job.id,
-            2,
-            lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(!write(&store, job.id, 2, lease, WriteKind::succeeded()).await);
     assert_eq!(get(&store, job.id).await, cancelled);
     consistent(&store, job.id).await;
 
@@ -116,16 +98,7 @@ pub async fn finish_and_retry_failed(store: Arc<dyn Store>) {
     s.max_attempts = 1;
     let job = create(&store, &s).await;
     let lease = claim(&store, job.id, 3).await[0].lease;
-    assert!(
-        write(
-            &store,
-            job.id,
-            0,
-            lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(write(&store, job.id, 0, lease, WriteKind::succeeded()).await);
     assert!(write(&store, job.id, 1, lease, failed("out of attempts", false)).await);
     assert!(write(&store, job.id, 2, lease, failed("permanent", true)).await);
     consistent(&store, job.id).await;
@@ -180,16 +153,7 @@ pub async fn finish_and_retry_failed(store: Arc<dyn Store>) {
         vec![(1, 1), (2, 1)]
     );
     for c in &again {
-        assert!(
-            write(
-                &store,
-                job.id,
-                c.index,
-                c.lease,
-                WriteKind::Succeeded { result: None }
-            )
-            .await
-        );
+        assert!(write(&store, job.id, c.index, c.lease, WriteKind::succeeded()).await);
     }
     let succeeded = go(&store, job.id, S::Running, S::Succeeded, vec![E::End]).await;
     assert_eq!(succeeded.counts.succeeded, 3);

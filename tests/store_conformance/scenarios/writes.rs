@@ -37,7 +37,7 @@ pub async fn wrong_lease_changes_nothing(store: Arc<dyn Store>) {
     let before = snapshot().await;
     let kinds = [
         WriteKind::Checkpoint(b"theirs".to_vec()),
-        WriteKind::Succeeded { result: None },
+        WriteKind::succeeded(),
         failed("not yours", false),
         failed("not yours", true),
         WriteKind::Released { refund: true },
@@ -98,39 +98,12 @@ pub async fn wrong_lease_changes_nothing(store: Arc<dyn Store>) {
         )
         .await
     );
-    assert!(
-        !write(
-            &store,
-            job.id,
-            0,
-            lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(!write(&store, job.id, 0, lease, WriteKind::succeeded()).await);
     let again = claim(&store, job.id, 1).await;
     assert_eq!(again[0].index, 0);
     assert_ne!(again[0].lease, lease);
-    assert!(
-        !write(
-            &store,
-            job.id,
-            0,
-            lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
-    assert!(
-        write(
-            &store,
-            job.id,
-            0,
-            again[0].lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(!write(&store, job.id, 0, lease, WriteKind::succeeded()).await);
+    assert!(write(&store, job.id, 0, again[0].lease, WriteKind::succeeded()).await);
     // An ended item takes no more writes, even with its last lease.
     assert!(!write(&store, job.id, 0, again[0].lease, failed("late", false)).await);
     assert!(
@@ -282,7 +255,7 @@ pub async fn succeeded_and_cancelled_end_items(store: Arc<dyn Store>) {
         &store,
         Batch {
             writes: vec![
-                write_of(job.id, 0, lease, WriteKind::Succeeded { result: None }),
+                write_of(job.id, 0, lease, WriteKind::succeeded()),
                 write_of(job.id, 1, lease, WriteKind::Cancelled),
             ],
             claims: vec![],
@@ -308,7 +281,7 @@ pub async fn succeeded_and_cancelled_end_items(store: Arc<dyn Store>) {
     assert_eq!(items_now[0].attempts, 1);
     assert!(items_now[0].updated_at.is_some());
     for kind in [
-        WriteKind::Succeeded { result: None },
+        WriteKind::succeeded(),
         WriteKind::Cancelled,
         failed("x", true),
     ] {
@@ -406,16 +379,7 @@ pub async fn checkpoint_kept_across_release_and_reclaim(store: Arc<dyn Store>) {
         )
         .await
     );
-    assert!(
-        write(
-            &store,
-            job.id,
-            0,
-            third[0].lease,
-            WriteKind::Succeeded { result: None }
-        )
-        .await
-    );
+    assert!(write(&store, job.id, 0, third[0].lease, WriteKind::succeeded()).await);
     // A finished item keeps its last checkpoint.
     assert_eq!(
         item(&store, job.id, 0).await.checkpoint,

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import enum
 import math
+import re
 import threading
 from typing import TYPE_CHECKING, Dict, Mapping, Optional, Union
 
@@ -53,6 +54,14 @@ def interrupt_reason(code: int) -> StopReason:
     return _REASONS.get(code, StopReason.PAUSE)
 
 
+#: A counter's name: 1 to 64 of a-z, 0-9 and _, from a letter.
+_COUNTER_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: Distinct counters one attempt may report.
+MAX_ATTEMPT_COUNTERS = 32
+#: The longest skip reason the server takes, in characters.
+MAX_SKIP_REASON = 1000
+
+
 def _as_bytes(data: object) -> bytes:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
@@ -97,6 +106,40 @@ class BaseItem:
         self.stopping: threading.Event = threading.Event()
         #: Why :attr:`stopping` was set (None while it is not).
         self.stop_reason: Optional[StopReason] = None
+        #: Set by :meth:`skip`: the item was done already, and why.
+        self.skip_reason: Optional[str] = None
+        #: This attempt's counters so far (see :meth:`count`).
+        self.counters: Dict[str, int] = {}
+
+    def skip(self, reason: str) -> None:
+        """Says the item was done already (its output exists, say): if the
+        handler then returns, the item ends SUCCEEDED, marked skipped with
+        ``reason`` (``Item.skip_reason``). The last call counts."""
+        text = str(reason)
+        if not text:
+            raise ValueError("a skip needs a reason")
+        if len(text) > MAX_SKIP_REASON:
+            raise ValueError(f"a skip reason is at most {MAX_SKIP_REASON} characters, not {len(text)}")
+        self.skip_reason = text
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Adds ``n`` to this attempt's counter ``name`` (frames processed,
+        detections found). The job's counters (``Job.counters``) grow by an
+        attempt's counts if, and only if, it succeeds, in the commit of its
+        success: a retried item counts once.
+
+        Raises :class:`ValueError` for a bad name (1 to 64 of a-z, 0-9 and
+        _, from a letter), a negative or non-integer ``n``, or a 33rd name.
+        """
+        if not isinstance(name, str) or not _COUNTER_NAME.fullmatch(name):
+            raise ValueError(f"counter name {name!r} must start with a-z and hold only a-z, 0-9 and _ (at most 64)")
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise ValueError(f"counter {name!r}: {n!r} is not a whole number")
+        if n < 0:
+            raise ValueError(f"counter {name!r}: {n} is negative; counters only grow")
+        if name not in self.counters and len(self.counters) >= MAX_ATTEMPT_COUNTERS:
+            raise ValueError(f"counter {name!r}: an item may report at most {MAX_ATTEMPT_COUNTERS} counters")
+        self.counters[name] = min(self.counters.get(name, 0) + n, 2**63 - 1)
 
     def progress(self, fraction: float) -> None:
         """Reports how much of the item is done, 0.0 to 1.0 (shown live, not

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import traceback
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -48,10 +48,16 @@ def stopped(token: int) -> pb.WorkRequest:
     return pb.WorkRequest(stopped=pb.WorkerStopped(token=token))
 
 
-def succeeded(token: int, result: object) -> pb.WorkRequest:
+def succeeded(
+    token: int,
+    result: object,
+    *,
+    skip_reason: Optional[str] = None,
+    counters: Optional[Mapping[str, int]] = None,
+) -> pb.WorkRequest:
     """A ``WorkerSucceeded`` carrying ``result`` (None, str or UTF-8
-    bytes); a result that cannot be sent fails the attempt instead, saying
-    why."""
+    bytes), the skip reason and the attempt's counters; a result that
+    cannot be sent fails the attempt instead, saying why."""
     if result is None:
         text = ""
     elif isinstance(result, str):
@@ -70,10 +76,25 @@ def succeeded(token: int, result: object) -> pb.WorkRequest:
     size = len(text.encode("utf-8"))
     if size > MAX_RESULT_BYTES:
         return failed(token, f"the handler's result is {size} bytes; at most {MAX_RESULT_BYTES}")
-    return pb.WorkRequest(succeeded=pb.WorkerSucceeded(token=token, result=text))
+    return pb.WorkRequest(
+        succeeded=pb.WorkerSucceeded(
+            token=token,
+            result=text,
+            skip_reason=skip_reason or "",
+            counters=dict(counters or {}),
+        )
+    )
 
 
-def outcome(token: int, *, returned: object = None, raised: Optional[BaseException] = None, stopping: bool = False) -> pb.WorkRequest:
+def outcome(
+    token: int,
+    *,
+    returned: object = None,
+    raised: Optional[BaseException] = None,
+    stopping: bool = False,
+    skip_reason: Optional[str] = None,
+    counters: Optional[Mapping[str, int]] = None,
+) -> pb.WorkRequest:
     """The message reporting item ``token`` once its handler is over.
 
     - raised :class:`Fail`: failed, permanent;
@@ -84,6 +105,10 @@ def outcome(token: int, *, returned: object = None, raised: Optional[BaseExcepti
     - returned anything else after ``stopping`` was set (an interrupt, a
       drain or a revocation): stopped;
     - returned a result: succeeded with it.
+
+    A success carries ``skip_reason`` and ``counters`` (the item's
+    :meth:`~jobvisor.Item.skip` and :meth:`~jobvisor.Item.count`); the
+    other outcomes drop them.
     """
     if raised is not None:
         if isinstance(raised, Fail):
@@ -92,10 +117,10 @@ def outcome(token: int, *, returned: object = None, raised: Optional[BaseExcepti
             return failed(token, raised.message or "the handler asked for a retry", retry_after=raised.after)
         return failed(token, error_text(raised))
     if isinstance(returned, Done):
-        return succeeded(token, returned.result)
+        return succeeded(token, returned.result, skip_reason=skip_reason, counters=counters)
     if stopping:
         return stopped(token)
-    return succeeded(token, returned)
+    return succeeded(token, returned, skip_reason=skip_reason, counters=counters)
 
 
 def backoff(attempt: int, initial: float, cap: float, rand: Callable[[], float] = random.random) -> float:

@@ -870,7 +870,14 @@ class Worker:
         if task.revoked:
             log.info("item %d of job %s: handler returned after its revocation", item.index, item.job_id)
         else:
-            task.outcome = _outcome.outcome(task.token, returned=returned, raised=raised, stopping=stopping)
+            task.outcome = _outcome.outcome(
+                task.token,
+                returned=returned,
+                raised=raised,
+                stopping=stopping,
+                skip_reason=item.skip_reason,
+                counters=item.counters,
+            )
             kind = task.outcome.WhichOneof("kind")
             if kind == "failed":
                 log.warning("item %d of job %s failed: %s", item.index, item.job_id, task.outcome.failed.error)

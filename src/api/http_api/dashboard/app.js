@@ -285,7 +285,10 @@ async function jobView(id) {
       stat("running", num(c.running), "count-running"), stat("succeeded", num(c.succeeded), "count-succeeded"),
       stat("failed", num(c.failed), "count-failed"), stat("cancelled", num(c.cancelled), "count-cancelled"),
       stat("items/s", rate ? Number(rate).toFixed(1) : "—", "stat-rate"), stat("ETA", duration(eta), "stat-eta"),
-      stat("concurrency", job.concurrency || 0, "stat-concurrency"));
+      stat("concurrency", job.concurrency || 0, "stat-concurrency"),
+      // The executor's own counters, summed over the succeeded items.
+      ...Object.keys(job.counters || {}).sort().map((name) =>
+        stat(name, num(job.counters[name]), "counter-" + name)));
     pauses.replaceChildren(...(job.pauses || []).map((r) => el("tr", {},
       el("td", { text: short(r.mode, "PAUSE_MODE_").toLowerCase() }), el("td", { text: r.reason || "" }),
       el("td", { text: r.requestedBy || "" }), el("td", { text: when(r.requestTime) }),
@@ -364,7 +367,8 @@ async function jobView(id) {
     const rows = (answer.items || []).map((it) => el("tr", {},
       el("td", { class: "num", text: String(it.index || 0) }), el("td", { text: it.payload || "" }),
       el("td", { text: short(it.state, "ITEM_STATE_").toLowerCase() }), el("td", { class: "num", text: String(it.attempts || 0) }),
-      el("td", { class: "error", text: it.lastError || "" }), el("td", { text: checkpointText(it.checkpoint) }),
+      el("td", { class: "error", text: it.skipReason ? "skipped: " + it.skipReason : (it.lastError || "") }),
+      el("td", { text: checkpointText(it.checkpoint) }),
       el("td", { text: when(it.updateTime) })));
     if (more) items.append(...rows); else items.replaceChildren(...rows);
     itemsToken = answer.nextPageToken || "";
@@ -379,6 +383,7 @@ async function jobView(id) {
   follow(id, after, (event) => {
     if (event.progress) {
       job.counts = event.progress.counts || {};
+      job.counters = event.progress.counters || job.counters;
       live = { rate: event.progress.itemsPerSecond || 0, eta: event.progress.eta || null };
       draw();
       return;

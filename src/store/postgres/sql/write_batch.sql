@@ -1,12 +1,18 @@
 -- jobvisor_write_batch: one group commit of item writes and claims (see
 -- src/store/postgres/batch.rs, which calls it, for what each array holds).
--- The second definition keeps the arguments of servers before migration
--- 0012 (no retry delays, no due-retry claims) working while they share the
--- database with this one during a rolling upgrade: it calls the first.
+-- The other definitions keep the arguments of earlier servers working
+-- while they share the database with this one during a rolling upgrade:
+-- before migration 0012 (no retry delays, no due-retry claims) and before
+-- 0021 (no skip reasons, no counters). Each calls the first.
+--
+-- w_note: a success's skip reason (NULL: it ran). k_pos, k_name, k_value:
+-- the counters of the successes, each naming its write by position (from
+-- 1); added to the job's counters only when that success applied.
 CREATE OR REPLACE FUNCTION jobvisor_write_batch(
     w_kind smallint[], w_job uuid[], w_idx integer[], w_lease bigint[],
     w_data bytea[], w_err text[], w_flag boolean[], w_delay integer[],
-    c_job uuid[], c_max integer[], c_from integer[], c_lease bigint[], c_due boolean[])
+    c_job uuid[], c_max integer[], c_from integer[], c_lease bigint[], c_due boolean[],
+    w_note text[], k_pos integer[], k_name text[], k_value bigint[])
 RETURNS TABLE (
     tag smallint, pos integer, job uuid, idx integer, payload text,
     attempt integer, checkpoint bytea, lease bigint, state text,
@@ -30,8 +36,9 @@ BEGIN
 
     RETURN QUERY
     WITH w AS (
-        SELECT * FROM unnest(w_kind, w_job, w_idx, w_lease, w_data, w_err, w_flag, w_delay)
-            WITH ORDINALITY AS t(kind, job, idx, lease, data, err, flag, delay, pos)
+        SELECT * FROM unnest(w_kind, w_job, w_idx, w_lease, w_data, w_err, w_flag, w_delay,
+                             w_note)
+            WITH ORDINALITY AS t(kind, job, idx, lease, data, err, flag, delay, note, pos)
     ),
     upd AS (
         UPDATE items AS i SET
@@ -48,6 +55,7 @@ BEGIN
                             ELSE i.attempts END,
             last_error = CASE WHEN w.kind = 2 THEN w.err ELSE i.last_error END,
             result = CASE WHEN w.kind = 1 THEN w.err ELSE i.result END,
+            skip_reason = CASE WHEN w.kind = 1 THEN w.note ELSE i.skip_reason END,
             retry_at = CASE WHEN w.kind = 2 AND w.delay > 0
                             THEN now() + w.delay * interval '1 millisecond' END,
             updated_at = now()
@@ -96,8 +104,24 @@ BEGIN
         ) AS d
         GROUP BY d.job
     ),
+    -- The counters of the successes that applied, summed per job and name.
+    counted AS (
+        SELECT u.job_id AS job, k.name, sum(k.value) AS value
+        FROM unnest(k_pos, k_name, k_value) AS k(pos, name, value)
+        JOIN upd AS u ON u.pos = k.pos AND u.kind = 1
+        GROUP BY u.job_id, k.name
+    ),
     counters AS (
         UPDATE jobs AS j SET
+            counters = CASE WHEN EXISTS (SELECT 1 FROM counted AS c WHERE c.job = j.id)
+                THEN (SELECT jsonb_object_agg(e.key, e.value) FROM (
+                        SELECT s.key, sum(s.value) AS value FROM (
+                            SELECT o.key, o.value::numeric AS value
+                            FROM jsonb_each_text(j.counters) AS o
+                            UNION ALL
+                            SELECT c.name, c.value FROM counted AS c WHERE c.job = j.id
+                        ) AS s GROUP BY s.key) AS e)
+                ELSE j.counters END,
             running_items = j.running_items + d.dr,
             succeeded_items = j.succeeded_items + d.ds,
             failed_items = j.failed_items + d.df,
@@ -143,6 +167,24 @@ $$;
 
 CREATE OR REPLACE FUNCTION jobvisor_write_batch(
     w_kind smallint[], w_job uuid[], w_idx integer[], w_lease bigint[],
+    w_data bytea[], w_err text[], w_flag boolean[], w_delay integer[],
+    c_job uuid[], c_max integer[], c_from integer[], c_lease bigint[], c_due boolean[])
+RETURNS TABLE (
+    tag smallint, pos integer, job uuid, idx integer, payload text,
+    attempt integer, checkpoint bytea, lease bigint, state text,
+    total bigint, running bigint, succeeded bigint, failed bigint,
+    cancelled bigint, last_seq bigint)
+LANGUAGE sql
+AS $$
+    SELECT * FROM jobvisor_write_batch(
+        w_kind, w_job, w_idx, w_lease, w_data, w_err, w_flag, w_delay,
+        c_job, c_max, c_from, c_lease, c_due,
+        array_fill(NULL::text, ARRAY[cardinality(w_kind)]),
+        '{}'::integer[], '{}'::text[], '{}'::bigint[]);
+$$;
+
+CREATE OR REPLACE FUNCTION jobvisor_write_batch(
+    w_kind smallint[], w_job uuid[], w_idx integer[], w_lease bigint[],
     w_data bytea[], w_err text[], w_flag boolean[],
     c_job uuid[], c_max integer[], c_from integer[], c_lease bigint[])
 RETURNS TABLE (
@@ -155,5 +197,7 @@ AS $$
     SELECT * FROM jobvisor_write_batch(
         w_kind, w_job, w_idx, w_lease, w_data, w_err, w_flag,
         array_fill(0, ARRAY[cardinality(w_kind)]), c_job, c_max, c_from, c_lease,
-        array_fill(false, ARRAY[cardinality(c_job)]));
+        array_fill(false, ARRAY[cardinality(c_job)]),
+        array_fill(NULL::text, ARRAY[cardinality(w_kind)]),
+        '{}'::integer[], '{}'::text[], '{}'::bigint[]);
 $$;

@@ -391,7 +391,7 @@ class WatchJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., from_sequence: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "name", "executor", "state", "counts", "concurrency", "max_attempts", "params", "labels", "create_time", "start_time", "update_time", "end_time", "pauses", "can_pause", "can_resume", "can_cancel", "last_error", "last_sequence", "request_id", "policy", "owner", "waiting_for", "exclusive", "status", "open")
+    __slots__ = ("id", "name", "executor", "state", "counts", "concurrency", "max_attempts", "params", "labels", "create_time", "start_time", "update_time", "end_time", "pauses", "can_pause", "can_resume", "can_cancel", "last_error", "last_sequence", "request_id", "policy", "owner", "waiting_for", "exclusive", "status", "open", "counters")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -406,6 +406,13 @@ class Job(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
@@ -432,6 +439,7 @@ class Job(_message.Message):
     EXCLUSIVE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     OPEN_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     executor: str
@@ -458,7 +466,8 @@ class Job(_message.Message):
     exclusive: bool
     status: JobStatus
     open: bool
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., executor: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., concurrency: _Optional[int] = ..., max_attempts: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pauses: _Optional[_Iterable[_Union[PauseRecord, _Mapping]]] = ..., can_pause: _Optional[bool] = ..., can_resume: _Optional[bool] = ..., can_cancel: _Optional[bool] = ..., last_error: _Optional[str] = ..., last_sequence: _Optional[int] = ..., request_id: _Optional[str] = ..., policy: _Optional[_Union[JobPolicy, _Mapping]] = ..., owner: _Optional[_Union[JobOwner, _Mapping]] = ..., waiting_for: _Optional[str] = ..., exclusive: _Optional[bool] = ..., status: _Optional[_Union[JobStatus, _Mapping]] = ..., open: _Optional[bool] = ...) -> None: ...
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., executor: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., concurrency: _Optional[int] = ..., max_attempts: _Optional[int] = ..., params: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pauses: _Optional[_Iterable[_Union[PauseRecord, _Mapping]]] = ..., can_pause: _Optional[bool] = ..., can_resume: _Optional[bool] = ..., can_cancel: _Optional[bool] = ..., last_error: _Optional[str] = ..., last_sequence: _Optional[int] = ..., request_id: _Optional[str] = ..., policy: _Optional[_Union[JobPolicy, _Mapping]] = ..., owner: _Optional[_Union[JobOwner, _Mapping]] = ..., waiting_for: _Optional[str] = ..., exclusive: _Optional[bool] = ..., status: _Optional[_Union[JobStatus, _Mapping]] = ..., open: _Optional[bool] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("active_time", "items_per_second", "eta", "running_items")
@@ -541,7 +550,7 @@ class PauseRecord(_message.Message):
     def __init__(self, mode: _Optional[_Union[PauseMode, str]] = ..., reason: _Optional[str] = ..., requested_by: _Optional[str] = ..., request_id: _Optional[str] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scheduled_resume_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("index", "payload", "state", "attempts", "last_error", "checkpoint", "update_time", "result", "retry_time")
+    __slots__ = ("index", "payload", "state", "attempts", "last_error", "checkpoint", "update_time", "result", "retry_time", "skip_reason")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -551,6 +560,7 @@ class Item(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     RETRY_TIME_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
     index: int
     payload: str
     state: ItemState
@@ -560,7 +570,8 @@ class Item(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     result: str
     retry_time: _timestamp_pb2.Timestamp
-    def __init__(self, index: _Optional[int] = ..., payload: _Optional[str] = ..., state: _Optional[_Union[ItemState, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., checkpoint: _Optional[bytes] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[str] = ..., retry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    skip_reason: str
+    def __init__(self, index: _Optional[int] = ..., payload: _Optional[str] = ..., state: _Optional[_Union[ItemState, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., checkpoint: _Optional[bytes] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[str] = ..., retry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., skip_reason: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("sequence", "time", "snapshot", "state_changed", "item_failed", "worker_restarted", "progress", "concurrency_changed", "owner_changed", "rate_limit_changed", "items_added", "items_cancelled")
@@ -695,13 +706,22 @@ class WorkerRestarted(_message.Message):
     def __init__(self, index: _Optional[int] = ..., reason: _Optional[str] = ..., restarts_in_window: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("counts", "items_per_second", "eta", "in_flight_fraction")
+    __slots__ = ("counts", "items_per_second", "eta", "in_flight_fraction", "counters")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     COUNTS_FIELD_NUMBER: _ClassVar[int]
     ITEMS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     ETA_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     counts: ItemCounts
     items_per_second: float
     eta: _duration_pb2.Duration
     in_flight_fraction: float
-    def __init__(self, counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., items_per_second: _Optional[float] = ..., eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., in_flight_fraction: _Optional[float] = ...) -> None: ...
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, counts: _Optional[_Union[ItemCounts, _Mapping]] = ..., items_per_second: _Optional[float] = ..., eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., in_flight_fraction: _Optional[float] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...

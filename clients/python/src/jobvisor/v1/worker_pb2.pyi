@@ -227,12 +227,23 @@ class WorkerProgress(_message.Message):
     def __init__(self, token: _Optional[int] = ..., fraction: _Optional[float] = ...) -> None: ...
 
 class WorkerSucceeded(_message.Message):
-    __slots__ = ("token", "result")
+    __slots__ = ("token", "result", "skip_reason", "counters")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     token: int
     result: str
-    def __init__(self, token: _Optional[int] = ..., result: _Optional[str] = ...) -> None: ...
+    skip_reason: str
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, token: _Optional[int] = ..., result: _Optional[str] = ..., skip_reason: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class WorkerFailed(_message.Message):
     __slots__ = ("token", "error", "permanent", "retry_after")

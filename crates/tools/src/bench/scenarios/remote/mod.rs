@@ -355,7 +355,7 @@ impl RawWorker {
     pub fn succeeded(&self, token: u64) -> anyhow::Result<()> {
         self.send(Up::Succeeded(pb::WorkerSucceeded {
             token,
-            result: String::new(),
+            ..Default::default()
         }))?;
         self.send(Up::Credit(pb::WorkerCredit { slots: 1 }))
     }
