@@ -359,6 +359,7 @@ mod tests {
         assert_eq!(p("AddItems"), Some(Permission::Start));
         assert_eq!(p("PauseJob"), Some(Permission::Control));
         assert_eq!(p("DeleteJob"), Some(Permission::Control));
+        assert_eq!(p("CancelItems"), Some(Permission::Control));
         assert_eq!(p("SetJobRateLimit"), Some(Permission::Control));
         assert_eq!(Permission::for_method("/grpc.health.v1.Health/Check"), None);
         assert_eq!(

@@ -61,7 +61,7 @@ pub fn item_state(s: ItemState) -> pb::ItemState {
     }
 }
 
-fn item_state_from(value: i32) -> Option<ItemState> {
+pub fn item_state_from(value: i32) -> Option<ItemState> {
     Some(match pb::ItemState::try_from(value).ok()? {
         pb::ItemState::Unspecified => return None,
         pb::ItemState::Pending => ItemState::Pending,
@@ -329,6 +329,19 @@ pub fn event(e: &JobEvent) -> pb::JobEvent {
             closed: *closed,
             requested_by: requested_by.clone().unwrap_or_default(),
             request_id: request_id.clone().unwrap_or_default(),
+        }),
+        EventBody::ItemsCancelled {
+            count,
+            first,
+            last,
+            reason,
+            requested_by,
+        } => Kind::ItemsCancelled(pb::ItemsCancelled {
+            count: *count,
+            first_index: *first,
+            last_index: *last,
+            reason: reason.clone().unwrap_or_default(),
+            requested_by: requested_by.clone().unwrap_or_default(),
         }),
         EventBody::ItemFailed {
             index,

@@ -397,6 +397,38 @@ impl JobService for JobApi {
         Ok(Response::new(convert::job(&job)))
     }
 
+    async fn cancel_items(
+        &self,
+        request: Request<pb::CancelItemsRequest>,
+    ) -> Result<Response<pb::CancelItemsResponse>, Status> {
+        let r = request.get_ref();
+        let mut violations = Vec::new();
+        let mut states = Vec::new();
+        for (i, &s) in r.states.iter().enumerate() {
+            match convert::item_state_from(s) {
+                Some(state) => states.push(state),
+                None => violations.push(FieldViolation::new(
+                    format!("states[{i}]"),
+                    format!("{s} is not an item state"),
+                )),
+            }
+        }
+        let (id, provenance) = self
+            .control_target(&request, &r.job_id, violations, (&r.reason, ""))
+            .await?;
+        let input = crate::domain::NewSelection {
+            indexes: r.indexes.clone(),
+            range: r.range.map(|range| (range.first, range.last)),
+            states,
+        };
+        let done = self.engine.cancel_items(id, input, provenance).await?;
+        Ok(Response::new(pb::CancelItemsResponse {
+            job: Some(convert::job(&done.job)),
+            cancelled: done.cancelled,
+            interrupted: done.interrupted,
+        }))
+    }
+
     async fn add_items(
         &self,
         request: Request<pb::AddItemsRequest>,

@@ -106,6 +106,7 @@ impl From<EngineError> for Status {
                     | crate::domain::Refusal::Ended(s)
                     | crate::domain::Refusal::NotDeletable(s)
                     | crate::domain::Refusal::TakesNoItems(s)
+                    | crate::domain::Refusal::ItemsNotCancellable(s)
                     | crate::domain::Refusal::Stale { state: s, .. } => s,
                 };
                 with_reason(

@@ -653,6 +653,85 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Debug, Args)]
+pub struct CancelItemsArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job's id, or the name of a live job.
+    job_id: String,
+    /// The items to cancel, by index (or give --from and --to).
+    #[arg(conflicts_with_all = ["from", "to"])]
+    indexes: Vec<u32>,
+    /// The first item of a range to cancel.
+    #[arg(long, requires = "to")]
+    from: Option<u32>,
+    /// The last item of the range (included).
+    #[arg(long, requires = "from")]
+    to: Option<u32>,
+    /// Only the chosen items in this state (again for both; default: both).
+    #[arg(long = "state", value_parser = ["pending", "running"])]
+    states: Vec<String>,
+    /// Why (recorded in the job's event log).
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+/// Cancels chosen items of a job; says how many and which were running.
+pub async fn cancel_items(args: CancelItemsArgs) -> anyhow::Result<ExitCode> {
+    let mut client = args.conn.client().await?;
+    let job_id = resolve(&mut client, &args.job_id).await?;
+    let range = match (args.from, args.to) {
+        (Some(first), Some(last)) => Some(pb::ItemRange { first, last }),
+        _ => None,
+    };
+    let states = args
+        .states
+        .iter()
+        .map(|s| match s.as_str() {
+            "running" => pb::ItemState::Running as i32,
+            _ => pb::ItemState::Pending as i32,
+        })
+        .collect();
+    let answer = client
+        .cancel_items(request(pb::CancelItemsRequest {
+            job_id,
+            indexes: args.indexes,
+            range,
+            states,
+            reason: args.reason,
+        }))
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let job = answer.job.ok_or_else(|| {
+        anyhow::anyhow!("the server cancelled the items but did not return the job")
+    })?;
+    if args.conn.json {
+        say!(
+            "{}",
+            serde_json::json!({
+                "cancelled": answer.cancelled,
+                "interrupted": answer.interrupted,
+                "job": output::job_json(&job),
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items = match answer.cancelled {
+        1 => "1 item".to_string(),
+        n => format!("{n} items"),
+    };
+    let interrupted = if answer.interrupted.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = answer.interrupted.iter().map(u32::to_string).collect();
+        format!("; interrupted (were running): {}", list.join(", "))
+    };
+    say!("cancelled {items}{interrupted}");
+    output::print_job(&job, false);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn get(args: JobArgs) -> anyhow::Result<ExitCode> {
     let mut client = args.conn.client().await?;
     let job_id = resolve(&mut client, &args.job_id).await?;

@@ -44,6 +44,10 @@ enum Command {
     Resume(client::JobArgs),
     /// Cancel a job.
     Cancel(client::CancelArgs),
+    /// Cancel chosen items of a job that has not ended, by index or by
+    /// range (--from, --to), leaving the others alone: pending ones end
+    /// at once, running ones are interrupted.
+    CancelItems(client::CancelItemsArgs),
     /// Run the failed items of a failed job again.
     Retry(client::JobArgs),
     /// Change how many items a job runs at once.
@@ -117,6 +121,7 @@ pub async fn run() -> ExitCode {
         Command::Pause(args) => client::pause(args).await,
         Command::Resume(args) => client::resume(args).await,
         Command::Cancel(args) => client::cancel(args).await,
+        Command::CancelItems(args) => client::cancel_items(args).await,
         Command::Retry(args) => client::retry(args).await,
         Command::Scale(args) => client::scale(args).await,
         Command::Rate(args) => client::rate(args).await,

@@ -617,6 +617,20 @@ impl WatchView {
                     self.note(&format!("#{} {items}{closed}", event.sequence));
                 }
             }
+            Kind::ItemsCancelled(c) => {
+                if !self.json {
+                    let items = match c.count {
+                        1 => format!("item {} cancelled", c.first_index),
+                        n => format!("{n} items cancelled ({}–{})", c.first_index, c.last_index),
+                    };
+                    let why = if c.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", c.reason)
+                    };
+                    self.note(&format!("#{} {items}{why}", event.sequence));
+                }
+            }
             Kind::ConcurrencyChanged(c) => {
                 if !self.json {
                     self.note(&format!(
@@ -698,6 +712,9 @@ fn event_json(e: &pb::JobEvent) -> Value {
         Some(Kind::ItemsAdded(a)) => json!({"items_added": {
             "first_index": a.first_index, "count": a.count, "closed": a.closed,
             "requested_by": a.requested_by, "request_id": a.request_id}}),
+        Some(Kind::ItemsCancelled(c)) => json!({"items_cancelled": {
+            "count": c.count, "first_index": c.first_index, "last_index": c.last_index,
+            "reason": c.reason, "requested_by": c.requested_by}}),
         Some(Kind::ConcurrencyChanged(c)) => json!({"concurrency_changed": {
             "from": c.from, "to": c.to, "requested_by": c.requested_by,
             "request_id": c.request_id}}),

@@ -66,6 +66,17 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
     },
+    /// Chosen items were cancelled (CancelItems): `count` of them, from
+    /// `first` to `last`.
+    ItemsCancelled {
+        count: u32,
+        first: u32,
+        last: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_by: Option<String>,
+    },
     /// A replica took the job over (multi-replica mode).
     OwnerChanged {
         owner: String,
@@ -86,6 +97,7 @@ impl EventBody {
             EventBody::OwnerChanged { .. } => "owner_changed",
             EventBody::RateLimitChanged { .. } => "rate_limit_changed",
             EventBody::ItemsAdded { .. } => "items_added",
+            EventBody::ItemsCancelled { .. } => "items_cancelled",
         }
     }
 
@@ -130,5 +142,17 @@ mod tests {
             pause_mode: None,
         };
         assert!(done.is_terminal());
+        let cancelled = EventBody::ItemsCancelled {
+            count: 2,
+            first: 4,
+            last: 9,
+            reason: Some("not needed".into()),
+            requested_by: None,
+        };
+        let json = serde_json::to_string(&cancelled).unwrap();
+        assert!(json.contains(r#""type":"items_cancelled""#), "{json}");
+        assert_eq!(cancelled.kind(), "items_cancelled");
+        assert_eq!(serde_json::from_str::<EventBody>(&json).unwrap(), cancelled);
+        assert!(!cancelled.is_terminal());
     }
 }

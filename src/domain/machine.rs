@@ -88,6 +88,11 @@ pub enum Refusal {
     /// AddItems on a job that is ending or has ended.
     #[error("a {0} job takes no more items: only a running, pausing or paused job does")]
     TakesNoItems(JobState),
+    /// CancelItems on a job that is being cancelled or has ended.
+    #[error(
+        "a {0} job has no items to cancel one by one: only a running, pausing or paused job has"
+    )]
+    ItemsNotCancellable(JobState),
 }
 
 impl Refusal {
@@ -102,6 +107,7 @@ impl Refusal {
             Refusal::Ended(_) => "JOB_FINISHED",
             Refusal::NotDeletable(_) => "JOB_NOT_DELETABLE",
             Refusal::TakesNoItems(_) => "JOB_TAKES_NO_ITEMS",
+            Refusal::ItemsNotCancellable(_) => "JOB_ITEMS_NOT_CANCELLABLE",
         }
     }
 }
@@ -123,6 +129,17 @@ pub fn growable(state: JobState) -> Result<(), Refusal> {
     match state {
         JobState::Running | JobState::Pausing | JobState::Paused => Ok(()),
         _ => Err(Refusal::TakesNoItems(state)),
+    }
+}
+
+/// Whether chosen items of a job in `state` may be cancelled
+/// (CancelItems): while it runs, pauses or is paused. A job being
+/// cancelled cancels all its items anyway, and an ended job's items have
+/// ended.
+pub fn items_cancellable(state: JobState) -> Result<(), Refusal> {
+    match state {
+        JobState::Running | JobState::Pausing | JobState::Paused => Ok(()),
+        _ => Err(Refusal::ItemsNotCancellable(state)),
     }
 }
 
@@ -293,6 +310,23 @@ mod tests {
         assert_eq!(
             Refusal::TakesNoItems(S::Cancelling).reason_code(),
             "JOB_TAKES_NO_ITEMS"
+        );
+    }
+
+    #[test]
+    fn items_may_be_cancelled_one_by_one_until_the_job_ends_or_is_cancelled() {
+        for state in JobState::ALL {
+            let expected = match state {
+                S::Running | S::Pausing | S::Paused => Ok(()),
+                S::Cancelling | S::Cancelled | S::Succeeded | S::Failed => {
+                    Err(Refusal::ItemsNotCancellable(state))
+                }
+            };
+            assert_eq!(items_cancellable(state), expected, "CancelItems on {state}");
+        }
+        assert_eq!(
+            Refusal::ItemsNotCancellable(S::Succeeded).reason_code(),
+            "JOB_ITEMS_NOT_CANCELLABLE"
         );
     }
 

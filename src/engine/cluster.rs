@@ -735,6 +735,7 @@ impl Engine {
                     // A notice that does not say whether the job is open
                     // (an earlier version's) closes nothing.
                     items: Some((change.counts.total, change.open.unwrap_or(true))),
+                    cancelled: change.counts.cancelled,
                     reply,
                 },
                 Some(self.rt.config.control_timeout),

@@ -70,6 +70,19 @@ impl From<StoreError> for EngineError {
                      {limit}"
                 ),
             )]),
+            // CancelItems named an item the job does not hold.
+            StoreError::NoSuchItem {
+                field,
+                index,
+                total,
+            } => EngineError::InvalidArgument(vec![
+                crate::domain::CancelRefusal::OutOfRange {
+                    field,
+                    index,
+                    total,
+                }
+                .into(),
+            ]),
             unavailable @ StoreError::Unavailable(_) => EngineError::StoreUnavailable(unavailable),
             other => EngineError::Store(other),
         }

@@ -547,6 +547,63 @@ impl Engine {
         .await
     }
 
+    /// CancelItems: ends chosen items of a job that has not ended (see
+    /// [`Store::cancel_items`]: the store ends them at once, clearing
+    /// their leases), then tells its supervisor here, which drops them
+    /// from its queue and interrupts those running, or makes sure the
+    /// owner on another replica has seen the change (it learns of it from
+    /// the database, and looks for its items that were cancelled). Like
+    /// `add_items`, it runs to the end even if the caller gives up: a
+    /// committed change is never left unseen.
+    pub async fn cancel_items(
+        &self,
+        id: JobId,
+        input: crate::domain::NewSelection,
+        provenance: Provenance,
+    ) -> Result<crate::store::ItemsCancelled, EngineError> {
+        self.check_open()?;
+        let which =
+            crate::domain::ItemSelection::parse(input).map_err(EngineError::InvalidArgument)?;
+        let engine = self.clone();
+        self.detached("cancel items", async move {
+            let cancelled = match engine
+                .rt
+                .store
+                .cancel_items(
+                    id,
+                    &which,
+                    provenance.reason.as_deref(),
+                    provenance.requested_by.as_deref(),
+                )
+                .await
+            {
+                Ok(cancelled) => cancelled,
+                Err(StoreError::Conflict { current, .. }) => {
+                    return Err(Refusal::ItemsNotCancellable(current).into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            tracing::info!(job_id = %id, cancelled = cancelled.cancelled,
+                interrupted = cancelled.interrupted.len(), requested_by = ?provenance.requested_by,
+                reason = ?provenance.reason, "items cancelled");
+            if cancelled.cancelled > 0 {
+                let indexes = cancelled.interrupted.clone();
+                let waited = cancelled.waited.clone();
+                engine
+                    .setting_changed(Ok(cancelled.job.clone()), |reply| {
+                        SupervisorMsg::ItemsCancelled {
+                            indexes,
+                            waited,
+                            reply,
+                        }
+                    })
+                    .await?;
+            }
+            Ok(cancelled)
+        })
+        .await
+    }
+
     /// Changes how many items a job runs at once (1 to the limit), while
     /// it runs or is paused; the live supervisor adds workers or lets the
     /// extra ones finish their item and go.

@@ -15,6 +15,7 @@ use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
 };
+use tokio::sync::watch;
 
 /// What a worker holds, shared with its supervisor so a worker that dies
 /// does not take the knowledge of its item with it.
@@ -28,11 +29,32 @@ pub struct SlotItems {
     pub committing: u32,
     /// The slot is being removed (concurrency lowered): take nothing more.
     pub retired: bool,
+    /// The running item's own stop signal (CancelItems cancelled it): made
+    /// by whichever of the worker (as it starts the item) and the
+    /// supervisor (as it stops it) comes first, and dropped when the slot
+    /// takes its next item.
+    pub item_stop: Option<watch::Sender<bool>>,
 }
 
 impl SlotItems {
     pub fn busy(&self) -> bool {
         self.running.is_some() || self.committing > 0
+    }
+
+    /// The running item's stop signal, made if it has none yet.
+    pub fn item_stop(&mut self) -> &watch::Sender<bool> {
+        self.item_stop
+            .get_or_insert_with(|| watch::Sender::new(false))
+    }
+
+    /// Asks the running item to stop if `chosen` chooses it; returns
+    /// whether it did.
+    pub fn stop_if(&mut self, chosen: impl Fn(&ClaimedItem) -> bool) -> bool {
+        if !self.running.as_ref().is_some_and(chosen) {
+            return false;
+        }
+        self.item_stop().send_replace(true);
+        true
     }
 }
 
@@ -90,6 +112,7 @@ impl WorkQueue {
         let item = inner.items.pop_front()?;
         let seat = inner.seats.as_mut().and_then(Vec::pop);
         slot.running = Some(item.clone());
+        slot.item_stop = None;
         Some((item, seat))
     }
 
@@ -139,6 +162,25 @@ impl WorkQueue {
     pub fn drain(&self) -> Vec<ClaimedItem> {
         self.lock().items.drain(..).collect()
     }
+
+    /// Removes the waiting items `chosen` chooses: they were cancelled
+    /// after they were claimed, before any worker took them. Returns how
+    /// many were removed.
+    pub fn remove(&self, chosen: impl Fn(&ClaimedItem) -> bool) -> usize {
+        let mut inner = self.lock();
+        let before = inner.items.len();
+        inner.items.retain(|item| !chosen(item));
+        before - inner.items.len()
+    }
+
+    /// The waiting items, by index and lease.
+    pub fn claims(&self) -> Vec<(u32, i64)> {
+        self.lock()
+            .items
+            .iter()
+            .map(|item| (item.index, item.lease))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -170,5 +212,34 @@ mod tests {
         queue.set_open(false);
         assert!(queue.take_into(&current).is_none());
         assert_eq!(queue.drain().len(), 1);
+    }
+
+    #[test]
+    fn cancelled_items_leave_the_queue_and_stop_where_they_run() {
+        let queue = WorkQueue::default();
+        queue.set_open(true);
+        queue.push([item(1), item(2), item(3), item(4)]);
+        let current = Current::default();
+        assert_eq!(queue.take_into(&current).map(|(i, _)| i.index), Some(1));
+        // Item 1 runs; 2 and 4 wait and are dropped; 7 is not here.
+        assert_eq!(queue.claims(), [(2, 1), (3, 1), (4, 1)]);
+        assert_eq!(queue.remove(|i| [1, 2, 4, 7].contains(&i.index)), 2);
+        assert_eq!(queue.claims(), [(3, 1)]);
+        let mut slot = current.lock().unwrap();
+        let seen = slot.item_stop().subscribe();
+        assert!(!*seen.borrow());
+        assert!(!slot.stop_if(|i| i.index == 2), "not the running item");
+        assert!(!*seen.borrow());
+        assert!(slot.stop_if(|i| i.index == 1));
+        assert!(*seen.borrow());
+        drop(slot);
+        // The next item starts with no stop asked.
+        assert_eq!(queue.take_into(&current).map(|(i, _)| i.index), Some(3));
+        let mut slot = current.lock().unwrap();
+        assert!(!*slot.item_stop().subscribe().borrow());
+        // Asked before the worker made the signal: it finds it asked.
+        slot.item_stop = None;
+        assert!(slot.stop_if(|i| i.index == 3));
+        assert!(*slot.item_stop().subscribe().borrow());
     }
 }

@@ -455,6 +455,11 @@ fn approx_bytes(event: &JobEvent) -> usize {
             request_id,
             ..
         } => text(requested_by) + text(request_id),
+        EventBody::ItemsCancelled {
+            reason,
+            requested_by,
+            ..
+        } => text(reason) + text(requested_by),
         EventBody::OwnerChanged {
             owner,
             previous_owner,

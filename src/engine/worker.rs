@@ -260,7 +260,16 @@ async fn run_item(
         sink,
     )
     .with_progress(args.in_flight.clone())
-    .with_seat(seat);
+    .with_seat(seat)
+    // CancelItems stops this item alone through it (the supervisor finds
+    // it in the slot).
+    .with_item_stop(
+        args.current
+            .lock()
+            .expect("slot lock")
+            .item_stop()
+            .subscribe(),
+    );
     let result = args.handler.run(&mut ctx).instrument(span.clone()).await;
     args.in_flight.clear(item.index);
     // The reason the handler saw, if it saw one: a resume may have cleared

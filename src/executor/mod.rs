@@ -155,6 +155,9 @@ pub struct ItemContext {
     attempt: u32,
     checkpoint: Option<Vec<u8>>,
     stop: watch::Receiver<Option<StopReason>>,
+    /// This item's own stop signal (CancelItems cancelled it), if the
+    /// engine gave one: true asks the item to stop as cancelled.
+    item_stop: Option<watch::Receiver<bool>>,
     /// The last stop reason the handler was shown, so the outcome follows
     /// what the handler saw even if the signal changed since.
     observed: std::sync::Mutex<Option<StopReason>>,
@@ -206,6 +209,7 @@ impl ItemContext {
             attempt,
             checkpoint,
             stop,
+            item_stop: None,
             observed: std::sync::Mutex::new(None),
             sink,
             progress: None,
@@ -215,6 +219,14 @@ impl ItemContext {
             retry_after: None,
             seat: None,
         }
+    }
+
+    /// Gives this item a stop signal of its own, besides the job's: once
+    /// it turns true the item is asked to stop as cancelled
+    /// ([`StopReason::Cancel`]), whatever the job does.
+    pub fn with_item_stop(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.item_stop = Some(stop);
+        self
     }
 
     /// Runs this attempt in a remote worker's slot.
@@ -331,11 +343,21 @@ impl ItemContext {
         Ok(())
     }
 
-    /// Why the item should stop, if it should.
+    /// Why the item should stop, if it should. The item itself cancelled
+    /// is a cancel, whatever the job's signal says.
     pub fn stop_reason(&self) -> Option<StopReason> {
-        let reason = *self.stop.borrow();
+        let reason = if self.item_cancelled() {
+            Some(StopReason::Cancel)
+        } else {
+            *self.stop.borrow()
+        };
         self.observe(reason);
         reason
+    }
+
+    /// Whether the item's own stop signal asks it to stop.
+    fn item_cancelled(&self) -> bool {
+        self.item_stop.as_ref().is_some_and(|stop| *stop.borrow())
     }
 
     fn observe(&self, reason: Option<StopReason>) {
@@ -354,12 +376,33 @@ impl ItemContext {
         self.stop_reason().is_some()
     }
 
-    /// Resolves when the item is asked to stop (for `select!`).
+    /// Resolves when the item is asked to stop (for `select!`), by the
+    /// job's signal or its own.
     pub async fn stopped(&self) {
         let mut stop = self.stop.clone();
         // An error means the engine dropped the sender: stop as well.
-        if let Ok(reason) = stop.wait_for(|s| s.is_some()).await {
-            self.observe(*reason);
+        let job = async {
+            if let Ok(reason) = stop.wait_for(|s| s.is_some()).await {
+                self.observe(*reason);
+            }
+        };
+        let item = async {
+            match self.item_stop.clone() {
+                Some(mut own) => {
+                    // A dropped sender asks nothing of this item: only
+                    // the job's signal counts then.
+                    if own.wait_for(|cancelled| *cancelled).await.is_ok() {
+                        self.observe(Some(StopReason::Cancel));
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = job => {}
+            () = item => {}
         }
     }
 }

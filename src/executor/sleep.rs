@@ -173,4 +173,46 @@ mod tests {
         );
         assert!(err[0].description.contains("duration_ms, steps"));
     }
+
+    struct NoSink;
+
+    #[async_trait::async_trait]
+    impl crate::executor::CheckpointSink for NoSink {
+        async fn save(&self, _data: Vec<u8>) -> Result<(), crate::executor::CheckpointError> {
+            Ok(())
+        }
+    }
+
+    /// An item's own stop signal (CancelItems) interrupts it at once, as a
+    /// cancel, while the job's signal asks nothing.
+    #[tokio::test]
+    async fn an_item_stopped_alone_is_interrupted_as_cancelled() {
+        use crate::executor::StopReason;
+        use tokio::sync::watch;
+        let sleep = Sleep::parse(&params(&[("duration_ms", "60000"), ("steps", "2")])).unwrap();
+        let (_job_stop, job_rx) = watch::channel(None);
+        let (item_stop, item_rx) = watch::channel(false);
+        let mut ctx = ItemContext::new(
+            crate::domain::JobId::new(),
+            3,
+            "x".into(),
+            1,
+            None,
+            job_rx,
+            Arc::new(NoSink),
+        )
+        .with_item_stop(item_rx);
+        assert_eq!(ctx.stop_reason(), None);
+        let started = std::time::Instant::now();
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            item_stop.send_replace(true);
+        };
+        let (result, ()) = tokio::join!(sleep.run(&mut ctx), stop);
+        assert!(matches!(result, Err(ItemError::Interrupted)), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(ctx.observed_stop(), Some(StopReason::Cancel));
+        assert!(ctx.stop_requested());
+        assert_eq!(ctx.stop_reason(), Some(StopReason::Cancel));
+    }
 }

@@ -16,8 +16,8 @@ pub mod sqlite;
 pub use leases::Leases;
 
 use crate::domain::{
-    Command, Decision, Effect, EventBody, Item, ItemCounts, ItemPage, ItemState, Job, JobEvent,
-    JobId, JobSpec, JobState, PauseMode, Provenance, RateLimit, decide,
+    Command, Decision, Effect, EventBody, Item, ItemCounts, ItemPage, ItemSelection, ItemState,
+    Job, JobEvent, JobId, JobSpec, JobState, PauseMode, Provenance, RateLimit, decide,
     page::{ItemCursor, JobCursor},
 };
 use async_trait::async_trait;
@@ -52,6 +52,14 @@ pub enum StoreError {
     /// A page would take the job past the most items a job may hold.
     #[error("the job holds {total} items; {adding} more would pass the limit of {limit}")]
     TooManyItems { total: u64, adding: u64, limit: u64 },
+    /// CancelItems named an item past the job's items (`field`: the
+    /// request's `indexes` or `range`).
+    #[error("{field} names item {index}; the job holds {total} items")]
+    NoSuchItem {
+        field: &'static str,
+        index: u32,
+        total: u64,
+    },
     /// The job has not ended, so it may not be deleted.
     #[error("job is {0}; only an ended job may be deleted")]
     NotEnded(JobState),
@@ -214,6 +222,43 @@ impl From<crate::domain::PageRefusal> for StoreError {
                 total,
                 adding,
                 limit,
+            },
+        }
+    }
+}
+
+/// What [`Store::cancel_items`] did: the job as committed, and the items
+/// the call cancelled.
+#[derive(Debug, Clone)]
+pub struct ItemsCancelled {
+    pub job: Job,
+    /// How many items the call cancelled (those already ended are not
+    /// counted).
+    pub cancelled: u32,
+    /// The indexes of those that were running, ascending: their attempts
+    /// are to be interrupted.
+    pub interrupted: Vec<u32>,
+    /// The indexes of those that were pending with a retry's wait (over
+    /// or not), ascending: nothing is to be claimed for them.
+    pub waited: Vec<u32>,
+}
+
+impl From<crate::domain::CancelRefusal> for StoreError {
+    fn from(refusal: crate::domain::CancelRefusal) -> Self {
+        use crate::domain::CancelRefusal as R;
+        match refusal {
+            R::NotCancellable(current) => StoreError::Conflict {
+                expected: JobState::Running,
+                current,
+            },
+            R::OutOfRange {
+                field,
+                index,
+                total,
+            } => StoreError::NoSuchItem {
+                field,
+                index,
+                total,
             },
         }
     }
@@ -458,6 +503,22 @@ pub trait Store: Send + Sync + 'static {
         max_items: u64,
         requested_by: Option<&str>,
     ) -> Result<Added, StoreError>;
+
+    /// CancelItems: ends the items `which` chooses that are still pending
+    /// or running (in its states) CANCELLED, in one commit under the job's
+    /// row lock: their leases and retry waits cleared (a worker still
+    /// running one can write nothing more for it), the job's counters
+    /// moved, and an ItemsCancelled event appended, unless nothing was
+    /// cancelled (no event then). Only a RUNNING, PAUSING or PAUSED job
+    /// takes it (otherwise `Conflict` with its state), and only for items
+    /// it holds (otherwise `NoSuchItem`); either way nothing changes.
+    async fn cancel_items(
+        &self,
+        id: JobId,
+        which: &ItemSelection,
+        reason: Option<&str>,
+        requested_by: Option<&str>,
+    ) -> Result<ItemsCancelled, StoreError>;
 
     /// Applies `write` if the job is still in `write.from`, appending a
     /// StateChanged event; `Conflict` with the current state otherwise.

@@ -838,6 +838,97 @@ async fn items_added_through_any_replica_reach_the_owner() {
     r.stop().await;
 }
 
+/// CancelItems through a replica that does not own the job: the owner
+/// learns of it from the database, finds which of its items are cancelled
+/// and interrupts them at once (not at a checkpoint: these items have
+/// none), and acknowledges, so the call does not wait for the ack timeout.
+#[tokio::test]
+async fn items_cancelled_through_another_replica_are_interrupted_by_the_owner() {
+    let r = Replicas::start(2, "3s").await;
+    let mut first = r.client(0).await;
+    // Three items of a minute each, in one step; two at once.
+    let job = first
+        .start_job(sleep_job("cancel-items", 3, 2, 60_000, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let owner = r
+        .wait_owner(&job.id, Duration::from_secs(5), |_| true)
+        .await;
+    let running = |pool: PgPool, id: String| async move {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM items WHERE job_id = $1::uuid AND state = 1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        n
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(r.pool.clone(), job.id.clone()).await < 2 {
+        assert!(Instant::now() < deadline, "two items never ran");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut other = r.client(1 - owner).await;
+    let asked = Instant::now();
+    let done = other
+        .cancel_items(pb::CancelItemsRequest {
+            job_id: job.id.clone(),
+            indexes: vec![0],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((done.cancelled, done.interrupted), (1, vec![0]));
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "the owner acknowledged: {:?}",
+        asked.elapsed()
+    );
+    // Item 0's worker is free at once: it starts item 2.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let attempts: i32 =
+            sqlx::query_scalar("SELECT attempts FROM items WHERE job_id = $1::uuid AND idx = 2")
+                .bind(&job.id)
+                .fetch_one(&r.pool)
+                .await
+                .unwrap();
+        if attempts > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "item 0's worker was not freed: item 2 never started"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    other
+        .cancel_items(pb::CancelItemsRequest {
+            job_id: job.id.clone(),
+            range: Some(pb::ItemRange { first: 1, last: 2 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ended = wait_state(
+        &mut other,
+        &job.id,
+        pb::JobState::Succeeded,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(ended.counts.unwrap().cancelled, 3);
+    assert_eq!(r.assert_consistent(&job.id).await, (0, 3, 0));
+    assert_eq!(
+        r.owner(&job.id).await,
+        None,
+        "the owner let the ended job go"
+    );
+    r.stop().await;
+}
+
 /// RunJob for one name through different replicas at once makes one job:
 /// one call starts it, the others find it running; paused through one
 /// replica, a run through another resumes it.

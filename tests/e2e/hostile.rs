@@ -360,9 +360,10 @@ async fn watch_job_refuses_bad_requests_as_the_other_methods_do() {
 }
 
 /// Every method of the service, by path.
-const METHODS: [&str; 14] = [
+const METHODS: [&str; 15] = [
     "StartJob",
     "AddItems",
+    "CancelItems",
     "GetJob",
     "ListJobs",
     "ListJobItems",

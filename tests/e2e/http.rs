@@ -399,6 +399,27 @@ async fn every_route_answers_as_its_rpc_does() {
     assert_eq!(limited.json["policy"]["rateLimit"], 5);
     assert_eq!(limited.json["policy"]["ratePeriod"], "2s");
 
+    // CancelItems: item 3 (pending or running, by index), then an index
+    // past the job's items, refused naming the field.
+    let chosen = http
+        .post(
+            &format!("/v1/jobs/{id}:cancelItems"),
+            json!({"indexes": [3], "states": ["ITEM_STATE_PENDING", "ITEM_STATE_RUNNING"],
+                   "reason": "not needed"}),
+        )
+        .await;
+    assert_eq!(chosen.status, 200, "{:?}", chosen.json);
+    assert_eq!(chosen.json["cancelled"], 1);
+    assert_eq!(chosen.json["job"]["counts"]["cancelled"], "1");
+    let past = http
+        .post(
+            &format!("/v1/jobs/{id}:cancelItems"),
+            json!({"range": {"first": 2, "last": 9}}),
+        )
+        .await;
+    assert_eq!(past.status, 400, "{:?}", past.json);
+    assert_eq!(past.bad_fields(), ["range"]);
+
     // CancelJob, then DeleteJob.
     let cancelled = http
         .post(
@@ -730,6 +751,10 @@ async fn tokens_and_permissions_are_those_of_grpc() {
         (format!("/v1/jobs/{id}:pause"), json!({})),
         (format!("/v1/jobs/{id}:resume"), json!({})),
         (format!("/v1/jobs/{id}:cancel"), json!({})),
+        (
+            format!("/v1/jobs/{id}:cancelItems"),
+            json!({"indexes": [0]}),
+        ),
         (format!("/v1/jobs/{id}:retryFailedItems"), json!({})),
         (
             format!("/v1/jobs/{id}:setConcurrency"),

@@ -5,6 +5,7 @@
 //! client. Also the property tests of everything that parses caller input.
 
 mod add_items;
+mod cancel_items;
 mod control;
 mod controls;
 mod dashboard;

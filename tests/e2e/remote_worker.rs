@@ -806,3 +806,104 @@ async fn the_worker_command_connects_over_mtls_with_a_token_file() {
     assert_eq!(status.code(), Some(0));
     app.stop().await;
 }
+
+/// Items stopped, each with the reason its handler was shown.
+type Stops = Arc<Mutex<Vec<(u32, Option<jobvisor::executor::StopReason>)>>>;
+
+/// Waits for its item's stop, then says why it was asked to stop.
+#[derive(Clone, Default)]
+struct StopWitness {
+    stops: Stops,
+    started: Arc<Mutex<Vec<u32>>>,
+}
+
+impl Executor for StopWitness {
+    fn prepare(
+        &self,
+        _params: &BTreeMap<String, String>,
+    ) -> Result<Arc<dyn ItemHandler>, PrepareError> {
+        Ok(Arc::new(self.clone()))
+    }
+}
+
+#[async_trait::async_trait]
+impl ItemHandler for StopWitness {
+    async fn run(&self, ctx: &mut ItemContext) -> Result<(), ItemError> {
+        self.started.lock().unwrap().push(ctx.index());
+        ctx.stopped().await;
+        self.stops
+            .lock()
+            .unwrap()
+            .push((ctx.index(), ctx.stop_reason()));
+        Err(ItemError::Interrupted)
+    }
+}
+
+/// CancelItems on an item a remote worker runs: the worker is sent an
+/// interrupt with reason CANCEL for that item alone, its slot takes the
+/// next item, and the job ends once the others are cancelled too.
+#[tokio::test]
+async fn a_cancelled_item_is_interrupted_in_its_remote_worker_as_cancelled() {
+    use jobvisor::executor::StopReason;
+    let app = spawn_app().await;
+    let witness = StopWitness::default();
+    let worker = worker(app.addr, Arc::new(witness.clone()), 2).await;
+    let job = app.start(app.job("remote", 3, 2, &[])).await;
+    let started = |n: usize| {
+        let witness = witness.clone();
+        move || {
+            let witness = witness.clone();
+            async move { witness.started.lock().unwrap().len() == n }
+        }
+    };
+    app.eventually("items 0 and 1 in the worker", WITHIN, started(2))
+        .await;
+    let asked = Instant::now();
+    let done = app
+        .client
+        .clone()
+        .cancel_items(pb::CancelItemsRequest {
+            job_id: job.id.clone(),
+            indexes: vec![0],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.interrupted, [0]);
+    app.eventually("item 2 in the freed slot", WITHIN, started(3))
+        .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        *witness.stops.lock().unwrap(),
+        [(0, Some(StopReason::Cancel))],
+        "only item 0 was stopped, as cancelled"
+    );
+    app.client
+        .clone()
+        .cancel_items(pb::CancelItemsRequest {
+            job_id: job.id.clone(),
+            range: Some(pb::ItemRange { first: 1, last: 2 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ended = app.wait_for(&job.id, pb::JobState::Succeeded, WITHIN).await;
+    assert_eq!(ended.counts.unwrap().cancelled, 3);
+    let mut stops = witness.stops.lock().unwrap().clone();
+    stops.sort_unstable_by_key(|(index, _)| *index);
+    assert_eq!(
+        stops,
+        [
+            (0, Some(StopReason::Cancel)),
+            (1, Some(StopReason::Cancel)),
+            (2, Some(StopReason::Cancel))
+        ]
+    );
+    worker.drain(WITHIN).await.unwrap();
+    app.stop().await;
+}

@@ -612,6 +612,22 @@ async fn every_rpc(
         ));
     }
     out.push((
+        "CancelItems",
+        code(
+            client
+                .cancel_items(with_token(
+                    pb::CancelItemsRequest {
+                        job_id: id.clone(),
+                        indexes: vec![0],
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
         "CancelJob",
         code(
             client

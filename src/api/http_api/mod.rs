@@ -12,6 +12,7 @@
 //! | `DELETE /v1/jobs/{job_id}` | DeleteJob |
 //! | `GET /v1/jobs/{job_id}/items?states=…&page_size=…&page_token=…` | ListJobItems |
 //! | `POST /v1/jobs/{job_id}:addItems` | AddItems |
+//! | `POST /v1/jobs/{job_id}:cancelItems` | CancelItems |
 //! | `POST /v1/jobs/{job_id}:pause`, `:resume`, `:cancel`, `:retryFailedItems`, `:setConcurrency`, `:setRateLimit` | PauseJob, ResumeJob, CancelJob, RetryFailedItems, SetJobConcurrency, SetJobRateLimit |
 //! | `GET /v1/jobs/{job_id}/events` (`Last-Event-ID`, `?after=`) | WatchJob |
 //! | `GET /v1/me` | (none: who the caller is and what they may do) |
@@ -431,8 +432,9 @@ async fn list_items(
 }
 
 /// The custom methods on one job: `POST /v1/jobs/{job_id}:verb`.
-const JOB_METHODS: [(&str, &str); 7] = [
+const JOB_METHODS: [(&str, &str); 8] = [
     ("addItems", "AddItems"),
+    ("cancelItems", "CancelItems"),
     ("pause", "PauseJob"),
     ("resume", "ResumeJob"),
     ("cancel", "CancelJob"),

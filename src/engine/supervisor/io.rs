@@ -140,6 +140,49 @@ impl SupervisorState {
         });
     }
 
+    /// Multi-replica mode: CancelItems through another replica may have
+    /// cancelled items claimed here (the notice does not say which). Reads
+    /// the job's running items and reports those claimed here that are no
+    /// longer among them (`SupervisorMsg::Gone`). An item that ended here
+    /// meanwhile is reported too, and stopping it changes nothing.
+    pub(super) fn find_gone(&self, myself: &ActorRef<SupervisorMsg>) {
+        let mut ours = self.pool.running();
+        ours.extend(self.queue.claims());
+        if ours.is_empty() {
+            return;
+        }
+        let (store, job, me) = (self.rt.store.clone(), self.core.job, myself.clone());
+        tokio::spawn(async move {
+            let mut running = std::collections::BTreeSet::new();
+            let mut query = crate::store::ItemQuery {
+                job,
+                states: vec![crate::domain::ItemState::Running],
+                limit: 1000,
+                after: None,
+            };
+            loop {
+                match store.list_items(&query).await {
+                    Ok(page) => {
+                        running.extend(page.rows.iter().map(|i| i.index));
+                        match page.next {
+                            Some(next) => query.after = Some(next),
+                            None => break,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(job_id = %job, error = %e,
+                            "could not read the running items; cancelled ones stop at their next checkpoint");
+                        return;
+                    }
+                }
+            }
+            ours.retain(|(index, _)| !running.contains(index));
+            if !ours.is_empty() {
+                let _ = me.cast(SupervisorMsg::Gone(ours));
+            }
+        });
+    }
+
     /// Shutting down: release the items claimed but never started, then
     /// tell whoever asked and stop. The job stays as it is in the store.
     pub(super) fn finish_shutdown(&mut self, myself: &ActorRef<SupervisorMsg>) {

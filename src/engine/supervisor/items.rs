@@ -64,6 +64,17 @@ impl Core {
         self.auto_pause.is_some()
     }
 
+    /// Items were cancelled: those of `waited` (ascending) were waiting
+    /// for a retry's delay, and are not to be waited for any more (a job
+    /// whose last items they were finishes now, not once the delays end).
+    pub fn items_cancelled(&mut self, waited: &[u32]) {
+        let cancelled = |i: &u32| waited.binary_search(i).is_ok();
+        self.claims
+            .waiting
+            .retain(|(_, index)| !index.as_ref().is_some_and(cancelled));
+        self.claims.due.retain(|i| !cancelled(i));
+    }
+
     /// The wake-up set for `at` fired at `now`.
     pub fn woken(&mut self, at: Instant, now: Instant, out: &mut Vec<Action>) {
         out.extend(self.claims.woken(at, now).map(Action::WakeUpAt));
@@ -134,6 +145,22 @@ mod tests {
         // A resume clears the breaker: one failure does not trip it.
         c.changed(JobState::Running, 7, false, &mut Vec::new());
         assert!(!c.done(3, &failed, Duration::ZERO, now, &mut Vec::new()));
+    }
+
+    #[test]
+    fn cancelled_retries_are_not_waited_for() {
+        let mut c = core(JobState::Running);
+        let now = Instant::now();
+        exhausted(&mut c, now);
+        let later = now + Duration::from_secs(3600);
+        c.wait(Some(4), later, &mut Vec::new());
+        c.wait(Some(6), later, &mut Vec::new());
+        c.claims.due.insert(2);
+        assert!(!c.claims.all_taken());
+        c.items_cancelled(&[2, 4]);
+        assert!(!c.claims.all_taken(), "item 6 still waits");
+        c.items_cancelled(&[6]);
+        assert!(c.claims.all_taken(), "nothing left to wait for");
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub enum SupervisorMsg {
         /// The job's items in all, and whether it is open, if the notice
         /// said.
         items: Option<(u64, bool)>,
+        /// The job's cancelled items: more than last heard, CancelItems
+        /// may have cancelled items this supervisor runs.
+        cancelled: u64,
         reply: RpcReplyPort<bool>,
     },
     /// Items were added to the job, or it was closed (AddItems, committed
@@ -93,6 +96,20 @@ pub enum SupervisorMsg {
         open: bool,
         reply: RpcReplyPort<()>,
     },
+    /// Chosen items of the job were cancelled (CancelItems, committed
+    /// here: the store ended them and cleared their leases). `indexes`:
+    /// those that were running (claimed), to drop from the queue or
+    /// interrupt; `waited`: those that were waiting for a retry, not to be
+    /// waited for. Reply once the interrupts are sent.
+    ItemsCancelled {
+        indexes: Vec<u32>,
+        waited: Vec<u32>,
+        reply: RpcReplyPort<()>,
+    },
+    /// Multi-replica mode: items this supervisor had claimed (index and
+    /// lease) are no longer running in the store (CancelItems through
+    /// another replica): stop them, as for `ItemsCancelled`.
+    Gone(Vec<(u32, i64)>),
     /// Multi-replica mode: the lease is lost; stop at once, writing
     /// nothing more.
     Abandon,
@@ -183,6 +200,12 @@ pub struct SupervisorState {
     actions: Vec<Action>,
     /// Remote executors: how the worker hub hands this job its seats.
     deliver: Option<crate::executor::remote::hub::Deliver>,
+    /// Items cancelled while a claim was out (ascending): that claim may
+    /// have taken them before they were cancelled; they are not queued.
+    cancelled_in_claim: Vec<u32>,
+    /// Multi-replica mode: the job's cancelled items as last heard (a
+    /// notice with more makes it look for its items cancelled).
+    cancelled_seen: u64,
 }
 
 pub struct JobSupervisor;
@@ -255,6 +278,8 @@ impl Actor for JobSupervisor {
             backoff: job.policy.backoff(),
             actions: Vec::new(),
             deliver,
+            cancelled_in_claim: Vec::new(),
+            cancelled_seen: job.counts.cancelled,
         };
         st.queue.set_open(job.state == JobState::Running);
         for _ in 0..job.concurrency {
@@ -389,6 +414,16 @@ impl SupervisorState {
                 self.perform(myself);
                 let _ = reply.send(());
             }
+            SupervisorMsg::ItemsCancelled {
+                indexes,
+                waited,
+                reply,
+            } => {
+                self.items_cancelled(&indexes);
+                self.core.items_cancelled(&waited);
+                self.perform(myself);
+                let _ = reply.send(());
+            }
             SupervisorMsg::Grown { total, open, reply } => {
                 self.core.grown(total, open);
                 self.perform(myself);
@@ -401,6 +436,7 @@ impl SupervisorState {
                 rate,
                 interrupt,
                 items,
+                cancelled,
                 reply,
             } => {
                 let at = Committed {
@@ -411,6 +447,15 @@ impl SupervisorState {
                 let mut seen = self.core.observed(at, concurrency, rate, out);
                 if let Some((total, open)) = items {
                     seen.changed |= self.core.grown(total, open);
+                }
+                if cancelled > self.cancelled_seen {
+                    self.cancelled_seen = cancelled;
+                    seen.changed = true;
+                    // A job being cancelled or ended stops every item
+                    // anyway.
+                    if matches!(state, JobState::Running | JobState::Pausing) {
+                        self.find_gone(myself);
+                    }
                 }
                 if seen.applied && state == JobState::Cancelling {
                     self.cancel_asked = Some(Instant::now());
@@ -423,18 +468,29 @@ impl SupervisorState {
                     }
                 }
             }
+            SupervisorMsg::Gone(items) => {
+                let gone = |index: u32, lease: i64| items.contains(&(index, lease));
+                let dropped = self.queue.remove(|i| gone(i.index, i.lease));
+                let stopped = self.pool.stop_if(|i| gone(i.index, i.lease));
+                tracing::debug!(job_id = %self.core.job, dropped, stopped,
+                    "items cancelled elsewhere stopped");
+            }
             SupervisorMsg::Abandon => {
                 tracing::warn!(job_id = %self.core.job, "lease lost: stopping the job here");
                 self.core.abandon(out);
                 self.perform(myself);
             }
-            SupervisorMsg::Claimed(Ok(items)) => {
+            SupervisorMsg::Claimed(Ok(mut items)) => {
                 let last = items.last().map(|i| i.index);
                 self.core.claims.claimed(items.len(), last);
                 crate::metrics::items_claimed(&self.executor, items.len());
+                let cancelled = std::mem::take(&mut self.cancelled_in_claim);
+                items.retain(|i| cancelled.binary_search(&i.index).is_err());
                 self.queue.push(items);
             }
             SupervisorMsg::Claimed(Err(e)) => {
+                // Nothing was claimed: nothing to drop from it.
+                self.cancelled_in_claim.clear();
                 tracing::warn!(job_id = %self.core.job, error = %e, "claim failed");
                 self.core.claim_failed(out);
                 self.perform(myself);
@@ -507,6 +563,28 @@ impl SupervisorState {
             SupervisorMsg::Seated(seat) => self.queue.add_seat(seat),
         }
         None
+    }
+}
+
+impl SupervisorState {
+    /// CancelItems cancelled `indexes` (ascending), which were claimed:
+    /// those waiting in the queue leave it, and the workers running the
+    /// others are asked to stop them (their outcomes are refused: the
+    /// store cleared their leases). A claim out now may bring some of
+    /// them: they are dropped when it comes back.
+    fn items_cancelled(&mut self, indexes: &[u32]) {
+        if indexes.is_empty() {
+            return;
+        }
+        let cancelled = |index: u32| indexes.binary_search(&index).is_ok();
+        let dropped = self.queue.remove(|i| cancelled(i.index));
+        let stopped = self.pool.stop_if(|i| cancelled(i.index));
+        if self.core.claims.out.is_some() {
+            self.cancelled_in_claim.extend_from_slice(indexes);
+            self.cancelled_in_claim.sort_unstable();
+            self.cancelled_in_claim.dedup();
+        }
+        tracing::debug!(job_id = %self.core.job, dropped, stopped, "cancelled items stopped");
     }
 }
 

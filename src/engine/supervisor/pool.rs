@@ -7,6 +7,7 @@ use super::{
     SupervisorMsg, SupervisorState,
     state::{Core, Workers},
 };
+use crate::store::ClaimedItem;
 use crate::{
     domain::JobId,
     engine::{
@@ -50,6 +51,31 @@ impl Pool {
     /// Workers running, committing or recovering an item.
     pub fn in_flight(&self) -> usize {
         self.slots.iter().filter(|s| s.busy()).count()
+    }
+
+    /// Asks the workers running an item `chosen` chooses to stop it;
+    /// returns how many were.
+    pub fn stop_if(&self, chosen: impl Fn(&ClaimedItem) -> bool) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                s.current
+                    .lock()
+                    .expect("current item lock")
+                    .stop_if(&chosen)
+            })
+            .count()
+    }
+
+    /// The items the workers run, by index and lease.
+    pub fn running(&self) -> Vec<(u32, i64)> {
+        self.slots
+            .iter()
+            .filter_map(|s| {
+                let slot = s.current.lock().expect("current item lock");
+                slot.running.as_ref().map(|i| (i.index, i.lease))
+            })
+            .collect()
     }
 
     /// The slot of the worker `id`, if it is one of ours.

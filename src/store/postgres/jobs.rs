@@ -7,10 +7,12 @@ use super::{
 };
 use crate::{
     domain::{
-        Effect, EventBody, ItemPage, Job, JobId, JobPolicy, JobSpec, JobState, PauseMode,
-        Provenance, RateLimit,
+        Effect, EventBody, ItemPage, ItemSelection, ItemState, Job, JobId, JobPolicy, JobSpec,
+        JobState, PauseMode, Provenance, RateLimit, cancel::cancelled_event,
     },
-    store::{Added, Created, Lease, PruneLimits, Recovery, StoreError, TransitionWrite},
+    store::{
+        Added, Created, ItemsCancelled, Lease, PruneLimits, Recovery, StoreError, TransitionWrite,
+    },
 };
 use sqlx::{PgConnection, PgPool, types::Json};
 use std::time::Duration;
@@ -205,6 +207,92 @@ pub(super) async fn add_items(
         job,
         first: grows.first as u32,
         count: grows.adding as u32,
+    })
+}
+
+/// CancelItems: see [`crate::store::Store::cancel_items`]. The job's row
+/// is locked first (the lock order of `batch.rs`): no item write, claim or
+/// transition of the job runs meanwhile, and the choice is checked against
+/// the state and the items counted under that lock.
+pub(super) async fn cancel_items(
+    pool: &PgPool,
+    id: JobId,
+    which: &ItemSelection,
+    reason: Option<&str>,
+    requested_by: Option<&str>,
+) -> Result<ItemsCancelled, StoreError> {
+    let mut tx = pool.begin().await.map_err(db_error)?;
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT state, total_items FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    let Some((state, total)) = row else {
+        return Err(StoreError::NotFound(id));
+    };
+    which.check(job_state(&state)?, total.max(0) as u64)?;
+    let (first, last) = which.bounds();
+    let indexes: Option<Vec<i32>> = which
+        .indexes()
+        .map(|indexes| indexes.iter().map(|&i| i as i32).collect());
+    // The chosen items as they were, then ended: a statement's snapshot
+    // sees them before its own update.
+    let ended: Vec<(i32, i16, bool)> = sqlx::query_as(
+        "WITH chosen AS ( \
+             SELECT idx, state, retry_at IS NOT NULL AS waited FROM items \
+              WHERE job_id = $1 AND idx BETWEEN $2 AND $3 AND state = ANY($4::int2[]) \
+                AND ($5::int4[] IS NULL OR idx = ANY($5::int4[])) \
+                FOR UPDATE), \
+         ended AS ( \
+             UPDATE items AS i SET state = 4, lease = NULL, retry_at = NULL, updated_at = now() \
+               FROM chosen AS c WHERE i.job_id = $1 AND i.idx = c.idx \
+             RETURNING c.idx, c.state, c.waited) \
+         SELECT idx, state, waited FROM ended ORDER BY idx",
+    )
+    .bind(id.0)
+    .bind(first as i32)
+    .bind(last as i32)
+    .bind(which.state_codes())
+    .bind(indexes)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let cancelled: Vec<u32> = ended.iter().map(|&(i, _, _)| i as u32).collect();
+    let running = ItemState::Running.code();
+    let interrupted: Vec<u32> = ended
+        .iter()
+        .filter(|&&(_, state, _)| state == running)
+        .map(|&(i, _, _)| i as u32)
+        .collect();
+    let waited: Vec<u32> = ended
+        .iter()
+        .filter(|&&(_, state, waited)| state != running && waited)
+        .map(|&(i, _, _)| i as u32)
+        .collect();
+    if let Some(event) = cancelled_event(&cancelled, reason, requested_by) {
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET running_items = running_items - $2, \
+             cancelled_items = cancelled_items + $3, last_seq = last_seq + 1, \
+             updated_at = now() WHERE id = $1 RETURNING last_seq",
+        )
+        .bind(id.0)
+        .bind(interrupted.len() as i64)
+        .bind(cancelled.len() as i64)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        insert_event(&mut tx, id, seq, &event).await?;
+    }
+    let job = rows::fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(ItemsCancelled {
+        job,
+        cancelled: cancelled.len() as u32,
+        interrupted,
+        waited,
     })
 }
 

@@ -295,6 +295,16 @@ impl Store for PgStore {
         jobs::add_items(&self.pool, id, page, max_items, requested_by).await
     }
 
+    async fn cancel_items(
+        &self,
+        id: JobId,
+        which: &crate::domain::ItemSelection,
+        reason: Option<&str>,
+        requested_by: Option<&str>,
+    ) -> Result<super::ItemsCancelled, StoreError> {
+        jobs::cancel_items(&self.pool, id, which, reason, requested_by).await
+    }
+
     async fn set_concurrency(
         &self,
         id: JobId,

@@ -11,10 +11,10 @@ use super::{
 };
 use crate::{
     domain::{
-        Effect, EventBody, ItemPage, Job, JobId, JobPolicy, JobSpec, JobState, PauseMode,
-        Provenance, RateLimit,
+        Effect, EventBody, ItemPage, ItemSelection, ItemState, Job, JobId, JobPolicy, JobSpec,
+        JobState, PauseMode, Provenance, RateLimit, cancel::cancelled_event,
     },
-    store::{Added, Created, PruneLimits, StoreError, TransitionWrite},
+    store::{Added, Created, ItemsCancelled, PruneLimits, StoreError, TransitionWrite},
 };
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
@@ -233,6 +233,106 @@ pub(super) async fn add_items(
         job,
         first: grows.first as u32,
         count: grows.adding as u32,
+    })
+}
+
+/// CancelItems: see [`crate::store::Store::cancel_items`]. Under the
+/// store's write lock from the job's read to the commit.
+pub(super) async fn cancel_items(
+    pool: &SqlitePool,
+    id: JobId,
+    which: &ItemSelection,
+    reason: Option<&str>,
+    requested_by: Option<&str>,
+) -> Result<ItemsCancelled, StoreError> {
+    let mut tx = begin_write(pool).await?;
+    let current = current_state(&mut tx, id).await?;
+    let total: i64 = sqlx::query_scalar("SELECT total_items FROM jobs WHERE id = ?1")
+        .bind(id.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    which.check(current, total.max(0) as u64)?;
+    let (first, last) = which.bounds();
+    // The lists go in as JSON arrays: a call may name 100,000 indexes,
+    // more than a statement has variables.
+    let states = serde_json::to_string(&which.state_codes())
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+    let indexes = which
+        .indexes()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+    macro_rules! chosen {
+        () => {
+            "job_id = ?1 AND idx BETWEEN ?2 AND ?3 \
+             AND state IN (SELECT value FROM json_each(?4)) \
+             AND (?5 IS NULL OR idx IN (SELECT value FROM json_each(?5)))"
+        };
+    }
+    let chosen: Vec<(i64, i64, bool)> = sqlx::query_as(concat!(
+        "SELECT idx, state, retry_at IS NOT NULL FROM items WHERE ",
+        chosen!(),
+        " ORDER BY idx"
+    ))
+    .bind(id.0)
+    .bind(i64::from(first))
+    .bind(i64::from(last))
+    .bind(&states)
+    .bind(&indexes)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let cancelled: Vec<u32> = chosen.iter().map(|&(i, _, _)| i as u32).collect();
+    let running = i64::from(ItemState::Running.code());
+    let interrupted: Vec<u32> = chosen
+        .iter()
+        .filter(|&&(_, state, _)| state == running)
+        .map(|&(i, _, _)| i as u32)
+        .collect();
+    let waited: Vec<u32> = chosen
+        .iter()
+        .filter(|&&(_, state, waited)| state != running && waited)
+        .map(|&(i, _, _)| i as u32)
+        .collect();
+    if let Some(event) = cancelled_event(&cancelled, reason, requested_by) {
+        let at = micros(now());
+        sqlx::query(concat!(
+            "UPDATE items SET state = 4, lease = NULL, retry_at = NULL, updated_at = ?6 WHERE ",
+            chosen!()
+        ))
+        .bind(id.0)
+        .bind(i64::from(first))
+        .bind(i64::from(last))
+        .bind(&states)
+        .bind(&indexes)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET running_items = running_items - ?2, \
+             cancelled_items = cancelled_items + ?3, last_seq = last_seq + 1, updated_at = ?4 \
+             WHERE id = ?1 RETURNING last_seq",
+        )
+        .bind(id.0)
+        .bind(interrupted.len() as i64)
+        .bind(cancelled.len() as i64)
+        .bind(at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        insert_event(&mut tx, id, seq, at, &event).await?;
+    }
+    let job = fetch_job(&mut tx, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(ItemsCancelled {
+        job,
+        cancelled: cancelled.len() as u32,
+        interrupted,
+        waited,
     })
 }
 

@@ -169,6 +169,16 @@ impl Store for SqliteStore {
         jobs::add_items(&self.write, id, page, max_items, requested_by).await
     }
 
+    async fn cancel_items(
+        &self,
+        id: JobId,
+        which: &crate::domain::ItemSelection,
+        reason: Option<&str>,
+        requested_by: Option<&str>,
+    ) -> Result<crate::store::ItemsCancelled, StoreError> {
+        jobs::cancel_items(&self.write, id, which, reason, requested_by).await
+    }
+
     async fn set_concurrency(
         &self,
         id: JobId,

@@ -2,6 +2,7 @@
 //! each store to. Every scenario is `async fn(Arc<dyn Store>)` and knows
 //! nothing of which store it runs on.
 
+pub mod cancelling;
 pub mod claims;
 pub mod control;
 pub mod counting;

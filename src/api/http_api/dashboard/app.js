@@ -397,7 +397,7 @@ async function jobView(id) {
       job.state = event.stateChanged.to;
       draw();
       refetch(); // the pause history and what may be done now
-    } else if (kind === "concurrencyChanged" || kind === "itemsAdded") {
+    } else if (kind === "concurrencyChanged" || kind === "itemsAdded" || kind === "itemsCancelled") {
       refetch();
     }
   });

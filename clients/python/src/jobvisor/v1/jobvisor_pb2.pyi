@@ -182,6 +182,38 @@ class RetryFailedItemsRequest(_message.Message):
     request_id: str
     def __init__(self, job_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class CancelItemsRequest(_message.Message):
+    __slots__ = ("job_id", "indexes", "range", "states", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEXES_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    indexes: _containers.RepeatedScalarFieldContainer[int]
+    range: ItemRange
+    states: _containers.RepeatedScalarFieldContainer[ItemState]
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., indexes: _Optional[_Iterable[int]] = ..., range: _Optional[_Union[ItemRange, _Mapping]] = ..., states: _Optional[_Iterable[_Union[ItemState, str]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ItemRange(_message.Message):
+    __slots__ = ("first", "last")
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    first: int
+    last: int
+    def __init__(self, first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
+
+class CancelItemsResponse(_message.Message):
+    __slots__ = ("job", "cancelled", "interrupted")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    cancelled: int
+    interrupted: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., cancelled: _Optional[int] = ..., interrupted: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class SetJobRateLimitRequest(_message.Message):
     __slots__ = ("job_id", "rate_limit", "rate_period", "request_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -542,7 +574,7 @@ class Item(_message.Message):
     def __init__(self, index: _Optional[int] = ..., payload: _Optional[str] = ..., state: _Optional[_Union[ItemState, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., checkpoint: _Optional[bytes] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[str] = ..., retry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., skip_reason: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("sequence", "time", "snapshot", "state_changed", "item_failed", "worker_restarted", "progress", "concurrency_changed", "owner_changed", "rate_limit_changed", "items_added")
+    __slots__ = ("sequence", "time", "snapshot", "state_changed", "item_failed", "worker_restarted", "progress", "concurrency_changed", "owner_changed", "rate_limit_changed", "items_added", "items_cancelled")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -554,6 +586,7 @@ class JobEvent(_message.Message):
     OWNER_CHANGED_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_CHANGED_FIELD_NUMBER: _ClassVar[int]
     ITEMS_ADDED_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_CANCELLED_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     snapshot: Job
@@ -565,7 +598,22 @@ class JobEvent(_message.Message):
     owner_changed: OwnerChanged
     rate_limit_changed: RateLimitChanged
     items_added: ItemsAdded
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[_Union[Job, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., item_failed: _Optional[_Union[ItemFailed, _Mapping]] = ..., worker_restarted: _Optional[_Union[WorkerRestarted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., concurrency_changed: _Optional[_Union[ConcurrencyChanged, _Mapping]] = ..., owner_changed: _Optional[_Union[OwnerChanged, _Mapping]] = ..., rate_limit_changed: _Optional[_Union[RateLimitChanged, _Mapping]] = ..., items_added: _Optional[_Union[ItemsAdded, _Mapping]] = ...) -> None: ...
+    items_cancelled: ItemsCancelled
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[_Union[Job, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., item_failed: _Optional[_Union[ItemFailed, _Mapping]] = ..., worker_restarted: _Optional[_Union[WorkerRestarted, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., concurrency_changed: _Optional[_Union[ConcurrencyChanged, _Mapping]] = ..., owner_changed: _Optional[_Union[OwnerChanged, _Mapping]] = ..., rate_limit_changed: _Optional[_Union[RateLimitChanged, _Mapping]] = ..., items_added: _Optional[_Union[ItemsAdded, _Mapping]] = ..., items_cancelled: _Optional[_Union[ItemsCancelled, _Mapping]] = ...) -> None: ...
+
+class ItemsCancelled(_message.Message):
+    __slots__ = ("count", "first_index", "last_index", "reason", "requested_by")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LAST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    first_index: int
+    last_index: int
+    reason: str
+    requested_by: str
+    def __init__(self, count: _Optional[int] = ..., first_index: _Optional[int] = ..., last_index: _Optional[int] = ..., reason: _Optional[str] = ..., requested_by: _Optional[str] = ...) -> None: ...
 
 class ItemsAdded(_message.Message):
     __slots__ = ("first_index", "count", "closed", "requested_by", "request_id")

@@ -85,6 +85,11 @@ class JobServiceStub:
                 request_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.RetryFailedItemsRequest.SerializeToString,
                 response_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.Job.FromString,
                 _registered_method=True)
+        self.CancelItems = channel.unary_unary(
+                '/jobvisor.v1.JobService/CancelItems',
+                request_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.CancelItemsRequest.SerializeToString,
+                response_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.CancelItemsResponse.FromString,
+                _registered_method=True)
         self.SetJobConcurrency = channel.unary_unary(
                 '/jobvisor.v1.JobService/SetJobConcurrency',
                 request_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.SetJobConcurrencyRequest.SerializeToString,
@@ -217,6 +222,24 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelItems(self, request, context):
+        """Cancels chosen items of a job that has not ended (RUNNING, PAUSING or
+        PAUSED), leaving the others alone: by `indexes`, or by `range`, of
+        those only the items in `states`. Pending ones end CANCELLED at once;
+        running ones end CANCELLED too, and their attempts are interrupted
+        (nothing they do later changes the item). Items already ended are
+        left alone, so a repeated call cancels nothing more. Cancelled items
+        are not retried by RetryFailedItems, and the job ends as usual once
+        its other items are done. At most 100,000 indexes per call; an index
+        or range past the job's items is refused (INVALID_ARGUMENT naming
+        `indexes` or `range`) and nothing changes. A job being cancelled or
+        ended: FAILED_PRECONDITION (JOB_ITEMS_NOT_CANCELLABLE). Needs the
+        `control` permission.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetJobConcurrency(self, request, context):
         """Changes how many items a job runs at once, while it runs or is paused.
         Scaling down lets items in flight finish; nothing is lost.
@@ -322,6 +345,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.RetryFailedItems,
                     request_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.RetryFailedItemsRequest.FromString,
                     response_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.Job.SerializeToString,
+            ),
+            'CancelItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelItems,
+                    request_deserializer=jobvisor_dot_v1_dot_jobvisor__pb2.CancelItemsRequest.FromString,
+                    response_serializer=jobvisor_dot_v1_dot_jobvisor__pb2.CancelItemsResponse.SerializeToString,
             ),
             'SetJobConcurrency': grpc.unary_unary_rpc_method_handler(
                     servicer.SetJobConcurrency,
@@ -620,6 +648,33 @@ class JobService:
             '/jobvisor.v1.JobService/RetryFailedItems',
             jobvisor_dot_v1_dot_jobvisor__pb2.RetryFailedItemsRequest.SerializeToString,
             jobvisor_dot_v1_dot_jobvisor__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobvisor.v1.JobService/CancelItems',
+            jobvisor_dot_v1_dot_jobvisor__pb2.CancelItemsRequest.SerializeToString,
+            jobvisor_dot_v1_dot_jobvisor__pb2.CancelItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,
