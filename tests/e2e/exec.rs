@@ -2,7 +2,7 @@
 //! exit codes, timeouts, checkpoints across an immediate pause, and no
 //! process left behind.
 
-use super::harness::{SECS, TestApp, spawn_app};
+use super::harness::{Options, SECS, StoreKind, TestApp, spawn_app, spawn_app_with};
 use jobvisor::pb::{self, ItemState, JobState, PauseMode};
 use std::{path::Path, time::Duration};
 
@@ -69,8 +69,21 @@ async fn the_shell_example_runs_every_item_with_checkpoints() {
 /// reports counters of its own; the job sums them over the attempts that
 /// succeeded only, and a bad counter line is named in the item's error.
 #[tokio::test]
-async fn a_program_skips_what_is_done_and_counts_what_it_did() {
-    let app = spawn_app().await;
+async fn a_program_skips_what_is_done_and_counts_what_it_did_postgres() {
+    skips_and_counts(StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_program_skips_what_is_done_and_counts_what_it_did_embedded() {
+    skips_and_counts(StoreKind::Embedded).await;
+}
+
+async fn skips_and_counts(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let script = r#"
         case "$JOBVISOR_ITEM" in
           done) echo "@skip out/done.mp4 exists"; echo "@count skipped 1" ;;
