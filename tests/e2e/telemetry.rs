@@ -290,6 +290,54 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {prefix} in:\n{text}"))
 }
 
+/// The executors' own counters in the metrics: by executor and counter
+/// name (not by job), counted for the attempts that succeeded only.
+#[tokio::test]
+async fn counters_are_totals_by_executor_in_the_metrics() {
+    let metrics_port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let server = Server::start(&["--metrics-listen", &listen, "--allow-exec"], &[]).await;
+    let mut client = server.client().await;
+    // Each item counts 5 frames; item-2 counts 100 on its first attempt
+    // and fails it.
+    let script = r#"echo "@count frames 5"
+        if [ "$JOBVISOR_ITEM" = item-2 ] && [ "$JOBVISOR_ATTEMPT" = 1 ]; then
+          echo "@count frames 100"; exit 1
+        fi"#;
+    let request = pb::StartJobRequest {
+        name: "counted".into(),
+        executor: "exec".into(),
+        items: (0..4).map(|i| format!("item-{i}")).collect(),
+        concurrency: 2,
+        max_attempts: 2,
+        params: [
+            ("command".to_string(), "sh".to_string()),
+            (
+                "args".into(),
+                serde_json::to_string(&["-c", script]).unwrap(),
+            ),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let job = run_job(&mut client, tonic::Request::new(request)).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32);
+    assert_eq!(job.counters.get("frames"), Some(&20));
+    let text = scrape(SocketAddr::from(([127, 0, 0, 1], metrics_port))).await;
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("jobvisor_item_counter_total{")
+                && l.contains("executor=\"exec\"")
+                && l.contains("counter=\"frames\"")
+        })
+        .unwrap_or_else(|| panic!("no counter metric in:\n{text}"));
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(value, 20.0, "{line}");
+    assert!(!text.contains(&job.id), "the metric has no per-job series");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_match_the_job_and_logs_carry_its_id() {
     let metrics_port = free_port().unwrap();
