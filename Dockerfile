@@ -37,12 +37,14 @@ USER 65532:65532
 # The nonroot user's home, writable: where the embedded store goes
 # (./jobvisor-data) when no DATABASE_URL is given.
 WORKDIR /home/nonroot
-# gRPC (JobService, health, reflection) and Prometheus metrics, on every
-# interface (the binary alone binds loopback). Plaintext on such an address
-# refuses to start: give JOBVISOR_TLS_CERT and JOBVISOR_TLS_KEY, or
-# JOBVISOR_INSECURE=true behind a mesh that encrypts (the chart does).
+# gRPC (JobService, health, reflection), Prometheus metrics and the
+# HTTP/JSON API with the dashboard, on every interface (the binary alone
+# binds loopback). Plaintext on such an address refuses to start: give
+# JOBVISOR_TLS_CERT and JOBVISOR_TLS_KEY, or JOBVISOR_INSECURE=true behind a
+# mesh that encrypts (the chart does).
 ENV JOBVISOR_LISTEN=0.0.0.0:50051 \
-    JOBVISOR_METRICS_LISTEN=0.0.0.0:9464
-EXPOSE 50051 9464
+    JOBVISOR_METRICS_LISTEN=0.0.0.0:9464 \
+    JOBVISOR_HTTP_LISTEN=0.0.0.0:8080
+EXPOSE 50051 9464 8080
 ENTRYPOINT ["/jobvisor"]
 CMD ["serve"]

@@ -505,6 +505,7 @@ fn the_image_runs_jobvisor_as_a_non_root_user() {
     for setting in [
         "JOBVISOR_LISTEN=0.0.0.0:50051",
         "JOBVISOR_METRICS_LISTEN=0.0.0.0:9464",
+        "JOBVISOR_HTTP_LISTEN=0.0.0.0:8080",
     ] {
         assert!(env.contains(setting), "Dockerfile: ENV {setting} ({env:?})");
     }
@@ -519,7 +520,7 @@ fn the_image_runs_jobvisor_as_a_non_root_user() {
         .collect();
     assert_eq!(
         exposed,
-        BTreeSet::from(["50051", "9464"]),
+        BTreeSet::from(["50051", "9464", "8080"]),
         "Dockerfile: EXPOSE"
     );
     let copies: Vec<&&str> = last.iter().filter(|l| l.starts_with("COPY")).collect();

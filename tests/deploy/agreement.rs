@@ -117,7 +117,7 @@ fn the_rendered_container_sets_only_settings_jobvisor_serve_reads_and_accepts() 
 #[test]
 fn rendered_probes_ports_and_selectors_agree() {
     let liveness = jobvisor::server::LIVENESS;
-    for (name, _, report) in rendering() {
+    for (name, values, report) in rendering() {
         let env = env(report);
         let container = container(report);
         let ports: BTreeMap<&str, i64> = container["ports"]
@@ -131,13 +131,20 @@ fn rendered_probes_ports_and_selectors_agree() {
                 )
             })
             .collect();
-        assert_eq!(
-            ports,
-            BTreeMap::from([("grpc", 50051), ("metrics", 9464)]),
-            "{name}"
-        );
+        // The HTTP API's port unless a case turns it off.
+        let http = values["httpApi"].as_bool() != Some(false);
+        let mut expected = BTreeMap::from([("grpc", 50051), ("metrics", 9464)]);
+        if http {
+            expected.insert("http", 8080);
+        }
+        assert_eq!(ports, expected, "{name}");
         assert_eq!(env["JOBVISOR_LISTEN"]["value"], "0.0.0.0:50051");
         assert_eq!(env["JOBVISOR_METRICS_LISTEN"]["value"], "0.0.0.0:9464");
+        assert_eq!(
+            env["JOBVISOR_HTTP_LISTEN"]["value"],
+            if http { "0.0.0.0:8080" } else { "off" },
+            "{name}"
+        );
         for (probe, service) in [
             ("startupProbe", liveness),
             ("livenessProbe", liveness),
@@ -170,7 +177,11 @@ fn rendered_probes_ports_and_selectors_agree() {
         assert_eq!(service["spec"]["type"], "ClusterIP");
         selects_the_pods(&service["spec"]["selector"], "Service");
         let service_ports = service["spec"]["ports"].as_array().unwrap();
-        assert_eq!(service_ports.len(), 2, "{name}: the grpc and metrics ports");
+        assert_eq!(
+            service_ports.len(),
+            expected.len(),
+            "{name}: the Service has the pods' ports"
+        );
         for port in service_ports {
             let port_name = port["name"].as_str().unwrap();
             assert_eq!(

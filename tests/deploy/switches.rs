@@ -40,6 +40,7 @@ pub(super) fn matrix() -> Vec<(&'static str, Value)> {
             json!({"serviceMonitor": {"enabled": true, "interval": "15s", "labels": {"release": "prometheus"}}}),
         ),
         ("retention", json!({"retention": "30d"})),
+        ("no HTTP API", json!({"httpApi": false})),
         ("exec", json!({"exec": {"enabled": true}})),
         (
             "exec, some commands",
