@@ -187,6 +187,36 @@ impl ItemSelection {
     }
 }
 
+/// The items one call ended, sorted as its answer and the owner need
+/// them: both stores build it from the rows they ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndedItems {
+    /// Every item the call cancelled, ascending.
+    pub cancelled: Vec<u32>,
+    /// Those that were running: their attempts are to be interrupted.
+    pub interrupted: Vec<u32>,
+    /// Those that were pending with a retry's wait: nothing is to be
+    /// claimed for them.
+    pub waited: Vec<u32>,
+}
+
+impl EndedItems {
+    /// From each ended item, ascending: its index, whether it was running,
+    /// and whether it waited for a retry.
+    pub fn of(items: impl IntoIterator<Item = (u32, bool, bool)>) -> EndedItems {
+        let mut ended = EndedItems::default();
+        for (index, running, waited) in items {
+            ended.cancelled.push(index);
+            if running {
+                ended.interrupted.push(index);
+            } else if waited {
+                ended.waited.push(index);
+            }
+        }
+        ended
+    }
+}
+
 /// The event of a call that cancelled `cancelled` (ascending); none when
 /// it cancelled nothing (no event then).
 pub fn cancelled_event(
@@ -207,6 +237,15 @@ pub fn cancelled_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ended_items_are_sorted_by_what_they_were() {
+        let ended = EndedItems::of([(1, false, false), (3, true, false), (4, false, true)]);
+        assert_eq!(ended.cancelled, [1, 3, 4]);
+        assert_eq!(ended.interrupted, [3]);
+        assert_eq!(ended.waited, [4]);
+        assert_eq!(EndedItems::of([]), EndedItems::default());
+    }
 
     fn parse(
         indexes: Vec<u32>,

@@ -243,6 +243,18 @@ pub struct ItemsCancelled {
     pub waited: Vec<u32>,
 }
 
+impl ItemsCancelled {
+    /// The answer of a call that ended `ended`, with the job as committed.
+    pub fn new(job: Job, ended: crate::domain::cancel::EndedItems) -> Self {
+        ItemsCancelled {
+            job,
+            cancelled: ended.cancelled.len() as u32,
+            interrupted: ended.interrupted,
+            waited: ended.waited,
+        }
+    }
+}
+
 impl From<crate::domain::CancelRefusal> for StoreError {
     fn from(refusal: crate::domain::CancelRefusal) -> Self {
         use crate::domain::CancelRefusal as R;

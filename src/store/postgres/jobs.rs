@@ -8,7 +8,8 @@ use super::{
 use crate::{
     domain::{
         Effect, EventBody, ItemPage, ItemSelection, ItemState, Job, JobId, JobPolicy, JobSpec,
-        JobState, PauseMode, Provenance, RateLimit, cancel::cancelled_event,
+        JobState, PauseMode, Provenance, RateLimit,
+        cancel::{EndedItems, cancelled_event},
     },
     store::{
         Added, Created, ItemsCancelled, Lease, PruneLimits, Recovery, StoreError, TransitionWrite,
@@ -258,27 +259,21 @@ pub(super) async fn cancel_items(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_error)?;
-    let cancelled: Vec<u32> = ended.iter().map(|&(i, _, _)| i as u32).collect();
     let running = ItemState::Running.code();
-    let interrupted: Vec<u32> = ended
-        .iter()
-        .filter(|&&(_, state, _)| state == running)
-        .map(|&(i, _, _)| i as u32)
-        .collect();
-    let waited: Vec<u32> = ended
-        .iter()
-        .filter(|&&(_, state, waited)| state != running && waited)
-        .map(|&(i, _, _)| i as u32)
-        .collect();
-    if let Some(event) = cancelled_event(&cancelled, reason, requested_by) {
+    let ended = EndedItems::of(
+        ended
+            .into_iter()
+            .map(|(i, state, waited)| (i as u32, state == running, waited)),
+    );
+    if let Some(event) = cancelled_event(&ended.cancelled, reason, requested_by) {
         let seq: i64 = sqlx::query_scalar(
             "UPDATE jobs SET running_items = running_items - $2, \
              cancelled_items = cancelled_items + $3, last_seq = last_seq + 1, \
              updated_at = now() WHERE id = $1 RETURNING last_seq",
         )
         .bind(id.0)
-        .bind(interrupted.len() as i64)
-        .bind(cancelled.len() as i64)
+        .bind(ended.interrupted.len() as i64)
+        .bind(ended.cancelled.len() as i64)
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -288,12 +283,7 @@ pub(super) async fn cancel_items(
         .await?
         .ok_or(StoreError::NotFound(id))?;
     tx.commit().await.map_err(db_error)?;
-    Ok(ItemsCancelled {
-        job,
-        cancelled: cancelled.len() as u32,
-        interrupted,
-        waited,
-    })
+    Ok(ItemsCancelled::new(job, ended))
 }
 
 /// The live exclusive job that holds `name` (a start lost the race to

@@ -12,7 +12,8 @@ use super::{
 use crate::{
     domain::{
         Effect, EventBody, ItemPage, ItemSelection, ItemState, Job, JobId, JobPolicy, JobSpec,
-        JobState, PauseMode, Provenance, RateLimit, cancel::cancelled_event,
+        JobState, PauseMode, Provenance, RateLimit,
+        cancel::{EndedItems, cancelled_event},
     },
     store::{Added, Created, ItemsCancelled, PruneLimits, StoreError, TransitionWrite},
 };
@@ -283,19 +284,13 @@ pub(super) async fn cancel_items(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_error)?;
-    let cancelled: Vec<u32> = chosen.iter().map(|&(i, _, _)| i as u32).collect();
     let running = i64::from(ItemState::Running.code());
-    let interrupted: Vec<u32> = chosen
-        .iter()
-        .filter(|&&(_, state, _)| state == running)
-        .map(|&(i, _, _)| i as u32)
-        .collect();
-    let waited: Vec<u32> = chosen
-        .iter()
-        .filter(|&&(_, state, waited)| state != running && waited)
-        .map(|&(i, _, _)| i as u32)
-        .collect();
-    if let Some(event) = cancelled_event(&cancelled, reason, requested_by) {
+    let ended = EndedItems::of(
+        chosen
+            .into_iter()
+            .map(|(i, state, waited)| (i as u32, state == running, waited)),
+    );
+    if let Some(event) = cancelled_event(&ended.cancelled, reason, requested_by) {
         let at = micros(now());
         sqlx::query(concat!(
             "UPDATE items SET state = 4, lease = NULL, retry_at = NULL, updated_at = ?6 WHERE ",
@@ -316,8 +311,8 @@ pub(super) async fn cancel_items(
              WHERE id = ?1 RETURNING last_seq",
         )
         .bind(id.0)
-        .bind(interrupted.len() as i64)
-        .bind(cancelled.len() as i64)
+        .bind(ended.interrupted.len() as i64)
+        .bind(ended.cancelled.len() as i64)
         .bind(at)
         .fetch_one(&mut *tx)
         .await
@@ -328,12 +323,7 @@ pub(super) async fn cancel_items(
         .await?
         .ok_or(StoreError::NotFound(id))?;
     tx.commit().await.map_err(db_error)?;
-    Ok(ItemsCancelled {
-        job,
-        cancelled: cancelled.len() as u32,
-        interrupted,
-        waited,
-    })
+    Ok(ItemsCancelled::new(job, ended))
 }
 
 pub(super) async fn insert_event(
