@@ -415,9 +415,13 @@ impl Watcher {
                             // stream sent, not the newest the hub knows
                             // of (which may not have been read yet): a
                             // client that resumes from it misses nothing.
-                            let mut item =
-                                progress_of(&self.known, self.cursor, partial, &mut self.rate);
-                            item.counters = counters;
+                            let item = progress_of(
+                                &self.known,
+                                self.cursor,
+                                partial,
+                                counters,
+                                &mut self.rate,
+                            );
                             return Ok(Some(WatchBatch::One(WatchItem::Progress(item))));
                         }
                     }
@@ -515,7 +519,13 @@ impl Drop for Watcher {
     }
 }
 
-fn progress_of(pulse: &Pulse, seq: u64, in_flight_fraction: f64, rate: &mut Rate) -> Progress {
+fn progress_of(
+    pulse: &Pulse,
+    seq: u64,
+    in_flight_fraction: f64,
+    counters: crate::domain::Counters,
+    rate: &mut Rate,
+) -> Progress {
     let done = pulse.counts.ended() as f64 + in_flight_fraction;
     let per_second = rate.observe(done);
     let remaining =
@@ -529,7 +539,7 @@ fn progress_of(pulse: &Pulse, seq: u64, in_flight_fraction: f64, rate: &mut Rate
         in_flight_fraction,
         items_per_second: per_second,
         eta,
-        counters: Default::default(),
+        counters,
     }
 }
 
