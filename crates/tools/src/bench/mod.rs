@@ -545,6 +545,45 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU time used by the PostgreSQL backends serving one database, read
+/// from `/proc` (this runs on the database's machine): the backends'
+/// pids come from `pg_stat_activity`. A reading is a map pid → seconds;
+/// [`BackendCpu::since`] sums what each backend used after an earlier
+/// reading (a backend that started since counts from zero; one that ended
+/// in between is lost, which the server's pool, keeping its connections
+/// open, makes rare). Background processes (WAL writer, checkpointer,
+/// autovacuum) serve every database and are not counted.
+#[derive(Debug, Clone, Default)]
+pub struct BackendCpu(std::collections::HashMap<i32, f64>);
+
+impl BackendCpu {
+    pub async fn read(admin_url: &str, database: &str) -> anyhow::Result<BackendCpu> {
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .with_context(|| "cannot reach PostgreSQL (--database-url / DATABASE_URL)")?;
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+        )
+        .bind(database)
+        .fetch_all(&mut admin)
+        .await?;
+        let _ = admin.close().await;
+        Ok(BackendCpu(
+            pids.into_iter()
+                .map(|pid| (pid, cpu_seconds(pid as u32)))
+                .collect(),
+        ))
+    }
+
+    /// Seconds the backends of `self` used after `earlier`.
+    pub fn since(&self, earlier: &BackendCpu) -> f64 {
+        self.0
+            .iter()
+            .map(|(pid, now)| now - earlier.0.get(pid).copied().unwrap_or(0.0))
+            .sum()
+    }
+}
+
 /// A `google.protobuf.Timestamp` as wall-clock time.
 pub fn system_time(t: &prost_types::Timestamp) -> SystemTime {
     UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)

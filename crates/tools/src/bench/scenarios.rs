@@ -13,6 +13,8 @@
 //!   added to a running job against a job started whole.
 //! - [`recovery`]: SIGKILL and restart: time to serve, and until every
 //!   running job runs again.
+//! - [`store_cost`]: PostgreSQL's CPU per item through the store's batch
+//!   function alone, split into per item and per commit.
 //! - [`remote`]: remote workers: a worker process's throughput against the
 //!   server's own, assignment and interrupt latency, and redelivery after
 //!   a worker's SIGKILL.
@@ -23,6 +25,7 @@ pub mod many_jobs;
 pub mod pages;
 pub mod recovery;
 pub mod remote;
+pub mod store_cost;
 pub mod watchers;
 
 pub use control::control;
@@ -30,9 +33,10 @@ pub use list_jobs::list_jobs;
 pub use many_jobs::many_jobs;
 pub use pages::pages;
 pub use recovery::recovery;
+pub use store_cost::store_cost;
 pub use watchers::watchers;
 
-use super::{Env, start_sleep_job, wait_done};
+use super::{BackendCpu, Env, cpu_seconds, start_sleep_job, wait_done};
 use serde::Serialize;
 use std::{path::Path, time::Duration};
 
@@ -51,6 +55,12 @@ pub struct Throughput {
     pub run_items_per_second: f64,
     /// The server's peak resident memory.
     pub rss_mib: f64,
+    /// CPU of the PostgreSQL backends serving the job's database, per
+    /// item, in µs: while StartJob stored the items, and over the run.
+    pub pg_start_us_per_item: f64,
+    pub pg_run_us_per_item: f64,
+    /// The server process's own CPU per item over the run, in µs.
+    pub server_run_us_per_item: f64,
 }
 
 /// A job of `items` sleep items of 0 ms (one step: no checkpoint), every
@@ -64,10 +74,16 @@ pub async fn throughput(
 ) -> anyhow::Result<Throughput> {
     let env = Env::start(binary, admin_url, server_args).await?;
     let mut client = env.client().await?;
+    let before = BackendCpu::read(admin_url, &env.db.name).await?;
     let (job, start) = start_sleep_job(&mut client, "throughput", items, concurrency, 0, 1).await?;
+    let stored = BackendCpu::read(admin_url, &env.db.name).await?;
+    let server_cpu = cpu_seconds(env.server.pid());
     let run_started = std::time::Instant::now();
     let done = wait_done(&mut client, &job.id, Duration::from_secs(600)).await?;
     let run = run_started.elapsed();
+    let server_cpu = cpu_seconds(env.server.pid()) - server_cpu;
+    let ended = BackendCpu::read(admin_url, &env.db.name).await?;
+    let per_item = |seconds: f64| seconds * 1e6 / f64::from(items.max(1));
     let succeeded = done.counts.map(|c| c.succeeded).unwrap_or(0);
     anyhow::ensure!(
         succeeded == u64::from(items),
@@ -84,5 +100,8 @@ pub async fn throughput(
         items_per_second: f64::from(items) / total,
         run_items_per_second: f64::from(items) / run.as_secs_f64(),
         rss_mib: rss,
+        pg_start_us_per_item: per_item(stored.since(&before)),
+        pg_run_us_per_item: per_item(ended.since(&stored)),
+        server_run_us_per_item: per_item(server_cpu),
     })
 }

@@ -57,6 +57,9 @@ enum Scenario {
     /// (time to the last page), and a job grown by AddItems while it runs
     /// against the same job started whole (items/s).
     Pages(scenarios::pages::PagesOptions),
+    /// PostgreSQL's CPU per item through the store's batch function alone,
+    /// at several batch sizes: what an item costs and what a commit costs.
+    StoreCost(scenarios::store_cost::StoreCostOptions),
     /// SIGKILL of a server running 1,000 jobs and restart: time to serve,
     /// and until every job has an item running again.
     Recovery(scenarios::recovery::RecoveryOptions),
@@ -132,14 +135,17 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 .await?;
                 if !args.json {
                     println!(
-                        "throughput: {} items, concurrency {}: start {:.3}s, run {:.3}s, {:.0} items/s end to end ({:.0}/s after start), peak RSS {:.1} MiB",
+                        "throughput: {} items, concurrency {}: start {:.3}s, run {:.3}s, {:.0} items/s end to end ({:.0}/s after start), peak RSS {:.1} MiB; CPU per item: PostgreSQL {:.1} µs storing, {:.1} µs running, server {:.1} µs running",
                         r.items,
                         r.concurrency,
                         r.start_seconds,
                         r.run_seconds,
                         r.items_per_second,
                         r.run_items_per_second,
-                        r.rss_mib
+                        r.rss_mib,
+                        r.pg_start_us_per_item,
+                        r.pg_run_us_per_item,
+                        r.server_run_us_per_item
                     );
                 }
                 results.push(r);
@@ -185,6 +191,10 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Scenario::ListJobs(opts) => {
             let r = scenarios::list_jobs(&setup, &opts).await?;
             report(args.json, "list-jobs", &r.human(), &r, &context);
+        }
+        Scenario::StoreCost(opts) => {
+            let r = scenarios::store_cost(&args.database_url, &opts).await?;
+            report(args.json, "store-cost", &r.human(), &r, &context);
         }
         Scenario::Pages(opts) => {
             let r = scenarios::pages(&setup, &opts).await?;
