@@ -12,11 +12,23 @@ use std::time::{Duration, Instant};
 /// that has settled a little from the previous one.
 const GAP: Duration = Duration::from_millis(10);
 
-/// Call→response times of pause/resume rounds.
+/// Call→response times of pause/resume rounds, in round order, and when
+/// each pause was asked (since the first round began).
 #[derive(Debug, Default)]
 pub struct PauseResume {
     pub pause: Vec<Duration>,
     pub resume: Vec<Duration>,
+    pub pause_asked: Vec<Duration>,
+}
+
+/// One slow call: its round (from 1), how long it took and when it was
+/// asked, so that a report tells a tail at the start of a measurement (the
+/// server or the database still settling) from one spread over it.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SlowCall {
+    pub round: u32,
+    pub ms: f64,
+    pub asked_at_s: f64,
 }
 
 /// Their summaries, for the report.
@@ -24,13 +36,32 @@ pub struct PauseResume {
 pub struct PauseResumeSummary {
     pub pause: Summary,
     pub resume: Summary,
+    /// The three slowest pauses, slowest first.
+    pub slowest_pauses: [SlowCall; 3],
 }
 
 impl PauseResume {
     pub fn summary(&self) -> PauseResumeSummary {
+        let mut slow: Vec<SlowCall> = self
+            .pause
+            .iter()
+            .zip(&self.pause_asked)
+            .enumerate()
+            .map(|(i, (took, at))| SlowCall {
+                round: i as u32 + 1,
+                ms: took.as_secs_f64() * 1e3,
+                asked_at_s: at.as_secs_f64(),
+            })
+            .collect();
+        slow.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        let mut slowest_pauses = [SlowCall::default(); 3];
+        for (to, from) in slowest_pauses.iter_mut().zip(slow) {
+            *to = from;
+        }
         PauseResumeSummary {
             pause: Summary::of(&self.pause),
             resume: Summary::of(&self.resume),
+            slowest_pauses,
         }
     }
 }
@@ -47,9 +78,11 @@ pub async fn pause_resume(
 ) -> anyhow::Result<PauseResume> {
     anyhow::ensure!(!jobs.is_empty(), "no job to pause");
     let mut out = PauseResume::default();
+    let began = Instant::now();
     for _ in 0..rounds {
         let id = &jobs[rng.below(jobs.len())];
         let asked = Instant::now();
+        out.pause_asked.push(asked - began);
         let paused = client
             .pause_job(pb::PauseJobRequest {
                 job_id: id.clone(),
@@ -181,11 +214,23 @@ pub async fn wait_job(
 
 /// The table rows of a measurement of the calls.
 pub fn rows(label: &str, pause_resume: &PauseResumeSummary, cancel: &CancelSummary) -> Vec<String> {
+    let slowest: Vec<String> = pause_resume
+        .slowest_pauses
+        .iter()
+        .filter(|s| s.round > 0)
+        .map(|s| {
+            format!(
+                "round {} ({:.1} s in): {:.1} ms",
+                s.round, s.asked_at_s, s.ms
+            )
+        })
+        .collect();
     vec![
         row(
             &format!("{label} pause (= claims stopped)"),
             &pause_resume.pause,
         ),
+        format!("    slowest pauses: {}", slowest.join("; ")),
         row(&format!("{label} resume"), &pause_resume.resume),
         row(&format!("{label} cancel response"), &cancel.response),
         row(
