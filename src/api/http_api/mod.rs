@@ -87,8 +87,8 @@ pub struct HttpApi {
     /// An events stream on which nothing was sent for this long gets a
     /// `: keepalive` comment (`--stream-keepalive`).
     keepalive: Duration,
-    /// Stored events' JSON, shared by the events streams.
-    shared_json: Arc<sse::SharedJson>,
+    /// Stored events as SSE events, shared by the events streams.
+    shared_events: Arc<sse::SharedEvents>,
 }
 
 /// How a route gives its RPC's fields besides the path's `job_id`.
@@ -114,7 +114,7 @@ impl HttpApi {
             guard: guard.clone(),
             max_body_bytes: limits.max_request_bytes,
             keepalive,
-            shared_json: Arc::default(),
+            shared_events: Arc::default(),
         }
     }
 
@@ -307,28 +307,49 @@ async fn unary_answer(response: GrpcResponse) -> Result<Bytes, Status> {
 
 /// gRPC messages out of a body's bytes: each a 5-byte prefix (not
 /// compressed, big-endian length) and the message.
+///
+/// The in-process stack hands over whole messages (a WatchJob batch is
+/// one chunk of them): a chunk that comes while nothing is held is cut as
+/// it is, each message a view of it, not a copy. Only a message split
+/// across chunks is gathered in `partial`.
 #[derive(Default)]
 struct Messages {
-    buf: BytesMut,
+    /// A chunk being cut (empty while `partial` holds anything).
+    whole: Bytes,
+    partial: BytesMut,
 }
 
 impl Messages {
     fn push(&mut self, data: Bytes) {
-        self.buf.extend_from_slice(&data);
+        if self.whole.is_empty() && self.partial.is_empty() {
+            self.whole = data;
+            return;
+        }
+        if !self.whole.is_empty() {
+            self.partial.extend_from_slice(&self.whole);
+            self.whole = Bytes::new();
+        }
+        self.partial.extend_from_slice(&data);
     }
 
     /// The next whole message, if it has arrived.
     fn next(&mut self) -> Option<Bytes> {
-        if self.buf.len() < 5 {
-            return None;
+        if !self.whole.is_empty() {
+            let len = whole_message(&self.whole)?;
+            self.whole.advance(5);
+            return Some(self.whole.split_to(len));
         }
-        let len = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes")) as usize;
-        if self.buf.len() < 5 + len {
-            return None;
-        }
-        self.buf.advance(5);
-        Some(self.buf.split_to(len).freeze())
+        let len = whole_message(&self.partial)?;
+        self.partial.advance(5);
+        Some(self.partial.split_to(len).freeze())
     }
+}
+
+/// The length of the message `buf` starts with, if all of it is there.
+fn whole_message(buf: &[u8]) -> Option<usize> {
+    let prefix = buf.get(..5)?;
+    let len = u32::from_be_bytes(prefix[1..5].try_into().expect("4 bytes")) as usize;
+    (buf.len() >= 5 + len).then_some(len)
 }
 
 /// A POST body must be JSON, and say so (see the module docs).
@@ -513,14 +534,17 @@ mod tests {
             framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
             framed.extend_from_slice(message);
         }
-        let mut messages = Messages::default();
-        let mut got = Vec::new();
-        for chunk in framed.chunks(2) {
-            messages.push(Bytes::copy_from_slice(chunk));
-            while let Some(m) = messages.next() {
-                got.push(m);
+        // Whole, in two-byte pieces, and a message and a half at a time.
+        for size in [framed.len(), 2, 12] {
+            let mut messages = Messages::default();
+            let mut got = Vec::new();
+            for chunk in framed.chunks(size) {
+                messages.push(Bytes::copy_from_slice(chunk));
+                while let Some(m) = messages.next() {
+                    got.push(m);
+                }
             }
+            assert_eq!(got, vec![&b"abc"[..], b"", b"defgh"], "chunks of {size}");
         }
-        assert_eq!(got, vec![&b"abc"[..], b"", b"defgh"]);
     }
 }

@@ -20,11 +20,13 @@
 //! sent yet. A client that reconnects with `Last-Event-ID` (browsers do it
 //! by themselves), or `?after=`, gets every stored event after it, once.
 //!
-//! A stored event's JSON is made once for all the streams of this server
-//! ([`SharedJson`]), as its protobuf encoding is for WatchJob's: with a
-//! hundred viewers, converting each event for each of them doubled the
-//! server's CPU over a run (`bench watchers --sse`). A snapshot or progress
-//! message is its stream's own and converted there.
+//! A stored event's SSE event (its `id` line and JSON) is made once for
+//! all the streams of this server ([`SharedEvents`]), as its protobuf
+//! encoding is for WatchJob's: with a hundred viewers, converting each
+//! event for each of them doubled the server's CPU over a run (`bench
+//! watchers --sse`). A stream reads only the sequence and the kind of a
+//! message ([`Head`]) to find it there; a snapshot or progress message is
+//! its stream's own and converted there.
 //!
 //! The stream ends with `event: end` after the job's terminal event, or
 //! `event: error` with the JSON error (a lagging client, a shutdown), so
@@ -41,7 +43,7 @@ use http_body::Frame;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     convert::Infallible,
     future::Future,
     pin::Pin,
@@ -73,10 +75,11 @@ pub async fn events(api: &HttpApi, job: &str, request: Request) -> Response {
         messages: Messages::default(),
         out: BytesMut::new(),
         job: Arc::from(job),
-        shared: api.shared_json.clone(),
+        shared: api.shared_events.clone(),
         cursor: from,
         desc: json::job_event(),
         keepalive: api.keepalive,
+        sent: Instant::now(),
         timer: Box::pin(tokio::time::sleep(api.keepalive)),
         ended: false,
     };
@@ -134,13 +137,19 @@ struct SseBody {
     /// Events made and not yet handed to the connection: one frame.
     out: BytesMut,
     /// The job, as the path named it: with the sequence, the key of its
-    /// events' JSON in `shared`.
+    /// events in `shared`.
     job: Arc<str>,
-    shared: Arc<SharedJson>,
+    shared: Arc<SharedEvents>,
     /// Where a client resumes: the last stored event sent.
     cursor: u64,
     desc: MessageDescriptor,
     keepalive: Duration,
+    /// When bytes were last handed to the connection.
+    sent: Instant,
+    /// Due for a keepalive: set `keepalive` after the last one; when it
+    /// fires after bytes were sent since, it is moved to `sent +
+    /// keepalive` then (setting it at each frame cost a timer update per
+    /// frame and stream).
     timer: Pin<Box<Sleep>>,
     ended: bool,
 }
@@ -148,37 +157,34 @@ struct SseBody {
 impl SseBody {
     /// Appends one message as an SSE event.
     fn event(&mut self, message: Bytes) {
-        let event = match pb::JobEvent::decode(message.clone()) {
-            Ok(event) => event,
+        let head = match Head::decode(message.clone()) {
+            Ok(head) => head,
             Err(e) => {
                 let status = Status::internal(format!("undecodable event: {e}"));
                 return self.out.extend_from_slice(&error_event(&status));
             }
         };
-        use pb::job_event::Kind;
-        let own = matches!(
-            event.kind,
-            Some(Kind::Snapshot(_) | Kind::Progress(_)) | None
-        );
         let to_json = || {
             DynamicMessage::decode(self.desc.clone(), message)
                 .map_err(|e| e.to_string())
                 .and_then(|event| json::message_json(&event))
-                .map(Bytes::from)
         };
-        let data = if own {
-            to_json()
+        let stored = head.is_stored();
+        if stored {
+            self.cursor = self.cursor.max(head.sequence);
+        }
+        // A stored event's `id` is its own sequence (the stream's events
+        // come in order, after the one it started from): the same SSE
+        // event for every stream.
+        let made = if stored && self.cursor == head.sequence {
+            self.shared.get_or_make(&self.job, head.sequence, || {
+                to_json().map(|json| sse_event(head.sequence, &json).freeze())
+            })
         } else {
-            self.cursor = self.cursor.max(event.sequence);
-            self.shared.get_or_make(&self.job, event.sequence, to_json)
+            to_json().map(|json| sse_event(self.cursor, &json).freeze())
         };
-        match data {
-            Ok(data) => {
-                self.out
-                    .extend_from_slice(format!("id: {}\ndata: ", self.cursor).as_bytes());
-                self.out.extend_from_slice(&data);
-                self.out.extend_from_slice(b"\n\n");
-            }
+        match made {
+            Ok(event) => self.out.extend_from_slice(&event),
             Err(e) => {
                 let status = Status::internal(format!("unconvertible event: {e}"));
                 self.out.extend_from_slice(&error_event(&status));
@@ -198,27 +204,28 @@ impl SseBody {
     }
 }
 
-/// Stored events kept in [`SharedJson`], at most: the last few windows of
+/// Stored events kept in [`SharedEvents`], at most: the last few windows of
 /// a busy job's events, or of a few jobs', for the streams at the tail;
 /// one further behind converts its events again.
-const SHARED_JSON_KEEP: usize = 4096;
+const SHARED_EVENTS_KEEP: usize = 4096;
 
-/// The JSON of stored events, by job and sequence, made by the first
-/// stream that sends one and taken as it is by the others (a stored event
-/// never changes). The oldest go first.
+/// Stored events as SSE events (`id` line and JSON), by job and sequence,
+/// made by the first stream that sends one and taken as they are by the
+/// others (a stored event never changes). The oldest go first.
 #[derive(Debug, Default)]
-pub struct SharedJson {
-    held: Mutex<HeldJson>,
+pub struct SharedEvents {
+    held: Mutex<HeldEvents>,
 }
 
 #[derive(Debug, Default)]
-struct HeldJson {
-    by_event: HashMap<(Arc<str>, u64), Bytes>,
+struct HeldEvents {
+    by_event: foldhash::HashMap<(Arc<str>, u64), Bytes>,
     order: VecDeque<(Arc<str>, u64)>,
 }
 
-impl SharedJson {
-    /// The JSON of `job`'s event `sequence`: held, or made by `make` now.
+impl SharedEvents {
+    /// The SSE event of `job`'s event `sequence`: held, or made by `make`
+    /// now.
     fn get_or_make(
         &self,
         job: &Arc<str>,
@@ -240,13 +247,51 @@ impl SharedJson {
         let mut held = self.held.lock().expect("shared JSON lock");
         if held.by_event.insert(key.clone(), json.clone()).is_none() {
             held.order.push_back(key);
-            while held.order.len() > SHARED_JSON_KEEP {
+            while held.order.len() > SHARED_EVENTS_KEEP {
                 if let Some(oldest) = held.order.pop_front() {
                     held.by_event.remove(&oldest);
                 }
             }
         }
         Ok(json)
+    }
+}
+
+/// An SSE event: its `id` and its `data`, the JSON of a message.
+fn sse_event(id: u64, json: &[u8]) -> BytesMut {
+    let mut event = BytesMut::with_capacity(json.len() + 32);
+    event.extend_from_slice(b"id: ");
+    event.extend_from_slice(id.to_string().as_bytes());
+    event.extend_from_slice(b"\ndata: ");
+    event.extend_from_slice(json);
+    event.extend_from_slice(b"\n\n");
+    event
+}
+
+/// What a stream reads of a WatchJob message to place it: its sequence
+/// and whether it is a stored event, decoded by prost as `pb::JobEvent`
+/// with every other field skipped. Decoding the whole event for every
+/// stream made its strings each time, only to find it in
+/// [`SharedEvents`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct Head {
+    #[prost(uint64, tag = "1")]
+    sequence: u64,
+    /// `pb::JobEvent`'s `snapshot` (10) and `progress` (14): the kinds
+    /// that are not stored; every other kind is a stored event.
+    #[prost(message, optional, tag = "10")]
+    snapshot: Option<Skipped>,
+    #[prost(message, optional, tag = "14")]
+    progress: Option<Skipped>,
+}
+
+/// A message field read past.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Skipped {}
+
+impl Head {
+    fn is_stored(&self) -> bool {
+        self.snapshot.is_none() && self.progress.is_none()
     }
 }
 
@@ -266,8 +311,7 @@ impl http_body::Body for SseBody {
         let this = &mut *self;
         loop {
             if !this.out.is_empty() {
-                let next = Instant::now() + this.keepalive;
-                this.timer.as_mut().reset(next);
+                this.sent = Instant::now();
                 return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
             }
             if this.ended {
@@ -288,13 +332,19 @@ impl http_body::Body for SseBody {
                 },
                 Poll::Ready(Some(Err(status))) => this.finish(Some(status)),
                 Poll::Ready(None) => this.finish(None),
-                Poll::Pending => {
-                    if this.timer.as_mut().poll(cx).is_ready() {
-                        this.out.extend_from_slice(b": keepalive\n\n");
-                        continue;
+                Poll::Pending => loop {
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
                     }
-                    return Poll::Pending;
-                }
+                    let due = this.sent + this.keepalive;
+                    if due <= Instant::now() {
+                        this.timer.as_mut().reset(Instant::now() + this.keepalive);
+                        this.out.extend_from_slice(b": keepalive\n\n");
+                        break;
+                    }
+                    // Something was sent since it was set.
+                    this.timer.as_mut().reset(due);
+                },
             }
         }
     }
@@ -305,8 +355,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stored_events_json_is_made_once_and_the_oldest_go_first() {
-        let shared = SharedJson::default();
+    fn a_stored_events_sse_event_is_made_once_and_the_oldest_go_first() {
+        let shared = SharedEvents::default();
         let job: Arc<str> = Arc::from("job");
         let mut made = 0;
         for _ in 0..3 {
@@ -319,14 +369,45 @@ mod tests {
             assert_eq!(json, "{}");
         }
         assert_eq!(made, 1, "made once for every stream");
-        for seq in 2..=(SHARED_JSON_KEEP as u64 + 1) {
+        for seq in 2..=(SHARED_EVENTS_KEEP as u64 + 1) {
             shared.get_or_make(&job, seq, || Ok(Bytes::new())).unwrap();
         }
         let held = shared.held.lock().unwrap();
-        assert_eq!(held.by_event.len(), SHARED_JSON_KEEP);
+        assert_eq!(held.by_event.len(), SHARED_EVENTS_KEEP);
         assert!(
             !held.by_event.contains_key(&(job.clone(), 1)),
             "the oldest went"
         );
+    }
+
+    #[test]
+    fn the_head_of_a_message_is_its_sequence_and_whether_it_is_stored() {
+        use pb::job_event::Kind;
+        let kinds = [
+            (Kind::Snapshot(pb::Job::default()), false),
+            (Kind::Progress(pb::Progress::default()), false),
+            (
+                Kind::ItemFailed(pb::ItemFailed {
+                    error: "boom".into(),
+                    ..Default::default()
+                }),
+                true,
+            ),
+            (Kind::StateChanged(pb::StateChanged::default()), true),
+            (Kind::ItemsAdded(pb::ItemsAdded::default()), true),
+        ];
+        for (kind, stored) in kinds {
+            let event = pb::JobEvent {
+                sequence: 42,
+                time: Some(prost_types::Timestamp {
+                    seconds: 1,
+                    nanos: 2,
+                }),
+                kind: Some(kind.clone()),
+            };
+            let head = Head::decode(event.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(head.sequence, 42, "{kind:?}");
+            assert_eq!(head.is_stored(), stored, "{kind:?}");
+        }
     }
 }
