@@ -13,6 +13,10 @@
 //!   added to a running job against a job started whole.
 //! - [`recovery`]: SIGKILL and restart: time to serve, and until every
 //!   running job runs again.
+//! - [`scale`]: a job of a million items against one of a hundred
+//!   thousand.
+//! - [`soak`]: ten million items through jobs of a hundred thousand with
+//!   a retention: items/s and the items table's size over time.
 //! - [`remote`]: remote workers: a worker process's throughput against the
 //!   server's own, assignment and interrupt latency, and redelivery after
 //!   a worker's SIGKILL.
@@ -23,6 +27,8 @@ pub mod many_jobs;
 pub mod pages;
 pub mod recovery;
 pub mod remote;
+pub mod scale;
+pub mod soak;
 pub mod watchers;
 
 pub use control::control;
@@ -30,6 +36,8 @@ pub use list_jobs::list_jobs;
 pub use many_jobs::many_jobs;
 pub use pages::pages;
 pub use recovery::recovery;
+pub use scale::scale;
+pub use soak::soak;
 pub use watchers::watchers;
 
 use super::{Env, start_sleep_job, wait_done};
