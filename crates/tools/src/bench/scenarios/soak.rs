@@ -154,6 +154,9 @@ pub struct Soak {
     pub index_ratio: f64,
     pub total_ratio: f64,
     pub series: Vec<Step>,
+    /// Whether the soak was fed for two whole windows (else the window
+    /// was shrunk to half the fed time, and the rate target not judged).
+    pub rate_measured: bool,
     pub rate_met: bool,
     pub size_met: bool,
 }
@@ -263,7 +266,11 @@ impl Soak {
             ),
             format!(
                 "  targets: last window's items/s within 10% of the first (≥ {RATE_TARGET}×): {}; items heap and indexes at most {SIZE_TARGET}× their size at {} items: {}",
-                met(self.rate_met),
+                if self.rate_measured {
+                    met(self.rate_met)
+                } else {
+                    "not measured (fed for less than two --window)"
+                },
                 self.baseline.items_done,
                 met(self.size_met)
             ),
@@ -410,6 +417,8 @@ async fn run(setup: &Setup, opts: &SoakOptions, env: &Env) -> anyhow::Result<Soa
     let last_items_per_second = (done_at(fed_seconds) - done_at(fed_seconds - window)) / window;
     let final_items_per_second = (done_at(seconds) - done_at(seconds - window)) / window;
     let rate_ratio = last_items_per_second / first_items_per_second;
+    let rate_measured =
+        fed_seconds >= 2.0 * opts.window.as_secs_f64() && first_items_per_second > 0.0;
     let starts: Vec<Duration> = runs.iter().map(|r| r.start).collect();
     let few =
         |d: &[Duration]| d.iter().map(Duration::as_secs_f64).sum::<f64>() / d.len().max(1) as f64;
@@ -443,7 +452,8 @@ async fn run(setup: &Setup, opts: &SoakOptions, env: &Env) -> anyhow::Result<Soa
         heap_ratio,
         index_ratio,
         total_ratio: ratio(end.total_bytes, baseline.total_bytes),
-        rate_met: rate_ratio >= RATE_TARGET,
+        rate_measured,
+        rate_met: rate_measured && rate_ratio >= RATE_TARGET,
         size_met: heap_ratio <= SIZE_TARGET && index_ratio <= SIZE_TARGET,
         baseline,
         end,
