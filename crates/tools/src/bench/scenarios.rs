@@ -15,6 +15,10 @@
 //!   running job runs again.
 //! - [`store_cost`]: PostgreSQL's CPU per item through the store's batch
 //!   function alone, split into per item and per commit.
+//! - [`scale`]: a job of a million items against one of a hundred
+//!   thousand.
+//! - [`soak`]: ten million items through jobs of a hundred thousand with
+//!   a retention: items/s and the items table's size over time.
 //! - [`remote`]: remote workers: a worker process's throughput against the
 //!   server's own, assignment and interrupt latency, and redelivery after
 //!   a worker's SIGKILL.
@@ -25,6 +29,8 @@ pub mod many_jobs;
 pub mod pages;
 pub mod recovery;
 pub mod remote;
+pub mod scale;
+pub mod soak;
 pub mod store_cost;
 pub mod watchers;
 
@@ -33,6 +39,8 @@ pub use list_jobs::list_jobs;
 pub use many_jobs::many_jobs;
 pub use pages::pages;
 pub use recovery::recovery;
+pub use scale::scale;
+pub use soak::soak;
 pub use store_cost::store_cost;
 pub use watchers::watchers;
 

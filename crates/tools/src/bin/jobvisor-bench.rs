@@ -63,6 +63,13 @@ enum Scenario {
     /// SIGKILL of a server running 1,000 jobs and restart: time to serve,
     /// and until every job has an item running again.
     Recovery(scenarios::recovery::RecoveryOptions),
+    /// A job of 1,000,000 items against one of 100,000, in one sitting:
+    /// StartJob time and items/s of each, and their ratio.
+    Scale(scenarios::scale::ScaleOptions),
+    /// 10,000,000 items through jobs of 100,000 on a server with a
+    /// retention: items/s per minute, first against last, and the items
+    /// table's sizes after the first million and at the end.
+    Soak(scenarios::soak::SoakOptions),
     /// The same job of no-op items in the server and in a worker process
     /// (remote executor, as many slots as the job's concurrency): items/s
     /// of each and the ratio.
@@ -203,6 +210,14 @@ async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Scenario::Recovery(opts) => {
             let r = scenarios::recovery(&setup, &opts).await?;
             report(args.json, "recovery", &r.human(), &r, &context);
+        }
+        Scenario::Scale(opts) => {
+            let r = scenarios::scale(&setup, &opts).await?;
+            report(args.json, "scale", &r.human(), &r, &context);
+        }
+        Scenario::Soak(opts) => {
+            let r = scenarios::soak(&setup, &opts).await?;
+            report(args.json, "soak", &r.human(), &r, &context);
         }
         Scenario::RemoteThroughput(opts) => {
             let r = scenarios::remote::throughput(&setup, &opts).await?;
