@@ -84,9 +84,11 @@ pub async fn throughput(
     let mut client = env.client().await?;
     let before = BackendCpu::read(admin_url, &env.db.name).await?;
     let (job, start) = start_sleep_job(&mut client, "throughput", items, concurrency, 0, 1).await?;
-    let stored = BackendCpu::read(admin_url, &env.db.name).await?;
-    let server_cpu = cpu_seconds(env.server.pid());
+    // The job runs from StartJob's answer: the clock first, then the
+    // readings (a connection to PostgreSQL of their own).
     let run_started = std::time::Instant::now();
+    let server_cpu = cpu_seconds(env.server.pid());
+    let stored = BackendCpu::read(admin_url, &env.db.name).await?;
     let done = wait_done(&mut client, &job.id, Duration::from_secs(600)).await?;
     let run = run_started.elapsed();
     let server_cpu = cpu_seconds(env.server.pid()) - server_cpu;
