@@ -375,7 +375,7 @@ async fn concurrency_changes_under_load_lose_nothing() {
 #[tokio::test]
 async fn the_running_time_budget_does_not_count_paused_time() {
     let app = spawn_app().await;
-    let mut request = app.job("sleep", 100, 1, &[("duration_ms", "50"), ("steps", "5")]);
+    let mut request = app.job("sleep", 100, 1, &[("duration_ms", "50"), ("steps", "1")]);
     request.timeout = Some(prost_types::Duration {
         seconds: 0,
         nanos: 600_000_000,
