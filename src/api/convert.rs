@@ -119,6 +119,30 @@ pub fn duration_ms(
     }
 }
 
+/// The longest window a WatchJob stream may ask for: what its client waits
+/// for an event at most, as the server's own `--watch-window` at most.
+pub const MAX_WATCH_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// WatchJobRequest's `window` (unset: zero, the server's), at most
+/// [`MAX_WATCH_WINDOW`].
+pub fn watch_window(
+    d: &Option<prost_types::Duration>,
+    bad: &mut Vec<FieldViolation>,
+) -> std::time::Duration {
+    let ms = duration_ms("window", d, bad);
+    let window = std::time::Duration::from_millis(ms);
+    if window > MAX_WATCH_WINDOW {
+        bad.push(FieldViolation::new(
+            "window",
+            format!(
+                "is {}; it must be at most 1s (a stream's events wait that long at most)",
+                humantime::format_duration(window)
+            ),
+        ));
+    }
+    window
+}
+
 fn checked_duration_ms(d: &prost_types::Duration) -> Result<u64, String> {
     const NANOS_PER_MS: i32 = 1_000_000;
     if !(-999_999_999..=999_999_999).contains(&d.nanos) {

@@ -586,8 +586,8 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let (id, from_seq) = self.watch_request(request).await?;
-        let stream = self.engine.watch(id, from_seq).await?;
+        let (id, from_seq, window) = self.watch_request(request).await?;
+        let stream = self.engine.watch(id, from_seq, window).await?;
         let stream = stream.map(|item| match item {
             Ok(item) => Ok(convert::watch_item(&item)),
             Err(e) => Err(Status::from(e)),
@@ -598,16 +598,21 @@ impl JobService for JobApi {
 
 impl JobApi {
     /// A WatchJob request checked, and the caller allowed to see the job:
-    /// the job and the sequence to stream after. Shared by the generated
-    /// service's `watch_job` and by [`routes::JobRoutes`], which serves
-    /// WatchJob in this server.
+    /// the job, the sequence to stream after and the stream's window.
+    /// Shared by the generated service's `watch_job` and by
+    /// [`routes::JobRoutes`], which serves WatchJob in this server.
     async fn watch_request(
         &self,
         request: Request<pb::WatchJobRequest>,
-    ) -> Result<(JobId, u64), Status> {
+    ) -> Result<(JobId, u64, std::time::Duration), Status> {
         let who = caller(&request);
         let r = request.into_inner();
-        let id = self.named_job(&who, &r.job_id).await?;
-        Ok((id, r.from_sequence))
+        let mut violations = Vec::new();
+        let id = convert::job_id("job_id", &r.job_id, &mut violations);
+        let window = convert::watch_window(&r.window, &mut violations);
+        let id = convert::checked(id, violations).map_err(bad)?;
+        record_job(id);
+        self.visible(&who, id).await?;
+        Ok((id, r.from_sequence, window))
     }
 }

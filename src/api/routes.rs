@@ -155,8 +155,8 @@ where
         .await?
         .ok_or_else(|| Status::internal("Missing request message."))?;
     let request = tonic::Request::from_http(http::Request::from_parts(parts, message));
-    let (id, from_seq) = api.watch_request(request).await?;
-    let batches = api.engine.watch_batches(id, from_seq).await?;
+    let (id, from_seq, window) = api.watch_request(request).await?;
+    let batches = api.engine.watch_batches(id, from_seq, window).await?;
     let mut response = http::Response::new(tonic::body::Body::new(WatchBody {
         batches: Box::pin(batches),
         ended: false,

@@ -1004,6 +1004,7 @@ async fn follow(
             .watch_job(pb::WatchJobRequest {
                 job_id: job_id.to_string(),
                 from_sequence: last,
+                window: None,
             })
             .await;
         let broken = match stream {

@@ -143,26 +143,35 @@ impl Engine {
         &self,
         id: JobId,
         from_seq: u64,
+        window: Duration,
     ) -> Result<impl Stream<Item = Result<WatchItem, EngineError>> + Send + 'static, EngineError>
     {
         Ok(self
-            .watch_batches(id, from_seq)
+            .watch_batches(id, from_seq, window)
             .await?
             .map_ok(|batch| futures::stream::iter(batch.into_items().into_iter().map(Ok)))
             .try_flatten())
     }
 
     /// [`Engine::watch`], a batch at a time (never empty).
+    ///
+    /// `window`: the stream looks for new stored events at most once per
+    /// this window after it sent some (the hub's own window, the least,
+    /// applies to all the job's watchers in this process). A longer one
+    /// costs a busy job's stream a wake-up per window instead of one per
+    /// hub window.
     pub async fn watch_batches(
         &self,
         id: JobId,
         from_seq: u64,
+        window: Duration,
     ) -> Result<impl Stream<Item = Result<WatchBatch, EngineError>> + Send + 'static, EngineError>
     {
         self.check_open()?;
         let job = self.rt.hub.watch_read(self.get_job(id)).await?;
+        let window = (window > self.rt.config.watch_window).then_some(window);
         // Boxed: the stream moves it from one batch's future to the next.
-        let watcher = Box::new(Watcher::new(self.clone(), job, from_seq));
+        let watcher = Box::new(Watcher::new(self.clone(), job, from_seq, window));
         Ok(futures::stream::unfold(
             Some(watcher),
             |watcher| async move {
@@ -219,10 +228,15 @@ struct Watcher {
     timer: Pin<Box<tokio::time::Sleep>>,
     last_pulse: Instant,
     heard: Pulse,
+    /// The stream's own window, when longer than the hub's: after a batch
+    /// of events it does not listen to the job's pulses until `window`
+    /// later (`gate`), so a busy job wakes it once per window.
+    window: Option<Duration>,
+    gate: Option<tokio::time::Instant>,
 }
 
 impl Watcher {
-    fn new(engine: Engine, job: Job, from_seq: u64) -> Watcher {
+    fn new(engine: Engine, job: Job, from_seq: u64, window: Option<Duration>) -> Watcher {
         let id = job.id;
         let (pulses, tail) = engine.rt.hub.subscribe(Pulse::of(&job));
         let known = *pulses.borrow();
@@ -254,6 +268,8 @@ impl Watcher {
             timer: Box::pin(tokio::time::sleep_until(now)),
             last_pulse: Instant::now(),
             heard: known,
+            window,
+            gate: None,
         }
     }
 
@@ -327,6 +343,9 @@ impl Watcher {
                 if let Some(last) = batch.events().last() {
                     self.cursor = last.seq;
                     self.ended = last.body.is_terminal();
+                    self.gate = self
+                        .window
+                        .map(|window| tokio::time::Instant::now() + window);
                     return Ok(Some(WatchBatch::Events(batch)));
                 }
                 // Nothing after the cursor yet, whatever the pulse said:
@@ -345,14 +364,21 @@ impl Watcher {
                     "the server is shutting down; reconnect with your last sequence",
                 ));
             }
+            // Within the stream's own window after its last events, the
+            // pulses wait (one wake-up at its end takes all they said).
+            let gate = self.gate.filter(|gate| *gate > tokio::time::Instant::now());
             tokio::select! {
                 biased;
-                changed = self.pulses.changed() => {
+                changed = self.pulses.changed(), if gate.is_none() => {
                     if changed.is_err() {
                         return Ok(None);
                     }
                     self.known = *self.pulses.borrow_and_update();
                     self.last_pulse = Instant::now();
+                }
+                () = tokio::time::sleep_until(gate.unwrap_or_else(tokio::time::Instant::now)),
+                    if gate.is_some() => {
+                    self.gate = None;
                 }
                 () = self.timer.as_mut() => {
                     let now = tokio::time::Instant::now();

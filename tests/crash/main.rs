@@ -219,6 +219,7 @@ async fn sigterm_drains_and_the_job_continues_after_restart() {
         .watch_job(pb::WatchJobRequest {
             job_id: job.id.clone(),
             from_sequence: 0,
+            window: None,
         })
         .await
         .unwrap()
@@ -293,6 +294,7 @@ async fn sigterm_drains_and_the_job_continues_after_restart() {
         .watch_job(pb::WatchJobRequest {
             job_id: job.id.clone(),
             from_sequence: last,
+            window: None,
         })
         .await
         .unwrap()

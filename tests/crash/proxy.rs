@@ -217,6 +217,7 @@ async fn quiet_watch(keepalive: &str) -> QuietWatch {
         .watch_job(pb::WatchJobRequest {
             job_id: job.id.clone(),
             from_sequence: 0,
+            window: None,
         })
         .await
         .unwrap()

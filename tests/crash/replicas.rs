@@ -720,6 +720,7 @@ async fn a_watcher_on_another_replica_sees_every_event_across_an_owner_change() 
         .watch_job(pb::WatchJobRequest {
             job_id: job.id.clone(),
             from_sequence: 0,
+            window: None,
         })
         .await
         .unwrap()

@@ -38,6 +38,7 @@ async fn gone(app: &TestApp, id: &str) {
             .watch_job(pb::WatchJobRequest {
                 job_id: id.into(),
                 from_sequence: 0,
+                window: None,
             })
             .await
             .map(|_| ()),

@@ -114,6 +114,7 @@ async fn unknown_jobs_are_not_found() {
         .watch_job(pb::WatchJobRequest {
             job_id: id,
             from_sequence: 0,
+            window: None,
         })
         .await
         .unwrap_err();

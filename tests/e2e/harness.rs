@@ -479,6 +479,7 @@ impl TestApp {
             .watch_job(pb::WatchJobRequest {
                 job_id: id.into(),
                 from_sequence: from,
+                window: None,
             })
             .await
             .expect("WatchJob")

@@ -293,6 +293,7 @@ async fn watch_job_refuses_bad_requests_as_the_other_methods_do() {
         .watch_job(pb::WatchJobRequest {
             job_id: "x".repeat(2 * 1024 * 1024),
             from_sequence: 0,
+            window: None,
         })
         .await
         .map(|_| ())
@@ -308,6 +309,7 @@ async fn watch_job_refuses_bad_requests_as_the_other_methods_do() {
     let request = pb::WatchJobRequest {
         job_id: job.id.clone(),
         from_sequence: 0,
+        window: None,
     };
     let mut frame = vec![1u8];
     frame.extend_from_slice(&(prost::Message::encoded_len(&request) as u32).to_be_bytes());
@@ -342,6 +344,7 @@ async fn watch_job_refuses_bad_requests_as_the_other_methods_do() {
             .watch_job(pb::WatchJobRequest {
                 job_id,
                 from_sequence: 0,
+                window: None,
             })
             .await
             .map(|_| ())

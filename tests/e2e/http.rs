@@ -889,6 +889,28 @@ async fn events_resume_after_a_disconnect_with_no_gap_and_no_repeat() {
         (bad.status, bad.bad_fields()),
         (400, vec!["from".to_string()])
     );
+    // A window that is no duration, or over a second, is refused, named;
+    // one in range streams (the job has ended: the whole history at once).
+    for window in ["250ms", "-1s", "2s"] {
+        let bad = http.get(&format!("{path}?window={window}")).await;
+        assert_eq!(
+            (bad.status, bad.bad_fields()),
+            (400, vec!["window".to_string()]),
+            "{window}"
+        );
+    }
+    let mut windowed = http
+        .events(&format!("{path}?window=1s&after={half}"), &[])
+        .await;
+    assert_eq!(
+        windowed
+            .rest(SECS(10))
+            .await
+            .iter()
+            .filter(|e| is_stored(e))
+            .count() as u64,
+        done.last_sequence - half
+    );
     let missing = http
         .get(&format!("/v1/jobs/{}/events", uuid::Uuid::new_v4()))
         .await;

@@ -508,6 +508,7 @@ async fn every_rpc(
                     pb::WatchJobRequest {
                         job_id: id.clone(),
                         from_sequence: 0,
+                        window: None,
                     },
                     token,
                 ))
@@ -1117,6 +1118,7 @@ async fn sighup_reloads_tokens_without_dropping_streams() {
             pb::WatchJobRequest {
                 job_id: job.id.clone(),
                 from_sequence: 0,
+                window: None,
             },
             ops,
         ))

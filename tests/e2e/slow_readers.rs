@@ -59,6 +59,7 @@ async fn watch(
         .watch_job(pb::WatchJobRequest {
             job_id: job.into(),
             from_sequence: from,
+            window: None,
         })
         .await
         .map(tonic::Response::into_inner)

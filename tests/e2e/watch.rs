@@ -210,3 +210,96 @@ async fn a_quiet_stream_gets_a_keepalive() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(900));
     app.stop().await;
 }
+
+/// A stream with a window of its own (WatchJobRequest's `window`) gets a
+/// busy job's stored events gathered: at most one batch per window, every
+/// event still once and in order. One over a second is refused, named.
+#[tokio::test]
+async fn a_stream_with_a_longer_window_gets_the_events_gathered() {
+    let app = spawn_app().await;
+    let job = app
+        .start(app.job(
+            "sleep",
+            600,
+            4,
+            &[
+                ("duration_ms", "5"),
+                ("steps", "1"),
+                ("fail_pattern", "^item-[0-9]*[05]$"),
+            ],
+        ))
+        .await;
+    let window = std::time::Duration::from_millis(400);
+    let mut stream = app
+        .client
+        .clone()
+        .watch_job(pb::WatchJobRequest {
+            job_id: job.id.clone(),
+            from_sequence: 0,
+            window: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: window.as_nanos() as i32,
+            }),
+        })
+        .await
+        .expect("WatchJob")
+        .into_inner();
+    let started = std::time::Instant::now();
+    let mut events = Vec::new();
+    // When each stored event came.
+    let mut arrivals = Vec::new();
+    tokio::time::timeout(SECS(60), async {
+        while let Some(e) = stream.message().await.expect("stream message") {
+            if !matches!(
+                e.kind,
+                Some(pb::job_event::Kind::Snapshot(_) | pb::job_event::Kind::Progress(_))
+            ) {
+                arrivals.push(started.elapsed());
+            }
+            events.push(e);
+        }
+    })
+    .await
+    .expect("the watch stream did not end in time");
+    let took = started.elapsed();
+    let done = app.get(&job.id).await;
+    assert_eq!(done.state, JobState::Failed as i32);
+    assert_eq!(
+        sequences(&events),
+        (1..=done.last_sequence).collect::<Vec<_>>()
+    );
+    // Batches: events that came within 50 ms of the one before. A window
+    // opens after each batch, and events stored meanwhile come at its end
+    // or with a progress message (every 500 ms, when the stream wakes
+    // anyway): at most that many, and one for the history before it
+    // (with the server's 20 ms window, about a batch per 20 ms).
+    let batches = 1 + arrivals
+        .windows(2)
+        .filter(|w| w[1] - w[0] > std::time::Duration::from_millis(50))
+        .count();
+    let most = (took.as_secs_f64() / window.as_secs_f64()).ceil() as usize
+        + (took.as_secs_f64() / 0.5).ceil() as usize
+        + 1;
+    assert!(
+        batches <= most,
+        "{batches} batches of stored events in {took:?} with a {window:?} window (at most {most}); \
+         arrivals {arrivals:?}"
+    );
+
+    let status = app
+        .client
+        .clone()
+        .watch_job(pb::WatchJobRequest {
+            job_id: job.id.clone(),
+            from_sequence: 0,
+            window: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(super::harness::bad_fields(&status), vec!["window"]);
+    app.stop().await;
+}

@@ -14,7 +14,7 @@
 //! | `POST /v1/jobs/{job_id}:addItems` | AddItems |
 //! | `POST /v1/jobs/{job_id}:cancelItems` | CancelItems |
 //! | `POST /v1/jobs/{job_id}:pause`, `:resume`, `:cancel`, `:retryFailedItems`, `:setConcurrency`, `:setRateLimit` | PauseJob, ResumeJob, CancelJob, RetryFailedItems, SetJobConcurrency, SetJobRateLimit |
-//! | `GET /v1/jobs/{job_id}/events` (`Last-Event-ID`, `?after=`) | WatchJob |
+//! | `GET /v1/jobs/{job_id}/events` (`Last-Event-ID`, `?after=`, `?window=`) | WatchJob |
 //! | `GET /v1/me` | (none: who the caller is and what they may do) |
 //!
 //! The same port serves the dashboard ([`dashboard`]): `GET /`,

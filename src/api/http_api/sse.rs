@@ -6,6 +6,14 @@
 //! progress comes at most every `progress_interval` (500 ms), a quiet
 //! stream gets a progress message every `--stream-keepalive`, and the
 //! stream caps, the stall timeout and shutdown apply as they do to gRPC.
+//!
+//! Its window (WatchJobRequest's `window`, `?window=` as a JSON Duration
+//! such as `0.05s`) is [`DEFAULT_WINDOW`] unless the URL says otherwise: a
+//! page shows a few updates a second, and each window costs the server a
+//! wake-up, a write and a TCP segment per viewer, however many events it
+//! gathers. With a hundred viewers of a busy job that was most of what
+//! they cost with the gRPC default of 20 ms (`bench watchers --sse`).
+//!
 //! Each message becomes one SSE event:
 //!
 //! ```text
@@ -54,16 +62,23 @@ use std::{
 use tokio::time::{Instant, Sleep};
 use tonic::{Code, Status};
 
+/// An events stream's window unless its URL names one (`?window=`).
+pub const DEFAULT_WINDOW: prost_types::Duration = prost_types::Duration {
+    seconds: 0,
+    nanos: 250_000_000,
+};
+
 /// The events of a job, from `Last-Event-ID`, `?after=` or the start.
 pub async fn events(api: &HttpApi, job: &str, request: Request) -> Response {
     let (parts, _) = request.into_parts();
-    let from = match resume_point(&parts) {
-        Ok(from) => from,
+    let (from, window) = match stream_params(&parts) {
+        Ok(params) => params,
         Err(violation) => return *super::bad(violation),
     };
     let message = pb::WatchJobRequest {
         job_id: job.to_string(),
         from_sequence: from,
+        window: Some(window),
     }
     .encode_to_vec();
     let answer = match api.call(&parts, "WatchJob", message).await {
@@ -97,18 +112,14 @@ pub async fn events(api: &HttpApi, job: &str, request: Request) -> Response {
 }
 
 /// The sequence to stream after: `Last-Event-ID` (what a browser sends
-/// when it reconnects) over `?after=`, else 0 (the whole history).
-fn resume_point(parts: &http::request::Parts) -> Result<u64, FieldViolation> {
-    if let Some(value) = parts.headers.get("last-event-id") {
-        return value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| {
-                FieldViolation::new("Last-Event-ID", "must be an event's sequence (a number)")
-            });
-    }
+/// when it reconnects) over `?after=`, else 0 (the whole history); and the
+/// stream's window, `?window=` or [`DEFAULT_WINDOW`] (WatchJob checks its
+/// range).
+fn stream_params(
+    parts: &http::request::Parts,
+) -> Result<(u64, prost_types::Duration), FieldViolation> {
     let mut after = 0;
+    let mut window = DEFAULT_WINDOW;
     for pair in parts.uri.query().unwrap_or("").split('&') {
         match pair.split_once('=').unwrap_or((pair, "")) {
             ("", _) => {}
@@ -117,15 +128,32 @@ fn resume_point(parts: &http::request::Parts) -> Result<u64, FieldViolation> {
                     FieldViolation::new("after", "must be an event's sequence (a number)")
                 })?;
             }
+            ("window", value) => {
+                window = value.parse().map_err(|_| {
+                    FieldViolation::new(
+                        "window",
+                        format!("is {value:?}; it must be a duration in seconds, such as 0.25s"),
+                    )
+                })?;
+            }
             (name, _) => {
                 return Err(FieldViolation::new(
                     name,
-                    "is not a query parameter of the events stream (after is)",
+                    "is not a query parameter of the events stream (after and window are)",
                 ));
             }
         }
     }
-    Ok(after)
+    if let Some(value) = parts.headers.get("last-event-id") {
+        after = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                FieldViolation::new("Last-Event-ID", "must be an event's sequence (a number)")
+            })?;
+    }
+    Ok((after, window))
 }
 
 type Inner = Pin<Box<dyn http_body::Body<Data = Bytes, Error = Status> + Send>>;

@@ -167,6 +167,7 @@ pub async fn cancel_victims(
             .watch_job(pb::WatchJobRequest {
                 job_id: id.clone(),
                 from_sequence: job.last_sequence,
+                window: None,
             })
             .await?
             .into_inner();

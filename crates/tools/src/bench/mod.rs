@@ -354,6 +354,7 @@ pub async fn wait_done(
         .watch_job(pb::WatchJobRequest {
             job_id: id.into(),
             from_sequence: 0,
+            window: None,
         })
         .await?
         .into_inner();

@@ -383,12 +383,14 @@ class CancelJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
-    __slots__ = ("job_id", "from_sequence")
+    __slots__ = ("job_id", "from_sequence", "window")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     from_sequence: int
-    def __init__(self, job_id: _Optional[str] = ..., from_sequence: _Optional[int] = ...) -> None: ...
+    window: _duration_pb2.Duration
+    def __init__(self, job_id: _Optional[str] = ..., from_sequence: _Optional[int] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "name", "executor", "state", "counts", "concurrency", "max_attempts", "params", "labels", "create_time", "start_time", "update_time", "end_time", "pauses", "can_pause", "can_resume", "can_cancel", "last_error", "last_sequence", "request_id", "policy", "owner", "waiting_for", "exclusive", "status", "open", "counters")

@@ -70,6 +70,12 @@ pub struct WatchersOptions {
     /// connection per stream) instead of gRPC WatchJob.
     #[arg(long)]
     pub sse: bool,
+    /// Each stream's window (WatchJobRequest's `window`, `?window=` for
+    /// `--sse`), e.g. 250ms: the stream gets the events stored within it
+    /// together. Default: the stream's own default (gRPC: the server's
+    /// 20 ms; SSE: 250 ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub window: Option<std::time::Duration>,
 }
 
 /// The job watched: no-op items, the failing ones failing on each of
@@ -115,6 +121,8 @@ pub struct Watchers {
     pub connections: u32,
     /// The streams were the HTTP API's Server-Sent Events (`--sse`).
     pub sse: bool,
+    /// The streams' window, when `--window` set one.
+    pub window_ms: Option<f64>,
     pub without: Run,
     pub with: Run,
     /// Items/s with the watchers over items/s without.
@@ -236,8 +244,12 @@ impl Watchers {
                 self.watchers, self.connections
             ),
         };
+        let window = match self.window_ms {
+            Some(ms) => format!(", a window of {ms} ms each"),
+            None => String::new(),
+        };
         let mut out = vec![format!(
-            "watchers: a job of {} ({} failing on each of {} attempt(s): stored events while it runs); {streams}",
+            "watchers: a job of {} ({} failing on each of {} attempt(s): stored events while it runs); {streams}{window}",
             self.job, self.failing_items, self.attempts
         )];
         out.push(format!("  without watchers: {}", run(&self.without)));
@@ -317,6 +329,7 @@ pub async fn watchers(setup: &Setup, opts: &WatchersOptions) -> anyhow::Result<W
         watchers: opts.watchers,
         connections: opts.connections,
         sse: opts.sse,
+        window_ms: opts.window.map(|w| w.as_secs_f64() * 1e3),
         without,
         with,
         throughput_ratio: ratio,
@@ -433,11 +446,12 @@ async fn run_on(
         for n in 0..watchers {
             let client = channels[n as usize % channels.len()].clone();
             let (id, ready) = (id.clone(), ready_tx.clone());
+            let window = opts.window;
             tasks.spawn(async move {
                 let mut out = StreamOutcome::default();
                 let watched = match http {
-                    Some(addr) => watch_sse(addr, &id, from_seq, ready, &mut out).await,
-                    None => watch(client, &id, from_seq, ready, &mut out).await,
+                    Some(addr) => watch_sse(addr, &id, from_seq, window, ready, &mut out).await,
+                    None => watch(client, &id, from_seq, window, ready, &mut out).await,
                 };
                 if let Err(e) = watched {
                     out.problem.get_or_insert(format!("{e:#}"));
@@ -521,6 +535,7 @@ async fn watch(
     mut client: Client,
     id: &str,
     from_seq: u64,
+    window: Option<Duration>,
     ready: mpsc::Sender<Result<(), String>>,
     out: &mut StreamOutcome,
 ) -> anyhow::Result<()> {
@@ -529,6 +544,10 @@ async fn watch(
             .watch_job(pb::WatchJobRequest {
                 job_id: id.into(),
                 from_sequence: from_seq,
+                window: window.map(|w| prost_types::Duration {
+                    seconds: w.as_secs() as i64,
+                    nanos: w.subsec_nanos() as i32,
+                }),
             })
             .await?
             .into_inner();
@@ -591,6 +610,7 @@ async fn watch_sse(
     addr: std::net::SocketAddr,
     id: &str,
     from_seq: u64,
+    window: Option<Duration>,
     ready: mpsc::Sender<Result<(), String>>,
     out: &mut StreamOutcome,
 ) -> anyhow::Result<()> {
@@ -600,7 +620,10 @@ async fn watch_sse(
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
         tokio::spawn(connection);
-        let request = http::Request::get(format!("/v1/jobs/{id}/events?after={from_seq}"))
+        let window = window
+            .map(|w| format!("&window={}s", w.as_secs_f64()))
+            .unwrap_or_default();
+        let request = http::Request::get(format!("/v1/jobs/{id}/events?after={from_seq}{window}"))
             .header("host", addr.to_string())
             .body(http_body_util::Empty::<bytes::Bytes>::new())?;
         let response = sender.send_request(request).await?;
@@ -744,6 +767,7 @@ mod tests {
             watchers: 10,
             connections: 1,
             sse: false,
+            window_ms: None,
             without: run(0, 1000.0),
             with: run(10, 1000.0 * ratio),
             throughput_ratio: ratio,
