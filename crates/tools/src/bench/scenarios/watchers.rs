@@ -180,7 +180,7 @@ impl WatchersSummary {
                 .count(),
             throughput_ratios: ratios,
             delivery_p99_ms: p99s,
-            target_p99_ms: TARGET_P99_MS,
+            target_p99_ms: runs.first().map_or(TARGET_P99_MS, |r| r.target_p99_ms),
             target_ratio: TARGET_RATIO,
         }
     }
@@ -220,6 +220,16 @@ impl WatchersSummary {
 }
 
 const TARGET_P99_MS: f64 = 50.0;
+/// A dashboard viewer's update delay (`--sse`): p99 under a second.
+const TARGET_SSE_P99_MS: f64 = 1000.0;
+
+fn target_p99_ms(sse: bool) -> f64 {
+    if sse {
+        TARGET_SSE_P99_MS
+    } else {
+        TARGET_P99_MS
+    }
+}
 const TARGET_RATIO: f64 = 0.9;
 
 impl Watchers {
@@ -276,7 +286,8 @@ impl Watchers {
             self.watchers, self.cores
         ));
         out.push(format!(
-            "  targets: delivery p99 < {TARGET_P99_MS} ms: {} ({:.2} ms); throughput with watchers ≥ {:.0}% of without: {} ({:.1}%); every stream complete: {}",
+            "  targets: delivery p99 < {} ms: {} ({:.2} ms); throughput with watchers ≥ {:.0}% of without: {} ({:.1}%); every stream complete: {}",
+            self.target_p99_ms,
             met(self.delivery_met),
             self.delivery.p99_ms,
             TARGET_RATIO * 100.0,
@@ -333,7 +344,7 @@ pub async fn watchers(setup: &Setup, opts: &WatchersOptions) -> anyhow::Result<W
         without,
         with,
         throughput_ratio: ratio,
-        delivery_met: delivery.n > 0 && delivery.p99_ms < TARGET_P99_MS,
+        delivery_met: delivery.n > 0 && delivery.p99_ms < target_p99_ms(opts.sse),
         delivery,
         progress_delivery: Summary::of_ms(progress),
         expected_events_per_stream: streams.last_seq - streams.from_seq,
@@ -342,7 +353,7 @@ pub async fn watchers(setup: &Setup, opts: &WatchersOptions) -> anyhow::Result<W
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
-        target_p99_ms: TARGET_P99_MS,
+        target_p99_ms: target_p99_ms(opts.sse),
         target_ratio: TARGET_RATIO,
         throughput_met: ratio >= TARGET_RATIO,
     })
@@ -634,16 +645,14 @@ async fn watch_sse(
         );
         let mut events = SseReader {
             body: response.into_body(),
-            text: String::new(),
+            text: Vec::new(),
+            read: 0,
         };
         let first = events
             .next()
             .await?
             .context("the stream ended before its snapshot")?;
-        anyhow::ensure!(
-            first.get("snapshot").is_some(),
-            "the first event is not the snapshot"
-        );
+        anyhow::ensure!(first.snapshot, "the first event is not the snapshot");
         anyhow::Ok(events)
     }
     .await;
@@ -661,80 +670,141 @@ async fn watch_sse(
     let mut next = from_seq + 1;
     while let Some(event) = events.next().await? {
         let now = SystemTime::now();
-        let ms = event["time"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        let ms = event
+            .time
             .map(|t| match now.duration_since(SystemTime::from(t)) {
                 Ok(d) => d.as_secs_f64() * 1000.0,
                 Err(e) => -e.duration().as_secs_f64() * 1000.0,
             });
-        if event.get("progress").is_some() {
+        if event.progress {
             out.progress_ms.extend(ms);
             continue;
         }
-        if let Some(error) = event.get("error") {
+        if let Some(error) = event.error {
             anyhow::bail!("the stream ended with an error: {error}");
         }
-        if event.get("snapshot").is_some() {
+        if event.snapshot {
             continue;
         }
-        let sequence: u64 = event["sequence"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .context("an event without a sequence")?;
+        let sequence = event.sequence.context("an event without a sequence")?;
         if sequence != next && out.problem.is_none() {
             out.problem = Some(format!("expected sequence {next}, got {sequence}"));
         }
         next = sequence + 1;
         out.stored_ms.extend(ms);
-        if let Some(to) = event["stateChanged"]["to"].as_str()
-            && matches!(
-                to,
-                "JOB_STATE_SUCCEEDED" | "JOB_STATE_FAILED" | "JOB_STATE_CANCELLED"
-            )
-        {
+        if event.terminal {
             out.terminal = Some(sequence);
         }
     }
     Ok(())
 }
 
-/// Server-Sent Events read from a response body: each event's `data` as
-/// JSON (`event: error` as `{"error": …}`); `None` after `event: end` or
-/// the body's end.
+/// What the bench reads of an event's `data` (a JobEvent in JSON, or an
+/// error): the other fields are skipped, not built. The viewers run on the
+/// same cores as the server, so what they spend is taken from the job; a
+/// browser's share is on its own machine.
+#[derive(Debug, Default, PartialEq)]
+struct SseEvent {
+    time: Option<chrono::DateTime<chrono::FixedOffset>>,
+    sequence: Option<u64>,
+    progress: bool,
+    snapshot: bool,
+    /// The job's terminal state change.
+    terminal: bool,
+    error: Option<String>,
+}
+
+impl SseEvent {
+    fn parse(data: &str) -> anyhow::Result<SseEvent> {
+        use serde::de::IgnoredAny;
+        use std::borrow::Cow;
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Data<'a> {
+            #[serde(borrow)]
+            time: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            sequence: Option<Cow<'a, str>>,
+            progress: Option<IgnoredAny>,
+            snapshot: Option<IgnoredAny>,
+            #[serde(borrow)]
+            state_changed: Option<StateChanged<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct StateChanged<'a> {
+            #[serde(borrow)]
+            to: Option<Cow<'a, str>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Error {
+            error: Option<serde_json::Value>,
+        }
+        let d: Data = serde_json::from_str(data)?;
+        let mut event = SseEvent {
+            time: d
+                .time
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()),
+            sequence: d.sequence.and_then(|s| s.parse().ok()),
+            progress: d.progress.is_some(),
+            snapshot: d.snapshot.is_some(),
+            terminal: d.state_changed.and_then(|c| c.to).is_some_and(|to| {
+                matches!(
+                    to.as_ref(),
+                    "JOB_STATE_SUCCEEDED" | "JOB_STATE_FAILED" | "JOB_STATE_CANCELLED"
+                )
+            }),
+            error: None,
+        };
+        if event.time.is_none() && event.sequence.is_none() {
+            // An `event: error`'s data: `{"error": {…}}`.
+            let e: Error = serde_json::from_str(data)?;
+            event.error = e.error.map(|e| e.to_string());
+        }
+        Ok(event)
+    }
+}
+
+/// Server-Sent Events read from a response body: each event's `data`
+/// (`event: error`'s as an error); `None` after `event: end` or the body's
+/// end. The events of a frame are read in place: the buffer is moved once
+/// per frame, not once per event.
 struct SseReader {
     body: hyper::body::Incoming,
-    text: String,
+    text: Vec<u8>,
+    /// Where the next event starts in `text`.
+    read: usize,
 }
 
 impl SseReader {
-    async fn next(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
+    async fn next(&mut self) -> anyhow::Result<Option<SseEvent>> {
         use http_body_util::BodyExt as _;
         loop {
-            while let Some(end) = self.text.find("\n\n") {
-                let block: String = self.text.drain(..end + 2).collect();
+            while let Some(end) = self.text[self.read..].windows(2).position(|w| w == b"\n\n") {
+                let block = std::str::from_utf8(&self.text[self.read..self.read + end])?;
+                self.read += end + 2;
                 let mut kind = "";
                 let mut data = None;
                 for line in block.lines() {
                     if let Some(k) = line.strip_prefix("event: ") {
                         kind = k;
                     } else if let Some(d) = line.strip_prefix("data: ") {
-                        data = Some(serde_json::from_str::<serde_json::Value>(d)?);
+                        data = Some(SseEvent::parse(d)?);
                     }
                 }
                 match (kind, data) {
                     ("end", _) => return Ok(None),
-                    ("error", Some(error)) => return Ok(Some(error)),
                     (_, Some(data)) => return Ok(Some(data)),
                     // A comment (keepalive).
                     (_, None) => {}
                 }
             }
+            self.text.drain(..self.read);
+            self.read = 0;
             let Some(frame) = self.body.frame().await else {
                 return Ok(None);
             };
             if let Ok(data) = frame?.into_data() {
-                self.text.push_str(std::str::from_utf8(&data)?);
+                self.text.extend_from_slice(&data);
             }
         }
     }
@@ -750,6 +820,39 @@ fn ended(job: &pb::Job) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_events_stream_s_data_is_read_for_what_the_bench_needs() {
+        let stored = SseEvent::parse(
+            r#"{"sequence":"42","time":"2026-12-07T20:00:00.250Z","stateChanged":{"from":"JOB_STATE_RUNNING","to":"JOB_STATE_FAILED","reason":"a \"quoted\" reason"}}"#,
+        )
+        .unwrap();
+        assert_eq!(stored.sequence, Some(42));
+        assert_eq!(
+            stored.time.unwrap().timestamp_millis(),
+            chrono::DateTime::parse_from_rfc3339("2026-12-07T20:00:00.250Z")
+                .unwrap()
+                .timestamp_millis()
+        );
+        assert!(stored.terminal && !stored.progress && !stored.snapshot);
+        let running = SseEvent::parse(
+            r#"{"sequence":"3","time":"2026-12-07T20:00:00Z","stateChanged":{"to":"JOB_STATE_RUNNING"}}"#,
+        )
+        .unwrap();
+        assert!(!running.terminal);
+        let progress = SseEvent::parse(
+            r#"{"sequence":"9","time":"2026-12-07T20:00:00Z","progress":{"counts":{"succeeded":"5"}}}"#,
+        )
+        .unwrap();
+        assert!(progress.progress && !progress.snapshot);
+        let snapshot =
+            SseEvent::parse(r#"{"sequence":"9","snapshot":{"id":"x","labels":{"a":"b"}}}"#)
+                .unwrap();
+        assert!(snapshot.snapshot);
+        let error = SseEvent::parse(r#"{"error":{"code":503,"message":"shutting down"}}"#).unwrap();
+        assert!(error.error.unwrap().contains("shutting down"));
+        assert!(SseEvent::parse("not json").is_err());
+    }
 
     fn pair(ratio: f64, p99_ms: f64, complete_streams: u32) -> Watchers {
         let run = |watchers, items_per_second| Run {
