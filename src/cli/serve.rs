@@ -119,6 +119,15 @@ pub struct ServeArgs {
     #[arg(long, env = "JOBVISOR_RETENTION", value_parser = humantime::parse_duration)]
     retention: Option<Duration>,
 
+    /// With --retention on PostgreSQL: once the retention has deleted this
+    /// many items since the last time, the server vacuums the items and
+    /// events tables itself, so that new items reuse the room at once
+    /// (autovacuum looks at a database once a minute at most, by default,
+    /// and a busy server's items table grows by what it ran meanwhile).
+    /// 0: leave it to autovacuum.
+    #[arg(long, env = "JOBVISOR_VACUUM_AFTER", default_value_t = 1_000_000)]
+    vacuum_after: u64,
+
     /// An executor whose items run in worker processes connected over
     /// WorkerService (`jobvisor worker`, the Python library, any gRPC
     /// client), e.g. --remote-executor ocr. Repeat it, or separate names
@@ -404,6 +413,7 @@ impl ServeArgs {
         config.engine.pipeline_depth = self.pipeline_depth;
         config.engine.watch_window = self.watch_window;
         config.engine.retention = self.retention;
+        config.engine.vacuum_after = self.vacuum_after;
         config.engine.watch_stall = self.watch_stall_timeout;
         config.engine.stream_keepalive = self.stream_keepalive;
         config.remote.executors = self.remote_executors.clone();

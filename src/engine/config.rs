@@ -29,6 +29,9 @@ pub struct EngineConfig {
     /// Ended jobs older than this are deleted (none: kept until a
     /// DeleteJob call).
     pub retention: Option<Duration>,
+    /// Items the retention deletes between two reclaims of their room
+    /// ([`crate::store::Store::reclaim`]); 0: never.
+    pub vacuum_after: u64,
     /// Store reads WatchJob streams may run at once, all streams together
     /// (their snapshots, replay pages and polls): the rest of the
     /// database connections stay for control calls and readiness.
@@ -87,6 +90,7 @@ impl Default for EngineConfig {
             pipelined_acks: false,
             pipeline_depth: 32,
             retention: None,
+            vacuum_after: 1_000_000,
             watch_reads: 4,
             watch_stall: Duration::from_secs(30),
             stream_keepalive: Duration::from_secs(15),

@@ -23,6 +23,12 @@ pub fn prune_interval(retention: Duration) -> Duration {
     (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
+/// Whether the room of `unreclaimed` deleted items is to be reclaimed now,
+/// with `--vacuum-after` at `after` (0: never).
+fn reclaim_due(unreclaimed: u64, after: u64) -> bool {
+    after > 0 && unreclaimed >= after
+}
+
 impl Engine {
     /// Deletes an ended job and everything stored for it; returns the job
     /// as it was. A job that has not ended is refused: its supervisor and
@@ -41,21 +47,26 @@ impl Engine {
     }
 
     /// Deletes, batch after batch, every job that ended before `before`;
-    /// returns how many. Stops early when the server shuts down.
-    pub async fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<usize, EngineError> {
-        let mut deleted = 0;
+    /// returns how many jobs and items. Stops early when the server shuts
+    /// down.
+    pub async fn prune(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(usize, u64), EngineError> {
+        let (mut jobs, mut items) = (0, 0);
         while !self.closing.is_cancelled() {
-            let ids = self.rt.store.delete_ended(before, PRUNE_LIMITS).await?;
-            if ids.is_empty() {
+            let pruned = self.rt.store.delete_ended(before, PRUNE_LIMITS).await?;
+            if pruned.jobs.is_empty() {
                 break;
             }
-            crate::metrics::jobs_deleted("retention", ids.len());
-            deleted += ids.len();
+            crate::metrics::jobs_deleted("retention", pruned.jobs.len());
+            jobs += pruned.jobs.len();
+            items += pruned.items;
             // Each batch is a transaction of its own; the committer's
             // batches and the API's calls interleave with them.
             tokio::task::yield_now().await;
         }
-        Ok(deleted)
+        Ok((jobs, items))
     }
 
     /// With a retention: deletes the jobs that ended longer ago than it,
@@ -68,8 +79,11 @@ impl Engine {
             return;
         };
         let every = prune_interval(retention);
+        let vacuum_after = self.rt.config.vacuum_after;
         let engine = self.clone();
         tokio::spawn(async move {
+            // Items deleted since the last reclaim of their room.
+            let mut unreclaimed = 0u64;
             loop {
                 // First one interval in: the start-up's own work (adopting
                 // the unfinished jobs) does not share the store with it.
@@ -79,14 +93,35 @@ impl Engine {
                 }
                 let before = chrono::Utc::now() - age;
                 match engine.prune(before).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(
-                        jobs = n,
-                        ?retention,
-                        "deleted ended jobs past the retention"
-                    ),
+                    Ok((0, _)) => {}
+                    Ok((jobs, items)) => {
+                        tracing::info!(
+                            jobs,
+                            items,
+                            ?retention,
+                            "deleted ended jobs past the retention"
+                        );
+                        unreclaimed += items;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot delete old jobs now; trying again later")
+                    }
+                }
+                if reclaim_due(unreclaimed, vacuum_after) && !engine.closing.is_cancelled() {
+                    let started = std::time::Instant::now();
+                    match engine.rt.store.reclaim().await {
+                        Ok(()) => {
+                            tracing::info!(
+                                items = unreclaimed,
+                                took = ?started.elapsed(),
+                                "reclaimed the room of the items the retention deleted"
+                            );
+                            unreclaimed = 0;
+                        }
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "cannot reclaim the room of deleted items now; trying again later"
+                        ),
                     }
                 }
             }
@@ -97,6 +132,15 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_room_of_deleted_items_is_reclaimed_past_the_threshold_unless_it_is_off() {
+        assert!(!reclaim_due(0, 1_000_000));
+        assert!(!reclaim_due(999_999, 1_000_000));
+        assert!(reclaim_due(1_000_000, 1_000_000));
+        assert!(reclaim_due(5_000_000, 1_000_000));
+        assert!(!reclaim_due(5_000_000, 0), "0 turns it off");
+    }
 
     #[test]
     fn the_retention_looks_ten_times_per_period_within_a_second_and_a_minute() {

@@ -276,6 +276,13 @@ impl From<crate::domain::CancelRefusal> for StoreError {
     }
 }
 
+/// What one retention batch deleted: the jobs, and their items in all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: Vec<JobId>,
+    pub items: u64,
+}
+
 /// How much one retention batch ([`Store::delete_ended`]) may delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PruneLimits {
@@ -287,7 +294,7 @@ impl PruneLimits {
     /// Which of `candidates` (id, items, as the stores read them; the
     /// oldest first) one batch deletes: the first always, then more while
     /// the jobs fit in `self.jobs` and their items in `self.items`.
-    pub fn take(self, candidates: &[(uuid::Uuid, i64)]) -> Vec<JobId> {
+    pub fn take(self, candidates: &[(uuid::Uuid, i64)]) -> Pruned {
         let mut items = 0u64;
         let mut taken = Vec::new();
         for &(id, n) in candidates.iter().take(self.jobs as usize) {
@@ -298,7 +305,7 @@ impl PruneLimits {
             items = items.saturating_add(n);
             taken.push(JobId(id));
         }
-        taken
+        Pruned { jobs: taken, items }
     }
 }
 
@@ -563,12 +570,21 @@ pub trait Store: Send + Sync + 'static {
     /// Retention: deletes jobs that ended before `before`, the oldest
     /// first, in one transaction: at most `limits.jobs` jobs, and no more
     /// jobs past the first once their items would pass `limits.items`.
-    /// Returns the ids deleted (none: nothing is that old).
+    /// Returns the ids deleted (none: nothing is that old) and their items.
     async fn delete_ended(
         &self,
         before: chrono::DateTime<chrono::Utc>,
         limits: PruneLimits,
-    ) -> Result<Vec<JobId>, StoreError>;
+    ) -> Result<Pruned, StoreError>;
+
+    /// Makes the room of the rows deleted so far reusable now, after the
+    /// retention deleted many items (see `engine/retention.rs`).
+    /// PostgreSQL: `VACUUM` of the items and events tables, skipped if
+    /// another vacuum holds them (autovacuum waits up to a minute between
+    /// looks at a database, and meanwhile a busy server's items table
+    /// grows by what it ran). SQLite: nothing to do (a deleted row's page
+    /// goes to the database's free list at once).
+    async fn reclaim(&self) -> Result<(), StoreError>;
 
     /// PAUSING or PAUSED jobs whose open pause asked to resume by `now`.
     async fn due_resumes(
@@ -698,15 +714,16 @@ mod tests {
         let c = jobs(&[40, 50, 5, 1]);
         // Three jobs at most.
         assert_eq!(
-            limits.take(&c),
+            limits.take(&c).jobs,
             vec![JobId(c[0].0), JobId(c[1].0), JobId(c[2].0)]
         );
         // Items: 40 + 50 fit, 40 + 50 + 20 do not.
         let c = jobs(&[40, 50, 20]);
-        assert_eq!(limits.take(&c), vec![JobId(c[0].0), JobId(c[1].0)]);
+        assert_eq!(limits.take(&c).jobs, vec![JobId(c[0].0), JobId(c[1].0)]);
         // A job larger than the limit on its own is still deleted, alone.
         let c = jobs(&[1_000, 1]);
-        assert_eq!(limits.take(&c), vec![JobId(c[0].0)]);
-        assert!(limits.take(&[]).is_empty());
+        assert_eq!(limits.take(&c).jobs, vec![JobId(c[0].0)]);
+        assert!(limits.take(&[]).jobs.is_empty());
+        assert_eq!(limits.take(&jobs(&[40, 50, 20])).items, 90);
     }
 }

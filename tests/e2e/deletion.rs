@@ -170,3 +170,63 @@ async fn the_retention_deletes_ended_jobs_by_itself() {
 async fn the_retention_deletes_ended_jobs_by_itself_on_the_embedded_store() {
     retention_deletes_ended_jobs(StoreKind::Embedded).await;
 }
+
+/// Once the retention has deleted `--vacuum-after` items, the server
+/// vacuums the items and events tables itself (PostgreSQL's count of
+/// manual vacuums of `items` moves), and the jobs still running are
+/// untouched by it.
+#[tokio::test]
+async fn the_retention_vacuums_once_it_has_deleted_enough_items() {
+    let app = spawn_app_with(Options {
+        retention: Some(SECS(1)),
+        vacuum_after: 5,
+        ..Options::default()
+    })
+    .await;
+    let vacuums = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'items'",
+        )
+        .fetch_one(app.pg())
+        .await
+        .unwrap()
+    };
+    let live = app.start(app.job("gate", 2, 1, &[])).await;
+    // Three items deleted: not yet.
+    let first = app
+        .start(app.job("sleep", 3, 3, &[("duration_ms", "0")]))
+        .await;
+    app.wait_for(&first.id, JobState::Succeeded, SECS(10)).await;
+    gone_within(&app, &first.id, SECS(10)).await;
+    tokio::time::sleep(SECS(2)).await;
+    assert_eq!(vacuums().await, 0, "vacuumed after 3 items deleted of 5");
+    // Three more: six deleted, past the threshold.
+    let second = app
+        .start(app.job("sleep", 3, 3, &[("duration_ms", "0")]))
+        .await;
+    app.wait_for(&second.id, JobState::Succeeded, SECS(10))
+        .await;
+    gone_within(&app, &second.id, SECS(10)).await;
+    app.eventually("the items table vacuumed", SECS(10), || async {
+        vacuums().await >= 1
+    })
+    .await;
+    assert_eq!(app.get(&live.id).await.state, JobState::Running as i32);
+    app.gate.open();
+    app.wait_for(&live.id, JobState::Succeeded, SECS(10)).await;
+    app.stop().await;
+}
+
+/// Waits until the job is gone (NOT_FOUND).
+async fn gone_within(app: &TestApp, id: &str, within: Duration) {
+    app.eventually("the job deleted", within, || async {
+        matches!(
+            app.client
+                .clone()
+                .get_job(pb::GetJobRequest { job_id: id.into() })
+                .await,
+            Err(status) if status.code() == Code::NotFound
+        )
+    })
+    .await;
+}

@@ -49,6 +49,8 @@ pub struct Options {
     pub pipelined_acks: bool,
     /// `serve --retention`.
     pub retention: Option<Duration>,
+    /// `serve --vacuum-after`.
+    pub vacuum_after: u64,
     /// `serve --watch-stall-timeout`.
     pub watch_stall: Duration,
     /// `serve --handshake-timeout`.
@@ -87,6 +89,7 @@ impl Default for Options {
             max_request_bytes: 64 * 1024 * 1024,
             pipelined_acks: false,
             retention: None,
+            vacuum_after: 1_000_000,
             watch_stall: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             stream_keepalive: Duration::from_secs(15),
@@ -216,6 +219,7 @@ async fn start_server(
     config.max_request_bytes = options.max_request_bytes;
     config.engine.pipelined_acks = options.pipelined_acks;
     config.engine.retention = options.retention;
+    config.engine.vacuum_after = options.vacuum_after;
     config.engine.watch_stall = options.watch_stall;
     config.engine.stream_keepalive = options.stream_keepalive;
     config.handshake_timeout = options.handshake_timeout;

@@ -12,7 +12,8 @@ use crate::{
         cancel::{EndedItems, cancelled_event},
     },
     store::{
-        Added, Created, ItemsCancelled, Lease, PruneLimits, Recovery, StoreError, TransitionWrite,
+        Added, Created, ItemsCancelled, Lease, PruneLimits, Pruned, Recovery, StoreError,
+        TransitionWrite,
     },
 };
 use sqlx::{PgConnection, PgPool, types::Json};
@@ -644,7 +645,7 @@ pub(super) async fn delete_ended(
     pool: &PgPool,
     before: chrono::DateTime<chrono::Utc>,
     limits: PruneLimits,
-) -> Result<Vec<JobId>, StoreError> {
+) -> Result<Pruned, StoreError> {
     let mut tx = pool.begin().await.map_err(db_error)?;
     // Locked, so that a RetryFailedItems cannot reopen one meanwhile;
     // skipped if locked, so that replicas pruning at once share the work.
@@ -658,18 +659,32 @@ pub(super) async fn delete_ended(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_error)?;
-    let ids = limits.take(&candidates);
-    if ids.is_empty() {
-        return Ok(ids);
+    let pruned = limits.take(&candidates);
+    if pruned.jobs.is_empty() {
+        return Ok(pruned);
     }
-    let raw: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+    let raw: Vec<uuid::Uuid> = pruned.jobs.iter().map(|id| id.0).collect();
     sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
         .bind(&raw)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
     tx.commit().await.map_err(db_error)?;
-    Ok(ids)
+    Ok(pruned)
+}
+
+/// Reclaim: see [`crate::store::Store::reclaim`]. Not the jobs table:
+/// its rows are few and autovacuum's pace suits them. No truncation of
+/// the tables' empty ends: that takes an exclusive lock (briefly, but a
+/// standby replays it and cancels its queries), and the room is reused
+/// anyway.
+pub(super) async fn reclaim(pool: &PgPool) -> Result<(), StoreError> {
+    // As a simple query: VACUUM cannot be a prepared statement's.
+    sqlx::raw_sql("VACUUM (SKIP_LOCKED, TRUNCATE false) items, job_events")
+        .execute(pool)
+        .await
+        .map_err(db_error)?;
+    Ok(())
 }
 
 pub(super) async fn due_resumes(

@@ -331,8 +331,12 @@ impl Store for PgStore {
         &self,
         before: chrono::DateTime<chrono::Utc>,
         limits: super::PruneLimits,
-    ) -> Result<Vec<JobId>, StoreError> {
+    ) -> Result<super::Pruned, StoreError> {
         jobs::delete_ended(&self.pool, before, limits).await
+    }
+
+    async fn reclaim(&self) -> Result<(), StoreError> {
+        jobs::reclaim(&self.pool).await
     }
 
     async fn due_resumes(

@@ -15,7 +15,7 @@ use crate::{
         JobState, PauseMode, Provenance, RateLimit,
         cancel::{EndedItems, cancelled_event},
     },
-    store::{Added, Created, ItemsCancelled, PruneLimits, StoreError, TransitionWrite},
+    store::{Added, Created, ItemsCancelled, PruneLimits, Pruned, StoreError, TransitionWrite},
 };
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
@@ -700,7 +700,7 @@ pub(super) async fn delete_ended(
     pool: &SqlitePool,
     before: DateTime<Utc>,
     limits: PruneLimits,
-) -> Result<Vec<JobId>, StoreError> {
+) -> Result<Pruned, StoreError> {
     let mut tx = begin_write(pool).await?;
     let candidates: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
         "SELECT id, total_items FROM jobs \
@@ -712,19 +712,19 @@ pub(super) async fn delete_ended(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_error)?;
-    let ids = limits.take(&candidates);
-    if ids.is_empty() {
-        return Ok(ids);
+    let pruned = limits.take(&candidates);
+    if pruned.jobs.is_empty() {
+        return Ok(pruned);
     }
     let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM jobs WHERE id IN (");
     let mut list = delete.separated(", ");
-    for id in &ids {
+    for id in &pruned.jobs {
         list.push_bind(id.0);
     }
     delete.push(")");
     delete.build().execute(&mut *tx).await.map_err(db_error)?;
     tx.commit().await.map_err(db_error)?;
-    Ok(ids)
+    Ok(pruned)
 }
 
 pub(super) async fn due_resumes(

@@ -205,8 +205,14 @@ impl Store for SqliteStore {
         &self,
         before: chrono::DateTime<chrono::Utc>,
         limits: super::PruneLimits,
-    ) -> Result<Vec<JobId>, StoreError> {
+    ) -> Result<super::Pruned, StoreError> {
         jobs::delete_ended(&self.write, before, limits).await
+    }
+
+    /// Nothing to do: a page freed by a delete goes to SQLite's free list
+    /// at once and the next inserts take it.
+    async fn reclaim(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn due_resumes(

@@ -6,7 +6,7 @@
 use crate::harness::*;
 use jobvisor::{
     domain::{Effect, Job, JobId, JobState, PauseMode},
-    store::{PruneLimits, Store, StoreError, WriteKind},
+    store::{PruneLimits, Pruned, Store, StoreError, WriteKind},
 };
 use std::sync::Arc;
 
@@ -121,23 +121,27 @@ pub async fn the_retention_deletes_the_oldest_ended_jobs_in_batches(store: Arc<d
             .delete_ended(before_any, limits(10, 1_000))
             .await
             .unwrap()
+            .jobs
             .is_empty()
     );
     // Two jobs at most: the two that ended first.
     assert_eq!(
         store.delete_ended(later, limits(2, 1_000)).await.unwrap(),
-        ended[..2]
+        Pruned {
+            jobs: ended[..2].to_vec(),
+            items: 6
+        }
     );
     // 3 items fit in 4, the next job's 3 would not: one job.
     let last = create(&store, &spec(3)).await;
     let last = cancel(&store, last.id).await.id;
     assert_eq!(
-        store.delete_ended(later, limits(10, 4)).await.unwrap(),
+        store.delete_ended(later, limits(10, 4)).await.unwrap().jobs,
         vec![ended[2]]
     );
     // A job larger than the items' limit goes alone.
     assert_eq!(
-        store.delete_ended(later, limits(10, 1)).await.unwrap(),
+        store.delete_ended(later, limits(10, 1)).await.unwrap().jobs,
         vec![last]
     );
     assert!(
@@ -145,6 +149,7 @@ pub async fn the_retention_deletes_the_oldest_ended_jobs_in_batches(store: Arc<d
             .delete_ended(later, limits(10, 1_000))
             .await
             .unwrap()
+            .jobs
             .is_empty()
     );
     for id in ended.iter().chain([&last]) {
