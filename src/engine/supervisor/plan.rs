@@ -91,7 +91,7 @@ impl Core {
             && self.auto_pause.is_none()
             && !self.timed()
             && self.claims.out.is_none()
-            && !(self.claims.all_taken() && !self.open)
+            && (self.open || !self.claims.all_taken())
             && workers.seats() == Some(0)
             && workers.in_flight() == 0
             && workers.queued() == 0
