@@ -201,8 +201,14 @@ impl Actor for JobManager {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 if let Some((job, epoch)) = st.by_actor.remove(&cell.get_id()) {
-                    let current = forget(st, job, cell.get_id());
-                    if current && st.woken.remove(&job) && !st.shutting_down {
+                    if !forget(st, job, cell.get_id()) {
+                        // Replaced (a supervisor that exited to wait, or
+                        // paused, and a control call came as it stopped)
+                        // or abandoned: the lease, if any, is the newer
+                        // supervisor's, or was given up already.
+                        return Ok(());
+                    }
+                    if st.woken.remove(&job) && !st.shutting_down {
                         // A worker came for the job while this supervisor
                         // stopped: supervised again under the same lease
                         // (released instead if the job no longer runs).
