@@ -629,6 +629,20 @@ mod tests {
             }
         }
         assert_eq!(seen, 1, "one combination parks");
+        // Only an active supervisor parks: not one backing off from the
+        // store, committing a transition, or shutting down.
+        for phase in [
+            Phase::Backoff,
+            Phase::Settling { backoff: false },
+            Phase::Settling { backoff: true },
+            Phase::ShuttingDown,
+            Phase::Stopped,
+        ] {
+            let mut c = core(JobState::Running);
+            c.phase = phase;
+            let actions = next(&mut c, UNSERVED, now);
+            assert!(!actions.contains(&Action::Park), "{phase:?}: {actions:?}");
+        }
     }
 
     #[test]
