@@ -1436,6 +1436,66 @@ mod tests {
         AssignItem::for_test(index)
     }
 
+    /// A hub whose woken jobs land in the returned list.
+    fn waking_hub() -> (Arc<WorkerHub>, Arc<StdMutex<Vec<JobId>>>) {
+        let hub = hub();
+        let woken = Arc::new(StdMutex::new(Vec::new()));
+        let sink = woken.clone();
+        hub.set_waker(Arc::new(move |job| sink.lock().unwrap().push(job)));
+        (hub, woken)
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Arc<BTreeMap<String, String>> {
+        Arc::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_job_parks_only_while_no_worker_serves_it_and_a_worker_that_does_wakes_it() {
+        let (hub, woken) = waking_hub();
+        let ocr: Arc<str> = Arc::from("ocr");
+        let video = labels(&[("team", "video")]);
+        let job = JobId::new();
+        assert!(hub.park(job, &ocr, &video));
+        assert!(hub.parked(job));
+        assert_eq!(hub.parked_jobs(), 1);
+        // A worker scoped to another team does not serve it: it stays.
+        let audio = Identity {
+            name: "audio".into(),
+            scope: [("team".to_string(), "audio".to_string())].into(),
+        };
+        let _scoped = hub.attach(hello(2), audio).unwrap();
+        assert!(woken.lock().unwrap().is_empty());
+        assert!(hub.parked(job));
+        // One that serves it wakes it, once, and it leaves the set.
+        let _w = hub.attach(hello(2), Identity::default()).unwrap();
+        assert_eq!(*woken.lock().unwrap(), [job]);
+        assert!(!hub.parked(job));
+        assert_eq!(hub.parked_jobs(), 0);
+        // Served now: it is not parked (its supervisor stays).
+        assert!(!hub.park(job, &ocr, &video));
+        assert!(!hub.park(JobId::new(), &ocr, &labels(&[])));
+        assert_eq!(hub.parked_jobs(), 0);
+        let _again = hub.attach(hello(1), Identity::default()).unwrap();
+        assert_eq!(woken.lock().unwrap().len(), 1, "woken once");
+    }
+
+    #[test]
+    fn a_job_supervised_again_is_not_woken() {
+        let (hub, woken) = waking_hub();
+        let job = JobId::new();
+        assert!(hub.park(job, &Arc::from("ocr"), &labels(&[])));
+        // A resume or a cancel started a supervisor meanwhile.
+        hub.unpark(job);
+        assert!(!hub.parked(job));
+        let _w = hub.attach(hello(1), Identity::default()).unwrap();
+        assert!(woken.lock().unwrap().is_empty());
+    }
+
     #[test]
     fn seats_go_to_the_jobs_in_turn_and_never_beyond_what_they_want() {
         let hub = hub();
