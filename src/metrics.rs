@@ -89,6 +89,14 @@ pub fn describe() {
         "Database connections, by state (idle, used)."
     );
     describe_gauge!("jobvisor_watch_streams", "Open WatchJob streams.");
+    describe_gauge!(
+        "jobvisor_job_supervisors",
+        "Live job supervisors in this process: RUNNING, PAUSING and CANCELLING jobs, less those that wait for remote workers (they hold none)."
+    );
+    describe_gauge!(
+        "jobvisor_jobs_waiting_for_workers",
+        "RUNNING jobs of remote executors waiting here, with no supervisor, for a worker that serves them."
+    );
     describe_counter!(
         "jobvisor_rpc_requests_total",
         "RPCs answered, by method and gRPC code."
@@ -189,6 +197,14 @@ pub fn pool(idle: usize, used: usize) {
 
 pub fn live_jobs(state: &str, n: u64) {
     gauge!("jobvisor_jobs", "state" => state.to_string()).set(n as f64);
+}
+
+pub fn supervisors(n: usize) {
+    gauge!("jobvisor_job_supervisors").set(n as f64);
+}
+
+pub fn jobs_waiting_for_workers(n: usize) {
+    gauge!("jobvisor_jobs_waiting_for_workers").set(n as f64);
 }
 
 pub fn watch_streams(delta: f64) {

@@ -720,6 +720,7 @@ impl Engine {
     /// whether it changed anything.
     async fn observe(&self, change: JobChange) -> bool {
         let Some(supervisor) = self.lookup(change.job).await else {
+            self.unsupervised(change.job, change.state).await;
             return false;
         };
         let interrupt = change.state == JobState::Cancelling
@@ -744,6 +745,26 @@ impl Engine {
             .ok()
             .and_then(|r| r.success_or(()).ok())
             .unwrap_or(false)
+    }
+
+    /// A job whose lease this replica holds has no supervisor here. One
+    /// that waits for workers (RUNNING, parked in the worker hub) stays
+    /// so. Any other is read and supervised: a pause or a cancel
+    /// committed through another replica is carried out, and a job that
+    /// no longer runs releases its lease as its supervisor exits. (A
+    /// supervisor being started meanwhile is not doubled: the manager
+    /// answers with the live one.)
+    async fn unsupervised(&self, job: JobId, state: JobState) {
+        if state == JobState::Running && self.parked(job) {
+            return;
+        }
+        let supervised = match self.rt.store.get_job(job).await {
+            Ok(found) => self.supervise(found, None).await.map(|_| ()),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = supervised {
+            tracing::debug!(job_id = %job, error = %e, "could not supervise a job held here; the next heartbeat tries again");
+        }
     }
 
     /// After a control call committed `job` here: makes sure the replica

@@ -15,7 +15,7 @@ use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
 };
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -57,6 +57,10 @@ pub enum ManagerMsg {
     },
     /// A crashed supervisor's job, read again: supervise it anew.
     Readopt(JobId),
+    /// A worker that serves the job connected while it waited for one
+    /// with no supervisor: supervise it again (once the job's supervisor,
+    /// if one is still stopping, is gone).
+    Wake(JobId),
 }
 
 pub struct ManagerState {
@@ -65,7 +69,15 @@ pub struct ManagerState {
     readopt: Arc<dyn Fn(JobId) + Send + Sync>,
     /// A supervisor stopped (not crashed), with the epoch of its lease.
     ended: Arc<dyn Fn(JobId, Option<i64>) + Send + Sync>,
+    /// Reads a job that waited for workers and supervises it if it is
+    /// still RUNNING; with the epoch of the lease its last supervisor ran
+    /// under, if it had one (released if the job no longer runs).
+    wake: Arc<dyn Fn(JobId, Option<i64>) + Send + Sync>,
     supervisors: HashMap<JobId, ActorRef<SupervisorMsg>>,
+    /// Jobs woken while their supervisor was in the map: it may be the
+    /// one exiting to wait (the worker connected as it parked), so the
+    /// job is woken once it is gone.
+    woken: HashSet<JobId>,
     /// Each live supervisor's job and lease epoch.
     by_actor: HashMap<ActorId, (JobId, Option<i64>)>,
     /// Recent supervisor crashes per job: a job whose supervisor keeps
@@ -78,6 +90,7 @@ pub struct ManagerArgs {
     pub rt: Arc<Runtime>,
     pub readopt: Arc<dyn Fn(JobId) + Send + Sync>,
     pub ended: Arc<dyn Fn(JobId, Option<i64>) + Send + Sync>,
+    pub wake: Arc<dyn Fn(JobId, Option<i64>) + Send + Sync>,
 }
 
 pub struct JobManager;
@@ -96,7 +109,9 @@ impl Actor for JobManager {
             rt: args.rt,
             readopt: args.readopt,
             ended: args.ended,
+            wake: args.wake,
             supervisors: HashMap::new(),
+            woken: HashSet::new(),
             by_actor: HashMap::new(),
             crashes: HashMap::new(),
             shutting_down: false,
@@ -124,8 +139,10 @@ impl Actor for JobManager {
                 // Out of the map now, so the job can be taken again while
                 // this one stops.
                 if let Some(supervisor) = st.supervisors.remove(&job) {
+                    crate::metrics::supervisors(st.supervisors.len());
                     let _ = supervisor.cast(SupervisorMsg::Abandon);
                 }
+                st.woken.remove(&job);
             }
             ManagerMsg::HandOver { job, grace, reply } => match st.supervisors.get(&job).cloned() {
                 Some(supervisor) => {
@@ -160,6 +177,17 @@ impl Actor for JobManager {
                     (st.readopt)(job);
                 }
             }
+            ManagerMsg::Wake(_) if st.shutting_down => {}
+            ManagerMsg::Wake(job) => {
+                if st.supervisors.contains_key(&job) {
+                    // Whether it stays or is stopping, the job is looked
+                    // at again once it is gone (a job that no longer runs
+                    // is left alone then).
+                    st.woken.insert(job);
+                } else {
+                    (st.wake)(job, None);
+                }
+            }
         }
         Ok(())
     }
@@ -173,14 +201,29 @@ impl Actor for JobManager {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 if let Some((job, epoch)) = st.by_actor.remove(&cell.get_id()) {
-                    forget(st, job, cell.get_id());
-                    (st.ended)(job, epoch);
+                    if !forget(st, job, cell.get_id()) {
+                        // Replaced (a supervisor that exited to wait, or
+                        // paused, and a control call came as it stopped)
+                        // or abandoned: the lease, if any, is the newer
+                        // supervisor's, or was given up already.
+                        return Ok(());
+                    }
+                    if st.woken.remove(&job) && !st.shutting_down {
+                        // A worker came for the job while this supervisor
+                        // stopped: supervised again under the same lease
+                        // (released instead if the job no longer runs).
+                        (st.wake)(job, epoch);
+                    } else {
+                        (st.ended)(job, epoch);
+                    }
                 }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 let Some((job, _)) = st.by_actor.remove(&cell.get_id()) else {
                     return Ok(());
                 };
+                // Re-adopted below if it is to run: a wake-up adds nothing.
+                st.woken.remove(&job);
                 if !forget(st, job, cell.get_id()) {
                     // Abandoned before it crashed: nothing to re-adopt.
                     return Ok(());
@@ -212,6 +255,7 @@ fn forget(st: &mut ManagerState, job: JobId, actor: ActorId) -> bool {
         .is_some_and(|s| s.get_id() == actor)
     {
         st.supervisors.remove(&job);
+        crate::metrics::supervisors(st.supervisors.len());
         true
     } else {
         false
@@ -256,6 +300,7 @@ async fn supervise(
             EngineError::NotApplied(format!("could not start the job's supervisor: {e}"))
         })?;
     st.supervisors.insert(id, supervisor.clone());
+    crate::metrics::supervisors(st.supervisors.len());
     st.by_actor.insert(supervisor.get_id(), (id, epoch));
     Ok(supervisor)
 }

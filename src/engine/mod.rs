@@ -152,7 +152,15 @@ impl Engine {
             let slot = slot.clone();
             Arc::new(move |job: JobId, epoch: Option<i64>| {
                 if let Some(engine) = slot.get() {
-                    engine.placement.supervisor_ended(engine, job, epoch);
+                    engine.supervisor_ended(job, epoch);
+                }
+            })
+        };
+        let wake = {
+            let slot = slot.clone();
+            Arc::new(move |job: JobId, epoch: Option<i64>| {
+                if let Some(engine) = slot.get().cloned() {
+                    tokio::spawn(async move { engine.wake(job, epoch).await });
                 }
             })
         };
@@ -163,6 +171,7 @@ impl Engine {
                 rt: rt.clone(),
                 readopt,
                 ended,
+                wake,
             },
         )
         .await
@@ -180,6 +189,15 @@ impl Engine {
             tasks: tokio::runtime::Handle::current(),
         };
         let _ = slot.set(engine.clone());
+        if let Some(hub) = engine.registry.remote() {
+            // A job that waits for workers holds no supervisor: the hub
+            // wakes it through the manager, which waits for a supervisor
+            // still stopping to be gone first.
+            let manager = engine.manager.clone();
+            hub.set_waker(Arc::new(move |job| {
+                let _ = manager.cast(ManagerMsg::Wake(job));
+            }));
+        }
         let adopted = engine.adopt().await?;
         engine.schedule_resumes();
         engine.schedule_pruning();
@@ -986,6 +1004,14 @@ impl Engine {
                 .await;
             match acked {
                 Ok(ractor::rpc::CallResult::Success(())) => return Ok(()),
+                // Started from the job as committed, it found no worker
+                // serving it and exited to wait for one: the change is
+                // in effect (the next supervisor reads the job).
+                Ok(ractor::rpc::CallResult::SenderError) | Err(_)
+                    if job.state == JobState::Running && self.parked(job.id) =>
+                {
+                    return Ok(());
+                }
                 // The supervisor ended between lookup and call: try again.
                 Ok(ractor::rpc::CallResult::SenderError) | Err(_) if needs_supervisor => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1070,6 +1096,61 @@ impl Engine {
                     Some(self.rt.config.control_timeout),
                 )
                 .await;
+        }
+    }
+
+    /// A supervisor stopped. A job that waits for workers (parked in the
+    /// worker hub) keeps its lease, as the job stays RUNNING here with no
+    /// actors: released, the job would be adopted again at once by some
+    /// replica, only to wait there. Any other job's lease is released as
+    /// the placement does.
+    fn supervisor_ended(&self, job: JobId, epoch: Option<i64>) {
+        if self.parked(job) {
+            return;
+        }
+        self.placement.supervisor_ended(self, job, epoch);
+    }
+
+    /// Whether the job waits here for a worker, with no supervisor.
+    fn parked(&self, job: JobId) -> bool {
+        self.registry.remote().is_some_and(|hub| hub.parked(job))
+    }
+
+    /// A worker that serves a job waiting for one connected: the job is
+    /// read and, if it is still RUNNING, supervised again (it claims and
+    /// runs). One paused, cancelled, ended or deleted meanwhile is not
+    /// started; the lease its last supervisor ran under (`epoch`) is then
+    /// released, as for any supervisor that ended. A store that does not
+    /// answer is tried again: the job is no longer parked, and nothing
+    /// else would start it.
+    async fn wake(&self, id: JobId, epoch: Option<i64>) {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            if self.closing.is_cancelled() {
+                return;
+            }
+            let result = match self.rt.store.get_job(id).await {
+                Ok(job) if job.state == JobState::Running => {
+                    tracing::debug!(job_id = %id, "a worker serves the job: supervising it again");
+                    self.supervise(job, None).await.map(|_| ())
+                }
+                Ok(_) | Err(StoreError::NotFound(_)) => {
+                    if epoch.is_some() {
+                        self.placement.supervisor_ended(self, id, epoch);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(job_id = %id, error = %e, ?wait,
+                        "could not supervise a job a worker came for; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
         }
     }
 

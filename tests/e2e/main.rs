@@ -35,5 +35,6 @@ mod scheduled;
 mod security;
 mod slow_readers;
 mod telemetry;
+mod waiting;
 mod watch;
 mod workers;

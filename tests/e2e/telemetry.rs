@@ -93,15 +93,15 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 }
 
 /// A fresh database and a server process on it.
-struct Server {
+pub(super) struct Server {
     process: ServerProcess,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
     database: TestDb,
     log: tempfile::NamedTempFile,
 }
 
 impl Server {
-    async fn start(args: &[&str], env: &[(&str, String)]) -> Server {
+    pub(super) async fn start(args: &[&str], env: &[(&str, String)]) -> Server {
         let database = TestDb::create().await;
         let log = tempfile::NamedTempFile::new().unwrap();
         let spec = ServerSpec {
@@ -125,7 +125,7 @@ impl Server {
         }
     }
 
-    async fn client(&self) -> JobServiceClient<tonic::transport::Channel> {
+    pub(super) async fn client(&self) -> JobServiceClient<tonic::transport::Channel> {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
             .unwrap()
             .connect()
@@ -134,7 +134,7 @@ impl Server {
         JobServiceClient::new(channel)
     }
 
-    async fn stop(mut self) -> String {
+    pub(super) async fn stop(mut self) -> String {
         let _ = self.process.terminate(Duration::from_secs(15)).await;
         self.database.drop_db().await;
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
@@ -270,7 +270,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn scrape(addr: SocketAddr) -> String {
+pub(super) async fn scrape(addr: SocketAddr) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
@@ -282,7 +282,7 @@ async fn scrape(addr: SocketAddr) -> String {
 }
 
 /// The value of the metric line that starts with `prefix`.
-fn metric(text: &str, prefix: &str) -> f64 {
+pub(super) fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())

@@ -49,6 +49,10 @@ pub(super) enum Action {
     StopWorkers(&'static str),
     /// Stop the supervisor.
     Exit(String),
+    /// Remote executors: stop the supervisor while no worker serves the
+    /// job, leaving it RUNNING; the worker hub wakes it when one that
+    /// serves it connects (if one connected meanwhile, it stays).
+    Park,
     /// Remote executors: hold this many worker slots in all (asked of the
     /// worker hub; seats beyond it are given back).
     Seats(u32),

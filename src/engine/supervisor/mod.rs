@@ -165,6 +165,9 @@ pub enum SupervisorMsg {
     Shutdown(RpcReplyPort<()>),
     /// Remote executors: the worker hub granted a worker's slot.
     Seated(crate::executor::remote::Seat),
+    /// Remote executors: a worker connected while the supervisor was
+    /// about to wait for one with no actors; decide again.
+    Served,
 }
 
 /// The actor's state: the pure core, and what carries its actions out.
@@ -246,6 +249,10 @@ impl Actor for JobSupervisor {
             interrupt: false,
         };
         let remote = handler.remote().is_some();
+        if let Some(remote) = handler.remote() {
+            // Supervised (again): the hub has nothing to wake.
+            remote.unpark(job.id);
+        }
         let deliver: Option<crate::executor::remote::hub::Deliver> = remote.then(|| {
             let me = myself.clone();
             let deliver = move |seat| {
@@ -561,8 +568,26 @@ impl SupervisorState {
                 self.perform(myself);
             }
             SupervisorMsg::Seated(seat) => self.queue.add_seat(seat),
+            // `pump`, after every message, decides again.
+            SupervisorMsg::Served => {}
         }
         None
+    }
+
+    /// Remote executors: the job waits for a worker with no actors. The
+    /// hub records it, and wakes it (the engine supervises it again) once
+    /// a worker that serves it connects; if one connected since the
+    /// decision, the supervisor stays and decides again.
+    fn park(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let Some(remote) = self.handler.remote() else {
+            return;
+        };
+        if remote.park(self.core.job) {
+            tracing::debug!(job_id = %self.core.job, "no worker serves the job: its supervisor exits until one does");
+            myself.stop(Some("waiting for workers".into()));
+        } else {
+            let _ = myself.cast(SupervisorMsg::Served);
+        }
     }
 }
 

@@ -27,6 +27,7 @@ impl SupervisorState {
         let view = View {
             pool: &self.pool,
             queue: &self.queue,
+            remote: self.handler.remote(),
         };
         let (now, out) = (Instant::now(), &mut self.actions);
         let applied = if settled {
@@ -45,6 +46,7 @@ impl SupervisorState {
         let view = View {
             pool: &self.pool,
             queue: &self.queue,
+            remote: self.handler.remote(),
         };
         self.core.next(&view, Instant::now(), &mut self.actions);
         self.perform(myself);
@@ -107,6 +109,7 @@ impl SupervisorState {
             Action::FinishShutdown => self.finish_shutdown(myself),
             Action::StopWorkers(reason) => myself.stop_children(Some(reason.into())),
             Action::Exit(reason) => myself.stop(Some(reason)),
+            Action::Park => self.park(myself),
             Action::Seats(want) => {
                 if let (Some(remote), Some(deliver)) = (self.handler.remote(), &self.deliver) {
                     remote.want(self.core.job, want, deliver);

@@ -44,6 +44,14 @@ impl Core {
             out.push(Action::Exit("job paused".into()));
             return;
         }
+        if self.waits_for_workers(workers) {
+            // A job that no worker serves holds no actors either: the
+            // worker hub starts a supervisor again once one that serves
+            // it connects (or a resume, a cancel… does, as for a paused
+            // job).
+            out.push(Action::Park);
+            return;
+        }
         if let Some(reason) = self.failing.take() {
             out.push(Action::Signal(Some(crate::executor::StopReason::Shutdown)));
             self.settle(Command::Fail, reason, out);
@@ -69,6 +77,25 @@ impl Core {
             }
             _ => {}
         }
+    }
+
+    /// Whether the job is RUNNING with nothing to look after until a
+    /// worker serves it: a remote executor's job that no connected worker
+    /// serves, with no item in flight, no claim out, nothing queued, no
+    /// seat held and nothing to commit. Not a job whose items have all
+    /// ended (it finishes), nor one with a running-time budget (its
+    /// supervisor fails it when the budget is spent, worker or not).
+    fn waits_for_workers(&self, workers: &impl Workers) -> bool {
+        self.state == JobState::Running
+            && self.failing.is_none()
+            && self.auto_pause.is_none()
+            && !self.timed()
+            && self.claims.out.is_none()
+            && (self.open || !self.claims.all_taken())
+            && workers.seats() == Some(0)
+            && workers.in_flight() == 0
+            && workers.queued() == 0
+            && workers.unserved()
     }
 
     /// RUNNING: wake workers for the items claimed, claim for the idle
@@ -307,6 +334,7 @@ mod tests {
             slots: 4,
             queued: 2,
             seats: None,
+            unserved: false,
         };
         assert_eq!(next(&mut c, fed, now), [Action::Dispatch]);
     }
@@ -326,6 +354,7 @@ mod tests {
             slots: 4,
             queued: 7,
             seats: None,
+            unserved: false,
         };
         assert_eq!(next(&mut c, topped, now), [Action::Dispatch]);
         // 2 are: a round is a quarter of the read-ahead.
@@ -532,6 +561,176 @@ mod tests {
         assert!(c.failing.is_none());
         assert_eq!(next(&mut c, IDLE, now), [Action::FinishShutdown]);
         assert_eq!(next(&mut c, IDLE, now), [], "answered once");
+    }
+
+    #[test]
+    fn a_remote_job_that_no_worker_serves_parks_its_supervisor_until_one_does() {
+        let now = Instant::now();
+        let mut c = core(JobState::Running);
+        // No worker serves it: nothing to claim, no seat to ask for, no
+        // actor to hold.
+        assert_eq!(next(&mut c, UNSERVED, now), [Action::Park]);
+        // A worker came before the supervisor was gone (the hub refused to
+        // park it): the next decision asks for seats as usual.
+        assert_eq!(
+            next(&mut c, remote(0, 0, 0), now),
+            [Action::Dispatch, Action::Seats(4)]
+        );
+        // Its worker went away again, with the seats it granted.
+        assert_eq!(
+            next(&mut c, UNSERVED, now),
+            [Action::Park],
+            "a seat asked for and not granted keeps nothing"
+        );
+    }
+
+    /// Every combination of what the pool reports, in every state: the
+    /// supervisor parks exactly when the job is RUNNING, of a remote
+    /// executor that no worker serves, with no item in flight, nothing
+    /// queued, no seat held and no claim out.
+    #[test]
+    fn a_supervisor_parks_only_when_every_condition_holds() {
+        let now = Instant::now();
+        let mut seen = 0;
+        for state in JobState::ALL {
+            for in_flight in [0, 1] {
+                for queued in [0, 1] {
+                    for seats in [None, Some(0), Some(1)] {
+                        for unserved in [false, true] {
+                            for claim_out in [false, true] {
+                                let mut c = core(state);
+                                if claim_out {
+                                    c.claims.send(4);
+                                }
+                                let pool = Pool {
+                                    in_flight,
+                                    slots: 4,
+                                    queued,
+                                    seats,
+                                    unserved,
+                                };
+                                let parks = next(&mut c, pool, now).contains(&Action::Park);
+                                let expected = state == JobState::Running
+                                    && in_flight == 0
+                                    && queued == 0
+                                    && seats == Some(0)
+                                    && unserved
+                                    && !claim_out;
+                                assert_eq!(
+                                    parks, expected,
+                                    "{state} in flight {in_flight} queued {queued} seats {seats:?} \
+                                     unserved {unserved} claim out {claim_out}"
+                                );
+                                seen += usize::from(parks);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, 1, "one combination parks");
+        // Only an active supervisor parks: not one backing off from the
+        // store, committing a transition, or shutting down.
+        for phase in [
+            Phase::Backoff,
+            Phase::Settling { backoff: false },
+            Phase::Settling { backoff: true },
+            Phase::ShuttingDown,
+            Phase::Stopped,
+        ] {
+            let mut c = core(JobState::Running);
+            c.phase = phase;
+            let actions = next(&mut c, UNSERVED, now);
+            assert!(!actions.contains(&Action::Park), "{phase:?}: {actions:?}");
+        }
+    }
+
+    #[test]
+    fn a_job_that_no_worker_serves_still_finishes_fails_or_keeps_to_its_budget() {
+        let now = Instant::now();
+        // Every item ended: it finishes, worker or not.
+        let mut done = core(JobState::Running);
+        exhausted(&mut done, now);
+        assert_eq!(
+            next(&mut done, UNSERVED, now),
+            [
+                Action::Dispatch,
+                Action::Seats(0),
+                settle(
+                    JobState::Running,
+                    Command::Finish { any_failed: false },
+                    "every item ended"
+                )
+            ]
+        );
+        // An open job whose items all ended waits for more (and workers)
+        // with no actors.
+        let mut open = core(JobState::Running);
+        open.open = true;
+        exhausted(&mut open, now);
+        assert_eq!(next(&mut open, UNSERVED, now), [Action::Park]);
+        // A failure to commit is committed first.
+        let mut failing = core(JobState::Running);
+        failing.failing = Some("disk full".into());
+        let actions = next(&mut failing, UNSERVED, now);
+        assert!(!actions.contains(&Action::Park), "{actions:?}");
+        assert!(
+            actions.contains(&settle(JobState::Running, Command::Fail, "disk full")),
+            "{actions:?}"
+        );
+        // The breaker's pause is committed first too.
+        let mut breaker = core(JobState::Running);
+        breaker.auto_pause = Some("too many failures".into());
+        let actions = next(&mut breaker, UNSERVED, now);
+        assert_eq!(
+            actions,
+            [settle(
+                JobState::Running,
+                Command::Pause(PauseMode::Graceful),
+                "too many failures"
+            )]
+        );
+        // A job with a running-time budget keeps its supervisor, which
+        // fails it once the budget is spent, worker or not.
+        let policy = JobPolicy {
+            timeout_ms: Some(60_000),
+            ..JobPolicy::default()
+        };
+        let mut timed = core_with(JobState::Running, policy);
+        let actions = next(&mut timed, UNSERVED, now);
+        assert!(!actions.contains(&Action::Park), "{actions:?}");
+    }
+
+    #[test]
+    fn a_parked_job_s_new_supervisor_claims_once_a_worker_serves_it() {
+        let now = Instant::now();
+        // Woken: a new supervisor, from the store, with a worker serving.
+        let mut c = core(JobState::Running);
+        assert_eq!(
+            next(&mut c, remote(0, 0, 0), now),
+            [Action::Dispatch, Action::Seats(4)]
+        );
+        assert_eq!(
+            next(&mut c, remote(0, 0, 2), now),
+            [Action::Dispatch, claim(0, 2)]
+        );
+        // A claim out: it does not park, even if the worker left.
+        assert_eq!(next(&mut c, UNSERVED, now), [Action::Dispatch]);
+        c.claims.claimed(2, Some(1));
+        // Two items queued for seats: it waits for a worker with them.
+        let queued = Pool {
+            queued: 2,
+            ..UNSERVED
+        };
+        assert!(!next(&mut c, queued, now).contains(&Action::Park));
+        // An item in flight (its worker may come back within its lease).
+        let busy = Pool {
+            in_flight: 1,
+            ..UNSERVED
+        };
+        assert!(!next(&mut c, busy, now).contains(&Action::Park));
+        // Both ended or went back: nothing left to look after.
+        assert_eq!(next(&mut c, UNSERVED, now), [Action::Park]);
     }
 
     #[test]

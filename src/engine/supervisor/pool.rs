@@ -126,6 +126,9 @@ impl Pool {
 pub(super) struct View<'a> {
     pub pool: &'a Pool,
     pub queue: &'a WorkQueue,
+    /// Remote executors: the job's handler, which asks the worker hub
+    /// whether a worker serves the job.
+    pub remote: Option<&'a crate::executor::remote::RemoteHandler>,
 }
 
 impl Workers for View<'_> {
@@ -143,6 +146,10 @@ impl Workers for View<'_> {
 
     fn seats(&self) -> Option<usize> {
         self.queue.seats()
+    }
+
+    fn unserved(&self) -> bool {
+        self.remote.is_some_and(|r| r.unserved())
     }
 }
 

@@ -361,6 +361,12 @@ pub(super) trait Workers {
     fn seats(&self) -> Option<usize> {
         None
     }
+    /// Remote executors: no connected worker (here, or lent by another
+    /// replica) serves the job now. Read last, when nothing else keeps
+    /// the supervisor (it takes the worker hub's lock).
+    fn unserved(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ pub struct Pool {
     pub queued: usize,
     /// Remote executors: the worker slots held (`None`: items run here).
     pub seats: Option<usize>,
+    /// Remote executors: no connected worker serves the job.
+    pub unserved: bool,
 }
 
 impl Workers for Pool {
@@ -31,6 +33,9 @@ impl Workers for Pool {
     fn seats(&self) -> Option<usize> {
         self.seats
     }
+    fn unserved(&self) -> bool {
+        self.unserved
+    }
 }
 
 /// Four workers, none busy, nothing queued.
@@ -39,6 +44,7 @@ pub const IDLE: Pool = Pool {
     slots: 4,
     queued: 0,
     seats: None,
+    unserved: false,
 };
 
 /// Four workers, one of them running an item.
@@ -47,6 +53,7 @@ pub const ONE_BUSY: Pool = Pool {
     slots: 4,
     queued: 0,
     seats: None,
+    unserved: false,
 };
 
 /// Four workers of a remote executor's job: `in_flight` busy, `queued`
@@ -57,8 +64,19 @@ pub fn remote(in_flight: usize, queued: usize, seats: usize) -> Pool {
         slots: 4,
         queued,
         seats: Some(seats),
+        unserved: false,
     }
 }
+
+/// Four idle workers of a remote executor's job that no connected worker
+/// serves: no seat, nothing queued or in flight.
+pub const UNSERVED: Pool = Pool {
+    in_flight: 0,
+    slots: 4,
+    queued: 0,
+    seats: Some(0),
+    unserved: true,
+};
 
 /// The engine's settings in tests: a restart budget of 2 a minute.
 pub const SETTINGS: Settings = Settings {

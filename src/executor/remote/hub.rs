@@ -242,6 +242,17 @@ pub struct Identity {
 /// meanwhile drops it: it goes back).
 pub type Deliver = Arc<dyn Fn(Seat) + Send + Sync>;
 
+/// Starts the supervisor of a job that waited for workers again, once a
+/// worker that serves it is connected (the engine's).
+pub type Waker = Arc<dyn Fn(JobId) + Send + Sync>;
+
+/// A job that waits for workers with no supervisor: what a worker must
+/// serve to wake it.
+struct Parked {
+    executor: Arc<str>,
+    labels: Arc<BTreeMap<String, String>>,
+}
+
 struct Session {
     worker: String,
     identity: Identity,
@@ -332,6 +343,9 @@ struct Inner {
     links: HashMap<u64, LinkEntry>,
     /// The last link id given out (borrowing and lending links alike).
     next_link: u64,
+    /// RUNNING jobs whose supervisor exited because no worker served them:
+    /// woken (and forgotten here) when one that serves them connects.
+    parked: HashMap<JobId, Parked>,
     next_session: u64,
     next_stream: u64,
     next_token: u64,
@@ -347,6 +361,8 @@ pub struct WorkerHub {
     dialer: Mutex<Option<Arc<dyn Dialer>>>,
     /// Cancelled at shutdown: lending links end.
     closing: CancellationToken,
+    /// Wakes parked jobs (set by the engine).
+    waker: Mutex<Option<Waker>>,
 }
 
 impl std::fmt::Debug for WorkerHub {
@@ -372,6 +388,7 @@ impl WorkerHub {
             me: me.clone(),
             dialer: Mutex::new(None),
             closing: CancellationToken::new(),
+            waker: Mutex::new(None),
         })
     }
 
@@ -379,6 +396,12 @@ impl WorkerHub {
     /// `dialer`.
     pub fn set_dialer(&self, dialer: Arc<dyn Dialer>) {
         *self.dialer.lock().expect("dialer lock") = Some(dialer);
+    }
+
+    /// Lets the hub wake the jobs that wait for workers with no
+    /// supervisor, through `waker`.
+    pub fn set_waker(&self, waker: Waker) {
+        *self.waker.lock().expect("waker lock") = Some(waker);
     }
 
     /// Cancelled when the server shuts down.
@@ -521,6 +544,7 @@ impl WorkerHub {
                 .send(ItemMsg::Lost("the worker reconnected without it".into()));
         }
         self.grant();
+        self.wake_served();
         Ok(attached)
     }
 
@@ -718,12 +742,89 @@ impl WorkerHub {
     /// Whether no connected worker serves `executor` for a job with these
     /// labels.
     pub fn no_worker_for(&self, executor: &str, labels: &BTreeMap<String, String>) -> bool {
-        let inner = self.lock();
-        !inner
-            .sessions
-            .values()
-            .any(|s| !s.draining && s.serves(executor, labels))
-            && !inner.links.values().any(|l| l.executors.contains(executor))
+        !self.lock().served(executor, labels)
+    }
+
+    /// The job's supervisor exits because no worker serves it: remember
+    /// it, to wake it once one does. Checked and recorded under the lock
+    /// that a connecting worker's session is added under, so that a
+    /// worker is either seen here (`false`: the job is served, its
+    /// supervisor stays) or wakes the job once parked (`true`).
+    pub fn park(
+        &self,
+        job: JobId,
+        executor: &Arc<str>,
+        labels: &Arc<BTreeMap<String, String>>,
+    ) -> bool {
+        let mut inner = self.lock();
+        if inner.closed || inner.served(executor, labels) {
+            return false;
+        }
+        inner.parked.insert(
+            job,
+            Parked {
+                executor: executor.clone(),
+                labels: labels.clone(),
+            },
+        );
+        crate::metrics::jobs_waiting_for_workers(inner.parked.len());
+        true
+    }
+
+    /// The job has a supervisor again (or is woken): it is no longer
+    /// parked here.
+    pub fn unpark(&self, job: JobId) {
+        let mut inner = self.lock();
+        if inner.parked.remove(&job).is_some() {
+            crate::metrics::jobs_waiting_for_workers(inner.parked.len());
+        }
+    }
+
+    /// Whether the job waits here for a worker, with no supervisor.
+    pub fn parked(&self, job: JobId) -> bool {
+        self.lock().parked.contains_key(&job)
+    }
+
+    /// Jobs parked here.
+    pub fn parked_jobs(&self) -> usize {
+        self.lock().parked.len()
+    }
+
+    /// Wakes the parked jobs a connected worker (or a lending replica)
+    /// serves now: they leave the set, and the engine supervises them
+    /// again (it reads each job first: one paused or ended meanwhile is
+    /// not started).
+    fn wake_served(&self) {
+        let woken: Vec<JobId> = {
+            let mut inner = self.lock();
+            if inner.parked.is_empty() || inner.closed {
+                return;
+            }
+            let served: Vec<JobId> = inner
+                .parked
+                .iter()
+                .filter(|(_, p)| inner.served(&p.executor, &p.labels))
+                .map(|(job, _)| *job)
+                .collect();
+            for job in &served {
+                inner.parked.remove(job);
+            }
+            crate::metrics::jobs_waiting_for_workers(inner.parked.len());
+            served
+        };
+        if woken.is_empty() {
+            return;
+        }
+        let Some(waker) = self.waker.lock().expect("waker lock").clone() else {
+            return;
+        };
+        tracing::info!(
+            jobs = woken.len(),
+            "a worker serves jobs that waited for one: supervising them again"
+        );
+        for job in woken {
+            waker(job);
+        }
     }
 
     /// The executors served by live (connected, not draining) sessions,
@@ -973,6 +1074,9 @@ impl WorkerHub {
             dialer.dial(self.me.clone(), id, address, rx);
         }
         self.grant();
+        // A link now offering an executor wakes the jobs waiting for it:
+        // their supervisors borrow its workers.
+        self.wake_served();
     }
 
     /// A message from the lender at the other end of link `link`.
@@ -1027,6 +1131,17 @@ impl WorkerHub {
         let inner = self.lock();
         let route = inner.sessions.get(&session)?.items.get(&token)?;
         Some((route.job, route.index))
+    }
+}
+
+impl Inner {
+    /// Whether a connected worker here (not draining), or a lending
+    /// replica's, serves `executor` for a job with these labels.
+    fn served(&self, executor: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.sessions
+            .values()
+            .any(|s| !s.draining && s.serves(executor, labels))
+            || self.links.values().any(|l| l.executors.contains(executor))
     }
 }
 
@@ -1319,6 +1434,66 @@ mod tests {
 
     fn item(index: u32) -> AssignItem {
         AssignItem::for_test(index)
+    }
+
+    /// A hub whose woken jobs land in the returned list.
+    fn waking_hub() -> (Arc<WorkerHub>, Arc<StdMutex<Vec<JobId>>>) {
+        let hub = hub();
+        let woken = Arc::new(StdMutex::new(Vec::new()));
+        let sink = woken.clone();
+        hub.set_waker(Arc::new(move |job| sink.lock().unwrap().push(job)));
+        (hub, woken)
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Arc<BTreeMap<String, String>> {
+        Arc::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_job_parks_only_while_no_worker_serves_it_and_a_worker_that_does_wakes_it() {
+        let (hub, woken) = waking_hub();
+        let ocr: Arc<str> = Arc::from("ocr");
+        let video = labels(&[("team", "video")]);
+        let job = JobId::new();
+        assert!(hub.park(job, &ocr, &video));
+        assert!(hub.parked(job));
+        assert_eq!(hub.parked_jobs(), 1);
+        // A worker scoped to another team does not serve it: it stays.
+        let audio = Identity {
+            name: "audio".into(),
+            scope: [("team".to_string(), "audio".to_string())].into(),
+        };
+        let _scoped = hub.attach(hello(2), audio).unwrap();
+        assert!(woken.lock().unwrap().is_empty());
+        assert!(hub.parked(job));
+        // One that serves it wakes it, once, and it leaves the set.
+        let _w = hub.attach(hello(2), Identity::default()).unwrap();
+        assert_eq!(*woken.lock().unwrap(), [job]);
+        assert!(!hub.parked(job));
+        assert_eq!(hub.parked_jobs(), 0);
+        // Served now: it is not parked (its supervisor stays).
+        assert!(!hub.park(job, &ocr, &video));
+        assert!(!hub.park(JobId::new(), &ocr, &labels(&[])));
+        assert_eq!(hub.parked_jobs(), 0);
+        let _again = hub.attach(hello(1), Identity::default()).unwrap();
+        assert_eq!(woken.lock().unwrap().len(), 1, "woken once");
+    }
+
+    #[test]
+    fn a_job_supervised_again_is_not_woken() {
+        let (hub, woken) = waking_hub();
+        let job = JobId::new();
+        assert!(hub.park(job, &Arc::from("ocr"), &labels(&[])));
+        // A resume or a cancel started a supervisor meanwhile.
+        hub.unpark(job);
+        assert!(!hub.parked(job));
+        let _w = hub.attach(hello(1), Identity::default()).unwrap();
+        assert!(woken.lock().unwrap().is_empty());
     }
 
     #[test]

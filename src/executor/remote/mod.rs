@@ -87,6 +87,24 @@ impl RemoteHandler {
         self.hub.forget(job);
     }
 
+    /// Whether no connected worker (here, or lent by another replica)
+    /// serves the job.
+    pub fn unserved(&self) -> bool {
+        self.hub.no_worker_for(&self.executor, &self.labels)
+    }
+
+    /// The job's supervisor exits to wait for a worker: the hub wakes the
+    /// job when one that serves it connects. `false` when one serves it
+    /// already (the supervisor stays).
+    pub fn park(&self, job: JobId) -> bool {
+        self.hub.park(job, &self.executor, &self.labels)
+    }
+
+    /// The job has a supervisor: it is no longer parked.
+    pub fn unpark(&self, job: JobId) {
+        self.hub.unpark(job);
+    }
+
     /// What the job waits for, when no connected worker serves it.
     pub fn waiting_for(&self) -> Option<String> {
         self.hub

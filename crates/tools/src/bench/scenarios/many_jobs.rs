@@ -20,6 +20,15 @@
 //! drained it), VmRSS read again and reported per paused job, and the
 //! control calls measured once more on the running jobs, beside the
 //! paused ones.
+//!
+//! With `--waiting N`, a third part: N more jobs of the same kind on a
+//! remote executor (`many-jobs-remote`) that no worker serves. They are
+//! RUNNING and hold no actors either (their supervisors exit until a
+//! worker serves them): once the server's metrics count them all as
+//! waiting for workers, VmRSS is read again and reported per waiting job,
+//! with the live supervisors the metrics count, and the control calls are
+//! measured once more on the running jobs, beside the paused and waiting
+//! ones.
 
 use crate::bench::{
     Client, Env, Rng, Setup, SleepJob,
@@ -59,7 +68,14 @@ pub struct ManyJobsOptions {
     /// (0: none).
     #[arg(long, default_value_t = 0)]
     pub paused: u32,
+    /// The third part: this many RUNNING jobs of a remote executor that
+    /// no worker serves, beside the running (and paused) ones (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub waiting: u32,
 }
+
+/// The remote executor of the waiting jobs; no worker ever connects.
+const WAITING_EXECUTOR: &str = "many-jobs-remote";
 
 /// The jobs kept running: slow items, one at a time.
 pub fn live_job(opts: &ManyJobsOptions) -> SleepJob {
@@ -113,6 +129,29 @@ pub struct ManyJobs {
     pub kib_met: bool,
     /// The second part, with `--paused`.
     pub paused: Option<Paused>,
+    /// The third part, with `--waiting`.
+    pub waiting: Option<Waiting>,
+}
+
+/// Jobs waiting for remote workers beside the running (and paused) ones.
+#[derive(Debug, Clone, Serialize)]
+pub struct Waiting {
+    pub jobs: u32,
+    /// Server VmRSS with the waiting jobs too.
+    pub rss_mib: f64,
+    /// (rss − rss before they were started) / waiting jobs.
+    pub kib_per_waiting_job: f64,
+    pub start_seconds: f64,
+    /// From the first StartJob until the metrics counted every job as
+    /// waiting for workers (its supervisor gone).
+    pub all_waiting_seconds: f64,
+    /// Live supervisors in the server then (the metrics' gauge): the
+    /// running jobs', none of the waiting ones'.
+    pub supervisors: f64,
+    /// The control calls on the running jobs, the waiting ones beside.
+    pub calls: Calls,
+    pub target_kib_per_waiting_job: f64,
+    pub kib_met: bool,
 }
 
 /// Paused jobs beside the running ones.
@@ -131,6 +170,8 @@ pub struct Paused {
 }
 
 const TARGET_PAUSED_KIB: f64 = 1.0;
+
+const TARGET_WAITING_KIB: f64 = 1.0;
 
 const TARGET_KIB: f64 = 10.0;
 
@@ -199,6 +240,29 @@ impl ManyJobs {
                 p.kib_per_paused_job
             ));
         }
+        if let Some(w) = &self.waiting {
+            let paused = self.paused.as_ref().map_or(0, |p| p.jobs);
+            out.push(format!(
+                "  {} jobs waiting for remote workers beside them: server RSS {:.1} MiB, {:.3} KiB per waiting job (started in {:.1} s, all waiting after {:.1} s; {} live supervisors)",
+                w.jobs, w.rss_mib, w.kib_per_waiting_job, w.start_seconds, w.all_waiting_seconds, w.supervisors
+            ));
+            out.extend(w.calls.rows(&format!(
+                "{} jobs + {} paused + {} waiting:",
+                w.calls.running_jobs, paused, w.jobs
+            )));
+            out.push(format!(
+                "  worst control p99: {:.2} ms with {} waiting jobs beside (with {} jobs alone: {:.2} ms)",
+                w.calls.worst_p99(),
+                w.jobs,
+                self.few.running_jobs,
+                self.few.worst_p99()
+            ));
+            out.push(format!(
+                "  target: < {TARGET_WAITING_KIB} KiB per waiting job: {} ({:.3} KiB)",
+                met(w.kib_met),
+                w.kib_per_waiting_job
+            ));
+        }
         out
     }
 }
@@ -209,7 +273,15 @@ pub async fn many_jobs(setup: &Setup, opts: &ManyJobsOptions) -> anyhow::Result<
         "--few must be at least 1 and below --jobs"
     );
     anyhow::ensure!(opts.items >= 2, "--items must be at least 2");
-    let env = Env::start_setup(setup, &[], false).await?;
+    // The waiting jobs' remote executor, and the metrics that count the
+    // supervisors and the jobs waiting for workers, only when asked for.
+    let waiting = opts.waiting > 0;
+    let extra: &[&str] = if waiting {
+        &["--remote-executor", WAITING_EXECUTOR]
+    } else {
+        &[]
+    };
+    let env = Env::start_setup(setup, extra, waiting).await?;
     let result = run(setup, &env, opts).await;
     env.finish().await;
     result
@@ -293,6 +365,11 @@ async fn run(setup: &Setup, env: &Env, opts: &ManyJobsOptions) -> anyhow::Result
     } else {
         None
     };
+    let waiting = if opts.waiting > 0 {
+        Some(run_waiting(setup, env, opts, &ids, &mut client, &mut rng).await?)
+    } else {
+        None
+    };
     pool.close().await;
 
     let kib_per_job = (rss_all - rss_warm) * 1024.0 / f64::from(opts.jobs);
@@ -312,7 +389,72 @@ async fn run(setup: &Setup, env: &Env, opts: &ManyJobsOptions) -> anyhow::Result
         target_kib_per_job: TARGET_KIB,
         kib_met: kib_per_job < TARGET_KIB,
         paused,
+        waiting,
     })
+}
+
+/// The third part: `--waiting` jobs of a remote executor that no worker
+/// serves, started beside the others; measured once every one of them is
+/// waiting (the server's gauge), its supervisor gone.
+async fn run_waiting(
+    setup: &Setup,
+    env: &Env,
+    opts: &ManyJobsOptions,
+    ids: &[String],
+    client: &mut Client,
+    rng: &mut Rng,
+) -> anyhow::Result<Waiting> {
+    setup.note(format!(
+        "starting {} jobs waiting for remote workers",
+        opts.waiting
+    ));
+    let (_, rss_before) = env.rss_mib();
+    let started = Instant::now();
+    let mut job = live_job(opts).on(WAITING_EXECUTOR);
+    job.name = "many-jobs-waiting".into();
+    start_many(client, &job, opts.waiting, opts.in_flight).await?;
+    let start_seconds = started.elapsed().as_secs_f64();
+    let within = Duration::from_secs(60) + Duration::from_millis(30) * opts.waiting;
+    let supervisors = loop {
+        let page = env.scrape().await?;
+        let parked = gauge(&page, "jobvisor_jobs_waiting_for_workers").unwrap_or(0.0);
+        if parked >= f64::from(opts.waiting) {
+            break gauge(&page, "jobvisor_job_supervisors").unwrap_or(0.0);
+        }
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "only {parked} of {} jobs were waiting for workers after {within:?}",
+            opts.waiting
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let all_waiting_seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, rss) = env.rss_mib();
+    setup.note(format!(
+        "{} jobs and {} waiting: control calls",
+        opts.jobs, opts.waiting
+    ));
+    let calls = measure(client, ids, opts, rng).await?;
+    let kib = (rss - rss_before) * 1024.0 / f64::from(opts.waiting);
+    Ok(Waiting {
+        jobs: opts.waiting,
+        rss_mib: rss,
+        kib_per_waiting_job: kib,
+        start_seconds,
+        all_waiting_seconds,
+        supervisors,
+        calls,
+        target_kib_per_waiting_job: TARGET_WAITING_KIB,
+        kib_met: kib < TARGET_WAITING_KIB,
+    })
+}
+
+/// The value of an unlabelled gauge on a `/metrics` page, if it is there.
+fn gauge(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
 }
 
 /// Starts `count` copies of `job` paused, `in_flight` calls at a time.
@@ -356,4 +498,23 @@ async fn measure(
         pause_resume: pause_resume.summary(),
         cancel: cancels.summary(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gauge;
+
+    #[test]
+    fn a_gauge_is_read_by_its_whole_name() {
+        let page = "# TYPE jobvisor_job_supervisors gauge\n\
+                    jobvisor_job_supervisors_total 7\n\
+                    jobvisor_job_supervisors 10\n\
+                    jobvisor_jobs_waiting_for_workers 10000\n";
+        assert_eq!(gauge(page, "jobvisor_job_supervisors"), Some(10.0));
+        assert_eq!(
+            gauge(page, "jobvisor_jobs_waiting_for_workers"),
+            Some(10_000.0)
+        );
+        assert_eq!(gauge(page, "jobvisor_jobs"), None);
+    }
 }
