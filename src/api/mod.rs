@@ -67,11 +67,17 @@ fn requested_by<T>(request: &Request<T>) -> Option<String> {
 }
 
 impl JobApi {
-    /// The job a call names by `job_id` alone, checked, and visible to
-    /// the caller.
-    async fn named_job(&self, who: &Caller, job_id: &str) -> Result<JobId, Status> {
+    /// The job a call names by `job_id`, checked with the bad fields the
+    /// handler found (`more`), and visible to the caller.
+    async fn named_job(
+        &self,
+        who: &Caller,
+        job_id: &str,
+        more: Vec<FieldViolation>,
+    ) -> Result<JobId, Status> {
         let mut violations = Vec::new();
         let id = convert::job_id("job_id", job_id, &mut violations);
+        violations.extend(more);
         let id = convert::checked(id, violations).map_err(bad)?;
         record_job(id);
         self.visible(who, id).await?;
@@ -491,7 +497,9 @@ impl JobService for JobApi {
         request: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
         let who = caller(&request);
-        let id = self.named_job(&who, &request.get_ref().job_id).await?;
+        let id = self
+            .named_job(&who, &request.get_ref().job_id, Vec::new())
+            .await?;
         let job = self.engine.delete_job(id).await?;
         Ok(Response::new(pb::DeleteJobResponse {
             job: Some(convert::job(&job)),
@@ -608,11 +616,8 @@ impl JobApi {
         let who = caller(&request);
         let r = request.into_inner();
         let mut violations = Vec::new();
-        let id = convert::job_id("job_id", &r.job_id, &mut violations);
         let window = convert::watch_window(&r.window, &mut violations);
-        let id = convert::checked(id, violations).map_err(bad)?;
-        record_job(id);
-        self.visible(&who, id).await?;
+        let id = self.named_job(&who, &r.job_id, violations).await?;
         Ok((id, r.from_sequence, window))
     }
 }

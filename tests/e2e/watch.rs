@@ -236,10 +236,7 @@ async fn a_stream_with_a_longer_window_gets_the_events_gathered() {
         .watch_job(pb::WatchJobRequest {
             job_id: job.id.clone(),
             from_sequence: 0,
-            window: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: window.as_nanos() as i32,
-            }),
+            window: Some(window.try_into().unwrap()),
         })
         .await
         .expect("WatchJob")

@@ -786,6 +786,7 @@ impl WorkerHub {
     }
 
     /// Jobs parked here.
+    #[cfg(test)]
     pub fn parked_jobs(&self) -> usize {
         self.lock().parked.len()
     }

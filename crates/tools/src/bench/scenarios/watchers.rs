@@ -555,10 +555,7 @@ async fn watch(
             .watch_job(pb::WatchJobRequest {
                 job_id: id.into(),
                 from_sequence: from_seq,
-                window: window.map(|w| prost_types::Duration {
-                    seconds: w.as_secs() as i64,
-                    nanos: w.subsec_nanos() as i32,
-                }),
+                window: window.and_then(|w| prost_types::Duration::try_from(w).ok()),
             })
             .await?
             .into_inner();
