@@ -779,6 +779,11 @@ fn the_schema_refuses_bad_values() {
         ),
         ("a retention of no time", json!({"retention": "0d"})),
         ("a retention under a second", json!({"retention": "500ms"})),
+        ("a negative vacuum threshold", json!({"vacuumAfter": -1})),
+        (
+            "a vacuum threshold as a string",
+            json!({"vacuumAfter": "1000"}),
+        ),
         (
             "an exec command with a comma (the server splits on them)",
             json!({"exec": {"enabled": true, "commands": ["python3,perl"]}}),
@@ -812,6 +817,8 @@ fn the_schema_refuses_bad_values() {
         json!({"retention": ""}),
         json!({"retention": "30d"}),
         json!({"retention": "12h"}),
+        json!({"retention": "30d", "vacuumAfter": 0}),
+        json!({"retention": "30d", "vacuumAfter": 250000}),
         json!({"exec": {"enabled": true, "commands": ["python3", "/opt/bin/encode"]}}),
         json!({"otel": {"propagators": "b3multi"}}),
         json!({"otel": {"propagators": "tracecontext,baggage,b3"}}),

@@ -40,6 +40,10 @@ pub(super) fn matrix() -> Vec<(&'static str, Value)> {
             json!({"serviceMonitor": {"enabled": true, "interval": "15s", "labels": {"release": "prometheus"}}}),
         ),
         ("retention", json!({"retention": "30d"})),
+        (
+            "retention, the server's vacuum off",
+            json!({"retention": "7d", "vacuumAfter": 0}),
+        ),
         ("no HTTP API", json!({"httpApi": false})),
         ("exec", json!({"exec": {"enabled": true}})),
         (
@@ -223,8 +227,17 @@ fn each_value_switches_its_part_of_the_manifests() {
             !retention.is_empty(),
             has("JOBVISOR_RETENTION"),
         );
+        // The vacuum after so many deleted items matters only with a
+        // retention.
+        switch(
+            "vacuum after",
+            !retention.is_empty(),
+            has("JOBVISOR_VACUUM_AFTER"),
+        );
         if !retention.is_empty() {
             assert_eq!(value("JOBVISOR_RETENTION"), Some(retention));
+            let vacuum = values["vacuumAfter"].as_i64().unwrap().to_string();
+            assert_eq!(value("JOBVISOR_VACUUM_AFTER"), Some(vacuum.as_str()));
         }
 
         let exec = bool_at(&values, "exec.enabled");
