@@ -6,6 +6,7 @@
 
 use crate::harness::{create, items, on_postgres_store, spec};
 use jobvisor::store::{Store, postgres::PgStore};
+use sqlx::Connection;
 use std::sync::Arc;
 
 /// Checks that `err` is a foreign key violation whose message mentions
@@ -127,6 +128,96 @@ async fn postgres_an_item_cannot_move_to_a_job_that_does_not_exist() {
             .unwrap();
         assert_eq!(items(&store, job.id).await.len(), 2);
         assert_eq!(items(&store, other.id).await.len(), 2);
+    })
+    .await;
+}
+
+/// Seq scans of `table` in this session's open transaction.
+async fn seq_scans(conn: &mut sqlx::PgConnection, table: &str) -> i64 {
+    sqlx::query_scalar("SELECT pg_stat_get_xact_numscans($1::regclass)")
+        .bind(table)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// The triggers' queries are planned once per session and kept until the
+/// tables' statistics change (never, with autovacuum off). Planned while
+/// the tables were small, they must still find jobs and items by their
+/// keys once the tables are large: a plan that hashed the whole jobs table
+/// made every StartJob cost more the more jobs were stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_triggers_find_jobs_and_items_by_key_however_the_tables_grew() {
+    on_postgres_store(|pg: Arc<PgStore>| async move {
+        let store: Arc<dyn Store> = pg.clone();
+        let kept = create(&store, &spec(1)).await;
+        let small = create(&store, &spec(1)).await;
+        let big = create(&store, &spec(1)).await;
+        // One session plans the triggers now, with three jobs of one item
+        // stored: an insert of ten items (a hash join looked cheapest for
+        // them), and the deletion of a job.
+        // (A connection of its own: the pool's have planned the triggers
+        // already, for the jobs created above.)
+        let mut session = sqlx::PgConnection::connect_with(&pg.pool().connect_options())
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO items (job_id, idx, payload) \
+             SELECT $1, g, 'a' FROM generate_series(100, 109) AS g",
+        )
+        .bind(kept.id.0)
+        .execute(&mut session)
+        .await
+        .unwrap();
+        sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(small.id.0)
+            .execute(&mut session)
+            .await
+            .unwrap();
+
+        // The tables grow, through another connection: 5,000 jobs and
+        // 50,000 items.
+        sqlx::query(
+            "INSERT INTO jobs SELECT (jsonb_populate_record(NULL::jobs, \
+             to_jsonb(j) || jsonb_build_object('id', gen_random_uuid()))).* \
+             FROM jobs AS j, generate_series(1, 5000) WHERE j.id = $1",
+        )
+        .bind(kept.id.0)
+        .execute(pg.pool())
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO items (job_id, idx, payload) \
+             SELECT $1, g, 'x' FROM generate_series(1000, 50999) AS g",
+        )
+        .bind(big.id.0)
+        .execute(pg.pool())
+        .await
+        .unwrap();
+
+        // The same session inserts items and deletes a job again, with the
+        // plans it made: no table is read whole.
+        let mut tx = session.begin().await.unwrap();
+        sqlx::query("INSERT INTO items (job_id, idx, payload) VALUES ($1, 110, 'a')")
+            .bind(kept.id.0)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(big.id.0)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(seq_scans(&mut tx, "jobs").await, 0, "jobs read whole");
+        assert_eq!(seq_scans(&mut tx, "items").await, 0, "items read whole");
+        tx.commit().await.unwrap();
+        session.close().await.unwrap();
+        assert_eq!(items(&store, kept.id).await.len(), 12);
+        assert_eq!(
+            item_count(&pg).await,
+            12,
+            "the deleted job's items went along"
+        );
     })
     .await;
 }
