@@ -125,8 +125,6 @@ pub struct ManyJobs {
     pub all_running_seconds: f64,
     pub few: Calls,
     pub many: Calls,
-    pub target_kib_per_job: f64,
-    pub kib_met: bool,
     /// The second part, with `--paused`.
     pub paused: Option<Paused>,
     /// The third part, with `--waiting`.
@@ -173,8 +171,6 @@ const TARGET_PAUSED_KIB: f64 = 1.0;
 
 const TARGET_WAITING_KIB: f64 = 1.0;
 
-const TARGET_KIB: f64 = 10.0;
-
 impl ManyJobs {
     pub fn human(&self) -> Vec<String> {
         let mut out = vec![format!(
@@ -212,11 +208,6 @@ impl ManyJobs {
             self.few.running_jobs,
             self.many.worst_p99(),
             self.many.running_jobs
-        ));
-        out.push(format!(
-            "  target: < {TARGET_KIB} KiB per live job: {} ({:.2} KiB)",
-            met(self.kib_met),
-            self.kib_per_job
         ));
         if let Some(p) = &self.paused {
             out.push(format!(
@@ -386,8 +377,6 @@ async fn run(setup: &Setup, env: &Env, opts: &ManyJobsOptions) -> anyhow::Result
         all_running_seconds,
         few,
         many,
-        target_kib_per_job: TARGET_KIB,
-        kib_met: kib_per_job < TARGET_KIB,
         paused,
         waiting,
     })
