@@ -801,10 +801,17 @@ impl WorkerHub {
             if inner.parked.is_empty() || inner.closed {
                 return;
             }
+            // The executors anyone serves, first: most parked jobs wait
+            // for one that nobody serves, and are passed over without
+            // going through every session (this runs at each worker's
+            // hello and each refresh of the other replicas).
+            let offered = inner.offered();
             let served: Vec<JobId> = inner
                 .parked
                 .iter()
-                .filter(|(_, p)| inner.served(&p.executor, &p.labels))
+                .filter(|(_, p)| {
+                    offered.contains(&*p.executor) && inner.served(&p.executor, &p.labels)
+                })
                 .map(|(job, _)| *job)
                 .collect();
             for job in &served {
@@ -1138,6 +1145,18 @@ impl WorkerHub {
 impl Inner {
     /// Whether a connected worker here (not draining), or a lending
     /// replica's, serves `executor` for a job with these labels.
+    /// The executors some live session or link serves: an executor not
+    /// among them is served for no labels ([`Inner::served`] is false).
+    fn offered(&self) -> foldhash::HashSet<&str> {
+        self.sessions
+            .values()
+            .filter(|s| s.out.is_some() && !s.draining)
+            .flat_map(|s| s.executors.iter())
+            .chain(self.links.values().flat_map(|l| l.executors.iter()))
+            .map(String::as_str)
+            .collect()
+    }
+
     fn served(&self, executor: &str, labels: &BTreeMap<String, String>) -> bool {
         self.sessions
             .values()
@@ -1483,6 +1502,24 @@ mod tests {
         assert_eq!(hub.parked_jobs(), 0);
         let _again = hub.attach(hello(1), Identity::default()).unwrap();
         assert_eq!(woken.lock().unwrap().len(), 1, "woken once");
+    }
+
+    #[test]
+    fn a_worker_wakes_the_jobs_of_its_executors_only() {
+        let (hub, woken) = waking_hub();
+        let (ocr, tts): (Arc<str>, Arc<str>) = (Arc::from("ocr"), Arc::from("tts"));
+        let speech: Vec<JobId> = (0..3).map(|_| JobId::new()).collect();
+        for job in &speech {
+            assert!(hub.park(*job, &tts, &labels(&[])));
+        }
+        let read = JobId::new();
+        assert!(hub.park(read, &ocr, &labels(&[])));
+        let _w = hub.attach(hello(1), Identity::default()).unwrap();
+        assert_eq!(*woken.lock().unwrap(), [read]);
+        for job in &speech {
+            assert!(hub.parked(*job), "nobody serves tts: still parked");
+        }
+        assert_eq!(hub.parked_jobs(), 3);
     }
 
     #[test]
