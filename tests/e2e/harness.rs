@@ -285,6 +285,40 @@ pub async fn restart(mut app: TestApp) -> TestApp {
 }
 
 /// Connects, waiting for the server to listen and migrate.
+/// GetJob through `client` (of any server: a [`TestApp`]'s, or one the
+/// test started otherwise).
+pub async fn get_job(client: &JobServiceClient<Channel>, id: &str) -> pb::Job {
+    client
+        .clone()
+        .get_job(pb::GetJobRequest { job_id: id.into() })
+        .await
+        .expect("GetJob")
+        .into_inner()
+}
+
+/// Polls GetJob through `client` until the job is in `state`.
+pub async fn wait_for_state(
+    client: &JobServiceClient<Channel>,
+    id: &str,
+    state: pb::JobState,
+    within: Duration,
+) -> pb::Job {
+    let deadline = Instant::now() + within;
+    loop {
+        let job = get_job(client, id).await;
+        if job.state == state as i32 {
+            return job;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "job {id} is {:?} after {within:?}, not {state:?}: {job:?}",
+                pb::JobState::try_from(job.state)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn connect(addr: std::net::SocketAddr) -> Channel {
     connect_to(endpoint(addr)).await
 }
@@ -373,12 +407,7 @@ impl TestApp {
     }
 
     pub async fn get(&self, id: &str) -> pb::Job {
-        self.client
-            .clone()
-            .get_job(pb::GetJobRequest { job_id: id.into() })
-            .await
-            .expect("GetJob")
-            .into_inner()
+        get_job(&self.client, id).await
     }
 
     pub async fn pause(&self, id: &str, mode: pb::PauseMode) -> Result<pb::Job, tonic::Status> {
@@ -419,20 +448,7 @@ impl TestApp {
 
     /// Polls until the job is in `state`.
     pub async fn wait_for(&self, id: &str, state: pb::JobState, within: Duration) -> pb::Job {
-        let deadline = Instant::now() + within;
-        loop {
-            let job = self.get(id).await;
-            if job.state == state as i32 {
-                return job;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "job {id} is {:?} after {within:?}, not {state:?}: {job:?}",
-                    pb::JobState::try_from(job.state)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_state(&self.client, id, state, within).await
     }
 
     /// Polls until `check` holds.

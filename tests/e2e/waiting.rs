@@ -8,11 +8,11 @@
 
 use super::{
     executors::{Executions, Recording},
-    harness::{endpoint, restart, spawn_app},
+    harness::{endpoint, get_job, restart, spawn_app, wait_for_state},
     telemetry::{Server, metric, scrape},
 };
 use jobvisor::{
-    pb::{self, job_service_client::JobServiceClient},
+    pb,
     worker::{Connect, Status, Worker},
 };
 use jobvisor_testkit::process::free_port;
@@ -24,8 +24,6 @@ use std::{
 use tokio::sync::oneshot;
 
 const WITHIN: Duration = Duration::from_secs(20);
-
-type Client = JobServiceClient<tonic::transport::Channel>;
 
 /// A server of the remote executor `remote` with its metrics on a port of
 /// its own.
@@ -71,29 +69,6 @@ async fn wait_gauges(metrics: SocketAddr, supervisors: f64, waiting: f64) {
             "expected {supervisors} supervisors and {waiting} waiting jobs, the metrics say {seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn get(client: &mut Client, id: &str) -> pb::Job {
-    client
-        .get_job(pb::GetJobRequest { job_id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn wait_state(client: &mut Client, id: &str, state: pb::JobState) -> pb::Job {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        let job = get(client, id).await;
-        if job.state() == state {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} never became {state:?}: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -161,7 +136,7 @@ async fn a_job_that_no_worker_serves_holds_no_supervisor_and_runs_once_a_worker_
     let id = job.id.clone();
     // RUNNING, waiting for a worker, with no supervisor.
     wait_gauges(metrics, 0.0, 1.0).await;
-    let now = get(&mut client, &id).await;
+    let now = get_job(&client, &id).await;
     assert_eq!(now.state(), pb::JobState::Running);
     assert!(now.waiting_for.contains("remote"), "{now:?}");
 
@@ -175,7 +150,7 @@ async fn a_job_that_no_worker_serves_holds_no_supervisor_and_runs_once_a_worker_
         })
         .await
         .unwrap();
-    let paused = wait_state(&mut client, &id, pb::JobState::Paused).await;
+    let paused = wait_for_state(&client, &id, pb::JobState::Paused, WITHIN).await;
     assert!(paused.waiting_for.is_empty(), "{paused:?}");
     wait_gauges(metrics, 0.0, 0.0).await;
     // Resumed: RUNNING again, and waiting with no supervisor again.
@@ -187,7 +162,7 @@ async fn a_job_that_no_worker_serves_holds_no_supervisor_and_runs_once_a_worker_
         .await
         .unwrap();
     wait_gauges(metrics, 0.0, 1.0).await;
-    let resumed = get(&mut client, &id).await;
+    let resumed = get_job(&client, &id).await;
     assert_eq!(resumed.state(), pb::JobState::Running);
     assert!(!resumed.waiting_for.is_empty(), "{resumed:?}");
 
@@ -217,7 +192,7 @@ async fn a_job_that_no_worker_serves_holds_no_supervisor_and_runs_once_a_worker_
     // the added ones too, exactly once.
     let log = Executions::default();
     let stop = worker(server.addr, &log, 2).await;
-    let done = wait_state(&mut client, &id, pb::JobState::Succeeded).await;
+    let done = wait_for_state(&client, &id, pb::JobState::Succeeded, WITHIN).await;
     assert_eq!(done.concurrency, 3);
     ran_once_each(&log, 6);
     wait_gauges(metrics, 0.0, 0.0).await;
@@ -238,7 +213,7 @@ async fn a_job_cancelled_while_it_waits_for_workers_ends_cancelled() {
         })
         .await
         .unwrap();
-    let cancelled = wait_state(&mut client, &job.id, pb::JobState::Cancelled).await;
+    let cancelled = wait_for_state(&client, &job.id, pb::JobState::Cancelled, WITHIN).await;
     assert!(cancelled.waiting_for.is_empty(), "{cancelled:?}");
     wait_gauges(metrics, 0.0, 0.0).await;
     // A worker that comes later runs nothing of it.
@@ -247,7 +222,7 @@ async fn a_job_cancelled_while_it_waits_for_workers_ends_cancelled() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(log.all().is_empty(), "{:?}", log.all());
     assert_eq!(
-        get(&mut client, &job.id).await.state(),
+        get_job(&client, &job.id).await.state(),
         pb::JobState::Cancelled
     );
     let _ = stop.send(());
@@ -263,13 +238,13 @@ async fn a_job_waiting_for_workers_across_a_restart_runs_once_a_worker_connects(
     request.open = false;
     let job = app.start(request).await;
     let app = restart(app).await;
-    let mut client = app.client.clone();
-    let waiting = get(&mut client, &job.id).await;
+    let client = app.client.clone();
+    let waiting = get_job(&client, &job.id).await;
     assert_eq!(waiting.state(), pb::JobState::Running);
     assert!(!waiting.waiting_for.is_empty(), "{waiting:?}");
     let log = Executions::default();
     let stop = worker(app.addr, &log, 2).await;
-    wait_state(&mut client, &job.id, pb::JobState::Succeeded).await;
+    wait_for_state(&client, &job.id, pb::JobState::Succeeded, WITHIN).await;
     ran_once_each(&log, 3);
     let _ = stop.send(());
     app.stop().await;
