@@ -839,12 +839,7 @@ impl WorkerHub {
     /// sorted: what this replica advertises to the others.
     pub fn live_executors(&self) -> Vec<String> {
         let inner = self.lock();
-        let all: BTreeSet<&String> = inner
-            .sessions
-            .values()
-            .filter(|s| s.out.is_some() && !s.draining)
-            .flat_map(|s| s.executors.iter())
-            .collect();
+        let all: BTreeSet<&String> = inner.live_executors().collect();
         all.into_iter().cloned().collect()
     }
 
@@ -1143,20 +1138,26 @@ impl WorkerHub {
 }
 
 impl Inner {
-    /// Whether a connected worker here (not draining), or a lending
-    /// replica's, serves `executor` for a job with these labels.
-    /// The executors some live session or link serves: an executor not
-    /// among them is served for no labels ([`Inner::served`] is false).
-    fn offered(&self) -> foldhash::HashSet<&str> {
+    /// The executors of the live (connected, not draining) sessions, each
+    /// once per session that serves it.
+    fn live_executors(&self) -> impl Iterator<Item = &String> {
         self.sessions
             .values()
             .filter(|s| s.out.is_some() && !s.draining)
             .flat_map(|s| s.executors.iter())
+    }
+
+    /// The executors some live session or link serves: an executor not
+    /// among them is served for no labels ([`Inner::served`] is false).
+    fn offered(&self) -> foldhash::HashSet<&str> {
+        self.live_executors()
             .chain(self.links.values().flat_map(|l| l.executors.iter()))
             .map(String::as_str)
             .collect()
     }
 
+    /// Whether a connected worker here (not draining), or a lending
+    /// replica's, serves `executor` for a job with these labels.
     fn served(&self, executor: &str, labels: &BTreeMap<String, String>) -> bool {
         self.sessions
             .values()
