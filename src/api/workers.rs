@@ -112,6 +112,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 protocol_version: PROTOCOL_VERSION,
                 server: config.server.clone(),
                 interrupt_grace: Some(duration(config.interrupt_grace)),
+                batches: true,
             })),
         };
         let (hub, ended) = (self.hub.clone(), attached.ended.clone());
@@ -170,8 +171,15 @@ async fn read(
                 return;
             }
         };
-        if let Err(refusal) = handle(&hub, session, msg, max_checkpoint) {
-            hub.send(session, ToWorker::Refused(refusal));
+        // A batch's messages count one by one, as if sent alone.
+        let messages = match msg.kind {
+            Some(In::Batch(batch)) => batch.messages,
+            _ => vec![msg],
+        };
+        for msg in messages {
+            if let Err(refusal) = handle(&hub, session, msg, max_checkpoint) {
+                hub.send(session, ToWorker::Refused(refusal));
+            }
         }
     }
 }
@@ -308,6 +316,11 @@ fn handle(
             hub.send(session, ToWorker::Ping);
             Ok(())
         }
+        // Only a batch inside a batch comes here (`read` opens the outer
+        // one).
+        Some(In::Batch(_)) => Err(Refusal::unexpected(
+            "a batch inside a batch (put its messages in the outer one)",
+        )),
     }
 }
 
@@ -403,6 +416,7 @@ fn kind_name(kind: &Option<In>) -> &'static str {
         Some(In::Stopped(_)) => "a stop",
         Some(In::Drain(_)) => "a drain",
         Some(In::Ping(_)) => "a ping",
+        Some(In::Batch(_)) => "a batch",
     }
 }
 

@@ -222,6 +222,73 @@ async fn a_worker_runs_every_item_with_checkpoints_results_and_credits() {
     app.stop().await;
 }
 
+/// A batch of worker messages: each counts as if sent alone.
+fn batch(messages: Vec<In>) -> In {
+    In::Batch(pb::WorkerBatch {
+        messages: messages
+            .into_iter()
+            .map(|kind| pb::WorkRequest { kind: Some(kind) })
+            .collect(),
+    })
+}
+
+fn success(token: u64, result: &str) -> In {
+    In::Succeeded(pb::WorkerSucceeded {
+        token,
+        result: result.into(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_batch_s_messages_count_one_by_one_and_a_bad_one_is_refused_alone() {
+    let app = spawn_app().await;
+    let mut worker = RawWorker::connect(&app, hello(2)).await;
+    assert!(worker.welcome.batches, "the welcome says batches are taken");
+    let job = app.start(remote_job(&app, 4, 2)).await;
+    let (a, b) = (worker.assignment().await, worker.assignment().await);
+    // Two outcomes, two messages that have no place in a batch, and the
+    // credit for both slots, in one message.
+    worker.send(batch(vec![
+        success(a.token, &format!("done-{}", a.index)),
+        In::Hello(hello(2)),
+        success(b.token, &format!("done-{}", b.index)),
+        batch(vec![In::Ping(pb::WorkerPing {})]),
+        In::Credit(pb::WorkerCredit { slots: 2 }),
+    ]));
+    let mut refused = Vec::new();
+    let mut next = Vec::new();
+    while next.len() < 2 {
+        match worker.next().await {
+            Out::Refused(r) => refused.push((r.reason, r.message)),
+            Out::Assignments(list) => next.extend(list.items),
+            other => panic!("expected refusals and assignments, got {other:?}"),
+        }
+    }
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused.iter().all(|(reason, _)| reason == "UNEXPECTED"),
+        "{refused:?}"
+    );
+    assert!(refused[0].1.contains("hello"), "{refused:?}");
+    assert!(
+        refused[1].1.contains("a batch inside a batch"),
+        "{refused:?}"
+    );
+    worker.send(batch(
+        next.iter()
+            .map(|i| success(i.token, &format!("done-{}", i.index)))
+            .chain([In::Credit(pb::WorkerCredit { slots: 2 })])
+            .collect(),
+    ));
+    app.wait_for(&job.id, pb::JobState::Succeeded, WITHIN).await;
+    for item in app.items(&job.id).await {
+        assert_eq!(item.result, format!("done-{}", item.index));
+        assert_eq!(item.attempts, 1);
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_job_waits_visibly_until_a_worker_connects_and_claims_nothing_before() {
     let app = spawn_app().await;

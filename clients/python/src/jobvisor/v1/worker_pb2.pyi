@@ -145,7 +145,7 @@ class LendItemMessage(_message.Message):
     def __init__(self, token: _Optional[int] = ..., checkpoint: _Optional[_Union[WorkerCheckpoint, _Mapping]] = ..., progress: _Optional[_Union[WorkerProgress, _Mapping]] = ..., succeeded: _Optional[_Union[WorkerSucceeded, _Mapping]] = ..., failed: _Optional[_Union[WorkerFailed, _Mapping]] = ..., stopped: _Optional[_Union[WorkerStopped, _Mapping]] = ..., lost: _Optional[str] = ...) -> None: ...
 
 class WorkRequest(_message.Message):
-    __slots__ = ("hello", "credit", "checkpoint", "progress", "succeeded", "failed", "stopped", "drain", "ping")
+    __slots__ = ("hello", "credit", "checkpoint", "progress", "succeeded", "failed", "stopped", "drain", "ping", "batch")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,7 @@ class WorkRequest(_message.Message):
     STOPPED_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     hello: WorkerHello
     credit: WorkerCredit
     checkpoint: WorkerCheckpoint
@@ -164,7 +165,14 @@ class WorkRequest(_message.Message):
     stopped: WorkerStopped
     drain: WorkerDrain
     ping: WorkerPing
-    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., credit: _Optional[_Union[WorkerCredit, _Mapping]] = ..., checkpoint: _Optional[_Union[WorkerCheckpoint, _Mapping]] = ..., progress: _Optional[_Union[WorkerProgress, _Mapping]] = ..., succeeded: _Optional[_Union[WorkerSucceeded, _Mapping]] = ..., failed: _Optional[_Union[WorkerFailed, _Mapping]] = ..., stopped: _Optional[_Union[WorkerStopped, _Mapping]] = ..., drain: _Optional[_Union[WorkerDrain, _Mapping]] = ..., ping: _Optional[_Union[WorkerPing, _Mapping]] = ...) -> None: ...
+    batch: WorkerBatch
+    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., credit: _Optional[_Union[WorkerCredit, _Mapping]] = ..., checkpoint: _Optional[_Union[WorkerCheckpoint, _Mapping]] = ..., progress: _Optional[_Union[WorkerProgress, _Mapping]] = ..., succeeded: _Optional[_Union[WorkerSucceeded, _Mapping]] = ..., failed: _Optional[_Union[WorkerFailed, _Mapping]] = ..., stopped: _Optional[_Union[WorkerStopped, _Mapping]] = ..., drain: _Optional[_Union[WorkerDrain, _Mapping]] = ..., ping: _Optional[_Union[WorkerPing, _Mapping]] = ..., batch: _Optional[_Union[WorkerBatch, _Mapping]] = ...) -> None: ...
+
+class WorkerBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[WorkRequest]
+    def __init__(self, messages: _Optional[_Iterable[_Union[WorkRequest, _Mapping]]] = ...) -> None: ...
 
 class WorkResponse(_message.Message):
     __slots__ = ("welcome", "assignments", "checkpoint_saved", "interrupt", "revoked", "refused", "ping")
@@ -272,7 +280,7 @@ class WorkerPing(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerWelcome(_message.Message):
-    __slots__ = ("session_id", "heartbeat_interval", "lease_time", "resumed_tokens", "protocol_version", "server", "interrupt_grace")
+    __slots__ = ("session_id", "heartbeat_interval", "lease_time", "resumed_tokens", "protocol_version", "server", "interrupt_grace", "batches")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     LEASE_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -280,6 +288,7 @@ class WorkerWelcome(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     INTERRUPT_GRACE_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_interval: _duration_pb2.Duration
     lease_time: _duration_pb2.Duration
@@ -287,7 +296,8 @@ class WorkerWelcome(_message.Message):
     protocol_version: int
     server: str
     interrupt_grace: _duration_pb2.Duration
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resumed_tokens: _Optional[_Iterable[int]] = ..., protocol_version: _Optional[int] = ..., server: _Optional[str] = ..., interrupt_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    batches: bool
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resumed_tokens: _Optional[_Iterable[int]] = ..., protocol_version: _Optional[int] = ..., server: _Optional[str] = ..., interrupt_grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., batches: _Optional[bool] = ...) -> None: ...
 
 class WorkerAssignments(_message.Message):
     __slots__ = ("items",)
