@@ -97,8 +97,45 @@ class ProtocolTest(unittest.IsolatedAsyncioTestCase):
             await asyncio.wait_for(s.next(), 0.3)
         self.assertEqual(sorted(running), [1, 2])
         release.set()
-        kinds = [(await s.next()).WhichOneof("kind") for _ in range(4)]
-        self.assertEqual(kinds, ["succeeded", "credit", "succeeded", "credit"])
+        # Each credit after the outcomes it frees slots for (slots freed
+        # together may share one credit).
+        outcomes = credits = 0
+        while credits < 2:
+            msg = await s.next("ping")
+            kind = msg.WhichOneof("kind")
+            if kind == "succeeded":
+                outcomes += 1
+            else:
+                self.assertEqual(kind, "credit")
+                credits += msg.credit.slots
+                self.assertLessEqual(credits, outcomes)
+        self.assertEqual(outcomes, 2)
+
+    async def test_what_queued_up_goes_in_one_batch_when_the_server_takes_batches(self) -> None:
+        worker = jobvisor.Worker(self.target, executor="ocr", slots=8)
+        go = asyncio.Event()
+
+        @worker.handler
+        async def handle(item: jobvisor.AsyncItem) -> str:
+            await go.wait()
+            return f"r{item.token}"
+
+        self.start(worker)
+        s = await self.fake.stream()
+        await s.expect("hello")
+        w = welcome()
+        w.batches = True
+        s.send(welcome=w)
+        s.send(assignments=pb.WorkerAssignments(items=[assignment(t, index=t) for t in range(1, 9)]))
+        await asyncio.sleep(0.2)
+        go.set()
+        # The eight outcomes come in one turn of the loop: one message
+        # carries them and the one credit for their slots, in order.
+        msg = await s.expect("batch", "ping")
+        inner = list(msg.batch.messages)
+        self.assertEqual([m.WhichOneof("kind") for m in inner], ["succeeded"] * 8 + ["credit"])
+        self.assertEqual({m.succeeded.token: m.succeeded.result for m in inner[:8]}, {t: f"r{t}" for t in range(1, 9)})
+        self.assertEqual(inner[8].credit.slots, 8)
 
     async def test_failures_retries_and_permanent_failures(self) -> None:
         worker = jobvisor.Worker(self.target, executor="ocr", slots=3)

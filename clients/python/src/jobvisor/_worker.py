@@ -52,6 +52,9 @@ PROTOCOL_VERSION = 1
 MAX_SLOTS = 1024
 #: How long to wait for the server's welcome before counting the stream broken.
 WELCOME_WITHIN = 15.0
+#: At most this many bytes of messages go in one batch (a larger message
+#: goes alone), far below any server's limit on a request.
+MAX_BATCH_BYTES = 256 * 1024
 
 Handler = Callable[[Any], Any]
 PathOrPem = Union[bytes, str, "os.PathLike[str]", None]
@@ -275,6 +278,8 @@ class Worker:
         self._session_id = ""
         self._connected = False
         self._out: Optional["asyncio.Queue[pb.WorkRequest]"] = None
+        #: The server takes batches of messages (its welcome says).
+        self._batches = False
         #: How often to ping (from the welcome).
         self._heartbeat = 1.0
         #: The server's lease time (from the welcome): how long it keeps a
@@ -290,6 +295,14 @@ class Worker:
         self._fallback_sent: Set[int] = set()
         self._since_ping: List[int] = []
         self._ping_marks: Deque[List[int]] = deque()
+        #: Slots freed and not yet credited: one credit for all the slots
+        #: freed in one turn of the loop.
+        self._credits = 0
+        #: Handlers' returns on their way from the pool's threads to the
+        #: loop: one wake-up of the loop for all that came meanwhile.
+        self._returns: Deque[Tuple[_Task, Any, Optional[BaseException], bool]] = deque()
+        self._returns_lock = threading.Lock()
+        self._returns_called = False
         #: Pings sent and answered on the current stream (answers come in order).
         self._pings = 0
         self._pongs = 0
@@ -353,6 +366,7 @@ class Worker:
         self._pool = None if self._is_async else _Pool(self.slots)
         if self._stop_requested:
             self._draining = True
+            self._drain_started.set()
         attempt = 0
         try:
             while True:
@@ -581,12 +595,39 @@ class Worker:
 
     async def _write(self, call: Any, out: "asyncio.Queue[pb.WorkRequest]", hello: pb.WorkRequest) -> None:
         await call.write(hello)
+        carried: Optional[pb.WorkRequest] = None
         while True:
-            msg = await out.get()
+            msg = carried if carried is not None else await out.get()
+            carried = None
+            batch = [msg]
+            # What queued up meanwhile goes in one message, if the server
+            # takes batches (its welcome, read before anything but the
+            # hello is queued, says): a write costs the same whatever it
+            # carries.
+            taken = 1
+            if self._batches:
+                size = msg.ByteSize()
+                while not out.empty():
+                    nxt = out.get_nowait()
+                    size += nxt.ByteSize()
+                    if size > MAX_BATCH_BYTES:
+                        carried = nxt
+                        break
+                    batch.append(nxt)
+                taken = len(batch)
+                # The slots freed so far, after every outcome queued
+                # before them (none is left behind in the queue).
+                if carried is None and self._credits:
+                    batch.append(pb.WorkRequest(credit=pb.WorkerCredit(slots=self._credits)))
+                    self._credits = 0
             try:
-                await call.write(msg)
+                if len(batch) == 1:
+                    await call.write(msg)
+                else:
+                    await call.write(pb.WorkRequest(batch=pb.WorkerBatch(messages=batch)))
             finally:
-                out.task_done()
+                for _ in range(taken):
+                    out.task_done()
 
     async def _watchdog(self) -> None:
         """Gives the stream up when nothing came from the server for the
@@ -609,8 +650,11 @@ class Worker:
         every report and the drain (a ping answered after them: an item it
         sent before it read the drain comes before the answer, and goes
         back unstarted), then ends the stream."""
-        assert self._loop is not None
+        assert self._loop is not None and self._drain_started is not None
         await welcomed.wait()
+        # Nothing to do before a drain: waiting on the session's changes
+        # before it would wake this task at every item.
+        await self._drain_started.wait()
         deadline: Optional[float] = None
         while True:
             await self._until(lambda: self._draining and not self._tasks)
@@ -661,6 +705,7 @@ class Worker:
         # never makes a ping late.
         self._heartbeat *= 0.9
         self._out = out
+        self._batches = w.batches
         self._connected = True
         self._disconnected_at = None
         log.info(
@@ -843,11 +888,26 @@ class Worker:
             raised = _from_handler(e)
         stopping = item.stopping.is_set()
         loop = self._loop
-        if loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._finished, task, returned, raised, stopping)
-            except RuntimeError:
-                pass  # the worker has ended
+        if loop is None:
+            return
+        with self._returns_lock:
+            self._returns.append((task, returned, raised, stopping))
+            if self._returns_called:
+                return  # the loop has been called for them already
+            self._returns_called = True
+        try:
+            loop.call_soon_threadsafe(self._take_returns)
+        except RuntimeError:
+            pass  # the worker has ended
+
+    def _take_returns(self) -> None:
+        """On the loop: the handlers' returns that came from the pool."""
+        with self._returns_lock:
+            returns = list(self._returns)
+            self._returns.clear()
+            self._returns_called = False
+        for task, returned, raised, stopping in returns:
+            self._finished(task, returned, raised, stopping)
 
     async def _run_async(self, task: _Task) -> None:
         item = task.item
@@ -894,8 +954,22 @@ class Worker:
             self._unconfirmed[task.token] = task.outcome
             self._since_ping.append(task.token)
         self._tasks.pop(task.token, None)
-        self._send(pb.WorkRequest(credit=pb.WorkerCredit(slots=1)))
+        self._credit()
         self._wake()
+
+    def _credit(self) -> None:
+        """Frees a slot. The credit goes at the end of the loop's turn,
+        after the outcomes queued in it, in one message for every slot
+        freed meanwhile."""
+        assert self._loop is not None
+        self._credits += 1
+        if self._credits == 1:
+            self._loop.call_soon(self._send_credits)
+
+    def _send_credits(self) -> None:
+        slots, self._credits = self._credits, 0
+        if slots:
+            self._send(pb.WorkRequest(credit=pb.WorkerCredit(slots=slots)))
 
     def _disconnect(self) -> None:
         """The stream is gone: reports it may not have read come back into
@@ -916,5 +990,7 @@ class Worker:
         self._since_ping = []
         self._ping_marks.clear()
         self._pings = self._pongs = 0
+        # The next hello counts the free slots itself.
+        self._credits = 0
         self._wake()
 
