@@ -171,15 +171,15 @@ async fn read(
                 return;
             }
         };
-        // A batch's messages count one by one, as if sent alone.
-        let messages = match msg.kind {
-            Some(In::Batch(batch)) => batch.messages,
-            _ => vec![msg],
-        };
-        for msg in messages {
+        let answer = |msg| {
             if let Err(refusal) = handle(&hub, session, msg, max_checkpoint) {
                 hub.send(session, ToWorker::Refused(refusal));
             }
+        };
+        match msg.kind {
+            // A batch's messages count one by one, as if sent alone.
+            Some(In::Batch(batch)) => batch.messages.into_iter().for_each(answer),
+            kind => answer(pb::WorkRequest { kind }),
         }
     }
 }
