@@ -46,9 +46,12 @@ _print = threading.Lock()
 
 
 def say(line):
-    """Prints one whole line (handlers run in several threads)."""
+    """Prints one whole line, in one write: handlers run in several threads,
+    and the library's log lines may go to the same file (print writes the
+    line and its end apart when the output is unbuffered)."""
     with _print:
-        print(line, flush=True)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def start_frame(item):
