@@ -13,14 +13,15 @@ use crate::{
     executor::{
         MAX_RETRY_AFTER, StopReason,
         remote::hub::{
-            self, CloseReason, Hello, HelloError, Identity, ItemMsg, MAX_SLOTS, PROTOCOL_VERSION,
-            Refusal, ToWorker, WorkerHub,
+            self, Assignment, CloseReason, Hello, HelloError, Identity, ItemMsg, MAX_SLOTS,
+            PROTOCOL_VERSION, Refusal, ToWorker, WorkerHub,
         },
     },
     pb::{self, work_request::Kind as In, work_response::Kind as Out},
 };
 use futures::{Stream, StreamExt as _};
 use std::{pin::Pin, sync::Arc, time::Duration};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The longest worker name and build id.
@@ -124,13 +125,21 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 () = ended.cancelled() => {}
             }
         });
-        let rest = futures::stream::unfold(Some(attached.outbound), |rx| async move {
-            let mut rx = rx?;
-            match rx.recv().await? {
-                ToWorker::Close(reason) => Some((Err(closed(reason)), None)),
-                msg => Some((Ok(response(msg)), Some(rx))),
-            }
-        });
+        let rest = futures::stream::unfold(
+            Some((attached.outbound, None)),
+            |state: Option<(mpsc::UnboundedReceiver<ToWorker>, Option<ToWorker>)>| async move {
+                let (mut rx, carried) = state?;
+                let msg = match carried {
+                    Some(msg) => msg,
+                    None => rx.recv().await?,
+                };
+                let (msg, next) = with_ready_assignments(msg, &mut rx);
+                match msg {
+                    ToWorker::Close(reason) => Some((Err(closed(reason)), None)),
+                    msg => Some((Ok(response(msg)), Some((rx, next)))),
+                }
+            },
+        );
         let stream = futures::stream::once(async move { Ok(welcome) }).chain(rest);
         Ok(Response::new(Box::pin(stream)))
     }
@@ -443,6 +452,46 @@ pub(super) fn interrupt_reason(reason: StopReason) -> pb::InterruptReason {
     }
 }
 
+/// At most this many bytes of payloads and checkpoints go in one
+/// assignments message (an item larger than that goes alone): well within
+/// the 4 MiB a gRPC client takes by default.
+const MAX_ASSIGNMENT_BYTES: usize = 1 << 20;
+
+/// Assignments ready together go out in one message, in their order: a
+/// busy worker reads one message where it would read one per item. Gives
+/// the message to send, and the message after it if one was taken from
+/// the channel already (it goes next, so nothing overtakes an assignment).
+fn with_ready_assignments(
+    msg: ToWorker,
+    rx: &mut mpsc::UnboundedReceiver<ToWorker>,
+) -> (ToWorker, Option<ToWorker>) {
+    let ToWorker::Assign(mut items) = msg else {
+        return (msg, None);
+    };
+    let size = |items: &[Assignment]| -> usize {
+        items
+            .iter()
+            .map(|a| a.payload.len() + a.checkpoint.as_ref().map_or(0, Vec::len))
+            .sum()
+    };
+    let mut bytes = size(&items);
+    while bytes < MAX_ASSIGNMENT_BYTES {
+        match rx.try_recv() {
+            Ok(ToWorker::Assign(more)) => {
+                let more_bytes = size(&more);
+                if bytes + more_bytes > MAX_ASSIGNMENT_BYTES {
+                    return (ToWorker::Assign(items), Some(ToWorker::Assign(more)));
+                }
+                bytes += more_bytes;
+                items.extend(more);
+            }
+            Ok(other) => return (ToWorker::Assign(items), Some(other)),
+            Err(_) => break,
+        }
+    }
+    (ToWorker::Assign(items), None)
+}
+
 fn response(msg: ToWorker) -> pb::WorkResponse {
     let kind = match msg {
         ToWorker::Assign(items) => Out::Assignments(pb::WorkerAssignments {
@@ -487,5 +536,72 @@ pub(super) fn assignment(a: hub::Assignment) -> pb::Assignment {
         job_name: a.job_name.to_string(),
         executor: a.executor.to_string(),
         trace_context: a.trace_context.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::JobId;
+    use std::collections::BTreeMap;
+
+    fn item(token: u64, payload_bytes: usize) -> Assignment {
+        Assignment {
+            token,
+            job: JobId(uuid::Uuid::nil()),
+            index: token as u32,
+            payload: "x".repeat(payload_bytes),
+            attempt: 1,
+            checkpoint: None,
+            params: Arc::new(BTreeMap::new()),
+            job_name: "j".into(),
+            executor: "remote".into(),
+            trace_context: BTreeMap::new(),
+        }
+    }
+
+    fn tokens(msg: &ToWorker) -> Vec<u64> {
+        match msg {
+            ToWorker::Assign(items) => items.iter().map(|a| a.token).collect(),
+            other => panic!("not an assignment: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn assignments_ready_together_go_in_one_message_up_to_the_next_other_message() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for t in [2, 3] {
+            tx.send(ToWorker::Assign(vec![item(t, 10)])).unwrap();
+        }
+        tx.send(ToWorker::Ping).unwrap();
+        tx.send(ToWorker::Assign(vec![item(4, 10)])).unwrap();
+        let (msg, next) = with_ready_assignments(ToWorker::Assign(vec![item(1, 10)]), &mut rx);
+        assert_eq!(tokens(&msg), [1, 2, 3]);
+        // The ping keeps its place: nothing after it is merged before it.
+        assert!(matches!(next, Some(ToWorker::Ping)));
+        let (msg, next) = with_ready_assignments(rx.try_recv().unwrap(), &mut rx);
+        assert_eq!((tokens(&msg), next.is_none()), (vec![4], true));
+        // Other messages go as they are.
+        let (msg, next) = with_ready_assignments(ToWorker::Ping, &mut rx);
+        assert!(matches!((msg, next), (ToWorker::Ping, None)));
+    }
+
+    #[test]
+    fn an_assignments_message_stays_within_its_size() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let half = MAX_ASSIGNMENT_BYTES / 2;
+        tx.send(ToWorker::Assign(vec![item(2, half)])).unwrap();
+        tx.send(ToWorker::Assign(vec![item(3, half)])).unwrap();
+        let (msg, next) = with_ready_assignments(ToWorker::Assign(vec![item(1, 10)]), &mut rx);
+        assert_eq!(tokens(&msg), [1, 2]);
+        let next = next.expect("the item that did not fit goes next");
+        assert_eq!(tokens(&next), [3]);
+        // An item larger than the bound goes alone.
+        tx.send(ToWorker::Assign(vec![item(5, 1)])).unwrap();
+        let big = ToWorker::Assign(vec![item(4, 2 * MAX_ASSIGNMENT_BYTES)]);
+        let (msg, next) = with_ready_assignments(big, &mut rx);
+        assert_eq!(tokens(&msg), [4]);
+        assert!(next.is_none());
+        assert_eq!(tokens(&rx.try_recv().unwrap()), [5]);
     }
 }

@@ -26,6 +26,8 @@ struct RawWorker {
     tx: mpsc::UnboundedSender<pb::WorkRequest>,
     rx: tonic::Streaming<pb::WorkResponse>,
     welcome: pb::WorkerWelcome,
+    /// Items of an assignments message not yet taken by `assignment`.
+    assigned: std::collections::VecDeque<pb::Assignment>,
 }
 
 fn hello(slots: u32) -> pb::WorkerHello {
@@ -104,7 +106,12 @@ impl RawWorker {
                 }
             }
         });
-        Ok(RawWorker { tx, rx, welcome })
+        Ok(RawWorker {
+            tx,
+            rx,
+            welcome,
+            assigned: Default::default(),
+        })
     }
 
     fn send(&self, kind: In) {
@@ -148,11 +155,18 @@ impl RawWorker {
         }
     }
 
+    /// The next item assigned (assignments ready together come in one
+    /// message).
     async fn assignment(&mut self) -> pb::Assignment {
+        if let Some(item) = self.assigned.pop_front() {
+            return item;
+        }
         match self.next().await {
-            Out::Assignments(mut batch) => {
-                assert_eq!(batch.items.len(), 1, "one item per batch here: {batch:?}");
-                batch.items.remove(0)
+            Out::Assignments(batch) => {
+                self.assigned.extend(batch.items);
+                self.assigned
+                    .pop_front()
+                    .expect("an assignments message holds items")
             }
             other => panic!("expected an assignment, got {other:?}"),
         }
