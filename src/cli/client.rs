@@ -409,28 +409,63 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `jobvisor run`: starts the job of `--name`, or resumes it, or finds it
-/// running (RunJob), and says which.
+/// running (RunJob), and says which. Items beyond one request go as
+/// `start` sends them: the job starts open with the first page, the others
+/// follow (AddItems), the last closing it; only when this call started the
+/// job (a job found running or resumed keeps its own items).
 pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     let items = items_of(&args.items, args.open)?;
-    if super::pages::split(&items, args.items.page_bytes as usize).len() > 1 {
-        bail!(
-            "{} items are more than one request of --page-bytes {}: `jobvisor run` sends its \
-             items in one request; start the job with `jobvisor start --exclusive` (which sends \
-             pages), or raise --page-bytes",
-            items.len(),
-            args.items.page_bytes
-        );
-    }
-    let start = start_request(&args, items);
+    let pages = super::pages::split(&items, args.items.page_bytes as usize);
     let mut client = args.conn.client().await?;
-    let answer = client
-        .run_job(request(pb::RunJobRequest {
-            job: Some(start),
-            reason: String::new(),
-        }))
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let paged = pages.len() > 1 && !args.dry_run;
+    let answer = if paged {
+        let key = args
+            .request_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut start = start_request(&args, items[pages[0].clone()].to_vec());
+        start.open = true;
+        start.request_id = key.clone();
+        let mut answer = super::pages::run(
+            &mut client,
+            pb::RunJobRequest {
+                job: Some(start),
+                reason: String::new(),
+            },
+        )
+        .await?;
+        if answer.outcome == pb::RunOutcome::Started as i32 {
+            let job_id = answer
+                .job
+                .as_ref()
+                .map(|j| j.id.clone())
+                .unwrap_or_default();
+            let upload = super::pages::Upload {
+                job_id: &job_id,
+                items: &items,
+                pages: &pages[1..],
+                key: &key,
+                close: !args.open,
+            };
+            answer.job = Some(upload.send(&mut client).await?);
+        }
+        answer
+    } else {
+        // One request (a dry run checks the first page only, as `start`'s).
+        let first = pages.first().cloned().unwrap_or_default();
+        let mut start = start_request(&args, items[first].to_vec());
+        if pages.len() > 1 {
+            start.open = true;
+        }
+        client
+            .run_job(request(pb::RunJobRequest {
+                job: Some(start),
+                reason: String::new(),
+            }))
+            .await
+            .map_err(status_error)?
+            .into_inner()
+    };
     let job = answer
         .job
         .ok_or_else(|| anyhow::anyhow!("the server answered RunJob without the job"))?;

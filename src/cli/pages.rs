@@ -60,6 +60,22 @@ pub async fn start(client: &mut Client, start: pb::StartJobRequest) -> anyhow::R
     .map_err(status_error)
 }
 
+/// Runs a job by name (RunJob) with its first page, retrying a failed call:
+/// the request id makes a retry answer as the first call did.
+pub async fn run(
+    client: &mut Client,
+    run: pb::RunJobRequest,
+) -> anyhow::Result<pb::RunJobResponse> {
+    let hidden = indicatif::ProgressBar::hidden();
+    retried("running the job", &hidden, || {
+        let (mut client, run) = (client.clone(), run.clone());
+        async move { client.run_job(request(run)).await }
+    })
+    .await
+    .map(tonic::Response::into_inner)
+    .map_err(status_error)
+}
+
 /// Makes `call` until it succeeds or fails for a reason a retry cannot
 /// mend (see [`retryable`]), waiting as a resumed watch does in between
 /// and saying so on stderr (above `bar`).

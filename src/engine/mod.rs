@@ -296,6 +296,21 @@ impl Engine {
                     Err(e) => return Err(e),
                 }
             };
+            // The call that started it, made again (its answer was lost, or
+            // an upload in pages picks up where it stopped): answered as
+            // the first was, by StartJob's own check of the request id (a
+            // different request under the same id is refused there).
+            if !dry
+                && !input.request_id.is_empty()
+                && job.request_id.as_deref() == Some(input.request_id.as_str())
+            {
+                match self.start_job(input.clone()).await {
+                    Ok(first) if first.id == job.id => return Ok((first, RunOutcome::Started)),
+                    // Another caller's request id: the job is not this call's.
+                    Ok(_) | Err(EngineError::NameTaken { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
             match job.state {
                 JobState::Running => return Ok((job, RunOutcome::AlreadyRunning)),
                 JobState::Paused | JobState::Pausing | JobState::Cancelling => {

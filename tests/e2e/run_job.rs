@@ -124,6 +124,60 @@ async fn concurrent_runs_of_one_name_make_one_job_on_the_embedded_store() {
     concurrent_runs_make_one_job(StoreKind::Embedded).await;
 }
 
+async fn a_run_made_again_with_its_request_id_answers_as_the_first(store: StoreKind) {
+    let app = spawn_app_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
+    let with_id = |id: &str| pb::StartJobRequest {
+        request_id: id.into(),
+        ..nightly(&app)
+    };
+    let (job, outcome) = run(&app, with_id("nightly-1")).await.unwrap();
+    assert_eq!(outcome, RunOutcome::Started);
+    // The same call again (its answer lost, or an upload in pages picking
+    // up where it stopped): the first call's answer, the same job.
+    let (again, outcome) = run(&app, with_id("nightly-1")).await.unwrap();
+    assert_eq!(
+        (outcome, again.id.as_str()),
+        (RunOutcome::Started, job.id.as_str())
+    );
+    // Another call finds it running, whatever its own request id.
+    let (other, outcome) = run(&app, with_id("nightly-2")).await.unwrap();
+    assert_eq!(
+        (outcome, other.id.as_str()),
+        (RunOutcome::AlreadyRunning, job.id.as_str())
+    );
+    let (other, outcome) = run(&app, nightly(&app)).await.unwrap();
+    assert_eq!(
+        (outcome, other.id.as_str()),
+        (RunOutcome::AlreadyRunning, job.id.as_str())
+    );
+    // A different request under the first one's id is refused, and
+    // changes nothing.
+    let different = pb::StartJobRequest {
+        items: vec!["other".into()],
+        ..with_id("nightly-1")
+    };
+    let refused = run(&app, different).await.unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    assert!(refused.message().contains("nightly-1"), "{refused:?}");
+    assert_eq!(named(&app, "nightly-quotes").await.len(), 1);
+    assert_eq!(app.items(&job.id).await.len(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_made_again_with_its_request_id_answers_as_the_first_did() {
+    a_run_made_again_with_its_request_id_answers_as_the_first(StoreKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_run_made_again_with_its_request_id_answers_as_the_first_did_on_the_embedded_store() {
+    a_run_made_again_with_its_request_id_answers_as_the_first(StoreKind::Embedded).await;
+}
+
 #[tokio::test]
 async fn an_exclusive_start_is_refused_while_a_live_job_holds_the_name() {
     let app = spawn_app().await;
@@ -274,6 +328,32 @@ async fn the_cli_runs_by_name_and_names_a_live_job_wherever_an_id_goes() {
     ])
     .await;
     assert!(ok && out.starts_with("resumed:"), "{out}");
+    // More items than one request: sent in pages, the job closed after
+    // the last one, and found running (its items left alone) next time.
+    let many = [
+        "run",
+        "--name",
+        "paged",
+        "--executor",
+        "gate",
+        "--count",
+        "3000",
+        "--page-bytes",
+        "4096",
+        "--json",
+    ];
+    let (ok, out, err) = cli(&many).await;
+    assert!(ok, "{out} {err}");
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
+    assert_eq!(answer["outcome"], "started", "{out}");
+    let paged = answer["job"]["id"].as_str().unwrap().to_string();
+    let job = app.get(&paged).await;
+    assert_eq!(job.counts.unwrap().total, 3000, "{job:?}");
+    assert!(!job.open, "the last page closed it: {job:?}");
+    let (ok, out, err) = cli(&many).await;
+    assert!(ok, "{out} {err}");
+    assert!(out.contains("\"outcome\":\"already running\""), "{out}");
+    assert_eq!(app.get(&paged).await.counts.unwrap().total, 3000);
     // Two live jobs of one name: the CLI lists them rather than guess.
     app.start(pb::StartJobRequest {
         name: "nightly".into(),

@@ -152,8 +152,11 @@ class JobServiceServicer:
         job has the name, resumes it if it is PAUSED or PAUSING, and leaves it
         alone if it is RUNNING; the answer says which. Race-free: two calls at
         once, through any replicas, make one job. A job of that name being
-        cancelled fails with FAILED_PRECONDITION (JOB_CANCELLING). Needs the
-        `start` permission, and `control` to resume.
+        cancelled fails with FAILED_PRECONDITION (JOB_CANCELLING). Made again
+        with the `request_id` of the call that started the live job, it
+        answers as that call did (STARTED, the same job); a different request
+        under that id is refused as StartJob refuses it. Needs the `start`
+        permission, and `control` to resume.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
