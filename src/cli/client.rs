@@ -359,40 +359,70 @@ fn start_request(args: &StartArgs, items: Vec<String>) -> pb::StartJobRequest {
     }
 }
 
+/// The request that starts a job: the whole job when it fits one request
+/// (or for a dry run, which checks the first page only: it stores
+/// nothing, so there is nothing to add to), else the first page of an
+/// upload, open, under the upload's key (given back with it).
+fn first_page(
+    args: &StartArgs,
+    items: &[String],
+    pages: &[std::ops::Range<usize>],
+) -> (pb::StartJobRequest, Option<String>) {
+    let first = pages.first().cloned().unwrap_or_default();
+    let mut start = start_request(args, items[first].to_vec());
+    if pages.len() > 1 {
+        start.open = true;
+        if !args.dry_run {
+            let key = args
+                .request_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            start.request_id = key.clone();
+            return (start, Some(key));
+        }
+    }
+    (start, None)
+}
+
+/// Sends the pages after the first to the job `job_id` an upload under
+/// `key` started; the last one closes it unless `--open`.
+async fn send_rest(
+    client: &mut Client,
+    args: &StartArgs,
+    items: &[String],
+    pages: &[std::ops::Range<usize>],
+    job_id: &str,
+    key: &str,
+) -> anyhow::Result<pb::Job> {
+    let upload = super::pages::Upload {
+        job_id,
+        items,
+        pages: &pages[1..],
+        key,
+        close: !args.open,
+    };
+    upload.send(client).await
+}
+
 pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     let items = items_of(&args.items, args.open)?;
     let pages = super::pages::split(&items, args.items.page_bytes as usize);
     let mut client = args.conn.client().await?;
-    let job = if pages.len() <= 1 || args.dry_run {
-        // One request (a dry run checks the first page only: it stores
-        // nothing, so there is nothing to add to).
-        let first = pages.first().cloned().unwrap_or_default();
-        let mut start = start_request(&args, items[first].to_vec());
-        if pages.len() > 1 {
-            start.open = true;
-        }
-        client
+    let (start, key) = first_page(&args, &items, &pages);
+    let job = match key {
+        None => client
             .start_job(request(start))
             .await
             .map_err(status_error)?
-            .into_inner()
-    } else {
-        let key = args
-            .request_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let mut start = start_request(&args, items[pages[0].clone()].to_vec());
-        start.open = true;
-        start.request_id = key.clone();
-        let job = super::pages::start(&mut client, start).await?;
-        let upload = super::pages::Upload {
-            job_id: &job.id,
-            items: &items,
-            pages: &pages[1..],
-            key: &key,
-            close: !args.open,
-        };
-        upload.send(&mut client).await?
+            .into_inner(),
+        Some(key) => {
+            let job = super::pages::first_call("starting the job", || {
+                let (mut client, start) = (client.clone(), start.clone());
+                async move { client.start_job(request(start)).await }
+            })
+            .await?;
+            send_rest(&mut client, &args, &items, &pages, &job.id, &key).await?
+        }
     };
     if args.dry_run {
         if !args.conn.json {
@@ -417,54 +447,33 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     let items = items_of(&args.items, args.open)?;
     let pages = super::pages::split(&items, args.items.page_bytes as usize);
     let mut client = args.conn.client().await?;
-    let paged = pages.len() > 1 && !args.dry_run;
-    let answer = if paged {
-        let key = args
-            .request_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let mut start = start_request(&args, items[pages[0].clone()].to_vec());
-        start.open = true;
-        start.request_id = key.clone();
-        let mut answer = super::pages::run(
-            &mut client,
-            pb::RunJobRequest {
-                job: Some(start),
-                reason: String::new(),
-            },
-        )
-        .await?;
-        if answer.outcome == pb::RunOutcome::Started as i32 {
-            let job_id = answer
-                .job
-                .as_ref()
-                .map(|j| j.id.clone())
-                .unwrap_or_default();
-            let upload = super::pages::Upload {
-                job_id: &job_id,
-                items: &items,
-                pages: &pages[1..],
-                key: &key,
-                close: !args.open,
-            };
-            answer.job = Some(upload.send(&mut client).await?);
-        }
-        answer
-    } else {
-        // One request (a dry run checks the first page only, as `start`'s).
-        let first = pages.first().cloned().unwrap_or_default();
-        let mut start = start_request(&args, items[first].to_vec());
-        if pages.len() > 1 {
-            start.open = true;
-        }
-        client
-            .run_job(request(pb::RunJobRequest {
-                job: Some(start),
-                reason: String::new(),
-            }))
+    let (start, key) = first_page(&args, &items, &pages);
+    let run = pb::RunJobRequest {
+        job: Some(start),
+        reason: String::new(),
+    };
+    let answer = match key {
+        None => client
+            .run_job(request(run))
             .await
             .map_err(status_error)?
-            .into_inner()
+            .into_inner(),
+        Some(key) => {
+            let mut answer = super::pages::first_call("running the job", || {
+                let (mut client, run) = (client.clone(), run.clone());
+                async move { client.run_job(request(run)).await }
+            })
+            .await?;
+            if answer.outcome == pb::RunOutcome::Started as i32 {
+                let id = answer
+                    .job
+                    .as_ref()
+                    .map(|j| j.id.clone())
+                    .unwrap_or_default();
+                answer.job = Some(send_rest(&mut client, &args, &items, &pages, &id, &key).await?);
+            }
+            answer
+        }
     };
     let job = answer
         .job

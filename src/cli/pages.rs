@@ -47,33 +47,18 @@ fn varint_len(n: usize) -> usize {
     (usize::BITS as usize - (n | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// Starts a job open with its first page, retrying a failed call (the
-/// request carries its request id: a retry starts nothing new).
-pub async fn start(client: &mut Client, start: pb::StartJobRequest) -> anyhow::Result<pb::Job> {
-    let hidden = indicatif::ProgressBar::hidden();
-    retried("starting the job", &hidden, || {
-        let (mut client, start) = (client.clone(), start.clone());
-        async move { client.start_job(request(start)).await }
-    })
-    .await
-    .map(tonic::Response::into_inner)
-    .map_err(status_error)
-}
-
-/// Runs a job by name (RunJob) with its first page, retrying a failed call:
-/// the request id makes a retry answer as the first call did.
-pub async fn run(
-    client: &mut Client,
-    run: pb::RunJobRequest,
-) -> anyhow::Result<pb::RunJobResponse> {
-    let hidden = indicatif::ProgressBar::hidden();
-    retried("running the job", &hidden, || {
-        let (mut client, run) = (client.clone(), run.clone());
-        async move { client.run_job(request(run)).await }
-    })
-    .await
-    .map(tonic::Response::into_inner)
-    .map_err(status_error)
+/// Makes the call that starts an upload (StartJob, RunJob, with the
+/// first page) until it succeeds or fails for good: the request carries
+/// its request id, so a retry answers as the first call did.
+pub async fn first_call<T, F, Fut>(what: &str, call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    retried(what, &indicatif::ProgressBar::hidden(), call)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(status_error)
 }
 
 /// Makes `call` until it succeeds or fails for a reason a retry cannot
