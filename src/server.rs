@@ -387,7 +387,14 @@ async fn serve_on(
             health
                 .set_not_serving::<WorkerServiceServer<WorkerApi>>()
                 .await;
+            // Items this server's workers run for other replicas' jobs are
+            // interrupted with its own, so that they are stopped and
+            // reported, not lost (their attempts would count).
+            let began = std::time::Instant::now();
+            hub.stop_lending();
             engine.shutdown(grace).await;
+            hub.lent_reported(grace.saturating_sub(began.elapsed()))
+                .await;
             // The items in remote workers were stopped and reported with
             // the jobs; the sessions end now.
             hub.close();

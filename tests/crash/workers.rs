@@ -725,6 +725,55 @@ async fn when_the_replica_a_worker_is_lent_from_dies_its_item_runs_again_on_a_wo
     assert_eq!(item.attempts, 2, "{item:?}");
 }
 
+#[tokio::test]
+async fn when_the_replica_a_worker_is_lent_from_shuts_down_its_item_is_stopped_and_continues_elsewhere_uncounted()
+ {
+    let (mut s, id, owner, _a) = job_owned_elsewhere(s_job(1, 1, 60)).await;
+    s.checkpointed(&id, 1, 3).await;
+    let third = (owner + 2) % 3;
+    let _b = s.worker_at(s.addrs[third], "B", 1).await;
+    // The replica worker A is connected to shuts down (SIGTERM): it stops
+    // the item it runs for the owner's job as it stops its own, and the
+    // owner gets it back with its checkpoint, the attempt not counted.
+    let lender = (owner + 1) % 3;
+    let status = s.servers[lender].terminate(WITHIN).await.unwrap();
+    assert!(status.success(), "the lender's exit: {status:?}");
+    let stopped = of(&s.log(), "stopped", 0);
+    assert_eq!(
+        stopped.len(),
+        1,
+        "A's program was stopped: {}",
+        s.log_text()
+    );
+    assert_eq!(stopped[0].worker, "A");
+    let deadline = Instant::now() + WITHIN;
+    let again = loop {
+        let on_b: Vec<Line> = of(&s.log(), "start", 0)
+            .into_iter()
+            .filter(|l| l.worker == "B")
+            .collect();
+        if let Some(line) = on_b.first() {
+            break line.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the item did not move to worker B: {}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        again.attempt, 1,
+        "the stopped attempt is not counted: {again:?}"
+    );
+    assert!(again.step >= 3, "from its checkpoint: {again:?}");
+    let job = wait_end(connect(s.addrs[owner]).await, id.clone()).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let item = &s.items_at(owner, &id).await[0];
+    assert_eq!(item.attempts, 1, "{item:?}");
+    assert_eq!(of(&s.log(), "end", 0).len(), 1, "{}", s.log_text());
+}
+
 /// A job of the remote executor: `items` items of `steps` steps.
 fn s_job(items: u32, concurrency: u32, steps: u32) -> pb::StartJobRequest {
     pb::StartJobRequest {

@@ -292,6 +292,8 @@ struct Route {
     job: JobId,
     index: u32,
     to_handler: mpsc::UnboundedSender<ItemMsg>,
+    /// The item is another replica's, lent through a link.
+    lent: bool,
 }
 
 /// Who wants seats: a job of this server (`link` 0), or a job of another
@@ -963,6 +965,7 @@ impl WorkerHub {
                 job,
                 index,
                 to_handler: tx,
+                lent: key.link != 0,
             },
         );
         Ok((token, rx, Arc::from(s.worker.as_str())))
@@ -994,6 +997,63 @@ impl WorkerHub {
     pub(crate) fn release(&self, session: u64, token: u64) {
         if let Some(s) = self.lock().sessions.get_mut(&session) {
             s.items.remove(&token);
+        }
+    }
+
+    /// The server begins to shut down: nothing more is granted or attached,
+    /// and the items its workers run for other replicas' jobs (lent through
+    /// links) are interrupted as the server's own items are: their workers
+    /// stop them and report them, and the replica that owns each gives it
+    /// back without counting the attempt. The sessions stay open for the
+    /// reports until [`close`](Self::close). Returns how many were
+    /// interrupted.
+    pub fn stop_lending(&self) -> usize {
+        let mut inner = self.lock();
+        inner.closed = true;
+        let mut interrupted = 0;
+        for s in inner.sessions.values() {
+            let tokens: Vec<u64> = s
+                .items
+                .iter()
+                .filter(|(_, route)| route.lent)
+                .map(|(token, _)| *token)
+                .collect();
+            if !tokens.is_empty() {
+                interrupted += tokens.len();
+                s.send(ToWorker::Interrupt {
+                    tokens,
+                    reason: crate::executor::StopReason::Shutdown,
+                });
+            }
+        }
+        interrupted
+    }
+
+    /// Waits, at most `within`, until no lent item is left in any session
+    /// (each reported, or lost with its session); whether none is.
+    pub async fn lent_reported(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left: usize = {
+                let inner = self.lock();
+                inner
+                    .sessions
+                    .values()
+                    .map(|s| s.items.values().filter(|r| r.lent).count())
+                    .sum()
+            };
+            if left == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    left,
+                    "shutting down with items lent to other replicas not yet reported: \
+                     they are lost there, their attempts counted"
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -1550,6 +1610,49 @@ mod tests {
         drop(seat);
         assert_eq!(got_a.lock().unwrap().len(), 5);
         hub.forget(a);
+    }
+
+    #[tokio::test]
+    async fn shutting_down_interrupts_the_lent_items_only_grants_nothing_more_and_waits_for_their_reports()
+     {
+        let hub = hub();
+        let (_, local) = job(&hub, 1, &[]);
+        // A job of another replica, borrowing through link 7.
+        let lent_seats = Arc::new(StdMutex::new(Vec::new()));
+        let sink = lent_seats.clone();
+        let deliver: Deliver = Arc::new(move |seat| sink.lock().unwrap().push(seat));
+        let borrowed = DemandKey {
+            job: JobId::new(),
+            link: 7,
+        };
+        hub.want_for(borrowed, &Arc::from("ocr"), &labels(&[]), 1, &deliver);
+        let mut w = hub.attach(hello(3), Identity::default()).unwrap();
+        let seat = local.lock().unwrap().pop().unwrap();
+        let mine = seat.assign(item(0)).await.unwrap();
+        let seat = lent_seats.lock().unwrap().pop().unwrap();
+        let lent = seat.assign(item(1)).await.unwrap();
+        for _ in 0..2 {
+            assert!(matches!(w.outbound.recv().await, Some(ToWorker::Assign(_))));
+        }
+        assert_eq!(hub.stop_lending(), 1);
+        match w.outbound.recv().await {
+            Some(ToWorker::Interrupt { tokens, reason }) => {
+                assert_eq!(
+                    (tokens, reason),
+                    (vec![lent.token], crate::executor::StopReason::Shutdown)
+                );
+            }
+            other => panic!("expected the lent item interrupted, got {other:?}"),
+        }
+        // The worker's free slot goes to no one now.
+        let (_, late) = job(&hub, 1, &[]);
+        assert!(late.lock().unwrap().is_empty());
+        assert!(!hub.lent_reported(Duration::from_millis(30)).await);
+        hub.route(w.session, lent.token, ItemMsg::Stopped).unwrap();
+        assert!(hub.lent_reported(Duration::ZERO).await);
+        // The server's own item is the engine's to stop: left alone here.
+        assert!(w.outbound.try_recv().is_err());
+        hub.route(w.session, mine.token, ItemMsg::Stopped).unwrap();
     }
 
     #[test]
