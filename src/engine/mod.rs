@@ -305,9 +305,11 @@ impl Engine {
                 && job.request_id.as_deref() == Some(input.request_id.as_str())
             {
                 match self.start_job(input.clone()).await {
-                    Ok(first) if first.id == job.id => return Ok((first, RunOutcome::Started)),
+                    // The first call's job (or, had it ended meanwhile, one
+                    // this call started).
+                    Ok(started) => return Ok((started, RunOutcome::Started)),
                     // Another caller's request id: the job is not this call's.
-                    Ok(_) | Err(EngineError::NameTaken { .. }) => {}
+                    Err(EngineError::NameTaken { .. }) => {}
                     Err(e) => return Err(e),
                 }
             }
