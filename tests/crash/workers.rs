@@ -696,27 +696,7 @@ async fn when_the_replica_a_worker_is_lent_from_dies_its_item_runs_again_on_a_wo
     // The replica worker A is connected to dies: the owner's link to it
     // breaks, and the item is lost there (its attempt counts).
     s.servers[(owner + 1) % 3].kill9().unwrap();
-    let deadline = Instant::now() + WITHIN;
-    let again = loop {
-        let on_b: Vec<Line> = of(&s.log(), "start", 0)
-            .into_iter()
-            .filter(|l| l.worker == "B")
-            .collect();
-        if let Some(line) = on_b.first() {
-            break line.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the item did not move to worker B: {}\nowner's log:\n{}",
-            s.log_text(),
-            tail(&s.dir.path().join(if owner == 0 {
-                "server.log".to_string()
-            } else {
-                format!("server-{owner}.log")
-            }))
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let again = s.first_start_on("B", owner).await;
     assert_eq!(again.attempt, 2, "the lost attempt counts: {again:?}");
     assert!(again.step >= kept, "from its checkpoint: {again:?}");
     let job = wait_end(connect(s.addrs[owner]).await, id.clone()).await;
@@ -746,22 +726,7 @@ async fn when_the_replica_a_worker_is_lent_from_shuts_down_its_item_is_stopped_a
         s.log_text()
     );
     assert_eq!(stopped[0].worker, "A");
-    let deadline = Instant::now() + WITHIN;
-    let again = loop {
-        let on_b: Vec<Line> = of(&s.log(), "start", 0)
-            .into_iter()
-            .filter(|l| l.worker == "B")
-            .collect();
-        if let Some(line) = on_b.first() {
-            break line.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the item did not move to worker B: {}",
-            s.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let again = s.first_start_on("B", owner).await;
     assert_eq!(
         again.attempt, 1,
         "the stopped attempt is not counted: {again:?}"
@@ -772,6 +737,33 @@ async fn when_the_replica_a_worker_is_lent_from_shuts_down_its_item_is_stopped_a
     let item = &s.items_at(owner, &id).await[0];
     assert_eq!(item.attempts, 1, "{item:?}");
     assert_eq!(of(&s.log(), "end", 0).len(), 1, "{}", s.log_text());
+}
+
+impl Setup {
+    /// Item 0's first start on `worker`, waited for (within `WITHIN`); the
+    /// owner's log (replica `owner`) is shown if it does not come.
+    async fn first_start_on(&self, worker: &str, owner: usize) -> Line {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            if let Some(line) = of(&self.log(), "start", 0)
+                .into_iter()
+                .find(|l| l.worker == worker)
+            {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the item did not move to worker {worker}: {}\nowner's log:\n{}",
+                self.log_text(),
+                tail(&self.dir.path().join(if owner == 0 {
+                    "server.log".to_string()
+                } else {
+                    format!("server-{owner}.log")
+                }))
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// A job of the remote executor: `items` items of `steps` steps.
