@@ -46,6 +46,25 @@ class Stream:
         assert got == kind, f"expected {kind}, got {got}: {msg}"
         return msg
 
+    async def until_credited(self, slots: int, kind: str, reports: int = 0) -> List[pb.WorkRequest]:
+        """The worker's messages (pings answered and left out) until
+        ``slots`` slots are credited and ``reports`` messages of ``kind``
+        came; every other message must be a credit (slots freed together
+        may share one)."""
+        got: List[pb.WorkRequest] = []
+        credited = seen = 0
+        while credited < slots or seen < reports:
+            msg = await self.next("ping")
+            assert msg is not None, "the worker ended its stream"
+            got_kind = msg.WhichOneof("kind")
+            if got_kind == kind:
+                seen += 1
+            else:
+                assert got_kind == "credit", f"expected {kind} or a credit, got {msg}"
+                credited += msg.credit.slots
+            got.append(msg)
+        return got
+
     def send(self, **kind: object) -> None:
         self.out.put_nowait(pb.WorkResponse(**kind))  # type: ignore[arg-type]
 

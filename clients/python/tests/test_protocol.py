@@ -100,13 +100,10 @@ class ProtocolTest(unittest.IsolatedAsyncioTestCase):
         # Each credit after the outcomes it frees slots for (slots freed
         # together may share one credit).
         outcomes = credits = 0
-        while credits < 2:
-            msg = await s.next("ping")
-            kind = msg.WhichOneof("kind")
-            if kind == "succeeded":
+        for msg in await s.until_credited(2, "succeeded"):
+            if msg.WhichOneof("kind") == "succeeded":
                 outcomes += 1
             else:
-                self.assertEqual(kind, "credit")
                 credits += msg.credit.slots
                 self.assertLessEqual(credits, outcomes)
         self.assertEqual(outcomes, 2)
@@ -278,15 +275,9 @@ class ProtocolTest(unittest.IsolatedAsyncioTestCase):
         s2.send(checkpoint_saved=pb.CheckpointSaved(token=1, checkpoint_id=again.checkpoint_id))
         release.set()
         # Item 1's success, and both slots credited (in one credit or two).
-        succeeded, credits = [], 0
-        while credits < 2:
-            msg = await s2.next("ping")
-            kind = msg.WhichOneof("kind")
-            if kind == "succeeded":
-                succeeded.append(msg.succeeded.token)
-            else:
-                self.assertEqual(kind, "credit", msg)
-                credits += msg.credit.slots
+        got = await s2.until_credited(2, "succeeded")
+        succeeded = [m.succeeded.token for m in got if m.WhichOneof("kind") == "succeeded"]
+        credits = sum(m.credit.slots for m in got if m.WhichOneof("kind") == "credit")
         self.assertEqual((succeeded, credits), ([1], 2))
         self.assertTrue(cps)
 
@@ -343,15 +334,9 @@ class ProtocolTest(unittest.IsolatedAsyncioTestCase):
         # An item the server sent before it read the drain goes back unstarted.
         s.send(assignments=pb.WorkerAssignments(items=[assignment(2)]))
         # Both reported stopped, both slots credited (in one credit or two).
-        stopped, credits = [], 0
-        while credits < 2 or len(stopped) < 2:
-            msg = await s.next("ping")
-            kind = msg.WhichOneof("kind")
-            if kind == "stopped":
-                stopped.append(msg.stopped.token)
-            else:
-                self.assertEqual(kind, "credit", msg)
-                credits += msg.credit.slots
+        got = await s.until_credited(2, "stopped", reports=2)
+        stopped = [m.stopped.token for m in got if m.WhichOneof("kind") == "stopped"]
+        credits = sum(m.credit.slots for m in got if m.WhichOneof("kind") == "credit")
         self.assertEqual((sorted(stopped), credits), ([1, 2], 2))
         self.assertIsNone(await s.next("ping"), "the worker ends its side once the server read everything")
         s.end()
